@@ -1,3 +1,96 @@
-fn main() {
-    println!("Hello, world!");
+//! The `rackcast` command line: `rackcast run` starts the appliance (embedded defaults when
+//! no config file is given). Logs go to stderr through `tracing`; one line on stdout says
+//! where the appliance listens, for scripts and tests that bind port 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use rackcast::app::{self, Listeners};
+use rackcast::config::Config;
+
+#[derive(Parser)]
+#[command(name = "rackcast", version, about = "Live-video appliance: RTMP in, adaptive DASH out")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the appliance.
+    Run {
+        /// TOML config file (see deploy/rackcast.toml); embedded defaults without it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override ingest.listen (RTMP), e.g. 127.0.0.1:0.
+        #[arg(long)]
+        rtmp: Option<SocketAddr>,
+        /// Override http.listen, e.g. 127.0.0.1:0.
+        #[arg(long)]
+        http: Option<SocketAddr>,
+    },
+    /// Print the effective configuration as TOML and exit.
+    Config {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Config { config } => {
+            print!("{}", toml::to_string_pretty(&load(config.as_ref())?)?);
+            Ok(())
+        }
+        Command::Run { config, rtmp, http } => {
+            let mut config = load(config.as_ref())?;
+            if let Some(rtmp) = rtmp {
+                config.ingest.listen = rtmp;
+            }
+            if let Some(http) = http {
+                config.http.listen = http;
+            }
+            config.validate()?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(async move {
+                let listeners = Listeners::bind(config.ingest.listen, config.http.listen).await?;
+                println!(
+                    "rackcast ready rtmp={} http={}",
+                    listeners.rtmp.local_addr()?,
+                    listeners.http.local_addr()?
+                );
+                let shutdown = CancellationToken::new();
+                tokio::spawn(stop_on_signal(shutdown.clone()));
+                app::run(config, listeners, shutdown).await
+            })
+        }
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+    shutdown.cancel();
 }

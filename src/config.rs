@@ -1,0 +1,247 @@
+//! Typed appliance configuration. Every field has a documented, named default, so an
+//! appliance with no config file runs one node with every role and the software encoder.
+//! `validate()` runs at start-up and names the offending key. deploy/rackcast.toml mirrors
+//! this file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::media::StreamId;
+use crate::transcode::encoder::EncoderKind;
+
+pub const DEFAULT_RTMP_LISTEN: &str = "0.0.0.0:1935";
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_RTMP_APP: &str = "live";
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_DVR_WINDOW: Duration = Duration::from_secs(30);
+pub const DEFAULT_SEGMENT_DURATION: Duration = Duration::from_secs(1);
+pub const DEFAULT_PRESENTATION_DELAY: Duration = Duration::from_millis(1500);
+pub const DEFAULT_X264_PRESET: &str = "veryfast";
+pub const DEFAULT_AUDIO_BITRATE: u32 = 128_000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub ingest: IngestConfig,
+    pub http: HttpConfig,
+    pub transcode: TranscodeConfig,
+    pub package: PackageConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Address the RTMP listener binds.
+    pub listen: SocketAddr,
+    /// RTMP application name broadcasters publish to (`rtmp://host/{app}/{key}`).
+    pub app: String,
+    /// A connection must finish the RTMP handshake within this time.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A connection that sends nothing for this long (before or during a publish) is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Stream keys a broadcaster may publish with, each mapped to the public stream name
+    /// viewers use. Empty: any valid key is accepted and is itself the stream name.
+    pub keys: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address the viewer-facing HTTP server binds.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TranscodeConfig {
+    /// Video encoder backends in order of preference; the first one present on this host is
+    /// used. A backend left out of the list is never used: list `x264` to allow falling
+    /// back to software.
+    pub encoders: Vec<EncoderKind>,
+    /// x264 `speed-preset` for the software backend.
+    pub x264_preset: String,
+    /// Bitrate of the AAC rendition when the source audio has to be re-encoded (bit/s).
+    pub audio_bitrate: u32,
+    /// Rung catalogue, best first. Rungs above the source's height are left out.
+    pub rungs: Vec<RungConfig>,
+}
+
+/// One entry of the ladder catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RungConfig {
+    /// Picture height in lines; the width follows the source's aspect ratio.
+    pub height: u32,
+    /// Target video bitrate in kbit/s.
+    pub bitrate_kbps: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PackageConfig {
+    /// Target duration of every DASH segment.
+    #[serde(with = "humantime_serde")]
+    pub segment_duration: Duration,
+    /// How far back viewers can seek; older segments are evicted, and an ended stream is
+    /// removed this long after its broadcaster stopped.
+    #[serde(with = "humantime_serde")]
+    pub dvr_window: Duration,
+    /// MPD@suggestedPresentationDelay: how far behind the live edge players should sit.
+    #[serde(with = "humantime_serde")]
+    pub presentation_delay: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_RTMP_LISTEN.parse().expect("valid default"),
+            app: DEFAULT_RTMP_APP.to_owned(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            keys: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default") }
+    }
+}
+
+impl Default for TranscodeConfig {
+    fn default() -> Self {
+        Self {
+            encoders: vec![EncoderKind::X264],
+            x264_preset: DEFAULT_X264_PRESET.to_owned(),
+            audio_bitrate: DEFAULT_AUDIO_BITRATE,
+            rungs: default_rungs(),
+        }
+    }
+}
+
+/// 1080p / 720p / 480p / 360p at the bitrates common live platforms recommend for 30 fps.
+pub fn default_rungs() -> Vec<RungConfig> {
+    [(1080, 5000), (720, 2800), (480, 1400), (360, 800)]
+        .into_iter()
+        .map(|(height, bitrate_kbps)| RungConfig { height, bitrate_kbps })
+        .collect()
+}
+
+impl Default for PackageConfig {
+    fn default() -> Self {
+        Self {
+            segment_duration: DEFAULT_SEGMENT_DURATION,
+            dvr_window: DEFAULT_DVR_WINDOW,
+            presentation_delay: DEFAULT_PRESENTATION_DELAY,
+        }
+    }
+}
+
+/// A configuration value that cannot work, named by its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is not valid: {source}")]
+    Parse { path: String, source: Box<toml::de::Error> },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+}
+
+const X264_PRESETS: &[&str] = &[
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+];
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let config: Config =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: shown, source: Box::new(source) })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ingest.app.is_empty() || self.ingest.app.contains('/') {
+            return Err(invalid("ingest.app", "must be a non-empty name without '/'"));
+        }
+        if self.ingest.handshake_timeout.is_zero() {
+            return Err(invalid("ingest.handshake_timeout", "must be above zero"));
+        }
+        if self.ingest.idle_timeout.is_zero() {
+            return Err(invalid("ingest.idle_timeout", "must be above zero"));
+        }
+        for (key, stream) in &self.ingest.keys {
+            StreamId::parse(stream).map_err(|e| invalid(format!("ingest.keys.{key}"), e.to_string()))?;
+        }
+        if self.transcode.encoders.is_empty() {
+            return Err(invalid("transcode.encoders", "needs at least one backend (nvenc, vaapi, x264)"));
+        }
+        if !X264_PRESETS.contains(&self.transcode.x264_preset.as_str()) {
+            return Err(invalid("transcode.x264_preset", format!("must be one of {}", X264_PRESETS.join(", "))));
+        }
+        if !(32_000..=512_000).contains(&self.transcode.audio_bitrate) {
+            return Err(invalid("transcode.audio_bitrate", "must be between 32000 and 512000 bit/s"));
+        }
+        if self.transcode.rungs.is_empty() {
+            return Err(invalid("transcode.rungs", "needs at least one rung"));
+        }
+        for (i, rung) in self.transcode.rungs.iter().enumerate() {
+            if rung.height < 90 || rung.height > 4320 || rung.height % 2 != 0 {
+                return Err(invalid(format!("transcode.rungs[{i}].height"), "must be even and within 90..=4320"));
+            }
+            if rung.bitrate_kbps < 100 || rung.bitrate_kbps > 100_000 {
+                return Err(invalid(format!("transcode.rungs[{i}].bitrate_kbps"), "must be within 100..=100000"));
+            }
+        }
+        let seg = self.package.segment_duration;
+        if seg < Duration::from_millis(500) || seg > Duration::from_secs(10) {
+            return Err(invalid("package.segment_duration", "must be within 500ms..=10s"));
+        }
+        if self.package.dvr_window < seg * 3 {
+            return Err(invalid("package.dvr_window", "must hold at least three segments"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn example_config_in_deploy_matches_the_struct() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rackcast.toml");
+        Config::load(&path).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut config = Config::default();
+        config.transcode.rungs[1].height = 721;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("transcode.rungs[1].height"), "{err}");
+
+        let err = toml::from_str::<Config>("[ingest]\nlisen = \"1.2.3.4:1\"").unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+}

@@ -1,0 +1,163 @@
+//! The viewer-facing HTTP server (axum): live manifests and segments from the local store,
+//! the list of streams, and a clock for players. The same paths on every tier; caching
+//! headers say what may be cached: segments forever (their URLs are never reused),
+//! manifests for at most a second.
+
+pub mod path;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::CorsLayer;
+
+use crate::package::mpd::UTC_TIMING_PATH;
+use crate::store::{ObjectKey, Part, Store};
+
+pub const MPD_CONTENT_TYPE: &str = "application/dash+xml";
+pub const SEGMENT_CONTENT_TYPE: &str = "video/iso.segment";
+/// Segments and init segments: their URLs name one byte string forever.
+pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// Manifests: players re-fetch every update period; shared caches may hold one a second.
+pub const MANIFEST_CACHE: &str = "public, max-age=0, s-maxage=1";
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub store: Arc<Store>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/live", get(list_streams))
+        .route("/live/{stream}/manifest.mpd", get(manifest))
+        .route("/live/{stream}/{rendition}/{file}", get(object))
+        .route(UTC_TIMING_PATH, get(clock))
+        .fallback(not_found)
+        .layer(CorsLayer::permissive())
+        .with_state(state)
+}
+
+/// Serves until `shutdown` fires, then finishes in-flight requests.
+pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], message.into()).into_response()
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not found\n")
+}
+
+async fn list_streams(State(state): State<HttpState>) -> Response {
+    let mut response = Json(state.store.streams()).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn manifest(State(state): State<HttpState>, Path(stream): Path<String>) -> Response {
+    let stream = match path::stream(&stream) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    match state.store.manifest(&stream) {
+        Some(mpd) => bytes_response(mpd, MPD_CONTENT_TYPE, MANIFEST_CACHE),
+        None if state.store.contains_stream(&stream) => error(StatusCode::NOT_FOUND, "stream has no playable segment yet\n"),
+        None => error(StatusCode::NOT_FOUND, format!("no stream {stream}\n")),
+    }
+}
+
+async fn object(State(state): State<HttpState>, Path((stream, rendition, file)): Path<(String, String, String)>) -> Response {
+    let (stream, object) = match path::stream(&stream).and_then(|s| Ok((s, path::object(&rendition, &file)?))) {
+        Ok(pair) => pair,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let content_type = match (object.part, object.rendition.as_str()) {
+        (Part::Media(_), _) => SEGMENT_CONTENT_TYPE,
+        (Part::Init, "audio") => "audio/mp4",
+        (Part::Init, _) => "video/mp4",
+    };
+    let key = ObjectKey { rendition: object.rendition, session: object.session, part: object.part };
+    match state.store.object(&stream, &key) {
+        Some(bytes) => bytes_response(bytes, content_type, IMMUTABLE),
+        None => error(StatusCode::NOT_FOUND, "no such segment\n"),
+    }
+}
+
+/// xs:dateTime with milliseconds, for the MPD's UTCTiming (urn:mpeg:dash:utc:http-iso:2014).
+async fn clock() -> Response {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain"), (header::CACHE_CONTROL, "no-store")], now).into_response()
+}
+
+fn bytes_response(body: Bytes, content_type: &'static str, cache: &'static str) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type)), (header::CACHE_CONTROL, HeaderValue::from_static(cache))],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{RenditionId, SessionId, StreamId};
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    fn app() -> Router {
+        let store = Arc::new(Store::new());
+        let key = ObjectKey {
+            rendition: RenditionId::parse("720p").unwrap(),
+            session: SessionId::parse("abc").unwrap(),
+            part: Part::Media(7),
+        };
+        store.put_object(&StreamId::parse("cam").unwrap(), key, Bytes::from_static(b"moof"));
+        router(HttpState { store })
+    }
+
+    async fn get(uri: &str) -> Response {
+        app().oneshot(Request::get(uri).header("origin", "http://player.example").body(Body::empty()).unwrap()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn segments_are_immutable_and_cors_enabled() {
+        let response = get("/live/cam/720p/abc-7.m4s").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], SEGMENT_CONTENT_TYPE);
+        assert_eq!(response.headers()[header::CACHE_CONTROL], IMMUTABLE);
+        assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    }
+
+    #[tokio::test]
+    async fn status_codes_for_bad_and_missing_paths() {
+        for (uri, status) in [
+            ("/live/cam/720p/abc-8.m4s", StatusCode::NOT_FOUND),
+            ("/live/nope/manifest.mpd", StatusCode::NOT_FOUND),
+            ("/live/cam/720p/abc-x.m4s", StatusCode::BAD_REQUEST),
+            ("/live/%2e%2e/manifest.mpd", StatusCode::BAD_REQUEST),
+            ("/live/cam/..%2F..%2Fetc/passwd", StatusCode::BAD_REQUEST),
+            ("/live/cam/720p/..%2Fabc-7.m4s", StatusCode::BAD_REQUEST),
+            ("/etc/passwd", StatusCode::NOT_FOUND),
+        ] {
+            assert_eq!(get(uri).await.status(), status, "{uri}");
+        }
+    }
+
+    #[tokio::test]
+    async fn clock_answers_iso_time() {
+        let response = get("/time").await;
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        let text = std::str::from_utf8(&body).unwrap();
+        assert!(chrono::DateTime::parse_from_rfc3339(text).is_ok(), "{text}");
+    }
+}

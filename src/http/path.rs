@@ -1,0 +1,81 @@
+//! Parsing of viewer request paths into store addresses. Pure; every element is validated
+//! as an identifier, so no form of traversal or encoding trick reaches the store.
+
+use crate::media::{IdError, RenditionId, SessionId, StreamId};
+use crate::store::Part;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectPath {
+    pub rendition: RenditionId,
+    pub session: SessionId,
+    pub part: Part,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("bad identifier: {0}")]
+    Id(#[from] IdError),
+    #[error("{0:?} is neither init-{{session}}.mp4 nor {{session}}-{{number}}.m4s")]
+    FileName(String),
+}
+
+pub fn stream(raw: &str) -> Result<StreamId, PathError> {
+    Ok(StreamId::parse(raw)?)
+}
+
+/// `{rendition}` and `init-{session}.mp4` or `{session}-{number}.m4s`.
+pub fn object(rendition: &str, file: &str) -> Result<ObjectPath, PathError> {
+    let rendition = RenditionId::parse(rendition)?;
+    let bad = || PathError::FileName(file.chars().take(80).collect());
+    if let Some(session) = file.strip_prefix("init-").and_then(|f| f.strip_suffix(".mp4")) {
+        return Ok(ObjectPath { rendition, session: SessionId::parse(session)?, part: Part::Init });
+    }
+    let stem = file.strip_suffix(".m4s").ok_or_else(bad)?;
+    let (session, number) = stem.rsplit_once('-').ok_or_else(bad)?;
+    if number.is_empty() || number.len() > 19 || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let number = number.parse().map_err(|_| bad())?;
+    Ok(ObjectPath { rendition, session: SessionId::parse(session)?, part: Part::Media(number) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn init_and_media_names() {
+        let p = object("720p", "init-abc123.mp4").unwrap();
+        assert_eq!((p.rendition.as_str(), p.session.as_str(), p.part), ("720p", "abc123", Part::Init));
+        let p = object("audio", "abc-12.m4s").unwrap();
+        assert_eq!((p.session.as_str(), p.part), ("abc", Part::Media(12)));
+    }
+
+    #[test]
+    fn refuses_malformed_and_traversal() {
+        for (rendition, file) in [
+            ("..", "init-a.mp4"),
+            ("720p", "init-.mp4"),
+            ("720p", "init-a/../b.mp4"),
+            ("720p", "a-1.mp4"),
+            ("720p", "a-.m4s"),
+            ("720p", "a-+1.m4s"),
+            ("720p", "a-99999999999999999999.m4s"),
+            ("720p", "12.m4s"),
+            ("720p", "..-1.m4s"),
+            ("7 20p", "a-1.m4s"),
+        ] {
+            assert!(object(rendition, file).is_err(), "{rendition}/{file}");
+        }
+        assert!(stream("..").is_err());
+        assert!(stream("%2e%2e").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(rendition in ".{0,20}", file in ".{0,40}") {
+            let _ = object(&rendition, &file);
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The ladder planner: a pure function from the source's format and the configured rung
+//! catalogue to the renditions a stream is transcoded into.
+//!
+//! Policy: never upscale (a rung taller than the source is left out; a source shorter than
+//! every rung gets one rung at its own size, at the smallest rung's bitrate scaled down by
+//! pixel count); widths keep the source's display aspect ratio, rounded to even numbers; the
+//! frame rate is the source's (rungs never raise it). Rung ids are `{height}p`.
+
+use crate::config::RungConfig;
+use crate::media::RenditionId;
+
+/// What the planner knows about the source picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceFormat {
+    pub width: u32,
+    pub height: u32,
+}
+
+/// One video rendition to produce.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rung {
+    pub id: RenditionId,
+    pub width: u32,
+    pub height: u32,
+    pub bitrate_kbps: u32,
+}
+
+/// The video renditions of one stream, best first.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LadderPlan {
+    pub rungs: Vec<Rung>,
+}
+
+/// Nearest even number, at least 2 (encoders need even 4:2:0 dimensions).
+fn nearest_even(numerator: u64, denominator: u64) -> u32 {
+    (((numerator + denominator) / (2 * denominator)) * 2).max(2) as u32
+}
+
+/// A rung `height` lines tall (even, at most the source's height).
+fn rung(source: SourceFormat, height: u32, bitrate_kbps: u32) -> Rung {
+    let width = nearest_even(u64::from(source.width) * u64::from(height), u64::from(source.height)).min(source.width.max(2) & !1);
+    Rung {
+        id: RenditionId::parse(&format!("{height}p")).expect("digits and 'p' form a valid id"),
+        width,
+        height,
+        bitrate_kbps,
+    }
+}
+
+/// Plans the ladder for a source. `catalogue` must not be empty (config validation checks).
+pub fn plan(source: SourceFormat, catalogue: &[RungConfig]) -> LadderPlan {
+    let mut rungs: Vec<Rung> = catalogue
+        .iter()
+        .filter(|r| r.height <= source.height)
+        .map(|r| rung(source, r.height, r.bitrate_kbps))
+        .collect();
+    rungs.sort_by(|a, b| b.height.cmp(&a.height));
+    rungs.dedup_by_key(|r| r.height);
+    if rungs.is_empty() {
+        let smallest = catalogue.iter().min_by_key(|r| r.height).expect("catalogue is not empty");
+        let scale = f64::from(source.height).powi(2) / f64::from(smallest.height).powi(2);
+        let bitrate = ((f64::from(smallest.bitrate_kbps) * scale) as u32).max(100);
+        rungs.push(rung(source, (source.height & !1).max(2), bitrate));
+    }
+    LadderPlan { rungs }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::default_rungs;
+    use proptest::prelude::*;
+
+    fn heights(plan: &LadderPlan) -> Vec<u32> {
+        plan.rungs.iter().map(|r| r.height).collect()
+    }
+
+    #[test]
+    fn a_720p_source_gets_720_480_360() {
+        let plan = plan(SourceFormat { width: 1280, height: 720 }, &default_rungs());
+        assert_eq!(heights(&plan), [720, 480, 360]);
+        assert_eq!((plan.rungs[0].width, plan.rungs[1].width, plan.rungs[2].width), (1280, 854, 640));
+        assert_eq!(plan.rungs[0].id.as_str(), "720p");
+    }
+
+    #[test]
+    fn a_1080p_source_gets_the_whole_catalogue() {
+        let plan = plan(SourceFormat { width: 1920, height: 1080 }, &default_rungs());
+        assert_eq!(heights(&plan), [1080, 720, 480, 360]);
+    }
+
+    #[test]
+    fn a_tiny_source_keeps_its_own_size() {
+        let plan = plan(SourceFormat { width: 320, height: 240 }, &default_rungs());
+        assert_eq!(heights(&plan), [240]);
+        assert_eq!(plan.rungs[0].width, 320);
+        assert!(plan.rungs[0].bitrate_kbps < 800);
+    }
+
+    proptest! {
+        #[test]
+        fn never_upscales_and_keeps_dimensions_even(w in 16u32..8000, h in 16u32..4400) {
+            let plan = plan(SourceFormat { width: w, height: h }, &default_rungs());
+            prop_assert!(!plan.rungs.is_empty());
+            for r in &plan.rungs {
+                prop_assert!(r.height <= h.max(2) && r.width <= w.max(2));
+                prop_assert!(r.width % 2 == 0 && r.height % 2 == 0);
+            }
+            prop_assert!(plan.rungs.windows(2).all(|p| p[0].height > p[1].height));
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! rackcast: a live-video appliance. RTMP in, an adaptive H.264 ladder out as live
+//! 1-second MPEG-DASH. Modules in data-flow order:
+//! ingest -> stream -> (ladder, transcode) -> package -> store -> http.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod ladder;
+pub mod media;
+pub mod package;
+pub mod store;
+pub mod stream;
+pub mod transcode;

@@ -1,0 +1,103 @@
+//! The packager: takes the objects the muxers cut for every rendition of a session, keeps
+//! each stream's segment timeline (Periods, DVR window), writes segments into the store and
+//! then the manifest that names them. One `Packager` serves every stream on the node.
+
+pub mod fragment;
+pub mod mpd;
+pub mod timeline;
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+use crate::media::{CmafSegment, RenditionId, SessionId, StreamId};
+use crate::store::{ObjectKey, Part, Store, StreamSummary};
+use mpd::MpdTiming;
+use timeline::{RenditionInfo, StreamTimeline};
+
+pub struct Packager {
+    store: Arc<Store>,
+    timing: MpdTiming,
+    timelines: Mutex<HashMap<StreamId, StreamTimeline>>,
+}
+
+impl Packager {
+    pub fn new(store: Arc<Store>, timing: MpdTiming) -> Self {
+        Self { store, timing, timelines: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// A session starts: a new Period (the stream is created if it is new).
+    pub fn begin_session(&self, stream: &StreamId, session: &SessionId, renditions: Vec<RenditionInfo>) {
+        let now = SystemTime::now();
+        self.update(stream, |tl| tl.begin_period(session.clone(), renditions, now));
+    }
+
+    pub fn add_init(&self, stream: &StreamId, session: &SessionId, rendition: &RenditionId, bytes: Bytes, codecs: String) {
+        let key = ObjectKey { rendition: rendition.clone(), session: session.clone(), part: Part::Init };
+        self.store.put_object(stream, key, bytes);
+        self.update(stream, |tl| tl.set_codecs(session, rendition, codecs, SystemTime::now()));
+    }
+
+    /// Stores a finished segment and publishes it in the manifest; returns its number.
+    pub fn add_segment(&self, stream: &StreamId, session: &SessionId, rendition: &RenditionId, segment: CmafSegment) -> Option<u64> {
+        let mut timelines = self.timelines.lock();
+        let tl = timelines.get_mut(stream)?;
+        let now = SystemTime::now();
+        let number = tl.add_segment(session, rendition, segment.start_ns, segment.duration_ns, now)?;
+        let key = ObjectKey { rendition: rendition.clone(), session: session.clone(), part: Part::Media(number) };
+        self.store.put_object(stream, key, segment.bytes);
+        self.evict_and_publish(tl, now);
+        Some(number)
+    }
+
+    /// The session's broadcaster is gone: the MPD turns static until the next publish.
+    pub fn end_session(&self, stream: &StreamId, session: &SessionId) {
+        self.update(stream, |tl| tl.end_session(session, SystemTime::now()));
+    }
+
+    /// Periodic housekeeping: evicts segments out of the DVR window and forgets streams that
+    /// ended longer than a window ago.
+    pub fn sweep(&self) {
+        let now = SystemTime::now();
+        let mut timelines = self.timelines.lock();
+        timelines.retain(|stream, tl| {
+            if tl.expired(self.timing.dvr_window, now) {
+                tracing::info!(stream = %stream, "stream ended a DVR window ago; removed");
+                self.store.remove_stream(stream);
+                return false;
+            }
+            self.evict_and_publish(tl, now);
+            true
+        });
+    }
+
+    fn update(&self, stream: &StreamId, change: impl FnOnce(&mut StreamTimeline)) {
+        let now = SystemTime::now();
+        let mut timelines = self.timelines.lock();
+        let tl = timelines.entry(stream.clone()).or_insert_with(|| StreamTimeline::new(stream.clone(), now));
+        change(tl);
+        self.evict_and_publish(tl, now);
+    }
+
+    fn evict_and_publish(&self, tl: &mut StreamTimeline, now: SystemTime) {
+        for gone in tl.evict(self.timing.dvr_window, now) {
+            self.store.remove_objects(&tl.stream, &gone.session, &gone.rendition, gone.number.map(Part::Media));
+        }
+        let manifest = mpd::render(tl, &self.timing).map(Bytes::from);
+        let current = tl.periods.last();
+        let summary = StreamSummary {
+            stream: tl.stream.clone(),
+            live: tl.is_live(),
+            session: current.map(|p| p.session.clone()),
+            renditions: current.map(|p| p.tracks.iter().map(|t| t.info.id.clone()).collect()).unwrap_or_default(),
+        };
+        self.store.set_manifest(&tl.stream, manifest, summary);
+    }
+}

@@ -1,0 +1,282 @@
+//! MPD rendering: a pure function from a stream's timeline to its manifest.
+//!
+//! Live streams get a `dynamic` MPD whose SegmentTimeline carries the muxers' real segment
+//! times (audio segments are not exactly 1 s: AAC frames are 1024 samples). Each publish
+//! session is a Period whose segment URLs carry the session id, so a URL never names two
+//! byte strings. An ended stream becomes `static`, rebased to start at zero.
+
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use dash_mpd_core as dash;
+
+use super::timeline::{Period, StreamTimeline, Track};
+use crate::media::TrackKind;
+
+/// Manifest-wide timing, from the package config.
+#[derive(Debug, Clone, Copy)]
+pub struct MpdTiming {
+    pub segment_duration: Duration,
+    pub dvr_window: Duration,
+    pub presentation_delay: Duration,
+}
+
+const PROFILES: &str = "urn:mpeg:dash:profile:isoff-live:2011,urn:mpeg:dash:profile:cmaf:2019";
+const AUDIO_CHANNELS_SCHEME: &str = "urn:mpeg:dash:23003:3:audio_channel_configuration:2011";
+/// Clock source for players: `GET /time` on the same host answers with xs:dateTime.
+pub const UTC_TIMING_SCHEME: &str = "urn:mpeg:dash:utc:http-iso:2014";
+pub const UTC_TIMING_PATH: &str = "/time";
+
+/// Init segment URL template of a session, relative to the MPD.
+pub fn init_template(session: &str) -> String {
+    format!("$RepresentationID$/init-{session}.mp4")
+}
+
+/// Media segment URL template of a session, relative to the MPD.
+pub fn media_template(session: &str) -> String {
+    format!("$RepresentationID$/{session}-$Number$.m4s")
+}
+
+fn utc(t: SystemTime) -> DateTime<Utc> {
+    DateTime::<Utc>::from(t)
+}
+
+/// Renders the manifest, or `None` while no rendition is playable yet.
+pub fn render(timeline: &StreamTimeline, timing: &MpdTiming) -> Option<String> {
+    let live = timeline.is_live();
+    // A static presentation starts at its first retained media; a dynamic one keeps every
+    // Period@start fixed across updates, as players require.
+    let offsets: Vec<Duration> = timeline.periods.iter().map(|p| if live { Duration::ZERO } else { first_media_offset(p) }).collect();
+    let base = timeline.periods.first().zip(offsets.first()).map(|(p, o)| p.start + *o).filter(|_| !live).unwrap_or_default();
+
+    let mut periods = Vec::new();
+    let mut end = Duration::ZERO;
+    for (period, offset) in timeline.periods.iter().zip(&offsets) {
+        let adaptations = adaptation_sets(period, *offset);
+        if adaptations.is_empty() {
+            continue;
+        }
+        let start = (period.start + *offset).saturating_sub(base);
+        end = start + period.duration.unwrap_or_default().saturating_sub(*offset);
+        periods.push(dash::Period {
+            id: Some(period.session.to_string()),
+            start: Some(start),
+            adaptations,
+            ..Default::default()
+        });
+    }
+    if periods.is_empty() {
+        return None;
+    }
+
+    let mut mpd = dash::MPD {
+        xmlns: Some("urn:mpeg:dash:schema:mpd:2011".into()),
+        profiles: Some(PROFILES.into()),
+        minBufferTime: Some(timing.segment_duration),
+        maxSegmentDuration: Some(timing.segment_duration * 2),
+        publishTime: Some(utc(timeline.published)),
+        periods,
+        ..Default::default()
+    };
+    if live {
+        mpd.mpdtype = Some("dynamic".into());
+        mpd.availabilityStartTime = Some(utc(timeline.availability_start));
+        mpd.minimumUpdatePeriod = Some(timing.segment_duration);
+        mpd.timeShiftBufferDepth = Some(timing.dvr_window);
+        mpd.suggestedPresentationDelay = Some(timing.presentation_delay);
+        mpd.UTCTiming = vec![dash::UTCTiming {
+            schemeIdUri: UTC_TIMING_SCHEME.into(),
+            value: Some(UTC_TIMING_PATH.into()),
+            ..Default::default()
+        }];
+    } else {
+        mpd.mpdtype = Some("static".into());
+        mpd.mediaPresentationDuration = Some(end);
+    }
+    Some(format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{mpd}"))
+}
+
+/// Where the oldest retained media of a Period starts, from its start.
+fn first_media_offset(period: &Period) -> Duration {
+    period
+        .tracks
+        .iter()
+        .filter_map(|t| t.segments.front().map(|s| Duration::from_secs_f64(s.time as f64 / f64::from(t.info.timescale))))
+        .reduce(Duration::min)
+        .unwrap_or_default()
+}
+
+fn adaptation_sets(period: &Period, offset: Duration) -> Vec<dash::AdaptationSet> {
+    let mut sets = Vec::new();
+    for (index, kind) in [TrackKind::Video, TrackKind::Audio].into_iter().enumerate() {
+        let tracks: Vec<&Track> = period.tracks.iter().filter(|t| t.info.kind == kind && t.is_playable()).collect();
+        if tracks.is_empty() {
+            continue;
+        }
+        let representations = tracks.iter().map(|t| representation(t, period.session.as_str(), offset)).collect();
+        let mut set = dash::AdaptationSet {
+            id: Some(index.to_string()),
+            segmentAlignment: Some(true),
+            startWithSAP: Some(1),
+            representations,
+            ..Default::default()
+        };
+        match kind {
+            TrackKind::Video => {
+                set.contentType = Some("video".into());
+                set.mimeType = Some("video/mp4".into());
+                set.par = Some(aspect_ratio(tracks[0].info.width, tracks[0].info.height));
+                set.maxWidth = tracks.iter().map(|t| u64::from(t.info.width)).max();
+                set.maxHeight = tracks.iter().map(|t| u64::from(t.info.height)).max();
+            }
+            TrackKind::Audio => {
+                set.contentType = Some("audio".into());
+                set.mimeType = Some("audio/mp4".into());
+            }
+        }
+        sets.push(set);
+    }
+    sets
+}
+
+fn aspect_ratio(width: u32, height: u32) -> String {
+    fn gcd(a: u32, b: u32) -> u32 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    let g = gcd(width, height).max(1);
+    format!("{}:{}", width / g, height / g)
+}
+
+fn representation(track: &Track, session: &str, offset: Duration) -> dash::Representation {
+    let info = &track.info;
+    let scale = u64::from(info.timescale);
+    let pto = (offset.as_secs_f64() * scale as f64).round() as u64;
+    let timeline = dash::SegmentTimeline {
+        segments: track.segments.iter().map(|s| dash::S { t: Some(s.time), d: s.duration, ..Default::default() }).collect(),
+    };
+    let template = dash::SegmentTemplate {
+        timescale: Some(scale),
+        initialization: Some(init_template(session)),
+        media: Some(media_template(session)),
+        startNumber: track.segments.front().map(|s| s.number),
+        presentationTimeOffset: (pto > 0).then_some(pto),
+        SegmentTimeline: Some(timeline),
+        ..Default::default()
+    };
+    let mut rep = dash::Representation {
+        id: Some(info.id.to_string()),
+        bandwidth: Some(u64::from(info.bandwidth)),
+        codecs: track.codecs.clone(),
+        SegmentTemplate: Some(template),
+        ..Default::default()
+    };
+    match info.kind {
+        TrackKind::Video => {
+            rep.width = Some(u64::from(info.width));
+            rep.height = Some(u64::from(info.height));
+            rep.sar = Some("1:1".into());
+        }
+        TrackKind::Audio => {
+            rep.audioSamplingRate = Some(info.sample_rate.to_string());
+            rep.AudioChannelConfiguration = vec![dash::AudioChannelConfiguration {
+                schemeIdUri: AUDIO_CHANNELS_SCHEME.into(),
+                value: Some(info.channels.to_string()),
+                ..Default::default()
+            }];
+        }
+    }
+    rep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{RenditionId, SessionId, StreamId};
+    use crate::package::timeline::RenditionInfo;
+
+    const TIMING: MpdTiming = MpdTiming {
+        segment_duration: Duration::from_secs(1),
+        dvr_window: Duration::from_secs(30),
+        presentation_delay: Duration::from_millis(1500),
+    };
+
+    fn at(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_000 + ms)
+    }
+
+    fn info(id: &str, kind: TrackKind) -> RenditionInfo {
+        RenditionInfo {
+            id: RenditionId::parse(id).unwrap(),
+            kind,
+            bandwidth: 1_000_000,
+            width: if kind == TrackKind::Video { 1280 } else { 0 },
+            height: if kind == TrackKind::Video { 720 } else { 0 },
+            timescale: if kind == TrackKind::Video { 90_000 } else { 48_000 },
+            sample_rate: 48_000,
+            channels: 2,
+        }
+    }
+
+    fn timeline() -> (StreamTimeline, SessionId) {
+        let s = SessionId::parse("abc123").unwrap();
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
+        tl.begin_period(s.clone(), vec![info("720p", TrackKind::Video), info("audio", TrackKind::Audio)], at(0));
+        let (v, a) = (RenditionId::parse("720p").unwrap(), RenditionId::parse("audio").unwrap());
+        tl.set_codecs(&s, &v, "avc1.4D401F".into(), at(10));
+        tl.set_codecs(&s, &a, "mp4a.40.2".into(), at(10));
+        for i in 0..3u64 {
+            tl.add_segment(&s, &v, i * 1_000_000_000, 1_000_000_000, at(1000 * (i + 1)));
+            tl.add_segment(&s, &a, i * 960_000_000, 960_000_000, at(1000 * (i + 1)));
+        }
+        (tl, s)
+    }
+
+    #[test]
+    fn nothing_playable_renders_nothing() {
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
+        assert!(render(&tl, &TIMING).is_none());
+        tl.begin_period(SessionId::parse("s").unwrap(), vec![info("720p", TrackKind::Video)], at(0));
+        assert!(render(&tl, &TIMING).is_none());
+    }
+
+    #[test]
+    fn live_mpd_round_trips_with_real_segment_times() {
+        let (tl, _) = timeline();
+        let xml = render(&tl, &TIMING).unwrap();
+        let mpd = dash::parse(&xml).expect(&xml);
+        assert_eq!(mpd.mpdtype.as_deref(), Some("dynamic"));
+        assert_eq!(mpd.availabilityStartTime, Some(utc(at(0))));
+        assert_eq!(mpd.minimumUpdatePeriod, Some(Duration::from_secs(1)));
+        assert_eq!(mpd.timeShiftBufferDepth, Some(Duration::from_secs(30)));
+        assert_eq!(mpd.suggestedPresentationDelay, Some(Duration::from_millis(1500)));
+        let period = &mpd.periods[0];
+        assert_eq!(period.id.as_deref(), Some("abc123"));
+        let video = &period.adaptations[0].representations[0];
+        assert_eq!((video.width, video.height, video.codecs.as_deref()), (Some(1280), Some(720), Some("avc1.4D401F")));
+        let template = video.SegmentTemplate.as_ref().unwrap();
+        assert_eq!(template.media.as_deref(), Some("$RepresentationID$/abc123-$Number$.m4s"));
+        assert_eq!(template.startNumber, Some(1));
+        let times: Vec<_> = template.SegmentTimeline.as_ref().unwrap().segments.iter().map(|s| (s.t, s.d)).collect();
+        assert_eq!(times, [(Some(0), 90_000), (Some(90_000), 90_000), (Some(180_000), 90_000)]);
+        let audio = &period.adaptations[1].representations[0];
+        let atimes: Vec<_> = audio.SegmentTemplate.as_ref().unwrap().SegmentTimeline.as_ref().unwrap().segments.iter().map(|s| s.d).collect();
+        assert_eq!(atimes, [46_080, 46_080, 46_080]);
+        assert_eq!(audio.AudioChannelConfiguration[0].value.as_deref(), Some("2"));
+        assert_eq!(mpd.UTCTiming[0].value.as_deref(), Some("/time"));
+    }
+
+    #[test]
+    fn ended_mpd_is_static_and_rebased() {
+        let (mut tl, s) = timeline();
+        tl.periods[0].tracks[0].segments.pop_front();
+        tl.periods[0].tracks[1].segments.pop_front();
+        tl.end_session(&s, at(4000));
+        let mpd = dash::parse(&render(&tl, &TIMING).unwrap()).unwrap();
+        assert_eq!(mpd.mpdtype.as_deref(), Some("static"));
+        assert!(mpd.minimumUpdatePeriod.is_none());
+        assert_eq!(mpd.periods[0].start, Some(Duration::ZERO));
+        assert_eq!(mpd.mediaPresentationDuration, Some(Duration::from_millis(2040)));
+        let template = mpd.periods[0].adaptations[1].representations[0].SegmentTemplate.clone().unwrap();
+        assert_eq!(template.presentationTimeOffset, Some(46_080));
+    }
+}

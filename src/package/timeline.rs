@@ -1,0 +1,300 @@
+//! The segment timeline of one stream: Periods (one per publish session), their renditions
+//! and the segments each holds inside the DVR window. Pure data: the packager mutates it as
+//! the muxers cut segments, the MPD renderer reads it.
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime};
+
+use crate::media::{RenditionId, SessionId, StreamId, TrackKind};
+
+/// What the MPD says about one Representation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenditionInfo {
+    pub id: RenditionId,
+    pub kind: TrackKind,
+    /// Bits per second, as promised in the MPD.
+    pub bandwidth: u32,
+    /// Video: picture size.
+    pub width: u32,
+    pub height: u32,
+    /// Ticks per second of the segment timeline (90 kHz video, the sample rate for audio).
+    pub timescale: u32,
+    /// Audio only: sampling rate and channel count.
+    pub sample_rate: u32,
+    pub channels: u32,
+}
+
+/// One segment as the timeline knows it (its bytes live in the store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentEntry {
+    pub number: u64,
+    /// Start in timescale ticks since the Period start.
+    pub time: u64,
+    pub duration: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Track {
+    pub info: RenditionInfo,
+    /// RFC 6381 codecs string, known once the init segment is out.
+    pub codecs: Option<String>,
+    pub segments: VecDeque<SegmentEntry>,
+    next_number: u64,
+}
+
+impl Track {
+    /// The last segment's end, in seconds since the Period start.
+    fn end_secs(&self) -> Option<f64> {
+        self.segments.back().map(|s| (s.time + s.duration) as f64 / f64::from(self.info.timescale))
+    }
+
+    /// True when players can use this track: an init segment and at least one segment.
+    pub fn is_playable(&self) -> bool {
+        self.codecs.is_some() && !self.segments.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Period {
+    pub session: SessionId,
+    /// Start relative to the stream's availabilityStartTime.
+    pub start: Duration,
+    pub tracks: Vec<Track>,
+    /// Set once the session has ended.
+    pub duration: Option<Duration>,
+}
+
+impl Period {
+    pub fn track(&self, id: &RenditionId) -> Option<&Track> {
+        self.tracks.iter().find(|t| &t.info.id == id)
+    }
+}
+
+/// A segment the timeline dropped; the packager deletes its bytes from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evicted {
+    pub session: SessionId,
+    pub rendition: RenditionId,
+    pub number: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamTimeline {
+    pub stream: StreamId,
+    pub availability_start: SystemTime,
+    pub periods: Vec<Period>,
+    /// When the last session ended, while no session is live.
+    pub ended_at: Option<SystemTime>,
+    /// Last change, for MPD@publishTime.
+    pub published: SystemTime,
+}
+
+impl StreamTimeline {
+    pub fn new(stream: StreamId, now: SystemTime) -> Self {
+        Self { stream, availability_start: now, periods: Vec::new(), ended_at: None, published: now }
+    }
+
+    /// Opens a Period for a new session starting now, closing the one before it.
+    pub fn begin_period(&mut self, session: SessionId, renditions: Vec<RenditionInfo>, now: SystemTime) {
+        self.close_current(now);
+        let start = now.duration_since(self.availability_start).unwrap_or_default();
+        let tracks = renditions
+            .into_iter()
+            .map(|info| Track { info, codecs: None, segments: VecDeque::new(), next_number: 1 })
+            .collect();
+        self.periods.push(Period { session, start, tracks, duration: None });
+        self.ended_at = None;
+        self.published = now;
+    }
+
+    fn close_current(&mut self, now: SystemTime) {
+        if let Some(period) = self.periods.last_mut().filter(|p| p.duration.is_none()) {
+            // The Period lasts as long as its longest track, so players can play it out.
+            let media = period.tracks.iter().filter_map(Track::end_secs).fold(0.0, f64::max);
+            period.duration = Some(Duration::from_secs_f64(media));
+            self.ended_at = Some(now);
+            self.published = now;
+        }
+    }
+
+    /// The broadcaster stopped: the presentation becomes static until a new session.
+    pub fn end_session(&mut self, session: &SessionId, now: SystemTime) {
+        if self.periods.last().is_some_and(|p| &p.session == session) {
+            self.close_current(now);
+        }
+    }
+
+    fn track_mut(&mut self, session: &SessionId, rendition: &RenditionId) -> Option<&mut Track> {
+        self.periods
+            .iter_mut()
+            .rev()
+            .find(|p| &p.session == session)?
+            .tracks
+            .iter_mut()
+            .find(|t| &t.info.id == rendition)
+    }
+
+    pub fn set_codecs(&mut self, session: &SessionId, rendition: &RenditionId, codecs: String, now: SystemTime) {
+        if let Some(track) = self.track_mut(session, rendition) {
+            track.codecs = Some(codecs);
+            self.published = now;
+        }
+    }
+
+    /// Appends a segment cut at `start_ns` (session running time) and returns its number,
+    /// or `None` when the session or rendition is unknown.
+    pub fn add_segment(
+        &mut self,
+        session: &SessionId,
+        rendition: &RenditionId,
+        start_ns: u64,
+        duration_ns: u64,
+        now: SystemTime,
+    ) -> Option<u64> {
+        let track = self.track_mut(session, rendition)?;
+        let scale = u128::from(track.info.timescale);
+        let time = (u128::from(start_ns) * scale / 1_000_000_000) as u64;
+        let end = (u128::from(start_ns + duration_ns) * scale / 1_000_000_000) as u64;
+        // Derive each duration from the next start so the timeline has no rounding gaps.
+        if let Some(prev) = track.segments.back_mut() {
+            if time > prev.time {
+                prev.duration = time - prev.time;
+            }
+        }
+        let number = track.next_number;
+        track.next_number += 1;
+        track.segments.push_back(SegmentEntry { number, time, duration: end.saturating_sub(time).max(1) });
+        self.published = now;
+        Some(number)
+    }
+
+    /// Drops what fell out of the DVR window: segments whose end is older than `window`
+    /// before `now`, and then Periods with nothing left (never the live one).
+    pub fn evict(&mut self, window: Duration, now: SystemTime) -> Vec<Evicted> {
+        let Some(horizon) = now.checked_sub(window) else { return Vec::new() };
+        let ast = self.availability_start;
+        let mut evicted = Vec::new();
+        let live_index = self.periods.len().checked_sub(1).filter(|_| self.ended_at.is_none());
+        for (index, period) in self.periods.iter_mut().enumerate() {
+            let period_start = ast + period.start;
+            for track in &mut period.tracks {
+                let scale = f64::from(track.info.timescale);
+                while let Some(first) = track.segments.front() {
+                    let end = period_start + Duration::from_secs_f64((first.time + first.duration) as f64 / scale);
+                    // Keep the newest segment of a live track so the MPD never goes empty.
+                    if end >= horizon || (Some(index) == live_index && track.segments.len() == 1) {
+                        break;
+                    }
+                    evicted.push(Evicted {
+                        session: period.session.clone(),
+                        rendition: track.info.id.clone(),
+                        number: Some(first.number),
+                    });
+                    track.segments.pop_front();
+                }
+            }
+        }
+        let before = self.periods.len();
+        let mut index = 0;
+        self.periods.retain(|period| {
+            let keep = Some(index) == live_index || period.tracks.iter().any(|t| !t.segments.is_empty());
+            index += 1;
+            if !keep {
+                for track in &period.tracks {
+                    evicted.push(Evicted { session: period.session.clone(), rendition: track.info.id.clone(), number: None });
+                }
+            }
+            keep
+        });
+        if !evicted.is_empty() || self.periods.len() != before {
+            self.published = now;
+        }
+        evicted
+    }
+
+    /// True when the stream has been over for longer than the window: time to forget it.
+    pub fn expired(&self, window: Duration, now: SystemTime) -> bool {
+        self.ended_at.is_some_and(|ended| now.duration_since(ended).unwrap_or_default() > window)
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.ended_at.is_none() && !self.periods.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn video(id: &str) -> RenditionInfo {
+        RenditionInfo {
+            id: RenditionId::parse(id).unwrap(),
+            kind: TrackKind::Video,
+            bandwidth: 2_800_000,
+            width: 1280,
+            height: 720,
+            timescale: 90_000,
+            sample_rate: 0,
+            channels: 0,
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    #[test]
+    fn durations_follow_the_next_start_and_numbers_count_up() {
+        let s = SessionId::parse("s1").unwrap();
+        let r = RenditionId::parse("720p").unwrap();
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
+        tl.begin_period(s.clone(), vec![video("720p")], at(0));
+        assert_eq!(tl.add_segment(&s, &r, 0, 999_999_999, at(1)), Some(1));
+        assert_eq!(tl.add_segment(&s, &r, 1_000_000_000, 1_000_000_000, at(2)), Some(2));
+        let segs: Vec<_> = tl.periods[0].tracks[0].segments.iter().copied().collect();
+        assert_eq!(segs[0], SegmentEntry { number: 1, time: 0, duration: 90_000 });
+        assert_eq!(segs[1], SegmentEntry { number: 2, time: 90_000, duration: 90_000 });
+        assert_eq!(tl.add_segment(&s, &RenditionId::parse("nope").unwrap(), 0, 1, at(2)), None);
+    }
+
+    #[test]
+    fn eviction_keeps_the_window_and_ending_closes_the_period() {
+        let s = SessionId::parse("s1").unwrap();
+        let r = RenditionId::parse("720p").unwrap();
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
+        tl.begin_period(s.clone(), vec![video("720p")], at(0));
+        for i in 0..40u64 {
+            tl.add_segment(&s, &r, i * 1_000_000_000, 1_000_000_000, at(i + 1));
+        }
+        let evicted = tl.evict(Duration::from_secs(30), at(40));
+        // Segment n ends n seconds in; the window keeps those ending at 10 s or later.
+        assert_eq!(evicted.len(), 9);
+        assert_eq!(evicted[0].number, Some(1));
+        assert_eq!(tl.periods[0].tracks[0].segments.front().unwrap().number, 10);
+
+        tl.end_session(&s, at(41));
+        assert!(!tl.is_live());
+        assert_eq!(tl.periods[0].duration, Some(Duration::from_secs(40)));
+        assert!(!tl.expired(Duration::from_secs(30), at(60)));
+        assert!(tl.expired(Duration::from_secs(30), at(72)));
+    }
+
+    #[test]
+    fn a_republish_opens_a_new_period_and_the_old_one_ages_out() {
+        let (s1, s2) = (SessionId::parse("s1").unwrap(), SessionId::parse("s2").unwrap());
+        let r = RenditionId::parse("720p").unwrap();
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
+        tl.begin_period(s1.clone(), vec![video("720p")], at(0));
+        tl.add_segment(&s1, &r, 0, 1_000_000_000, at(1));
+        tl.end_session(&s1, at(2));
+        tl.begin_period(s2.clone(), vec![video("720p")], at(5));
+        assert!(tl.is_live());
+        assert_eq!(tl.periods[1].start, Duration::from_secs(5));
+        tl.add_segment(&s2, &r, 0, 1_000_000_000, at(6));
+        let evicted = tl.evict(Duration::from_secs(30), at(40));
+        assert!(evicted.iter().any(|e| e.session == s1 && e.number == Some(1)));
+        assert!(evicted.iter().any(|e| e.session == s1 && e.number.is_none()), "the old period goes, with its init");
+        assert_eq!(tl.periods.len(), 1);
+        assert_eq!(tl.periods[0].session, s2);
+    }
+}

@@ -1,0 +1,87 @@
+//! Which streams are being published right now. A publish claims its stream id; the claim
+//! is released when dropped, so a crashed session can never leave a stream locked.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::media::StreamId;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("stream {0} is already being published")]
+pub struct AlreadyPublishing(pub StreamId);
+
+#[derive(Default)]
+pub struct StreamRegistry {
+    live: Mutex<HashMap<StreamId, u64>>,
+    next_claim: Mutex<u64>,
+}
+
+impl StreamRegistry {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Claims a stream for one publisher; a second claim fails while the first lives.
+    pub fn claim(self: &Arc<Self>, stream: &StreamId) -> Result<PublishClaim, AlreadyPublishing> {
+        let mut live = self.live.lock();
+        if live.contains_key(stream) {
+            return Err(AlreadyPublishing(stream.clone()));
+        }
+        let id = {
+            let mut next = self.next_claim.lock();
+            *next += 1;
+            *next
+        };
+        live.insert(stream.clone(), id);
+        Ok(PublishClaim { registry: Arc::clone(self), stream: stream.clone(), id })
+    }
+
+    pub fn is_live(&self, stream: &StreamId) -> bool {
+        self.live.lock().contains_key(stream)
+    }
+
+    pub fn count(&self) -> usize {
+        self.live.lock().len()
+    }
+}
+
+/// Proof that this publisher owns its stream id; dropping it frees the id.
+pub struct PublishClaim {
+    registry: Arc<StreamRegistry>,
+    stream: StreamId,
+    id: u64,
+}
+
+impl PublishClaim {
+    pub fn stream(&self) -> &StreamId {
+        &self.stream
+    }
+}
+
+impl Drop for PublishClaim {
+    fn drop(&mut self) {
+        let mut live = self.registry.live.lock();
+        if live.get(&self.stream) == Some(&self.id) {
+            live.remove(&self.stream);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_publisher_per_stream_and_release_on_drop() {
+        let registry = StreamRegistry::new();
+        let cam = StreamId::parse("cam").unwrap();
+        let claim = registry.claim(&cam).unwrap();
+        assert_eq!(registry.claim(&cam).err(), Some(AlreadyPublishing(cam.clone())));
+        assert!(registry.claim(&StreamId::parse("other").unwrap()).is_ok());
+        drop(claim);
+        assert!(!registry.is_live(&cam));
+        assert!(registry.claim(&cam).is_ok());
+    }
+}

@@ -1,0 +1,260 @@
+//! Transcoding with GStreamer: one pipeline per publish session, built from the templates
+//! in pipelines/. Packets from the stream actor enter through appsrcs; every rendition's
+//! cmafmux output leaves through an appsink whose callback hands whole init and media
+//! segments to the packager. Bus errors surface to the stream actor, which tears the
+//! session down; other streams never share a pipeline with it.
+
+pub mod encoder;
+pub mod source;
+pub mod spec;
+
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gst::prelude::*;
+use gst_app::{AppSink, AppSrc};
+
+use crate::media::{RenditionId, SessionId, StreamId, TrackKind};
+use crate::package::fragment::{avc_codecs, ChunkMeta, FragmentAssembler, MuxerOutput};
+use crate::package::Packager;
+use spec::{PipelineSpec, AUDIO_SINK, AUDIO_SRC, VIDEO_SRC};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TranscodeError {
+    #[error("GStreamer failed to initialise: {0}")]
+    Init(String),
+    #[error("pipeline template: {0}")]
+    Template(#[from] encoder::EncoderError),
+    #[error("GStreamer element(s) missing: {0} (install the plugin packages from STACK.md)")]
+    MissingElements(String),
+    #[error("pipeline does not parse: {0}")]
+    Parse(String),
+    #[error("pipeline has no element named {0}")]
+    NoElement(String),
+    #[error("pipeline refused to start: {0}")]
+    Start(String),
+    #[error("pipeline stopped accepting data: {0}")]
+    Push(String),
+}
+
+static INIT: Once = Once::new();
+
+/// Initialises GStreamer once per process, registers the fMP4 muxers and routes
+/// GStreamer's warnings and errors into `tracing`.
+pub fn init() -> Result<(), TranscodeError> {
+    gst::init().map_err(|e| TranscodeError::Init(e.to_string()))?;
+    let mut result = Ok(());
+    INIT.call_once(|| {
+        result = gstfmp4::plugin_register_static().map_err(|e| TranscodeError::Init(e.to_string()));
+        gst::log::remove_default_log_function();
+        gst::log::set_default_threshold(gst::DebugLevel::Warning);
+        gst::log::add_log_function(|category, level, file, function, line, object, message| {
+            let object = object.map(|o| o.to_string()).unwrap_or_default();
+            let text = message.get().map(|m| m.to_string()).unwrap_or_default();
+            match level {
+                gst::DebugLevel::Error => {
+                    tracing::error!(target: "gstreamer", category = category.name(), %object, "{text} ({file}:{line} {function})")
+                }
+                gst::DebugLevel::Warning => {
+                    tracing::warn!(target: "gstreamer", category = category.name(), %object, "{text} ({file}:{line} {function})")
+                }
+                _ => tracing::debug!(target: "gstreamer", category = category.name(), %object, "{text}"),
+            }
+        });
+    });
+    result
+}
+
+/// Where a session's muxed objects go.
+#[derive(Clone)]
+pub struct SessionOutput {
+    pub packager: Arc<Packager>,
+    pub stream: StreamId,
+    pub session: SessionId,
+}
+
+/// A rendition's appsink and how to name its codec.
+pub struct SinkBinding {
+    pub rendition: RenditionId,
+    pub kind: TrackKind,
+    /// For audio the codecs string is known up front; video reads it from the init segment.
+    pub audio_codecs: Option<String>,
+}
+
+/// A running pipeline for one session.
+pub struct Transcoder {
+    pipeline: gst::Pipeline,
+    video_src: AppSrc,
+    audio_src: Option<AppSrc>,
+}
+
+impl Transcoder {
+    pub fn start(
+        spec: &PipelineSpec,
+        video_caps: gst::Caps,
+        audio_caps: Option<gst::Caps>,
+        sinks: Vec<SinkBinding>,
+        output: SessionOutput,
+    ) -> Result<Self, TranscodeError> {
+        let description = spec.describe()?;
+        tracing::debug!(%description, "launching pipeline");
+        let mut context = gst::ParseContext::new();
+        let element = gst::parse::launch_full(&description, Some(&mut context), gst::ParseFlags::FATAL_ERRORS).map_err(|e| {
+            let missing = context.missing_elements();
+            if missing.is_empty() {
+                TranscodeError::Parse(e.to_string())
+            } else {
+                TranscodeError::MissingElements(missing.join(", "))
+            }
+        })?;
+        let pipeline = element.downcast::<gst::Pipeline>().map_err(|_| TranscodeError::Parse("not a pipeline".into()))?;
+        let appsrc = |name: &str| -> Result<AppSrc, TranscodeError> {
+            pipeline
+                .by_name(name)
+                .and_then(|e| e.downcast::<AppSrc>().ok())
+                .ok_or_else(|| TranscodeError::NoElement(name.to_owned()))
+        };
+        let video_src = appsrc(VIDEO_SRC)?;
+        video_src.set_caps(Some(&video_caps));
+        let audio_src = match audio_caps {
+            Some(caps) => {
+                let src = appsrc(AUDIO_SRC)?;
+                src.set_caps(Some(&caps));
+                Some(src)
+            }
+            None => None,
+        };
+        for binding in sinks {
+            let name = match binding.kind {
+                TrackKind::Video => spec::video_sink_name(binding.rendition.as_str()),
+                TrackKind::Audio => AUDIO_SINK.to_owned(),
+            };
+            let sink = pipeline
+                .by_name(&name)
+                .and_then(|e| e.downcast::<AppSink>().ok())
+                .ok_or_else(|| TranscodeError::NoElement(name.clone()))?;
+            attach_sink(&sink, binding, output.clone());
+        }
+        pipeline.set_state(gst::State::Playing).map_err(|e| TranscodeError::Start(e.to_string()))?;
+        Ok(Self { pipeline, video_src, audio_src })
+    }
+
+    pub fn bus(&self) -> gst::Bus {
+        self.pipeline.bus().expect("a pipeline has a bus")
+    }
+
+    /// Bytes queued in the appsrcs and not yet taken by the pipeline.
+    pub fn queued_bytes(&self) -> u64 {
+        self.video_src.current_level_bytes() + self.audio_src.as_ref().map_or(0, |a| a.current_level_bytes())
+    }
+
+    pub fn push_video(&self, pts_ms: u64, dts_ms: u64, keyframe: bool, data: Bytes) -> Result<(), TranscodeError> {
+        let mut buffer = gst::Buffer::from_slice(data);
+        {
+            let buffer = buffer.get_mut().expect("fresh buffer is writable");
+            buffer.set_pts(gst::ClockTime::from_mseconds(pts_ms));
+            buffer.set_dts(gst::ClockTime::from_mseconds(dts_ms));
+            if !keyframe {
+                buffer.set_flags(gst::BufferFlags::DELTA_UNIT);
+            }
+        }
+        self.video_src.push_buffer(buffer).map(|_| ()).map_err(|e| TranscodeError::Push(format!("video: {e:?}")))
+    }
+
+    /// Pushes one audio frame; without an audio branch the frame is dropped.
+    pub fn push_audio(&self, pts_ms: u64, data: Bytes) -> Result<(), TranscodeError> {
+        let Some(src) = &self.audio_src else { return Ok(()) };
+        let mut buffer = gst::Buffer::from_slice(data);
+        buffer.get_mut().expect("fresh buffer is writable").set_pts(gst::ClockTime::from_mseconds(pts_ms));
+        src.push_buffer(buffer).map(|_| ()).map_err(|e| TranscodeError::Push(format!("audio: {e:?}")))
+    }
+
+    /// Ends the session: EOS flushes the muxers' last partial segments (bounded wait),
+    /// then the pipeline goes to Null. Blocking; call from a blocking thread.
+    pub fn finish(self, drain_timeout: Duration) {
+        let _ = self.video_src.end_of_stream();
+        if let Some(audio) = &self.audio_src {
+            let _ = audio.end_of_stream();
+        }
+        let bus = self.bus();
+        let waited = bus.timed_pop_filtered(
+            gst::ClockTime::from_nseconds(drain_timeout.as_nanos() as u64),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        );
+        if waited.is_none() {
+            tracing::warn!("pipeline did not drain within {drain_timeout:?}; last partial segment dropped");
+        }
+        self.stop();
+    }
+
+    /// Stops at once, dropping whatever is in flight.
+    pub fn stop(self) {
+        if let Err(e) = self.pipeline.set_state(gst::State::Null) {
+            tracing::error!("pipeline did not stop cleanly: {e}");
+        }
+    }
+}
+
+fn attach_sink(sink: &AppSink, binding: SinkBinding, output: SessionOutput) {
+    let span = tracing::Span::current();
+    let mut assembler = FragmentAssembler::new();
+    let SinkBinding { rendition, kind, audio_codecs } = binding;
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let _guard = span.enter();
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                // Encoders offset their timestamps (x264 starts at 1000 h): the timeline
+                // uses running time, as the muxer's tfdt does.
+                let segment = sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>()).cloned();
+                let mut handle = |buffer: &gst::BufferRef| -> Result<(), gst::FlowError> {
+                    let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                    let flags = buffer.flags();
+                    let meta = ChunkMeta {
+                        header: flags.contains(gst::BufferFlags::HEADER),
+                        delta_unit: flags.contains(gst::BufferFlags::DELTA_UNIT),
+                        discont: flags.contains(gst::BufferFlags::DISCONT),
+                        marker: flags.contains(gst::BufferFlags::MARKER),
+                        pts_ns: buffer
+                            .pts()
+                            .map(|pts| segment.as_ref().and_then(|s| s.to_running_time(pts)).unwrap_or(pts).nseconds()),
+                        duration_ns: buffer.duration().map(|t| t.nseconds()),
+                    };
+                    match assembler.push(meta, &map) {
+                        Ok(Some(MuxerOutput::Init(bytes))) => {
+                            let codecs = match kind {
+                                TrackKind::Video => avc_codecs(&bytes),
+                                TrackKind::Audio => audio_codecs.clone(),
+                            };
+                            let Some(codecs) = codecs else {
+                                tracing::error!(rendition = %rendition, "init segment has no codec configuration");
+                                return Err(gst::FlowError::Error);
+                            };
+                            output.packager.add_init(&output.stream, &output.session, &rendition, bytes, codecs);
+                        }
+                        Ok(Some(MuxerOutput::Segment(segment))) => {
+                            let (start, duration) = (segment.start_ns, segment.duration_ns);
+                            let number = output.packager.add_segment(&output.stream, &output.session, &rendition, segment);
+                            tracing::trace!(rendition = %rendition, ?number, start, duration, "segment");
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::error!(rendition = %rendition, "muxer output out of order: {e}");
+                            return Err(gst::FlowError::Error);
+                        }
+                    }
+                    Ok(())
+                };
+                if let Some(list) = sample.buffer_list() {
+                    for buffer in list.iter() {
+                        handle(buffer)?;
+                    }
+                } else if let Some(buffer) = sample.buffer() {
+                    handle(buffer)?;
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+}

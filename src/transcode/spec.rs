@@ -1,0 +1,116 @@
+//! The transcode pipeline of one session as a gst-launch description: a pure function of
+//! the ladder plan, the encoder template and the audio plan, so it can be unit-tested and
+//! logged. Video is decoded once and split with a tee; every rung scales, encodes and
+//! muxes into its own cmafmux (CMAF takes one track per muxer) and appsink.
+
+use std::time::Duration;
+
+use super::encoder::{self, EncoderError, EncoderKind};
+use crate::ladder::LadderPlan;
+
+/// What happens to the source audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioPlan {
+    /// No audio in the source.
+    None,
+    /// AAC-LC: repackaged as it is.
+    Copy,
+    /// Other AAC profiles: decoded and re-encoded to AAC-LC at this bitrate (bit/s).
+    Transcode { bitrate: u32 },
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    pub ladder: LadderPlan,
+    pub encoder: EncoderKind,
+    pub x264_preset: String,
+    pub audio: AudioPlan,
+    pub segment_duration: Duration,
+}
+
+pub const VIDEO_SRC: &str = "video_src";
+pub const AUDIO_SRC: &str = "audio_src";
+pub const AUDIO_SINK: &str = "sink_audio";
+
+pub fn video_sink_name(rendition: &str) -> String {
+    format!("sink_{rendition}")
+}
+
+impl PipelineSpec {
+    pub fn describe(&self) -> Result<String, EncoderError> {
+        let fragment_ns = self.segment_duration.as_nanos();
+        let mux = format!("cmafmux fragment-duration={fragment_ns}");
+        let sink = |name: &str| format!("appsink name={name} sync=false async=false buffer-list=true");
+        // The decoder runs single-threaded slices: frame threading would hold back frames.
+        let mut parts = vec![format!(
+            "appsrc name={VIDEO_SRC} format=time max-bytes=33554432 ! h264parse ! avdec_h264 thread-type=slice ! tee name=video_split"
+        )];
+        for rung in &self.ladder.rungs {
+            let encoder = encoder::render(
+                self.encoder.template(),
+                &[
+                    ("name", format!("enc_{}", rung.id)),
+                    ("bitrate_kbps", rung.bitrate_kbps.to_string()),
+                    ("preset", self.x264_preset.clone()),
+                ],
+            )?;
+            parts.push(format!(
+                "video_split. ! queue max-size-buffers=30 max-size-bytes=0 max-size-time=0 ! videoscale ! videoconvert \
+                 ! video/x-raw,format=I420,width={w},height={h},pixel-aspect-ratio=1/1 ! {encoder} ! h264parse \
+                 ! video/x-h264,stream-format=avc,alignment=au ! {mux} ! {sink}",
+                w = rung.width,
+                h = rung.height,
+                sink = sink(&video_sink_name(rung.id.as_str())),
+            ));
+        }
+        let audio_chain = match self.audio {
+            AudioPlan::None => None,
+            AudioPlan::Copy => Some("aacparse".to_owned()),
+            AudioPlan::Transcode { bitrate } => Some(format!(
+                "aacparse ! avdec_aac ! audioconvert ! audioresample ! avenc_aac bitrate={bitrate} ! aacparse"
+            )),
+        };
+        if let Some(chain) = audio_chain {
+            parts.push(format!("appsrc name={AUDIO_SRC} format=time max-bytes=4194304 ! {chain} ! {mux} ! {}", sink(AUDIO_SINK)));
+        }
+        Ok(parts.join("  "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::default_rungs;
+    use crate::ladder::{plan, SourceFormat};
+
+    fn spec(audio: AudioPlan) -> PipelineSpec {
+        PipelineSpec {
+            ladder: plan(SourceFormat { width: 1280, height: 720 }, &default_rungs()),
+            encoder: EncoderKind::X264,
+            x264_preset: "veryfast".into(),
+            audio,
+            segment_duration: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn one_muxer_and_sink_per_rendition() {
+        let text = spec(AudioPlan::Copy).describe().unwrap();
+        assert_eq!(text.matches("cmafmux fragment-duration=1000000000").count(), 4);
+        assert_eq!(text.matches("avdec_h264").count(), 1, "decode once");
+        for name in ["sink_720p", "sink_480p", "sink_360p", "sink_audio"] {
+            assert!(text.contains(&format!("name={name} ")), "{name} in {text}");
+        }
+        assert!(text.contains("width=854,height=480"));
+        assert!(!spec(AudioPlan::None).describe().unwrap().contains(AUDIO_SRC));
+        assert!(spec(AudioPlan::Transcode { bitrate: 128000 }).describe().unwrap().contains("avenc_aac bitrate=128000"));
+    }
+
+    #[test]
+    fn description_parses_in_gstreamer() {
+        super::super::init().unwrap();
+        for audio in [AudioPlan::Copy, AudioPlan::Transcode { bitrate: 96000 }] {
+            gst::parse::launch(&spec(audio).describe().unwrap()).unwrap();
+        }
+    }
+}
