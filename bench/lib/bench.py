@@ -28,6 +28,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 CHILDREN = []  # every Popen we started, so that cleanup can stop them
+TEMPDIRS = []  # temporary directories to remove at exit
 PIDFILE = None
 
 
@@ -72,6 +73,8 @@ def stop(p, sig=signal.SIGTERM, timeout=5.0):
 def stop_all():
     for p in reversed(CHILDREN):
         stop(p, timeout=3.0)
+    for d in TEMPDIRS:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def free_port():
@@ -288,6 +291,7 @@ class Nginx(ServerHandle):
             self.why = "nginx or libnginx-mod-rtmp not installed"
             return False
         prefix = tempfile.mkdtemp(prefix="bench-nginx-")
+        TEMPDIRS.append(prefix)
         self.prefix = prefix
         for d in ("logs", "dash", "tmp"):
             os.makedirs(os.path.join(prefix, d), exist_ok=True)
@@ -421,6 +425,7 @@ def run_server(srv, a, outdir, page_port, page_log):
                 log("%s: first segment downloadable after %.1f s" % (srv.name, time.monotonic() - t_pub))
                 if a.player and page_port:
                     udd = tempfile.mkdtemp(prefix="bench-chromium-")
+                    TEMPDIRS.append(udd)
                     from urllib.parse import quote
                     purl = "http://127.0.0.1:%d/index.html?tag=%s&mpd=%s" % (
                         page_port, quote(srv.name), quote(mpd_url, safe=""))
@@ -499,15 +504,18 @@ def analyse(name, relay_log, poll_log, page_log, sampler, t_ff_end, a):
         r["mpd"] = {k: infos[-1].get(k) for k in ("rep_id", "timescale", "pto", "period_start",
                                                   "period_count", "media_template", "init_url",
                                                   "mpd_type")}
-        if len({(i["rep_id"], i["period_id"]) for i in infos}) > 1:
+        live_infos = [i for i in infos if i["wall"] <= publish_end]
+        if len({(i["rep_id"], i["period_id"], i["timescale"]) for i in live_infos}) > 1:
             W.append("first video Representation / Period changed during the run (%d shapes)" % len(infos))
     errs = [e for e in pev if e["ev"] == "error"]
     if errs:
         W.append("poller: %d errors, first: %s" % (len(errs), json.dumps(errs[0])[:200]))
 
-    # segment boundaries in MPD seconds -> RTMP ms, origin chosen by keyframe alignment
+    # Segment boundaries: media time t/timescale (the track's own timeline, not
+    # the presentation time, which adds Period@start - presentationTimeOffset)
+    # -> RTMP ms; the origin is chosen by keyframe alignment below.
     def mpd_seconds(e, x):
-        return (e.get("period_start") or 0.0) + (x - (e.get("pto") or 0)) / float(e["timescale"])
+        return x / float(e["timescale"])
 
     segs = sorted(listed.values(), key=lambda e: mpd_seconds(e, e["t"]))
     starts = [mpd_seconds(e, e["t"]) * 1000.0 for e in segs]
@@ -624,11 +632,15 @@ def analyse(name, relay_log, poll_log, page_log, sampler, t_ff_end, a):
         # MPD's availabilityStartTime and of dash.js's clock synchronisation.
         wire = []
         series = []
+        live_infos = [i for i in infos if i["wall"] <= publish_end] or infos
+        pinfo = live_infos[-1] if live_infos else {}
+        # presentation time -> media time of the track
+        p2m = -(pinfo.get("period_start") or 0.0) + (pinfo.get("pto") or 0) / float(pinfo.get("timescale") or 1)
         for e in samples:
             ct = e.get("current_time")
             if not ct or e.get("paused"):
                 continue
-            x = ct * 1000.0 + off
+            x = (ct + p2m) * 1000.0 + off
             i = bisect.bisect_right(fr_pts, x) - 1
             if i < 0 or i + 1 >= len(fr_pts):
                 continue

@@ -259,11 +259,15 @@ class Relay:
         sp = ChunkParser(self.on_server_msg)
         t1 = asyncio.create_task(self.pipe(creader, swriter, cp, "client"))
         t2 = asyncio.create_task(self.pipe(sreader, cwriter, sp, "server"))
-        await asyncio.wait([t1, t2], return_when=asyncio.FIRST_COMPLETED)
-        await asyncio.sleep(0.5)
-        for t in (t1, t2):
-            t.cancel()
-        self.busy = False
+        try:
+            await asyncio.wait([t1, t2], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.sleep(0.5)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            for t in (t1, t2):
+                t.cancel()
+            self.busy = False
 
 
 async def main():

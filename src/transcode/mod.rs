@@ -18,7 +18,7 @@ use gst_app::{AppSink, AppSrc};
 use crate::media::{RenditionId, SessionId, StreamId, TrackKind};
 use crate::package::fragment::{avc_codecs, ChunkMeta, FragmentAssembler, MuxerOutput};
 use crate::package::Packager;
-use spec::{PipelineSpec, AUDIO_SINK, AUDIO_SRC, VIDEO_SRC};
+use spec::{PipelineSpec, AUDIO_SINK, AUDIO_SRC, DECODER, VIDEO_SRC};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranscodeError {
@@ -48,7 +48,9 @@ pub fn init() -> Result<(), TranscodeError> {
     INIT.call_once(|| {
         result = gstfmp4::plugin_register_static().map_err(|e| TranscodeError::Init(e.to_string()));
         gst::log::remove_default_log_function();
-        gst::log::set_default_threshold(gst::DebugLevel::Warning);
+        if std::env::var_os("GST_DEBUG").is_none() {
+            gst::log::set_default_threshold(gst::DebugLevel::Warning);
+        }
         gst::log::add_log_function(|category, level, file, function, line, object, message| {
             let object = object.map(|o| o.to_string()).unwrap_or_default();
             let text = message.get().map(|m| m.to_string()).unwrap_or_default();
@@ -59,7 +61,7 @@ pub fn init() -> Result<(), TranscodeError> {
                 gst::DebugLevel::Warning => {
                     tracing::warn!(target: "gstreamer", category = category.name(), %object, "{text} ({file}:{line} {function})")
                 }
-                _ => tracing::debug!(target: "gstreamer", category = category.name(), %object, "{text}"),
+                _ => tracing::info!(target: "gstreamer", category = category.name(), %object, "{text}"),
             }
         });
     });
@@ -125,6 +127,7 @@ impl Transcoder {
             }
             None => None,
         };
+        force_keyframes_at_boundaries(&pipeline, spec.segment_duration)?;
         for binding in sinks {
             let name = match binding.kind {
                 TrackKind::Video => spec::video_sink_name(binding.rendition.as_str()),
@@ -196,6 +199,57 @@ impl Transcoder {
     }
 }
 
+/// Decides which decoded frames must be keyframes: the first frame at or after every
+/// segment boundary. Deciding once, before the tee, gives every rung its keyframes on the
+/// same frames, so segment N of every rung starts at the same media time.
+#[derive(Debug)]
+pub struct KeyframeSchedule {
+    interval_ns: u64,
+    next_ns: u64,
+}
+
+impl KeyframeSchedule {
+    pub fn new(interval: Duration) -> Self {
+        Self { interval_ns: interval.as_nanos() as u64, next_ns: 0 }
+    }
+
+    /// True when the frame at `pts_ns` (running time) must be a keyframe.
+    pub fn is_boundary(&mut self, pts_ns: u64) -> bool {
+        if pts_ns < self.next_ns {
+            return false;
+        }
+        self.next_ns = (pts_ns / self.interval_ns + 1) * self.interval_ns;
+        true
+    }
+}
+
+/// Sends a downstream force-key-unit event ahead of every boundary frame leaving the
+/// decoder; the event travels in order with the frame down every branch of the tee.
+fn force_keyframes_at_boundaries(pipeline: &gst::Pipeline, interval: Duration) -> Result<(), TranscodeError> {
+    let decoder = pipeline.by_name(DECODER).ok_or_else(|| TranscodeError::NoElement(DECODER.into()))?;
+    let pad = decoder.static_pad("src").ok_or_else(|| TranscodeError::NoElement(format!("{DECODER}.src")))?;
+    let schedule = std::sync::Mutex::new(KeyframeSchedule::new(interval));
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(pts) = info.buffer().and_then(|b| b.pts()) else { return gst::PadProbeReturn::Ok };
+        let boundary = schedule.lock().map(|mut s| s.is_boundary(pts.nseconds())).unwrap_or(false);
+        if boundary {
+            // No running time: "key unit as soon as possible", i.e. on the frame that follows
+            // this serialized event. (GStreamer 1.22's encoder base class compares running
+            // times offset by 1000 h against the event's, and drops timed requests.)
+            let event = gst_video::DownstreamForceKeyUnitEvent::builder()
+                .timestamp(pts)
+                .running_time(gst::ClockTime::NONE)
+                .all_headers(true)
+                .build();
+            if !pad.push_event(event) {
+                tracing::warn!("keyframe request at {pts} was not delivered");
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+    Ok(())
+}
+
 fn attach_sink(sink: &AppSink, binding: SinkBinding, output: SessionOutput) {
     let span = tracing::Span::current();
     let mut assembler = FragmentAssembler::new();
@@ -257,4 +311,18 @@ fn attach_sink(sink: &AppSink, binding: SinkBinding, output: SessionOutput) {
             })
             .build(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyframes_fall_on_the_first_frame_of_each_second() {
+        let mut schedule = KeyframeSchedule::new(Duration::from_secs(1));
+        let frame_ms = [0u64, 33, 967, 1000, 1033, 1999, 2034, 2067, 4100, 4133];
+        let forced: Vec<u64> = frame_ms.into_iter().filter(|ms| schedule.is_boundary(ms * 1_000_000)).collect();
+        // 2034 stands in for a dropped 2000; 4100 for a gap that skipped a whole second.
+        assert_eq!(forced, [0, 1000, 2034, 4100]);
+    }
 }

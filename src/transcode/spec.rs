@@ -31,6 +31,7 @@ pub struct PipelineSpec {
 pub const VIDEO_SRC: &str = "video_src";
 pub const AUDIO_SRC: &str = "audio_src";
 pub const AUDIO_SINK: &str = "sink_audio";
+pub const DECODER: &str = "decoder";
 
 pub fn video_sink_name(rendition: &str) -> String {
     format!("sink_{rendition}")
@@ -39,11 +40,13 @@ pub fn video_sink_name(rendition: &str) -> String {
 impl PipelineSpec {
     pub fn describe(&self) -> Result<String, EncoderError> {
         let fragment_ns = self.segment_duration.as_nanos();
-        let mux = format!("cmafmux fragment-duration={fragment_ns}");
+        // Keyframes are forced upstream of the tee at segment boundaries (see
+        // `KeyframeSchedule`), so the muxers must not ask each encoder on their own.
+        let mux = format!("cmafmux fragment-duration={fragment_ns} send-force-keyunit=false");
         let sink = |name: &str| format!("appsink name={name} sync=false async=false buffer-list=true");
         // The decoder runs single-threaded slices: frame threading would hold back frames.
         let mut parts = vec![format!(
-            "appsrc name={VIDEO_SRC} format=time max-bytes=33554432 ! h264parse ! avdec_h264 thread-type=slice ! tee name=video_split"
+            "appsrc name={VIDEO_SRC} format=time max-bytes=33554432 ! h264parse ! avdec_h264 name={DECODER} thread-type=slice ! tee name=video_split"
         )];
         for rung in &self.ladder.rungs {
             let encoder = encoder::render(
@@ -96,7 +99,7 @@ mod tests {
     #[test]
     fn one_muxer_and_sink_per_rendition() {
         let text = spec(AudioPlan::Copy).describe().unwrap();
-        assert_eq!(text.matches("cmafmux fragment-duration=1000000000").count(), 4);
+        assert_eq!(text.matches("cmafmux fragment-duration=1000000000 send-force-keyunit=false").count(), 4);
         assert_eq!(text.matches("avdec_h264").count(), 1, "decode once");
         for name in ["sink_720p", "sink_480p", "sink_360p", "sink_audio"] {
             assert!(text.contains(&format!("name={name} ")), "{name} in {text}");
