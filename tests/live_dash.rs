@@ -1,0 +1,138 @@
+//! End to end on one appliance: ffmpeg publishes RTMP, the live MPD and every
+//! Representation's segments are checked and decoded, then the broadcaster stops and
+//! publishes again under the same key.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use support::*;
+
+const STREAM: &str = "studio-a";
+
+/// Waits for a live MPD whose every Representation lists at least `count` segments.
+fn wait_for_segments(app: &Appliance, count: usize, within: Duration) -> dash_mpd_core::MPD {
+    wait_until(&format!("a live MPD with {count} segments in every Representation"), within, || {
+        let mpd = fetch_mpd(app, STREAM)?;
+        let period = mpd.periods.last()?;
+        let reps: Vec<_> = period.adaptations.iter().flat_map(|a| &a.representations).collect();
+        let ready = reps.len() == 4 && reps.iter().all(|r| segments(STREAM, r).1.len() >= count);
+        (ready && mpd.mpdtype.as_deref() == Some("dynamic")).then_some(mpd)
+    })
+}
+
+#[test]
+fn publish_play_stop_and_republish() {
+    let app = Appliance::start(None);
+    let publisher = Publisher::start(&app.publish_url("live", STREAM), 12, "1280x720");
+
+    let mpd = wait_for_segments(&app, 6, Duration::from_secs(25));
+
+    // Manifest-wide fields of a live presentation.
+    assert_eq!(mpd.mpdtype.as_deref(), Some("dynamic"));
+    assert!(mpd.availabilityStartTime.is_some() && mpd.publishTime.is_some());
+    assert_eq!(mpd.minimumUpdatePeriod, Some(Duration::from_secs(1)));
+    assert_eq!(mpd.timeShiftBufferDepth, Some(Duration::from_secs(30)));
+    assert!(mpd.suggestedPresentationDelay.is_some_and(|d| d <= Duration::from_millis(2500)));
+    assert!(mpd.minBufferTime.is_some());
+    assert_eq!(mpd.periods.len(), 1);
+    let period = &mpd.periods[0];
+    let session = period.id.clone().unwrap();
+    assert_eq!(period.adaptations.len(), 2, "one video and one audio AdaptationSet");
+
+    // Video: every rung up to the 720p source, never above it.
+    let video = period.adaptations.iter().find(|a| a.contentType.as_deref() == Some("video")).unwrap();
+    let mut rungs: Vec<(String, u64, u64)> = Vec::new();
+    for rep in &video.representations {
+        assert!(rep.codecs.as_deref().unwrap().starts_with("avc1.64"), "{:?}", rep.codecs);
+        assert!(rep.bandwidth.unwrap() >= 500_000);
+        rungs.push((rep.id.clone().unwrap(), rep.width.unwrap(), rep.height.unwrap()));
+    }
+    assert_eq!(
+        rungs,
+        [("720p".into(), 1280, 720), ("480p".into(), 854, 480), ("360p".into(), 640, 360)]
+    );
+    let audio = period.adaptations.iter().find(|a| a.contentType.as_deref() == Some("audio")).unwrap();
+    assert_eq!(audio.representations.len(), 1);
+    assert_eq!(audio.representations[0].codecs.as_deref(), Some("mp4a.40.2"));
+
+    // Every Representation: init + 5 contiguous media segments decode, ~1 s each.
+    let mut keyframes: HashMap<u64, Vec<(String, f64)>> = HashMap::new();
+    let mut first_urls = Vec::new();
+    for rep in video.representations.iter().chain(&audio.representations) {
+        let id = rep.id.clone().unwrap();
+        let (init_url, list) = segments(STREAM, rep);
+        assert!(init_url.contains(&session) && list[0].url.contains(&session), "URLs carry the session id");
+        let init = get_bytes(&app.url(&init_url));
+        let recent = &list[list.len() - 5..];
+        for pair in recent.windows(2) {
+            assert_eq!(pair[1].number, pair[0].number + 1, "{id}: contiguous numbering");
+            assert_eq!(pair[1].time, pair[0].time + pair[0].duration, "{id}: no gap in the timeline");
+        }
+        for seg in recent {
+            let seconds = seg.duration as f64 / seg.timescale as f64;
+            assert!((0.9..=1.1).contains(&seconds), "{id} segment {} lasts {seconds} s", seg.number);
+            let (codec, width, height, frames) = probe(&init, &get_bytes(&app.url(&seg.url)));
+            if id == "audio" {
+                assert_eq!(codec, "aac");
+                continue;
+            }
+            assert_eq!(codec, "h264");
+            let expected = rungs.iter().find(|r| r.0 == id).unwrap();
+            assert_eq!((u64::from(width), u64::from(height)), (expected.1, expected.2), "{id} decodes at its size");
+            assert!(frames.len() >= 28, "{id} segment {} has {} frames", seg.number, frames.len());
+            let (pts, key) = frames[0];
+            assert!(key, "{id} segment {} starts with a keyframe", seg.number);
+            assert_eq!(frames.iter().filter(|f| f.1).count(), 1, "{id} segment {}: one keyframe", seg.number);
+            keyframes.entry(seg.number).or_default().push((id.clone(), pts));
+            let start = seg.time as f64 / seg.timescale as f64;
+            assert!((pts - start).abs() < 0.002, "{id} segment {}: MPD says {start} s, media says {pts} s", seg.number);
+        }
+        first_urls.push(app.url(&recent[0].url));
+    }
+    // Keyframes aligned: segment N starts at the same media time, on an exact second, in every rung.
+    let aligned: Vec<_> = keyframes.iter().filter(|(_, v)| v.len() == 3).collect();
+    assert!(aligned.len() >= 3, "segments common to all rungs: {keyframes:?}");
+    for (number, starts) in aligned {
+        assert!(starts.iter().all(|s| (s.1 - starts[0].1).abs() < 1e-6), "segment {number}: {starts:?}");
+        assert!((starts[0].1 - starts[0].1.round()).abs() < 0.002, "segment {number} starts on a second: {starts:?}");
+    }
+
+    // The broadcaster stops: the MPD turns static.
+    let (status, stderr) = publisher.wait(Duration::from_secs(30));
+    assert!(status.success(), "ffmpeg failed: {stderr}");
+    let ended = wait_until("a static MPD after the publisher stopped", Duration::from_secs(10), || {
+        fetch_mpd(&app, STREAM).filter(|m| m.mpdtype.as_deref() == Some("static"))
+    });
+    assert!(ended.mediaPresentationDuration.is_some_and(|d| d >= Duration::from_secs(8)));
+    assert!(ended.minimumUpdatePeriod.is_none());
+    let list: serde_json::Value = serde_json::from_str(&get(&app.url("/live")).text().unwrap()).unwrap();
+    assert_eq!(list[0]["stream"], STREAM);
+    assert_eq!(list[0]["live"], false);
+
+    // Republish under the same key: a new Period with new URLs; old URLs keep their bytes.
+    let old_bytes: Vec<Vec<u8>> = first_urls.iter().map(|u| get_bytes(u)).collect();
+    let again = Publisher::start(&app.publish_url("live", STREAM), 5, "1280x720");
+    let mpd = wait_until("a live MPD with a new Period", Duration::from_secs(20), || {
+        fetch_mpd(&app, STREAM).filter(|m| {
+            m.mpdtype.as_deref() == Some("dynamic")
+                && m.periods.last().and_then(|p| p.id.clone()).is_some_and(|id| id != session)
+                && m.periods.last().is_some_and(|p| p.adaptations.len() == 2)
+        })
+    });
+    let new_period = mpd.periods.last().unwrap();
+    let new_session = new_period.id.clone().unwrap();
+    for rep in new_period.adaptations.iter().flat_map(|a| &a.representations) {
+        let (init_url, list) = segments(STREAM, rep);
+        assert!(init_url.contains(&new_session) && !init_url.contains(&session));
+        assert!(list.iter().all(|s| s.url.contains(&new_session)));
+    }
+    for (url, bytes) in first_urls.iter().zip(&old_bytes) {
+        assert_eq!(&get_bytes(url), bytes, "{url} still names the same bytes");
+    }
+    let (status, stderr) = again.wait(Duration::from_secs(20));
+    assert!(status.success(), "second ffmpeg failed: {stderr}");
+    let status = app.terminate(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
+}

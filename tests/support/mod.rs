@@ -1,0 +1,270 @@
+//! Test harness: the real `rackcast` binary on 127.0.0.1 ports, real ffmpeg publishers,
+//! real HTTP, and ffprobe to decode what comes out. Every wait has a deadline and says
+//! what it waited for.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use dash_mpd_core as dash;
+
+pub struct Appliance {
+    child: Child,
+    pub rtmp: String,
+    pub http: String,
+    logs: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Appliance {
+    /// Starts the binary with an optional TOML config; RTMP and HTTP on free loopback ports.
+    pub fn start(config: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rackcast"));
+        command.args(["run", "--rtmp", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+        if let Some(text) = config {
+            let path = dir.path().join("rackcast.toml");
+            std::fs::write(&path, text).unwrap();
+            command.arg("--config").arg(path);
+        }
+        let mut child = command
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("rackcast binary starts");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&logs);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("RACKCAST_TEST_LOGS").is_some() {
+                    eprintln!("[rackcast] {line}");
+                }
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut ready = String::new();
+        stdout.read_line(&mut ready).unwrap();
+        assert!(ready.starts_with("rackcast ready"), "no ready line, got {ready:?}; logs:\n{}", logs.lock().unwrap());
+        let field = |name: &str| {
+            ready.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))).unwrap().to_owned()
+        };
+        Self { rtmp: field("rtmp"), http: field("http"), child, logs, _dir: dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn publish_url(&self, app: &str, key: &str) -> String {
+        format!("rtmp://{}/{}/{}", self.rtmp, app, key)
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) {
+        let logs = Arc::clone(&self.logs);
+        wait_until(&format!("log line containing {needle:?}"), within, || logs.lock().unwrap().contains(needle).then_some(()));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self, within: Duration) -> ExitStatus {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "rackcast did not exit within {within:?} of SIGTERM; logs:\n{}", self.logs());
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap();
+}
+
+/// A real ffmpeg broadcaster: test pattern + tone, x264 with a keyframe every second, AAC.
+pub struct Publisher {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Publisher {
+    pub fn start(url: &str, seconds: u32, size: &str) -> Self {
+        let duration = seconds.to_string();
+        let video = format!("testsrc2=size={size}:rate=30");
+        let mut child = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-re"])
+            .args(["-f", "lavfi", "-i", &video, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args(["-t", &duration, "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "30"])
+            .args(["-pix_fmt", "yuv420p", "-b:v", "2500k", "-c:a", "aac", "-b:a", "128k", "-f", "flv", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ffmpeg starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        let pipe = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Self { child, stderr }
+    }
+
+    /// Waits for ffmpeg to exit; returns its status and what it printed.
+    pub fn wait(mut self, within: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                thread::sleep(Duration::from_millis(50));
+                return (status, self.stderr.lock().unwrap().clone());
+            }
+            assert!(Instant::now() < deadline, "ffmpeg did not exit within {within:?}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it yields a value; panics with `what` at the deadline.
+pub fn wait_until<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap()
+}
+
+pub fn get(url: &str) -> reqwest::blocking::Response {
+    client().get(url).send().unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+pub fn get_bytes(url: &str) -> Vec<u8> {
+    let response = get(url);
+    assert_eq!(response.status(), 200, "GET {url}");
+    response.bytes().unwrap().to_vec()
+}
+
+/// The stream's MPD, when it is served.
+pub fn fetch_mpd(app: &Appliance, stream: &str) -> Option<dash::MPD> {
+    let response = get(&app.url(&format!("/live/{stream}/manifest.mpd")));
+    if response.status() != 200 {
+        return None;
+    }
+    let text = response.text().unwrap();
+    Some(dash::parse(&text).unwrap_or_else(|e| panic!("MPD does not parse: {e:?}\n{text}")))
+}
+
+/// One segment as the MPD addresses it.
+#[derive(Debug, Clone)]
+pub struct SegmentRef {
+    pub number: u64,
+    pub time: u64,
+    pub duration: u64,
+    pub timescale: u64,
+    pub url: String,
+}
+
+/// Init URL and listed segments of a Representation, resolved against the stream's base.
+pub fn segments(stream: &str, rep: &dash::Representation) -> (String, Vec<SegmentRef>) {
+    let template = rep.SegmentTemplate.as_ref().expect("SegmentTemplate on the Representation");
+    let id = rep.id.as_deref().unwrap();
+    let base = format!("/live/{stream}/");
+    let init = base.clone() + &template.initialization.as_ref().unwrap().replace("$RepresentationID$", id);
+    let media = template.media.as_ref().unwrap().replace("$RepresentationID$", id);
+    let timescale = template.timescale.unwrap();
+    let mut number = template.startNumber.unwrap();
+    let mut time = 0;
+    let mut list = Vec::new();
+    for s in &template.SegmentTimeline.as_ref().unwrap().segments {
+        if let Some(t) = s.t {
+            time = t;
+        }
+        for _ in 0..=s.r.unwrap_or(0) {
+            let url = base.clone() + &media.replace("$Number$", &number.to_string());
+            list.push(SegmentRef { number, time, duration: s.d, timescale, url });
+            number += 1;
+            time += s.d;
+        }
+    }
+    (init, list)
+}
+
+/// Decodes init+segment with ffprobe: (codec, width, height, frames as (pts s, keyframe)).
+pub fn probe(init: &[u8], segment: &[u8]) -> (String, u32, u32, Vec<(f64, bool)>) {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(init).unwrap();
+    file.write_all(segment).unwrap();
+    let path = file.path().to_str().unwrap().to_owned();
+    let stream = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "stream=codec_name,width,height", "-of", "csv=p=0", &path])
+        .output()
+        .unwrap();
+    assert!(stream.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&stream.stderr));
+    let line = String::from_utf8(stream.stdout).unwrap();
+    let fields: Vec<&str> = line.trim().split(',').collect();
+    let frames = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "frame=pts_time,key_frame", "-of", "csv=p=0", &path])
+        .output()
+        .unwrap();
+    assert!(frames.status.success(), "ffprobe could not decode frames: {}", String::from_utf8_lossy(&frames.stderr));
+    let frames = String::from_utf8(frames.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split(',');
+            let key = parts.next()? == "1";
+            let pts: f64 = parts.next()?.parse().ok()?;
+            Some((pts, key))
+        })
+        .collect();
+    let number = |i: usize| fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (fields[0].to_owned(), number(1), number(2), frames)
+}
