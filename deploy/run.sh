@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Builds and starts the appliance on its embedded default: one node, every role, software
+# encoder, RTMP on 0.0.0.0:1935, HTTP on 0.0.0.0:8080, no config file. Extra arguments go
+# to `rackcast run` (for example --config deploy/rackcast.toml).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./deploy/install-deps.sh
+cargo build --release --locked
+exec ./target/release/rackcast run "$@"

@@ -1,0 +1,116 @@
+//! Bad input on one appliance while another stream is live: garbage bytes, a stalled
+//! handshake, a wrong application, a wrong stream key, a second publisher for a live
+//! stream, and malformed HTTP paths. Each gets its exact outcome, and the live stream
+//! loses no segment inside its DVR window.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const CONFIG: &str = r#"
+[ingest]
+handshake_timeout = "2s"
+idle_timeout = "3s"
+
+[ingest.keys]
+"k3y-main" = "main"
+"#;
+
+/// Opens a raw TCP connection, writes `bytes`, and measures how long until the server
+/// closes it (reads return 0 or fail).
+fn closed_after(addr: &str, bytes: &[u8], limit: Duration) -> Duration {
+    let start = Instant::now();
+    let mut socket = TcpStream::connect(addr).unwrap();
+    socket.set_read_timeout(Some(limit)).unwrap();
+    socket.write_all(bytes).unwrap();
+    let mut buf = [0u8; 8192];
+    loop {
+        match socket.read(&mut buf) {
+            Ok(0) | Err(_) if start.elapsed() < limit => return start.elapsed(),
+            Ok(_) => continue,
+            _ => panic!("connection still open after {limit:?}"),
+        }
+    }
+}
+
+fn video_numbers(app: &Appliance) -> Vec<u64> {
+    let mpd = fetch_mpd(app, "main").expect("main stream is served");
+    let rep = &mpd.periods.last().unwrap().adaptations[0].representations[0];
+    segments("main", rep).1.iter().map(|s| s.number).collect()
+}
+
+#[test]
+fn bad_input_is_refused_and_the_live_stream_goes_on() {
+    let app = Appliance::start(Some(CONFIG));
+    let mut main = Publisher::start(&app.publish_url("live", "k3y-main"), 16, "640x360");
+    wait_until("main stream segments", Duration::from_secs(20), || {
+        fetch_mpd(&app, "main").filter(|_| video_numbers(&app).len() >= 2)
+    });
+    let before = video_numbers(&app);
+
+    // Garbage instead of an RTMP handshake (C0 must be 3): closed at once, with a log line.
+    let garbage: Vec<u8> = (0..3000u32).map(|i| (i * 7 + 11) as u8).collect();
+    let took = closed_after(&app.rtmp, &garbage, Duration::from_secs(5));
+    assert!(took < Duration::from_secs(1), "garbage closed after {took:?}");
+    app.wait_for_log("connection dropped: handshake failed", Duration::from_secs(5));
+
+    // A client that stops mid-handshake: closed by the handshake time-out (2 s here).
+    let took = closed_after(&app.rtmp, &[3, 0, 0, 0], Duration::from_secs(6));
+    assert!(took >= Duration::from_millis(1900), "stalled handshake closed after {took:?}");
+    app.wait_for_log("handshake did not complete within 2s", Duration::from_secs(5));
+
+    // A wrong application name: ffmpeg is told and gives up; the log names the app.
+    let (status, _) = Publisher::start(&app.publish_url("vod", "k3y-main"), 3, "320x240").wait(Duration::from_secs(15));
+    assert!(!status.success(), "publishing to the wrong app must fail");
+    app.wait_for_log("application \"vod\" refused", Duration::from_secs(5));
+
+    // A stream key that is not configured.
+    let (status, _) = Publisher::start(&app.publish_url("live", "wrong-key"), 3, "320x240").wait(Duration::from_secs(15));
+    assert!(!status.success(), "an unknown key must be refused");
+    app.wait_for_log("publish refused: stream key not recognised", Duration::from_secs(5));
+
+    // A second publisher for the live stream.
+    let (status, _) = Publisher::start(&app.publish_url("live", "k3y-main"), 3, "320x240").wait(Duration::from_secs(15));
+    assert!(!status.success(), "a second publisher must be refused");
+    app.wait_for_log("publish refused: stream main is already being published", Duration::from_secs(5));
+    assert!(main.is_running(), "the first publisher is still connected");
+
+    // Malformed and unknown HTTP paths on the live appliance.
+    for (path, status) in [
+        ("/live/..%2F..%2Fetc%2Fpasswd/manifest.mpd", 400),
+        ("/live/main/720p/..%2Finit.mp4", 400),
+        ("/live/main/360p/not-a-number.m4s", 400),
+        ("/live/main/360p/zz-1.m4s", 404),
+        ("/live/nobody/manifest.mpd", 404),
+        ("/../../etc/passwd", 404),
+    ] {
+        assert_eq!(get(&app.url(path)).status().as_u16(), status, "{path}");
+    }
+
+    // The live stream went on: more segments, numbered without a hole, all still served.
+    let after = wait_until("main stream to advance", Duration::from_secs(10), || {
+        let now = video_numbers(&app);
+        (now.last() > before.last()).then_some(now)
+    });
+    assert!(after.windows(2).all(|w| w[1] == w[0] + 1), "no segment lost: {after:?}");
+    let mpd = fetch_mpd(&app, "main").unwrap();
+    for rep in mpd.periods.last().unwrap().adaptations.iter().flat_map(|a| &a.representations) {
+        for seg in segments("main", rep).1 {
+            assert_eq!(get(&app.url(&seg.url)).status(), 200, "{} still served", seg.url);
+        }
+    }
+    drop(main);
+}
+
+#[test]
+fn sigterm_during_a_publish_drains_and_exits_zero() {
+    let app = Appliance::start(None);
+    let _publisher = Publisher::start(&app.publish_url("live", "cam"), 20, "640x360");
+    wait_until("first segments", Duration::from_secs(20), || fetch_mpd(&app, "cam"));
+    let status = app.terminate(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0));
+}
