@@ -376,13 +376,15 @@ def chromium_cmd(url, udd, page_port, local_clock=True):
             "--window-size=1280,800", url]
 
 
-def run_server(srv, a, outdir, page_port, page_log):
+def run_server(srv, a, outdir, page_port, page_log, player, suffix=""):
+    """One publish against a freshly started server.  player: open the dash.js
+    page in Chromium during this publish."""
     key = a.stream_key
     res = {"server": srv.name, "ok": False}
-    wd = os.path.join(outdir, srv.name)
+    wd = os.path.join(outdir, srv.name + suffix)
     os.makedirs(wd, exist_ok=True)
     srv.workdir = wd
-    log("%s: starting server" % srv.name)
+    log("%s%s: starting server" % (srv.name, suffix))
     if not srv.start():
         res["skipped"] = srv.why
         log("%s: SKIPPED: %s" % (srv.name, srv.why))
@@ -423,7 +425,7 @@ def run_server(srv, a, outdir, page_port, page_log):
             if any(e["ev"] == "seg200" for e in ev) and any(e["ev"] == "init200" for e in ev):
                 first_seg_seen = True
                 log("%s: first segment downloadable after %.1f s" % (srv.name, time.monotonic() - t_pub))
-                if a.player and page_port:
+                if player and page_port:
                     udd = tempfile.mkdtemp(prefix="bench-chromium-")
                     TEMPDIRS.append(udd)
                     from urllib.parse import quote
@@ -452,7 +454,8 @@ def run_server(srv, a, outdir, page_port, page_log):
     sampler.halt.set()
     sampler.join(2)
     srv.stop()
-    res.update(analyse(srv.name, relay_log, poll_log, page_log, sampler, t_ff_end, a))
+    res.update(analyse(srv.name, relay_log, poll_log, page_log if player else None,
+                       sampler, t_ff_end, a))
     res["ok"] = True
     return res
 
@@ -475,7 +478,8 @@ def analyse(name, relay_log, poll_log, page_log, sampler, t_ff_end, a):
     if pub is None or not frames or first_chunk is None:
         W.append("relay saw no publish / no video frames")
         return r
-    publish_end = eof["wall"] if eof else t_ff_end
+    media_last = [e["last"] for e in rev if e["ev"] in ("video", "audio")]
+    publish_end = max(media_last) if media_last else (eof["wall"] if eof else t_ff_end)
     origin_chunk = vids[0]["ts"]          # RTMP ts of the first type-9 message
     origin_frame = frames[0]["ts"] + frames[0]["cts"]
     pts = [f["ts"] + f["cts"] for f in frames]
@@ -517,7 +521,14 @@ def analyse(name, relay_log, poll_log, page_log, sampler, t_ff_end, a):
     def mpd_seconds(e, x):
         return x / float(e["timescale"])
 
-    segs = sorted(listed.values(), key=lambda e: mpd_seconds(e, e["t"]))
+    steady = [i for i in infos if i["wall"] <= publish_end] or infos
+    steady_rep = steady[-1]["rep_id"] if steady else None
+    other = [e for e in listed.values() if e.get("rep_id", steady_rep) != steady_rep]
+    if other:
+        W.append("%d segments listed for another first video Representation (MPD shape changed "
+                 "early on); counted only %s" % (len(other), steady_rep))
+    segs = sorted((e for e in listed.values() if e.get("rep_id", steady_rep) == steady_rep),
+                  key=lambda e: mpd_seconds(e, e["t"]))
     starts = [mpd_seconds(e, e["t"]) * 1000.0 for e in segs]
     cands = [("first video message RTMP timestamp = MPD time 0", origin_chunk),
              ("first video frame RTMP timestamp = MPD time 0", origin_frame)]
@@ -608,7 +619,7 @@ def analyse(name, relay_log, poll_log, page_log, sampler, t_ff_end, a):
                       for p, h in sampler.hwm.items()}
 
     # dash.js
-    if a.player:
+    if page_log:
         page = [e for e in read_jsonl(page_log) if e.get("tag") == name]
         samples = [e for e in page if e.get("ev") == "sample"]
         lat = [e for e in samples if e.get("latency") is not None and e["latency"] > 0]
@@ -664,6 +675,9 @@ def analyse(name, relay_log, poll_log, page_log, sampler, t_ff_end, a):
 
 # ---------------------------------------------------------------- report
 
+PLAYER_KEYS = ("player", "dashjs_latency_s_median", "dashjs_latency_s_p95",
+               "playback_wire_latency_s_median", "playback_wire_latency_s_p95")
+
 ROWS = [
     ("segment availability lag median ms", "lag_ms_median", "%.0f"),
     ("segment availability lag p95 ms", "lag_ms_p95", "%.0f"),
@@ -710,6 +724,8 @@ def main():
     ap.add_argument("--settle-window", type=float, default=10.0)
     ap.add_argument("--no-player", dest="player", action="store_false")
     ap.add_argument("--player-clock", choices=("local", "date"), default="local")
+    ap.add_argument("--player-pass", choices=("separate", "same"), default="separate",
+                    help="run Chromium in a second publish per server (default) or in the measured one")
     ap.add_argument("--rackcast-bin", default=None)
     ap.add_argument("--rackcast-note", default="")
     ap.add_argument("--dashjs-dir", default=os.path.join(BENCH, "node_modules", "dashjs", "dist", "modern", "umd"))
@@ -762,11 +778,32 @@ def main():
                 log("unknown server %r" % s)
                 continue
             try:
-                results.append(run_server(srv, a, a.out, page_port, page_log))
+                same = a.player and a.player_pass == "same"
+                res = run_server(srv, a, a.out, page_port, page_log, same)
+                if same:
+                    res["player_pass"] = "same publish"
             finally:
                 if srv.proc is not None:
                     srv.stop()
             time.sleep(1.0)
+            if a.player and a.player_pass == "separate" and res.get("ok"):
+                try:
+                    pres = run_server(srv, a, a.out, page_port, page_log, True, "-player")
+                finally:
+                    if srv.proc is not None:
+                        srv.stop()
+                time.sleep(1.0)
+                res["player_pass"] = "separate publish"
+                for k in PLAYER_KEYS:
+                    if k in pres:
+                        res[k] = pres[k]
+                res["warnings"] = res.get("warnings", []) + [
+                    "player pass: " + w for w in pres.get("warnings", [])
+                    if "dash.js" in w or "player" in w]
+                res["player_pass_result"] = {k: pres.get(k) for k in (
+                    "lag_ms_median", "lag_ms_p95", "cpu_per_media_s", "first_segment_s",
+                    "segments_measured")}
+            results.append(res)
     finally:
         stop_all()
 
@@ -791,7 +828,7 @@ def main():
     out = {"command": a.cmdline, "date": datetime.datetime.now().isoformat(timespec="seconds"),
            "settings": {"duration_s": a.duration, "poll_ms": a.poll_ms, "mpd_poll_ms": a.mpd_poll_ms, "drain_s": a.drain,
                         "settle_window_s": a.settle_window, "player": a.player,
-                        "player_clock": a.player_clock},
+                        "player_clock": a.player_clock, "player_pass": a.player_pass},
            "table": {label: {r["server"]: r.get(key) for r in results} for label, key, _ in ROWS},
            "servers": results}
     with open(os.path.join(a.out, "results.json"), "w") as f:

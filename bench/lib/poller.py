@@ -173,7 +173,8 @@ def main():
                         segs[s["url"]] = st
                     if not st["listed"]:
                         st["listed"] = True
-                        emit({"ev": "listed", "url": s["url"], "n": s["n"], "t": s["t"],
+                        emit({"ev": "listed", "url": s["url"], "rep_id": info["rep_id"],
+                              "n": s["n"], "t": s["t"],
                               "d": s["d"], "timescale": info["timescale"], "pto": info["pto"],
                               "period_start": info["period_start"],
                               "period_id": info["period_id"], "wall": ts,
