@@ -114,3 +114,29 @@ fn sigterm_during_a_publish_drains_and_exits_zero() {
     let status = app.terminate(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn the_dvr_window_bounds_segments_and_an_ended_stream_is_removed() {
+    let app = Appliance::start(Some("[package]\ndvr_window = \"3s\"\n"));
+    let publisher = Publisher::start(&app.publish_url("live", "short"), 7, "320x240");
+    // While live: segments older than the window are evicted (and no longer served).
+    let (first, evicted) = wait_until("eviction of the oldest segment", Duration::from_secs(20), || {
+        let mpd = fetch_mpd(&app, "short")?;
+        let rep = mpd.periods.last()?.adaptations.first()?.representations.first()?.clone();
+        let list = segments("short", &rep).1;
+        (list.first()?.number > 2).then(|| (list[0].clone(), list[0].url.replace(&format!("-{}.m4s", list[0].number), "-1.m4s")))
+    });
+    assert_eq!(get(&app.url(&first.url)).status(), 200);
+    assert_eq!(get(&app.url(&evicted)).status(), 404, "segment 1 left the window");
+    let (status, _) = publisher.wait(Duration::from_secs(20));
+    assert!(status.success());
+    // Ended: static for one window, then gone.
+    wait_until("static MPD", Duration::from_secs(10), || {
+        fetch_mpd(&app, "short").filter(|m| m.mpdtype.as_deref() == Some("static"))
+    });
+    wait_until("removal one window after the end", Duration::from_secs(10), || {
+        (get(&app.url("/live/short/manifest.mpd")).status() == 404).then_some(())
+    });
+    assert_eq!(get(&app.url("/live")).text().unwrap(), "[]");
+    app.wait_for_log("stream ended a DVR window ago; removed", Duration::from_secs(2));
+}

@@ -509,8 +509,9 @@ def analyse(name, relay_log, poll_log, page_log, sampler, t_ff_end, a):
                                                   "period_count", "media_template", "init_url",
                                                   "mpd_type")}
         live_infos = [i for i in infos if i["wall"] <= publish_end]
-        if len({(i["rep_id"], i["period_id"], i["timescale"]) for i in live_infos}) > 1:
-            W.append("first video Representation / Period changed during the run (%d shapes)" % len(infos))
+        if len({i["period_id"] for i in live_infos}) > 1:
+            W.append("the last Period changed during the publish (%d Period ids)"
+                     % len({i["period_id"] for i in live_infos}))
     errs = [e for e in pev if e["ev"] == "error"]
     if errs:
         W.append("poller: %d errors, first: %s" % (len(errs), json.dumps(errs[0])[:200]))
