@@ -4,7 +4,7 @@
 #   bench/run.sh [--duration S] [--servers rackcast,nginx] [--no-player]
 #                [--no-build] [--rackcast-bin PATH] [--poll-ms MS]
 #                [--mpd-poll-ms MS] [--player-clock local|date]
-#                [--build-timeout S]
+#                [--player-pass separate|same] [--build-timeout S]
 #
 # Installs what it needs (apt: nginx libnginx-mod-rtmp chromium ffmpeg;
 # npm: dashjs from bench/package-lock.json), builds rackcast in release mode
@@ -31,9 +31,9 @@ while [ $# -gt 0 ]; do
     --build-timeout) BUILD_TIMEOUT="$2"; shift 2 ;;
     --rackcast-bin) RACKCAST_BIN="$2"; BUILD=0; shift 2 ;;
     --no-player) PASS+=("--no-player"); shift ;;
-    --poll-ms|--mpd-poll-ms|--player-clock|--settle-window|--drain|--stream-key)
+    --poll-ms|--mpd-poll-ms|--player-clock|--player-pass|--settle-window|--drain|--stream-key)
       PASS+=("$1" "$2"); shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done

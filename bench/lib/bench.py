@@ -493,6 +493,13 @@ def analyse(name, relay_log, poll_log, page_log, sampler, t_ff_end, a):
     if any(g < 0 for g in gaps):
         W.append("video RTMP timestamps not monotonic (%d backwards steps)" % sum(g < 0 for g in gaps))
     media_s = r["relay"]["media_seconds"]
+    if len(frames) > 1 and pts[-1] > pts[0]:
+        # > 1 when the publish fell behind real time (CPU starvation or the
+        # server pushing back on the RTMP connection)
+        r["publish_wall_per_media_s"] = (frames[-1]["last"] - frames[0]["last"]) / ((pts[-1] - pts[0]) / 1000.0)
+        if r["publish_wall_per_media_s"] > 1.03:
+            W.append("the publish fell behind real time: %.1f s of media took %.1f s on the wire"
+                     % ((pts[-1] - pts[0]) / 1000.0, frames[-1]["last"] - frames[0]["last"]))
 
     listed = {}
     for e in pev:
@@ -690,6 +697,8 @@ ROWS = [
     ("dash.js live latency p95 s", "dashjs_latency_s_p95", "%.2f"),
     ("playback latency vs wire clock median s", "playback_wire_latency_s_median", "%.2f"),
     ("server CPU s per media s", "cpu_per_media_s", "%.3f"),
+    ("publish wall s per media s", "publish_wall_per_media_s", "%.3f"),
+    ("  same, during the player publish", "player_publish_wall_per_media_s", "%.3f"),
     ("server peak RSS MiB", "peak_rss_mib", "%.1f"),
 ]
 
@@ -697,7 +706,7 @@ ROWS = [
 def table(results):
     names = ["rackcast", "nginx-rtmp"]
     by = {r["server"]: r for r in results}
-    lines = ["%-38s %12s %14s %8s" % ("figure", "rackcast", "nginx-rtmp", "ratio")]
+    lines = ["%-40s %12s %14s %8s" % ("figure", "rackcast", "nginx-rtmp", "ratio")]
     for label, key, fmt in ROWS:
         vals = []
         for n in names:
@@ -708,7 +717,7 @@ def table(results):
         ratio = "n/a"
         if all(isinstance(v, (int, float)) for v in vals) and vals[1]:
             ratio = "%.2f" % (vals[0] / vals[1])
-        lines.append("%-38s %12s %14s %8s" % (label, cells[0], cells[1], ratio))
+        lines.append("%-40s %12s %14s %8s" % (label, cells[0], cells[1], ratio))
     return "\n".join(lines)
 
 
@@ -800,10 +809,11 @@ def main():
                         res[k] = pres[k]
                 res["warnings"] = res.get("warnings", []) + [
                     "player pass: " + w for w in pres.get("warnings", [])
-                    if "dash.js" in w or "player" in w]
+                    if "dash.js" in w or "player" in w or "real time" in w]
                 res["player_pass_result"] = {k: pres.get(k) for k in (
                     "lag_ms_median", "lag_ms_p95", "cpu_per_media_s", "first_segment_s",
-                    "segments_measured")}
+                    "segments_measured", "publish_wall_per_media_s")}
+                res["player_publish_wall_per_media_s"] = pres.get("publish_wall_per_media_s")
             results.append(res)
     finally:
         stop_all()
