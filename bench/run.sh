@@ -15,7 +15,8 @@ set -uo pipefail
 
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$BENCH/.." && pwd)"
-CMDLINE="bench/run.sh$(printf ' %q' "$@")"
+CMDLINE="bench/run.sh"
+[ $# -gt 0 ] && CMDLINE="$CMDLINE$(printf ' %q' "$@")"
 
 DURATION=30
 SERVERS="rackcast,nginx"
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
     --no-player) PASS+=("--no-player"); shift ;;
     --poll-ms|--mpd-poll-ms|--player-clock|--player-pass|--settle-window|--drain|--stream-key)
       PASS+=("$1" "$2"); shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done

@@ -410,8 +410,9 @@ def run_server(srv, a, outdir, page_port, page_log, player, suffix=""):
     fcmd = ffmpeg_cmd(pub_url, a.duration)
     res["publish_cmd"] = " ".join(shlex.quote(c) for c in fcmd)
     ff_log = open(os.path.join(wd, "ffmpeg.log"), "w")
-    log("%s: publishing %ds through the relay (127.0.0.1:%d -> %d)" % (
-        srv.name, a.duration, relay_port, srv.rtmp_port))
+    log("%s%s: publishing %ds through the relay (127.0.0.1:%d -> %d)%s" % (
+        srv.name, suffix, a.duration, relay_port, srv.rtmp_port,
+        ", dash.js in Chromium once the first segment is up" if player else ""))
     t_pub = time.monotonic()
     ff = spawn(fcmd, stdout=ff_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     chrome = None
@@ -424,7 +425,7 @@ def run_server(srv, a, outdir, page_port, page_log, player, suffix=""):
             ev = read_jsonl(poll_log)
             if any(e["ev"] == "seg200" for e in ev) and any(e["ev"] == "init200" for e in ev):
                 first_seg_seen = True
-                log("%s: first segment downloadable after %.1f s" % (srv.name, time.monotonic() - t_pub))
+                log("%s%s: first segment downloadable after %.1f s" % (srv.name, suffix, time.monotonic() - t_pub))
                 if player and page_port:
                     udd = tempfile.mkdtemp(prefix="bench-chromium-")
                     TEMPDIRS.append(udd)
