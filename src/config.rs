@@ -20,7 +20,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_DVR_WINDOW: Duration = Duration::from_secs(30);
 pub const DEFAULT_SEGMENT_DURATION: Duration = Duration::from_secs(1);
-pub const DEFAULT_PRESENTATION_DELAY: Duration = Duration::from_millis(1500);
+pub const DEFAULT_PRESENTATION_DELAY: Duration = Duration::from_secs(1);
 pub const DEFAULT_X264_PRESET: &str = "veryfast";
 pub const DEFAULT_AUDIO_BITRATE: u32 = 128_000;
 

@@ -197,7 +197,7 @@ mod tests {
     const TIMING: MpdTiming = MpdTiming {
         segment_duration: Duration::from_secs(1),
         dvr_window: Duration::from_secs(30),
-        presentation_delay: Duration::from_millis(1500),
+        presentation_delay: Duration::from_secs(1),
     };
 
     fn at(ms: u64) -> SystemTime {
@@ -248,7 +248,7 @@ mod tests {
         assert_eq!(mpd.availabilityStartTime, Some(utc(at(0))));
         assert_eq!(mpd.minimumUpdatePeriod, Some(Duration::from_secs(1)));
         assert_eq!(mpd.timeShiftBufferDepth, Some(Duration::from_secs(30)));
-        assert_eq!(mpd.suggestedPresentationDelay, Some(Duration::from_millis(1500)));
+        assert_eq!(mpd.suggestedPresentationDelay, Some(Duration::from_secs(1)));
         let period = &mpd.periods[0];
         assert_eq!(period.id.as_deref(), Some("abc123"));
         let video = &period.adaptations[0].representations[0];
