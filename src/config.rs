@@ -27,10 +27,99 @@ pub const DEFAULT_AUDIO_BITRATE: u32 = 128_000;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    pub cluster: ClusterConfig,
     pub ingest: IngestConfig,
     pub http: HttpConfig,
     pub transcode: TranscodeConfig,
     pub package: PackageConfig,
+}
+
+/// What a node does. Every node runs the same binary; roles only switch parts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Takes broadcasters, transcodes and packages its own streams, serves them.
+    Live,
+    /// Caches and coalesces for edges, fetching from each stream's live node.
+    Origin,
+    /// Serves viewers, caching and coalescing in front of its region's origins.
+    Edge,
+}
+
+pub const DEFAULT_NODE_ID: &str = "local";
+pub const DEFAULT_REGION: &str = "default";
+pub const DEFAULT_VNODES: u32 = 160;
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_millis(400);
+pub const DEFAULT_FAIL_AFTER: u32 = 2;
+pub const DEFAULT_RISE_AFTER: u32 = 2;
+
+/// This node's place in a federation. With no `nodes`, the node is alone and has every
+/// role. One cluster file can serve every node: each picks its own entry by `node_id`
+/// (or `--node`), and takes its listen addresses and roles from it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Which entry of `nodes` this process is.
+    pub node_id: String,
+    /// Every node of the federation, this one included.
+    pub nodes: Vec<NodeConfig>,
+    /// Virtual nodes per node on the consistent-hash ring.
+    pub vnodes: u32,
+    /// How often each peer's health is probed.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// A probe without an answer within this time counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub health_timeout: Duration,
+    /// Consecutive failed probes that mark a peer down.
+    pub fail_after: u32,
+    /// Consecutive good probes that mark a peer up again.
+    pub rise_after: u32,
+}
+
+/// One node of the federation as every other node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: String,
+    pub roles: Vec<Role>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// RTMP address (broadcasters and relays publish here).
+    pub rtmp: SocketAddr,
+    /// HTTP address (viewers, lower tiers and health probes).
+    pub http: SocketAddr,
+}
+
+fn default_region() -> String {
+    DEFAULT_REGION.to_owned()
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: DEFAULT_NODE_ID.to_owned(),
+            nodes: Vec::new(),
+            vnodes: DEFAULT_VNODES,
+            health_interval: DEFAULT_HEALTH_INTERVAL,
+            health_timeout: DEFAULT_HEALTH_TIMEOUT,
+            fail_after: DEFAULT_FAIL_AFTER,
+            rise_after: DEFAULT_RISE_AFTER,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// This node's entry; `None` when the node runs alone.
+    pub fn this_node(&self) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.id == self.node_id)
+    }
+
+    /// This node's roles: its entry's, or all of them when alone.
+    pub fn roles(&self) -> Vec<Role> {
+        self.this_node().map(|n| n.roles.clone()).unwrap_or_else(|| vec![Role::Live, Role::Origin, Role::Edge])
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,6 +265,33 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let cluster = &self.cluster;
+        if !cluster.nodes.is_empty() {
+            if cluster.this_node().is_none() {
+                return Err(invalid("cluster.node_id", format!("{:?} is not one of cluster.nodes", cluster.node_id)));
+            }
+            let mut ids = std::collections::BTreeSet::new();
+            for (i, node) in cluster.nodes.iter().enumerate() {
+                if !ids.insert(node.id.as_str()) {
+                    return Err(invalid(format!("cluster.nodes[{i}].id"), format!("{:?} appears twice", node.id)));
+                }
+                if node.roles.is_empty() {
+                    return Err(invalid(format!("cluster.nodes[{i}].roles"), "needs at least one role"));
+                }
+            }
+            if !cluster.nodes.iter().any(|n| n.roles.contains(&Role::Live)) {
+                return Err(invalid("cluster.nodes", "needs at least one node with the live role"));
+            }
+        }
+        if cluster.vnodes == 0 || cluster.vnodes > 4096 {
+            return Err(invalid("cluster.vnodes", "must be within 1..=4096"));
+        }
+        if cluster.health_timeout.is_zero() || cluster.health_timeout > cluster.health_interval * 4 {
+            return Err(invalid("cluster.health_timeout", "must be above zero and at most four health intervals"));
+        }
+        if cluster.fail_after == 0 || cluster.rise_after == 0 {
+            return Err(invalid("cluster.fail_after", "fail_after and rise_after must be at least 1"));
+        }
         if self.ingest.app.is_empty() || self.ingest.app.contains('/') {
             return Err(invalid("ingest.app", "must be a non-empty name without '/'"));
         }
