@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::http::{self, HttpState};
 use crate::ingest;
+use crate::ingest::relay::{Placement, Standalone};
 use crate::package::mpd::MpdTiming;
 use crate::package::Packager;
 use crate::store::Store;
@@ -69,7 +70,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     };
     let registry = StreamRegistry::new();
 
-    tracker.spawn(ingest::serve(listeners.rtmp, registry, services));
+    let placement: Arc<dyn Placement> = Arc::new(Standalone);
+    tracker.spawn(ingest::serve(listeners.rtmp, registry, placement, services));
     let http_shutdown = shutdown.clone();
     tracker.spawn(async move {
         if let Err(e) = http::serve(listeners.http, HttpState { store }, http_shutdown).await {

@@ -76,6 +76,48 @@ pub fn parse_audio(timestamp_ms: u32, body: &Bytes) -> Result<Option<MediaPacket
     }
 }
 
+/// Wraps a packet back into the FLV tag body RTMP carries (for relaying to another node):
+/// the inverse of [`parse_video`] / [`parse_audio`]. Returns the body and whether it is video.
+pub fn encode(packet: &MediaPacket) -> (Bytes, bool) {
+    // AAC's sound format byte: codec 10, 44 kHz, 16 bit, stereo (FLV requires these flags for
+    // AAC; the real values live in the AudioSpecificConfig).
+    const AAC_FLAGS: u8 = AUDIO_CODEC_AAC << 4 | 0x0f;
+    let mut out = Vec::new();
+    let video = match packet {
+        MediaPacket::VideoConfig(config) => {
+            out.extend_from_slice(&[VIDEO_FRAME_KEY << 4 | VIDEO_CODEC_AVC, AVC_SEQUENCE_HEADER, 0, 0, 0]);
+            out.extend_from_slice(config);
+            true
+        }
+        MediaPacket::Video { cts_ms, keyframe, data, .. } => {
+            let frame = if *keyframe { VIDEO_FRAME_KEY } else { 2 };
+            let cts = cts_ms.to_be_bytes();
+            out.extend_from_slice(&[frame << 4 | VIDEO_CODEC_AVC, AVC_NALU, cts[1], cts[2], cts[3]]);
+            out.extend_from_slice(data);
+            true
+        }
+        MediaPacket::AudioConfig(config) => {
+            out.extend_from_slice(&[AAC_FLAGS, AAC_SEQUENCE_HEADER]);
+            out.extend_from_slice(config);
+            false
+        }
+        MediaPacket::Audio { data, .. } => {
+            out.extend_from_slice(&[AAC_FLAGS, AAC_RAW]);
+            out.extend_from_slice(data);
+            false
+        }
+    };
+    (Bytes::from(out), video)
+}
+
+/// The RTMP timestamp of a packet (configuration records travel at time zero).
+pub fn timestamp(packet: &MediaPacket) -> u32 {
+    match packet {
+        MediaPacket::Video { dts_ms, .. } | MediaPacket::Audio { dts_ms, .. } => *dts_ms,
+        MediaPacket::VideoConfig(_) | MediaPacket::AudioConfig(_) => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +159,23 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn encode_then_parse_is_identity(
+            ts in any::<u32>(), cts in -8_388_608i32..8_388_607, keyframe in any::<bool>(),
+            data in proptest::collection::vec(any::<u8>(), 0..64), kind in 0u8..4,
+        ) {
+            let data = Bytes::from(data);
+            let packet = match kind {
+                0 => MediaPacket::VideoConfig(data),
+                1 => MediaPacket::Video { dts_ms: ts, cts_ms: cts, keyframe, data },
+                2 => MediaPacket::AudioConfig(data),
+                _ => MediaPacket::Audio { dts_ms: ts, data },
+            };
+            let (body, video) = encode(&packet);
+            let parsed = if video { parse_video(timestamp(&packet), &body) } else { parse_audio(timestamp(&packet), &body) };
+            prop_assert_eq!(parsed.unwrap(), Some(packet));
+        }
+
         #[test]
         fn never_panics_on_arbitrary_bytes(ts in any::<u32>(), body in proptest::collection::vec(any::<u8>(), 0..64)) {
             let body = Bytes::from(body);

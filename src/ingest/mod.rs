@@ -4,6 +4,7 @@
 //! FLV payloads to the stream's actor. A bad connection is logged and dropped alone.
 
 pub mod flv;
+pub mod relay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +18,8 @@ use tokio::time::timeout;
 use tracing::Instrument;
 
 use crate::media::{MediaPacket, StreamId};
-use crate::stream::{self, StreamHandle, StreamRegistry, StreamServices};
+use crate::stream::{self, PublishClaim, StreamHandle, StreamRegistry, StreamServices};
+use relay::{Placement, RelayHandle, Route, RELAY_APP};
 
 /// Why a connection was closed by us.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +45,7 @@ pub enum IngestError {
 }
 
 /// Accepts RTMP connections until shutdown.
-pub async fn serve(listener: TcpListener, registry: Arc<StreamRegistry>, services: StreamServices) {
+pub async fn serve(listener: TcpListener, registry: Arc<StreamRegistry>, placement: Arc<dyn Placement>, services: StreamServices) {
     let shutdown = services.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -60,7 +62,15 @@ pub async fn serve(listener: TcpListener, registry: Arc<StreamRegistry>, service
         };
         let _ = socket.set_nodelay(true);
         let span = tracing::info_span!("rtmp", %peer, stream = tracing::field::Empty);
-        let connection = Connection { socket, peer, registry: Arc::clone(&registry), services: services.clone(), publishing: None };
+        let connection = Connection {
+            socket,
+            peer,
+            registry: Arc::clone(&registry),
+            placement: Arc::clone(&placement),
+            services: services.clone(),
+            from_relay: false,
+            publishing: None,
+        };
         services.tracker.spawn(
             async move {
                 match connection.run().await {
@@ -73,17 +83,29 @@ pub async fn serve(listener: TcpListener, registry: Arc<StreamRegistry>, service
     }
 }
 
+/// Where a publishing connection's packets go.
+enum Sink {
+    /// Transcoded on this node.
+    Local(StreamHandle),
+    /// Relayed to the stream's owner.
+    Relay(RelayHandle),
+}
+
 struct Publishing {
     stream: StreamId,
-    handle: StreamHandle,
+    sink: Sink,
     warned_audio: bool,
+    _claim: Option<PublishClaim>,
 }
 
 struct Connection {
     socket: TcpStream,
     peer: SocketAddr,
     registry: Arc<StreamRegistry>,
+    placement: Arc<dyn Placement>,
     services: StreamServices,
+    /// The peer is another node relaying a publish it took.
+    from_relay: bool,
     publishing: Option<Publishing>,
 }
 
@@ -157,7 +179,8 @@ impl Connection {
         match event {
             ServerSessionEvent::ConnectionRequested { request_id, app_name } => {
                 let expected = self.services.config.ingest.app.clone();
-                if app_name != expected {
+                self.from_relay = app_name == RELAY_APP && !self.services.config.cluster.nodes.is_empty();
+                if app_name != expected && !self.from_relay {
                     let results = session
                         .reject_request(request_id, "NetConnection.Connect.Rejected", &format!("unknown application {app_name:?}"))
                         .map_err(protocol)?;
@@ -182,6 +205,9 @@ impl Connection {
                 }
             }
             ServerSessionEvent::StreamMetadataChanged { metadata, .. } => {
+                if let Some(Publishing { sink: Sink::Relay(relay), .. }) = &self.publishing {
+                    relay.send_metadata(metadata.clone()).await.map_err(IngestError::StreamEnded)?;
+                }
                 tracing::info!(
                     width = ?metadata.video_width, height = ?metadata.video_height, fps = ?metadata.video_frame_rate,
                     video_kbps = ?metadata.video_bitrate_kbps, audio_kbps = ?metadata.audio_bitrate_kbps,
@@ -219,26 +245,55 @@ impl Connection {
         Ok(())
     }
 
-    /// Applies the publish rules and starts the stream's actor.
+    /// Applies the publish rules, then transcodes here or relays to the stream's owner.
     fn start_publish(&mut self, stream_key: &str) -> Result<Publishing, String> {
         if self.publishing.is_some() {
             return Err("this connection is already publishing".into());
         }
-        let keys = &self.services.config.ingest.keys;
-        let name = if keys.is_empty() {
-            stream_key
+        let name = if self.from_relay {
+            let (name, secret) = relay::parse_relay_key(stream_key);
+            if secret != self.placement.relay_secret() {
+                return Err("relay secret does not match".into());
+            }
+            name
         } else {
-            keys.get(stream_key).map(String::as_str).ok_or_else(|| "stream key not recognised".to_owned())?
+            let keys = &self.services.config.ingest.keys;
+            if keys.is_empty() {
+                stream_key
+            } else {
+                keys.get(stream_key).map(String::as_str).ok_or_else(|| "stream key not recognised".to_owned())?
+            }
         };
         let stream = StreamId::parse(name).map_err(|e| format!("invalid stream key: {e}"))?;
+        // A relayed publish is always ours: the relaying node already chose us.
+        let route = if self.from_relay { Route::Local } else { self.placement.route(&stream) };
         let claim = self.registry.claim(&stream).map_err(|e| e.to_string())?;
-        let handle = stream::spawn(claim, self.services.clone());
-        Ok(Publishing { stream, handle, warned_audio: false })
+        Ok(match route {
+            Route::Local => Publishing {
+                stream,
+                sink: Sink::Local(stream::spawn(claim, self.services.clone())),
+                warned_audio: false,
+                _claim: None,
+            },
+            Route::Relay(_) => {
+                let handle = relay::spawn(
+                    stream.clone(),
+                    Arc::clone(&self.placement),
+                    &self.services.tracker,
+                    self.services.shutdown.clone(),
+                );
+                Publishing { stream, sink: Sink::Relay(handle), warned_audio: false, _claim: Some(claim) }
+            }
+        })
     }
 
     async fn forward(&mut self, packet: MediaPacket) -> Result<(), IngestError> {
         let Some(publishing) = &self.publishing else { return Ok(()) };
-        publishing.handle.send(packet).await.map_err(IngestError::StreamEnded)
+        let sent = match &publishing.sink {
+            Sink::Local(handle) => handle.send(packet).await,
+            Sink::Relay(handle) => handle.send(packet).await,
+        };
+        sent.map_err(IngestError::StreamEnded)
     }
 
     /// Audio in a codec we cannot take is dropped with one warning: the video goes on.
@@ -259,8 +314,9 @@ impl Connection {
 
 /// Resolves when the publishing stream's actor has ended; pending while not publishing.
 async fn ended(publishing: &mut Option<Publishing>) -> stream::StreamEnd {
-    match publishing {
-        Some(p) => p.handle.ended().await,
+    match publishing.as_mut().map(|p| &mut p.sink) {
+        Some(Sink::Local(handle)) => handle.ended().await,
+        Some(Sink::Relay(handle)) => handle.ended().await,
         None => std::future::pending().await,
     }
 }

@@ -1,0 +1,390 @@
+//! Relaying a publish to the stream's owner. A node that takes a broadcaster for a stream
+//! it does not own republishes every packet over RTMP to the owner (app [`RELAY_APP`]).
+//! When the owner's connection breaks, the relay marks it failed, reconnects to the next
+//! node in the placement's order, re-sends the codec configuration and resumes at the next
+//! keyframe: the broadcaster's own connection is never touched.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType, StreamMetadata,
+};
+use rml_rtmp::time::RtmpTimestamp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::flv;
+use crate::media::{MediaPacket, StreamId};
+use crate::stream::StreamEnd;
+
+/// RTMP application name on which nodes accept relayed publishes.
+pub const RELAY_APP: &str = "_relay";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const SETUP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a relay keeps trying other nodes before it gives the broadcaster up.
+const FAILOVER_BUDGET: Duration = Duration::from_secs(15);
+const INPUT_CAPACITY: usize = 512;
+
+/// A node a relay may publish to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayTarget {
+    pub node: String,
+    pub rtmp: SocketAddr,
+}
+
+/// Where a publish goes, as the federation sees it right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This node owns the stream: transcode here.
+    Local,
+    /// Another node owns it: relay there, falling back along the list.
+    Relay(Vec<RelayTarget>),
+}
+
+/// Stream placement, implemented by the cluster (a single node always answers `Local`).
+pub trait Placement: Send + Sync {
+    fn route(&self, stream: &StreamId) -> Route;
+    /// A relay saw `node` fail; placement should stop choosing it until probes say otherwise.
+    fn peer_failed(&self, node: &str);
+    /// Secret that relayed publishes carry in their stream key.
+    fn relay_secret(&self) -> &str;
+}
+
+/// The placement of a node that runs alone.
+pub struct Standalone;
+
+impl Placement for Standalone {
+    fn route(&self, _: &StreamId) -> Route {
+        Route::Local
+    }
+    fn peer_failed(&self, _: &str) {}
+    fn relay_secret(&self) -> &str {
+        ""
+    }
+}
+
+/// Stream key a relay publishes with: the stream name and the cluster's secret.
+pub fn relay_key(stream: &StreamId, secret: &str) -> String {
+    format!("{stream}?secret={secret}")
+}
+
+/// Splits a relayed stream key into the stream name and its secret.
+pub fn parse_relay_key(key: &str) -> (&str, &str) {
+    match key.split_once("?secret=") {
+        Some((stream, secret)) => (stream, secret),
+        None => (key, ""),
+    }
+}
+
+enum RelayInput {
+    Metadata(StreamMetadata),
+    Packet(MediaPacket),
+}
+
+/// Ingest's side of a relay.
+pub struct RelayHandle {
+    tx: mpsc::Sender<RelayInput>,
+    ended: watch::Receiver<Option<StreamEnd>>,
+}
+
+impl RelayHandle {
+    pub async fn send(&self, packet: MediaPacket) -> Result<(), StreamEnd> {
+        self.tx.send(RelayInput::Packet(packet)).await.map_err(|_| self.end())
+    }
+
+    pub async fn send_metadata(&self, metadata: StreamMetadata) -> Result<(), StreamEnd> {
+        self.tx.send(RelayInput::Metadata(metadata)).await.map_err(|_| self.end())
+    }
+
+    fn end(&self) -> StreamEnd {
+        self.ended.borrow().clone().unwrap_or(StreamEnd::Shutdown)
+    }
+
+    pub async fn ended(&mut self) -> StreamEnd {
+        loop {
+            if let Some(end) = self.ended.borrow().clone() {
+                return end;
+            }
+            if self.ended.changed().await.is_err() {
+                return StreamEnd::Shutdown;
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("{node}: {reason}")]
+    Peer { node: String, reason: String },
+    #[error("{node} refused the publish: {code}")]
+    Refused { node: String, code: String },
+}
+
+pub fn spawn(stream: StreamId, placement: Arc<dyn Placement>, tracker: &TaskTracker, shutdown: CancellationToken) -> RelayHandle {
+    let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
+    let (ended_tx, ended) = watch::channel(None);
+    let span = tracing::info_span!("relay", stream = %stream);
+    tracker.spawn(
+        async move {
+            let end = Relay { stream, placement, config: None, audio: None, metadata: None }.run(rx, shutdown).await;
+            match &end {
+                StreamEnd::Failed(reason) => tracing::error!("relay gave up: {reason}"),
+                other => tracing::info!(?other, "relay ended"),
+            }
+            let _ = ended_tx.send(Some(end));
+        }
+        .instrument(span),
+    );
+    RelayHandle { tx, ended }
+}
+
+struct Relay {
+    stream: StreamId,
+    placement: Arc<dyn Placement>,
+    /// Codec configuration and metadata, re-sent to every new owner.
+    config: Option<MediaPacket>,
+    audio: Option<MediaPacket>,
+    metadata: Option<StreamMetadata>,
+}
+
+struct Upstream {
+    node: String,
+    socket: TcpStream,
+    session: ClientSession,
+    /// After a reconnect the new owner must start on a keyframe.
+    awaiting_keyframe: bool,
+}
+
+impl Relay {
+    async fn run(mut self, mut rx: mpsc::Receiver<RelayInput>, shutdown: CancellationToken) -> StreamEnd {
+        let mut upstream: Option<Upstream> = None;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            if upstream.is_none() {
+                match self.connect_with_failover(&shutdown).await {
+                    Ok(up) => upstream = Some(up),
+                    Err(end) => return end,
+                }
+            }
+            let up = upstream.as_mut().expect("connected above");
+            let failure = tokio::select! {
+                input = rx.recv() => match input {
+                    None => {
+                        if let Ok(results) = up.session.stop_publishing() {
+                            let _ = write_results(&mut up.socket, results).await;
+                        }
+                        return StreamEnd::Finished;
+                    }
+                    Some(input) => self.forward(up, input).await.err(),
+                },
+                read = up.socket.read(&mut buf) => match read {
+                    Ok(0) => Some("owner closed the connection".to_owned()),
+                    Err(e) => Some(e.to_string()),
+                    Ok(n) => match up.session.handle_input(&buf[..n]) {
+                        Ok(results) => write_results(&mut up.socket, results).await.err().map(|e| e.to_string()),
+                        Err(e) => Some(format!("{e:?}")),
+                    },
+                },
+                _ = shutdown.cancelled() => return StreamEnd::Shutdown,
+            };
+            if let Some(reason) = failure {
+                tracing::warn!(node = %up.node, "relay connection lost: {reason}; failing over");
+                self.placement.peer_failed(&up.node);
+                upstream = None;
+            }
+        }
+    }
+
+    async fn forward(&mut self, up: &mut Upstream, input: RelayInput) -> Result<(), String> {
+        let result = match input {
+            RelayInput::Metadata(metadata) => {
+                let r = up.session.publish_metadata(&metadata);
+                self.metadata = Some(metadata);
+                r
+            }
+            RelayInput::Packet(packet) => {
+                match &packet {
+                    MediaPacket::VideoConfig(_) => self.config = Some(packet.clone()),
+                    MediaPacket::AudioConfig(_) => self.audio = Some(packet.clone()),
+                    MediaPacket::Video { keyframe, .. } => {
+                        if up.awaiting_keyframe && !keyframe {
+                            return Ok(());
+                        }
+                        up.awaiting_keyframe = false;
+                    }
+                    MediaPacket::Audio { .. } if up.awaiting_keyframe => return Ok(()),
+                    MediaPacket::Audio { .. } => {}
+                }
+                publish_packet(&mut up.session, &packet)
+            }
+        };
+        match result {
+            Ok(ClientSessionResult::OutboundResponse(packet)) => up.socket.write_all(&packet.bytes).await.map_err(|e| e.to_string()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("{e:?}")),
+        }
+    }
+
+    /// Connects to the first reachable node of the current route, within the budget.
+    async fn connect_with_failover(&mut self, shutdown: &CancellationToken) -> Result<Upstream, StreamEnd> {
+        let started = Instant::now();
+        loop {
+            let targets = match self.placement.route(&self.stream) {
+                Route::Relay(targets) => targets,
+                Route::Local => {
+                    return Err(StreamEnd::Failed("this node became the owner; the broadcaster must reconnect".into()));
+                }
+            };
+            for target in targets {
+                match self.connect(&target).await {
+                    Ok(up) => return Ok(up),
+                    Err(RelayError::Refused { node, code }) => {
+                        return Err(StreamEnd::Failed(format!("{node} refused the publish: {code}")));
+                    }
+                    Err(e) => {
+                        tracing::warn!("relay target unreachable: {e}");
+                        self.placement.peer_failed(&target.node);
+                    }
+                }
+            }
+            if started.elapsed() > FAILOVER_BUDGET {
+                return Err(StreamEnd::Failed(format!("no live node reachable within {FAILOVER_BUDGET:?}")));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shutdown.cancelled() => return Err(StreamEnd::Shutdown),
+            }
+        }
+    }
+
+    async fn connect(&self, target: &RelayTarget) -> Result<Upstream, RelayError> {
+        let peer = |reason: String| RelayError::Peer { node: target.node.clone(), reason };
+        let mut socket = timeout(CONNECT_TIMEOUT, TcpStream::connect(target.rtmp))
+            .await
+            .map_err(|_| peer("connect timed out".into()))?
+            .map_err(|e| peer(e.to_string()))?;
+        let _ = socket.set_nodelay(true);
+        let session = timeout(SETUP_TIMEOUT, self.setup(&mut socket, target))
+            .await
+            .map_err(|_| peer("RTMP set-up timed out".into()))??;
+        tracing::info!(node = %target.node, addr = %target.rtmp, "relaying to owner");
+        let mut up = Upstream { node: target.node.clone(), socket, session, awaiting_keyframe: true };
+        // The new owner needs the metadata and codec configuration before any frame.
+        let replay: Vec<RelayInput> = self
+            .metadata
+            .clone()
+            .map(RelayInput::Metadata)
+            .into_iter()
+            .chain(self.config.clone().map(RelayInput::Packet))
+            .chain(self.audio.clone().map(RelayInput::Packet))
+            .collect();
+        for input in replay {
+            let result = match input {
+                RelayInput::Metadata(m) => up.session.publish_metadata(&m),
+                RelayInput::Packet(p) => publish_packet(&mut up.session, &p),
+            };
+            if let Ok(ClientSessionResult::OutboundResponse(p)) = result {
+                up.socket.write_all(&p.bytes).await.map_err(|e| peer(e.to_string()))?;
+            }
+        }
+        Ok(up)
+    }
+
+    async fn setup(&self, socket: &mut TcpStream, target: &RelayTarget) -> Result<ClientSession, RelayError> {
+        let peer = |reason: String| RelayError::Peer { node: target.node.clone(), reason };
+        let mut handshake = Handshake::new(PeerType::Client);
+        let p0p1 = handshake.generate_outbound_p0_and_p1().map_err(|e| peer(format!("{e:?}")))?;
+        socket.write_all(&p0p1).await.map_err(|e| peer(e.to_string()))?;
+        let mut buf = vec![0u8; 8192];
+        let leftover = loop {
+            let n = socket.read(&mut buf).await.map_err(|e| peer(e.to_string()))?;
+            if n == 0 {
+                return Err(peer("closed during the handshake".into()));
+            }
+            match handshake.process_bytes(&buf[..n]).map_err(|e| peer(format!("{e:?}")))? {
+                HandshakeProcessResult::InProgress { response_bytes } => {
+                    socket.write_all(&response_bytes).await.map_err(|e| peer(e.to_string()))?
+                }
+                HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                    socket.write_all(&response_bytes).await.map_err(|e| peer(e.to_string()))?;
+                    break remaining_bytes;
+                }
+            }
+        };
+        let (mut session, initial) = ClientSession::new(ClientSessionConfig::new()).map_err(|e| peer(format!("{e:?}")))?;
+        write_results(socket, initial).await.map_err(|e| peer(e.to_string()))?;
+        let connect = session.request_connection(RELAY_APP.to_owned()).map_err(|e| peer(format!("{e:?}")))?;
+        write_results(socket, vec![connect]).await.map_err(|e| peer(e.to_string()))?;
+        let mut pending = leftover;
+        let mut publishing_requested = false;
+        loop {
+            if !pending.is_empty() {
+                let results = session.handle_input(&pending).map_err(|e| peer(format!("{e:?}")))?;
+                pending.clear();
+                for result in results {
+                    match result {
+                        ClientSessionResult::OutboundResponse(p) => socket.write_all(&p.bytes).await.map_err(|e| peer(e.to_string()))?,
+                        ClientSessionResult::RaisedEvent(ClientSessionEvent::ConnectionRequestAccepted) if !publishing_requested => {
+                            publishing_requested = true;
+                            let key = relay_key(&self.stream, self.placement.relay_secret());
+                            let publish = session.request_publishing(key, PublishRequestType::Live).map_err(|e| peer(format!("{e:?}")))?;
+                            write_results(socket, vec![publish]).await.map_err(|e| peer(e.to_string()))?;
+                        }
+                        ClientSessionResult::RaisedEvent(ClientSessionEvent::ConnectionRequestRejected { description }) => {
+                            return Err(RelayError::Refused { node: target.node.clone(), code: description });
+                        }
+                        ClientSessionResult::RaisedEvent(ClientSessionEvent::PublishRequestAccepted) => return Ok(session),
+                        ClientSessionResult::RaisedEvent(ClientSessionEvent::UnhandleableOnStatusCode { code }) => {
+                            return Err(RelayError::Refused { node: target.node.clone(), code });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let n = socket.read(&mut buf).await.map_err(|e| peer(e.to_string()))?;
+            if n == 0 {
+                return Err(peer("closed during set-up".into()));
+            }
+            pending.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+fn publish_packet(session: &mut ClientSession, packet: &MediaPacket) -> Result<ClientSessionResult, rml_rtmp::sessions::ClientSessionError> {
+    let (body, video) = flv::encode(packet);
+    let timestamp = RtmpTimestamp::new(flv::timestamp(packet));
+    if video {
+        session.publish_video_data(body, timestamp, false)
+    } else {
+        session.publish_audio_data(body, timestamp, false)
+    }
+}
+
+async fn write_results(socket: &mut TcpStream, results: Vec<ClientSessionResult>) -> std::io::Result<()> {
+    for result in results {
+        if let ClientSessionResult::OutboundResponse(packet) = result {
+            socket.write_all(&packet.bytes).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_keys_carry_the_secret() {
+        let stream = StreamId::parse("cam").unwrap();
+        assert_eq!(parse_relay_key(&relay_key(&stream, "s3")), ("cam", "s3"));
+        assert_eq!(parse_relay_key("cam"), ("cam", ""));
+    }
+}
