@@ -32,6 +32,9 @@ enum Command {
         /// Override http.listen, e.g. 127.0.0.1:0.
         #[arg(long)]
         http: Option<SocketAddr>,
+        /// This node's id in the config's cluster.nodes (its listen addresses come from there).
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Print the effective configuration as TOML and exit.
     Config {
@@ -60,8 +63,15 @@ fn main() -> anyhow::Result<()> {
             print!("{}", toml::to_string_pretty(&load(config.as_ref())?)?);
             Ok(())
         }
-        Command::Run { config, rtmp, http } => {
+        Command::Run { config, rtmp, http, node } => {
             let mut config = load(config.as_ref())?;
+            if let Some(node) = node {
+                config.cluster.node_id = node;
+            }
+            if let Some(entry) = config.cluster.this_node() {
+                config.ingest.listen = entry.rtmp;
+                config.http.listen = entry.http;
+            }
             if let Some(rtmp) = rtmp {
                 config.ingest.listen = rtmp;
             }
