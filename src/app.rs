@@ -74,7 +74,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     tracker.spawn(ingest::serve(listeners.rtmp, registry, placement, services));
     let http_shutdown = shutdown.clone();
     tracker.spawn(async move {
-        if let Err(e) = http::serve(listeners.http, HttpState { store }, http_shutdown).await {
+        if let Err(e) = http::serve(listeners.http, HttpState::new(store), http_shutdown).await {
             tracing::error!("HTTP server failed: {e}");
         }
     });

@@ -5,6 +5,7 @@
 
 pub mod path;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -30,6 +31,30 @@ pub const MANIFEST_CACHE: &str = "public, max-age=0, s-maxage=1";
 #[derive(Clone)]
 pub struct HttpState {
     pub store: Arc<Store>,
+    pub stats: Arc<LiveStats>,
+}
+
+impl HttpState {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store, stats: Arc::default() }
+    }
+}
+
+/// What this node served from its own store (lower tiers count their upstream requests
+/// against these).
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    pub manifest_requests: AtomicU64,
+    pub object_requests: AtomicU64,
+}
+
+impl LiveStats {
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "manifest_requests": self.manifest_requests.load(Ordering::Relaxed),
+            "object_requests": self.object_requests.load(Ordering::Relaxed),
+        })
+    }
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -38,6 +63,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/live/{stream}/manifest.mpd", get(manifest))
         .route("/live/{stream}/{rendition}/{file}", get(object))
         .route(UTC_TIMING_PATH, get(clock))
+        .route("/metrics/live", get(live_metrics))
         .fallback(not_found)
         .layer(CorsLayer::permissive())
         .with_state(state)
@@ -62,7 +88,12 @@ async fn list_streams(State(state): State<HttpState>) -> Response {
     response
 }
 
+async fn live_metrics(State(state): State<HttpState>) -> Response {
+    Json(state.stats.snapshot()).into_response()
+}
+
 async fn manifest(State(state): State<HttpState>, Path(stream): Path<String>) -> Response {
+    state.stats.manifest_requests.fetch_add(1, Ordering::Relaxed);
     let stream = match path::stream(&stream) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
@@ -75,6 +106,7 @@ async fn manifest(State(state): State<HttpState>, Path(stream): Path<String>) ->
 }
 
 async fn object(State(state): State<HttpState>, Path((stream, rendition, file)): Path<(String, String, String)>) -> Response {
+    state.stats.object_requests.fetch_add(1, Ordering::Relaxed);
     let (stream, object) = match path::stream(&stream).and_then(|s| Ok((s, path::object(&rendition, &file)?))) {
         Ok(pair) => pair,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
@@ -92,7 +124,7 @@ async fn object(State(state): State<HttpState>, Path((stream, rendition, file)):
 }
 
 /// xs:dateTime with milliseconds, for the MPD's UTCTiming (urn:mpeg:dash:utc:http-iso:2014).
-async fn clock() -> Response {
+pub async fn clock() -> Response {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain"), (header::CACHE_CONTROL, "no-store")], now).into_response()
 }
@@ -122,7 +154,7 @@ mod tests {
             part: Part::Media(7),
         };
         store.put_object(&StreamId::parse("cam").unwrap(), key, Bytes::from_static(b"moof"));
-        router(HttpState { store })
+        router(HttpState::new(store))
     }
 
     async fn get(uri: &str) -> Response {
