@@ -18,7 +18,7 @@ use tokio::time::timeout;
 use tracing::Instrument;
 
 use crate::media::{MediaPacket, StreamId};
-use crate::stream::{self, PublishClaim, StreamHandle, StreamRegistry, StreamServices};
+use crate::stream::{self, StreamHandle, StreamRegistry, StreamServices};
 use relay::{Placement, RelayHandle, Route, RELAY_APP};
 
 /// Why a connection was closed by us.
@@ -95,7 +95,6 @@ struct Publishing {
     stream: StreamId,
     sink: Sink,
     warned_audio: bool,
-    _claim: Option<PublishClaim>,
 }
 
 struct Connection {
@@ -267,14 +266,13 @@ impl Connection {
         let stream = StreamId::parse(name).map_err(|e| format!("invalid stream key: {e}"))?;
         // A relayed publish is always ours: the relaying node already chose us.
         let route = if self.from_relay { Route::Local } else { self.placement.route(&stream) };
-        let claim = self.registry.claim(&stream).map_err(|e| e.to_string())?;
         Ok(match route {
-            Route::Local => Publishing {
-                stream,
-                sink: Sink::Local(stream::spawn(claim, self.services.clone())),
-                warned_audio: false,
-                _claim: None,
-            },
+            Route::Local => {
+                let claim = self.registry.claim(&stream).map_err(|e| e.to_string())?;
+                Publishing { stream, sink: Sink::Local(stream::spawn(claim, self.services.clone())), warned_audio: false }
+            }
+            // The owner enforces one publisher per stream; a relay holds no claim here, so
+            // that this node can still become the owner and take its own relay.
             Route::Relay(_) => {
                 let handle = relay::spawn(
                     stream.clone(),
@@ -282,8 +280,9 @@ impl Connection {
                     &self.services.tracker,
                     self.services.shutdown.clone(),
                 );
-                Publishing { stream, sink: Sink::Relay(handle), warned_audio: false, _claim: Some(claim) }
+                Publishing { stream, sink: Sink::Relay(handle), warned_audio: false }
             }
+            Route::Unavailable(reason) => return Err(format!("no live node can take the stream: {reason}")),
         })
     }
 

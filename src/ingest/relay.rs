@@ -47,11 +47,16 @@ pub enum Route {
     Local,
     /// Another node owns it: relay there, falling back along the list.
     Relay(Vec<RelayTarget>),
+    /// No live node is up.
+    Unavailable(String),
 }
 
 /// Stream placement, implemented by the cluster (a single node always answers `Local`).
 pub trait Placement: Send + Sync {
     fn route(&self, stream: &StreamId) -> Route;
+    /// This node as a relay target, when it has the live role (a relay whose owner died
+    /// may find that this node is the new owner: it then relays to itself).
+    fn self_target(&self) -> Option<RelayTarget>;
     /// A relay saw `node` fail; placement should stop choosing it until probes say otherwise.
     fn peer_failed(&self, node: &str);
     /// Secret that relayed publishes carry in their stream key.
@@ -64,6 +69,9 @@ pub struct Standalone;
 impl Placement for Standalone {
     fn route(&self, _: &StreamId) -> Route {
         Route::Local
+    }
+    fn self_target(&self) -> Option<RelayTarget> {
+        None
     }
     fn peer_failed(&self, _: &str) {}
     fn relay_secret(&self) -> &str {
@@ -237,11 +245,12 @@ impl Relay {
     async fn connect_with_failover(&mut self, shutdown: &CancellationToken) -> Result<Upstream, StreamEnd> {
         let started = Instant::now();
         loop {
+            // The broadcaster stays connected here whatever happens: when this node is the
+            // new owner the relay publishes to itself over loopback.
             let targets = match self.placement.route(&self.stream) {
                 Route::Relay(targets) => targets,
-                Route::Local => {
-                    return Err(StreamEnd::Failed("this node became the owner; the broadcaster must reconnect".into()));
-                }
+                Route::Local => self.placement.self_target().into_iter().collect(),
+                Route::Unavailable(_) => Vec::new(),
             };
             for target in targets {
                 match self.connect(&target).await {
