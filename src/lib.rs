@@ -3,6 +3,7 @@
 //! ingest -> stream -> (ladder, transcode) -> package -> store -> http.
 
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod ingest;

@@ -1,0 +1,712 @@
+//! Who is up in the federation, learned by active health probes against the static peer
+//! list (like Varnish's shard director or nginx's upstream checks: no consensus). One probe
+//! task per peer asks `GET http://{peer.http}/cluster/health` every `health_interval`; a
+//! peer goes down after `fail_after` consecutive failures and comes back after `rise_after`
+//! consecutive successes. Each change publishes a new immutable [`MembershipView`] on a
+//! watch channel; relays, origins and edges read views and never block the probes.
+//!
+//! Every peer starts up, so a fresh cluster routes at once instead of waiting
+//! `rise_after` intervals; a peer that is really gone is out after `fail_after` probes, and
+//! a caller that sees a peer fail first (a broken relay connection) marks it down at once
+//! with [`Membership::mark_down`]. This node is always up in its own view: it cannot probe
+//! itself, and if it is dead nobody reads its view.
+//!
+//! The health answer also says which streams the peer publishes live, so an origin can find
+//! a stream that stayed on the node that took it over after its ring owner came back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::ring::Ring;
+use crate::config::{ClusterConfig, NodeConfig, Role};
+
+/// Path every node serves its [`HealthReport`] on.
+pub const HEALTH_PATH: &str = "/cluster/health";
+
+/// The body of a health answer: `{"id": "node-a", "streams": ["cam1", "news"]}`.
+/// Unknown fields are ignored so that newer nodes can add some without failing older probes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    /// The answering node's id; a probe fails when it is not the id it asked, since the
+    /// address then belongs to another node.
+    pub id: String,
+    /// Streams this node currently publishes live (it is their live server).
+    #[serde(default)]
+    pub streams: Vec<String>,
+}
+
+/// What the health route serves (as JSON).
+pub fn health_body(node_id: &str, streams: Vec<String>) -> HealthReport {
+    HealthReport { id: node_id.to_owned(), streams }
+}
+
+/// Why one probe failed. Only logged: a failure just counts towards `fail_after`.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("peer {peer}: no health answer within {timeout:?}")]
+    Timeout { peer: String, timeout: Duration },
+    #[error("peer {peer}: health request failed")]
+    Request { peer: String, source: reqwest::Error },
+    #[error("peer {peer}: health answered HTTP {status}")]
+    Status { peer: String, status: reqwest::StatusCode },
+    #[error("peer {peer}: health body is not a health report")]
+    Body { peer: String, source: reqwest::Error },
+    #[error("peer {peer}: answered as node {answered:?}; its configured address reaches another node")]
+    WrongNode { peer: String, answered: String },
+}
+
+/// The error and all its causes on one line: reqwest's top-level message alone hides
+/// whether the peer refused, reset or never resolved.
+fn with_causes(error: &ProbeError) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// A client fit for probes and other peer traffic: no proxy from the environment, since
+/// peers are on the appliance network and an `HTTP_PROXY` meant for the outside world
+/// would otherwise swallow every probe.
+pub fn peer_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder().no_proxy().build()
+}
+
+/// An immutable snapshot of the federation: the config's nodes, which are up, and what the
+/// healthy peers publish. Cheap to share (`Arc`), built once per change.
+pub struct MembershipView {
+    config: Arc<ClusterConfig>,
+    /// Healthy node ids, this node always among them.
+    up: BTreeSet<String>,
+    /// Streams each healthy peer reported in its last good probe.
+    streams: BTreeMap<String, BTreeSet<String>>,
+    /// Built with the view, shared with the next view while the healthy set is unchanged.
+    live_ring: Arc<Ring>,
+}
+
+impl MembershipView {
+    /// A view with the given healthy nodes and reported streams (this node is always up).
+    /// Membership builds views itself; this is for planners and tests that need one.
+    pub fn new(
+        config: Arc<ClusterConfig>,
+        up: impl IntoIterator<Item = String>,
+        streams: impl IntoIterator<Item = (String, Vec<String>)>,
+    ) -> Self {
+        let mut up: BTreeSet<String> = up.into_iter().collect();
+        up.insert(config.node_id.clone());
+        let streams = streams.into_iter().map(|(node, s)| (node, s.into_iter().collect())).collect();
+        Self::build(config, up, streams, None)
+    }
+
+    fn build(
+        config: Arc<ClusterConfig>,
+        up: BTreeSet<String>,
+        streams: BTreeMap<String, BTreeSet<String>>,
+        ring: Option<Arc<Ring>>,
+    ) -> Self {
+        let live_ring = ring.unwrap_or_else(|| {
+            let live: Vec<String> = if config.nodes.is_empty() {
+                // Alone: this node has every role.
+                vec![config.node_id.clone()]
+            } else {
+                config
+                    .nodes
+                    .iter()
+                    .filter(|n| up.contains(&n.id) && n.roles.contains(&Role::Live))
+                    .map(|n| n.id.clone())
+                    .collect()
+            };
+            Arc::new(Ring::new(live, config.vnodes))
+        });
+        Self { config, up, streams, live_ring }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    pub fn is_up(&self, id: &str) -> bool {
+        self.up.contains(id)
+    }
+
+    /// A node of the config by id, up or not (check [`Self::is_up`] before using it).
+    pub fn node(&self, id: &str) -> Option<&NodeConfig> {
+        self.config.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The healthy nodes of the config, in config order.
+    pub fn healthy(&self) -> impl Iterator<Item = &NodeConfig> {
+        self.config.nodes.iter().filter(|n| self.up.contains(&n.id))
+    }
+
+    /// The ring over the healthy live nodes: a stream's owner and its failover order.
+    pub fn live_ring(&self) -> &Ring {
+        &self.live_ring
+    }
+
+    /// Healthy origins of `region`, or every healthy origin when that region has none up,
+    /// in config order. Empty when no origin is up (or the node runs alone).
+    pub fn origins_for(&self, region: &str) -> Vec<&NodeConfig> {
+        let origins: Vec<&NodeConfig> = self.healthy().filter(|n| n.roles.contains(&Role::Origin)).collect();
+        let local: Vec<&NodeConfig> = origins.iter().copied().filter(|n| n.region == region).collect();
+        if local.is_empty() { origins } else { local }
+    }
+
+    /// The healthy peer that reports `stream` live. When several do (a handover in
+    /// progress), the one earliest in the stream's ring order wins, so every reader agrees.
+    /// This node's own streams are not probed: callers check their local registry first.
+    pub fn live_location(&self, stream: &str) -> Option<&str> {
+        let reports = |node: &str| self.up.contains(node) && self.streams.get(node).is_some_and(|s| s.contains(stream));
+        if let Some(node) = self.live_ring.order(stream).into_iter().find(|n| reports(n)) {
+            return Some(node);
+        }
+        self.streams.keys().map(String::as_str).find(|n| reports(n))
+    }
+}
+
+impl std::fmt::Debug for MembershipView {
+    // The config and the ring's points would drown what changes between views.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MembershipView")
+            .field("node_id", &self.config.node_id)
+            .field("up", &self.up)
+            .field("live_ring", &self.live_ring.nodes().collect::<Vec<_>>())
+            .field("streams", &self.streams)
+            .finish()
+    }
+}
+
+/// Consecutive-result counter of one peer. Pure, so the thresholds are tested exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeerHealth {
+    up: bool,
+    /// Consecutive results that disagree with `up`.
+    streak: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transition {
+    Down,
+    Up,
+}
+
+impl PeerHealth {
+    fn new() -> Self {
+        Self { up: true, streak: 0 }
+    }
+
+    fn record(&mut self, ok: bool, fail_after: u32, rise_after: u32) -> Option<Transition> {
+        if ok == self.up {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if self.up { fail_after } else { rise_after };
+        if self.streak < needed.max(1) {
+            return None;
+        }
+        self.up = ok;
+        self.streak = 0;
+        Some(if ok { Transition::Up } else { Transition::Down })
+    }
+
+    /// Down at once; it then needs the full `rise_after` good probes to come back.
+    fn mark_down(&mut self) -> bool {
+        let was_up = self.up;
+        self.up = false;
+        self.streak = 0;
+        was_up
+    }
+}
+
+struct PeerState {
+    health: PeerHealth,
+    streams: BTreeSet<String>,
+}
+
+struct Shared {
+    config: Arc<ClusterConfig>,
+    /// Every peer but this node. Views are published while this lock is held, so they go
+    /// out in the order the changes happened.
+    peers: Mutex<BTreeMap<String, PeerState>>,
+    tx: watch::Sender<Arc<MembershipView>>,
+}
+
+impl Shared {
+    fn record(&self, peer: &str, result: Result<HealthReport, ProbeError>) {
+        let config = &self.config;
+        let mut peers = self.peers.lock();
+        let Some(state) = peers.get_mut(peer) else { return };
+        let transition = state.health.record(result.is_ok(), config.fail_after, config.rise_after);
+        let mut changed = transition.is_some();
+        match (&result, transition) {
+            (Ok(report), _) => {
+                let streams: BTreeSet<String> = report.streams.iter().cloned().collect();
+                if state.streams != streams {
+                    state.streams = streams;
+                    changed = true;
+                }
+                if transition == Some(Transition::Up) {
+                    tracing::info!(peer, reason = %format!("{} consecutive good probes", config.rise_after), "peer up");
+                }
+            }
+            (Err(error), Some(Transition::Down)) => {
+                // A down peer publishes nothing, so readers never see its stale streams.
+                state.streams.clear();
+                tracing::warn!(peer, reason = %with_causes(error), failures = config.fail_after, "peer down");
+            }
+            (Err(error), _) => tracing::debug!(peer, reason = %with_causes(error), "health probe failed"),
+        }
+        if changed {
+            self.publish(&peers);
+        }
+    }
+
+    fn mark_down(&self, peer: &str) -> bool {
+        let mut peers = self.peers.lock();
+        let Some(state) = peers.get_mut(peer) else {
+            // Unknown ids and this node itself: nothing to mark.
+            tracing::debug!(peer, "mark_down ignored: not a peer");
+            return false;
+        };
+        if !state.health.mark_down() {
+            return false;
+        }
+        state.streams.clear();
+        tracing::warn!(peer, reason = "a caller saw it fail", "peer down");
+        self.publish(&peers);
+        true
+    }
+
+    fn publish(&self, peers: &BTreeMap<String, PeerState>) {
+        let mut up: BTreeSet<String> = peers.iter().filter(|(_, s)| s.health.up).map(|(id, _)| id.clone()).collect();
+        up.insert(self.config.node_id.clone());
+        let streams = peers
+            .iter()
+            .filter(|(_, s)| s.health.up && !s.streams.is_empty())
+            .map(|(id, s)| (id.clone(), s.streams.clone()))
+            .collect();
+        // Only a change of the healthy set changes the ring; stream reports alone reuse it.
+        let ring = {
+            let previous = self.tx.borrow();
+            (previous.up == up).then(|| previous.live_ring.clone())
+        };
+        self.tx.send_replace(Arc::new(MembershipView::build(self.config.clone(), up, streams, ring)));
+    }
+}
+
+/// Handle on the federation's membership; clone it freely.
+#[derive(Clone)]
+pub struct Membership {
+    shared: Arc<Shared>,
+    rx: watch::Receiver<Arc<MembershipView>>,
+}
+
+/// Starts one probe task per peer (every node of `config` but this one) on `tracker`; they
+/// stop when `shutdown` fires. Call inside a Tokio runtime. `client` should not use a
+/// proxy: see [`peer_client`].
+pub fn spawn(
+    config: &ClusterConfig,
+    client: reqwest::Client,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Membership {
+    let config = Arc::new(config.clone());
+    let peers: BTreeMap<String, PeerState> = config
+        .nodes
+        .iter()
+        .filter(|n| n.id != config.node_id)
+        .map(|n| (n.id.clone(), PeerState { health: PeerHealth::new(), streams: BTreeSet::new() }))
+        .collect();
+    let up = config.nodes.iter().map(|n| n.id.clone()).chain([config.node_id.clone()]).collect();
+    let first = MembershipView::build(config.clone(), up, BTreeMap::new(), None);
+    let (tx, rx) = watch::channel(Arc::new(first));
+    let shared = Arc::new(Shared { config: config.clone(), peers: Mutex::new(peers), tx });
+    tracing::info!(
+        node = %config.node_id,
+        peers = config.nodes.len().saturating_sub(1),
+        interval = ?config.health_interval,
+        "membership probes starting"
+    );
+    for peer in config.nodes.iter().filter(|n| n.id != config.node_id) {
+        tracker.spawn(probe_loop(shared.clone(), peer.clone(), client.clone(), shutdown.clone()));
+    }
+    Membership { shared, rx }
+}
+
+impl Membership {
+    /// The current view.
+    pub fn view(&self) -> Arc<MembershipView> {
+        self.rx.borrow().clone()
+    }
+
+    /// Waits for the next view published after the last one this handle waited for.
+    pub async fn changed(&mut self) {
+        // Cannot fail: this handle owns the sender through `shared`.
+        let _ = self.rx.changed().await;
+    }
+
+    /// A receiver of views, for `select!` loops that want the channel itself.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MembershipView>> {
+        self.rx.clone()
+    }
+
+    /// Marks a peer down now, for a caller that saw it fail (a relay whose connection
+    /// broke must not wait `fail_after` probe intervals). The probes bring it back after
+    /// `rise_after` good answers. Returns whether the peer was up; this node and unknown
+    /// ids are ignored.
+    pub fn mark_down(&self, id: &str) -> bool {
+        self.shared.mark_down(id)
+    }
+}
+
+async fn probe_loop(shared: Arc<Shared>, peer: NodeConfig, client: reqwest::Client, shutdown: CancellationToken) {
+    let url = format!("http://{}{HEALTH_PATH}", peer.http);
+    let timeout = shared.config.health_timeout;
+    let mut ticks = tokio::time::interval(shared.config.health_interval);
+    // A stalled runtime must not fire a burst of probes that flips a peer on catch-up.
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let result = tokio::select! {
+            () = shutdown.cancelled() => break,
+            result = async {
+                ticks.tick().await;
+                probe(&client, &url, &peer.id, timeout).await
+            } => result,
+        };
+        shared.record(&peer.id, result);
+    }
+    tracing::debug!(peer = %peer.id, "health probes stopped");
+}
+
+async fn probe(client: &reqwest::Client, url: &str, peer: &str, timeout: Duration) -> Result<HealthReport, ProbeError> {
+    let attempt = async {
+        let response =
+            client.get(url).send().await.map_err(|source| ProbeError::Request { peer: peer.to_owned(), source })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(ProbeError::Status { peer: peer.to_owned(), status });
+        }
+        let report: HealthReport =
+            response.json().await.map_err(|source| ProbeError::Body { peer: peer.to_owned(), source })?;
+        if report.id != peer {
+            return Err(ProbeError::WrongNode { peer: peer.to_owned(), answered: report.id });
+        }
+        Ok(report)
+    };
+    // One deadline over connect, headers and body: a peer that trickles its answer is as
+    // unhealthy as one that never answers.
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(ProbeError::Timeout { peer: peer.to_owned(), timeout }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::get;
+    use axum::{Json, Router};
+
+    use super::*;
+
+    #[test]
+    fn health_goes_down_after_exactly_fail_after_and_up_after_rise_after() {
+        let mut h = PeerHealth::new();
+        assert_eq!(h.record(false, 3, 2), None);
+        assert_eq!(h.record(false, 3, 2), None);
+        // A success in between resets the count.
+        assert_eq!(h.record(true, 3, 2), None);
+        assert_eq!(h.record(false, 3, 2), None);
+        assert_eq!(h.record(false, 3, 2), None);
+        assert_eq!(h.record(false, 3, 2), Some(Transition::Down));
+        assert_eq!(h.record(false, 3, 2), None);
+        assert_eq!(h.record(true, 3, 2), None);
+        assert_eq!(h.record(false, 3, 2), None);
+        assert_eq!(h.record(true, 3, 2), None);
+        assert_eq!(h.record(true, 3, 2), Some(Transition::Up));
+        assert!(h.mark_down());
+        assert!(!h.mark_down());
+        assert_eq!(h.record(true, 3, 2), None);
+        assert_eq!(h.record(true, 3, 2), Some(Transition::Up));
+    }
+
+    #[test]
+    fn health_body_is_the_documented_json() {
+        let body = serde_json::to_value(health_body("b", vec!["cam1".into(), "news".into()])).unwrap();
+        assert_eq!(body, serde_json::json!({"id": "b", "streams": ["cam1", "news"]}));
+        let bare: HealthReport = serde_json::from_str(r#"{"id": "b", "version": 2}"#).unwrap();
+        assert_eq!(bare, health_body("b", Vec::new()));
+    }
+
+    fn node(id: &str, roles: &[Role], region: &str, http: std::net::SocketAddr) -> NodeConfig {
+        NodeConfig {
+            id: id.to_owned(),
+            roles: roles.to_vec(),
+            region: region.to_owned(),
+            rtmp: "127.0.0.1:9".parse().unwrap(),
+            http,
+        }
+    }
+
+    fn static_config() -> Arc<ClusterConfig> {
+        let addr = "127.0.0.1:9".parse().unwrap();
+        Arc::new(ClusterConfig {
+            node_id: "me".into(),
+            nodes: vec![
+                node("me", &[Role::Edge], "eu", addr),
+                node("l1", &[Role::Live], "eu", addr),
+                node("l2", &[Role::Live, Role::Origin], "us", addr),
+                node("o-eu", &[Role::Origin], "eu", addr),
+                node("o-us", &[Role::Origin], "us", addr),
+            ],
+            ..ClusterConfig::default()
+        })
+    }
+
+    fn ids<'a>(nodes: impl IntoIterator<Item = &'a NodeConfig>) -> Vec<&'a str> {
+        nodes.into_iter().map(|n| n.id.as_str()).collect()
+    }
+
+    #[test]
+    fn view_helpers_see_only_healthy_nodes() {
+        let config = static_config();
+        let all = ["l1", "l2", "o-eu", "o-us"].map(String::from);
+        let view = MembershipView::new(config.clone(), all.clone(), []);
+        assert!(view.is_up("me"), "this node is always up");
+        assert_eq!(view.live_ring().nodes().collect::<Vec<_>>(), ["l1", "l2"]);
+        assert_eq!(ids(view.origins_for("eu")), ["o-eu"]);
+        assert_eq!(ids(view.origins_for("us")), ["l2", "o-us"]);
+        assert_eq!(ids(view.origins_for("mars")), ["l2", "o-eu", "o-us"], "no origin there: all of them");
+        assert_eq!(view.node("o-us").map(|n| n.region.as_str()), Some("us"));
+        assert!(view.node("nope").is_none());
+
+        let view = MembershipView::new(config.clone(), ["l2", "o-us"].map(String::from), []);
+        assert_eq!(view.live_ring().nodes().collect::<Vec<_>>(), ["l2"]);
+        assert_eq!(ids(view.origins_for("eu")), ["l2", "o-us"], "eu's origin is down: fall back");
+        assert!(!view.is_up("l1"));
+        assert!(view.node("l1").is_some(), "node() looks up the config, up or not");
+
+        let alone = MembershipView::new(Arc::new(ClusterConfig::default()), [], []);
+        assert_eq!(alone.live_ring().owner("cam1"), Some("local"));
+        assert!(alone.origins_for("eu").is_empty());
+    }
+
+    #[test]
+    fn live_location_prefers_ring_order_and_skips_down_nodes() {
+        let config = static_config();
+        let streams = || [("l1".to_owned(), vec!["cam1".to_owned()]), ("l2".to_owned(), vec!["cam1".to_owned()])];
+        let view = MembershipView::new(config.clone(), ["l1", "l2"].map(String::from), streams());
+        assert_eq!(view.live_location("cam1"), view.live_ring().owner("cam1"));
+        assert_eq!(view.live_location("other"), None);
+        let view = MembershipView::new(config, ["l2"].map(String::from), streams());
+        assert_eq!(view.live_location("cam1"), Some("l2"));
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Mode {
+        Healthy,
+        Failing,
+        /// Accepts the request and never answers within any probe timeout.
+        Silent,
+    }
+
+    /// A peer's health route on 127.0.0.1, switchable between answers.
+    struct FakePeer {
+        id: String,
+        mode: Mutex<Mode>,
+        streams: Mutex<Vec<String>>,
+        hits: AtomicU32,
+        addr: std::net::SocketAddr,
+    }
+
+    impl FakePeer {
+        async fn start(id: &str) -> Arc<FakePeer> {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let peer = Arc::new(FakePeer {
+                id: id.to_owned(),
+                mode: Mutex::new(Mode::Healthy),
+                streams: Mutex::new(Vec::new()),
+                hits: AtomicU32::new(0),
+                addr: listener.local_addr().unwrap(),
+            });
+            let router = Router::new().route(HEALTH_PATH, get(fake_health)).with_state(peer.clone());
+            tokio::spawn(async move { axum::serve(listener, router).await });
+            peer
+        }
+
+        fn set(&self, mode: Mode) -> u32 {
+            *self.mode.lock() = mode;
+            self.hits.load(Ordering::SeqCst)
+        }
+
+        fn probes_since(&self, mark: u32) -> u32 {
+            self.hits.load(Ordering::SeqCst) - mark
+        }
+    }
+
+    async fn fake_health(State(peer): State<Arc<FakePeer>>) -> Response {
+        peer.hits.fetch_add(1, Ordering::SeqCst);
+        let mode = *peer.mode.lock();
+        match mode {
+            Mode::Healthy => Json(health_body(&peer.id, peer.streams.lock().clone())).into_response(),
+            Mode::Failing => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            Mode::Silent => {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                StatusCode::OK.into_response()
+            }
+        }
+    }
+
+    struct Cluster {
+        membership: Membership,
+        peers: BTreeMap<&'static str, Arc<FakePeer>>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    }
+
+    /// This node "me" (edge) probing fake live peers l1, l2, l3 and origin o1, every 50 ms.
+    async fn cluster() -> Cluster {
+        let mut peers = BTreeMap::new();
+        let mut nodes = vec![node("me", &[Role::Edge], "eu", "127.0.0.1:9".parse().unwrap())];
+        for (id, role) in [("l1", Role::Live), ("l2", Role::Live), ("l3", Role::Live), ("o1", Role::Origin)] {
+            let peer = FakePeer::start(id).await;
+            nodes.push(node(id, &[role], "eu", peer.addr));
+            peers.insert(id, peer);
+        }
+        let config = ClusterConfig {
+            node_id: "me".into(),
+            nodes,
+            vnodes: 64,
+            health_interval: Duration::from_millis(50),
+            health_timeout: Duration::from_millis(40),
+            fail_after: 2,
+            rise_after: 3,
+        };
+        let tracker = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let membership = spawn(&config, peer_client().unwrap(), &tracker, shutdown.clone());
+        Cluster { membership, peers, tracker, shutdown }
+    }
+
+    /// Waits (3 s at most) until the view satisfies `ready`, and says what it waited for.
+    async fn wait_for(membership: &mut Membership, what: &str, ready: impl Fn(&MembershipView) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while !ready(&membership.view()) {
+            if tokio::time::timeout_at(deadline, membership.changed()).await.is_err() {
+                panic!("timed out after 3 s waiting for {what}; view: {:?}", membership.view());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn peer_goes_down_after_fail_after_failures_and_up_after_rise_after() {
+        let mut c = cluster().await;
+        let view = c.membership.view();
+        for id in ["me", "l1", "l2", "l3", "o1"] {
+            assert!(view.is_up(id), "{id} starts up");
+        }
+        let l2 = &c.peers["l2"];
+        let mark = l2.set(Mode::Failing);
+        wait_for(&mut c.membership, "l2 down", |v| !v.is_up("l2")).await;
+        assert!(l2.probes_since(mark) >= 2, "down after {} failed probes", l2.probes_since(mark));
+        assert!(!c.membership.view().live_ring().contains("l2"));
+        assert!(c.membership.view().live_ring().contains("l1"));
+
+        let mark = l2.set(Mode::Healthy);
+        wait_for(&mut c.membership, "l2 up", |v| v.is_up("l2")).await;
+        assert!(l2.probes_since(mark) >= 3, "up after {} good probes", l2.probes_since(mark));
+        assert!(c.membership.view().live_ring().contains("l2"));
+        assert!(c.membership.view().is_up("l1"), "other peers unaffected");
+    }
+
+    #[tokio::test]
+    async fn peer_that_does_not_answer_in_time_goes_down() {
+        let mut c = cluster().await;
+        c.peers["l3"].set(Mode::Silent);
+        wait_for(&mut c.membership, "silent l3 down", |v| !v.is_up("l3")).await;
+        let ring = c.membership.view().live_ring().clone();
+        assert_eq!(ring.nodes().collect::<Vec<_>>(), ["l1", "l2"]);
+        for i in 0..200 {
+            assert_ne!(ring.owner(&format!("s{i}")), Some("l3"));
+        }
+    }
+
+    #[tokio::test]
+    async fn mark_down_takes_effect_at_once_and_probes_bring_the_peer_back() {
+        let mut c = cluster().await;
+        assert!(c.membership.mark_down("l1"));
+        let view = c.membership.view();
+        assert!(!view.is_up("l1"), "no probe interval in between");
+        assert!(!view.live_ring().contains("l1"));
+        assert!(!c.membership.mark_down("l1"), "already down");
+        assert!(!c.membership.mark_down("me"), "this node is always up");
+        assert!(!c.membership.mark_down("stranger"));
+        assert!(c.membership.view().is_up("me"));
+        // l1 still answers, so rise_after good probes later it is back.
+        wait_for(&mut c.membership, "l1 back up", |v| v.is_up("l1")).await;
+    }
+
+    #[tokio::test]
+    async fn live_location_follows_reported_streams() {
+        let mut c = cluster().await;
+        *c.peers["l2"].streams.lock() = vec!["cam1".into(), "news".into()];
+        wait_for(&mut c.membership, "cam1 on l2", |v| v.live_location("cam1") == Some("l2")).await;
+        assert_eq!(c.membership.view().live_location("news"), Some("l2"));
+
+        // cam1 moves to l3 (its owner came back and the broadcaster stayed on l3, say).
+        *c.peers["l3"].streams.lock() = vec!["cam1".into()];
+        *c.peers["l2"].streams.lock() = vec!["news".into()];
+        wait_for(&mut c.membership, "cam1 on l3", |v| v.live_location("cam1") == Some("l3")).await;
+
+        // A down node's reports no longer count.
+        c.peers["l3"].set(Mode::Failing);
+        wait_for(&mut c.membership, "cam1 nowhere", |v| v.live_location("cam1").is_none()).await;
+        assert_eq!(c.membership.view().live_location("news"), Some("l2"));
+    }
+
+    #[tokio::test]
+    async fn peer_answering_with_another_id_is_down() {
+        let config = ClusterConfig {
+            node_id: "me".into(),
+            nodes: vec![
+                node("me", &[Role::Live], "eu", "127.0.0.1:9".parse().unwrap()),
+                // The address of "impostor" reaches a node that calls itself "l1".
+                node("impostor", &[Role::Live], "eu", FakePeer::start("l1").await.addr),
+            ],
+            health_interval: Duration::from_millis(50),
+            health_timeout: Duration::from_millis(40),
+            ..ClusterConfig::default()
+        };
+        let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let mut membership = spawn(&config, peer_client().unwrap(), &tracker, shutdown.clone());
+        wait_for(&mut membership, "impostor down", |v| !v.is_up("impostor")).await;
+        assert_eq!(membership.view().live_ring().nodes().collect::<Vec<_>>(), ["me"]);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn probes_stop_on_shutdown() {
+        let c = cluster().await;
+        c.tracker.close();
+        c.shutdown.cancel();
+        let stopped = tokio::time::timeout(Duration::from_secs(2), c.tracker.wait()).await;
+        stopped.expect("probe tasks end within 2 s of shutdown");
+    }
+}

@@ -1,0 +1,12 @@
+//! Federation: which node is a stream's live server, and who is up to take over. Owns the
+//! consistent-hash ring (`ring`, pure) and the peer health probes that decide its members
+//! (`membership`). Ingest relays, origins and edges read [`MembershipView`]s; the HTTP
+//! server serves this node's [`health_body`] on [`HEALTH_PATH`] for the other nodes' probes.
+
+pub mod membership;
+pub mod ring;
+
+pub use membership::{
+    health_body, peer_client, spawn, HealthReport, Membership, MembershipView, ProbeError, HEALTH_PATH,
+};
+pub use ring::Ring;
