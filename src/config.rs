@@ -76,6 +76,9 @@ pub struct ClusterConfig {
     pub fail_after: u32,
     /// Consecutive good probes that mark a peer up again.
     pub rise_after: u32,
+    /// Shared secret nodes put in relayed publishes (app `_relay`), so that only nodes of
+    /// the federation can publish without a broadcaster's stream key. Set it in production.
+    pub relay_secret: String,
 }
 
 /// One node of the federation as every other node sees it.
@@ -106,6 +109,7 @@ impl Default for ClusterConfig {
             health_timeout: DEFAULT_HEALTH_TIMEOUT,
             fail_after: DEFAULT_FAIL_AFTER,
             rise_after: DEFAULT_RISE_AFTER,
+            relay_secret: String::new(),
         }
     }
 }

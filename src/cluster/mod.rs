@@ -4,9 +4,11 @@
 //! server serves this node's [`health_body`] on [`HEALTH_PATH`] for the other nodes' probes.
 
 pub mod membership;
+pub mod placement;
 pub mod ring;
 
 pub use membership::{
     health_body, peer_client, spawn, HealthReport, Membership, MembershipView, ProbeError, HEALTH_PATH,
 };
+pub use placement::ClusterPlacement;
 pub use ring::Ring;

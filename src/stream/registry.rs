@@ -42,6 +42,13 @@ impl StreamRegistry {
         self.live.lock().contains_key(stream)
     }
 
+    /// Streams published on this node now, sorted.
+    pub fn streams(&self) -> Vec<StreamId> {
+        let mut list: Vec<StreamId> = self.live.lock().keys().cloned().collect();
+        list.sort();
+        list
+    }
+
     pub fn count(&self) -> usize {
         self.live.lock().len()
     }

@@ -22,9 +22,18 @@ pub struct Appliance {
 impl Appliance {
     /// Starts the binary with an optional TOML config; RTMP and HTTP on free loopback ports.
     pub fn start(config: Option<&str>) -> Self {
+        Self::launch(config, &["--rtmp", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+    }
+
+    /// Starts one node of a cluster config (its addresses come from its entry).
+    pub fn start_node(config: &str, node: &str) -> Self {
+        Self::launch(Some(config), &["--node", node])
+    }
+
+    fn launch(config: Option<&str>, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_rackcast"));
-        command.args(["run", "--rtmp", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+        command.arg("run").args(args);
         if let Some(text) = config {
             let path = dir.path().join("rackcast.toml");
             std::fs::write(&path, text).unwrap();
@@ -102,6 +111,16 @@ impl Drop for Appliance {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A port that was free a moment ago (cluster configs must name every node's ports).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// JSON from a GET.
+pub fn get_json(url: &str) -> serde_json::Value {
+    serde_json::from_str(&get(url).text().unwrap()).unwrap_or_else(|e| panic!("{url}: {e}"))
 }
 
 pub fn signal(pid: u32, name: &str) {

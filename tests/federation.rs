@@ -1,0 +1,154 @@
+//! Several real rackcast processes on 127.0.0.1 with one shared cluster config: two live
+//! nodes, two origins and an edge. A broadcaster publishes to the node that does not own
+//! its stream; viewers play from the edge; 1,000 concurrent viewers of a fresh segment
+//! cost one request per tier; the owner is killed mid-stream and the stream resumes on the
+//! next node; an origin is killed and the edge moves to the other one.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use rackcast::cluster::Ring;
+use support::*;
+
+struct Node {
+    id: &'static str,
+    roles: &'static str,
+    rtmp: u16,
+    http: u16,
+}
+
+fn cluster_config(nodes: &[Node]) -> String {
+    let mut text = String::from(
+        "[cluster]\nhealth_interval = \"200ms\"\nhealth_timeout = \"150ms\"\nfail_after = 2\nrise_after = 2\n",
+    );
+    for n in nodes {
+        text += &format!(
+            "\n[[cluster.nodes]]\nid = \"{}\"\nroles = {}\nregion = \"eu\"\nrtmp = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n",
+            n.id, n.roles, n.rtmp, n.http
+        );
+    }
+    text
+}
+
+fn metric(url: &str, field: &str) -> u64 {
+    get_json(url)[field].as_u64().unwrap_or_else(|| panic!("{url} has no {field}"))
+}
+
+#[test]
+fn federation_relays_caches_coalesces_and_fails_over() {
+    let node = |id, roles| Node { id, roles, rtmp: free_port(), http: free_port() };
+    let nodes = [
+        node("live-a", r#"["live"]"#),
+        node("live-b", r#"["live"]"#),
+        node("origin-1", r#"["origin"]"#),
+        node("origin-2", r#"["origin"]"#),
+        node("edge-1", r#"["edge"]"#),
+    ];
+    let config = cluster_config(&nodes);
+    let mut running: Vec<Option<Appliance>> = nodes.iter().map(|n| Some(Appliance::start_node(&config, n.id))).collect();
+    let http = |i: usize| format!("http://127.0.0.1:{}", nodes[i].http);
+    for i in 0..nodes.len() {
+        wait_until("every node healthy", Duration::from_secs(10), || (get(&format!("{}/cluster/health", http(i))).status() == 200).then_some(()));
+    }
+
+    // A stream owned by live-b, published to live-a: live-a relays it.
+    let ring = Ring::new(["live-a".to_owned(), "live-b".to_owned()], 160);
+    let stream = (0..).map(|i| format!("cam{i}")).find(|s| ring.owner(s) == Some("live-b")).unwrap();
+    let publisher = Publisher::start(&format!("rtmp://127.0.0.1:{}/live/{stream}", nodes[0].rtmp), 60, "640x360");
+    let edge_mpd = format!("{}/live/{stream}/manifest.mpd", http(4));
+    let live_b_mpd = format!("{}/live/{stream}/manifest.mpd", http(1));
+    wait_until("the owner's MPD", Duration::from_secs(20), || (get(&live_b_mpd).status() == 200).then_some(()));
+    assert_eq!(get(&format!("{}/live/{stream}/manifest.mpd", http(0))).status(), 404, "the relaying node does not transcode");
+    let mpd = wait_until("the stream at the edge", Duration::from_secs(20), || {
+        let response = get(&edge_mpd);
+        (response.status() == 200).then(|| dash_mpd_core::parse(&response.text().unwrap()).unwrap())
+    });
+    let rep = mpd.periods.last().unwrap().adaptations[0].representations[0].clone();
+    let (init_url, list) = segments(&stream, &rep);
+    let init = get_bytes(&format!("{}{init_url}", http(4)));
+    let (codec, width, height, _) = probe(&init, &get_bytes(&format!("{}{}", http(4), list.last().unwrap().url)));
+    assert_eq!((codec.as_str(), width, height), ("h264", 640, 360), "decodable through edge and origin");
+
+    // 1,000 concurrent viewers of a fresh segment: one request per tier.
+    let last = list.last().unwrap().number;
+    let fresh = wait_until("a segment nobody has requested", Duration::from_secs(10), || {
+        let owner = dash_mpd_core::parse(&get(&live_b_mpd).text().unwrap()).unwrap();
+        let rep = owner.periods.last()?.adaptations[0].representations[0].clone();
+        segments(&stream, &rep).1.into_iter().find(|s| s.number > last + 1)
+    });
+    let origin = (2..4)
+        .find(|&i| metric(&format!("{}/tier/metrics", http(i)), "requests") > 0)
+        .expect("one origin served the edge");
+    let live_before = metric(&format!("{}/metrics/live", http(1)), "object_requests");
+    let origin_before = metric(&format!("{}/tier/metrics", http(origin)), "upstream_requests");
+    let edge_before = metric(&format!("{}/tier/metrics", http(4)), "upstream_requests");
+    let url = format!("{}{}", http(4), fresh.url);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let statuses: Vec<(u16, String, usize)> = runtime.block_on(async {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(1024).timeout(Duration::from_secs(10)).build().unwrap();
+        let tasks: Vec<_> = (0..1000)
+            .map(|_| {
+                let (client, url) = (client.clone(), url.clone());
+                tokio::spawn(async move {
+                    let response = client.get(&url).send().await.unwrap();
+                    let status = response.status().as_u16();
+                    let cache = response.headers().get("x-cache-status").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+                    (status, cache, response.bytes().await.unwrap().len())
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for task in tasks {
+            out.push(task.await.unwrap());
+        }
+        out
+    });
+    assert!(statuses.iter().all(|s| s.0 == 200 && s.2 == statuses[0].2), "every viewer got the segment");
+    let misses = statuses.iter().filter(|s| s.1 == "miss").count();
+    assert_eq!(misses, 1, "exactly one viewer request went upstream");
+    assert_eq!(metric(&format!("{}/tier/metrics", http(4)), "upstream_requests") - edge_before, 1, "edge -> origin");
+    assert_eq!(metric(&format!("{}/tier/metrics", http(origin)), "upstream_requests") - origin_before, 1, "origin -> live");
+    assert_eq!(metric(&format!("{}/metrics/live", http(1)), "object_requests") - live_before, 1, "live served it once");
+
+    // The owner dies mid-stream: live-a's relay moves the stream to the next node (itself).
+    let old_period = mpd.periods.last().unwrap().id.clone().unwrap();
+    let killed = Instant::now();
+    signal(running[1].as_ref().unwrap().pid(), "KILL");
+    drop(running[1].take());
+    let (new_period, new_segment) = wait_until("new segments at the edge after failover", Duration::from_secs(20), || {
+        let response = get(&edge_mpd);
+        if response.status() != 200 {
+            return None;
+        }
+        let mpd = dash_mpd_core::parse(&response.text().unwrap()).ok()?;
+        let period = mpd.periods.last()?;
+        let id = period.id.clone()?;
+        if id == old_period {
+            return None;
+        }
+        let rep = period.adaptations.first()?.representations.first()?.clone();
+        let (init, list) = segments(&stream, &rep);
+        Some((id, (init, list.last()?.clone())))
+    });
+    let gap = killed.elapsed();
+    println!("failover: new segments visible at the edge {:.2} s after SIGKILL of the owner", gap.as_secs_f64());
+    assert!(gap < Duration::from_secs(12), "failover gap {gap:?}");
+    assert_ne!(new_period, old_period, "a new session: no URL reused");
+    let (codec, ..) = probe(&get_bytes(&format!("{}{}", http(4), new_segment.0)), &get_bytes(&format!("{}{}", http(4), new_segment.1.url)));
+    assert_eq!(codec, "h264");
+    assert!(running[0].as_ref().unwrap().logs().contains("relay connection lost"));
+
+    // The origin the edge uses dies: the edge moves to the other origin.
+    signal(running[origin].as_ref().unwrap().pid(), "KILL");
+    drop(running[origin].take());
+    let other = if origin == 2 { 3 } else { 2 };
+    let before = metric(&format!("{}/tier/metrics", http(other)), "upstream_requests");
+    let moved = Instant::now();
+    wait_until("the edge serving through the other origin", Duration::from_secs(10), || {
+        let ok = get(&edge_mpd).status() == 200;
+        (ok && metric(&format!("{}/tier/metrics", http(other)), "upstream_requests") > before).then_some(())
+    });
+    println!("origin failover: edge served through the other origin {:.2} s after SIGKILL", moved.elapsed().as_secs_f64());
+    drop(publisher);
+}
