@@ -598,6 +598,7 @@ mod tests {
             health_timeout: Duration::from_millis(40),
             fail_after: 2,
             rise_after: 3,
+            ..ClusterConfig::default()
         };
         let tracker = TaskTracker::new();
         let shutdown = CancellationToken::new();
