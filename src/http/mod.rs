@@ -92,7 +92,7 @@ async fn object(State(state): State<HttpState>, Path((stream, rendition, file)):
 }
 
 /// xs:dateTime with milliseconds, for the MPD's UTCTiming (urn:mpeg:dash:utc:http-iso:2014).
-async fn clock() -> Response {
+pub async fn clock() -> Response {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain"), (header::CACHE_CONTROL, "no-store")], now).into_response()
 }
