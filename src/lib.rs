@@ -12,4 +12,5 @@ pub mod media;
 pub mod package;
 pub mod store;
 pub mod stream;
+pub mod tier;
 pub mod transcode;

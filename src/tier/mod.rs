@@ -1,0 +1,333 @@
+//! The origin / edge caching tier: an axum router that serves the live node's paths
+//! (`/live/{stream}/manifest.mpd`, `/live/{stream}/{rendition}/{file}`, `/time`) from an
+//! in-memory cache filled from the next tier up, with every concurrent miss for one object
+//! coalesced into one upstream request (ARCHITECTURE.md, Federation; STYLE.md habit 7).
+//!
+//! Who talks to it: app wiring builds a `TierState` with an `UpstreamResolver` (the cluster
+//! ring: the stream's origin for an edge, the stream's live node for an origin) and serves
+//! `router`. Files: cache.rs (sharded byte-bounded cache, lifetimes), proxy.rs (flights:
+//! coalescing, upstream fetch, failover), prefetch.rs (newest-segment prefetch), error.rs.
+
+pub mod cache;
+pub mod error;
+pub mod prefetch;
+pub mod proxy;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::CorsLayer;
+
+pub use cache::{CachedObject, Lifetimes, ObjectKind, TierCache};
+pub use error::TierError;
+pub use prefetch::{NewestSegment, newest_segments};
+pub use proxy::CacheStatus;
+
+use crate::http::path;
+use crate::media::StreamId;
+use crate::package::mpd::UTC_TIMING_PATH;
+use prefetch::RenditionTracker;
+use proxy::{Flights, ObjectRequest, Outcome};
+
+/// Response header saying how the response was produced: hit, miss or coalesced.
+pub const CACHE_STATUS_HEADER: HeaderName = HeaderName::from_static("x-cache-status");
+/// The tier's counters as JSON.
+pub const METRICS_PATH: &str = "/tier/metrics";
+
+pub const DEFAULT_CAPACITY_BYTES: u64 = 512 * 1024 * 1024;
+/// Segments are immutable; an hour outlives any DVR window, and the byte bound evicts first.
+pub const DEFAULT_SEGMENT_TTL: Duration = Duration::from_secs(3600);
+/// Half the live node's 1 s update period, so a two-tier chain adds at most ~1 s of age.
+pub const DEFAULT_MANIFEST_TTL: Duration = Duration::from_millis(500);
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(1);
+/// Loopback and LAN peers connect in well under a millisecond; 300 ms means the peer is gone.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+/// Whole budget of one fetch, over all upstreams tried: the longest a waiter can wait.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_PREFETCH_WINDOW: Duration = Duration::from_secs(10);
+
+/// Settings of one caching tier.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TierConfig {
+    /// Bytes of bodies (plus a small per-entry overhead) the cache may hold.
+    pub capacity_bytes: u64,
+    /// Number of cache shards; 0 means one per available core.
+    pub shards: usize,
+    /// Lifetime of init and media segments.
+    #[serde(with = "humantime_serde")]
+    pub segment_ttl: Duration,
+    /// Lifetime of manifests.
+    #[serde(with = "humantime_serde")]
+    pub manifest_ttl: Duration,
+    /// Lifetime of a remembered upstream 404.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// TCP connect timeout to an upstream; past it the next upstream is tried.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Total time for one fetch, across every upstream tried; then 504.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Fetch the newest segments of requested renditions when a new MPD arrives.
+    pub prefetch: bool,
+    /// A rendition counts as requested if a viewer asked for one of its segments this recently.
+    #[serde(with = "humantime_serde")]
+    pub prefetch_window: Duration,
+}
+
+impl Default for TierConfig {
+    fn default() -> Self {
+        Self {
+            capacity_bytes: DEFAULT_CAPACITY_BYTES,
+            shards: 0,
+            segment_ttl: DEFAULT_SEGMENT_TTL,
+            manifest_ttl: DEFAULT_MANIFEST_TTL,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            prefetch: false,
+            prefetch_window: DEFAULT_PREFETCH_WINDOW,
+        }
+    }
+}
+
+impl TierConfig {
+    pub fn validate(&self) -> Result<(), TierError> {
+        let invalid = |key, reason: &str| Err(TierError::Config { key, reason: reason.to_owned() });
+        if self.capacity_bytes < 1024 * 1024 {
+            return invalid("capacity_bytes", "must be at least 1 MiB");
+        }
+        for (key, value) in [
+            ("segment_ttl", self.segment_ttl),
+            ("manifest_ttl", self.manifest_ttl),
+            ("negative_ttl", self.negative_ttl),
+            ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(key, "must be more than zero");
+            }
+        }
+        if self.connect_timeout > self.request_timeout {
+            return invalid("connect_timeout", "must not exceed request_timeout");
+        }
+        Ok(())
+    }
+
+    fn lifetimes(&self) -> Lifetimes {
+        Lifetimes { segment: self.segment_ttl, manifest: self.manifest_ttl, negative: self.negative_ttl }
+    }
+}
+
+/// Where a stream's objects come from: base URLs (`http://127.0.0.1:PORT`) in order of
+/// preference. An edge answers with the stream's origins, an origin with the stream's
+/// live node and its successors on the ring.
+pub trait UpstreamResolver: Send + Sync {
+    fn upstreams(&self, stream: &StreamId) -> Vec<String>;
+    /// `base` refused, reset or timed out just now; the caller may mark it down at once
+    /// instead of waiting for its health probe.
+    fn failed(&self, _base: &str) {}
+}
+
+/// The same upstreams for every stream: a single origin, or a fixed list.
+#[derive(Debug, Clone)]
+pub struct StaticUpstreams(pub Vec<String>);
+
+impl UpstreamResolver for StaticUpstreams {
+    fn upstreams(&self, _stream: &StreamId) -> Vec<String> {
+        self.0.clone()
+    }
+}
+
+/// Event counts since start. Relaxed atomics: figures for humans and tests, not locks.
+#[derive(Debug, Default)]
+pub struct TierCounters {
+    pub requests: AtomicU64,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub coalesced: AtomicU64,
+    pub bad_requests: AtomicU64,
+    /// HTTP requests sent upstream, one per attempt (a failover is two).
+    pub upstream_requests: AtomicU64,
+    /// Attempts that failed: refused, reset, timed out, or answered other than 200 / 404.
+    pub upstream_errors: AtomicU64,
+    /// Segments fetched by the prefetcher (not by a viewer).
+    pub prefetches: AtomicU64,
+}
+
+pub(crate) fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A snapshot of the counters and the cache's size, served at `/tier/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierMetrics {
+    pub requests: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub coalesced: u64,
+    pub bad_requests: u64,
+    pub upstream_requests: u64,
+    pub upstream_errors: u64,
+    pub prefetches: u64,
+    /// Weighted bytes held (bodies plus per-entry overhead); moka updates it lazily.
+    pub bytes_cached: u64,
+    pub entries: u64,
+    pub capacity_bytes: u64,
+}
+
+/// Everything a tier's handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct TierState {
+    pub cache: TierCache,
+    pub upstream: Arc<dyn UpstreamResolver>,
+    pub client: reqwest::Client,
+    pub counters: Arc<TierCounters>,
+    config: Arc<TierConfig>,
+    renditions: Arc<RenditionTracker>,
+    flights: Arc<Flights>,
+}
+
+impl TierState {
+    pub fn new(config: TierConfig, upstream: Arc<dyn UpstreamResolver>) -> Result<Self, TierError> {
+        config.validate()?;
+        let client = reqwest::Client::builder()
+            // Peers are addressed directly; an environment proxy must not sit between tiers.
+            .no_proxy()
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(TierError::Client)?;
+        let cache = TierCache::new(config.capacity_bytes, config.shards, config.lifetimes());
+        Ok(Self {
+            flights: Arc::new(Flights::new(cache.shard_count())),
+            cache,
+            upstream,
+            client,
+            counters: Arc::new(TierCounters::default()),
+            config: Arc::new(config),
+            renditions: Arc::new(RenditionTracker::new()),
+        })
+    }
+
+    pub fn config(&self) -> &TierConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> TierMetrics {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TierMetrics {
+            requests: get(&c.requests),
+            hits: get(&c.hits),
+            misses: get(&c.misses),
+            coalesced: get(&c.coalesced),
+            bad_requests: get(&c.bad_requests),
+            upstream_requests: get(&c.upstream_requests),
+            upstream_errors: get(&c.upstream_errors),
+            prefetches: get(&c.prefetches),
+            bytes_cached: self.cache.weighted_size(),
+            entries: self.cache.entry_count(),
+            capacity_bytes: self.cache.capacity(),
+        }
+    }
+}
+
+pub fn router(state: TierState) -> Router {
+    Router::new()
+        .route("/live/{stream}/manifest.mpd", get(manifest))
+        .route("/live/{stream}/{rendition}/{file}", get(object))
+        .route(UTC_TIMING_PATH, get(crate::http::clock))
+        .route(METRICS_PATH, get(metrics))
+        .fallback(not_found)
+        .layer(CorsLayer::permissive())
+        .with_state(state)
+}
+
+/// Serves until `shutdown` fires, then finishes in-flight requests.
+pub async fn serve(listener: TcpListener, state: TierState, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+async fn manifest(State(state): State<TierState>, Path(stream): Path<String>) -> Response {
+    inc(&state.counters.requests);
+    let stream = match path::stream(&stream) {
+        Ok(stream) => stream,
+        Err(e) => return bad_request(&state, e.into()),
+    };
+    let key = Arc::from(format!("/live/{stream}/manifest.mpd"));
+    respond(state.lookup(ObjectRequest { stream, key, kind: ObjectKind::Manifest }).await)
+}
+
+async fn object(State(state): State<TierState>, Path((stream, rendition, file)): Path<(String, String, String)>) -> Response {
+    inc(&state.counters.requests);
+    let (stream, object) = match path::stream(&stream).and_then(|s| Ok((s, path::object(&rendition, &file)?))) {
+        Ok(pair) => pair,
+        Err(e) => return bad_request(&state, e.into()),
+    };
+    if state.config.prefetch {
+        state.renditions.note(&stream, &object.rendition);
+    }
+    // Validated identifiers, so the key is the canonical path and holds no traversal.
+    let key = Arc::from(format!("/live/{stream}/{rendition}/{file}"));
+    respond(state.lookup(ObjectRequest { stream, key, kind: ObjectKind::Segment }).await)
+}
+
+async fn metrics(State(state): State<TierState>) -> Response {
+    let mut response = Json(state.metrics()).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], "not found\n").into_response()
+}
+
+fn bad_request(state: &TierState, error: TierError) -> Response {
+    inc(&state.counters.bad_requests);
+    error_response(&error, None)
+}
+
+fn respond((result, status): Outcome) -> Response {
+    match result {
+        Ok(object) => {
+            let mut response = (object.status, object.body.clone()).into_response();
+            let headers = response.headers_mut();
+            if let Some(value) = &object.content_type {
+                headers.insert(header::CONTENT_TYPE, value.clone());
+            }
+            if let Some(value) = &object.cache_control {
+                headers.insert(header::CACHE_CONTROL, value.clone());
+            }
+            headers.insert(CACHE_STATUS_HEADER, HeaderValue::from_static(status.as_str()));
+            response
+        }
+        Err(error) => error_response(&error, Some(status)),
+    }
+}
+
+/// The one place a `TierError` becomes a response.
+fn error_response(error: &TierError, cache_status: Option<CacheStatus>) -> Response {
+    let status = error.status();
+    // A viewer learns what was wrong with its request; upstream addresses and causes stay
+    // in this node's log (proxy.rs logs them once per fetch, not once per waiter).
+    let body = if status.is_client_error() { format!("{error}\n") } else { format!("{}\n", status.canonical_reason().unwrap_or("error")) };
+    let mut response = (status, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], body).into_response();
+    if let Some(cache_status) = cache_status {
+        response.headers_mut().insert(CACHE_STATUS_HEADER, HeaderValue::from_static(cache_status.as_str()));
+    }
+    response
+}

@@ -1,0 +1,506 @@
+//! Tier tests over real HTTP on 127.0.0.1: an axum "upstream" that counts requests per path
+//! and can delay, fail or 404; the tier router on another port; a reqwest client.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::future::join_all;
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::http::{IMMUTABLE, MANIFEST_CACHE, MPD_CONTENT_TYPE, SEGMENT_CONTENT_TYPE};
+
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct UpstreamState {
+    objects: Mutex<HashMap<String, Bytes>>,
+    delays: Mutex<HashMap<String, Duration>>,
+    /// When set, every request is answered with this status.
+    fail: Mutex<Option<StatusCode>>,
+    counts: Mutex<HashMap<String, u64>>,
+    /// After its delay, a request for a gated path also waits for the gate to open.
+    gates: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+    /// When each path was last answered.
+    answered: Mutex<HashMap<String, Instant>>,
+}
+
+struct Upstream {
+    addr: SocketAddr,
+    state: Arc<UpstreamState>,
+}
+
+impl Upstream {
+    async fn start() -> Self {
+        let state = Arc::new(UpstreamState::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().fallback(upstream_handler).with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, state }
+    }
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    fn put(&self, path: &str, body: impl Into<Bytes>) {
+        self.state.objects.lock().insert(path.to_owned(), body.into());
+    }
+    fn delay(&self, path: &str, delay: Duration) {
+        self.state.delays.lock().insert(path.to_owned(), delay);
+    }
+    fn fail_with(&self, status: Option<StatusCode>) {
+        *self.state.fail.lock() = status;
+    }
+    /// Holds answers for `path` until the returned sender sends `true`.
+    fn gate(&self, path: &str) -> tokio::sync::watch::Sender<bool> {
+        let (open, gate) = tokio::sync::watch::channel(false);
+        self.state.gates.lock().insert(path.to_owned(), gate);
+        open
+    }
+    fn answered(&self, path: &str) -> Option<Instant> {
+        self.state.answered.lock().get(path).copied()
+    }
+    fn count(&self, path: &str) -> u64 {
+        self.state.counts.lock().get(path).copied().unwrap_or(0)
+    }
+}
+
+async fn upstream_handler(State(state): State<Arc<UpstreamState>>, uri: Uri) -> Response {
+    let path = uri.path().to_owned();
+    *state.counts.lock().entry(path.clone()).or_default() += 1;
+    let delay = state.delays.lock().get(&path).copied();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let gate = state.gates.lock().get(&path).cloned();
+    if let Some(mut gate) = gate {
+        let _ = gate.wait_for(|open| *open).await;
+    }
+    state.answered.lock().insert(path.clone(), Instant::now());
+    if let Some(status) = *state.fail.lock() {
+        return (status, "upstream failure\n").into_response();
+    }
+    let body = state.objects.lock().get(&path).cloned();
+    match body {
+        Some(body) if path.ends_with(".mpd") => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, MPD_CONTENT_TYPE), (header::CACHE_CONTROL, MANIFEST_CACHE)], body).into_response()
+        }
+        Some(body) => (StatusCode::OK, [(header::CONTENT_TYPE, SEGMENT_CONTENT_TYPE), (header::CACHE_CONTROL, IMMUTABLE)], body).into_response(),
+        None => (StatusCode::NOT_FOUND, [(header::CACHE_CONTROL, "no-store")], "no such object\n").into_response(),
+    }
+}
+
+/// Accepts TCP connections and never answers.
+async fn hung_upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A port with nothing listening: connections are refused.
+fn closed_upstream() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+#[derive(Default)]
+struct RecordingResolver {
+    upstreams: Vec<String>,
+    failed: Mutex<Vec<String>>,
+}
+
+impl UpstreamResolver for RecordingResolver {
+    fn upstreams(&self, _stream: &StreamId) -> Vec<String> {
+        self.upstreams.clone()
+    }
+    fn failed(&self, base: &str) {
+        self.failed.lock().push(base.to_owned());
+    }
+}
+
+async fn start_tier_with(config: TierConfig, resolver: Arc<dyn UpstreamResolver>) -> (TierState, String) {
+    let state = TierState::new(config, resolver).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = router(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (state, format!("http://{addr}"))
+}
+
+async fn start_tier(config: TierConfig, upstreams: Vec<String>) -> (TierState, String) {
+    start_tier_with(config, Arc::new(StaticUpstreams(upstreams))).await
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().pool_max_idle_per_host(usize::MAX).build().unwrap()
+}
+
+struct Got {
+    status: StatusCode,
+    cache: String,
+    body: Bytes,
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Got {
+    let response = client.get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status();
+    let cache = response.headers().get("x-cache-status").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let body = response.bytes().await.unwrap_or_else(|e| panic!("body of {url}: {e}"));
+    Got { status, cache, body }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(TEST_LIMIT, future).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+struct Viewer {
+    status: StatusCode,
+    cache: String,
+    same_bytes: bool,
+    /// Response head received, last byte received.
+    head: Instant,
+    done: Instant,
+}
+
+/// `viewers` concurrent GETs of `url`, each checking the body against `expected` chunk by
+/// chunk as it arrives (collecting 1,000 copies of 200 KB would make the test client, not
+/// the tier, the cost being measured).
+async fn burst(client: &reqwest::Client, url: &str, expected: &Bytes, viewers: usize) -> Vec<Viewer> {
+    let tasks: Vec<_> = (0..viewers)
+        .map(|_| {
+            let (client, url, expected) = (client.clone(), url.to_owned(), expected.clone());
+            tokio::spawn(async move {
+                let mut response = client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+                let head = Instant::now();
+                let cache = response.headers().get("x-cache-status").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let (mut offset, mut same) = (0, true);
+                while let Some(chunk) = response.chunk().await.unwrap_or_else(|e| panic!("body of {url}: {e}")) {
+                    same &= expected.get(offset..offset + chunk.len()) == Some(&chunk[..]);
+                    offset += chunk.len();
+                }
+                Viewer { status: response.status(), cache, same_bytes: same && offset == expected.len(), head, done: Instant::now() }
+            })
+        })
+        .collect();
+    within("a burst of viewers", join_all(tasks)).await.into_iter().map(|r| r.expect("viewer task")).collect()
+}
+
+/// p50, p99 and max of `times` since `since`.
+fn spread(times: impl Iterator<Item = Instant>, since: Instant) -> [Duration; 3] {
+    let mut sorted: Vec<Duration> = times.map(|t| t.saturating_duration_since(since)).collect();
+    sorted.sort();
+    [percentile(&sorted, 0.5), percentile(&sorted, 0.99), sorted[sorted.len() - 1]]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_misses_make_one_upstream_request() {
+    const VIEWERS: usize = 1000;
+    const DELAY: Duration = Duration::from_millis(300);
+    let upstream = Upstream::start().await;
+    let path = "/live/cam/720p/abc-1.m4s";
+    let body = Bytes::from((0..200 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    upstream.put(path, body.clone());
+    upstream.delay(path, DELAY);
+    let (tier, base) = start_tier(TierConfig::default(), vec![upstream.base()]).await;
+    let client = client();
+    let url = format!("{base}{path}");
+
+    // Open the viewers' connections and grow their TCP windows first (a fresh loopback
+    // socket starts with a 16 KB send buffer): the figure wanted is the cache's, not that of
+    // 1,000 handshakes and slow starts on two cores.
+    let warm = "/live/cam/720p/abc-0.m4s";
+    upstream.put(warm, body.clone());
+    burst(&client, &format!("{base}{warm}"), &body, VIEWERS).await;
+    let counters_before = tier.metrics();
+
+    // All 1,000 must be waiting before the upstream answers (else late ones are honest
+    // hits): the upstream holds its answer for DELAY and until the tier has counted them.
+    let open = upstream.gate(path);
+    let burst_start = Instant::now();
+    let viewers = tokio::spawn({
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        async move { burst(&client, &url, &body, VIEWERS).await }
+    });
+    within("1,000 requests at the tier", async {
+        while tier.metrics().requests < counters_before.requests + VIEWERS as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // The last counted request still has to join the flight: microseconds.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    open.send_replace(true);
+    let coalesced = within("1,000 viewers", viewers).await.expect("viewers");
+    let answered = upstream.answered(path).expect("upstream answered");
+    assert!(coalesced.iter().all(|v| v.status == StatusCode::OK && v.same_bytes), "every viewer gets 200 and the same bytes");
+    let mut statuses: HashMap<&str, usize> = HashMap::new();
+    for viewer in &coalesced {
+        *statuses.entry(viewer.cache.as_str()).or_default() += 1;
+    }
+    assert_eq!(upstream.count(path), 1, "one upstream request for 1,000 viewers");
+    assert_eq!(statuses.get("miss"), Some(&1), "{statuses:?}");
+    assert_eq!(statuses.get("coalesced"), Some(&(VIEWERS - 1)), "{statuses:?}");
+    let metrics = tier.metrics();
+    let delta = |now: u64, before: u64| now - before;
+    assert_eq!(
+        (
+            delta(metrics.upstream_requests, counters_before.upstream_requests),
+            delta(metrics.misses, counters_before.misses),
+            delta(metrics.coalesced, counters_before.coalesced)
+        ),
+        (1, 1, VIEWERS as u64 - 1)
+    );
+
+    // The same burst again, now all hits: the cost of moving 1,000 x 200 KB through
+    // loopback on these cores (client included), with no coalescing involved.
+    let hits_start = Instant::now();
+    let hits = burst(&client, &url, &body, VIEWERS).await;
+    assert!(hits.iter().all(|v| v.status == StatusCode::OK && v.same_bytes && v.cache == "hit"));
+    assert_eq!(upstream.count(path), 1);
+
+    let [head50, head99, _] = spread(coalesced.iter().map(|v| v.head), answered);
+    let [done50, done99, done_max] = spread(coalesced.iter().map(|v| v.done), answered);
+    let [hit50, hit99, hit_max] = spread(hits.iter().map(|v| v.done), hits_start);
+    println!(
+        "{VIEWERS} viewers x 200 KB, upstream answer held {:.1?}. Coalesced, after the upstream's answer: head p50 {head50:.1?} p99 {head99:.1?}; \
+         last byte p50 {done50:.1?} p99 {done99:.1?} max {done_max:.1?}. Same burst as hits: last byte p50 {hit50:.1?} p99 {hit99:.1?} max {hit_max:.1?}",
+        answered - burst_start
+    );
+    // Waiters are woken together, not polled: past the upstream's answer they take about
+    // what serving the same burst from cache takes (bounds loose: this machine is shared
+    // with other builds, and run-to-run spread is large).
+    assert!(done99 < hit99 * 2 + Duration::from_millis(100), "coalesced p99 {done99:?} after the answer vs hits p99 {hit99:?}");
+    assert!(done99 < Duration::from_millis(500), "coalesced p99 {done99:?} after the upstream's answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_error_reaches_every_waiter_and_is_not_cached() {
+    const WAITERS: usize = 100;
+    let upstream = Upstream::start().await;
+    let path = "/live/cam/720p/abc-2.m4s";
+    upstream.put(path, "bytes");
+    upstream.delay(path, Duration::from_millis(200));
+    upstream.fail_with(Some(StatusCode::INTERNAL_SERVER_ERROR));
+    let (tier, base) = start_tier(TierConfig::default(), vec![upstream.base()]).await;
+    let client = client();
+    let url = format!("{base}{path}");
+
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..WAITERS)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { (get(&client, &url).await, t0.elapsed()) })
+        })
+        .collect();
+    let results: Vec<_> = within("waiters", join_all(tasks)).await.into_iter().map(Result::unwrap).collect();
+    let mut done: Vec<Duration> = results.iter().map(|(_, t)| *t).collect();
+    done.sort();
+    let spread = done[WAITERS - 1] - done[0];
+    println!("upstream 500 to {WAITERS} waiters: first answer at {:?}, last at {:?}", done[0], done[WAITERS - 1]);
+    assert!(results.iter().all(|(got, _)| got.status == StatusCode::BAD_GATEWAY));
+    assert_eq!(results.iter().filter(|(got, _)| got.cache == "miss").count(), 1);
+    assert_eq!(upstream.count(path), 1);
+    assert!(spread < Duration::from_millis(150), "waiters answered together, spread {spread:?}");
+
+    let next = get(&client, &url).await;
+    assert_eq!((next.status, next.cache.as_str()), (StatusCode::BAD_GATEWAY, "miss"));
+    assert_eq!(upstream.count(path), 2, "an error is not cached");
+    assert_eq!(tier.metrics().upstream_errors, 2);
+
+    upstream.fail_with(None);
+    upstream.delay(path, Duration::ZERO);
+    let healed = get(&client, &url).await;
+    assert_eq!((healed.status, healed.body.as_ref()), (StatusCode::OK, b"bytes".as_ref()));
+}
+
+#[tokio::test]
+async fn upstream_404_is_cached_briefly() {
+    let upstream = Upstream::start().await;
+    let config = TierConfig { negative_ttl: Duration::from_millis(300), ..TierConfig::default() };
+    let (_tier, base) = start_tier(config, vec![upstream.base()]).await;
+    let client = client();
+    let path = "/live/ghost/manifest.mpd";
+    let url = format!("{base}{path}");
+
+    let first = get(&client, &url).await;
+    assert_eq!((first.status, first.cache.as_str()), (StatusCode::NOT_FOUND, "miss"));
+    let second = get(&client, &url).await;
+    assert_eq!((second.status, second.cache.as_str()), (StatusCode::NOT_FOUND, "hit"));
+    assert_eq!(upstream.count(path), 1);
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let third = get(&client, &url).await;
+    assert_eq!((third.status, third.cache.as_str()), (StatusCode::NOT_FOUND, "miss"));
+    assert_eq!(upstream.count(path), 2);
+}
+
+#[tokio::test]
+async fn dead_upstreams_fail_fast_and_fail_over() {
+    let timeout = Duration::from_millis(500);
+    let config = TierConfig { request_timeout: timeout, ..TierConfig::default() };
+    let client = client();
+    let path = "/live/cam/720p/abc-3.m4s";
+
+    let (_tier, base) = start_tier(config.clone(), vec![hung_upstream().await]).await;
+    let t0 = Instant::now();
+    let hung = get(&client, &format!("{base}{path}")).await;
+    let hung_after = t0.elapsed();
+    println!("hung upstream: {} after {hung_after:?} (budget {timeout:?})", hung.status);
+    assert_eq!(hung.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(hung_after >= timeout && hung_after < timeout + Duration::from_millis(400), "{hung_after:?}");
+
+    let (_tier, base) = start_tier(config.clone(), vec![closed_upstream()]).await;
+    let t0 = Instant::now();
+    let refused = get(&client, &format!("{base}{path}")).await;
+    let refused_after = t0.elapsed();
+    println!("closed upstream port: {} after {refused_after:?}", refused.status);
+    assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
+    assert!(refused_after < Duration::from_millis(200), "{refused_after:?}");
+
+    let upstream = Upstream::start().await;
+    upstream.put(path, "from the second");
+    let dead = closed_upstream();
+    let resolver = Arc::new(RecordingResolver { upstreams: vec![dead.clone(), upstream.base()], ..Default::default() });
+    let (tier, base) = start_tier_with(config, resolver.clone()).await;
+    let t0 = Instant::now();
+    let served = get(&client, &format!("{base}{path}")).await;
+    println!("first upstream dead, second alive: {} after {:?}", served.status, t0.elapsed());
+    assert_eq!((served.status, served.body.as_ref()), (StatusCode::OK, b"from the second".as_ref()));
+    assert_eq!(*resolver.failed.lock(), vec![dead]);
+    assert_eq!(tier.metrics().upstream_requests, 2);
+}
+
+#[tokio::test]
+async fn manifests_expire_segments_stay_and_bytes_are_bounded() {
+    let upstream = Upstream::start().await;
+    let (mpd, segment) = ("/live/cam/manifest.mpd", "/live/cam/720p/abc-4.m4s");
+    upstream.put(mpd, "<MPD/>");
+    upstream.put(segment, "segment");
+    let config = TierConfig { manifest_ttl: Duration::from_millis(200), ..TierConfig::default() };
+    let (_tier, base) = start_tier(config, vec![upstream.base()]).await;
+    let client = client();
+
+    let first = get(&client, &format!("{base}{mpd}")).await;
+    assert_eq!(first.cache, "miss");
+    assert_eq!(get(&client, &format!("{base}{mpd}")).await.cache, "hit");
+    assert_eq!(get(&client, &format!("{base}{segment}")).await.cache, "miss");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&client, &format!("{base}{mpd}")).await.cache, "miss", "manifest expired");
+    assert_eq!(get(&client, &format!("{base}{segment}")).await.cache, "hit", "segment did not");
+    assert_eq!((upstream.count(mpd), upstream.count(segment)), (2, 1));
+
+    let lifetimes = Lifetimes { segment: DEFAULT_SEGMENT_TTL, manifest: DEFAULT_MANIFEST_TTL, negative: DEFAULT_NEGATIVE_TTL };
+    let cache = TierCache::new(1024 * 1024, 2, lifetimes);
+    let body = Bytes::from(vec![7u8; 64 * 1024]);
+    for n in 0..100 {
+        let object = CachedObject { kind: ObjectKind::Segment, status: StatusCode::OK, content_type: None, cache_control: None, body: body.clone() };
+        cache.insert(&format!("/live/cam/720p/abc-{n}.m4s"), object).await;
+    }
+    cache.run_pending_tasks().await;
+    println!("byte bound {} B: {} B held in {} entries after inserting 100 x 64 KiB", cache.capacity(), cache.weighted_size(), cache.entry_count());
+    assert!(cache.weighted_size() <= cache.capacity());
+    assert!(cache.entry_count() > 0 && cache.entry_count() < 100);
+    assert!(cache.contains("/live/cam/720p/abc-99.m4s"), "LRU keeps the newest segment");
+}
+
+fn mpd_listing(last: u64) -> String {
+    let reps = ["720p", "audio"]
+        .iter()
+        .map(|id| {
+            format!(
+                r#"<AdaptationSet id="{id}"><Representation id="{id}" bandwidth="1000000"><SegmentTemplate timescale="1000" initialization="$RepresentationID$/init-abc.mp4" media="$RepresentationID$/abc-$Number$.m4s" startNumber="1"><SegmentTimeline><S t="0" d="1000" r="{}"/></SegmentTimeline></SegmentTemplate></Representation></AdaptationSet>"#,
+                last - 1
+            )
+        })
+        .collect::<String>();
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic" profiles="urn:mpeg:dash:profile:isoff-live:2011" minBufferTime="PT1S" availabilityStartTime="2026-01-01T00:00:00Z"><Period id="abc" start="PT0S">{reps}</Period></MPD>"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_fetches_the_newest_requested_segment_once() {
+    let upstream = Upstream::start().await;
+    let mpd = "/live/cam/manifest.mpd";
+    let seg = |rendition: &str, n: u64| format!("/live/cam/{rendition}/abc-{n}.m4s");
+    for n in 1..=7 {
+        upstream.put(&seg("720p", n), format!("video {n}"));
+        upstream.put(&seg("audio", n), format!("audio {n}"));
+    }
+    let config = TierConfig { prefetch: true, manifest_ttl: Duration::from_millis(100), ..TierConfig::default() };
+    let (tier, base) = start_tier(config, vec![upstream.base()]).await;
+    let client = client();
+
+    upstream.put(mpd, mpd_listing(5));
+    assert_eq!(get(&client, &format!("{base}{}", seg("720p", 5))).await.cache, "miss");
+
+    // A new MPD listing segment 6: the tier fetches 720p/6 (requested rendition) by itself.
+    upstream.put(mpd, mpd_listing(6));
+    assert_eq!(get(&client, &format!("{base}{mpd}")).await.status, StatusCode::OK);
+    let key = seg("720p", 6);
+    let t0 = Instant::now();
+    while !tier.cache.contains(&key) {
+        assert!(t0.elapsed() < Duration::from_secs(2), "prefetched {key} within 2 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let viewer = get(&client, &format!("{base}{key}")).await;
+    assert_eq!((viewer.status, viewer.cache.as_str(), viewer.body.as_ref()), (StatusCode::OK, "hit", b"video 6".as_ref()));
+    assert_eq!(upstream.count(&key), 1);
+    assert_eq!(upstream.count(&seg("audio", 6)), 0, "audio was not requested by viewers");
+
+    // A viewer racing the prefetch of a slow segment 7 waits on it instead of fetching too.
+    let key = seg("720p", 7);
+    upstream.delay(&key, Duration::from_millis(300));
+    upstream.put(mpd, mpd_listing(7));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let manifest = get(&client, &format!("{base}{mpd}")).await;
+    assert_eq!((manifest.status, manifest.cache.as_str()), (StatusCode::OK, "miss"));
+    let viewer = get(&client, &format!("{base}{key}")).await;
+    assert_eq!((viewer.status, viewer.cache.as_str(), viewer.body.as_ref()), (StatusCode::OK, "coalesced", b"video 7".as_ref()));
+    assert_eq!(upstream.count(&key), 1);
+    assert_eq!(tier.metrics().prefetches, 2);
+}
+
+#[tokio::test]
+async fn bad_paths_clock_and_metrics() {
+    let upstream = Upstream::start().await;
+    let (_tier, base) = start_tier(TierConfig::default(), vec![upstream.base()]).await;
+    let client = client();
+    for (path, status) in [
+        ("/live/cam/720p/abc-x.m4s", StatusCode::BAD_REQUEST),
+        ("/live/a.b/manifest.mpd", StatusCode::BAD_REQUEST),
+        ("/live/cam/..%2F..%2Fetc/passwd", StatusCode::BAD_REQUEST),
+        ("/live/cam/720p/..%2Fabc-7.m4s", StatusCode::BAD_REQUEST),
+        ("/etc/passwd", StatusCode::NOT_FOUND),
+    ] {
+        assert_eq!(get(&client, &format!("{base}{path}")).await.status, status, "{path}");
+    }
+    assert_eq!(upstream.state.counts.lock().len(), 0, "nothing malformed went upstream");
+
+    let clock = get(&client, &format!("{base}/time")).await;
+    assert!(chrono::DateTime::parse_from_rfc3339(std::str::from_utf8(&clock.body).unwrap()).is_ok());
+
+    let response = client.get(format!("{base}{METRICS_PATH}")).header("origin", "http://player.example").send().await.unwrap();
+    assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    let metrics: TierMetrics = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!((metrics.requests, metrics.bad_requests, metrics.upstream_requests), (4, 4, 0));
+}
