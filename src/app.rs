@@ -7,14 +7,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tower::ServiceExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::http::{self, HttpState};
+use crate::stream::StreamRegistry as Registry;
 use crate::ingest;
+use crate::cluster::{self, ClusterPlacement, Membership, HEALTH_PATH};
+use crate::cluster::upstreams::{LiveUpstreams, OriginUpstreams};
+use crate::config::Role;
 use crate::ingest::relay::{Placement, Standalone};
+use crate::tier::{self, TierState, UpstreamResolver};
 use crate::package::mpd::MpdTiming;
 use crate::package::Packager;
 use crate::store::Store;
@@ -70,11 +80,24 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     };
     let registry = StreamRegistry::new();
 
-    let placement: Arc<dyn Placement> = Arc::new(Standalone);
+    let roles = config.cluster.roles();
+    let membership = if config.cluster.nodes.is_empty() {
+        None
+    } else {
+        let client = cluster::peer_client().context("building the peer HTTP client")?;
+        Some(cluster::spawn(&config.cluster, client, &tracker, shutdown.clone()))
+    };
+    let placement: Arc<dyn Placement> = match &membership {
+        Some(m) => Arc::new(ClusterPlacement::new(m.clone(), config.cluster.relay_secret.clone())),
+        None => Arc::new(Standalone),
+    };
+    tracing::info!(node = %config.cluster.node_id, ?roles, federated = membership.is_some(), "node starting");
+    let app = node_router(&config, &roles, membership, Arc::clone(&registry), store)?;
     tracker.spawn(ingest::serve(listeners.rtmp, registry, placement, services));
     let http_shutdown = shutdown.clone();
     tracker.spawn(async move {
-        if let Err(e) = http::serve(listeners.http, HttpState::new(store), http_shutdown).await {
+        let served = axum::serve(listeners.http, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await;
+        if let Err(e) = served {
             tracing::error!("HTTP server failed: {e}");
         }
     });
@@ -96,4 +119,69 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         tracing::warn!("tasks still running after {SHUTDOWN_GRACE:?}; exiting anyway");
     }
     Ok(())
+}
+
+/// The HTTP side of this node, from its roles: a live node serves its own store; an origin
+/// or edge serves through its caching tier; a node with both serves its own streams
+/// locally and the rest through the tier. Every node answers health probes.
+fn node_router(
+    config: &Config,
+    roles: &[Role],
+    membership: Option<Membership>,
+    registry: Arc<Registry>,
+    store: Arc<Store>,
+) -> anyhow::Result<Router> {
+    let node_id = config.cluster.node_id.clone();
+    let health_registry = Arc::clone(&registry);
+    let health = Router::new().route(
+        HEALTH_PATH,
+        get(move || {
+            let streams = health_registry.streams().into_iter().map(|s| s.to_string()).collect();
+            let body = cluster::health_body(&node_id, streams);
+            async move { Json(body) }
+        }),
+    );
+    let live = roles.contains(&Role::Live).then(|| http::router(HttpState::new(Arc::clone(&store))));
+    let resolver: Option<Arc<dyn UpstreamResolver>> = match (&membership, roles) {
+        (Some(m), r) if r.contains(&Role::Origin) => Some(Arc::new(LiveUpstreams { membership: m.clone() })),
+        (Some(m), r) if r.contains(&Role::Edge) => {
+            let region = config.cluster.this_node().map(|n| n.region.clone()).unwrap_or_default();
+            Some(Arc::new(OriginUpstreams { membership: m.clone(), region, vnodes: config.cluster.vnodes }))
+        }
+        _ => None,
+    };
+    let tier = match resolver {
+        Some(resolver) => Some(tier::router(TierState::new(config.tier.clone(), resolver).context("starting the caching tier")?)),
+        None => None,
+    };
+    Ok(match (live, tier) {
+        (Some(live), None) => health.merge(live),
+        (None, Some(tier)) => health.merge(tier),
+        (Some(live), Some(tier)) => health.merge(Router::new().fallback(dispatch).with_state(Dispatch { store, live, tier })),
+        (None, None) => anyhow::bail!("node has no role that serves HTTP"),
+    })
+}
+
+#[derive(Clone)]
+struct Dispatch {
+    store: Arc<Store>,
+    live: Router,
+    tier: Router,
+}
+
+/// Streams this node holds are served from its store; anything else goes to the tier.
+async fn dispatch(State(d): State<Dispatch>, request: Request) -> Response {
+    let path = request.uri().path();
+    let to_tier = path.starts_with("/tier/")
+        || path
+            .strip_prefix("/live/")
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|s| crate::media::StreamId::parse(s).ok())
+            .is_some_and(|s| !d.store.contains_stream(&s));
+    let router = if to_tier { d.tier } else { d.live };
+    match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+    .into_response()
 }

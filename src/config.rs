@@ -32,6 +32,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub transcode: TranscodeConfig,
     pub package: PackageConfig,
+    /// Caching and coalescing on origin and edge nodes.
+    pub tier: crate::tier::TierConfig,
 }
 
 /// What a node does. Every node runs the same binary; roles only switch parts on.
@@ -269,6 +271,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.tier.validate().map_err(|e| invalid("tier", e.to_string()))?;
         let cluster = &self.cluster;
         if !cluster.nodes.is_empty() {
             if cluster.this_node().is_none() {

@@ -6,6 +6,7 @@
 pub mod membership;
 pub mod placement;
 pub mod ring;
+pub mod upstreams;
 
 pub use membership::{
     health_body, peer_client, spawn, HealthReport, Membership, MembershipView, ProbeError, HEALTH_PATH,
