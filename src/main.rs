@@ -36,6 +36,14 @@ enum Command {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Print a stream's live server and its fallback order on the cluster's ring.
+    Ring {
+        /// The stream id (public stream name).
+        stream: String,
+        /// Cluster config (one shared file for every node).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print the effective configuration as TOML and exit.
     Config {
         #[arg(long, short)]
@@ -59,6 +67,25 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
+        Command::Ring { stream, config } => {
+            let config = load(config.as_ref())?;
+            let live: Vec<String> = config
+                .cluster
+                .nodes
+                .iter()
+                .filter(|n| n.roles.contains(&rackcast::config::Role::Live))
+                .map(|n| n.id.clone())
+                .collect();
+            anyhow::ensure!(!live.is_empty(), "the config lists no node with the live role (cluster.nodes)");
+            let ring = rackcast::cluster::Ring::new(live, config.cluster.vnodes);
+            let order = ring.order(&stream);
+            println!("stream {stream}");
+            println!("owner  {}", order[0]);
+            for (i, node) in order.iter().enumerate().skip(1) {
+                println!("then   {node} (when the {i} node(s) before it are down)");
+            }
+            Ok(())
+        }
         Command::Config { config } => {
             print!("{}", toml::to_string_pretty(&load(config.as_ref())?)?);
             Ok(())
