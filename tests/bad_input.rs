@@ -39,8 +39,11 @@ fn closed_after(addr: &str, bytes: &[u8], limit: Duration) -> Duration {
 
 fn video_numbers(app: &Appliance) -> Vec<u64> {
     let mpd = fetch_mpd(app, "main").expect("main stream is served");
-    let rep = &mpd.periods.last().unwrap().adaptations[0].representations[0];
-    segments("main", rep).1.iter().map(|s| s.number).collect()
+    let period = mpd.periods.last().unwrap();
+    let Some(video) = period.adaptations.iter().find(|a| a.contentType.as_deref() == Some("video")) else {
+        return Vec::new();
+    };
+    segments("main", &video.representations[0]).1.iter().map(|s| s.number).collect()
 }
 
 #[test]
@@ -122,7 +125,9 @@ fn the_dvr_window_bounds_segments_and_an_ended_stream_is_removed() {
     // While live: segments older than the window are evicted (and no longer served).
     let (first, evicted) = wait_until("eviction of the oldest segment", Duration::from_secs(20), || {
         let mpd = fetch_mpd(&app, "short")?;
-        let rep = mpd.periods.last()?.adaptations.first()?.representations.first()?.clone();
+        let period = mpd.periods.last()?;
+        let video = period.adaptations.iter().find(|a| a.contentType.as_deref() == Some("video"))?;
+        let rep = video.representations.first()?.clone();
         let list = segments("short", &rep).1;
         (list.first()?.number > 2).then(|| (list[0].clone(), list[0].url.replace(&format!("-{}.m4s", list[0].number), "-1.m4s")))
     });

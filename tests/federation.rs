@@ -31,6 +31,13 @@ fn cluster_config(nodes: &[Node]) -> String {
     text
 }
 
+/// The first video Representation of the last Period, once video is listed.
+fn video_rep(mpd: &dash_mpd_core::MPD) -> Option<dash_mpd_core::Representation> {
+    let period = mpd.periods.last()?;
+    let video = period.adaptations.iter().find(|a| a.contentType.as_deref() == Some("video"))?;
+    video.representations.first().cloned()
+}
+
 fn metric(url: &str, field: &str) -> u64 {
     get_json(url)[field].as_u64().unwrap_or_else(|| panic!("{url} has no {field}"))
 }
@@ -56,15 +63,20 @@ fn federation_relays_caches_coalesces_and_fails_over() {
     let ring = Ring::new(["live-a".to_owned(), "live-b".to_owned()], 160);
     let stream = (0..).map(|i| format!("cam{i}")).find(|s| ring.owner(s) == Some("live-b")).unwrap();
     let publisher = Publisher::start(&format!("rtmp://127.0.0.1:{}/live/{stream}", nodes[0].rtmp), 60, "640x360");
+    // A second broadcaster publishes straight to the owner; it will have to reconnect.
+    let direct = (0..).map(|i| format!("news{i}")).find(|s| ring.owner(s) == Some("live-b")).unwrap();
+    let direct_publisher = Publisher::start(&format!("rtmp://127.0.0.1:{}/live/{direct}", nodes[1].rtmp), 60, "320x240");
     let edge_mpd = format!("{}/live/{stream}/manifest.mpd", http(4));
     let live_b_mpd = format!("{}/live/{stream}/manifest.mpd", http(1));
     wait_until("the owner's MPD", Duration::from_secs(20), || (get(&live_b_mpd).status() == 200).then_some(()));
     assert_eq!(get(&format!("{}/live/{stream}/manifest.mpd", http(0))).status(), 404, "the relaying node does not transcode");
-    let mpd = wait_until("the stream at the edge", Duration::from_secs(20), || {
+    let mpd = wait_until("video at the edge", Duration::from_secs(20), || {
         let response = get(&edge_mpd);
-        (response.status() == 200).then(|| dash_mpd_core::parse(&response.text().unwrap()).unwrap())
+        let mpd = (response.status() == 200).then(|| dash_mpd_core::parse(&response.text().unwrap()).unwrap())?;
+        video_rep(&mpd).filter(|r| segments(&stream, r).1.len() >= 2)?;
+        Some(mpd)
     });
-    let rep = mpd.periods.last().unwrap().adaptations[0].representations[0].clone();
+    let rep = video_rep(&mpd).unwrap();
     let (init_url, list) = segments(&stream, &rep);
     let init = get_bytes(&format!("{}{init_url}", http(4)));
     let (codec, width, height, _) = probe(&init, &get_bytes(&format!("{}{}", http(4), list.last().unwrap().url)));
@@ -74,7 +86,7 @@ fn federation_relays_caches_coalesces_and_fails_over() {
     let last = list.last().unwrap().number;
     let fresh = wait_until("a segment nobody has requested", Duration::from_secs(10), || {
         let owner = dash_mpd_core::parse(&get(&live_b_mpd).text().unwrap()).unwrap();
-        let rep = owner.periods.last()?.adaptations[0].representations[0].clone();
+        let rep = video_rep(&owner)?;
         segments(&stream, &rep).1.into_iter().find(|s| s.number > last + 1)
     });
     let origin = (2..4)
@@ -127,7 +139,7 @@ fn federation_relays_caches_coalesces_and_fails_over() {
         if id == old_period {
             return None;
         }
-        let rep = period.adaptations.first()?.representations.first()?.clone();
+        let rep = video_rep(&mpd)?;
         let (init, list) = segments(&stream, &rep);
         Some((id, (init, list.last()?.clone())))
     });
@@ -138,6 +150,24 @@ fn federation_relays_caches_coalesces_and_fails_over() {
     let (codec, ..) = probe(&get_bytes(&format!("{}{}", http(4), new_segment.0)), &get_bytes(&format!("{}{}", http(4), new_segment.1.url)));
     assert_eq!(codec, "h264");
     assert!(running[0].as_ref().unwrap().logs().contains("relay connection lost"));
+
+    // The broadcaster that was connected to the dead owner reconnects through another node
+    // (an edge's RTMP port) and lands on the same new owner.
+    drop(direct_publisher);
+    let _reconnected = Publisher::start(&format!("rtmp://127.0.0.1:{}/live/{direct}", nodes[4].rtmp), 60, "320x240");
+    wait_until("the reconnected stream on the new owner", Duration::from_secs(20), || {
+        (get(&format!("{}/live/{direct}/manifest.mpd", http(0))).status() == 200).then_some(())
+    });
+
+    // The old owner comes back: streams that moved stay where they are (no flapping).
+    running[1] = Some(Appliance::start_node(&config, "live-b"));
+    wait_until("live-b healthy again", Duration::from_secs(10), || {
+        (get(&format!("{}/cluster/health", http(1))).status() == 200).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(get(&live_b_mpd).status(), 404, "the stream did not move back to live-b");
+    let still = dash_mpd_core::parse(&get(&edge_mpd).text().unwrap()).unwrap();
+    assert_eq!(still.periods.last().unwrap().id.as_deref(), Some(new_period.as_str()), "same session at the edge");
 
     // The origin the edge uses dies: the edge moves to the other origin.
     signal(running[origin].as_ref().unwrap().pid(), "KILL");
