@@ -15,7 +15,7 @@ use rml_rtmp::sessions::{
 use rml_rtmp::time::RtmpTimestamp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use super::flv;
 use crate::media::{MediaPacket, StreamId};
-use crate::stream::StreamEnd;
+use crate::stream::{EndSignal, StreamEnd};
 
 /// RTMP application name on which nodes accept relayed publishes.
 pub const RELAY_APP: &str = "_relay";
@@ -100,31 +100,20 @@ enum RelayInput {
 /// Ingest's side of a relay.
 pub struct RelayHandle {
     tx: mpsc::Sender<RelayInput>,
-    ended: watch::Receiver<Option<StreamEnd>>,
+    ended: EndSignal,
 }
 
 impl RelayHandle {
     pub async fn send(&self, packet: MediaPacket) -> Result<(), StreamEnd> {
-        self.tx.send(RelayInput::Packet(packet)).await.map_err(|_| self.end())
+        self.tx.send(RelayInput::Packet(packet)).await.map_err(|_| self.ended.now())
     }
 
     pub async fn send_metadata(&self, metadata: StreamMetadata) -> Result<(), StreamEnd> {
-        self.tx.send(RelayInput::Metadata(metadata)).await.map_err(|_| self.end())
-    }
-
-    fn end(&self) -> StreamEnd {
-        self.ended.borrow().clone().unwrap_or(StreamEnd::Shutdown)
+        self.tx.send(RelayInput::Metadata(metadata)).await.map_err(|_| self.ended.now())
     }
 
     pub async fn ended(&mut self) -> StreamEnd {
-        loop {
-            if let Some(end) = self.ended.borrow().clone() {
-                return end;
-            }
-            if self.ended.changed().await.is_err() {
-                return StreamEnd::Shutdown;
-            }
-        }
+        self.ended.wait().await
     }
 }
 
@@ -138,7 +127,7 @@ enum RelayError {
 
 pub fn spawn(stream: StreamId, placement: Arc<dyn Placement>, tracker: &TaskTracker, shutdown: CancellationToken) -> RelayHandle {
     let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
-    let (ended_tx, ended) = watch::channel(None);
+    let (ended_tx, ended) = EndSignal::channel();
     let span = tracing::info_span!("relay", stream = %stream);
     tracker.spawn(
         async move {

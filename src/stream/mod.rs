@@ -59,38 +59,57 @@ pub enum StreamEnd {
     Shutdown,
 }
 
-/// Ingest's side of a stream actor. Dropping it ends the session.
-pub struct StreamHandle {
-    tx: mpsc::Sender<MediaPacket>,
-    ended: tokio::sync::watch::Receiver<Option<StreamEnd>>,
-}
+/// How a task that carries a publish (stream actor or relay) reports its end to ingest.
+#[derive(Clone)]
+pub struct EndSignal(tokio::sync::watch::Receiver<Option<StreamEnd>>);
 
-impl StreamHandle {
-    /// Sends a packet, waiting while the transcoder is behind. Fails once the actor is gone.
-    pub async fn send(&self, packet: MediaPacket) -> Result<(), StreamEnd> {
-        match self.tx.send(packet).await {
-            Ok(()) => Ok(()),
-            Err(_) => Err(self.ended.borrow().clone().unwrap_or(StreamEnd::Shutdown)),
-        }
+impl EndSignal {
+    /// A sender to report the end with, and the signal ingest waits on.
+    pub fn channel() -> (tokio::sync::watch::Sender<Option<StreamEnd>>, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (tx, Self(rx))
     }
 
-    /// Resolves when the actor has ended (for an error, before ingest sends again).
-    pub async fn ended(&mut self) -> StreamEnd {
+    /// The end, if the task has ended (a dropped sender counts as shutdown).
+    pub fn now(&self) -> StreamEnd {
+        self.0.borrow().clone().unwrap_or(StreamEnd::Shutdown)
+    }
+
+    /// Resolves when the task has ended.
+    pub async fn wait(&mut self) -> StreamEnd {
         loop {
-            if let Some(end) = self.ended.borrow().clone() {
+            if let Some(end) = self.0.borrow().clone() {
                 return end;
             }
-            if self.ended.changed().await.is_err() {
+            if self.0.changed().await.is_err() {
                 return StreamEnd::Shutdown;
             }
         }
     }
 }
 
+/// Ingest's side of a stream actor. Dropping it ends the session.
+pub struct StreamHandle {
+    tx: mpsc::Sender<MediaPacket>,
+    ended: EndSignal,
+}
+
+impl StreamHandle {
+    /// Sends a packet, waiting while the transcoder is behind. Fails once the actor is gone.
+    pub async fn send(&self, packet: MediaPacket) -> Result<(), StreamEnd> {
+        self.tx.send(packet).await.map_err(|_| self.ended.now())
+    }
+
+    /// Resolves when the actor has ended (for an error, before ingest sends again).
+    pub async fn ended(&mut self) -> StreamEnd {
+        self.ended.wait().await
+    }
+}
+
 /// Starts the actor for a claimed stream.
 pub fn spawn(claim: PublishClaim, services: StreamServices) -> StreamHandle {
     let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
-    let (ended_tx, ended) = tokio::sync::watch::channel(None);
+    let (ended_tx, ended) = EndSignal::channel();
     let stream = claim.stream().clone();
     let span = tracing::info_span!("stream", stream = %stream);
     let tracker = services.tracker.clone();
