@@ -7,7 +7,7 @@ pub mod mpd;
 pub mod timeline;
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -33,10 +33,13 @@ impl Packager {
         &self.store
     }
 
-    /// A session starts: a new Period (the stream is created if it is new).
-    pub fn begin_session(&self, stream: &StreamId, session: &SessionId, renditions: Vec<RenditionInfo>) {
+    /// A session starts: a new Period (the stream is created if it is new), at `start` after
+    /// the stream's availabilityStartTime or now. Returns the Period's start.
+    pub fn begin_session(&self, stream: &StreamId, session: &SessionId, renditions: Vec<RenditionInfo>, start: Option<Duration>) -> Duration {
         let now = SystemTime::now();
-        self.update(stream, |tl| tl.begin_period(session.clone(), renditions, now));
+        let mut period_start = Duration::ZERO;
+        self.update(stream, |tl| period_start = tl.begin_period(session.clone(), renditions, start, now));
+        period_start
     }
 
     pub fn add_init(&self, stream: &StreamId, session: &SessionId, rendition: &RenditionId, bytes: Bytes, codecs: String) {

@@ -220,7 +220,7 @@ mod tests {
     fn timeline() -> (StreamTimeline, SessionId) {
         let s = SessionId::parse("abc123").unwrap();
         let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
-        tl.begin_period(s.clone(), vec![info("720p", TrackKind::Video), info("audio", TrackKind::Audio)], at(0));
+        tl.begin_period(s.clone(), vec![info("720p", TrackKind::Video), info("audio", TrackKind::Audio)], None, at(0));
         let (v, a) = (RenditionId::parse("720p").unwrap(), RenditionId::parse("audio").unwrap());
         tl.set_codecs(&s, &v, "avc1.4D401F".into(), at(10));
         tl.set_codecs(&s, &a, "mp4a.40.2".into(), at(10));
@@ -235,7 +235,7 @@ mod tests {
     fn nothing_playable_renders_nothing() {
         let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
         assert!(render(&tl, &TIMING).is_none());
-        tl.begin_period(SessionId::parse("s").unwrap(), vec![info("720p", TrackKind::Video)], at(0));
+        tl.begin_period(SessionId::parse("s").unwrap(), vec![info("720p", TrackKind::Video)], None, at(0));
         assert!(render(&tl, &TIMING).is_none());
     }
 

@@ -94,10 +94,12 @@ impl StreamTimeline {
         Self { stream, availability_start: now, periods: Vec::new(), ended_at: None, published: now }
     }
 
-    /// Opens a Period for a new session starting now, closing the one before it.
-    pub fn begin_period(&mut self, session: SessionId, renditions: Vec<RenditionInfo>, now: SystemTime) {
+    /// Opens a Period for a new session, closing the one before it. It starts `start` after
+    /// availabilityStartTime, or now when `start` is `None` (a new publish); a re-plan passes
+    /// the end of the previous Period so that the two are contiguous.
+    pub fn begin_period(&mut self, session: SessionId, renditions: Vec<RenditionInfo>, start: Option<Duration>, now: SystemTime) -> Duration {
         self.close_current(now);
-        let start = now.duration_since(self.availability_start).unwrap_or_default();
+        let start = start.unwrap_or_else(|| now.duration_since(self.availability_start).unwrap_or_default());
         let tracks = renditions
             .into_iter()
             .map(|info| Track { info, codecs: None, segments: VecDeque::new(), next_number: 1 })
@@ -105,6 +107,7 @@ impl StreamTimeline {
         self.periods.push(Period { session, start, tracks, duration: None });
         self.ended_at = None;
         self.published = now;
+        start
     }
 
     fn close_current(&mut self, now: SystemTime) {
@@ -248,7 +251,7 @@ mod tests {
         let s = SessionId::parse("s1").unwrap();
         let r = RenditionId::parse("720p").unwrap();
         let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
-        tl.begin_period(s.clone(), vec![video("720p")], at(0));
+        tl.begin_period(s.clone(), vec![video("720p")], None, at(0));
         assert_eq!(tl.add_segment(&s, &r, 0, 999_999_999, at(1)), Some(1));
         assert_eq!(tl.add_segment(&s, &r, 1_000_000_000, 1_000_000_000, at(2)), Some(2));
         let segs: Vec<_> = tl.periods[0].tracks[0].segments.iter().copied().collect();
@@ -262,7 +265,7 @@ mod tests {
         let s = SessionId::parse("s1").unwrap();
         let r = RenditionId::parse("720p").unwrap();
         let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
-        tl.begin_period(s.clone(), vec![video("720p")], at(0));
+        tl.begin_period(s.clone(), vec![video("720p")], None, at(0));
         for i in 0..40u64 {
             tl.add_segment(&s, &r, i * 1_000_000_000, 1_000_000_000, at(i + 1));
         }
@@ -284,10 +287,10 @@ mod tests {
         let (s1, s2) = (SessionId::parse("s1").unwrap(), SessionId::parse("s2").unwrap());
         let r = RenditionId::parse("720p").unwrap();
         let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
-        tl.begin_period(s1.clone(), vec![video("720p")], at(0));
+        tl.begin_period(s1.clone(), vec![video("720p")], None, at(0));
         tl.add_segment(&s1, &r, 0, 1_000_000_000, at(1));
         tl.end_session(&s1, at(2));
-        tl.begin_period(s2.clone(), vec![video("720p")], at(5));
+        tl.begin_period(s2.clone(), vec![video("720p")], None, at(5));
         assert!(tl.is_live());
         assert_eq!(tl.periods[1].start, Duration::from_secs(5));
         tl.add_segment(&s2, &r, 0, 1_000_000_000, at(6));

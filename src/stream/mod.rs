@@ -1,10 +1,14 @@
 //! One supervisor actor per live publish. Ingest hands it packets through a bounded channel
-//! (back-pressure reaches the broadcaster's TCP window); the actor plans the ladder from the
-//! source's codec configuration, runs the transcode pipeline, watches its bus, and on the
-//! broadcaster's end, a pipeline error or shutdown, drains the pipeline and ends the
-//! session in the packager. A failing stream is torn down alone.
+//! (back-pressure reaches the broadcaster's TCP window) and uplink estimates through a watch
+//! channel. The actor starts on a provisional ladder, re-plans from the measured source
+//! bitrate after a short measurement and whenever it moves persistently (hysteresis), runs
+//! the transcode pipeline, watches its bus, and on the broadcaster's end, a pipeline error
+//! or shutdown, drains the pipeline and ends the session in the packager. A new plan takes
+//! effect on the next source keyframe as a new Period that starts exactly where the last
+//! one ended. A failing stream is torn down alone.
 
 pub mod registry;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +22,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::ladder::{self, LadderPlan};
+use crate::ladder::{self, Hysteresis, LadderPlan, PlanInput, Replanner, SourceFormat};
+use crate::probe::UplinkEstimate;
 use crate::media::{MediaPacket, RenditionId, SessionId, StreamId, TrackKind};
 use crate::package::fragment::aac_codecs;
 use crate::package::timeline::RenditionInfo;
@@ -27,7 +32,8 @@ use crate::transcode::encoder::EncoderKind;
 use crate::transcode::source::{self, AacConfig, AAC_LC};
 use crate::transcode::spec::{AudioPlan, PipelineSpec};
 use crate::transcode::{SessionOutput, SinkBinding, Transcoder};
-pub use registry::{AlreadyPublishing, PublishClaim, StreamRegistry};
+pub use registry::{AlreadyPublishing, PublishClaim, SharedStatus, StreamRegistry};
+use status::PlanChange;
 
 /// Packets a stream may have in flight from ingest before ingest waits.
 const INPUT_CAPACITY: usize = 512;
@@ -37,6 +43,10 @@ const QUEUE_HIGH_WATER: u64 = 8 * 1024 * 1024;
 const STALL_LIMIT: Duration = Duration::from_secs(10);
 /// How long the pipeline may take to flush its last segments at the end.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Renditions x264 can run for one stream on this class of machine.
+const X264_MAX_RUNGS: usize = 4;
+/// An estimate with less confidence than this does not change the ladder.
+const MIN_CONFIDENCE: f64 = 0.5;
 
 /// What every stream actor needs from the node.
 #[derive(Clone)]
@@ -91,6 +101,7 @@ impl EndSignal {
 /// Ingest's side of a stream actor. Dropping it ends the session.
 pub struct StreamHandle {
     tx: mpsc::Sender<MediaPacket>,
+    uplink: tokio::sync::watch::Sender<Option<UplinkEstimate>>,
     ended: EndSignal,
 }
 
@@ -104,19 +115,26 @@ impl StreamHandle {
     pub async fn ended(&mut self) -> StreamEnd {
         self.ended.wait().await
     }
+
+    /// Hands the actor the latest uplink estimate (only the newest one matters).
+    pub fn report_uplink(&self, estimate: UplinkEstimate) {
+        let _ = self.uplink.send(Some(estimate));
+    }
 }
 
 /// Starts the actor for a claimed stream.
 pub fn spawn(claim: PublishClaim, services: StreamServices) -> StreamHandle {
     let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
     let (ended_tx, ended) = EndSignal::channel();
+    let (uplink, uplink_rx) = tokio::sync::watch::channel(None);
     let stream = claim.stream().clone();
     let span = tracing::info_span!("stream", stream = %stream);
     let tracker = services.tracker.clone();
+    let status = Arc::clone(claim.status());
     tracker.spawn(
         async move {
-            let actor = StreamActor::new(stream, services);
-            let end = actor.run(rx).await;
+            let actor = StreamActor::new(stream, services, status);
+            let end = actor.run(rx, uplink_rx).await;
             match &end {
                 StreamEnd::Failed(reason) => tracing::error!("stream torn down: {reason}"),
                 other => tracing::info!(?other, "stream session ended"),
@@ -126,7 +144,7 @@ pub fn spawn(claim: PublishClaim, services: StreamServices) -> StreamHandle {
         }
         .instrument(span),
     );
-    StreamHandle { tx, ended }
+    StreamHandle { tx, uplink, ended }
 }
 
 struct Running {
@@ -135,22 +153,101 @@ struct Running {
     /// RTMP timestamp that maps to media time zero.
     base_ms: u32,
     bus: gst::bus::BusStream,
+    plan: LadderPlan,
+    /// The Period's start after availabilityStartTime.
+    period_start: Duration,
+}
+
+/// A plan waiting for the next source keyframe.
+struct PendingPlan {
+    plan: LadderPlan,
+    reason: String,
+    for_bps: Option<f64>,
 }
 
 struct StreamActor {
     stream: StreamId,
     services: StreamServices,
+    status: SharedStatus,
     video_config: Option<Bytes>,
     audio_config: Option<Bytes>,
     running: Option<Running>,
+    source: Option<SourceFormat>,
+    replanner: Replanner,
+    /// The first measured plan has been made (after `initial_measurement`).
+    measured: bool,
+    pending: Option<PendingPlan>,
+    started: Instant,
 }
 
 impl StreamActor {
-    fn new(stream: StreamId, services: StreamServices) -> Self {
-        Self { stream, services, video_config: None, audio_config: None, running: None }
+    fn new(stream: StreamId, services: StreamServices, status: SharedStatus) -> Self {
+        let ladder = &services.config.ladder;
+        let replanner = Replanner::new(Hysteresis { ratio: ladder.hysteresis_ratio, hold: ladder.hysteresis_hold });
+        Self {
+            stream,
+            services,
+            status,
+            video_config: None,
+            audio_config: None,
+            running: None,
+            source: None,
+            replanner,
+            measured: false,
+            pending: None,
+            started: Instant::now(),
+        }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<MediaPacket>) -> StreamEnd {
+    fn max_rungs(&self) -> usize {
+        if self.services.encoder.is_hardware() { self.services.config.transcode.rungs.len() } else { X264_MAX_RUNGS }
+    }
+
+    /// Decides whether the latest estimate changes the ladder; a change waits for a keyframe.
+    fn consider(&mut self, estimate: &UplinkEstimate) {
+        let Some(running) = &self.running else { return };
+        let Some(source) = self.source else { return };
+        let ladder = &self.services.config.ladder;
+        // What the ladder must fit under: the encoder's video bitrate, or what the uplink
+        // actually carries when it cannot keep up.
+        let mut delivered = estimate.source_video_bps;
+        if estimate.uplink_bound {
+            let carried = estimate.throughput_bps - estimate.source_audio_bps.unwrap_or(0.0);
+            delivered = Some(delivered.map_or(carried, |d| d.min(carried)));
+        }
+        let Some(delivered) = delivered.filter(|d| *d > 0.0) else { return };
+        if estimate.confidence < MIN_CONFIDENCE {
+            return;
+        }
+        let candidate = ladder::plan_for(&PlanInput {
+            source,
+            delivered_bps: Some(delivered),
+            catalogue: &self.services.config.transcode.rungs,
+            max_rungs: self.max_rungs(),
+        });
+        let elapsed = self.started.elapsed();
+        let decision = if !self.measured {
+            if elapsed < ladder.initial_measurement {
+                return;
+            }
+            self.measured = true;
+            self.replanner.set_planned_for(delivered);
+            (candidate != running.plan).then(|| (candidate, "initial measurement".to_owned()))
+        } else {
+            self.replanner
+                .observe(elapsed, &running.plan, &candidate, delivered)
+                .map(|plan| (plan, "source bitrate moved persistently".to_owned()))
+        };
+        if let Some((plan, reason)) = decision {
+            tracing::info!(
+                %reason, delivered_kbps = (delivered / 1000.0).round(), rungs = ?status::describe(&plan),
+                "re-plan at the next keyframe"
+            );
+            self.pending = Some(PendingPlan { plan, reason, for_bps: Some(delivered) });
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<MediaPacket>, mut uplink: tokio::sync::watch::Receiver<Option<UplinkEstimate>>) -> StreamEnd {
         let shutdown = self.services.shutdown.clone();
         let end = loop {
             let bus_message = async {
@@ -173,11 +270,21 @@ impl StreamActor {
                         break StreamEnd::Failed(reason);
                     }
                 }
+                Ok(()) = uplink.changed() => {
+                    let estimate = uplink.borrow_and_update().clone();
+                    if let Some(estimate) = estimate {
+                        self.consider(&estimate);
+                        let mut status = self.status.lock();
+                        status.uplink = Some(estimate);
+                    }
+                }
                 _ = shutdown.cancelled() => break StreamEnd::Shutdown,
             }
         };
         let drain = matches!(end, StreamEnd::Finished | StreamEnd::Shutdown);
-        self.stop_session(drain).await;
+        if let Some(session) = self.stop_pipeline(drain).await {
+            self.services.packager.end_session(&self.stream, &session);
+        }
         end
     }
 
@@ -186,23 +293,27 @@ impl StreamActor {
             MediaPacket::VideoConfig(config) => {
                 if self.video_config.as_ref().is_some_and(|c| c != &config) && self.running.is_some() {
                     tracing::warn!("video configuration changed mid-stream; starting a new period");
-                    self.stop_session(true).await;
+                    self.stop_pipeline(true).await;
+                    self.source = None;
                 }
                 self.video_config = Some(config);
             }
             MediaPacket::AudioConfig(config) => {
                 if self.audio_config.as_ref().is_some_and(|c| c != &config) && self.running.is_some() {
                     tracing::warn!("audio configuration changed mid-stream; starting a new period");
-                    self.stop_session(true).await;
+                    self.stop_pipeline(true).await;
                 }
                 self.audio_config = Some(config);
             }
             MediaPacket::Video { dts_ms, cts_ms, keyframe, data } => {
+                if keyframe && self.pending.is_some() && self.running.is_some() {
+                    self.switch_plan(dts_ms).await?;
+                }
                 if self.running.is_none() {
                     if !keyframe {
                         return Ok(()); // a session starts on a keyframe
                     }
-                    self.start_session(dts_ms)?;
+                    self.start_session(dts_ms, None, None)?;
                 }
                 let running = self.running.as_ref().expect("started above");
                 let dts = i64::from(dts_ms.wrapping_sub(running.base_ms) as i32);
@@ -237,11 +348,30 @@ impl StreamActor {
         Ok(())
     }
 
-    fn start_session(&mut self, base_ms: u32) -> Result<(), String> {
+    /// Ends the current Period at this keyframe and starts the pending plan's Period right
+    /// where it ended, so a player following the MPD sees no gap.
+    async fn switch_plan(&mut self, keyframe_ms: u32) -> Result<(), String> {
+        let Some(pending) = self.pending.take() else { return Ok(()) };
+        let Some(running) = &self.running else { return Ok(()) };
+        let media = Duration::from_millis(u64::from(keyframe_ms.wrapping_sub(running.base_ms)));
+        let start = running.period_start + media;
+        self.stop_pipeline(true).await;
+        self.start_session(keyframe_ms, Some(pending), Some(start))
+    }
+
+    fn start_session(&mut self, base_ms: u32, pending: Option<PendingPlan>, period_start: Option<Duration>) -> Result<(), String> {
         let config = &self.services.config;
         let video_config = self.video_config.as_ref().ok_or("video arrived before its AVC sequence header")?;
         let format = source::video_format(video_config).map_err(|e| e.to_string())?;
-        let plan = ladder::plan(format, &config.transcode.rungs);
+        self.source = Some(format);
+        let (plan, reason, for_bps) = match pending {
+            Some(p) => (p.plan, p.reason, p.for_bps),
+            None => {
+                // Provisional until the first measurement: the catalogue under the budget.
+                let input = PlanInput { source: format, delivered_bps: None, catalogue: &config.transcode.rungs, max_rungs: self.max_rungs() };
+                (ladder::plan_for(&input), "provisional (not measured yet)".to_owned(), None)
+            }
+        };
         let audio = match &self.audio_config {
             Some(asc) => Some((AacConfig::parse(asc).map_err(|e| e.to_string())?, asc.clone())),
             None => None,
@@ -258,6 +388,13 @@ impl StreamActor {
             encoder = ?self.services.encoder, "session starts"
         );
         let renditions = rendition_infos(&plan, audio.as_ref().map(|(aac, _)| aac), config.transcode.audio_bitrate);
+        let change = PlanChange {
+            at_ms: self.started.elapsed().as_millis() as u64,
+            session: session.clone(),
+            reason,
+            for_bps,
+            rungs: status::describe(&plan),
+        };
         let mut sinks: Vec<SinkBinding> = plan
             .rungs
             .iter()
@@ -283,14 +420,14 @@ impl StreamActor {
             .field("codec_data", gst::Buffer::from_slice(video_config.clone()))
             .build();
         let spec = PipelineSpec {
-            ladder: plan,
+            ladder: plan.clone(),
             encoder: self.services.encoder,
             x264_preset: config.transcode.x264_preset.clone(),
             audio: audio_plan,
             segment_duration: config.package.segment_duration,
         };
         let packager = Arc::clone(&self.services.packager);
-        packager.begin_session(&self.stream, &session, renditions);
+        let period_start = packager.begin_session(&self.stream, &session, renditions, period_start);
         let output = SessionOutput { packager, stream: self.stream.clone(), session: session.clone() };
         let transcoder = match Transcoder::start(&spec, video_caps, audio_caps, sinks, output) {
             Ok(t) => t,
@@ -300,12 +437,19 @@ impl StreamActor {
             }
         };
         let bus = transcoder.bus().stream();
-        self.running = Some(Running { transcoder, session, base_ms, bus });
+        {
+            let mut status = self.status.lock();
+            status.source = Some((format.width, format.height));
+            status.record_plan(change, plan.clone());
+        }
+        self.running = Some(Running { transcoder, session, base_ms, bus, plan, period_start });
         Ok(())
     }
 
-    async fn stop_session(&mut self, drain: bool) {
-        let Some(Running { transcoder, session, bus, .. }) = self.running.take() else { return };
+    /// Stops the pipeline (draining its last segments when asked) and returns its session.
+    /// The Period stays open: the caller either starts the next one or ends the session.
+    async fn stop_pipeline(&mut self, drain: bool) -> Option<SessionId> {
+        let Running { transcoder, session, bus, .. } = self.running.take()?;
         drop(bus);
         let stopped = tokio::task::spawn_blocking(move || {
             if drain { transcoder.finish(DRAIN_TIMEOUT) } else { transcoder.stop() }
@@ -314,7 +458,7 @@ impl StreamActor {
         if let Err(e) = stopped {
             tracing::error!("pipeline teardown panicked: {e}");
         }
-        self.services.packager.end_session(&self.stream, &session);
+        Some(session)
     }
 }
 

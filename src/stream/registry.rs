@@ -6,15 +6,19 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::status::StreamStatus;
 use crate::media::StreamId;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("stream {0} is already being published")]
 pub struct AlreadyPublishing(pub StreamId);
 
+/// A stream's status, shared by its ingest connection, its actor and HTTP.
+pub type SharedStatus = Arc<Mutex<StreamStatus>>;
+
 #[derive(Default)]
 pub struct StreamRegistry {
-    live: Mutex<HashMap<StreamId, u64>>,
+    live: Mutex<HashMap<StreamId, (u64, SharedStatus)>>,
     next_claim: Mutex<u64>,
 }
 
@@ -34,8 +38,14 @@ impl StreamRegistry {
             *next += 1;
             *next
         };
-        live.insert(stream.clone(), id);
-        Ok(PublishClaim { registry: Arc::clone(self), stream: stream.clone(), id })
+        let status = SharedStatus::default();
+        live.insert(stream.clone(), (id, Arc::clone(&status)));
+        Ok(PublishClaim { registry: Arc::clone(self), stream: stream.clone(), id, status })
+    }
+
+    /// A copy of a live stream's status.
+    pub fn status(&self, stream: &StreamId) -> Option<StreamStatus> {
+        self.live.lock().get(stream).map(|(_, status)| status.lock().clone())
     }
 
     pub fn is_live(&self, stream: &StreamId) -> bool {
@@ -59,18 +69,23 @@ pub struct PublishClaim {
     registry: Arc<StreamRegistry>,
     stream: StreamId,
     id: u64,
+    status: SharedStatus,
 }
 
 impl PublishClaim {
     pub fn stream(&self) -> &StreamId {
         &self.stream
     }
+
+    pub fn status(&self) -> &SharedStatus {
+        &self.status
+    }
 }
 
 impl Drop for PublishClaim {
     fn drop(&mut self) {
         let mut live = self.registry.live.lock();
-        if live.get(&self.stream) == Some(&self.id) {
+        if live.get(&self.stream).is_some_and(|(id, _)| *id == self.id) {
             live.remove(&self.stream);
         }
     }

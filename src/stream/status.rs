@@ -1,0 +1,57 @@
+//! What a live stream looks like from outside: its session, ladder plan and plan history,
+//! and the uplink estimate with its recent history. The stream actor and ingest write it;
+//! `GET /live/{stream}` and `GET /live/{stream}/uplink` read it.
+
+use serde::Serialize;
+
+use crate::ladder::LadderPlan;
+use crate::media::SessionId;
+use crate::probe::{ProbeSample, UplinkEstimate};
+
+/// How many plan changes a stream remembers.
+const PLAN_HISTORY: usize = 32;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamStatus {
+    /// The current publish session (Period id).
+    pub session: Option<SessionId>,
+    /// Source picture size.
+    pub source: Option<(u32, u32)>,
+    /// The ladder being produced now.
+    pub plan: Option<LadderPlan>,
+    /// Every plan this publish has had, oldest first.
+    pub plan_history: Vec<PlanChange>,
+    /// The latest uplink estimate.
+    pub uplink: Option<UplinkEstimate>,
+    /// One estimate per second, most recent last.
+    pub uplink_history: Vec<ProbeSample>,
+}
+
+/// One plan taking effect.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanChange {
+    /// Milliseconds since the publish started.
+    pub at_ms: u64,
+    pub session: SessionId,
+    pub reason: String,
+    /// The source video bitrate the plan was made for, when one was measured.
+    pub for_bps: Option<f64>,
+    /// `{id}@{kbps}k` of every rung.
+    pub rungs: Vec<String>,
+}
+
+impl StreamStatus {
+    pub fn record_plan(&mut self, change: PlanChange, plan: LadderPlan) {
+        if self.plan_history.len() == PLAN_HISTORY {
+            self.plan_history.remove(0);
+        }
+        self.session = Some(change.session.clone());
+        self.plan_history.push(change);
+        self.plan = Some(plan);
+    }
+}
+
+/// `{id}@{kbps}k` for every rung of a plan.
+pub fn describe(plan: &LadderPlan) -> Vec<String> {
+    plan.rungs.iter().map(|r| format!("{}@{}k", r.id, r.bitrate_kbps)).collect()
+}
