@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod ladder;
 pub mod media;
 pub mod package;
+pub mod probe;
 pub mod store;
 pub mod stream;
 pub mod tier;

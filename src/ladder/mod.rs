@@ -1,10 +1,34 @@
-//! The ladder planner: a pure function from the source's format and the configured rung
-//! catalogue to the renditions a stream is transcoded into.
+//! The ladder planner: pure functions from the source's format (and, once the uplink probe
+//! has measured it, the source's delivered bitrate) and the configured rung catalogue to the
+//! renditions a stream is transcoded into. The stream actor calls them; `transcode` builds
+//! the pipeline from the resulting `LadderPlan`.
 //!
-//! Policy: never upscale (a rung taller than the source is left out; a source shorter than
-//! every rung gets one rung at its own size, at the smallest rung's bitrate scaled down by
-//! pixel count); widths keep the source's display aspect ratio, rounded to even numbers; the
-//! frame rate is the source's (rungs never raise it). Rung ids are `{height}p`.
+//! `plan()` (format only). Never upscale (a rung taller than the source is left out; a
+//! source shorter than every rung gets one rung at its own size, at the smallest rung's
+//! bitrate scaled down by pixel count); widths keep the source's display aspect ratio,
+//! rounded to even numbers; the frame rate is the source's (rungs never raise it). Rung ids
+//! are `{height}p`.
+//!
+//! `plan_for()` (bandwidth-aware, `bandwidth.rs`) starts from `plan()` and then:
+//! - each rung keeps at most its catalogue bitrate;
+//! - the top rung stays at or below 90% of the source's delivered video bitrate: re-encoding
+//!   above what the source carries adds bits, not picture. Rungs over that ceiling are
+//!   dropped, except the lowest rung, which is capped to the ceiling instead, so a poor
+//!   source still gets one rung;
+//! - at most `max_rungs` rungs (the encoder's budget): the lowest rung always stays (weak
+//!   viewers), then the top, then the middle rungs nearest to even log-bitrate steps between
+//!   them. A budget of one keeps only the lowest rung: reach before quality;
+//! - with no estimate yet, the provisional plan is `plan()` cut to the budget.
+//!
+//! `Replanner` (`replan.rs`) decides when a running stream switches to a new plan: only when
+//! the candidate differs and the delivered bitrate has stayed outside ±ratio (25%) of the
+//! bitrate the current plan was made for, on one side, for the whole hold (3 s).
+
+mod bandwidth;
+mod replan;
+
+pub use bandwidth::{PlanInput, TOP_RUNG_SHARE, plan_for};
+pub use replan::{DEFAULT_HYSTERESIS_HOLD, DEFAULT_HYSTERESIS_RATIO, Hysteresis, Replanner};
 
 use crate::config::RungConfig;
 use crate::media::RenditionId;
@@ -54,7 +78,7 @@ pub fn plan(source: SourceFormat, catalogue: &[RungConfig]) -> LadderPlan {
         .filter(|r| r.height <= source.height)
         .map(|r| rung(source, r.height, r.bitrate_kbps))
         .collect();
-    rungs.sort_by(|a, b| b.height.cmp(&a.height));
+    rungs.sort_by_key(|r| std::cmp::Reverse(r.height));
     rungs.dedup_by_key(|r| r.height);
     if rungs.is_empty() {
         let smallest = catalogue.iter().min_by_key(|r| r.height).expect("catalogue is not empty");
