@@ -141,7 +141,7 @@ fn node_router(
             async move { Json(body) }
         }),
     );
-    let live = roles.contains(&Role::Live).then(|| http::router(HttpState::new(Arc::clone(&store))));
+    let live = roles.contains(&Role::Live).then(|| http::router(HttpState::new(Arc::clone(&store), Arc::clone(&registry))));
     let resolver: Option<Arc<dyn UpstreamResolver>> = match (&membership, roles) {
         (Some(m), r) if r.contains(&Role::Origin) => Some(Arc::new(LiveUpstreams { membership: m.clone() })),
         (Some(m), r) if r.contains(&Role::Edge) => {

@@ -31,6 +31,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub http: HttpConfig,
     pub transcode: TranscodeConfig,
+    pub ladder: LadderConfig,
     pub package: PackageConfig,
     /// Caching and coalescing on origin and edge nodes.
     pub tier: crate::tier::TierConfig,
@@ -176,6 +177,34 @@ pub struct RungConfig {
     pub height: u32,
     /// Target video bitrate in kbit/s.
     pub bitrate_kbps: u32,
+}
+
+pub const DEFAULT_INITIAL_MEASUREMENT: Duration = Duration::from_secs(2);
+
+/// How the ladder follows the broadcaster's measured bitrate (src/ladder, src/probe).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LadderConfig {
+    /// How long a publish is measured before the first measured plan; segments are produced
+    /// from a provisional ladder meanwhile.
+    #[serde(with = "humantime_serde")]
+    pub initial_measurement: Duration,
+    /// Half-width of the band, as a share of the bitrate a plan was made for, inside which
+    /// a changing source bitrate does not re-plan.
+    pub hysteresis_ratio: f64,
+    /// How long the bitrate must stay outside the band before the ladder follows.
+    #[serde(with = "humantime_serde")]
+    pub hysteresis_hold: Duration,
+}
+
+impl Default for LadderConfig {
+    fn default() -> Self {
+        Self {
+            initial_measurement: DEFAULT_INITIAL_MEASUREMENT,
+            hysteresis_ratio: crate::ladder::DEFAULT_HYSTERESIS_RATIO,
+            hysteresis_hold: crate::ladder::DEFAULT_HYSTERESIS_HOLD,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -329,6 +358,9 @@ impl Config {
             if rung.bitrate_kbps < 100 || rung.bitrate_kbps > 100_000 {
                 return Err(invalid(format!("transcode.rungs[{i}].bitrate_kbps"), "must be within 100..=100000"));
             }
+        }
+        if !(0.05..=0.9).contains(&self.ladder.hysteresis_ratio) {
+            return Err(invalid("ladder.hysteresis_ratio", "must be within 0.05..=0.9"));
         }
         let seg = self.package.segment_duration;
         if seg < Duration::from_millis(500) || seg > Duration::from_secs(10) {

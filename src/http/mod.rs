@@ -20,6 +20,7 @@ use tower_http::cors::CorsLayer;
 
 use crate::package::mpd::UTC_TIMING_PATH;
 use crate::store::{ObjectKey, Part, Store};
+use crate::stream::StreamRegistry;
 
 pub const MPD_CONTENT_TYPE: &str = "application/dash+xml";
 pub const SEGMENT_CONTENT_TYPE: &str = "video/iso.segment";
@@ -31,12 +32,13 @@ pub const MANIFEST_CACHE: &str = "public, max-age=0, s-maxage=1";
 #[derive(Clone)]
 pub struct HttpState {
     pub store: Arc<Store>,
+    pub registry: Arc<StreamRegistry>,
     pub stats: Arc<LiveStats>,
 }
 
 impl HttpState {
-    pub fn new(store: Arc<Store>) -> Self {
-        Self { store, stats: Arc::default() }
+    pub fn new(store: Arc<Store>, registry: Arc<StreamRegistry>) -> Self {
+        Self { store, registry, stats: Arc::default() }
     }
 }
 
@@ -60,6 +62,8 @@ impl LiveStats {
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/live", get(list_streams))
+        .route("/live/{stream}", get(stream_status))
+        .route("/live/{stream}/uplink", get(uplink))
         .route("/live/{stream}/manifest.mpd", get(manifest))
         .route("/live/{stream}/{rendition}/{file}", get(object))
         .route(UTC_TIMING_PATH, get(clock))
@@ -84,6 +88,49 @@ async fn not_found() -> Response {
 
 async fn list_streams(State(state): State<HttpState>) -> Response {
     let mut response = Json(state.store.streams()).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A live stream's session, ladder plan, plan history and uplink estimate with history.
+async fn stream_status(State(state): State<HttpState>, Path(stream): Path<String>) -> Response {
+    let stream = match path::stream(&stream) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    match state.registry.status(&stream) {
+        Some(status) => no_store(Json(serde_json::json!({ "stream": stream, "live": true, "status": status }))),
+        None => error(StatusCode::NOT_FOUND, format!("stream {stream} is not being published here\n")),
+    }
+}
+
+/// What the broadcaster should send: the uplink estimate and a recommended bitrate and
+/// resolution, for broadcast tools that adapt their encoder.
+async fn uplink(State(state): State<HttpState>, Path(stream): Path<String>) -> Response {
+    let stream = match path::stream(&stream) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let Some(status) = state.registry.status(&stream) else {
+        return error(StatusCode::NOT_FOUND, format!("stream {stream} is not being published here\n"));
+    };
+    let Some(estimate) = status.uplink else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no uplink estimate yet\n");
+    };
+    no_store(Json(serde_json::json!({
+        "stream": stream,
+        "uplink_bound": estimate.uplink_bound,
+        "throughput_kbps": (estimate.throughput_bps / 1000.0).round(),
+        "source_kbps": estimate.source_bitrate_bps.map(|b| (b / 1000.0).round()),
+        "recommended_publish_kbps": estimate.recommended_publish_bps.map(|b| (b / 1000.0).round()),
+        "recommended_height": estimate.recommended_height,
+        "confidence": estimate.confidence,
+        "estimate": estimate,
+    })))
+}
+
+fn no_store(json: Json<serde_json::Value>) -> Response {
+    let mut response = json.into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -154,7 +201,7 @@ mod tests {
             part: Part::Media(7),
         };
         store.put_object(&StreamId::parse("cam").unwrap(), key, Bytes::from_static(b"moof"));
-        router(HttpState::new(store))
+        router(HttpState::new(store, StreamRegistry::new()))
     }
 
     async fn get(uri: &str) -> Response {

@@ -18,6 +18,8 @@ use tokio::time::timeout;
 use tracing::Instrument;
 
 use crate::media::{MediaPacket, StreamId};
+use crate::probe::{ProbeConfig, UplinkEstimate, UplinkProbe};
+use std::time::{Duration, Instant};
 use crate::stream::{self, StreamHandle, StreamRegistry, StreamServices};
 use relay::{Placement, RelayHandle, Route, RELAY_APP};
 
@@ -95,6 +97,48 @@ struct Publishing {
     stream: StreamId,
     sink: Sink,
     warned_audio: bool,
+    uplink: UplinkWatch,
+}
+
+/// The broadcaster's uplink as this connection sees it: fed with every read and media
+/// message, reported to the stream every [`UPLINK_REPORT_EVERY`].
+struct UplinkWatch {
+    probe: UplinkProbe,
+    started: Instant,
+    last_report: Instant,
+    bound: bool,
+}
+
+const UPLINK_REPORT_EVERY: Duration = Duration::from_millis(500);
+
+impl UplinkWatch {
+    fn new(catalogue: Vec<crate::config::RungConfig>) -> Self {
+        let now = Instant::now();
+        Self { probe: UplinkProbe::new(ProbeConfig::default(), catalogue), started: now, last_report: now, bound: false }
+    }
+
+    /// The estimate, when a report is due.
+    fn due(&mut self) -> Option<UplinkEstimate> {
+        if self.last_report.elapsed() < UPLINK_REPORT_EVERY {
+            return None;
+        }
+        self.last_report = Instant::now();
+        let estimate = self.probe.estimate(self.started.elapsed());
+        if estimate.uplink_bound != self.bound {
+            self.bound = estimate.uplink_bound;
+            let recommended_kbps = estimate.recommended_publish_bps.map(|b| (b / 1000.0).round());
+            if self.bound {
+                tracing::warn!(
+                    throughput_kbps = (estimate.throughput_bps / 1000.0).round(), ?recommended_kbps,
+                    recommended_height = ?estimate.recommended_height,
+                    "broadcaster's uplink cannot carry its stream (media falls behind real time)"
+                );
+            } else {
+                tracing::info!("broadcaster's uplink keeps up again");
+            }
+        }
+        Some(estimate)
+    }
 }
 
 struct Connection {
@@ -133,6 +177,9 @@ impl Connection {
             };
             if read == 0 {
                 return Ok(());
+            }
+            if let Some(p) = self.publishing.as_mut() {
+                p.uplink.probe.on_bytes(p.uplink.started.elapsed(), read);
             }
             let results = session.handle_input(&buf[..read]).map_err(|e| IngestError::Protocol(e.to_string()))?;
             self.apply(&mut session, results).await?;
@@ -204,6 +251,10 @@ impl Connection {
                 }
             }
             ServerSessionEvent::StreamMetadataChanged { metadata, .. } => {
+                if let Some(p) = self.publishing.as_mut() {
+                    let kbps = |v: Option<u32>| v.filter(|k| *k > 0).map(f64::from);
+                    p.uplink.probe.on_metadata(kbps(metadata.video_bitrate_kbps), kbps(metadata.audio_bitrate_kbps));
+                }
                 if let Some(Publishing { sink: Sink::Relay(relay), .. }) = &self.publishing {
                     relay.send_metadata(metadata.clone()).await.map_err(IngestError::StreamEnded)?;
                 }
@@ -215,12 +266,14 @@ impl Connection {
                 Ok(Vec::new())
             }
             ServerSessionEvent::VideoDataReceived { data, timestamp, .. } => {
+                self.observe_media(timestamp.value, data.len(), true);
                 if let Some(packet) = flv::parse_video(timestamp.value, &data)? {
                     self.forward(packet).await?;
                 }
                 Ok(Vec::new())
             }
             ServerSessionEvent::AudioDataReceived { data, timestamp, .. } => {
+                self.observe_media(timestamp.value, data.len(), false);
                 self.forward_audio(timestamp.value, &data).await?;
                 Ok(Vec::new())
             }
@@ -266,10 +319,11 @@ impl Connection {
         let stream = StreamId::parse(name).map_err(|e| format!("invalid stream key: {e}"))?;
         // A relayed publish is always ours: the relaying node already chose us.
         let route = if self.from_relay { Route::Local } else { self.placement.route(&stream) };
+        let uplink = UplinkWatch::new(self.services.config.transcode.rungs.clone());
         Ok(match route {
             Route::Local => {
                 let claim = self.registry.claim(&stream).map_err(|e| e.to_string())?;
-                Publishing { stream, sink: Sink::Local(stream::spawn(claim, self.services.clone())), warned_audio: false }
+                Publishing { stream, sink: Sink::Local(stream::spawn(claim, self.services.clone())), warned_audio: false, uplink }
             }
             // The owner enforces one publisher per stream; a relay holds no claim here, so
             // that this node can still become the owner and take its own relay.
@@ -280,10 +334,20 @@ impl Connection {
                     &self.services.tracker,
                     self.services.shutdown.clone(),
                 );
-                Publishing { stream, sink: Sink::Relay(handle), warned_audio: false }
+                Publishing { stream, sink: Sink::Relay(handle), warned_audio: false, uplink }
             }
             Route::Unavailable(reason) => return Err(format!("no live node can take the stream: {reason}")),
         })
+    }
+
+    fn observe_media(&mut self, timestamp: u32, bytes: usize, video: bool) {
+        let Some(p) = self.publishing.as_mut() else { return };
+        p.uplink.probe.on_media(p.uplink.started.elapsed(), timestamp, bytes, video);
+        if let Some(estimate) = p.uplink.due() {
+            if let Sink::Local(handle) = &p.sink {
+                handle.report_uplink(estimate, p.uplink.probe.history());
+            }
+        }
     }
 
     async fn forward(&mut self, packet: MediaPacket) -> Result<(), IngestError> {

@@ -37,17 +37,41 @@ pub fn plan_for(input: &PlanInput) -> LadderPlan {
     LadderPlan { rungs: within_budget(fitted, input.max_rungs.max(1)) }
 }
 
-/// Fits a best-first ladder under `ceiling_kbps`. The lowest rung always stays, capped to
-/// the ceiling if it is over (never below 1 kbit/s): a poor source still gets a ladder, and
-/// the smallest picture makes the most of few bits. Every other rung over the ceiling is
-/// dropped, since a lower rung is already there to serve that bandwidth.
+/// A rung may be capped down to this share of its catalogue bitrate and still top the
+/// ladder (a 720p source delivering 2.5 Mb/s keeps a 720p rung at 2.25 Mb/s); further down,
+/// a shorter picture spends the bits better and the rung is dropped.
+pub const MIN_CAPPED_SHARE: f64 = 0.6;
+
+/// Fits a best-first ladder under `ceiling_kbps`. The tallest rung that fits, or that fits
+/// once capped to the ceiling without losing more than `1 - MIN_CAPPED_SHARE` of its
+/// bitrate, tops the ladder; taller ones are dropped, and so is any shorter one whose
+/// bitrate is not below the top's. The lowest rung always stays, capped to the ceiling if
+/// it is over (never below 1 kbit/s): a poor source still gets a ladder, and the smallest
+/// picture makes the most of few bits.
 fn fit_under(mut rungs: Vec<Rung>, ceiling_kbps: f64) -> Vec<Rung> {
     let Some(mut lowest) = rungs.pop() else {
         return rungs;
     };
-    let mut kept: Vec<Rung> = rungs.into_iter().filter(|r| f64::from(r.bitrate_kbps) <= ceiling_kbps).collect();
     // `as` saturates, so an absurd ceiling cannot wrap.
-    lowest.bitrate_kbps = lowest.bitrate_kbps.min((ceiling_kbps.floor() as u32).max(1));
+    let cap = (ceiling_kbps.floor() as u32).max(1);
+    let mut kept: Vec<Rung> = Vec::new();
+    for mut rung in rungs {
+        let rate = f64::from(rung.bitrate_kbps);
+        match kept.first() {
+            None if rate <= ceiling_kbps => kept.push(rung),
+            None if ceiling_kbps >= rate * MIN_CAPPED_SHARE => {
+                rung.bitrate_kbps = cap;
+                kept.push(rung);
+            }
+            None => {}
+            Some(top) if rung.bitrate_kbps < top.bitrate_kbps => kept.push(rung),
+            Some(_) => {}
+        }
+    }
+    lowest.bitrate_kbps = lowest.bitrate_kbps.min(cap);
+    if kept.last().is_some_and(|r| r.bitrate_kbps <= lowest.bitrate_kbps) {
+        kept.pop();
+    }
     kept.push(lowest);
     kept
 }
@@ -107,10 +131,14 @@ mod tests {
     }
 
     #[test]
-    fn rungs_above_the_source_bitrate_are_dropped() {
+    fn rungs_far_above_the_source_bitrate_are_dropped_near_ones_capped() {
         let rungs = default_rungs();
-        // 4 Mbit/s delivered: the ceiling is 3.6 Mbit/s, so 1080p (5 Mbit/s) goes.
-        assert_eq!(heights_and_rates(&plan_for(&input(&rungs, Some(4e6), 4))), [(720, 2800), (480, 1400), (360, 800)]);
+        // 4 Mbit/s delivered: the ceiling is 3.6 Mbit/s, 72% of 1080p's 5 Mbit/s: capped.
+        assert_eq!(heights_and_rates(&plan_for(&input(&rungs, Some(4e6), 4))), [(1080, 3600), (720, 2800), (480, 1400), (360, 800)]);
+        // 2.5 Mbit/s: ceiling 2.25 Mbit/s, 45% of 1080p (dropped), 80% of 720p (capped).
+        assert_eq!(heights_and_rates(&plan_for(&input(&rungs, Some(2.5e6), 4))), [(720, 2250), (480, 1400), (360, 800)]);
+        // 1.5 Mbit/s: ceiling 1.35 Mbit/s; 480p (1.4 Mbit/s) is the tallest worth capping.
+        assert_eq!(heights_and_rates(&plan_for(&input(&rungs, Some(1.5e6), 4))), [(480, 1350), (360, 800)]);
         assert_eq!(heights_and_rates(&plan_for(&input(&rungs, Some(6e6), 4))).len(), 4);
     }
 

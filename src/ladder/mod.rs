@@ -12,9 +12,11 @@
 //! `plan_for()` (bandwidth-aware, `bandwidth.rs`) starts from `plan()` and then:
 //! - each rung keeps at most its catalogue bitrate;
 //! - the top rung stays at or below 90% of the source's delivered video bitrate: re-encoding
-//!   above what the source carries adds bits, not picture. Rungs over that ceiling are
-//!   dropped, except the lowest rung, which is capped to the ceiling instead, so a poor
-//!   source still gets one rung;
+//!   above what the source carries adds bits, not picture. The tallest rung that fits, or
+//!   that fits once capped to the ceiling while keeping at least 60% of its catalogue
+//!   bitrate, tops the ladder; taller rungs are dropped (a shorter picture spends so few
+//!   bits better). The lowest rung always stays, capped if needed, so a poor source still
+//!   gets one rung;
 //! - at most `max_rungs` rungs (the encoder's budget): the lowest rung always stays (weak
 //!   viewers), then the top, then the middle rungs nearest to even log-bitrate steps between
 //!   them. A budget of one keeps only the lowest rung: reach before quality;

@@ -102,6 +102,7 @@ impl EndSignal {
 pub struct StreamHandle {
     tx: mpsc::Sender<MediaPacket>,
     uplink: tokio::sync::watch::Sender<Option<UplinkEstimate>>,
+    status: SharedStatus,
     ended: EndSignal,
 }
 
@@ -116,8 +117,10 @@ impl StreamHandle {
         self.ended.wait().await
     }
 
-    /// Hands the actor the latest uplink estimate (only the newest one matters).
-    pub fn report_uplink(&self, estimate: UplinkEstimate) {
+    /// Hands the actor the latest uplink estimate (only the newest one matters) and
+    /// publishes the probe's history in the stream's status.
+    pub fn report_uplink(&self, estimate: UplinkEstimate, history: &[crate::probe::ProbeSample]) {
+        self.status.lock().uplink_history = history.to_vec();
         let _ = self.uplink.send(Some(estimate));
     }
 }
@@ -131,6 +134,7 @@ pub fn spawn(claim: PublishClaim, services: StreamServices) -> StreamHandle {
     let span = tracing::info_span!("stream", stream = %stream);
     let tracker = services.tracker.clone();
     let status = Arc::clone(claim.status());
+    let handle_status = Arc::clone(&status);
     tracker.spawn(
         async move {
             let actor = StreamActor::new(stream, services, status);
@@ -144,7 +148,7 @@ pub fn spawn(claim: PublishClaim, services: StreamServices) -> StreamHandle {
         }
         .instrument(span),
     );
-    StreamHandle { tx, uplink, ended }
+    StreamHandle { tx, uplink, status: handle_status, ended }
 }
 
 struct Running {
