@@ -242,13 +242,38 @@ impl StreamActor {
                 .observe(elapsed, &running.plan, &candidate, delivered)
                 .map(|plan| (plan, "source bitrate moved persistently".to_owned()))
         };
-        if let Some((plan, reason)) = decision {
+        let Some((plan, reason)) = decision else { return };
+        let same_rungs = plan.rungs.iter().map(|r| &r.id).eq(running.plan.rungs.iter().map(|r| &r.id));
+        if same_rungs {
+            self.retune(plan, reason, delivered);
+        } else {
             tracing::info!(
                 %reason, delivered_kbps = (delivered / 1000.0).round(), rungs = ?status::describe(&plan),
                 "re-plan at the next keyframe"
             );
             self.pending = Some(PendingPlan { plan, reason, for_bps: Some(delivered) });
         }
+    }
+
+    /// Same renditions, new bitrates: the encoders take them in place, no new Period.
+    fn retune(&mut self, plan: LadderPlan, reason: String, delivered: f64) {
+        let Some(running) = self.running.as_mut() else { return };
+        for rung in &plan.rungs {
+            if let Err(e) = running.transcoder.set_bitrate(&rung.id, rung.bitrate_kbps) {
+                tracing::error!(rendition = %rung.id, "bitrate change failed: {e}");
+                return;
+            }
+        }
+        tracing::info!(%reason, delivered_kbps = (delivered / 1000.0).round(), rungs = ?status::describe(&plan), "bitrates retuned in place");
+        let change = PlanChange {
+            at_ms: self.started.elapsed().as_millis() as u64,
+            session: running.session.clone(),
+            reason: format!("{reason} (bitrates retuned in place)"),
+            for_bps: Some(delivered),
+            rungs: status::describe(&plan),
+        };
+        running.plan = plan.clone();
+        self.status.lock().record_plan(change, plan);
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<MediaPacket>, mut uplink: tokio::sync::watch::Receiver<Option<UplinkEstimate>>) -> StreamEnd {

@@ -147,6 +147,15 @@ impl Transcoder {
         self.pipeline.bus().expect("a pipeline has a bus")
     }
 
+    /// Changes a running rung's encoder bitrate in place (x264enc, nvh264enc and vah264enc
+    /// all accept a new `bitrate` while playing).
+    pub fn set_bitrate(&self, rendition: &RenditionId, kbps: u32) -> Result<(), TranscodeError> {
+        let name = format!("enc_{rendition}");
+        let encoder = self.pipeline.by_name(&name).ok_or(TranscodeError::NoElement(name))?;
+        encoder.set_property_from_str("bitrate", &kbps.to_string());
+        Ok(())
+    }
+
     /// Bytes queued in the appsrcs and not yet taken by the pipeline.
     pub fn queued_bytes(&self) -> u64 {
         self.video_src.current_level_bytes() + self.audio_src.as_ref().map_or(0, |a| a.current_level_bytes())
