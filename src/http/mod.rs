@@ -135,8 +135,30 @@ fn no_store(json: Json<serde_json::Value>) -> Response {
     response
 }
 
+/// Request counters and, per live stream, the uplink estimate and the ladder in use.
 async fn live_metrics(State(state): State<HttpState>) -> Response {
-    Json(state.stats.snapshot()).into_response()
+    let mut body = state.stats.snapshot();
+    let streams: serde_json::Map<String, serde_json::Value> = state
+        .registry
+        .streams()
+        .into_iter()
+        .filter_map(|id| {
+            let status = state.registry.status(&id)?;
+            let uplink = status.uplink.as_ref();
+            Some((
+                id.to_string(),
+                serde_json::json!({
+                    "throughput_bps": uplink.map(|u| u.throughput_bps),
+                    "source_bitrate_bps": uplink.and_then(|u| u.source_bitrate_bps),
+                    "uplink_bound": uplink.map(|u| u.uplink_bound),
+                    "rungs": status.plan.as_ref().map(crate::stream::status::describe),
+                    "plan_changes": status.plan_history.len(),
+                }),
+            ))
+        })
+        .collect();
+    body["streams"] = serde_json::Value::Object(streams);
+    no_store(Json(body))
 }
 
 async fn manifest(State(state): State<HttpState>, Path(stream): Path<String>) -> Response {
