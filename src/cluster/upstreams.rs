@@ -58,9 +58,8 @@ impl UpstreamResolver for OriginUpstreams {
 
 fn mark_down_by_base(membership: &Membership, base_url: &str) {
     let id = membership.view().healthy().find(|n| base(n) == base_url).map(|n| n.id.clone());
-    if let Some(id) = id {
-        if membership.mark_down(&id) {
+    if let Some(id) = id
+        && membership.mark_down(&id) {
             tracing::warn!(peer = %id, "peer marked down after a failed fetch");
         }
-    }
 }

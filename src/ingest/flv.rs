@@ -144,7 +144,7 @@ mod tests {
     #[test]
     fn aac_config_and_frame() {
         let cfg = Bytes::from_static(&[0xaf, 0, 0x12, 0x10]);
-        assert!(matches!(parse_audio(0, &cfg).unwrap(), Some(MediaPacket::AudioConfig(c)) if &c[..] == [0x12, 0x10]));
+        assert!(matches!(parse_audio(0, &cfg).unwrap(), Some(MediaPacket::AudioConfig(c)) if c[..] == [0x12, 0x10]));
         let frame = Bytes::from_static(&[0xaf, 1, 0x21, 0x00]);
         assert!(matches!(parse_audio(23, &frame).unwrap(), Some(MediaPacket::Audio { dts_ms: 23, .. })));
     }
@@ -155,7 +155,7 @@ mod tests {
         assert_eq!(parse_video(0, &Bytes::from_static(&[0x17, 1])), Err(FlvError::Truncated { kind: "video", len: 2 }));
         assert_eq!(parse_audio(0, &Bytes::from_static(&[0x2f, 1])), Err(FlvError::UnsupportedAudioCodec(2)));
         assert_eq!(parse_audio(0, &Bytes::new()), Err(FlvError::Truncated { kind: "audio", len: 0 }));
-        assert_eq!(parse_video(0, &Bytes::from_static(&[0x57, 0])).unwrap().is_none(), true);
+        assert!(parse_video(0, &Bytes::from_static(&[0x57, 0])).unwrap().is_none());
     }
 
     proptest! {

@@ -343,11 +343,10 @@ impl Connection {
     fn observe_media(&mut self, timestamp: u32, bytes: usize, video: bool) {
         let Some(p) = self.publishing.as_mut() else { return };
         p.uplink.probe.on_media(p.uplink.started.elapsed(), timestamp, bytes, video);
-        if let Some(estimate) = p.uplink.due() {
-            if let Sink::Local(handle) = &p.sink {
+        if let Some(estimate) = p.uplink.due()
+            && let Sink::Local(handle) = &p.sink {
                 handle.report_uplink(estimate, p.uplink.probe.history());
             }
-        }
     }
 
     async fn forward(&mut self, packet: MediaPacket) -> Result<(), IngestError> {

@@ -159,11 +159,10 @@ impl StreamTimeline {
         let time = (u128::from(start_ns) * scale / 1_000_000_000) as u64;
         let end = (u128::from(start_ns + duration_ns) * scale / 1_000_000_000) as u64;
         // Derive each duration from the next start so the timeline has no rounding gaps.
-        if let Some(prev) = track.segments.back_mut() {
-            if time > prev.time {
+        if let Some(prev) = track.segments.back_mut()
+            && time > prev.time {
                 prev.duration = time - prev.time;
             }
-        }
         let number = track.next_number;
         track.next_number += 1;
         track.segments.push_back(SegmentEntry { number, time, duration: end.saturating_sub(time).max(1) });

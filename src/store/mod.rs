@@ -95,9 +95,4 @@ impl Store {
         list.sort_by(|a, b| a.stream.cmp(&b.stream));
         list
     }
-
-    /// Bytes held for a stream (segments and init), for metrics and tests.
-    pub fn stream_bytes(&self, stream: &StreamId) -> usize {
-        self.streams.read().get(stream).map(|s| s.objects.values().map(Bytes::len).sum()).unwrap_or(0)
-    }
 }
