@@ -1,6 +1,7 @@
 //! Wires one appliance together in flow order and owns its lifetime: binds the listeners,
-//! picks the encoder, starts ingest, HTTP and housekeeping, and on shutdown stops accepting,
-//! lets every stream drain its pipeline, and waits for every task.
+//! picks the encoder, starts federation membership (when peers are configured), ingest,
+//! HTTP for this node's roles and housekeeping, and on shutdown stops accepting, lets every
+//! stream drain its pipeline, and waits for every task.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,24 +12,22 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use tower::ServiceExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
-use crate::config::Config;
-use crate::http::{self, HttpState};
-use crate::stream::StreamRegistry as Registry;
-use crate::ingest;
-use crate::cluster::{self, ClusterPlacement, Membership, HEALTH_PATH};
 use crate::cluster::upstreams::{LiveUpstreams, OriginUpstreams};
-use crate::config::Role;
+use crate::cluster::{self, ClusterPlacement, Membership, HEALTH_PATH};
+use crate::config::{Config, Role};
+use crate::http::{self, HttpState};
+use crate::ingest;
 use crate::ingest::relay::{Placement, Standalone};
-use crate::tier::{self, TierState, UpstreamResolver};
 use crate::package::mpd::MpdTiming;
 use crate::package::Packager;
 use crate::store::Store;
 use crate::stream::{StreamRegistry, StreamServices};
+use crate::tier::{self, TierState, UpstreamResolver};
 use crate::transcode::{self, encoder};
 
 /// How often out-of-window segments and ended streams are swept.
@@ -128,7 +127,7 @@ fn node_router(
     config: &Config,
     roles: &[Role],
     membership: Option<Membership>,
-    registry: Arc<Registry>,
+    registry: Arc<StreamRegistry>,
     store: Arc<Store>,
 ) -> anyhow::Result<Router> {
     let node_id = config.cluster.node_id.clone();

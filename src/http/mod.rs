@@ -14,8 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tower_http::cors::CorsLayer;
 
 use crate::package::mpd::UTC_TIMING_PATH;
@@ -71,11 +69,6 @@ pub fn router(state: HttpState) -> Router {
         .fallback(not_found)
         .layer(CorsLayer::permissive())
         .with_state(state)
-}
-
-/// Serves until `shutdown` fires, then finishes in-flight requests.
-pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

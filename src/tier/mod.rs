@@ -26,8 +26,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tower_http::cors::CorsLayer;
 
 pub use cache::{CachedObject, Lifetimes, ObjectKind, TierCache};
@@ -255,11 +253,6 @@ pub fn router(state: TierState) -> Router {
         .fallback(not_found)
         .layer(CorsLayer::permissive())
         .with_state(state)
-}
-
-/// Serves until `shutdown` fires, then finishes in-flight requests.
-pub async fn serve(listener: TcpListener, state: TierState, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
 async fn manifest(State(state): State<TierState>, Path(stream): Path<String>) -> Response {
