@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, and integration tests that run the real binary with
-# real ffmpeg publishers and HTTP on 127.0.0.1. Installs what it needs first.
+# real ffmpeg publishers and HTTP on 127.0.0.1. Installs what it needs first, and ends with
+# one line totalling every test binary's results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./deploy/install-deps.sh
-cargo test --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --locked 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
