@@ -136,3 +136,21 @@ fn publish_play_stop_and_republish() {
     let status = app.terminate(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
 }
+
+#[test]
+fn aac_other_than_lc_is_transcoded_to_lc() {
+    let app = Appliance::start(None);
+    let _publisher = Publisher::start_with_audio(&app.publish_url("live", "main-profile"), 8, "320x240", "aac_main");
+    let mpd = wait_until("the audio rendition", Duration::from_secs(20), || {
+        let mpd = fetch_mpd(&app, "main-profile")?;
+        let audio = mpd.periods.last()?.adaptations.iter().find(|a| a.contentType.as_deref() == Some("audio"))?.clone();
+        (segments("main-profile", &audio.representations[0]).1.len() >= 2).then_some(mpd)
+    });
+    let audio = mpd.periods.last().unwrap().adaptations.iter().find(|a| a.contentType.as_deref() == Some("audio")).unwrap();
+    let rep = &audio.representations[0];
+    assert_eq!(rep.codecs.as_deref(), Some("mp4a.40.2"), "re-encoded as AAC-LC");
+    let (init, list) = segments("main-profile", rep);
+    let (codec, ..) = probe(&get_bytes(&app.url(&init)), &get_bytes(&app.url(&list[1].url)));
+    assert_eq!(codec, "aac");
+    app.wait_for_log("audio=Transcode", Duration::from_secs(1));
+}

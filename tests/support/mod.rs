@@ -135,13 +135,19 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn start(url: &str, seconds: u32, size: &str) -> Self {
+        Self::start_with_audio(url, seconds, size, "aac_low")
+    }
+
+    /// Like `start`, with ffmpeg's AAC encoder in another profile (`aac_main`, `aac_ltp`).
+    pub fn start_with_audio(url: &str, seconds: u32, size: &str, aac_profile: &str) -> Self {
         let duration = seconds.to_string();
         let video = format!("testsrc2=size={size}:rate=30");
         let mut child = Command::new("ffmpeg")
             .args(["-hide_banner", "-loglevel", "error", "-re"])
             .args(["-f", "lavfi", "-i", &video, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
             .args(["-t", &duration, "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "30"])
-            .args(["-pix_fmt", "yuv420p", "-b:v", "2500k", "-c:a", "aac", "-b:a", "128k", "-f", "flv", url])
+            .args(["-pix_fmt", "yuv420p", "-b:v", "2500k", "-c:a", "aac", "-profile:a", aac_profile, "-b:a", "128k"])
+            .args(["-f", "flv", url])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
