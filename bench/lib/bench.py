@@ -22,67 +22,14 @@ import tempfile
 import threading
 import time
 
+import common
+from common import (CLK_TCK, TEMPDIRS, free_port, log, pct, proc_tree, read_line_with_timeout,
+                    spawn, start_run, stat_fields, stop, stop_all, table_row)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.dirname(HERE)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-CHILDREN = []  # every Popen we started, so that cleanup can stop them
-TEMPDIRS = []  # temporary directories to remove at exit
-PIDFILE = None
-
-
-def log(msg):
-    print("[bench %s] %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
-
-
-def spawn(cmd, new_session=False, **kw):
-    p = subprocess.Popen(cmd, start_new_session=new_session, **kw)
-    p._bench_group = new_session
-    CHILDREN.append(p)
-    if PIDFILE:
-        with open(PIDFILE, "a") as f:
-            f.write("%d\n" % p.pid)
-    return p
-
-
-def stop(p, sig=signal.SIGTERM, timeout=5.0):
-    """Stop one process we started (by PID; by its own process group when we
-    started it as a group leader, e.g. Chromium and its helpers)."""
-    if p is None or p.poll() is not None:
-        return
-    try:
-        if getattr(p, "_bench_group", False):
-            os.killpg(p.pid, sig)
-        else:
-            p.send_signal(sig)
-        p.wait(timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            if getattr(p, "_bench_group", False):
-                os.killpg(p.pid, signal.SIGKILL)
-            else:
-                p.kill()
-            p.wait(3)
-        except Exception:
-            pass
-    except ProcessLookupError:
-        pass
-
-
-def stop_all():
-    for p in reversed(CHILDREN):
-        stop(p, timeout=3.0)
-    for d in TEMPDIRS:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+common.TAG = "bench"
 
 
 def wait_port(port, timeout):
@@ -112,45 +59,11 @@ def read_jsonl(path):
     return out
 
 
-def pct(values, q):
-    v = sorted(values)
-    if not v:
-        return None
-    if len(v) == 1:
-        return v[0]
-    k = (len(v) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
-
-
 # ---------------------------------------------------------------- /proc sampling
-
-def _proc_tree(root):
-    kids = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                s = f.read()
-        except OSError:
-            continue
-        rest = s[s.rfind(")") + 2:].split()
-        kids.setdefault(int(rest[1]), []).append(int(d))
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
 
 def _proc_sample(pid):
     try:
-        with open("/proc/%d/stat" % pid) as f:
-            s = f.read()
-        rest = s[s.rfind(")") + 2:].split()
+        rest = stat_fields(pid)
         cpu = (int(rest[11]) + int(rest[12])) / CLK_TCK  # utime + stime
         hwm = rss = 0
         with open("/proc/%d/status" % pid) as f:
@@ -179,7 +92,7 @@ class Sampler(threading.Thread):
     def sample_once(self):
         now = time.monotonic()
         cpu = {}
-        for pid in _proc_tree(self.root):
+        for pid in proc_tree(self.root):
             r = _proc_sample(pid)
             if r is None:
                 continue
@@ -245,28 +158,18 @@ class Rackcast(ServerHandle):
         self.cmd = [self.binary, "run", "--rtmp", "127.0.0.1:0", "--http", "127.0.0.1:0"]
         self.stderr = open(os.path.join(self.workdir, "rackcast.stderr.log"), "w")
         self.proc = spawn(self.cmd, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
-        line = [None]
-
-        def reader():
-            for l in self.proc.stdout:
-                if line[0] is None and l.startswith("rackcast ready"):
-                    line[0] = l.strip()
-                    # keep draining stdout so the server never blocks on it
-            return
-
-        threading.Thread(target=reader, daemon=True).start()
-        end = time.monotonic() + 30
-        while time.monotonic() < end and line[0] is None and self.proc.poll() is None:
-            time.sleep(0.05)
-        if line[0] is None:
+        # (the reader keeps draining stdout so the server never blocks on it)
+        ready = read_line_with_timeout(self.proc.stdout, r"^rackcast ready.*", 30)
+        if ready is None:
             rc = self.proc.poll()
             self.why = "no 'rackcast ready' line within 30 s (exit code %s); see %s" % (
                 rc, self.stderr.name)
             stop(self.proc)
             return False
-        m = re.search(r"rtmp=127\.0\.0\.1:(\d+)\s+http=127\.0\.0\.1:(\d+)", line[0])
+        line = ready.group(0).strip()
+        m = re.search(r"rtmp=127\.0\.0\.1:(\d+)\s+http=127\.0\.0\.1:(\d+)", line)
         if not m:
-            self.why = "could not parse ready line %r" % line[0]
+            self.why = "could not parse ready line %r" % line
             stop(self.proc)
             return False
         self.rtmp_port, self.http_port = int(m.group(1)), int(m.group(2))
@@ -707,7 +610,8 @@ ROWS = [
 def table(results):
     names = ["rackcast", "nginx-rtmp"]
     by = {r["server"]: r for r in results}
-    lines = ["%-40s %12s %14s %8s" % ("figure", "rackcast", "nginx-rtmp", "ratio")]
+    widths = (12, 14, 8)
+    lines = [table_row("figure", ["rackcast", "nginx-rtmp", "ratio"], 40, widths, " ")]
     for label, key, fmt in ROWS:
         vals = []
         for n in names:
@@ -718,12 +622,11 @@ def table(results):
         ratio = "n/a"
         if all(isinstance(v, (int, float)) for v in vals) and vals[1]:
             ratio = "%.2f" % (vals[0] / vals[1])
-        lines.append("%-40s %12s %14s %8s" % (label, cells[0], cells[1], ratio))
+        lines.append(table_row(label, cells + [ratio], 40, widths, " "))
     return "\n".join(lines)
 
 
 def main():
-    global PIDFILE
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--servers", default="rackcast,nginx")
@@ -743,14 +646,7 @@ def main():
     ap.add_argument("--stream-key", default="bench")
     ap.add_argument("--cmdline", default=" ".join(sys.argv))
     a = ap.parse_args()
-    os.makedirs(a.out, exist_ok=True)
-    PIDFILE = os.path.join(a.out, "pids")
-
-    def on_signal(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    start_run(a.out)
     results = []
     try:
         page_port = None

@@ -17,13 +17,10 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 
@@ -31,62 +28,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from tier_origin import SEGMENT_BYTES, segment_body  # noqa: E402
+import common  # noqa: E402
+from common import (CHILDREN, CLK_TCK, TEMPDIRS, free_port, log, pct, proc_tree,  # noqa: E402
+                    read_line_with_timeout, spawn, start_run, stat_fields, stop_all, table_row)
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-CHILDREN = []  # (name, Popen) of every process started, stopped at exit in reverse order
-TEMPDIRS = []
-PIDFILE = None
+common.TAG = "tier"
 EDGE_NAMES = ("rackcast", "varnish", "nginx")
 STREAM_PATH = "/live/bench/720p/s-%d.m4s"
-
-
-def log(msg):
-    print("[tier %s] %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
-
-
-def note_pids(pids):
-    if PIDFILE:
-        with open(PIDFILE, "a") as f:
-            for p in pids:
-                f.write("%d\n" % p)
-
-
-def spawn(name, cmd, **kw):
-    p = subprocess.Popen(cmd, **kw)
-    CHILDREN.append((name, p))
-    note_pids([p.pid])
-    return p
-
-
-def proc_tree(root):
-    kids = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                s = f.read()
-        except OSError:
-            continue
-        rest = s[s.rfind(")") + 2:].split()
-        kids.setdefault(int(rest[1]), []).append(int(d))
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
 
 
 def cpu_seconds(pids):
     total = 0
     for p in pids:
         try:
-            with open("/proc/%d/stat" % p) as f:
-                s = f.read()
+            rest = stat_fields(p)
         except OSError:
             continue
-        rest = s[s.rfind(")") + 2:].split()
         total += int(rest[11]) + int(rest[12])
     return total / CLK_TCK
 
@@ -115,9 +72,7 @@ def machine_busy_seconds():
 def own_seconds():
     """CPU seconds of this benchmark: this process, its reaped children (wrk) and the
     process trees of everything it started and still runs."""
-    with open("/proc/self/stat") as f:
-        s = f.read()
-    rest = s[s.rfind(")") + 2:].split()
+    rest = stat_fields("self")
     total = sum(int(x) for x in rest[11:15]) / CLK_TCK
     for _, p in CHILDREN:
         if p.poll() is None:
@@ -135,55 +90,6 @@ def others_cores(s0, s1):
     if wall <= 0:
         return None
     return max(0.0, ((s1["machine"] - s0["machine"]) - (s1["own"] - s0["own"])) / wall)
-
-
-def stop(name, p, timeout):
-    if p.poll() is not None:
-        return
-    # Descendants we caused (nginx workers, varnish's child) go with their parent; note
-    # them first so that a stuck one can be killed by PID.
-    tree = proc_tree(p.pid)
-    try:
-        p.send_signal(signal.SIGTERM)
-        p.wait(timeout)
-    except subprocess.TimeoutExpired:
-        log("%s did not stop within %.0f s of SIGTERM; SIGKILL" % (name, timeout))
-        p.kill()
-        try:
-            p.wait(3)
-        except subprocess.TimeoutExpired:
-            pass
-    for pid in tree[1:]:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            continue
-        try:
-            with open("/proc/%d/stat" % pid) as f:
-                if " Z " in f.read():
-                    continue
-        except OSError:
-            continue
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-def stop_all():
-    for name, p in reversed(CHILDREN):
-        stop(name, p, 12.0 if name == "rackcast" else 5.0)
-    CHILDREN.clear()
-    for d in TEMPDIRS:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def http_get(port, path, timeout=5.0):
@@ -211,41 +117,6 @@ def wait_http(port, path, timeout, proc=None):
     return False
 
 
-def read_line_with_timeout(stream, pattern, timeout, sink=None):
-    """Reads lines from a pipe until one matches `pattern` (returns the match) or timeout;
-    then keeps draining the pipe into `sink` in a thread."""
-    found = {}
-    ev = threading.Event()
-
-    def reader():
-        for line in stream:
-            if sink:
-                sink.write(line)
-                sink.flush()
-            if not ev.is_set():
-                m = re.search(pattern, line)
-                if m:
-                    found["m"] = m
-                    ev.set()
-        ev.set()
-
-    threading.Thread(target=reader, daemon=True).start()
-    ev.wait(timeout)
-    return found.get("m")
-
-
-def pct(values, q):
-    v = sorted(values)
-    if not v:
-        return None
-    if len(v) == 1:
-        return v[0]
-    k = (len(v) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
-
-
 def origin_counts(port):
     st, _, body = http_get(port, "/counts")
     if st != 200:
@@ -258,8 +129,8 @@ def origin_counts(port):
 class Origin:
     def __init__(self, out, delay_ms):
         self.log = open(os.path.join(out, "origin.log"), "w")
-        self.proc = spawn("origin", [sys.executable, os.path.join(HERE, "tier_origin.py"), "--port", "0",
-                                     "--id", "origin-1", "--delay-ms", str(delay_ms)],
+        self.proc = spawn([sys.executable, os.path.join(HERE, "tier_origin.py"), "--port", "0",
+                           "--id", "origin-1", "--delay-ms", str(delay_ms)], name="origin",
                           stdout=subprocess.PIPE, stderr=self.log, text=True)
         m = read_line_with_timeout(self.proc.stdout, r"ready port=(\d+)", 10)
         if not m:
@@ -301,7 +172,7 @@ class RackcastEdge(Edge):
         self.cmd = [binary, "run", "--config", self.config, "--node", "edge-1"]
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
-        self.proc = spawn("rackcast", self.cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        self.proc = spawn(self.cmd, name="rackcast", stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         m = read_line_with_timeout(self.proc.stdout, r"rackcast ready rtmp=(\S+) http=(\S+)", 30, sink=self.log)
         if not m:
             raise RuntimeError("rackcast edge printed no ready line within 30 s (see %s)" % self.logpath)
@@ -337,7 +208,7 @@ class VarnishEdge(Edge):
         self.log = open(self.logpath, "w")
         self.cmd = ["varnishd", "-F", "-a", "127.0.0.1:%d" % self.port, "-b", "127.0.0.1:%d" % origin_port,
                     "-s", "malloc,%dm" % storage_mb, "-n", os.path.join(self.workdir, "n"), "-T", "none"]
-        self.proc = spawn("varnish", self.cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = spawn(self.cmd, name="varnish", stdout=self.log, stderr=subprocess.STDOUT)
         if not wait_http(self.port, "/cluster/health", 20, self.proc):
             raise RuntimeError("varnishd did not answer within 20 s (see %s)" % self.logpath)
 
@@ -368,7 +239,7 @@ class NginxEdge(Edge):
         self.logpath = os.path.join(out, "nginx.log")
         self.log = open(self.logpath, "w")
         self.cmd = ["nginx", "-p", self.prefix, "-e", os.path.join(self.prefix, "logs", "error.log"), "-c", conf]
-        self.proc = spawn("nginx", self.cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = spawn(self.cmd, name="nginx", stdout=self.log, stderr=subprocess.STDOUT)
         if not wait_http(self.port, "/cluster/health", 10, self.proc):
             raise RuntimeError("nginx did not answer within 10 s (see %s)" % self.logpath)
 
@@ -666,7 +537,7 @@ def table(a, hits, fresh, skipped, header_lines, notes):
     w = 12
     lines = list(header_lines)
     lines.append("")
-    lines.append("%-48s" % "figure" + "".join("%*s" % (w, c) for c in cols))
+    lines.append(table_row("figure", cols, 48, w))
 
     def row(label, get, spec):
         cells = []
@@ -679,7 +550,7 @@ def table(a, hits, fresh, skipped, header_lines, notes):
             except (KeyError, TypeError):
                 v = None
             cells.append(fmt(v, spec))
-        lines.append("%-48s" % label + "".join("%*s" % (w, x) for x in cells))
+        lines.append(table_row(label, cells, 48, w))
 
     seg_kb = SEGMENT_BYTES / 1000
     row("hit req/s (one %g KB segment)" % seg_kb, lambda c: hits[c]["req_per_s"], ".0f")
@@ -722,7 +593,6 @@ def table(a, hits, fresh, skipped, header_lines, notes):
 # ---------------------------------------------------------------- main
 
 def main():
-    global PIDFILE
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--edges", default=",".join(EDGE_NAMES))
@@ -744,14 +614,7 @@ def main():
     ap.add_argument("--varnish-storage-mb", type=int, default=256)
     ap.add_argument("--cmdline", default=" ".join(sys.argv))
     a = ap.parse_args()
-    os.makedirs(a.out, exist_ok=True)
-    PIDFILE = os.path.join(a.out, "pids")
-
-    def on_signal(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    start_run(a.out)
     wanted = [e.strip() for e in a.edges.split(",") if e.strip()]
     skipped, edges, notes = {}, [], {}
     rc = 0
@@ -833,7 +696,7 @@ def main():
         for e in edges:
             if isinstance(e, NginxEdge):
                 e.copy_error_log(a.out)
-        stop_all()
+        stop_all(5.0, {"rackcast": 12.0}, tree=True)
     return rc
 
 
