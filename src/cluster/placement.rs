@@ -7,7 +7,20 @@ use crate::config::Role;
 use crate::ingest::relay::{Placement, RelayTarget, Route};
 use crate::media::StreamId;
 
-use super::Membership;
+use super::{Membership, MembershipView};
+use crate::config::NodeConfig;
+
+/// Healthy live nodes for a stream, best first: the node it is live on now (if any), then
+/// the ring's order. Used by ingest placement and by origins looking for the stream.
+pub fn live_order<'a>(view: &'a MembershipView, stream: &str) -> Vec<&'a NodeConfig> {
+    let mut ids: Vec<&str> = view.live_location(stream).into_iter().collect();
+    for id in view.live_ring().order(stream) {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids.into_iter().filter_map(|id| view.node(id)).filter(|n| n.roles.contains(&Role::Live)).collect()
+}
 
 pub struct ClusterPlacement {
     membership: Membership,
@@ -19,20 +32,10 @@ impl ClusterPlacement {
         Self { membership, relay_secret }
     }
 
-    /// Live nodes for a stream, best first: where it lives now, then the ring's order.
+    /// Live nodes for a stream as relay targets, best first.
     pub fn owners(&self, stream: &StreamId) -> Vec<RelayTarget> {
         let view = self.membership.view();
-        let mut ids: Vec<&str> = view.live_location(stream.as_str()).into_iter().collect();
-        for id in view.live_ring().order(stream.as_str()) {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
-        ids.into_iter()
-            .filter_map(|id| view.node(id))
-            .filter(|n| n.roles.contains(&Role::Live))
-            .map(|n| RelayTarget { node: n.id.clone(), rtmp: n.rtmp })
-            .collect()
+        live_order(&view, stream.as_str()).into_iter().map(|n| RelayTarget { node: n.id.clone(), rtmp: n.rtmp }).collect()
     }
 }
 
@@ -60,5 +63,46 @@ impl Placement for ClusterPlacement {
 
     fn relay_secret(&self) -> &str {
         &self.relay_secret
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::ClusterConfig;
+
+    fn config() -> Arc<ClusterConfig> {
+        let node = |id: &str, role: Role, port: u16| NodeConfig {
+            id: id.into(),
+            roles: vec![role],
+            region: "eu".into(),
+            rtmp: format!("127.0.0.1:{port}").parse().unwrap(),
+            http: format!("127.0.0.1:{}", port + 1000).parse().unwrap(),
+        };
+        Arc::new(ClusterConfig {
+            node_id: "edge".into(),
+            nodes: vec![node("a", Role::Live, 1), node("b", Role::Live, 2), node("c", Role::Live, 3), node("edge", Role::Edge, 4)],
+            ..ClusterConfig::default()
+        })
+    }
+
+    fn ids<'a>(nodes: &[&'a NodeConfig]) -> Vec<&'a str> {
+        nodes.iter().map(|n| n.id.as_str()).collect()
+    }
+
+    #[test]
+    fn the_ring_orders_healthy_live_nodes_and_a_live_stream_stays_put() {
+        let config = config();
+        let all = MembershipView::new(Arc::clone(&config), ["a", "b", "c"].map(String::from), []);
+        let order = ids(&live_order(&all, "cam"));
+        assert_eq!(order.len(), 3, "every live node, never the edge: {order:?}");
+        // The owner dies: the rest keep their order.
+        let without = MembershipView::new(Arc::clone(&config), order[1..].iter().map(|s| s.to_string()), []);
+        assert_eq!(ids(&live_order(&without, "cam")), order[1..]);
+        // The stream is live on the third choice (it moved there earlier): it stays there.
+        let moved = MembershipView::new(config, ["a", "b", "c"].map(String::from), [(order[2].to_string(), vec!["cam".to_string()])]);
+        assert_eq!(ids(&live_order(&moved, "cam"))[0], order[2]);
     }
 }

@@ -7,6 +7,7 @@ use crate::config::{NodeConfig, Role};
 use crate::media::StreamId;
 use crate::tier::UpstreamResolver;
 
+use super::placement::live_order;
 use super::{Membership, Ring};
 
 fn base(node: &NodeConfig) -> String {
@@ -20,14 +21,7 @@ pub struct LiveUpstreams {
 
 impl UpstreamResolver for LiveUpstreams {
     fn upstreams(&self, stream: &StreamId) -> Vec<String> {
-        let view = self.membership.view();
-        let mut ids: Vec<&str> = view.live_location(stream.as_str()).into_iter().collect();
-        for id in view.live_ring().order(stream.as_str()) {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
-        ids.into_iter().filter_map(|id| view.node(id)).map(base).collect()
+        live_order(&self.membership.view(), stream.as_str()).into_iter().map(base).collect()
     }
 
     fn failed(&self, base_url: &str) {
