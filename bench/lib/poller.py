@@ -73,6 +73,28 @@ class Client:
         raise OSError("unreachable")
 
 
+
+def poll_pending(cli, emit, table, what, ok_event, extra, err_count):
+    """GETs every URL of `table` not yet downloadable; records the first 200 (with `extra`
+    fields from its state) or that a 404 was seen. Returns the updated error count."""
+    for url, st in list(table.items()):
+        if st["ok"]:
+            continue
+        try:
+            status, ts, body = cli.get(url)
+        except Exception as e:
+            err_count += 1
+            if err_count < 20:
+                emit({"ev": "error", "what": what, "url": url, "err": repr(e)})
+            continue
+        if status == 200:
+            st["ok"] = True
+            emit({"ev": ok_event, "url": url, "wall": ts, "saw_404": st["saw_404"], **extra(st),
+                  "bytes": len(body)})
+        else:
+            st["saw_404"] = True
+    return err_count
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mpd", required=True)
@@ -102,39 +124,10 @@ def main():
     next_mpd = 0.0
     while not STOP and time.monotonic() < t_end:
         # 1. pending segment URLs (init first, then media in listing order)
-        for url, st in list(init.items()):
-            if st["ok"]:
-                continue
-            try:
-                status, ts, body = cli.get(url)
-            except Exception as e:
-                err_count += 1
-                if err_count < 20:
-                    emit({"ev": "error", "what": "init", "url": url, "err": repr(e)})
-                continue
-            if status == 200:
-                st["ok"] = True
-                emit({"ev": "init200", "url": url, "wall": ts, "saw_404": st["saw_404"],
-                      "bytes": len(body)})
-            else:
-                st["saw_404"] = True
-        for url, st in list(segs.items()):
-            if st["ok"]:
-                continue
-            try:
-                status, ts, body = cli.get(url)
-            except Exception as e:
-                err_count += 1
-                if err_count < 20:
-                    emit({"ev": "error", "what": "segment", "url": url, "err": repr(e)})
-                continue
-            if status == 200:
-                st["ok"] = True
-                emit({"ev": "seg200", "url": url, "wall": ts, "saw_404": st["saw_404"],
-                      "predicted": st["predicted"], "listed_before": st["listed"],
-                      "bytes": len(body)})
-            else:
-                st["saw_404"] = True
+        err_count = poll_pending(cli, emit, init, "init", "init200", lambda st: {}, err_count)
+        err_count = poll_pending(cli, emit, segs, "segment", "seg200",
+                                 lambda st: {"predicted": st["predicted"], "listed_before": st["listed"]},
+                                 err_count)
         # 2. the MPD, at its own (slower) cadence
         status, body = None, b""
         if time.monotonic() >= next_mpd:
