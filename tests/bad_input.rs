@@ -18,6 +18,7 @@ idle_timeout = "3s"
 
 [ingest.keys]
 "k3y-main" = "main"
+"k3y-h263" = "h263"
 "#;
 
 /// Opens a raw TCP connection, writes `bytes`, and measures how long until the server
@@ -81,6 +82,16 @@ fn bad_input_is_refused_and_the_live_stream_goes_on() {
     assert!(!status.success(), "a second publisher must be refused");
     app.wait_for_log("publish refused: stream main is already being published", Duration::from_secs(5));
     assert!(main.is_running(), "the first publisher is still connected");
+
+    // A codec rackcast cannot transcode (Sorenson H.263, FLV codec id 2): dropped with a
+    // clear reason.
+    let _ = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-t", "3"])
+        .args(["-c:v", "flv1", "-f", "flv", &app.publish_url("live", "k3y-h263")])
+        .output()
+        .unwrap();
+    app.wait_for_log("unsupported media: video codec id 2 is not supported", Duration::from_secs(5));
+    assert_eq!(get(&app.url("/live/h263/manifest.mpd")).status(), 404);
 
     // Malformed and unknown HTTP paths on the live appliance.
     for (path, status) in [
