@@ -65,6 +65,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let store = Arc::new(Store::new());
     let timing = MpdTiming {
         segment_duration: config.package.segment_duration,
+        update_period: config.package.manifest_update_period,
         dvr_window: config.package.dvr_window,
         presentation_delay: config.package.presentation_delay,
     };

@@ -21,6 +21,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_DVR_WINDOW: Duration = Duration::from_secs(30);
 pub const DEFAULT_SEGMENT_DURATION: Duration = Duration::from_secs(1);
 pub const DEFAULT_PRESENTATION_DELAY: Duration = Duration::from_secs(1);
+pub const DEFAULT_MANIFEST_UPDATE_PERIOD: Duration = Duration::from_secs(1);
 pub const DEFAULT_X264_PRESET: &str = "veryfast";
 pub const DEFAULT_AUDIO_BITRATE: u32 = 128_000;
 
@@ -220,6 +221,11 @@ pub struct PackageConfig {
     /// MPD@suggestedPresentationDelay: how far behind the live edge players should sit.
     #[serde(with = "humantime_serde")]
     pub presentation_delay: Duration,
+    /// MPD@minimumUpdatePeriod: how often players re-fetch the manifest to learn of new
+    /// segments. Shorter means players see a new segment sooner, at one manifest request
+    /// per period per viewer (edges coalesce and cache them).
+    #[serde(with = "humantime_serde")]
+    pub manifest_update_period: Duration,
 }
 
 impl Default for IngestConfig {
@@ -265,6 +271,7 @@ impl Default for PackageConfig {
             segment_duration: DEFAULT_SEGMENT_DURATION,
             dvr_window: DEFAULT_DVR_WINDOW,
             presentation_delay: DEFAULT_PRESENTATION_DELAY,
+            manifest_update_period: DEFAULT_MANIFEST_UPDATE_PERIOD,
         }
     }
 }
@@ -365,6 +372,10 @@ impl Config {
         let seg = self.package.segment_duration;
         if seg < Duration::from_millis(500) || seg > Duration::from_secs(10) {
             return Err(invalid("package.segment_duration", "must be within 500ms..=10s"));
+        }
+        let update = self.package.manifest_update_period;
+        if update < Duration::from_millis(100) || update > seg * 10 {
+            return Err(invalid("package.manifest_update_period", "must be within 100ms and ten segment durations"));
         }
         if self.package.dvr_window < seg * 3 {
             return Err(invalid("package.dvr_window", "must hold at least three segments"));

@@ -17,6 +17,8 @@ use crate::media::TrackKind;
 #[derive(Debug, Clone, Copy)]
 pub struct MpdTiming {
     pub segment_duration: Duration,
+    /// MPD@minimumUpdatePeriod: how often players re-fetch the manifest.
+    pub update_period: Duration,
     pub dvr_window: Duration,
     pub presentation_delay: Duration,
 }
@@ -81,7 +83,7 @@ pub fn render(timeline: &StreamTimeline, timing: &MpdTiming) -> Option<String> {
     if live {
         mpd.mpdtype = Some("dynamic".into());
         mpd.availabilityStartTime = Some(utc(timeline.availability_start));
-        mpd.minimumUpdatePeriod = Some(timing.segment_duration);
+        mpd.minimumUpdatePeriod = Some(timing.update_period);
         mpd.timeShiftBufferDepth = Some(timing.dvr_window);
         mpd.suggestedPresentationDelay = Some(timing.presentation_delay);
         mpd.UTCTiming = vec![dash::UTCTiming {
@@ -196,6 +198,7 @@ mod tests {
 
     const TIMING: MpdTiming = MpdTiming {
         segment_duration: Duration::from_secs(1),
+        update_period: Duration::from_secs(1),
         dvr_window: Duration::from_secs(30),
         presentation_delay: Duration::from_secs(1),
     };
