@@ -21,7 +21,10 @@ pub struct LiveUpstreams {
 
 impl UpstreamResolver for LiveUpstreams {
     fn upstreams(&self, stream: &StreamId) -> Vec<String> {
-        live_order(&self.membership.view(), stream.as_str()).into_iter().map(base).collect()
+        // Never this node itself: its own streams are served from its store before the tier
+        // is asked, and asking itself over HTTP would loop until the fetch budget runs out.
+        let view = self.membership.view();
+        live_order(&view, stream.as_str()).into_iter().filter(|n| n.id != view.node_id()).map(base).collect()
     }
 
     fn failed(&self, base_url: &str) {

@@ -76,7 +76,10 @@ impl Packager {
                 self.store.remove_stream(stream);
                 return false;
             }
-            self.evict_and_publish(tl, now);
+            // Housekeeping renders only when the window moved: the MPD is otherwise unchanged.
+            if self.evict(tl, now) {
+                self.publish(tl);
+            }
             true
         });
     }
@@ -90,9 +93,21 @@ impl Packager {
     }
 
     fn evict_and_publish(&self, tl: &mut StreamTimeline, now: SystemTime) {
-        for gone in tl.evict(self.timing.dvr_window, now) {
+        self.evict(tl, now);
+        self.publish(tl);
+    }
+
+    /// Drops what left the DVR window from the timeline and the store; true if anything did.
+    fn evict(&self, tl: &mut StreamTimeline, now: SystemTime) -> bool {
+        let evicted = tl.evict(self.timing.dvr_window, now);
+        for gone in &evicted {
             self.store.remove_objects(&tl.stream, &gone.session, &gone.rendition, gone.number.map(Part::Media));
         }
+        !evicted.is_empty()
+    }
+
+    /// Renders the timeline's manifest into the store.
+    fn publish(&self, tl: &StreamTimeline) {
         let manifest = mpd::render(tl, &self.timing).map(Bytes::from);
         let current = tl.periods.last();
         let summary = StreamSummary {

@@ -480,6 +480,9 @@ impl StreamActor {
     async fn stop_pipeline(&mut self, drain: bool) -> Option<SessionId> {
         let Running { transcoder, session, bus, .. } = self.running.take()?;
         drop(bus);
+        // A plan waiting for a keyframe was made for this pipeline's source; a switch has
+        // already taken it, and after a source change it no longer applies.
+        self.pending = None;
         let stopped = tokio::task::spawn_blocking(move || {
             if drain { transcoder.finish(DRAIN_TIMEOUT) } else { transcoder.stop() }
         })
