@@ -22,6 +22,7 @@ use crate::cluster::{self, ClusterPlacement, Membership, HEALTH_PATH};
 use crate::config::{Config, Role};
 use crate::http::{self, HttpState};
 use crate::ingest;
+use crate::ingest::limits::IngestStats;
 use crate::ingest::relay::{Placement, Standalone};
 use crate::package::mpd::MpdTiming;
 use crate::package::Packager;
@@ -92,8 +93,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         None => Arc::new(Standalone),
     };
     tracing::info!(node = %config.cluster.node_id, ?roles, federated = membership.is_some(), "node starting");
-    let app = node_router(&config, &roles, membership, Arc::clone(&registry), store)?;
-    tracker.spawn(ingest::serve(listeners.rtmp, registry, placement, services));
+    let ingest_stats = Arc::new(IngestStats::default());
+    let app = node_router(&config, &roles, membership, Arc::clone(&registry), store)?
+        .merge(ingest_metrics_router(Arc::clone(&ingest_stats)));
+    tracker.spawn(ingest::serve(listeners.rtmp, registry, placement, services, ingest_stats));
     let http_shutdown = shutdown.clone();
     tracker.spawn(async move {
         let served = axum::serve(listeners.http, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await;
@@ -119,6 +122,13 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         tracing::warn!("tasks still running after {SHUTDOWN_GRACE:?}; exiting anyway");
     }
     Ok(())
+}
+
+/// Counters of the RTMP edge (connections, refusals, time-outs, guard verdicts).
+pub const INGEST_METRICS_PATH: &str = "/ingest/metrics";
+
+fn ingest_metrics_router(stats: Arc<IngestStats>) -> Router {
+    Router::new().route(INGEST_METRICS_PATH, get(move || std::future::ready(Json(stats.snapshot()))))
 }
 
 /// The HTTP side of this node, from its roles: a live node serves its own store; an origin

@@ -3,25 +3,23 @@
 //! `validate()` runs at start-up and names the offending key. deploy/rackcast.toml mirrors
 //! this file.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::media::StreamId;
+pub use crate::ingest::IngestConfig;
 use crate::transcode::encoder::EncoderKind;
 
-pub const DEFAULT_RTMP_LISTEN: &str = "0.0.0.0:1935";
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
-pub const DEFAULT_RTMP_APP: &str = "live";
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_DVR_WINDOW: Duration = Duration::from_secs(30);
 pub const DEFAULT_SEGMENT_DURATION: Duration = Duration::from_secs(1);
 pub const DEFAULT_PRESENTATION_DELAY: Duration = Duration::from_secs(1);
 pub const DEFAULT_MANIFEST_UPDATE_PERIOD: Duration = Duration::from_secs(1);
+/// Past the DVR-window-sized lag a player tolerates; an uplink-bound publisher that lags
+/// for a few seconds keeps its Period.
+pub const DEFAULT_MAX_CLOCK_DRIFT: Duration = Duration::from_secs(15);
 pub const DEFAULT_X264_PRESET: &str = "veryfast";
 pub const DEFAULT_AUDIO_BITRATE: u32 = 128_000;
 
@@ -57,6 +55,9 @@ pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_millis(400);
 pub const DEFAULT_FAIL_AFTER: u32 = 2;
 pub const DEFAULT_RISE_AFTER: u32 = 2;
+pub const MIN_RELAY_SECRET_LEN: usize = 16;
+/// What `rackcast config` prints in place of a secret.
+pub const REDACTED: &str = "<redacted>";
 
 /// This node's place in a federation. With no `nodes`, the node is alone and has every
 /// role. One cluster file can serve every node: each picks its own entry by `node_id`
@@ -80,9 +81,13 @@ pub struct ClusterConfig {
     pub fail_after: u32,
     /// Consecutive good probes that mark a peer up again.
     pub rise_after: u32,
-    /// Shared secret nodes put in relayed publishes (app `_relay`), so that only nodes of
-    /// the federation can publish without a broadcaster's stream key. Set it in production.
+    /// Shared secret with which nodes sign relayed publishes (app `_relay`), so that only
+    /// nodes of the federation can publish without a broadcaster's stream key. Required
+    /// when `nodes` is set (this or `relay_secret_file`); at least 16 characters. Never
+    /// printed: `rackcast config` shows it redacted.
     pub relay_secret: String,
+    /// File holding the relay secret (first line), instead of `relay_secret`.
+    pub relay_secret_file: Option<std::path::PathBuf>,
 }
 
 /// One node of the federation as every other node sees it.
@@ -114,6 +119,7 @@ impl Default for ClusterConfig {
             fail_after: DEFAULT_FAIL_AFTER,
             rise_after: DEFAULT_RISE_AFTER,
             relay_secret: String::new(),
+            relay_secret_file: None,
         }
     }
 }
@@ -128,24 +134,6 @@ impl ClusterConfig {
     pub fn roles(&self) -> Vec<Role> {
         self.this_node().map(|n| n.roles.clone()).unwrap_or_else(|| vec![Role::Live, Role::Origin, Role::Edge])
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct IngestConfig {
-    /// Address the RTMP listener binds.
-    pub listen: SocketAddr,
-    /// RTMP application name broadcasters publish to (`rtmp://host/{app}/{key}`).
-    pub app: String,
-    /// A connection must finish the RTMP handshake within this time.
-    #[serde(with = "humantime_serde")]
-    pub handshake_timeout: Duration,
-    /// A connection that sends nothing for this long (before or during a publish) is closed.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    /// Stream keys a broadcaster may publish with, each mapped to the public stream name
-    /// viewers use. Empty: any valid key is accepted and is itself the stream name.
-    pub keys: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -226,18 +214,11 @@ pub struct PackageConfig {
     /// per period per viewer (edges coalesce and cache them).
     #[serde(with = "humantime_serde")]
     pub manifest_update_period: Duration,
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        Self {
-            listen: DEFAULT_RTMP_LISTEN.parse().expect("valid default"),
-            app: DEFAULT_RTMP_APP.to_owned(),
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            keys: BTreeMap::new(),
-        }
-    }
+    /// When a stream's media falls this far behind the wall clock (a stalled uplink, a
+    /// publisher that paused), the next keyframe starts a new Period anchored to now, so
+    /// the MPD's live edge matches what exists again.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_drift: Duration,
 }
 
 impl Default for HttpConfig {
@@ -272,6 +253,7 @@ impl Default for PackageConfig {
             dvr_window: DEFAULT_DVR_WINDOW,
             presentation_delay: DEFAULT_PRESENTATION_DELAY,
             manifest_update_period: DEFAULT_MANIFEST_UPDATE_PERIOD,
+            max_clock_drift: DEFAULT_MAX_CLOCK_DRIFT,
         }
     }
 }
@@ -300,9 +282,33 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-        let config: Config =
+        let mut config: Config =
             toml::from_str(&text).map_err(|source| ConfigError::Parse { path: shown, source: Box::new(source) })?;
+        if let Some(file) = &config.cluster.relay_secret_file {
+            // Relative to the config file, so a config and its secret can move together.
+            let file = path.parent().unwrap_or(Path::new(".")).join(file);
+            let text = std::fs::read_to_string(&file)
+                .map_err(|source| ConfigError::Read { path: file.display().to_string(), source })?;
+            config.cluster.relay_secret = text.lines().next().unwrap_or_default().trim().to_owned();
+        }
         Ok(config)
+    }
+
+    /// The configuration with every secret replaced by [`REDACTED`]: the relay secret and
+    /// the stream keys (their public names stay).
+    pub fn redacted(&self) -> Config {
+        let mut config = self.clone();
+        if !config.cluster.relay_secret.is_empty() {
+            config.cluster.relay_secret = REDACTED.to_owned();
+        }
+        config.ingest.keys = config
+            .ingest
+            .keys
+            .values()
+            .enumerate()
+            .map(|(i, name)| (format!("{REDACTED}-{}", i + 1), name.clone()))
+            .collect();
+        config
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -321,6 +327,12 @@ impl Config {
                     return Err(invalid(format!("cluster.nodes[{i}].roles"), "needs at least one role"));
                 }
             }
+            if cluster.relay_secret.chars().count() < MIN_RELAY_SECRET_LEN {
+                return Err(invalid(
+                    "cluster.relay_secret",
+                    format!("a federated node needs a relay secret of at least {MIN_RELAY_SECRET_LEN} characters (relay_secret or relay_secret_file), the same on every node"),
+                ));
+            }
             if !cluster.nodes.iter().any(|n| n.roles.contains(&Role::Live)) {
                 return Err(invalid("cluster.nodes", "needs at least one node with the live role"));
             }
@@ -334,18 +346,7 @@ impl Config {
         if cluster.fail_after == 0 || cluster.rise_after == 0 {
             return Err(invalid("cluster.fail_after", "fail_after and rise_after must be at least 1"));
         }
-        if self.ingest.app.is_empty() || self.ingest.app.contains('/') {
-            return Err(invalid("ingest.app", "must be a non-empty name without '/'"));
-        }
-        if self.ingest.handshake_timeout.is_zero() {
-            return Err(invalid("ingest.handshake_timeout", "must be above zero"));
-        }
-        if self.ingest.idle_timeout.is_zero() {
-            return Err(invalid("ingest.idle_timeout", "must be above zero"));
-        }
-        for (key, stream) in &self.ingest.keys {
-            StreamId::parse(stream).map_err(|e| invalid(format!("ingest.keys.{key}"), e.to_string()))?;
-        }
+        self.ingest.validate().map_err(|(key, reason)| invalid(format!("ingest.{key}"), reason))?;
         if self.transcode.encoders.is_empty() {
             return Err(invalid("transcode.encoders", "needs at least one backend (nvenc, vaapi, x264)"));
         }
@@ -377,6 +378,9 @@ impl Config {
         if update < Duration::from_millis(100) || update > seg * 10 {
             return Err(invalid("package.manifest_update_period", "must be within 100ms and ten segment durations"));
         }
+        if self.package.max_clock_drift < seg * 2 {
+            return Err(invalid("package.max_clock_drift", "must be at least two segment durations"));
+        }
         if self.package.dvr_window < seg * 3 {
             return Err(invalid("package.dvr_window", "must hold at least three segments"));
         }
@@ -402,6 +406,23 @@ mod tests {
             }
             config.validate().unwrap_or_else(|e| panic!("{file}: {e}"));
         }
+    }
+
+    #[test]
+    fn federated_nodes_need_a_relay_secret_and_config_output_hides_secrets() {
+        let mut config = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/federation.toml")).unwrap();
+        config.cluster.node_id = "live-1".into();
+        config.validate().unwrap();
+        config.cluster.relay_secret.clear();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("cluster.relay_secret: a federated node needs a relay secret"), "{err}");
+
+        let mut config = Config::default();
+        config.cluster.relay_secret = "the-relay-secret-value".into();
+        config.ingest.keys.insert("studio-key-secret".into(), "studio".into());
+        let shown = toml::to_string(&config.redacted()).unwrap();
+        assert!(!shown.contains("the-relay-secret-value") && !shown.contains("studio-key-secret"), "{shown}");
+        assert!(shown.contains("studio"), "{shown}");
     }
 
     #[test]

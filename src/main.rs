@@ -44,7 +44,7 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Print the effective configuration as TOML and exit.
+    /// Print the effective configuration as TOML (secrets redacted) and exit.
     Config {
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config { config } => {
-            print!("{}", toml::to_string_pretty(&load(config.as_ref())?)?);
+            print!("{}", toml::to_string_pretty(&load(config.as_ref())?.redacted())?);
             Ok(())
         }
         Command::Run { config, rtmp, http, node } => {

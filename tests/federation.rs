@@ -20,7 +20,7 @@ struct Node {
 
 fn cluster_config(nodes: &[Node]) -> String {
     let mut text = String::from(
-        "[cluster]\nhealth_interval = \"200ms\"\nhealth_timeout = \"150ms\"\nfail_after = 2\nrise_after = 2\n",
+        "[cluster]\nhealth_interval = \"200ms\"\nhealth_timeout = \"150ms\"\nfail_after = 2\nrise_after = 2\nrelay_secret = \"federation-test-secret-0123\"\n",
     );
     for n in nodes {
         text += &format!(

@@ -1,12 +1,24 @@
 //! RTMP ingest: the listener and one task per connection around rml_rtmp's `ServerSession`.
-//! The session adapter does no I/O; this module owns the socket, the time-outs and the
-//! publish rules (application name, stream keys, one publisher per stream), and forwards
-//! FLV payloads to the stream's actor. A bad connection is logged and dropped alone.
+//! The session adapter does no I/O; this module owns the socket, the limits in front of the
+//! protocol code (limits.rs: connection caps; guard.rs: message sizes and AMF depth, checked
+//! before rml_rtmp sees a byte; handshake, publish and idle deadlines), the publish rules
+//! (application name, stream keys, one publisher per stream, signed relays from federation
+//! peers only), and forwards FLV payloads to the stream's actor. A bad connection is
+//! logged, counted and dropped alone.
 
+mod config;
 pub mod flv;
+#[cfg(test)]
+mod fuzz;
+pub mod guard;
+pub mod limits;
 pub mod relay;
+pub mod relay_token;
 
-use std::net::SocketAddr;
+pub use config::IngestConfig;
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,7 +33,14 @@ use crate::media::{MediaPacket, StreamId};
 use crate::probe::{ProbeConfig, UplinkEstimate, UplinkProbe};
 use std::time::{Duration, Instant};
 use crate::stream::{self, StreamHandle, StreamRegistry, StreamServices};
+use guard::{ChunkGuard, GuardError};
+use limits::{inc, quote, ConnectionLimits, ConnectionPermit, IngestStats};
 use relay::{Placement, RelayHandle, Route, RELAY_APP};
+
+/// Read buffer of a connection that is not publishing yet (commands are small).
+const SETUP_READ_BUFFER: usize = 4 * 1024;
+/// Read buffer of a publishing connection.
+const MEDIA_READ_BUFFER: usize = 64 * 1024;
 
 /// Why a connection was closed by us.
 #[derive(Debug, thiserror::Error)]
@@ -32,10 +51,16 @@ pub enum IngestError {
     Handshake(String),
     #[error("no data for {0:?}")]
     Idle(std::time::Duration),
+    #[error("not publishing {0:?} after connecting")]
+    PublishTimeout(std::time::Duration),
+    #[error("refused by the chunk guard: {0}")]
+    Guard(#[from] GuardError),
     #[error("RTMP protocol error: {0}")]
     Protocol(String),
-    #[error("application {0:?} refused (this server serves {1:?})")]
+    #[error("application {0} refused (this server serves {1:?})")]
     WrongApp(String, String),
+    #[error("relay connection from {0}, which is not a federation node")]
+    RelayFromStranger(IpAddr),
     #[error("publish refused: {0}")]
     PublishRefused(String),
     #[error("stream ended: {0:?}")]
@@ -46,9 +71,20 @@ pub enum IngestError {
     Io(#[from] std::io::Error),
 }
 
-/// Accepts RTMP connections until shutdown.
-pub async fn serve(listener: TcpListener, registry: Arc<StreamRegistry>, placement: Arc<dyn Placement>, services: StreamServices) {
+/// Accepts RTMP connections until shutdown, admitting each through the connection limits.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<StreamRegistry>,
+    placement: Arc<dyn Placement>,
+    services: StreamServices,
+    stats: Arc<IngestStats>,
+) {
     let shutdown = services.shutdown.clone();
+    let ingest = &services.config.ingest;
+    let peers: HashSet<IpAddr> =
+        services.config.cluster.nodes.iter().flat_map(|n| [n.rtmp.ip(), n.http.ip()]).collect();
+    let limits = ConnectionLimits::new(ingest.max_connections, ingest.max_connections_per_address, peers.clone(), Arc::clone(&stats));
+    let peers = Arc::new(peers);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -57,10 +93,15 @@ pub async fn serve(listener: TcpListener, registry: Arc<StreamRegistry>, placeme
         let (socket, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
+                // Out of file descriptors, most likely: wait instead of spinning.
                 tracing::warn!("RTMP accept failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Ok(permit) = limits.admit(peer.ip()) else {
+            drop(socket);
+            continue;
         };
         let _ = socket.set_nodelay(true);
         let span = tracing::info_span!("rtmp", %peer, stream = tracing::field::Empty);
@@ -70,19 +111,40 @@ pub async fn serve(listener: TcpListener, registry: Arc<StreamRegistry>, placeme
             registry: Arc::clone(&registry),
             placement: Arc::clone(&placement),
             services: services.clone(),
+            stats: Arc::clone(&stats),
+            peers: Arc::clone(&peers),
+            _permit: permit,
             from_relay: false,
             publishing: None,
         };
+        let stats = Arc::clone(&stats);
         services.tracker.spawn(
             async move {
                 match connection.run().await {
                     Ok(()) => tracing::info!("connection closed"),
-                    Err(e) => tracing::warn!("connection dropped: {e}"),
+                    Err(e) => {
+                        count(&stats, &e);
+                        tracing::warn!("connection dropped: {e}");
+                    }
                 }
             }
             .instrument(span),
         );
     }
+}
+
+/// Counts why a connection was dropped.
+fn count(stats: &IngestStats, error: &IngestError) {
+    let counter = match error {
+        IngestError::HandshakeTimeout(_) => &stats.handshake_timeouts,
+        IngestError::PublishTimeout(_) => &stats.publish_timeouts,
+        IngestError::Idle(_) => &stats.idle_timeouts,
+        IngestError::Guard(_) => &stats.guard_rejections,
+        IngestError::RelayFromStranger(_) => &stats.relay_refused,
+        IngestError::PublishRefused(_) | IngestError::WrongApp(..) => &stats.publishes_refused,
+        _ => return,
+    };
+    inc(counter);
 }
 
 /// Where a publishing connection's packets go.
@@ -147,6 +209,10 @@ struct Connection {
     registry: Arc<StreamRegistry>,
     placement: Arc<dyn Placement>,
     services: StreamServices,
+    stats: Arc<IngestStats>,
+    /// Addresses of the federation's nodes: the only ones that may relay.
+    peers: Arc<HashSet<IpAddr>>,
+    _permit: ConnectionPermit,
     /// The peer is another node relaying a publish it took.
     from_relay: bool,
     publishing: Option<Publishing>,
@@ -155,34 +221,46 @@ struct Connection {
 impl Connection {
     async fn run(mut self) -> Result<(), IngestError> {
         let config = Arc::clone(&self.services.config);
+        let publish_timeout = config.ingest.publish_timeout;
+        let publish_deadline = tokio::time::Instant::now() + publish_timeout;
         let handshake_timeout = config.ingest.handshake_timeout;
         let leftover = timeout(handshake_timeout, self.handshake())
             .await
             .map_err(|_| IngestError::HandshakeTimeout(handshake_timeout))??;
         tracing::debug!(peer = %self.peer, "handshake complete");
+        let mut guard = ChunkGuard::new(config.ingest.max_media_message);
         let (mut session, initial) = ServerSession::new(ServerSessionConfig::new()).map_err(|e| IngestError::Protocol(e.to_string()))?;
         self.apply(&mut session, initial).await?;
         if !leftover.is_empty() {
+            guard.inspect(&leftover)?;
             let results = session.handle_input(&leftover).map_err(|e| IngestError::Protocol(e.to_string()))?;
             self.apply(&mut session, results).await?;
         }
         let idle = config.ingest.idle_timeout;
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; SETUP_READ_BUFFER];
         let shutdown = self.services.shutdown.clone();
         loop {
+            let not_publishing = self.publishing.is_none();
             let read = tokio::select! {
                 read = timeout(idle, self.socket.read(&mut buf)) => read.map_err(|_| IngestError::Idle(idle))??,
                 end = ended(&mut self.publishing) => return Err(IngestError::StreamEnded(end)),
+                _ = tokio::time::sleep_until(publish_deadline), if not_publishing => {
+                    return Err(IngestError::PublishTimeout(publish_timeout));
+                }
                 _ = shutdown.cancelled() => return Ok(()),
             };
             if read == 0 {
                 return Ok(());
             }
+            guard.inspect(&buf[..read])?;
             if let Some(p) = self.publishing.as_mut() {
                 p.uplink.probe.on_bytes(p.uplink.started.elapsed(), read);
             }
             let results = session.handle_input(&buf[..read]).map_err(|e| IngestError::Protocol(e.to_string()))?;
             self.apply(&mut session, results).await?;
+            if self.publishing.is_some() && buf.len() < MEDIA_READ_BUFFER {
+                buf.resize(MEDIA_READ_BUFFER, 0);
+            }
         }
     }
 
@@ -226,12 +304,19 @@ impl Connection {
             ServerSessionEvent::ConnectionRequested { request_id, app_name } => {
                 let expected = self.services.config.ingest.app.clone();
                 self.from_relay = app_name == RELAY_APP && !self.services.config.cluster.nodes.is_empty();
-                if app_name != expected && !self.from_relay {
+                if self.from_relay && !self.peers.contains(&self.peer.ip()) {
                     let results = session
-                        .reject_request(request_id, "NetConnection.Connect.Rejected", &format!("unknown application {app_name:?}"))
+                        .reject_request(request_id, "NetConnection.Connect.Rejected", "relays are accepted from federation nodes only")
                         .map_err(protocol)?;
                     self.flush(results).await?;
-                    return Err(IngestError::WrongApp(app_name, expected));
+                    return Err(IngestError::RelayFromStranger(self.peer.ip()));
+                }
+                if app_name != expected && !self.from_relay {
+                    let results = session
+                        .reject_request(request_id, "NetConnection.Connect.Rejected", "unknown application")
+                        .map_err(protocol)?;
+                    self.flush(results).await?;
+                    return Err(IngestError::WrongApp(quote(&app_name), expected));
                 }
                 session.accept_request(request_id).map_err(protocol)
             }
@@ -303,11 +388,10 @@ impl Connection {
             return Err("this connection is already publishing".into());
         }
         let name = if self.from_relay {
-            let (name, secret) = relay::parse_relay_key(stream_key);
-            if secret != self.placement.relay_secret() {
-                return Err("relay secret does not match".into());
-            }
-            name
+            relay_token::verify(stream_key, self.placement.relay_secret()).map_err(|e| {
+                inc(&self.stats.relay_refused);
+                format!("relayed publish refused: {e}")
+            })?
         } else {
             let keys = &self.services.config.ingest.keys;
             if keys.is_empty() {

@@ -32,6 +32,15 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a relay keeps trying other nodes before it gives the broadcaster up.
 const FAILOVER_BUDGET: Duration = Duration::from_secs(15);
 const INPUT_CAPACITY: usize = 512;
+/// A relay connection that lasted this long resets the back-off.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+/// Lost connections in a row after which the relay gives the broadcaster up.
+const MAX_LOSSES: u32 = 6;
+
+/// Wait before reconnecting after the `losses`-th lost connection: 0.2 s doubling to 5 s.
+fn backoff(losses: u32) -> Duration {
+    (Duration::from_millis(100) * 2u32.saturating_pow(losses.min(6))).min(Duration::from_secs(5))
+}
 
 /// A node a relay may publish to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +68,7 @@ pub trait Placement: Send + Sync {
     fn self_target(&self) -> Option<RelayTarget>;
     /// A relay saw `node` fail; placement should stop choosing it until probes say otherwise.
     fn peer_failed(&self, node: &str);
-    /// Secret that relayed publishes carry in their stream key.
+    /// Secret with which relayed publishes are signed (see `relay_token`).
     fn relay_secret(&self) -> &str;
 }
 
@@ -76,19 +85,6 @@ impl Placement for Standalone {
     fn peer_failed(&self, _: &str) {}
     fn relay_secret(&self) -> &str {
         ""
-    }
-}
-
-/// Stream key a relay publishes with: the stream name and the cluster's secret.
-pub fn relay_key(stream: &StreamId, secret: &str) -> String {
-    format!("{stream}?secret={secret}")
-}
-
-/// Splits a relayed stream key into the stream name and its secret.
-pub fn parse_relay_key(key: &str) -> (&str, &str) {
-    match key.split_once("?secret=") {
-        Some((stream, secret)) => (stream, secret),
-        None => (key, ""),
     }
 }
 
@@ -119,6 +115,9 @@ impl RelayHandle {
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
+    /// The TCP connection could not be made: the only relay failure that marks a node down.
+    #[error("{node}: connect failed: {reason}")]
+    Connect { node: String, reason: String },
     #[error("{node}: {reason}")]
     Peer { node: String, reason: String },
     #[error("{node} refused the publish: {code}")]
@@ -164,10 +163,23 @@ impl Relay {
     async fn run(mut self, mut rx: mpsc::Receiver<RelayInput>, shutdown: CancellationToken) -> StreamEnd {
         let mut upstream: Option<Upstream> = None;
         let mut buf = vec![0u8; 16 * 1024];
+        // Connections of this stream lost in a row: each waits longer before reconnecting.
+        let mut losses = 0u32;
+        let mut connected_at = Instant::now();
         loop {
             if upstream.is_none() {
+                if losses > 0 {
+                    let wait = backoff(losses);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => return StreamEnd::Shutdown,
+                    }
+                }
                 match self.connect_with_failover(&shutdown).await {
-                    Ok(up) => upstream = Some(up),
+                    Ok(up) => {
+                        upstream = Some(up);
+                        connected_at = Instant::now();
+                    }
                     Err(end) => return end,
                 }
             }
@@ -193,8 +205,16 @@ impl Relay {
                 _ = shutdown.cancelled() => return StreamEnd::Shutdown,
             };
             if let Some(reason) = failure {
-                tracing::warn!(node = %up.node, "relay connection lost: {reason}; failing over");
-                self.placement.peer_failed(&up.node);
+                // This stream's connection, not the node: only a failed connect (or the
+                // health probes) may mark the node down, so its other streams go on.
+                if connected_at.elapsed() > STABLE_CONNECTION {
+                    losses = 0;
+                }
+                losses += 1;
+                if losses > MAX_LOSSES {
+                    return StreamEnd::Failed(format!("{}: connection lost {losses} times in a row: {reason}", up.node));
+                }
+                tracing::warn!(node = %up.node, attempt = losses, "relay connection lost: {reason}; reconnecting in {:?}", backoff(losses));
                 upstream = None;
             }
         }
@@ -247,10 +267,11 @@ impl Relay {
                     Err(RelayError::Refused { node, code }) => {
                         return Err(StreamEnd::Failed(format!("{node} refused the publish: {code}")));
                     }
-                    Err(e) => {
+                    Err(e @ RelayError::Connect { .. }) => {
                         tracing::warn!("relay target unreachable: {e}");
                         self.placement.peer_failed(&target.node);
                     }
+                    Err(e) => tracing::warn!("relay set-up failed: {e}; trying the next node"),
                 }
             }
             if started.elapsed() > FAILOVER_BUDGET {
@@ -265,10 +286,11 @@ impl Relay {
 
     async fn connect(&self, target: &RelayTarget) -> Result<Upstream, RelayError> {
         let peer = |reason: String| RelayError::Peer { node: target.node.clone(), reason };
+        let connect = |reason: String| RelayError::Connect { node: target.node.clone(), reason };
         let mut socket = timeout(CONNECT_TIMEOUT, TcpStream::connect(target.rtmp))
             .await
-            .map_err(|_| peer("connect timed out".into()))?
-            .map_err(|e| peer(e.to_string()))?;
+            .map_err(|_| connect("timed out".into()))?
+            .map_err(|e| connect(e.to_string()))?;
         let _ = socket.set_nodelay(true);
         let session = timeout(SETUP_TIMEOUT, self.setup(&mut socket, target))
             .await
@@ -332,7 +354,7 @@ impl Relay {
                         ClientSessionResult::OutboundResponse(p) => socket.write_all(&p.bytes).await.map_err(|e| peer(e.to_string()))?,
                         ClientSessionResult::RaisedEvent(ClientSessionEvent::ConnectionRequestAccepted) if !publishing_requested => {
                             publishing_requested = true;
-                            let key = relay_key(&self.stream, self.placement.relay_secret());
+                            let key = super::relay_token::sign(self.stream.as_str(), self.placement.relay_secret());
                             let publish = session.request_publishing(key, PublishRequestType::Live).map_err(|e| peer(format!("{e:?}")))?;
                             write_results(socket, vec![publish]).await.map_err(|e| peer(e.to_string()))?;
                         }
@@ -373,16 +395,4 @@ async fn write_results(socket: &mut TcpStream, results: Vec<ClientSessionResult>
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relay_keys_carry_the_secret() {
-        let stream = StreamId::parse("cam").unwrap();
-        assert_eq!(parse_relay_key(&relay_key(&stream, "s3")), ("cam", "s3"));
-        assert_eq!(parse_relay_key("cam"), ("cam", ""));
-    }
 }

@@ -60,6 +60,11 @@ impl Packager {
         Some(number)
     }
 
+    /// When the stream's last segment was added, if it has one.
+    pub fn last_segment_at(&self, stream: &StreamId) -> Option<SystemTime> {
+        self.timelines.lock().get(stream).and_then(|tl| tl.last_segment_at)
+    }
+
     /// The session's broadcaster is gone: the MPD turns static until the next publish.
     pub fn end_session(&self, stream: &StreamId, session: &SessionId) {
         self.update(stream, |tl| tl.end_session(session, SystemTime::now()));

@@ -87,11 +87,13 @@ pub struct StreamTimeline {
     pub ended_at: Option<SystemTime>,
     /// Last change, for MPD@publishTime.
     pub published: SystemTime,
+    /// When the last segment was added (the stream's sign of life).
+    pub last_segment_at: Option<SystemTime>,
 }
 
 impl StreamTimeline {
     pub fn new(stream: StreamId, now: SystemTime) -> Self {
-        Self { stream, availability_start: now, periods: Vec::new(), ended_at: None, published: now }
+        Self { stream, availability_start: now, periods: Vec::new(), ended_at: None, published: now, last_segment_at: None }
     }
 
     /// Opens a Period for a new session, closing the one before it. It starts `start` after
@@ -167,6 +169,7 @@ impl StreamTimeline {
         track.next_number += 1;
         track.segments.push_back(SegmentEntry { number, time, duration: end.saturating_sub(time).max(1) });
         self.published = now;
+        self.last_segment_at = Some(now);
         Some(number)
     }
 

@@ -7,6 +7,7 @@
 //! effect on the next source keyframe as a new Period that starts exactly where the last
 //! one ended. A failing stream is torn down alone.
 
+pub mod clock;
 pub mod registry;
 pub mod status;
 
@@ -22,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
+use clock::{MediaClock, Placement};
 use crate::ladder::{self, Hysteresis, LadderPlan, PlanInput, Replanner, SourceFormat};
 use crate::probe::UplinkEstimate;
 use crate::media::{MediaPacket, RenditionId, SessionId, StreamId, TrackKind};
@@ -47,6 +49,15 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 const X264_MAX_RUNGS: usize = 4;
 /// An estimate with less confidence than this does not change the ladder.
 const MIN_CONFIDENCE: f64 = 0.5;
+/// Media may run this far ahead of the wall clock before the publisher is paced (an
+/// encoder's start-up burst stays under it; ffmpeg without `-re` does not).
+const MAX_LEAD: Duration = Duration::from_secs(2);
+/// A publish that produces no segment for this long is reported as stalled...
+const STALL_REPORT: Duration = Duration::from_secs(5);
+/// ...and ended after this long.
+const STALL_END: Duration = Duration::from_secs(30);
+/// How often the actor checks its stream's health.
+const HEALTH_TICK: Duration = Duration::from_secs(1);
 
 /// What every stream actor needs from the node.
 #[derive(Clone)]
@@ -154,12 +165,20 @@ pub fn spawn(claim: PublishClaim, services: StreamServices) -> StreamHandle {
 struct Running {
     transcoder: Transcoder,
     session: SessionId,
-    /// RTMP timestamp that maps to media time zero.
-    base_ms: u32,
+    /// Media time of the session, from the broadcaster's timestamps.
+    clock: MediaClock,
     bus: gst::bus::BusStream,
     plan: LadderPlan,
     /// The Period's start after availabilityStartTime.
     period_start: Duration,
+}
+
+/// Where the next session continues after a Period was cut mid-stream.
+struct Resume {
+    /// Its Period's start after availabilityStartTime (`None`: now, re-anchored).
+    period_start: Option<Duration>,
+    /// The instant its media zero corresponds to.
+    anchor: Instant,
 }
 
 /// A plan waiting for the next source keyframe.
@@ -181,6 +200,11 @@ struct StreamActor {
     /// The first measured plan has been made (after `initial_measurement`).
     measured: bool,
     pending: Option<PendingPlan>,
+    /// How the next session continues the one cut before it.
+    resume: Option<Resume>,
+    /// A Period stopped mid-stream (codec change, discontinuity) that no new Period has
+    /// closed yet: ended with the stream if nothing follows it.
+    unclosed: Option<SessionId>,
     started: Instant,
 }
 
@@ -199,6 +223,8 @@ impl StreamActor {
             replanner,
             measured: false,
             pending: None,
+            resume: None,
+            unclosed: None,
             started: Instant::now(),
         }
     }
@@ -278,6 +304,7 @@ impl StreamActor {
 
     async fn run(mut self, mut rx: mpsc::Receiver<MediaPacket>, mut uplink: tokio::sync::watch::Receiver<Option<UplinkEstimate>>) -> StreamEnd {
         let shutdown = self.services.shutdown.clone();
+        let mut health = tokio::time::interval(HEALTH_TICK);
         let end = loop {
             let bus_message = async {
                 match self.running.as_mut() {
@@ -307,11 +334,18 @@ impl StreamActor {
                         status.uplink = Some(estimate);
                     }
                 }
+                _ = health.tick() => {
+                    if let Err(reason) = self.check_progress() {
+                        break StreamEnd::Failed(reason);
+                    }
+                }
                 _ = shutdown.cancelled() => break StreamEnd::Shutdown,
             }
         };
         let drain = matches!(end, StreamEnd::Finished | StreamEnd::Shutdown);
-        if let Some(session) = self.stop_pipeline(drain).await {
+        // Every Period that was opened is ended, also one cut before a failed restart.
+        let session = self.stop_pipeline(drain).await.or(self.unclosed.take());
+        if let Some(session) = session {
             self.services.packager.end_session(&self.stream, &session);
         }
         end
@@ -322,7 +356,7 @@ impl StreamActor {
             MediaPacket::VideoConfig(config) => {
                 if self.video_config.as_ref().is_some_and(|c| c != &config) && self.running.is_some() {
                     tracing::warn!("video configuration changed mid-stream; starting a new period");
-                    self.stop_pipeline(true).await;
+                    self.cut_period(None, "video configuration changed").await;
                     self.source = None;
                 }
                 self.video_config = Some(config);
@@ -330,35 +364,99 @@ impl StreamActor {
             MediaPacket::AudioConfig(config) => {
                 if self.audio_config.as_ref().is_some_and(|c| c != &config) && self.running.is_some() {
                     tracing::warn!("audio configuration changed mid-stream; starting a new period");
-                    self.stop_pipeline(true).await;
+                    self.cut_period(None, "audio configuration changed").await;
                 }
                 self.audio_config = Some(config);
             }
             MediaPacket::Video { dts_ms, cts_ms, keyframe, data } => {
-                if keyframe && self.pending.is_some() && self.running.is_some() {
-                    self.switch_plan(dts_ms).await?;
+                let mut placed = None;
+                if let Some(running) = self.running.as_mut() {
+                    match running.clock.video(dts_ms) {
+                        Placement::At(ms) => placed = Some(ms),
+                        Placement::Before => return Ok(()),
+                        Placement::Discontinuity { media_end_ms, step_ms } => {
+                            tracing::warn!(
+                                step_ms, media_end_ms,
+                                "broadcaster's timestamps jumped; the Period ends where its media ended and a new one starts at the next keyframe"
+                            );
+                            self.status.lock().health.discontinuities += 1;
+                            self.cut_period(Some(media_end_ms), "timestamp discontinuity").await;
+                        }
+                    }
+                }
+                if keyframe && let Some(at_ms) = placed {
+                    let behind = -self.running.as_ref().map_or(0, |r| r.clock.lead(Instant::now()));
+                    let max_drift = self.services.config.package.max_clock_drift;
+                    if behind > max_drift.as_millis() as i64 {
+                        tracing::warn!(behind_ms = behind, "media fell behind the wall clock by more than {max_drift:?}; re-anchoring with a new Period");
+                        self.status.lock().health.reanchors += 1;
+                        self.cut_period(Some(at_ms), "re-anchored to the wall clock").await;
+                        self.resume = None;
+                        placed = None;
+                    } else if self.pending.is_some() {
+                        // A new plan takes effect here, exactly where the old Period ends.
+                        self.cut_period(Some(at_ms), "re-plan").await;
+                        placed = None;
+                    }
                 }
                 if self.running.is_none() {
                     if !keyframe {
                         return Ok(()); // a session starts on a keyframe
                     }
-                    self.start_session(dts_ms, None, None)?;
+                    self.start_session(dts_ms)?;
+                    placed = Some(0);
                 }
                 let running = self.running.as_ref().expect("started above");
-                let dts = i64::from(dts_ms.wrapping_sub(running.base_ms) as i32);
-                if dts < 0 {
-                    return Ok(());
-                }
-                let pts = (dts + i64::from(cts_ms)).max(0) as u64;
-                running.transcoder.push_video(pts, dts as u64, keyframe, data).map_err(|e| e.to_string())?;
+                let dts = placed.expect("placed or started above");
+                let pts = (dts as i64 + i64::from(cts_ms)).max(0) as u64;
+                running.transcoder.push_video(pts, dts, keyframe, data).map_err(|e| e.to_string())?;
+                self.pace().await;
                 self.wait_for_room().await?;
             }
             MediaPacket::Audio { dts_ms, data } => {
                 let Some(running) = &self.running else { return Ok(()) };
-                let pts = i64::from(dts_ms.wrapping_sub(running.base_ms) as i32);
-                if pts >= 0 {
-                    running.transcoder.push_audio(pts as u64, data).map_err(|e| e.to_string())?;
+                if let Placement::At(pts) = running.clock.audio(dts_ms) {
+                    running.transcoder.push_audio(pts, data).map_err(|e| e.to_string())?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds a publisher that sends faster than real time to real time (plus [`MAX_LEAD`]):
+    /// the wait reaches its TCP window, so memory and the DVR window stay bounded.
+    async fn pace(&mut self) {
+        let Some(running) = &self.running else { return };
+        let lead = Duration::from_millis(running.clock.lead(Instant::now()).max(0) as u64);
+        if lead <= MAX_LEAD {
+            return;
+        }
+        let newly = {
+            let mut status = self.status.lock();
+            !std::mem::replace(&mut status.health.paced, true)
+        };
+        if newly {
+            tracing::warn!(lead_ms = lead.as_millis() as u64, "broadcaster sends faster than real time; pacing it to real time");
+        }
+        tokio::time::sleep(lead - MAX_LEAD).await;
+    }
+
+    /// Reports a publish that produces no segment, and ends it past [`STALL_END`].
+    fn check_progress(&mut self) -> Result<(), String> {
+        let last = self.services.packager.last_segment_at(&self.stream);
+        let since = last.and_then(|t| t.elapsed().ok()).map_or(self.started.elapsed(), |s| s.min(self.started.elapsed()));
+        let mut status = self.status.lock();
+        if since > STALL_END {
+            return Err(format!("no segment produced for {:?} while the broadcaster is connected", since.as_secs()));
+        }
+        let stalled = since > STALL_REPORT;
+        if stalled != status.health.stalled {
+            status.health.stalled = stalled;
+            if stalled {
+                status.health.stalls += 1;
+                tracing::warn!(since_s = since.as_secs(), "no segment produced while the broadcaster is connected");
+            } else {
+                tracing::info!("segments are produced again");
             }
         }
         Ok(())
@@ -377,18 +475,35 @@ impl StreamActor {
         Ok(())
     }
 
-    /// Ends the current Period at this keyframe and starts the pending plan's Period right
-    /// where it ended, so a player following the MPD sees no gap.
-    async fn switch_plan(&mut self, keyframe_ms: u32) -> Result<(), String> {
-        let Some(pending) = self.pending.take() else { return Ok(()) };
-        let Some(running) = &self.running else { return Ok(()) };
-        let media = Duration::from_millis(u64::from(keyframe_ms.wrapping_sub(running.base_ms)));
-        let start = running.period_start + media;
-        self.stop_pipeline(true).await;
-        self.start_session(keyframe_ms, Some(pending), Some(start))
+    /// Stops the pipeline mid-stream. With `media_end_ms`, the next session's Period starts
+    /// exactly where this one's media ended (a re-plan, a timestamp discontinuity), so a
+    /// player following the MPD sees no gap; without, it starts when it starts (a codec
+    /// change). The Period stays open until the next one begins or the stream ends.
+    async fn cut_period(&mut self, media_end_ms: Option<u64>, reason: &str) {
+        let Some(running) = &self.running else { return };
+        let resume = media_end_ms.map(|ms| Resume {
+            period_start: Some(running.period_start + Duration::from_millis(ms)),
+            anchor: running.clock.continuation_anchor(ms),
+        });
+        // Keep the ladder across a cut of the same source (a plan waiting for a keyframe
+        // wins); a codec change re-plans from the new source.
+        let pending = match (self.pending.take(), &resume) {
+            (Some(p), _) => Some(p),
+            (None, Some(_)) => Some(PendingPlan { plan: running.plan.clone(), reason: reason.to_owned(), for_bps: None }),
+            (None, None) => None,
+        };
+        if let Some(session) = self.stop_pipeline(true).await {
+            self.unclosed = Some(session);
+        }
+        self.pending = pending;
+        self.resume = resume;
     }
 
-    fn start_session(&mut self, base_ms: u32, pending: Option<PendingPlan>, period_start: Option<Duration>) -> Result<(), String> {
+    fn start_session(&mut self, base_ms: u32) -> Result<(), String> {
+        let pending = self.pending.take();
+        let resume = self.resume.take();
+        let period_start = resume.as_ref().and_then(|r| r.period_start);
+        let anchor = resume.map_or_else(Instant::now, |r| r.anchor);
         let config = &self.services.config;
         let video_config = self.video_config.as_ref().ok_or("video arrived before its AVC sequence header")?;
         let format = source::video_format(video_config).map_err(|e| e.to_string())?;
@@ -457,6 +572,8 @@ impl StreamActor {
         };
         let packager = Arc::clone(&self.services.packager);
         let period_start = packager.begin_session(&self.stream, &session, renditions, period_start);
+        // The new Period closed the one a cut left open.
+        self.unclosed = None;
         let output = SessionOutput { packager, stream: self.stream.clone(), session: session.clone() };
         let transcoder = match Transcoder::start(&spec, video_caps, audio_caps, sinks, output) {
             Ok(t) => t,
@@ -471,7 +588,7 @@ impl StreamActor {
             status.source = Some((format.width, format.height));
             status.record_plan(change, plan.clone());
         }
-        self.running = Some(Running { transcoder, session, base_ms, bus, plan, period_start });
+        self.running = Some(Running { transcoder, session, clock: MediaClock::new(base_ms, anchor), bus, plan, period_start });
         Ok(())
     }
 

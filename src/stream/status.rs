@@ -25,6 +25,23 @@ pub struct StreamStatus {
     pub uplink: Option<UplinkEstimate>,
     /// One estimate per second, most recent last.
     pub uplink_history: Vec<ProbeSample>,
+    /// What went wrong with the media so far.
+    pub health: StreamHealth,
+}
+
+/// Media faults of one publish, as counts and current states.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamHealth {
+    /// No segment for a few seconds while the broadcaster is connected.
+    pub stalled: bool,
+    /// Times the stream stalled.
+    pub stalls: u32,
+    /// The broadcaster sends faster than real time and is held to it.
+    pub paced: bool,
+    /// Timestamp jumps that cut a Period.
+    pub discontinuities: u32,
+    /// Times media fell so far behind the wall clock that a new Period re-anchored it.
+    pub reanchors: u32,
 }
 
 /// One plan taking effect.

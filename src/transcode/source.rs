@@ -12,6 +12,8 @@ pub enum SourceError {
     Avcc(String),
     #[error("AVC decoder configuration carries no SPS")]
     NoSps,
+    #[error("picture size {0}x{1} is outside 16x16..=7680x4320")]
+    PictureSize(u32, u32),
     #[error("AudioSpecificConfig is invalid: {0}")]
     Asc(&'static str),
 }
@@ -22,6 +24,11 @@ pub fn video_format(avcc: &[u8]) -> Result<SourceFormat, SourceError> {
     let ctx = record.create_context().map_err(|e| SourceError::Avcc(format!("{e:?}")))?;
     let sps = ctx.sps().next().ok_or(SourceError::NoSps)?;
     let (width, height) = sps.pixel_dimensions().map_err(|e| SourceError::Avcc(format!("{e:?}")))?;
+    // The SPS is the broadcaster's word: a 65535x65535 picture would have the decoder and
+    // every scaler allocate gigabytes. 8K (UHD-2) is the largest H.264 level 6.2 carries.
+    if !(16..=7680).contains(&width) || !(16..=4320).contains(&height) {
+        return Err(SourceError::PictureSize(width, height));
+    }
     Ok(SourceFormat { width, height })
 }
 

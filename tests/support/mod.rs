@@ -3,6 +3,9 @@
 //! what it waited for.
 #![allow(dead_code)]
 
+pub mod flv;
+pub mod rtmp;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -90,6 +93,16 @@ impl Appliance {
         self.child.id()
     }
 
+    /// Resident memory of the appliance process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self, within: Duration) -> ExitStatus {
         signal(self.child.id(), "TERM");
@@ -140,10 +153,20 @@ impl Publisher {
 
     /// Like `start`, with ffmpeg's AAC encoder in another profile (`aac_main`, `aac_ltp`).
     pub fn start_with_audio(url: &str, seconds: u32, size: &str, aac_profile: &str) -> Self {
+        Self::launch(url, seconds, size, aac_profile, true)
+    }
+
+    /// Like `start`, without `-re`: ffmpeg sends as fast as it encodes.
+    pub fn start_unpaced(url: &str, seconds: u32, size: &str) -> Self {
+        Self::launch(url, seconds, size, "aac_low", false)
+    }
+
+    fn launch(url: &str, seconds: u32, size: &str, aac_profile: &str, real_time: bool) -> Self {
         let duration = seconds.to_string();
         let video = format!("testsrc2=size={size}:rate=30");
         let mut child = Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-re"])
+            .args(["-hide_banner", "-loglevel", "error"])
+            .args(if real_time { &["-re"][..] } else { &[][..] })
             .args(["-f", "lavfi", "-i", &video, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
             .args(["-t", &duration, "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "30"])
             .args(["-pix_fmt", "yuv420p", "-b:v", "2500k", "-c:a", "aac", "-profile:a", aac_profile, "-b:a", "128k"])

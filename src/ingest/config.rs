@@ -1,0 +1,98 @@
+//! Ingest settings: where broadcasters connect, the publish rules and the limits that keep
+//! the RTMP edge bounded (connections, time-outs, message sizes).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::media::StreamId;
+
+pub const DEFAULT_RTMP_LISTEN: &str = "0.0.0.0:1935";
+pub const DEFAULT_RTMP_APP: &str = "live";
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Encoders publish within a second of connecting; ten leave room for a slow link.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// At about 20 KiB per idle connection, 1,000 connections stay within 20 MiB.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+/// Enough for a studio's encoders behind one NAT address; federation peers are exempt.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
+/// A 4K keyframe at 50 Mbit/s is about 3 MB; RTMP's own ceiling is 16 MiB.
+pub const DEFAULT_MAX_MEDIA_MESSAGE: u32 = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Address the RTMP listener binds.
+    pub listen: SocketAddr,
+    /// RTMP application name broadcasters publish to (`rtmp://host/{app}/{key}`).
+    pub app: String,
+    /// A connection must finish the RTMP handshake within this time.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A connection that sends nothing for this long (before or during a publish) is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A connection that has not started publishing this long after it was accepted is
+    /// closed, whatever it sends meanwhile.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// RTMP connections open at once, publishing or not; more are refused at accept.
+    pub max_connections: usize,
+    /// RTMP connections open at once from one remote address (federation peers exempt).
+    pub max_connections_per_address: usize,
+    /// Largest audio or video message (bytes) a publishing connection may announce; before
+    /// it publishes, and for commands at any time, the limit is 64 KiB.
+    pub max_media_message: u32,
+    /// Stream keys a broadcaster may publish with, each mapped to the public stream name
+    /// viewers use. Empty: any valid key is accepted and is itself the stream name.
+    pub keys: BTreeMap<String, String>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_RTMP_LISTEN.parse().expect("valid default"),
+            app: DEFAULT_RTMP_APP.to_owned(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_media_message: DEFAULT_MAX_MEDIA_MESSAGE,
+            keys: BTreeMap::new(),
+        }
+    }
+}
+
+impl IngestConfig {
+    /// Checks every field; the error names the key (relative to `[ingest]`).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let invalid = |key: &str, reason: &str| Err((key.to_owned(), reason.to_owned()));
+        if self.app.is_empty() || self.app.contains('/') {
+            return invalid("app", "must be a non-empty name without '/'");
+        }
+        for (key, value) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("publish_timeout", self.publish_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(key, "must be above zero");
+            }
+        }
+        if self.max_connections == 0 || self.max_connections_per_address == 0 {
+            return invalid("max_connections", "max_connections and max_connections_per_address must be at least 1");
+        }
+        if !(64 * 1024..=0xFF_FFFF).contains(&self.max_media_message) {
+            return invalid("max_media_message", "must be within 64 KiB and 16 MiB - 1");
+        }
+        // The key itself is a secret: the error names only the public stream name.
+        for stream in self.keys.values() {
+            StreamId::parse(stream).map_err(|e| ("keys".to_owned(), format!("public name {stream:?}: {e}")))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,137 @@
+//! Media time against the real binary: a Period that was opened is always ended (a codec
+//! change followed by a disconnect), timestamps that restart or wrap at 2^31 ms start a
+//! new Period where the old media ended instead of freezing the stream, and a publisher
+//! that sends faster than real time is paced to real time.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::flv::{self, ScriptedPublisher};
+use support::*;
+
+/// (Period start in s, first video Representation's segments) for every Period.
+fn periods(app: &Appliance, stream: &str) -> Vec<(f64, Vec<SegmentRef>)> {
+    let Some(mpd) = fetch_mpd(app, stream) else { return Vec::new() };
+    mpd.periods
+        .iter()
+        .filter_map(|p| {
+            let video = p.adaptations.iter().find(|a| a.contentType.as_deref() == Some("video"))?;
+            let start = p.start.map_or(0.0, |d| d.as_secs_f64());
+            Some((start, segments(stream, video.representations.first()?).1))
+        })
+        .collect()
+}
+
+fn end_of(period: &(f64, Vec<SegmentRef>)) -> f64 {
+    let last = period.1.last().unwrap();
+    period.0 + (last.time + last.duration) as f64 / last.timescale as f64
+}
+
+#[test]
+fn a_codec_change_then_a_disconnect_ends_the_period_and_the_stream_is_removed() {
+    let app = Appliance::start(Some("[package]\ndvr_window = \"3s\"\n"));
+    let first = flv::make("640x360", 3);
+    let second = flv::make("320x240", 2);
+    let mut publisher = ScriptedPublisher::connect(&app.rtmp, "live", "switch");
+    publisher.play(&first, 0).unwrap();
+    wait_until("segments of the first source", Duration::from_secs(10), || (!periods(&app, "switch").is_empty()).then_some(()));
+    // The new source's codec configuration only, then the link drops.
+    let end = first.last().unwrap().ts + 33;
+    for tag in second.iter().take_while(|t| t.data.get(1) == Some(&0)) {
+        publisher.send(tag, end).unwrap();
+    }
+    app.wait_for_log("video configuration changed mid-stream", Duration::from_secs(5));
+    drop(publisher);
+    wait_until("a static MPD after the disconnect", Duration::from_secs(10), || {
+        fetch_mpd(&app, "switch").filter(|m| m.mpdtype.as_deref() == Some("static"))
+    });
+    wait_until("the stream's removal one DVR window later", Duration::from_secs(10), || {
+        (get(&app.url("/live/switch/manifest.mpd")).status() == 404).then_some(())
+    });
+}
+
+#[test]
+fn timestamps_that_restart_start_a_contiguous_period_without_a_stall() {
+    let app = Appliance::start(None);
+    let clip = flv::make("320x240", 4);
+    let mut publisher = ScriptedPublisher::connect(&app.rtmp, "live", "restart");
+    publisher.play(&clip, 0).unwrap();
+    // The encoder restarts: the same clip again from timestamp zero.
+    publisher.play(&clip, 0).unwrap();
+    let list = wait_until("a second Period with segments", Duration::from_secs(10), || {
+        let list = periods(&app, "restart");
+        (list.len() >= 2 && list[1].1.len() >= 2).then_some(list)
+    });
+    app.wait_for_log("broadcaster's timestamps jumped", Duration::from_secs(2));
+    let gap = list[1].0 - end_of(&list[0]);
+    assert!(gap.abs() < 0.1, "second Period starts {gap:.3} s after the first one's media ends");
+    let status = get_json(&app.url("/live/restart"));
+    assert_eq!(status["status"]["health"]["discontinuities"], 1, "{status}");
+    // Segments of both Periods decode.
+    for (_, segs) in &list {
+        let seg = &segs[0];
+        let init = seg.url.rsplit_once('/').unwrap().0.to_owned() + "/";
+        let session = seg.url.rsplit('/').next().unwrap().split('-').next().unwrap();
+        let init = get_bytes(&app.url(&format!("{init}init-{session}.mp4")));
+        let (codec, _, _, frames) = probe(&init, &get_bytes(&app.url(&seg.url)));
+        assert_eq!(codec, "h264");
+        assert!(!frames.is_empty());
+    }
+}
+
+#[test]
+fn ffmpegs_wrap_at_2_pow_31_ms_does_not_freeze_the_stream() {
+    let app = Appliance::start(None);
+    // ffmpeg's FLV timestamps start at 2147466352 ms here and jump to 5 after about 17 s.
+    let mut ffmpeg = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "24"])
+        .args(["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-output_ts_offset", "4294950", "-f", "flv", &app.publish_url("live", "wrap")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Follow the total number of listed video segments; the longest wait for a new one is
+    // the viewer-visible freeze.
+    let started = Instant::now();
+    let (mut last_total, mut last_change, mut longest) = (0, Instant::now(), Duration::ZERO);
+    while started.elapsed() < Duration::from_secs(24) {
+        let total: u64 = periods(&app, "wrap").iter().map(|(_, s)| s.last().map_or(0, |l| l.number)).sum();
+        if total != last_total {
+            if last_total > 0 {
+                longest = longest.max(last_change.elapsed());
+            }
+            last_total = total;
+            last_change = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+    let list = periods(&app, "wrap");
+    assert!(list.len() >= 2, "a new Period after the jump: {} Period(s)", list.len());
+    assert!(list.last().unwrap().1.len() >= 3, "segments after the jump");
+    assert!(longest < Duration::from_secs(3), "the stream froze for {longest:?}");
+    let gap = list[1].0 - end_of(&list[0]);
+    assert!(gap.abs() < 0.1, "the Period after the jump starts {gap:.3} s after the media before it");
+}
+
+#[test]
+fn a_publisher_faster_than_real_time_is_paced() {
+    let app = Appliance::start(None);
+    let started = Instant::now();
+    // No -re: ffmpeg encodes 12 s of 240p far faster than real time.
+    let ffmpeg = Publisher::start_unpaced(&app.publish_url("live", "fast"), 12, "320x240");
+    app.wait_for_log("broadcaster sends faster than real time; pacing it", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(started.elapsed()));
+    let listed: usize = periods(&app, "fast").iter().map(|(_, s)| s.len()).sum();
+    assert!(listed <= 8, "{listed} segments listed after 5 s of wall time");
+    let (status, _) = ffmpeg.wait(Duration::from_secs(30));
+    assert!(status.success());
+    assert!(started.elapsed() >= Duration::from_secs(9), "12 s of media went in within {:?}", started.elapsed());
+    let status = get_json(&app.url("/live/fast"));
+    assert_eq!(status["status"]["health"]["paced"], true, "{status}");
+}
