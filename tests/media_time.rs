@@ -140,3 +140,20 @@ fn a_publisher_faster_than_real_time_is_paced() {
     });
     assert!(started.elapsed() >= Duration::from_secs(9), "12 s of media went in within {:?}", started.elapsed());
 }
+
+#[test]
+fn a_connected_publisher_that_produces_nothing_is_reported_as_stalled() {
+    let app = Appliance::start(Some("[ingest]\nidle_timeout = \"60s\"\n"));
+    let clip = flv::make("320x240", 4);
+    let mut publisher = ScriptedPublisher::connect(&app.rtmp, "live", "quiet");
+    publisher.play(&clip, 0).unwrap();
+    wait_until("segments", Duration::from_secs(10), || (!periods(&app, "quiet").is_empty()).then_some(()));
+    // The connection stays open and silent (within the idle time-out).
+    app.wait_for_log("no segment produced while the broadcaster is connected", Duration::from_secs(8));
+    let response = get(&app.url("/live/quiet"));
+    assert_eq!(response.status(), 200, "{}\n{}", response.text().unwrap(), app.logs());
+    let status = get_json(&app.url("/live/quiet"));
+    assert_eq!(status["status"]["health"]["stalled"], true, "{status}");
+    assert_eq!(status["status"]["health"]["stalls"], 1, "{status}");
+    drop(publisher);
+}
