@@ -104,6 +104,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
             tracing::error!("HTTP server failed: {e}");
         }
     });
+    let renderer = Arc::clone(&packager);
+    let render_shutdown = shutdown.clone();
+    tracker.spawn(async move { renderer.run_renderer(render_shutdown).await });
     let sweep_shutdown = shutdown.clone();
     tracker.spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);

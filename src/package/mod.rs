@@ -1,100 +1,152 @@
 //! The packager: takes the objects the muxers cut for every rendition of a session, keeps
 //! each stream's segment timeline (Periods, DVR window), writes segments into the store and
 //! then the manifest that names them. One `Packager` serves every stream on the node.
+//!
+//! Each stream's timeline has its own lock. Segments arrive on GStreamer's streaming
+//! threads, one per rendition, nearly together: they only store the object, extend the
+//! timeline and mark the stream dirty. The renderer task ([`Packager::run_renderer`])
+//! renders each dirty stream's MPD once per change, off the streaming threads, after a
+//! short coalescing pause that gathers a segment's renditions into one render. Session
+//! starts and ends, which viewers must see at once, render inline.
 
 pub mod fragment;
 pub mod mpd;
 pub mod timeline;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
-use std::sync::Arc;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::media::{CmafSegment, RenditionId, SessionId, StreamId};
 use crate::store::{ObjectKey, Part, Store, StreamSummary};
 use mpd::MpdTiming;
 use timeline::{RenditionInfo, StreamTimeline};
 
+/// How long the renderer waits after a change for the other renditions' segments.
+const RENDER_COALESCE: Duration = Duration::from_millis(5);
+
+type SharedTimeline = Arc<Mutex<StreamTimeline>>;
+
 pub struct Packager {
     store: Arc<Store>,
     timing: MpdTiming,
-    timelines: Mutex<HashMap<StreamId, StreamTimeline>>,
+    timelines: RwLock<HashMap<StreamId, SharedTimeline>>,
+    /// Streams whose MPD is older than their timeline.
+    dirty: Mutex<HashSet<StreamId>>,
+    wake: Notify,
 }
 
 impl Packager {
     pub fn new(store: Arc<Store>, timing: MpdTiming) -> Self {
-        Self { store, timing, timelines: Mutex::new(HashMap::new()) }
+        Self { store, timing, timelines: RwLock::new(HashMap::new()), dirty: Mutex::new(HashSet::new()), wake: Notify::new() }
     }
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
 
+    fn timeline(&self, stream: &StreamId) -> Option<SharedTimeline> {
+        self.timelines.read().get(stream).cloned()
+    }
+
     /// A session starts: a new Period (the stream is created if it is new), at `start` after
     /// the stream's availabilityStartTime or now. Returns the Period's start.
     pub fn begin_session(&self, stream: &StreamId, session: &SessionId, renditions: Vec<RenditionInfo>, start: Option<Duration>) -> Duration {
         let now = SystemTime::now();
-        let mut period_start = Duration::ZERO;
-        self.update(stream, |tl| period_start = tl.begin_period(session.clone(), renditions, start, now));
+        let timeline = match self.timeline(stream) {
+            Some(tl) => tl,
+            None => Arc::clone(
+                self.timelines.write().entry(stream.clone()).or_insert_with(|| Arc::new(Mutex::new(StreamTimeline::new(stream.clone(), now)))),
+            ),
+        };
+        let mut tl = timeline.lock();
+        let period_start = tl.begin_period(session.clone(), renditions, start, now);
+        self.evict_and_publish(&mut tl, now);
         period_start
     }
 
     pub fn add_init(&self, stream: &StreamId, session: &SessionId, rendition: &RenditionId, bytes: Bytes, codecs: String) {
+        let Some(timeline) = self.timeline(stream) else { return };
         let key = ObjectKey { rendition: rendition.clone(), session: session.clone(), part: Part::Init };
         self.store.put_object(stream, key, bytes);
-        self.update(stream, |tl| tl.set_codecs(session, rendition, codecs, SystemTime::now()));
+        timeline.lock().set_codecs(session, rendition, codecs, SystemTime::now());
+        self.mark_dirty(stream);
     }
 
     /// Stores a finished segment and publishes it in the manifest; returns its number.
     pub fn add_segment(&self, stream: &StreamId, session: &SessionId, rendition: &RenditionId, segment: CmafSegment) -> Option<u64> {
-        let mut timelines = self.timelines.lock();
-        let tl = timelines.get_mut(stream)?;
-        let now = SystemTime::now();
-        let number = tl.add_segment(session, rendition, segment.start_ns, segment.duration_ns, now)?;
+        let timeline = self.timeline(stream)?;
+        let mut tl = timeline.lock();
+        let number = tl.add_segment(session, rendition, segment.start_ns, segment.duration_ns, SystemTime::now())?;
+        // The object is stored before any MPD can name it (the renderer needs this lock).
         let key = ObjectKey { rendition: rendition.clone(), session: session.clone(), part: Part::Media(number) };
         self.store.put_object(stream, key, segment.bytes);
-        self.evict_and_publish(tl, now);
+        drop(tl);
+        self.mark_dirty(stream);
         Some(number)
     }
 
     /// When the stream's last segment was added, if it has one.
     pub fn last_segment_at(&self, stream: &StreamId) -> Option<SystemTime> {
-        self.timelines.lock().get(stream).and_then(|tl| tl.last_segment_at)
+        self.timeline(stream)?.lock().last_segment_at
+    }
+
+    fn mark_dirty(&self, stream: &StreamId) {
+        self.dirty.lock().insert(stream.clone());
+        self.wake.notify_one();
+    }
+
+    /// Renders the MPD of every stream whose timeline changed, once per change, until
+    /// shutdown. Spawned once per node.
+    pub async fn run_renderer(&self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            tokio::time::sleep(RENDER_COALESCE).await;
+            let dirty: Vec<StreamId> = self.dirty.lock().drain().collect();
+            let now = SystemTime::now();
+            for stream in dirty {
+                if let Some(timeline) = self.timeline(&stream) {
+                    self.evict_and_publish(&mut timeline.lock(), now);
+                }
+            }
+        }
     }
 
     /// The session's broadcaster is gone: the MPD turns static until the next publish.
     pub fn end_session(&self, stream: &StreamId, session: &SessionId) {
-        self.update(stream, |tl| tl.end_session(session, SystemTime::now()));
+        let Some(timeline) = self.timeline(stream) else { return };
+        let now = SystemTime::now();
+        let mut tl = timeline.lock();
+        tl.end_session(session, now);
+        self.evict_and_publish(&mut tl, now);
     }
 
     /// Periodic housekeeping: evicts segments out of the DVR window and forgets streams that
     /// ended longer than a window ago.
     pub fn sweep(&self) {
         let now = SystemTime::now();
-        let mut timelines = self.timelines.lock();
-        timelines.retain(|stream, tl| {
+        let timelines: Vec<(StreamId, SharedTimeline)> = self.timelines.read().iter().map(|(s, t)| (s.clone(), Arc::clone(t))).collect();
+        for (stream, timeline) in timelines {
+            let mut tl = timeline.lock();
             if tl.expired(self.timing.dvr_window, now) {
                 tracing::info!(stream = %stream, "stream ended a DVR window ago; removed");
-                self.store.remove_stream(stream);
-                return false;
+                self.timelines.write().remove(&stream);
+                self.store.remove_stream(&stream);
+                continue;
             }
             // Housekeeping renders only when the window moved: the MPD is otherwise unchanged.
-            if self.evict(tl, now) {
-                self.publish(tl);
+            if self.evict(&mut tl, now) {
+                self.publish(&tl);
             }
-            true
-        });
-    }
-
-    fn update(&self, stream: &StreamId, change: impl FnOnce(&mut StreamTimeline)) {
-        let now = SystemTime::now();
-        let mut timelines = self.timelines.lock();
-        let tl = timelines.entry(stream.clone()).or_insert_with(|| StreamTimeline::new(stream.clone(), now));
-        change(tl);
-        self.evict_and_publish(tl, now);
+        }
     }
 
     fn evict_and_publish(&self, tl: &mut StreamTimeline, now: SystemTime) {

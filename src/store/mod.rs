@@ -1,8 +1,11 @@
 //! The in-memory segment store: every stream's current manifest and the bytes of its init
 //! and media segments, addressed exactly as the URL paths address them. The packager writes
-//! (objects first, then the manifest that names them); HTTP handlers only read.
+//! (objects first, then the manifest that names them); HTTP handlers only read. Each stream
+//! has its own lock: one stream's writes never wait on another's, and the map's own lock
+//! is held only to find or add a stream.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
@@ -43,7 +46,7 @@ struct StreamObjects {
 
 #[derive(Default)]
 pub struct Store {
-    streams: RwLock<HashMap<StreamId, StreamObjects>>,
+    streams: RwLock<HashMap<StreamId, Arc<RwLock<StreamObjects>>>>,
 }
 
 impl Store {
@@ -51,14 +54,26 @@ impl Store {
         Self::default()
     }
 
+    /// The stream's entry, created when missing.
+    fn entry(&self, stream: &StreamId) -> Arc<RwLock<StreamObjects>> {
+        if let Some(entry) = self.streams.read().get(stream) {
+            return Arc::clone(entry);
+        }
+        Arc::clone(self.streams.write().entry(stream.clone()).or_default())
+    }
+
+    fn existing(&self, stream: &StreamId) -> Option<Arc<RwLock<StreamObjects>>> {
+        self.streams.read().get(stream).cloned()
+    }
+
     pub fn put_object(&self, stream: &StreamId, key: ObjectKey, bytes: Bytes) {
-        self.streams.write().entry(stream.clone()).or_default().objects.insert(key, bytes);
+        self.entry(stream).write().objects.insert(key, bytes);
     }
 
     /// Removes a media object, or every object of a (session, rendition) when `part` is None.
     pub fn remove_objects(&self, stream: &StreamId, session: &SessionId, rendition: &RenditionId, part: Option<Part>) {
-        let mut streams = self.streams.write();
-        let Some(entry) = streams.get_mut(stream) else { return };
+        let Some(entry) = self.existing(stream) else { return };
+        let mut entry = entry.write();
         match part {
             Some(part) => {
                 entry.objects.remove(&ObjectKey { rendition: rendition.clone(), session: session.clone(), part });
@@ -68,8 +83,8 @@ impl Store {
     }
 
     pub fn set_manifest(&self, stream: &StreamId, manifest: Option<Bytes>, summary: StreamSummary) {
-        let mut streams = self.streams.write();
-        let entry = streams.entry(stream.clone()).or_default();
+        let entry = self.entry(stream);
+        let mut entry = entry.write();
         entry.manifest = manifest;
         entry.summary = Some(summary);
     }
@@ -79,11 +94,11 @@ impl Store {
     }
 
     pub fn manifest(&self, stream: &StreamId) -> Option<Bytes> {
-        self.streams.read().get(stream)?.manifest.clone()
+        self.existing(stream)?.read().manifest.clone()
     }
 
     pub fn object(&self, stream: &StreamId, key: &ObjectKey) -> Option<Bytes> {
-        self.streams.read().get(stream)?.objects.get(key).cloned()
+        self.existing(stream)?.read().objects.get(key).cloned()
     }
 
     pub fn contains_stream(&self, stream: &StreamId) -> bool {
@@ -91,7 +106,8 @@ impl Store {
     }
 
     pub fn streams(&self) -> Vec<StreamSummary> {
-        let mut list: Vec<_> = self.streams.read().values().filter_map(|s| s.summary.clone()).collect();
+        let entries: Vec<_> = self.streams.read().values().cloned().collect();
+        let mut list: Vec<_> = entries.iter().filter_map(|s| s.read().summary.clone()).collect();
         list.sort_by(|a, b| a.stream.cmp(&b.stream));
         list
     }

@@ -32,15 +32,13 @@ use crate::package::timeline::RenditionInfo;
 use crate::package::Packager;
 use crate::transcode::encoder::EncoderKind;
 use crate::transcode::source::{self, AacConfig, AAC_LC};
-use crate::transcode::spec::{AudioPlan, PipelineSpec};
+use crate::transcode::spec::{AudioPlan, PipelineSpec, VIDEO_QUEUE_BYTES};
 use crate::transcode::{SessionOutput, SinkBinding, Transcoder};
 pub use registry::{AlreadyPublishing, PublishClaim, SharedStatus, StreamRegistry};
 use status::PlanChange;
 
 /// Packets a stream may have in flight from ingest before ingest waits.
 const INPUT_CAPACITY: usize = 512;
-/// Bytes queued in the pipeline's appsrcs above which the actor stops reading input.
-const QUEUE_HIGH_WATER: u64 = 8 * 1024 * 1024;
 /// A pipeline that takes no data for this long is declared stalled.
 const STALL_LIMIT: Duration = Duration::from_secs(10);
 /// How long the pipeline may take to flush its last segments at the end.
@@ -284,12 +282,19 @@ impl StreamActor {
     /// Same renditions, new bitrates: the encoders take them in place, no new Period.
     fn retune(&mut self, plan: LadderPlan, reason: String, delivered: f64) {
         let Some(running) = self.running.as_mut() else { return };
-        for rung in &plan.rungs {
-            if let Err(e) = running.transcoder.set_bitrate(&rung.id, rung.bitrate_kbps) {
-                tracing::error!(rendition = %rung.id, "bitrate change failed: {e}");
-                return;
+        // A property change waits for the encoder's lock (a frame being encoded): not on a
+        // runtime worker.
+        let transcoder = running.transcoder.clone();
+        let rates: Vec<_> = plan.rungs.iter().map(|r| (r.id.clone(), r.bitrate_kbps)).collect();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
+            for (rendition, kbps) in rates {
+                if let Err(e) = transcoder.set_bitrate(&rendition, kbps) {
+                    tracing::error!(%rendition, "bitrate change failed: {e}");
+                }
             }
-        }
+        });
         tracing::info!(%reason, delivered_kbps = (delivered / 1000.0).round(), rungs = ?status::describe(&plan), "bitrates retuned in place");
         let change = PlanChange {
             at_ms: self.started.elapsed().as_millis() as u64,
@@ -403,7 +408,7 @@ impl StreamActor {
                     if !keyframe {
                         return Ok(()); // a session starts on a keyframe
                     }
-                    self.start_session(dts_ms)?;
+                    self.start_session(dts_ms).await?;
                     placed = Some(0);
                 }
                 let running = self.running.as_ref().expect("started above");
@@ -462,17 +467,26 @@ impl StreamActor {
         Ok(())
     }
 
-    /// Holds the input while the pipeline has a backlog, so back-pressure reaches ingest.
+    /// Holds the input while the pipeline has a backlog, so back-pressure reaches ingest;
+    /// the video appsrc's need-data signal says when there is room again.
     async fn wait_for_room(&self) -> Result<(), String> {
         let Some(running) = &self.running else { return Ok(()) };
-        let since = Instant::now();
-        while running.transcoder.queued_bytes() > QUEUE_HIGH_WATER {
-            if since.elapsed() > STALL_LIMIT {
-                return Err(format!("transcoder stalled: no progress for {STALL_LIMIT:?}"));
+        let room = running.transcoder.room();
+        let deadline = tokio::time::Instant::now() + STALL_LIMIT;
+        loop {
+            let asked = room.notified();
+            tokio::pin!(asked);
+            asked.as_mut().enable();
+            if running.transcoder.queued_bytes() <= VIDEO_QUEUE_BYTES {
+                return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::select! {
+                _ = asked => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(format!("transcoder stalled: no progress for {STALL_LIMIT:?}"));
+                }
+            }
         }
-        Ok(())
     }
 
     /// Stops the pipeline mid-stream. With `media_end_ms`, the next session's Period starts
@@ -499,7 +513,7 @@ impl StreamActor {
         self.resume = resume;
     }
 
-    fn start_session(&mut self, base_ms: u32) -> Result<(), String> {
+    async fn start_session(&mut self, base_ms: u32) -> Result<(), String> {
         let pending = self.pending.take();
         let resume = self.resume.take();
         let period_start = resume.as_ref().and_then(|r| r.period_start);
@@ -575,7 +589,15 @@ impl StreamActor {
         // The new Period closed the one a cut left open.
         self.unclosed = None;
         let output = SessionOutput { packager, stream: self.stream.clone(), session: session.clone() };
-        let transcoder = match Transcoder::start(&spec, video_caps, audio_caps, sinks, output) {
+        // Parsing and starting a pipeline blocks (plugin loading, state changes): off the runtime.
+        let span = tracing::Span::current();
+        let started = tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
+            Transcoder::start(&spec, video_caps, audio_caps, sinks, output)
+        })
+        .await
+        .unwrap_or_else(|e| Err(crate::transcode::TranscodeError::Start(format!("pipeline start panicked: {e}"))));
+        let transcoder = match started {
             Ok(t) => t,
             Err(e) => {
                 self.services.packager.end_session(&self.stream, &session);

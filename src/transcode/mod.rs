@@ -84,11 +84,15 @@ pub struct SinkBinding {
     pub audio_codecs: Option<String>,
 }
 
-/// A running pipeline for one session.
+/// A running pipeline for one session. Clones are handles to the same pipeline (for a
+/// blocking call on another thread).
+#[derive(Clone)]
 pub struct Transcoder {
     pipeline: gst::Pipeline,
     video_src: AppSrc,
     audio_src: Option<AppSrc>,
+    /// Woken when the video appsrc asks for data (its queue fell below half its bound).
+    room: Arc<tokio::sync::Notify>,
 }
 
 impl Transcoder {
@@ -119,6 +123,9 @@ impl Transcoder {
         };
         let video_src = appsrc(VIDEO_SRC)?;
         video_src.set_caps(Some(&video_caps));
+        let room = Arc::new(tokio::sync::Notify::new());
+        let waker = Arc::clone(&room);
+        video_src.set_callbacks(gst_app::AppSrcCallbacks::builder().need_data(move |_, _| waker.notify_waiters()).build());
         let audio_src = match audio_caps {
             Some(caps) => {
                 let src = appsrc(AUDIO_SRC)?;
@@ -140,7 +147,7 @@ impl Transcoder {
             attach_sink(&sink, binding, output.clone());
         }
         pipeline.set_state(gst::State::Playing).map_err(|e| TranscodeError::Start(e.to_string()))?;
-        Ok(Self { pipeline, video_src, audio_src })
+        Ok(Self { pipeline, video_src, audio_src, room })
     }
 
     pub fn bus(&self) -> gst::Bus {
@@ -154,6 +161,12 @@ impl Transcoder {
         let encoder = self.pipeline.by_name(&name).ok_or(TranscodeError::NoElement(name))?;
         encoder.set_property_from_str("bitrate", &kbps.to_string());
         Ok(())
+    }
+
+    /// Resolves when the video appsrc next asks for data. Create the future before checking
+    /// `queued_bytes`, so that a wake-up between the two is not lost.
+    pub fn room(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.room)
     }
 
     /// Bytes queued in the appsrcs and not yet taken by the pipeline.

@@ -32,6 +32,9 @@ pub const VIDEO_SRC: &str = "video_src";
 pub const AUDIO_SRC: &str = "audio_src";
 pub const AUDIO_SINK: &str = "sink_audio";
 pub const DECODER: &str = "decoder";
+/// Bound of the video appsrc's queue: past it the stream actor stops taking input (and the
+/// broadcaster's TCP window closes); below half of it the appsrc asks for more.
+pub const VIDEO_QUEUE_BYTES: u64 = 8 * 1024 * 1024;
 
 pub fn video_sink_name(rendition: &str) -> String {
     format!("sink_{rendition}")
@@ -46,7 +49,7 @@ impl PipelineSpec {
         let sink = |name: &str| format!("appsink name={name} sync=false async=false buffer-list=true");
         // The decoder runs single-threaded slices: frame threading would hold back frames.
         let mut parts = vec![format!(
-            "appsrc name={VIDEO_SRC} format=time max-bytes=33554432 ! h264parse ! avdec_h264 name={DECODER} thread-type=slice ! tee name=video_split"
+            "appsrc name={VIDEO_SRC} format=time max-bytes={VIDEO_QUEUE_BYTES} min-percent=50 ! h264parse ! avdec_h264 name={DECODER} thread-type=slice ! tee name=video_split"
         )];
         for rung in &self.ladder.rungs {
             let encoder = encoder::render(
