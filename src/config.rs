@@ -377,6 +377,10 @@ impl Config {
         if update < Duration::from_millis(100) || update > seg * 10 {
             return Err(invalid("package.manifest_update_period", "must be within 100ms and ten segment durations"));
         }
+        if self.tier.negative_ttl >= seg {
+            // A remembered 404 must not hide a stream that starts for a whole segment.
+            return Err(invalid("tier.negative_ttl", "must be shorter than package.segment_duration"));
+        }
         if self.package.dvr_window < seg * 3 {
             return Err(invalid("package.dvr_window", "must hold at least three segments"));
         }
