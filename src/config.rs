@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::http::HttpConfig;
 use crate::media::StreamId;
 use crate::transcode::encoder::EncoderKind;
 
 pub const DEFAULT_RTMP_LISTEN: &str = "0.0.0.0:1935";
-pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_RTMP_APP: &str = "live";
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,6 +30,7 @@ pub const DEFAULT_AUDIO_BITRATE: u32 = 128_000;
 pub struct Config {
     pub cluster: ClusterConfig,
     pub ingest: IngestConfig,
+    /// The viewer-facing HTTP server and its connection limits (src/http/config.rs).
     pub http: HttpConfig,
     pub transcode: TranscodeConfig,
     pub ladder: LadderConfig,
@@ -150,13 +151,6 @@ pub struct IngestConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address the viewer-facing HTTP server binds.
-    pub listen: SocketAddr,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
 pub struct TranscodeConfig {
     /// Video encoder backends in order of preference; the first one present on this host is
     /// used. A backend left out of the list is never used: list `x264` to allow falling
@@ -240,12 +234,6 @@ impl Default for IngestConfig {
     }
 }
 
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self { listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default") }
-    }
-}
-
 impl Default for TranscodeConfig {
     fn default() -> Self {
         Self {
@@ -307,6 +295,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.tier.validate().map_err(|e| invalid("tier", e.to_string()))?;
+        self.http.validate().map_err(|e| invalid(format!("http.{}", e.key), e.reason))?;
         let cluster = &self.cluster;
         if !cluster.nodes.is_empty() {
             if cluster.this_node().is_none() {

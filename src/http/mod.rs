@@ -3,8 +3,15 @@
 //! headers say what may be cached: segments forever (their URLs are never reused),
 //! manifests for at most a second, a 404 for a stream this node does not have briefly, and
 //! a 404 for a missing segment of a stream it has never (it may be written a moment later).
+//! config.rs holds `[http]`; server.rs is the bounded accept loop every node serves
+//! through (connection cap, time-outs); path.rs parses request paths.
 
+pub mod config;
 pub mod path;
+pub mod server;
+
+pub use config::HttpConfig;
+pub use server::{HttpStats, serve};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
