@@ -486,6 +486,48 @@ mod tests {
         assert_eq!(limiter.allow(), None);
     }
 
+    async fn raw(addr: SocketAddr, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await.expect("an answer within 5 s");
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn slow_handlers_get_503_long_heads_431_and_shutdown_returns() {
+        let router = Router::new()
+            .route("/slow", get(|| async { tokio::time::sleep(Duration::from_secs(10)).await }))
+            .route("/fast", get(|| async { "fast" }));
+        let config = HttpConfig { request_timeout: Duration::from_millis(300), max_header_bytes: MIN_HEADER_BYTES, ..HttpConfig::default() };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(HttpStats::default());
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, router, config, Arc::clone(&stats), shutdown.clone()));
+
+        let t0 = std::time::Instant::now();
+        let slow = raw(addr, "GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(slow.starts_with("HTTP/1.1 503"), "{slow}");
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert_eq!(stats.request_timeouts.load(Ordering::Relaxed), 1);
+
+        let long = format!("GET /fast HTTP/1.1\r\nHost: x\r\nX-Long: {}\r\n\r\n", "a".repeat(2 * MIN_HEADER_BYTES));
+        let answer = raw(addr, &long).await;
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+        assert_eq!(stats.bad_requests.load(Ordering::Relaxed), 1);
+
+        let fast = raw(addr, "GET /fast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(fast.starts_with("HTTP/1.1 200") && fast.ends_with("fast"), "{fast}");
+
+        // An idle keep-alive connection does not hold shutdown up.
+        let _idle = TcpStream::connect(addr).await.unwrap();
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(2), server).await.expect("serve returns soon after shutdown").unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    }
+
     #[tokio::test]
     async fn heads_are_timed_from_their_first_byte_and_idleness_from_the_last_response() {
         let limits = Limits { header: Duration::from_secs(2), request: Duration::from_secs(30), idle: Duration::from_secs(5) };
