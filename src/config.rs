@@ -366,6 +366,11 @@ impl Config {
         if update < Duration::from_millis(100) || update > seg * 10 {
             return Err(invalid("package.manifest_update_period", "must be within 100ms and ten segment durations"));
         }
+        if self.http.request_timeout < self.tier.request_timeout {
+            // A tier's handler waits up to tier.request_timeout; cutting it short would turn
+            // its 502 / 504 into the edge's 503.
+            return Err(invalid("http.request_timeout", "must be at least tier.request_timeout"));
+        }
         if self.tier.negative_ttl >= seg {
             // A remembered 404 must not hide a stream that starts for a whole segment.
             return Err(invalid("tier.negative_ttl", "must be shorter than package.segment_duration"));
@@ -403,6 +408,16 @@ mod tests {
         config.transcode.rungs[1].height = 721;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.starts_with("transcode.rungs[1].height"), "{err}");
+
+        let mut config = Config::default();
+        config.http.request_timeout = config.tier.request_timeout / 2;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("http.request_timeout"), "{err}");
+
+        let mut config = Config::default();
+        config.http.idle_timeout = Duration::ZERO;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("http.idle_timeout"), "{err}");
 
         let err = toml::from_str::<Config>("[ingest]\nlisen = \"1.2.3.4:1\"").unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");

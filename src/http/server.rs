@@ -245,8 +245,21 @@ enum Expired {
     Idle,
 }
 
+/// Holds a connection's slot: gives the permit back and lowers the open gauge however the
+/// connection task ends, a panic included.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    stats: Arc<HttpStats>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn connection(stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit, shared: Shared) {
-    let _permit = permit;
+    let _slot = Slot { _permit: permit, stats: Arc::clone(&shared.stats) };
     let watch = Arc::new(Watch::new());
     let io = TokioIo::new(Watched { inner: stream, watch: Arc::clone(&watch) });
     let service = {
@@ -312,8 +325,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphoreP
             },
         }
     }
-    // Dropping the hyper connection closes the socket.
-    shared.stats.open.fetch_sub(1, Ordering::Relaxed);
+    // Returning drops the hyper connection, which closes the socket, then the slot.
 }
 
 /// What one connection is doing, as its I/O and its handlers report it; the connection's
