@@ -1,7 +1,8 @@
 //! Wires one appliance together in flow order and owns its lifetime: binds the listeners,
 //! picks the encoder, starts federation membership (when peers are configured), ingest,
-//! HTTP for this node's roles and housekeeping, and on shutdown stops accepting, lets every
-//! stream drain its pipeline, and waits for every task.
+//! HTTP for this node's roles (through the bounded edge in http/server.rs) and
+//! housekeeping, and on shutdown stops accepting, lets every stream drain its pipeline,
+//! and waits for every task.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tower::ServiceExt;
 use crate::cluster::upstreams::{LiveUpstreams, OriginUpstreams};
 use crate::cluster::{self, ClusterPlacement, Membership, HEALTH_PATH};
 use crate::config::{Config, Role};
-use crate::http::{self, HttpState};
+use crate::http::{self, HttpState, HttpStats};
 use crate::ingest;
 use crate::ingest::limits::IngestStats;
 use crate::ingest::relay::{Placement, Standalone};
@@ -94,16 +95,13 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     };
     tracing::info!(node = %config.cluster.node_id, ?roles, federated = membership.is_some(), "node starting");
     let ingest_stats = Arc::new(IngestStats::default());
+    let http_stats = Arc::new(HttpStats::default());
     let app = node_router(&config, &roles, membership, Arc::clone(&registry), store)?
-        .merge(ingest_metrics_router(Arc::clone(&ingest_stats)));
+        .merge(ingest_metrics_router(Arc::clone(&ingest_stats)))
+        .merge(http::server::metrics_router(Arc::clone(&http_stats), config.http.max_connections));
     tracker.spawn(ingest::serve(listeners.rtmp, registry, placement, services, ingest_stats));
-    let http_shutdown = shutdown.clone();
-    tracker.spawn(async move {
-        let served = axum::serve(listeners.http, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await;
-        if let Err(e) = served {
-            tracing::error!("HTTP server failed: {e}");
-        }
-    });
+    // Every role serves HTTP through the same bounded edge (connection cap, time-outs).
+    tracker.spawn(http::serve(listeners.http, app, config.http.clone(), http_stats, shutdown.clone()));
     let renderer = Arc::clone(&packager);
     let render_shutdown = shutdown.clone();
     tracker.spawn(async move { renderer.run_renderer(render_shutdown).await });

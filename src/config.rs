@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::http::HttpConfig;
 pub use crate::ingest::IngestConfig;
 use crate::transcode::encoder::EncoderKind;
 
-pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_DVR_WINDOW: Duration = Duration::from_secs(30);
 pub const DEFAULT_SEGMENT_DURATION: Duration = Duration::from_secs(1);
 pub const DEFAULT_PRESENTATION_DELAY: Duration = Duration::from_secs(1);
@@ -28,6 +28,7 @@ pub const DEFAULT_AUDIO_BITRATE: u32 = 128_000;
 pub struct Config {
     pub cluster: ClusterConfig,
     pub ingest: IngestConfig,
+    /// The viewer-facing HTTP server and its connection limits (src/http/config.rs).
     pub http: HttpConfig,
     pub transcode: TranscodeConfig,
     pub ladder: LadderConfig,
@@ -138,13 +139,6 @@ impl ClusterConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address the viewer-facing HTTP server binds.
-    pub listen: SocketAddr,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
 pub struct TranscodeConfig {
     /// Video encoder backends in order of preference; the first one present on this host is
     /// used. A backend left out of the list is never used: list `x264` to allow falling
@@ -219,12 +213,6 @@ pub struct PackageConfig {
     /// the MPD's live edge matches what exists again.
     #[serde(with = "humantime_serde")]
     pub max_clock_drift: Duration,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self { listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default") }
-    }
 }
 
 impl Default for TranscodeConfig {
@@ -313,6 +301,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.tier.validate().map_err(|e| invalid("tier", e.to_string()))?;
+        self.http.validate().map_err(|e| invalid(format!("http.{}", e.key), e.reason))?;
         let cluster = &self.cluster;
         if !cluster.nodes.is_empty() {
             if cluster.this_node().is_none() {
@@ -378,6 +367,15 @@ impl Config {
         if update < Duration::from_millis(100) || update > seg * 10 {
             return Err(invalid("package.manifest_update_period", "must be within 100ms and ten segment durations"));
         }
+        if self.http.request_timeout < self.tier.request_timeout {
+            // A tier's handler waits up to tier.request_timeout; cutting it short would turn
+            // its 502 / 504 into the edge's 503.
+            return Err(invalid("http.request_timeout", "must be at least tier.request_timeout"));
+        }
+        if self.tier.negative_ttl >= seg {
+            // A remembered 404 must not hide a stream that starts for a whole segment.
+            return Err(invalid("tier.negative_ttl", "must be shorter than package.segment_duration"));
+        }
         if self.package.max_clock_drift < seg * 2 {
             return Err(invalid("package.max_clock_drift", "must be at least two segment durations"));
         }
@@ -431,6 +429,16 @@ mod tests {
         config.transcode.rungs[1].height = 721;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.starts_with("transcode.rungs[1].height"), "{err}");
+
+        let mut config = Config::default();
+        config.http.request_timeout = config.tier.request_timeout / 2;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("http.request_timeout"), "{err}");
+
+        let mut config = Config::default();
+        config.http.idle_timeout = Duration::ZERO;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("http.idle_timeout"), "{err}");
 
         let err = toml::from_str::<Config>("[ingest]\nlisen = \"1.2.3.4:1\"").unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");

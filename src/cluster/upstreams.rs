@@ -1,7 +1,9 @@
 //! Where a caching tier fetches a stream from. An origin goes to the stream's live node
 //! (where it lives now, else the ring's order of healthy live nodes); an edge goes to its
 //! region's healthy origins, ordered by hashing the stream over them, so each origin
-//! caches its share of streams and a dead origin's streams move to the next one.
+//! caches its share of streams and a dead origin's streams move to the next one. A fetch
+//! that cannot connect marks its node down at once; a slow or broken answer does not (one
+//! object's trouble is not the node's), the health probes stay the authority.
 
 use crate::config::{NodeConfig, Role};
 use crate::media::StreamId;
@@ -27,7 +29,7 @@ impl UpstreamResolver for LiveUpstreams {
         live_order(&view, stream.as_str()).into_iter().filter(|n| n.id != view.node_id()).map(base).collect()
     }
 
-    fn failed(&self, base_url: &str) {
+    fn connect_failed(&self, base_url: &str) {
         mark_down_by_base(&self.membership, base_url);
     }
 }
@@ -48,7 +50,7 @@ impl UpstreamResolver for OriginUpstreams {
         ring.order(stream.as_str()).into_iter().filter_map(|id| view.node(id)).map(base).collect()
     }
 
-    fn failed(&self, base_url: &str) {
+    fn connect_failed(&self, base_url: &str) {
         mark_down_by_base(&self.membership, base_url);
     }
 }
@@ -57,6 +59,6 @@ fn mark_down_by_base(membership: &Membership, base_url: &str) {
     let id = membership.view().healthy().find(|n| base(n) == base_url).map(|n| n.id.clone());
     if let Some(id) = id
         && membership.mark_down(&id) {
-            tracing::warn!(peer = %id, "peer marked down after a failed fetch");
+            tracing::warn!(peer = %id, "peer marked down: a fetch could not connect");
         }
 }

@@ -1,9 +1,17 @@
 //! The viewer-facing HTTP server (axum): live manifests and segments from the local store,
 //! the list of streams, and a clock for players. The same paths on every tier; caching
 //! headers say what may be cached: segments forever (their URLs are never reused),
-//! manifests for at most a second.
+//! manifests for at most a second, a 404 for a stream this node does not have briefly, and
+//! a 404 for a missing segment of a stream it has never (it may be written a moment later).
+//! config.rs holds `[http]`; server.rs is the bounded accept loop every node serves
+//! through (connection cap, time-outs); path.rs parses request paths.
 
+pub mod config;
 pub mod path;
+pub mod server;
+
+pub use config::HttpConfig;
+pub use server::{HttpStats, serve};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,6 +34,10 @@ pub const SEGMENT_CONTENT_TYPE: &str = "video/iso.segment";
 pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// Manifests: players re-fetch every update period; shared caches may hold one a second.
 pub const MANIFEST_CACHE: &str = "public, max-age=0, s-maxage=1";
+/// A 404 for a stream this node does not have: players must ask again, shared caches may
+/// remember it briefly (a tier caps it at its `negative_ttl`), so a flood of requests for
+/// an unknown stream stops at the edge. A stream that starts is visible within that cap.
+pub const UNKNOWN_STREAM_CACHE: &str = "public, max-age=0, s-maxage=1";
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -73,6 +85,12 @@ pub fn router(state: HttpState) -> Router {
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], message.into()).into_response()
+}
+
+/// 404 for a stream this node does not have; see [`UNKNOWN_STREAM_CACHE`].
+fn unknown_stream(stream: &crate::media::StreamId) -> Response {
+    let cache = HeaderValue::from_static(UNKNOWN_STREAM_CACHE);
+    (StatusCode::NOT_FOUND, [(header::CACHE_CONTROL, cache)], format!("no stream {stream}\n")).into_response()
 }
 
 async fn not_found() -> Response {
@@ -162,8 +180,9 @@ async fn manifest(State(state): State<HttpState>, Path(stream): Path<String>) ->
     };
     match state.store.manifest(&stream) {
         Some(mpd) => bytes_response(mpd, MPD_CONTENT_TYPE, MANIFEST_CACHE),
+        // Playable in a moment: nobody may remember this answer.
         None if state.store.contains_stream(&stream) => error(StatusCode::NOT_FOUND, "stream has no playable segment yet\n"),
-        None => error(StatusCode::NOT_FOUND, format!("no stream {stream}\n")),
+        None => unknown_stream(&stream),
     }
 }
 
@@ -181,7 +200,10 @@ async fn object(State(state): State<HttpState>, Path((stream, rendition, file)):
     let key = ObjectKey { rendition: object.rendition, session: object.session, part: object.part };
     match state.store.object(&stream, &key) {
         Some(bytes) => bytes_response(bytes, content_type, IMMUTABLE),
-        None => error(StatusCode::NOT_FOUND, "no such segment\n"),
+        // Players poll for the newest segment just before it is written: a cached 404 would
+        // hide it from every viewer behind that cache for the cache's lifetime.
+        None if state.store.contains_stream(&stream) => error(StatusCode::NOT_FOUND, "no such segment\n"),
+        None => unknown_stream(&stream),
     }
 }
 
@@ -244,6 +266,20 @@ mod tests {
             ("/etc/passwd", StatusCode::NOT_FOUND),
         ] {
             assert_eq!(get(uri).await.status(), status, "{uri}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_segment_is_never_cacheable_an_unknown_stream_briefly() {
+        for (uri, cache) in [
+            ("/live/cam/720p/abc-8.m4s", "no-store"),
+            ("/live/cam/manifest.mpd", "no-store"),
+            ("/live/nope/720p/abc-8.m4s", UNKNOWN_STREAM_CACHE),
+            ("/live/nope/manifest.mpd", UNKNOWN_STREAM_CACHE),
+        ] {
+            let response = get(uri).await;
+            assert_eq!(response.status(), StatusCode::NOT_FOUND, "{uri}");
+            assert_eq!(response.headers()[header::CACHE_CONTROL], cache, "{uri}");
         }
     }
 

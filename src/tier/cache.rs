@@ -40,6 +40,8 @@ pub struct CachedObject {
     pub content_type: Option<HeaderValue>,
     pub cache_control: Option<HeaderValue>,
     pub body: Bytes,
+    /// A lifetime shorter than its kind's, from the upstream's `Cache-Control`.
+    pub lifetime: Option<Duration>,
 }
 
 impl CachedObject {
@@ -65,13 +67,44 @@ impl Lifetimes {
             ObjectKind::Negative => self.negative,
         }
     }
+
+    /// How long `object` lives: its kind's lifetime, or less if its upstream said so.
+    pub fn of_object(&self, object: &CachedObject) -> Duration {
+        let kind = self.of(object.kind);
+        object.lifetime.map_or(kind, |upstream| upstream.min(kind))
+    }
+}
+
+/// How long a shared cache may keep an answer carrying `cache_control`, at most `ceiling`;
+/// `None` when it must not be stored at all. `no-store`, `private` and `no-cache` (we do not
+/// revalidate) forbid storing; `s-maxage` (meant for shared caches) overrides `max-age`;
+/// a lifetime of zero forbids storing. Unparsable values are ignored, so a foreign upstream
+/// with odd headers falls back to the tier's own lifetimes (RFC 9111 5.2).
+pub fn shared_lifetime(cache_control: Option<&HeaderValue>, ceiling: Duration) -> Option<Duration> {
+    let Some(text) = cache_control.and_then(|v| v.to_str().ok()) else { return Some(ceiling) };
+    let (mut max_age, mut s_maxage) = (None, None);
+    for directive in text.split(',') {
+        let (name, value) = match directive.split_once('=') {
+            Some((name, value)) => (name.trim(), Some(value.trim().trim_matches('"'))),
+            None => (directive.trim(), None),
+        };
+        let seconds = || value.and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs);
+        match name.to_ascii_lowercase().as_str() {
+            "no-store" | "private" | "no-cache" => return None,
+            "max-age" => max_age = seconds().or(max_age),
+            "s-maxage" => s_maxage = seconds().or(s_maxage),
+            _ => {}
+        }
+    }
+    let lifetime = s_maxage.or(max_age).map_or(ceiling, |upstream| upstream.min(ceiling));
+    (!lifetime.is_zero()).then_some(lifetime)
 }
 
 struct KindExpiry(Lifetimes);
 
 impl Expiry<Arc<str>, Arc<CachedObject>> for KindExpiry {
     fn expire_after_create(&self, _key: &Arc<str>, value: &Arc<CachedObject>, _created_at: Instant) -> Option<Duration> {
-        Some(self.0.of(value.kind))
+        Some(self.0.of_object(value))
     }
 
     /// A replaced entry (a manifest re-fetched, a 404 that now exists) starts a fresh life.
@@ -82,7 +115,7 @@ impl Expiry<Arc<str>, Arc<CachedObject>> for KindExpiry {
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        Some(self.0.of(value.kind))
+        Some(self.0.of_object(value))
     }
 }
 
@@ -163,5 +196,26 @@ impl TierCache {
         for shard in self.shards.iter() {
             shard.run_pending_tasks().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_cache_control_caps_or_forbids_storing() {
+        let ceiling = Duration::from_millis(200);
+        let lifetime = |value: &str| shared_lifetime(Some(&HeaderValue::from_str(value).unwrap()), ceiling);
+        assert_eq!(shared_lifetime(None, ceiling), Some(ceiling));
+        assert_eq!(lifetime("no-store"), None);
+        assert_eq!(lifetime("public, No-Store"), None);
+        assert_eq!(lifetime("private, max-age=60"), None);
+        assert_eq!(lifetime("no-cache"), None);
+        assert_eq!(lifetime("max-age=0"), None, "zero means do not keep");
+        assert_eq!(lifetime("public, max-age=0, s-maxage=1"), Some(ceiling), "s-maxage wins for a shared cache; capped");
+        assert_eq!(lifetime("public, max-age=31536000, immutable"), Some(ceiling));
+        assert_eq!(lifetime("max-age=\"abc\""), Some(ceiling), "unparsable: ignored");
+        assert_eq!(shared_lifetime(Some(&HeaderValue::from_static("s-maxage=1")), Duration::from_secs(5)), Some(Duration::from_secs(1)));
     }
 }

@@ -20,7 +20,16 @@ pub enum TierError {
     /// Internal: the resolver named no upstream for the stream.
     #[error("stream {stream}: no upstream to fetch from")]
     NoUpstream { stream: StreamId },
-    /// Upstream: connection refused or reset, or the body broke off.
+    /// Upstream: no TCP connection (refused, unreachable, connect time-out). The only fetch
+    /// failure that may mark a node down: the node, not one object, is unreachable.
+    #[error("stream {stream}: cannot connect to upstream {upstream}: {source}")]
+    Connect {
+        stream: StreamId,
+        upstream: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Upstream: connected, then the connection was reset or the body broke off.
     #[error("stream {stream}: upstream {upstream} failed: {source}")]
     Transport {
         stream: StreamId,
@@ -31,6 +40,14 @@ pub enum TierError {
     /// Upstream: no complete answer within the fetch budget.
     #[error("stream {stream}: upstream {upstream} gave no answer within {after:?}")]
     Timeout { stream: StreamId, upstream: String, after: Duration },
+    /// Upstream: the answer's body is larger than `tier.max_body_bytes` (by its
+    /// Content-Length or as it arrived).
+    #[error("stream {stream}: upstream {upstream} sent more than {limit} bytes for {path}")]
+    TooLarge { stream: StreamId, upstream: String, path: String, limit: u64 },
+    /// Internal marker, never sent: the upstream's answer must not be cached (its
+    /// Cache-Control says so). Its waiters get the answer itself, not this error.
+    #[error("stream {stream}: the answer for {path} may not be stored")]
+    NotStored { stream: StreamId, path: String },
     /// Upstream: it answered with a status other than 200 or 404.
     #[error("stream {stream}: upstream {upstream} answered {status}")]
     UpstreamStatus { stream: StreamId, upstream: String, status: u16 },
@@ -50,15 +67,22 @@ impl TierError {
     pub fn status(&self) -> StatusCode {
         match self {
             TierError::BadPath(_) => StatusCode::BAD_REQUEST,
-            TierError::NotFound { .. } => StatusCode::NOT_FOUND,
+            TierError::NotFound { .. } | TierError::NotStored { .. } => StatusCode::NOT_FOUND,
             TierError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            TierError::NoUpstream { .. } | TierError::Transport { .. } | TierError::UpstreamStatus { .. } => StatusCode::BAD_GATEWAY,
+            TierError::NoUpstream { .. }
+            | TierError::Connect { .. }
+            | TierError::Transport { .. }
+            | TierError::TooLarge { .. }
+            | TierError::UpstreamStatus { .. } => StatusCode::BAD_GATEWAY,
             TierError::Client(_) | TierError::Task { .. } | TierError::Config { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// Whether asking again (here, or at the next upstream) may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, TierError::Transport { .. } | TierError::Timeout { .. } | TierError::UpstreamStatus { .. } | TierError::Task { .. })
+        matches!(
+            self,
+            TierError::Connect { .. } | TierError::Transport { .. } | TierError::Timeout { .. } | TierError::UpstreamStatus { .. } | TierError::Task { .. }
+        )
     }
 }

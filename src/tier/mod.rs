@@ -49,12 +49,23 @@ pub const DEFAULT_CAPACITY_BYTES: u64 = 512 * 1024 * 1024;
 pub const DEFAULT_SEGMENT_TTL: Duration = Duration::from_secs(3600);
 /// Half the live node's 1 s update period, so a two-tier chain adds at most ~1 s of age.
 pub const DEFAULT_MANIFEST_TTL: Duration = Duration::from_millis(500);
-pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(1);
+/// Well under one segment (1 s): a 404 is cached only for a stream the upstream does not
+/// have (the live node marks a missing *segment* `no-store`), and a stream that starts, or
+/// moves to another live node, must not stay invisible for long behind every tier.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_millis(200);
 /// Loopback and LAN peers connect in well under a millisecond; 300 ms means the peer is gone.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// Whole budget of one fetch, over all upstreams tried: the longest a waiter can wait.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_PREFETCH_WINDOW: Duration = Duration::from_secs(10);
+/// A 1 s segment of a 5 Mb/s top rung is ~650 KB and an MPD a few KB; 32 MiB leaves room
+/// for 4K at high bitrates and longer segments, and stops a broken or hostile upstream
+/// from filling memory with one answer (every waiter shares it, and the cache keeps it).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+/// Pooled upstream connections are dropped after this long unused: below the upstream's
+/// `http.idle_timeout` (15 s by default), so a tier never sends a request on a connection
+/// the upstream is closing.
+pub const UPSTREAM_POOL_IDLE: Duration = Duration::from_secs(10);
 
 /// Settings of one caching tier.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,7 +81,8 @@ pub struct TierConfig {
     /// Lifetime of manifests.
     #[serde(with = "humantime_serde")]
     pub manifest_ttl: Duration,
-    /// Lifetime of a remembered upstream 404.
+    /// Longest lifetime of a remembered upstream 404 (shorter if the upstream's
+    /// `Cache-Control` says so; never stored if it says `no-store`).
     #[serde(with = "humantime_serde")]
     pub negative_ttl: Duration,
     /// TCP connect timeout to an upstream; past it the next upstream is tried.
@@ -79,6 +91,9 @@ pub struct TierConfig {
     /// Total time for one fetch, across every upstream tried; then 504.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Largest upstream answer body in bytes; a larger one (by Content-Length, or counted
+    /// as it arrives) is a 502 and is not cached.
+    pub max_body_bytes: u64,
     /// Fetch the newest segments of requested renditions when a new MPD arrives.
     pub prefetch: bool,
     /// A rendition counts as requested if a viewer asked for one of its segments this recently.
@@ -96,6 +111,7 @@ impl Default for TierConfig {
             negative_ttl: DEFAULT_NEGATIVE_TTL,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             prefetch: false,
             prefetch_window: DEFAULT_PREFETCH_WINDOW,
         }
@@ -122,6 +138,9 @@ impl TierConfig {
         if self.connect_timeout > self.request_timeout {
             return invalid("connect_timeout", "must not exceed request_timeout");
         }
+        if self.max_body_bytes < 64 * 1024 {
+            return invalid("max_body_bytes", "must be at least 64 KiB");
+        }
         Ok(())
     }
 
@@ -135,9 +154,11 @@ impl TierConfig {
 /// live node and its successors on the ring.
 pub trait UpstreamResolver: Send + Sync {
     fn upstreams(&self, stream: &StreamId) -> Vec<String>;
-    /// `base` refused, reset or timed out just now; the caller may mark it down at once
-    /// instead of waiting for its health probe.
-    fn failed(&self, _base: &str) {}
+    /// A TCP connection to `base` could not be made just now (refused, unreachable, connect
+    /// time-out); the resolver may mark it down at once instead of waiting for its health
+    /// probe. Never called for a slow or reset answer: that is one object's failure, and a
+    /// node serving every other stream must not be taken out for it.
+    fn connect_failed(&self, _base: &str) {}
 }
 
 /// The same upstreams for every stream: a single origin, or a fixed list.
@@ -160,8 +181,17 @@ pub struct TierCounters {
     pub bad_requests: AtomicU64,
     /// HTTP requests sent upstream, one per attempt (a failover is two).
     pub upstream_requests: AtomicU64,
-    /// Attempts that failed: refused, reset, timed out, or answered other than 200 / 404.
+    /// Attempts that failed: refused, reset, timed out, too large, or answered other than
+    /// 200 / 404.
     pub upstream_errors: AtomicU64,
+    /// Of those, attempts that could not connect (the only ones that mark a node down).
+    pub upstream_connect_failures: AtomicU64,
+    /// Of those, attempts that ran out of time (the node stays up; the request fails over).
+    pub upstream_timeouts: AtomicU64,
+    /// Of those, answers larger than `max_body_bytes`.
+    pub upstream_too_large: AtomicU64,
+    /// Answers passed on without being cached because the upstream's Cache-Control said so.
+    pub not_stored: AtomicU64,
     /// Segments fetched by the prefetcher (not by a viewer).
     pub prefetches: AtomicU64,
 }
@@ -180,6 +210,10 @@ pub struct TierMetrics {
     pub bad_requests: u64,
     pub upstream_requests: u64,
     pub upstream_errors: u64,
+    pub upstream_connect_failures: u64,
+    pub upstream_timeouts: u64,
+    pub upstream_too_large: u64,
+    pub not_stored: u64,
     pub prefetches: u64,
     /// Weighted bytes held (bodies plus per-entry overhead); moka updates it lazily.
     pub bytes_cached: u64,
@@ -206,6 +240,7 @@ impl TierState {
             // Peers are addressed directly; an environment proxy must not sit between tiers.
             .no_proxy()
             .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(UPSTREAM_POOL_IDLE)
             .tcp_nodelay(true)
             .build()
             .map_err(TierError::Client)?;
@@ -236,6 +271,10 @@ impl TierState {
             bad_requests: get(&c.bad_requests),
             upstream_requests: get(&c.upstream_requests),
             upstream_errors: get(&c.upstream_errors),
+            upstream_connect_failures: get(&c.upstream_connect_failures),
+            upstream_timeouts: get(&c.upstream_timeouts),
+            upstream_too_large: get(&c.upstream_too_large),
+            not_stored: get(&c.not_stored),
             prefetches: get(&c.prefetches),
             bytes_cached: self.cache.weighted_size(),
             entries: self.cache.entry_count(),

@@ -28,7 +28,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
 
-use super::cache::{CachedObject, ObjectKind};
+use super::cache::{CachedObject, ObjectKind, shared_lifetime};
 use super::error::TierError;
 use super::{TierState, inc};
 use crate::http::{IMMUTABLE, MANIFEST_CACHE, MPD_CONTENT_TYPE, SEGMENT_CONTENT_TYPE};
@@ -150,10 +150,14 @@ impl TierState {
     }
 
     /// Fetches into the cache through moka, so that a flight started just after another
-    /// landed finds its value instead of the upstream.
+    /// landed finds its value instead of the upstream. An answer the upstream marked as not
+    /// storable reaches this flight's waiters but not the cache.
     async fn fetch_into_cache(&self, request: ObjectRequest, purpose: Purpose) -> (FetchResult, bool) {
         // moka polls the init future only when the value is absent.
         let fetched = AtomicBool::new(false);
+        // moka stores whatever init returns Ok, so an answer that must not be stored leaves
+        // init as an error and comes back through here.
+        let not_stored = Mutex::new(None);
         let init = async {
             fetched.store(true, Ordering::Relaxed);
             let object = self.fetch_upstream(&request, purpose == Purpose::Viewer).await?;
@@ -163,10 +167,22 @@ impl TierState {
                 // a prefetch joins its flight, never makes a second upstream request.
                 self.prefetch_newest(&request.stream, &object.body);
             }
-            Ok::<_, TierError>(Arc::new(object))
+            let ceiling = self.cache.lifetimes().of(object.kind);
+            match shared_lifetime(object.cache_control.as_ref(), ceiling) {
+                Some(lifetime) => Ok::<_, TierError>(Arc::new(CachedObject { lifetime: Some(lifetime), ..object })),
+                None => {
+                    inc(&self.counters.not_stored);
+                    tracing::debug!(stream = %request.stream, path = %request.key, status = object.status.as_u16(), "upstream said not to store; passed on uncached");
+                    *not_stored.lock() = Some(Arc::new(object));
+                    Err(TierError::NotStored { stream: request.stream.clone(), path: request.key.to_string() })
+                }
+            }
         };
         let result = self.cache.shard(&request.key).entry(request.key.clone()).or_try_insert_with(init).await;
         let fetched = fetched.load(Ordering::Relaxed);
+        if let Some(object) = not_stored.lock().take() {
+            return (Ok(object), fetched);
+        }
         if purpose == Purpose::Prefetch && fetched && result.is_ok() {
             inc(&self.counters.prefetches);
             tracing::debug!(stream = %request.stream, path = %request.key, "prefetched");
@@ -175,22 +191,31 @@ impl TierState {
     }
 
     /// Tries the resolver's upstreams in order within one time budget (`request_timeout`).
-    /// A refused or timed-out connection moves on to the next upstream at once; an answer,
-    /// even a 5xx, ends the search, since another upstream would ask the same live node.
+    /// Every attempt but the last gets half of what is left, so one hung upstream leaves
+    /// time for the next. A failed connect marks that upstream down (the node is
+    /// unreachable) and moves on; a time-out or a reset moves on for this request only and
+    /// leaves the node up: one slow object must not take out every stream on a healthy
+    /// node (health probes decide that). An answer, even a 5xx, ends the search, since
+    /// another upstream would ask the same live node.
     async fn fetch_upstream(&self, request: &ObjectRequest, cache_negative: bool) -> Result<CachedObject, TierError> {
         let upstreams = self.upstream.upstreams(&request.stream);
         let deadline = Instant::now() + self.config.request_timeout;
         let mut last_error = None;
-        for base in &upstreams {
-            let budget = deadline.saturating_duration_since(Instant::now());
-            if budget.is_zero() {
+        for (i, base) in upstreams.iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 break;
             }
+            let budget = if i + 1 < upstreams.len() { left / 2 } else { left };
             match self.fetch_once(request, base, budget, cache_negative).await {
                 Ok(object) => return Ok(object),
+                Err(e @ TierError::Connect { .. }) => {
+                    tracing::warn!(stream = %request.stream, upstream = %base, path = %request.key, error = %e, "upstream unreachable; trying the next");
+                    self.upstream.connect_failed(base);
+                    last_error = Some(e);
+                }
                 Err(e @ (TierError::Transport { .. } | TierError::Timeout { .. })) => {
-                    tracing::warn!(stream = %request.stream, upstream = %base, path = %request.key, error = %e, "upstream failed; trying the next");
-                    self.upstream.failed(base);
+                    tracing::warn!(stream = %request.stream, upstream = %base, path = %request.key, error = %e, "upstream failed this request; trying the next, upstream stays up");
                     last_error = Some(e);
                 }
                 Err(e) => return Err(e),
@@ -202,26 +227,41 @@ impl TierState {
     async fn fetch_once(&self, request: &ObjectRequest, base: &str, budget: Duration, cache_negative: bool) -> Result<CachedObject, TierError> {
         let url = format!("{}{}", base.trim_end_matches('/'), request.key);
         inc(&self.counters.upstream_requests);
+        let limit = self.config.max_body_bytes;
         let attempt = async {
-            let response = self.client.get(&url).send().await?;
+            let response = self.client.get(&url).send().await.map_err(Attempt::Http)?;
             let status = response.status();
             let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
             let cache_control = response.headers().get(header::CACHE_CONTROL).cloned();
             // A 5xx body is of no use; dropping the response closes that connection.
-            let body = if status == StatusCode::OK || status == StatusCode::NOT_FOUND { response.bytes().await? } else { Bytes::new() };
-            Ok::<_, reqwest::Error>((status, content_type, cache_control, body))
+            let body = if status == StatusCode::OK || status == StatusCode::NOT_FOUND { read_body(response, limit).await? } else { Bytes::new() };
+            Ok::<_, Attempt>((status, content_type, cache_control, body))
         };
-        let failed = |e: TierError| {
-            inc(&self.counters.upstream_errors);
-            e
-        };
+        let stream = || request.stream.clone();
+        let upstream = || base.to_owned();
         let (status, content_type, cache_control, body) = match tokio::time::timeout(budget, attempt).await {
-            Err(_) => return Err(failed(TierError::Timeout { stream: request.stream.clone(), upstream: base.to_owned(), after: budget })),
-            Ok(Err(source)) if source.is_timeout() && !source.is_connect() => {
-                return Err(failed(TierError::Timeout { stream: request.stream.clone(), upstream: base.to_owned(), after: budget }));
-            }
-            Ok(Err(source)) => return Err(failed(TierError::Transport { stream: request.stream.clone(), upstream: base.to_owned(), source })),
             Ok(Ok(answer)) => answer,
+            Err(_) => {
+                self.count_failure(&self.counters.upstream_timeouts);
+                return Err(TierError::Timeout { stream: stream(), upstream: upstream(), after: budget });
+            }
+            Ok(Err(Attempt::TooLarge)) => {
+                self.count_failure(&self.counters.upstream_too_large);
+                tracing::warn!(stream = %request.stream, upstream = %base, path = %request.key, limit, "upstream answer too large; not cached");
+                return Err(TierError::TooLarge { stream: stream(), upstream: upstream(), path: request.key.to_string(), limit });
+            }
+            Ok(Err(Attempt::Http(source))) if source.is_connect() => {
+                self.count_failure(&self.counters.upstream_connect_failures);
+                return Err(TierError::Connect { stream: stream(), upstream: upstream(), source });
+            }
+            Ok(Err(Attempt::Http(source))) if source.is_timeout() => {
+                self.count_failure(&self.counters.upstream_timeouts);
+                return Err(TierError::Timeout { stream: stream(), upstream: upstream(), after: budget });
+            }
+            Ok(Err(Attempt::Http(source))) => {
+                inc(&self.counters.upstream_errors);
+                return Err(TierError::Transport { stream: stream(), upstream: upstream(), source });
+            }
         };
         match status {
             StatusCode::OK => {
@@ -238,17 +278,56 @@ impl TierState {
                     content_type: content_type.or(Some(HeaderValue::from_static(default_type))),
                     cache_control: cache_control.or(Some(HeaderValue::from_static(default_cache))),
                     body,
+                    lifetime: None,
                 })
             }
             StatusCode::NOT_FOUND if cache_negative => {
-                tracing::debug!(stream = %request.stream, upstream = %base, path = %request.key, "not found upstream; caching the 404");
-                Ok(CachedObject { kind: ObjectKind::Negative, status, content_type, cache_control, body })
+                // Stored for at most negative_ttl, and not at all if the upstream says no-store
+                // (fetch_into_cache decides from cache_control).
+                tracing::debug!(stream = %request.stream, upstream = %base, path = %request.key, "not found upstream");
+                Ok(CachedObject { kind: ObjectKind::Negative, status, content_type, cache_control, body, lifetime: None })
             }
             StatusCode::NOT_FOUND => Err(TierError::NotFound { stream: request.stream.clone(), path: request.key.to_string() }),
             other => {
                 tracing::warn!(stream = %request.stream, upstream = %base, path = %request.key, status = other.as_u16(), "upstream answered an error");
-                Err(failed(TierError::UpstreamStatus { stream: request.stream.clone(), upstream: base.to_owned(), status: other.as_u16() }))
+                inc(&self.counters.upstream_errors);
+                Err(TierError::UpstreamStatus { stream: request.stream.clone(), upstream: base.to_owned(), status: other.as_u16() })
             }
         }
     }
+
+    /// Counts a failed attempt, in total and by kind.
+    fn count_failure(&self, kind: &std::sync::atomic::AtomicU64) {
+        inc(&self.counters.upstream_errors);
+        inc(kind);
+    }
+}
+
+/// Why one attempt produced no answer, before it becomes a `TierError` with its context.
+enum Attempt {
+    Http(reqwest::Error),
+    TooLarge,
+}
+
+/// The body, refused as soon as it is known to exceed `limit` bytes: by its Content-Length
+/// before reading, else by a running total as chunks arrive (chunked or lying upstreams),
+/// so at most `limit` bytes plus one chunk are ever held.
+async fn read_body(mut response: reqwest::Response, limit: u64) -> Result<Bytes, Attempt> {
+    if response.content_length().is_some_and(|length| length > limit) {
+        return Err(Attempt::TooLarge);
+    }
+    let (mut chunks, mut total) = (Vec::new(), 0u64);
+    while let Some(chunk) = response.chunk().await.map_err(Attempt::Http)? {
+        total += chunk.len() as u64;
+        if total > limit {
+            return Err(Attempt::TooLarge);
+        }
+        chunks.push(chunk);
+    }
+    // A body that arrived in one chunk is passed on without a copy.
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => chunks.concat().into(),
+    })
 }

@@ -30,6 +30,11 @@ struct UpstreamState {
     gates: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
     /// When each path was last answered.
     answered: Mutex<HashMap<String, Instant>>,
+    /// Cache-Control of 404s; `no-store` (what the live node sends for a missing segment)
+    /// when unset.
+    not_found_cache: Mutex<Option<&'static str>>,
+    /// Paths whose bodies are sent chunked, without a Content-Length.
+    chunked: Mutex<std::collections::HashSet<String>>,
 }
 
 struct Upstream {
@@ -70,6 +75,12 @@ impl Upstream {
     fn count(&self, path: &str) -> u64 {
         self.state.counts.lock().get(path).copied().unwrap_or(0)
     }
+    fn not_found_cache(&self, value: &'static str) {
+        *self.state.not_found_cache.lock() = Some(value);
+    }
+    fn chunked(&self, path: &str) {
+        self.state.chunked.lock().insert(path.to_owned());
+    }
 }
 
 async fn upstream_handler(State(state): State<Arc<UpstreamState>>, uri: Uri) -> Response {
@@ -88,12 +99,18 @@ async fn upstream_handler(State(state): State<Arc<UpstreamState>>, uri: Uri) -> 
         return (status, "upstream failure\n").into_response();
     }
     let body = state.objects.lock().get(&path).cloned();
+    if let Some(body) = body.clone().filter(|_| state.chunked.lock().contains(&path)) {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = body.chunks(16 * 1024).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
+        return (StatusCode::OK, [(header::CONTENT_TYPE, SEGMENT_CONTENT_TYPE), (header::CACHE_CONTROL, IMMUTABLE)], body).into_response();
+    }
+    let not_found_cache = state.not_found_cache.lock().unwrap_or("no-store");
     match body {
         Some(body) if path.ends_with(".mpd") => {
             (StatusCode::OK, [(header::CONTENT_TYPE, MPD_CONTENT_TYPE), (header::CACHE_CONTROL, MANIFEST_CACHE)], body).into_response()
         }
         Some(body) => (StatusCode::OK, [(header::CONTENT_TYPE, SEGMENT_CONTENT_TYPE), (header::CACHE_CONTROL, IMMUTABLE)], body).into_response(),
-        None => (StatusCode::NOT_FOUND, [(header::CACHE_CONTROL, "no-store")], "no such object\n").into_response(),
+        None => (StatusCode::NOT_FOUND, [(header::CACHE_CONTROL, not_found_cache)], "no such object\n").into_response(),
     }
 }
 
@@ -105,6 +122,22 @@ async fn hung_upstream() -> String {
         let mut held = Vec::new();
         while let Ok((socket, _)) = listener.accept().await {
             held.push(socket);
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Accepts TCP connections, reads the request and hangs up without answering: a broken
+/// connection after a successful connect.
+async fn resetting_upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
+            });
         }
     });
     format!("http://{addr}")
@@ -128,7 +161,7 @@ impl UpstreamResolver for RecordingResolver {
     fn upstreams(&self, _stream: &StreamId) -> Vec<String> {
         self.upstreams.clone()
     }
-    fn failed(&self, base: &str) {
+    fn connect_failed(&self, base: &str) {
         self.failed.lock().push(base.to_owned());
     }
 }
@@ -335,6 +368,8 @@ async fn upstream_error_reaches_every_waiter_and_is_not_cached() {
 #[tokio::test]
 async fn upstream_404_is_cached_briefly() {
     let upstream = Upstream::start().await;
+    // What the live node sends for a stream it does not have.
+    upstream.not_found_cache(crate::http::UNKNOWN_STREAM_CACHE);
     let config = TierConfig { negative_ttl: Duration::from_millis(300), ..TierConfig::default() };
     let (_tier, base) = start_tier(config, vec![upstream.base()]).await;
     let client = client();
@@ -412,7 +447,8 @@ async fn manifests_expire_segments_stay_and_bytes_are_bounded() {
     let cache = TierCache::new(1024 * 1024, 2, lifetimes);
     let body = Bytes::from(vec![7u8; 64 * 1024]);
     for n in 0..100 {
-        let object = CachedObject { kind: ObjectKind::Segment, status: StatusCode::OK, content_type: None, cache_control: None, body: body.clone() };
+        let object =
+            CachedObject { kind: ObjectKind::Segment, status: StatusCode::OK, content_type: None, cache_control: None, body: body.clone(), lifetime: None };
         cache.insert(&format!("/live/cam/720p/abc-{n}.m4s"), object).await;
     }
     cache.run_pending_tasks().await;
@@ -503,4 +539,114 @@ async fn bad_paths_clock_and_metrics() {
     assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
     let metrics: TierMetrics = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
     assert_eq!((metrics.requests, metrics.bad_requests, metrics.upstream_requests), (4, 4, 0));
+}
+
+#[tokio::test]
+async fn a_no_store_404_is_passed_on_not_cached() {
+    let upstream = Upstream::start().await;
+    let (tier, base) = start_tier(TierConfig::default(), vec![upstream.base()]).await;
+    let client = client();
+    // The live node's answer for the newest segment asked for a moment too early.
+    let path = "/live/cam/720p/abc-9.m4s";
+    let url = format!("{base}{path}");
+
+    let first = get(&client, &url).await;
+    assert_eq!((first.status, first.body.as_ref()), (StatusCode::NOT_FOUND, b"no such object\n".as_ref()));
+    assert_eq!(first.cache, "miss");
+    let second = get(&client, &url).await;
+    assert_eq!((second.status, second.cache.as_str()), (StatusCode::NOT_FOUND, "miss"), "not served from the cache");
+    assert_eq!(upstream.count(path), 2, "the second request went upstream again");
+
+    // The segment is written: the very next poll gets it.
+    upstream.put(path, "segment 9");
+    let third = get(&client, &url).await;
+    assert_eq!((third.status, third.body.as_ref()), (StatusCode::OK, b"segment 9".as_ref()));
+    let metrics = tier.metrics();
+    assert_eq!((metrics.not_stored, metrics.upstream_errors), (2, 0));
+}
+
+#[tokio::test]
+async fn a_negative_answer_lives_no_longer_than_its_upstream_allows() {
+    let upstream = Upstream::start().await;
+    upstream.not_found_cache("public, max-age=0, s-maxage=1");
+    // negative_ttl above the upstream's s-maxage: the upstream's 1 s wins.
+    let config = TierConfig { negative_ttl: Duration::from_secs(5), ..TierConfig::default() };
+    let (_tier, base) = start_tier(config, vec![upstream.base()]).await;
+    let client = client();
+    let path = "/live/ghost/manifest.mpd";
+    let url = format!("{base}{path}");
+    assert_eq!(get(&client, &url).await.cache, "miss");
+    assert_eq!(get(&client, &url).await.cache, "hit");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(get(&client, &url).await.cache, "miss", "expired after the upstream's s-maxage, not negative_ttl");
+    assert_eq!(upstream.count(path), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_reset_object_fails_over_for_that_request_only() {
+    let slow = Upstream::start().await;
+    let spare = Upstream::start().await;
+    let (stuck, other) = ("/live/cam/720p/abc-5.m4s", "/live/news/720p/xyz-5.m4s");
+    slow.put(stuck, "late");
+    slow.delay(stuck, Duration::from_secs(3));
+    slow.put(other, "other stream");
+    spare.put(stuck, "from the spare");
+    let resolver = Arc::new(RecordingResolver { upstreams: vec![slow.base(), spare.base()], ..Default::default() });
+    let config = TierConfig { request_timeout: Duration::from_millis(800), ..TierConfig::default() };
+    let (tier, base) = start_tier_with(config.clone(), resolver.clone()).await;
+    let client = client();
+
+    // The first upstream gets half the budget, then the request moves to the spare.
+    let t0 = Instant::now();
+    let served = get(&client, &format!("{base}{stuck}")).await;
+    let took = t0.elapsed();
+    println!("slow object: {} from the spare after {took:?}", served.status);
+    assert_eq!((served.status, served.body.as_ref()), (StatusCode::OK, b"from the spare".as_ref()));
+    assert!(took >= Duration::from_millis(400) && took < Duration::from_millis(800), "{took:?}");
+    assert!(resolver.failed.lock().is_empty(), "a slow object does not mark its upstream down");
+    let metrics = tier.metrics();
+    assert_eq!((metrics.upstream_timeouts, metrics.upstream_connect_failures), (1, 0));
+
+    // Another stream's object on the same upstream is served from it at once.
+    let t0 = Instant::now();
+    let unaffected = get(&client, &format!("{base}{other}")).await;
+    assert_eq!((unaffected.status, unaffected.body.as_ref()), (StatusCode::OK, b"other stream".as_ref()));
+    assert!(t0.elapsed() < Duration::from_millis(500), "{:?}", t0.elapsed());
+    assert_eq!(slow.count(other), 1);
+
+    // A reset after connecting: the same, failed over and the node left up.
+    let resolver = Arc::new(RecordingResolver { upstreams: vec![resetting_upstream().await, spare.base()], ..Default::default() });
+    let (tier, base) = start_tier_with(config, resolver.clone()).await;
+    let served = get(&client, &format!("{base}{stuck}")).await;
+    assert_eq!((served.status, served.body.as_ref()), (StatusCode::OK, b"from the spare".as_ref()));
+    assert!(resolver.failed.lock().is_empty(), "a reset does not mark its upstream down");
+    let metrics = tier.metrics();
+    assert_eq!((metrics.upstream_errors, metrics.upstream_connect_failures), (1, 0));
+}
+
+#[tokio::test]
+async fn an_oversize_answer_is_a_502_and_not_cached() {
+    const LIMIT: u64 = 64 * 1024;
+    let upstream = Upstream::start().await;
+    let (declared, chunked, fits) = ("/live/cam/720p/abc-1.m4s", "/live/cam/720p/abc-2.m4s", "/live/cam/720p/abc-3.m4s");
+    upstream.put(declared, vec![1u8; LIMIT as usize + 1]);
+    upstream.put(chunked, vec![2u8; 3 * LIMIT as usize]);
+    upstream.chunked(chunked);
+    upstream.put(fits, vec![3u8; LIMIT as usize]);
+    upstream.chunked(fits);
+    let config = TierConfig { max_body_bytes: LIMIT, ..TierConfig::default() };
+    let (tier, base) = start_tier(config, vec![upstream.base()]).await;
+    let client = client();
+
+    for path in [declared, chunked] {
+        for _ in 0..2 {
+            let got = get(&client, &format!("{base}{path}")).await;
+            assert_eq!((got.status, got.cache.as_str()), (StatusCode::BAD_GATEWAY, "miss"), "{path}");
+        }
+        assert_eq!(upstream.count(path), 2, "{path}: the oversize answer was not cached");
+    }
+    let got = get(&client, &format!("{base}{fits}")).await;
+    assert_eq!((got.status, got.body.len() as u64), (StatusCode::OK, LIMIT), "a body of exactly the limit passes");
+    let metrics = tier.metrics();
+    assert_eq!((metrics.upstream_too_large, metrics.upstream_errors), (4, 4));
 }
