@@ -96,6 +96,11 @@ impl Packager {
         self.timeline(stream)?.lock().last_segment_at
     }
 
+    /// Where the stream's newest video segment ends, after availabilityStartTime.
+    pub fn video_end(&self, stream: &StreamId) -> Option<Duration> {
+        self.timeline(stream)?.lock().video_end()
+    }
+
     fn mark_dirty(&self, stream: &StreamId) {
         self.dirty.lock().insert(stream.clone());
         self.wake.notify_one();

@@ -222,6 +222,13 @@ impl StreamTimeline {
         self.ended_at.is_some_and(|ended| now.duration_since(ended).unwrap_or_default() > window)
     }
 
+    /// Where the newest video segment of the last Period ends, after availabilityStartTime.
+    pub fn video_end(&self) -> Option<Duration> {
+        let period = self.periods.last()?;
+        let end = period.tracks.iter().filter(|t| t.info.kind == TrackKind::Video).filter_map(Track::end_secs).reduce(f64::max)?;
+        Some(period.start + Duration::from_secs_f64(end))
+    }
+
     pub fn is_live(&self) -> bool {
         self.ended_at.is_none() && !self.periods.is_empty()
     }

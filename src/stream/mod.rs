@@ -8,6 +8,7 @@
 //! one ended. A failing stream is torn down alone.
 
 pub mod clock;
+pub mod overload;
 pub mod registry;
 pub mod status;
 
@@ -32,17 +33,21 @@ use crate::package::timeline::RenditionInfo;
 use crate::package::Packager;
 use crate::transcode::encoder::EncoderKind;
 use crate::transcode::source::{self, AacConfig, AAC_LC};
-use crate::transcode::spec::{AudioPlan, PipelineSpec, VIDEO_QUEUE_BYTES};
+use crate::transcode::spec::{AudioPlan, PipelineSpec};
 use crate::transcode::{SessionOutput, SinkBinding, Transcoder};
 pub use registry::{AlreadyPublishing, PublishClaim, SharedStatus, StreamRegistry};
 use status::PlanChange;
 
 /// Packets a stream may have in flight from ingest before ingest waits.
 const INPUT_CAPACITY: usize = 512;
+/// Safety-net re-check of the input queue while waiting for the appsrc's need-data.
+const ROOM_RECHECK: Duration = Duration::from_millis(200);
 /// A pipeline that takes no data for this long is declared stalled.
 const STALL_LIMIT: Duration = Duration::from_secs(10);
-/// How long the pipeline may take to flush its last segments at the end.
+/// How long the pipeline may take to flush its last segments at the end, beyond its lag.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// The most backlog a drain waits for (the shutdown grace is 10 s in all).
+const MAX_DRAIN_BACKLOG: Duration = Duration::from_secs(5);
 /// Renditions x264 can run for one stream on this class of machine.
 const X264_MAX_RUNGS: usize = 4;
 /// An estimate with less confidence than this does not change the ladder.
@@ -228,7 +233,8 @@ impl StreamActor {
     }
 
     fn max_rungs(&self) -> usize {
-        if self.services.encoder.is_hardware() { self.services.config.transcode.rungs.len() } else { X264_MAX_RUNGS }
+        let budget = if self.services.encoder.is_hardware() { self.services.config.transcode.rungs.len() } else { X264_MAX_RUNGS };
+        self.status.lock().health.rung_cap.map_or(budget, |cap| budget.min(cap))
     }
 
     /// Decides whether the latest estimate changes the ladder; a change waits for a keyframe.
@@ -446,8 +452,34 @@ impl StreamActor {
         tokio::time::sleep(lead - MAX_LEAD).await;
     }
 
-    /// Reports a publish that produces no segment, and ends it past [`STALL_END`].
+    /// How far the pipeline's output (its newest video segment) trails real time: about one
+    /// segment plus the encoder's latency when it keeps up (see `overload`).
+    fn pipeline_lag(&self) -> Option<Duration> {
+        let running = self.running.as_ref()?;
+        let output = self.services.packager.video_end(&self.stream).filter(|end| *end >= running.period_start);
+        let produced = output.map_or(Duration::ZERO, |end| end - running.period_start);
+        Some(running.clock.anchor().elapsed().saturating_sub(produced))
+    }
+
+    /// Applies a rung cap the overload controller set: the top rungs go at the next keyframe.
+    fn apply_rung_cap(&mut self) {
+        let Some(running) = &self.running else { return };
+        let Some(cap) = self.status.lock().health.rung_cap else { return };
+        if running.plan.rungs.len() <= cap || self.pending.is_some() {
+            return;
+        }
+        let mut plan = running.plan.clone();
+        let shed: Vec<String> = plan.rungs.drain(..plan.rungs.len() - cap).map(|r| r.id.to_string()).collect();
+        tracing::warn!(?shed, rungs = ?status::describe(&plan), "host overloaded: shedding the top rung(s) at the next keyframe");
+        self.pending = Some(PendingPlan { plan, reason: format!("host overloaded: shed {}", shed.join(", ")), for_bps: None });
+    }
+
+    /// Reports a publish that produces no segment, and ends it past [`STALL_END`]; measures
+    /// the pipeline's lag and applies the overload controller's rung cap.
     fn check_progress(&mut self) -> Result<(), String> {
+        let lag = self.pipeline_lag();
+        self.status.lock().health.lag_ms = lag.map(|l| l.as_millis() as u64);
+        self.apply_rung_cap();
         let last = self.services.packager.last_segment_at(&self.stream);
         let since = last.and_then(|t| t.elapsed().ok()).map_or(self.started.elapsed(), |s| s.min(self.started.elapsed()));
         let mut status = self.status.lock();
@@ -468,7 +500,8 @@ impl StreamActor {
     }
 
     /// Holds the input while the pipeline has a backlog, so back-pressure reaches ingest;
-    /// the video appsrc's need-data signal says when there is room again.
+    /// the video appsrc's need-data signal says when there is room again (with a slow
+    /// re-check as a safety net, should a level cross its bound without a signal).
     async fn wait_for_room(&self) -> Result<(), String> {
         let Some(running) = &self.running else { return Ok(()) };
         let room = running.transcoder.room();
@@ -477,14 +510,15 @@ impl StreamActor {
             let asked = room.notified();
             tokio::pin!(asked);
             asked.as_mut().enable();
-            if running.transcoder.queued_bytes() <= VIDEO_QUEUE_BYTES {
+            if !running.transcoder.input_full() {
                 return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("transcoder stalled: no progress for {STALL_LIMIT:?}"));
             }
             tokio::select! {
                 _ = asked => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Err(format!("transcoder stalled: no progress for {STALL_LIMIT:?}"));
-                }
+                _ = tokio::time::sleep(ROOM_RECHECK) => {}
             }
         }
     }
@@ -617,13 +651,15 @@ impl StreamActor {
     /// Stops the pipeline (draining its last segments when asked) and returns its session.
     /// The Period stays open: the caller either starts the next one or ends the session.
     async fn stop_pipeline(&mut self, drain: bool) -> Option<SessionId> {
+        // A backlog (a host that fell behind) takes its own media time to flush.
+        let drain_timeout = DRAIN_TIMEOUT + self.pipeline_lag().unwrap_or_default().min(MAX_DRAIN_BACKLOG);
         let Running { transcoder, session, bus, .. } = self.running.take()?;
         drop(bus);
         // A plan waiting for a keyframe was made for this pipeline's source; a switch has
         // already taken it, and after a source change it no longer applies.
         self.pending = None;
         let stopped = tokio::task::spawn_blocking(move || {
-            if drain { transcoder.finish(DRAIN_TIMEOUT) } else { transcoder.stop() }
+            if drain { transcoder.finish(drain_timeout) } else { transcoder.stop() }
         })
         .await;
         if let Err(e) = stopped {

@@ -59,6 +59,11 @@ impl StreamRegistry {
         list
     }
 
+    /// Every live stream with its admission order (claim id) and status.
+    pub fn admitted(&self) -> Vec<(u64, StreamId, SharedStatus)> {
+        self.live.lock().iter().map(|(stream, (id, status))| (*id, stream.clone(), Arc::clone(status))).collect()
+    }
+
     pub fn count(&self) -> usize {
         self.live.lock().len()
     }

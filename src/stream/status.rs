@@ -42,6 +42,12 @@ pub struct StreamHealth {
     pub discontinuities: u32,
     /// Times media fell so far behind the wall clock that a new Period re-anchored it.
     pub reanchors: u32,
+    /// How far the pipeline's output (its newest video segment) trails its input.
+    pub lag_ms: Option<u64>,
+    /// Most rungs this stream may have, set when the host sheds load.
+    pub rung_cap: Option<usize>,
+    /// Rungs shed because the host was overloaded.
+    pub shed: u32,
 }
 
 /// One plan taking effect.

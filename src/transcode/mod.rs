@@ -163,15 +163,16 @@ impl Transcoder {
         Ok(())
     }
 
-    /// Resolves when the video appsrc next asks for data. Create the future before checking
-    /// `queued_bytes`, so that a wake-up between the two is not lost.
+    /// Woken when the video appsrc next asks for data. Create the `notified()` future before
+    /// checking `input_full`, so that a wake-up between the two is not lost.
     pub fn room(&self) -> Arc<tokio::sync::Notify> {
         Arc::clone(&self.room)
     }
 
-    /// Bytes queued in the appsrcs and not yet taken by the pipeline.
-    pub fn queued_bytes(&self) -> u64 {
-        self.video_src.current_level_bytes() + self.audio_src.as_ref().map_or(0, |a| a.current_level_bytes())
+    /// Whether the video appsrc's queue is at either of its bounds (see `VIDEO_QUEUE_TIME`).
+    pub fn input_full(&self) -> bool {
+        self.video_src.current_level_time().is_some_and(|t| t.nseconds() as u128 >= spec::VIDEO_QUEUE_TIME.as_nanos())
+            || self.video_src.current_level_bytes() >= spec::VIDEO_QUEUE_BYTES
     }
 
     pub fn push_video(&self, pts_ms: u64, dts_ms: u64, keyframe: bool, data: Bytes) -> Result<(), TranscodeError> {

@@ -32,8 +32,12 @@ pub const VIDEO_SRC: &str = "video_src";
 pub const AUDIO_SRC: &str = "audio_src";
 pub const AUDIO_SINK: &str = "sink_audio";
 pub const DECODER: &str = "decoder";
-/// Bound of the video appsrc's queue: past it the stream actor stops taking input (and the
-/// broadcaster's TCP window closes); below half of it the appsrc asks for more.
+/// Bounds of the video appsrc's queue: past either the stream actor stops taking input (and
+/// the broadcaster's TCP window closes); below half of them the appsrc asks for more. In
+/// media time, so that a pipeline that cannot keep up holds at most a second of backlog
+/// (the rest waits in the broadcaster, where it shows as media behind real time) instead
+/// of tens of seconds at a low bitrate.
+pub const VIDEO_QUEUE_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 pub const VIDEO_QUEUE_BYTES: u64 = 8 * 1024 * 1024;
 
 pub fn video_sink_name(rendition: &str) -> String {
@@ -47,9 +51,10 @@ impl PipelineSpec {
         // `KeyframeSchedule`), so the muxers must not ask each encoder on their own.
         let mux = format!("cmafmux fragment-duration={fragment_ns} send-force-keyunit=false");
         let sink = |name: &str| format!("appsink name={name} sync=false async=false buffer-list=true");
+        let queue_ns = VIDEO_QUEUE_TIME.as_nanos();
         // The decoder runs single-threaded slices: frame threading would hold back frames.
         let mut parts = vec![format!(
-            "appsrc name={VIDEO_SRC} format=time max-bytes={VIDEO_QUEUE_BYTES} min-percent=50 ! h264parse ! avdec_h264 name={DECODER} thread-type=slice ! tee name=video_split"
+            "appsrc name={VIDEO_SRC} format=time max-bytes={VIDEO_QUEUE_BYTES} max-time={queue_ns} min-percent=50 ! h264parse ! avdec_h264 name={DECODER} thread-type=slice ! tee name=video_split"
         )];
         for rung in &self.ladder.rungs {
             let encoder = encoder::render(
