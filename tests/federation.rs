@@ -182,3 +182,97 @@ fn federation_relays_caches_coalesces_and_fails_over() {
     println!("origin failover: edge served through the other origin {:.2} s after SIGKILL", moved.elapsed().as_secs_f64());
     drop(publisher);
 }
+
+/// One stream's failures on its owner (a refused relay, a pipeline that cannot start, a
+/// viewer asking for a segment before it exists) stay with that stream: a second stream on
+/// the same owner, watched through an edge, sees no error and no gap, and no node ever
+/// marks the owner down.
+#[test]
+fn one_streams_failures_stay_in_its_scope() {
+    let node = |id, roles| Node { id, roles, rtmp: free_port(), http: free_port() };
+    let nodes = [
+        node("live-a", r#"["live"]"#),
+        node("live-b", r#"["live"]"#),
+        node("origin-1", r#"["origin"]"#),
+        node("edge-1", r#"["edge"]"#),
+    ];
+    let config = cluster_config(&nodes);
+    let running: Vec<Appliance> = nodes.iter().map(|n| Appliance::start_node(&config, n.id)).collect();
+    let http = |i: usize| format!("http://127.0.0.1:{}", nodes[i].http);
+    let rtmp = |i: usize| format!("127.0.0.1:{}", nodes[i].rtmp);
+    for i in 0..nodes.len() {
+        wait_until("every node healthy", Duration::from_secs(10), || (get(&format!("{}/cluster/health", http(i))).status() == 200).then_some(()));
+    }
+    let ring = Ring::new(["live-a".to_owned(), "live-b".to_owned()], 160);
+    let mut owned_by_b = (0..).map(|i| format!("s{i}")).filter(|s| ring.owner(s) == Some("live-b"));
+    let (watched, other, broken) = (owned_by_b.next().unwrap(), owned_by_b.next().unwrap(), owned_by_b.next().unwrap());
+    let _watched_publisher = Publisher::start(&format!("rtmp://{}/live/{watched}", rtmp(1)), 40, "320x240");
+    let _other_publisher = Publisher::start(&format!("rtmp://{}/live/{other}", rtmp(1)), 40, "320x240");
+
+    // A viewer through the edge: every MPD and every newly listed video segment must be 200.
+    let edge_mpd = format!("{}/live/{watched}/manifest.mpd", http(3));
+    wait_until("the watched stream at the edge", Duration::from_secs(20), || {
+        let response = get(&edge_mpd);
+        let mpd = (response.status() == 200).then(|| dash_mpd_core::parse(&response.text().unwrap()).unwrap())?;
+        video_rep(&mpd).filter(|r| segments(&watched, r).1.len() >= 2)
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let viewer = {
+        let (stop, edge_mpd, base, watched) = (stop.clone(), edge_mpd.clone(), http(3), watched.clone());
+        std::thread::spawn(move || {
+            let (mut errors, mut seen, mut longest, mut last_new) = (Vec::new(), 0u64, Duration::ZERO, Instant::now());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let response = get(&edge_mpd);
+                if response.status() != 200 {
+                    errors.push(format!("MPD {}", response.status()));
+                } else if let Some(rep) = video_rep(&dash_mpd_core::parse(&response.text().unwrap()).unwrap()) {
+                    let fresh: Vec<_> = segments(&watched, &rep).1.into_iter().filter(|s| s.number > seen).collect();
+                    for seg in fresh {
+                        let status = get(&format!("{base}{}", seg.url)).status();
+                        if status != 200 {
+                            errors.push(format!("{} {status}", seg.url));
+                        }
+                        seen = seg.number;
+                        longest = longest.max(last_new.elapsed());
+                        last_new = Instant::now();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            (errors, longest)
+        })
+    };
+
+    // 1. A relay the owner refuses: `other` is already published on live-b, so the copy
+    //    that live-a relays is refused; live-a gives that broadcaster up, nothing else.
+    let (status, _) = Publisher::start(&format!("rtmp://{}/live/{other}", rtmp(0)), 10, "320x240").wait(Duration::from_secs(20));
+    assert!(!status.success(), "the duplicate publish through live-a fails:\n{}", running[0].logs());
+    running[0].wait_for_log("relay gave up", Duration::from_secs(10));
+
+    // 2. A stream whose pipeline cannot start on the owner (its AVC configuration is garbage).
+    let mut scripted = support::flv::ScriptedPublisher::connect(&rtmp(1), "live", &broken);
+    let garbage = support::flv::Tag { kind: 9, ts: 0, data: bytes::Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]) };
+    let keyframe = support::flv::Tag { kind: 9, ts: 0, data: bytes::Bytes::from_static(&[0x17, 1, 0, 0, 0, 0, 0, 0, 1, 0x65]) };
+    let _ = scripted.send(&garbage, 0).and_then(|_| scripted.send(&keyframe, 0));
+    running[1].wait_for_log("stream torn down: AVC decoder configuration is invalid", Duration::from_secs(10));
+
+    // 3. A viewer asks the edge for a segment before it exists: the live node's 404 is
+    //    no-store, so the edge does not keep it and serves the segment once it is there.
+    let rep = video_rep(&dash_mpd_core::parse(&get(&edge_mpd).text().unwrap()).unwrap()).unwrap();
+    let newest = segments(&watched, &rep).1.last().unwrap().clone();
+    let future = newest.url.replace(&format!("-{}.m4s", newest.number), &format!("-{}.m4s", newest.number + 2));
+    assert_eq!(get(&format!("{}{future}", http(3))).status(), 404, "not produced yet");
+    wait_until("the early segment served once it exists", Duration::from_secs(6), || {
+        (get(&format!("{}{future}", http(3))).status() == 200).then_some(())
+    });
+
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (errors, longest) = viewer.join().unwrap();
+    assert!(errors.is_empty(), "the watched stream's viewer saw errors: {errors:?}");
+    assert!(longest < Duration::from_millis(2500), "the watched stream had a gap of {longest:?}");
+    for (i, app) in running.iter().enumerate() {
+        let logs = app.logs();
+        assert!(!logs.lines().any(|l| l.contains("peer down") || l.contains("marked down")), "{} marked a peer down:\n{logs}", nodes[i].id);
+    }
+}

@@ -264,14 +264,14 @@ impl Relay {
             for target in targets {
                 match self.connect(&target).await {
                     Ok(up) => return Ok(up),
-                    Err(RelayError::Refused { node, code }) => {
-                        return Err(StreamEnd::Failed(format!("{node} refused the publish: {code}")));
-                    }
                     Err(e @ RelayError::Connect { .. }) => {
                         tracing::warn!("relay target unreachable: {e}");
                         self.placement.peer_failed(&target.node);
                     }
-                    Err(e) => tracing::warn!("relay set-up failed: {e}; trying the next node"),
+                    // The node is up and answered: a refusal, or a set-up it broke off, is
+                    // this stream's problem. Going to the next node would publish the same
+                    // stream twice; the broadcaster is given up and may reconnect.
+                    Err(e) => return Err(StreamEnd::Failed(format!("relay set-up failed: {e}"))),
                 }
             }
             if started.elapsed() > FAILOVER_BUDGET {
