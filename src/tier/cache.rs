@@ -25,7 +25,7 @@ pub const ENTRY_OVERHEAD: u64 = 256;
 pub enum ObjectKind {
     /// An MPD: changes every segment, so it lives for `manifest_ttl`.
     Manifest,
-    /// An init or media segment: its URL names one byte string forever (ARCHITECTURE.md,
+    /// An init or media segment: its URL names one byte string forever (docs/design.md,
     /// Paths), so only the byte bound or `segment_ttl` removes it.
     Segment,
     /// An upstream 404, remembered briefly so a flood for an unknown stream stays here.

@@ -1,7 +1,7 @@
 //! The origin / edge caching tier: an axum router that serves the live node's paths
 //! (`/live/{stream}/manifest.mpd`, `/live/{stream}/{rendition}/{file}`, `/time`) from an
 //! in-memory cache filled from the next tier up, with every concurrent miss for one object
-//! coalesced into one upstream request (ARCHITECTURE.md, Federation; STYLE.md habit 7).
+//! coalesced into one upstream request (docs/design.md, Federation).
 //!
 //! Who talks to it: app wiring builds a `TierState` with an `UpstreamResolver` (the cluster
 //! ring: the stream's origin for an edge, the stream's live node for an origin) and serves

@@ -160,12 +160,21 @@ fn expand(template: &str, representation: &str, number: u64, time: u64, bandwidt
     Some(out)
 }
 
+/// Largest MPD the prefetcher parses.
+const MAX_PARSED_MPD: usize = 256 * 1024;
+
 impl TierState {
     /// Starts a flight for the newest segment of each recently requested rendition listed
     /// in `mpd`. Returns once they are registered; the fetches run on their own.
     pub(crate) fn prefetch_newest(&self, stream: &StreamId, mpd: &Bytes) {
         let wanted = self.renditions.recent(stream, self.config.prefetch_window);
         if wanted.is_empty() {
+            return;
+        }
+        // A live MPD over a 30 s window is a few KiB; an upstream that sends far more is not
+        // parsed (bounded work per manifest, whatever an upstream sends).
+        if mpd.len() > MAX_PARSED_MPD {
+            tracing::warn!(stream = %stream, bytes = mpd.len(), "MPD larger than {MAX_PARSED_MPD} bytes; no prefetch");
             return;
         }
         let parsed = match std::str::from_utf8(mpd).map_err(|e| e.to_string()).and_then(|xml| dash::parse(xml).map_err(|e| e.to_string())) {

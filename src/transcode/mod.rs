@@ -26,7 +26,7 @@ pub enum TranscodeError {
     Init(String),
     #[error("pipeline template: {0}")]
     Template(#[from] encoder::EncoderError),
-    #[error("GStreamer element(s) missing: {0} (install the plugin packages from STACK.md)")]
+    #[error("GStreamer element(s) missing: {0} (install the plugin packages: deploy/install-deps.sh)")]
     MissingElements(String),
     #[error("pipeline does not parse: {0}")]
     Parse(String),

@@ -97,10 +97,8 @@ impl ScriptedPublisher {
                         publisher.write(vec![publish]);
                     }
                     ClientSessionResult::RaisedEvent(ClientSessionEvent::PublishRequestAccepted) => return publisher,
-                    ClientSessionResult::RaisedEvent(event) => {
-                        if format!("{event:?}").contains("Rejected") {
-                            panic!("publish refused: {event:?}");
-                        }
+                    ClientSessionResult::RaisedEvent(event) if format!("{event:?}").contains("Rejected") => {
+                        panic!("publish refused: {event:?}")
                     }
                     _ => {}
                 }
