@@ -174,10 +174,19 @@ impl StreamTimeline {
     }
 
     /// Drops what fell out of the DVR window: segments whose end is older than `window`
-    /// before `now`, and then Periods with nothing left (never the live one).
+    /// before `now`, or more than `window` of media behind the newest segment (a publisher
+    /// ahead of the clock cannot grow the window), and then Periods with nothing left
+    /// (never the live one).
     pub fn evict(&mut self, window: Duration, now: SystemTime) -> Vec<Evicted> {
-        let Some(horizon) = now.checked_sub(window) else { return Vec::new() };
         let ast = self.availability_start;
+        let newest = self
+            .periods
+            .iter()
+            .flat_map(|p| p.tracks.iter().filter_map(move |t| t.end_secs().map(|end| p.start + Duration::from_secs_f64(end))))
+            .max();
+        let by_clock = now.checked_sub(window);
+        let by_media = newest.and_then(|end| (ast + end).checked_sub(window));
+        let Some(horizon) = by_clock.max(by_media) else { return Vec::new() };
         let mut evicted = Vec::new();
         let live_index = self.periods.len().checked_sub(1).filter(|_| self.ended_at.is_none());
         for (index, period) in self.periods.iter_mut().enumerate() {
@@ -289,6 +298,21 @@ mod tests {
         assert_eq!(tl.periods[0].duration, Some(Duration::from_secs(40)));
         assert!(!tl.expired(Duration::from_secs(30), at(60)));
         assert!(tl.expired(Duration::from_secs(30), at(72)));
+    }
+
+    #[test]
+    fn media_ahead_of_the_clock_does_not_grow_the_window() {
+        let s = SessionId::parse("s1").unwrap();
+        let r = RenditionId::parse("720p").unwrap();
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
+        tl.begin_period(s.clone(), vec![video("720p")], None, at(0));
+        // 60 s of media within the first 5 s of wall time.
+        for i in 0..60u64 {
+            tl.add_segment(&s, &r, i * 1_000_000_000, 1_000_000_000, at(5));
+        }
+        tl.evict(Duration::from_secs(30), at(5));
+        let first = tl.periods[0].tracks[0].segments.front().unwrap().number;
+        assert_eq!(first, 30, "30 s of media behind the newest segment stay");
     }
 
     #[test]
