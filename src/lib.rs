@@ -15,3 +15,4 @@ pub mod store;
 pub mod stream;
 pub mod tier;
 pub mod transcode;
+pub mod warn_limiter;

@@ -31,6 +31,16 @@ fn cluster_config(nodes: &[Node]) -> String {
     text
 }
 
+/// Starts every node of `config` and waits until each answers its health route.
+fn start_cluster(config: &str, nodes: &[Node]) -> Vec<Appliance> {
+    let running: Vec<Appliance> = nodes.iter().map(|n| Appliance::start_node(config, n.id)).collect();
+    for n in nodes {
+        let health = format!("http://127.0.0.1:{}/cluster/health", n.http);
+        wait_until("every node healthy", Duration::from_secs(10), || (get(&health).status() == 200).then_some(()));
+    }
+    running
+}
+
 /// The first video Representation of the last Period, once video is listed.
 fn video_rep(mpd: &dash_mpd_core::MPD) -> Option<dash_mpd_core::Representation> {
     let period = mpd.periods.last()?;
@@ -53,11 +63,8 @@ fn federation_relays_caches_coalesces_and_fails_over() {
         node("edge-1", r#"["edge"]"#),
     ];
     let config = cluster_config(&nodes);
-    let mut running: Vec<Option<Appliance>> = nodes.iter().map(|n| Some(Appliance::start_node(&config, n.id))).collect();
+    let mut running: Vec<Option<Appliance>> = start_cluster(&config, &nodes).into_iter().map(Some).collect();
     let http = |i: usize| format!("http://127.0.0.1:{}", nodes[i].http);
-    for i in 0..nodes.len() {
-        wait_until("every node healthy", Duration::from_secs(10), || (get(&format!("{}/cluster/health", http(i))).status() == 200).then_some(()));
-    }
 
     // A stream owned by live-b, published to live-a: live-a relays it.
     let ring = Ring::new(["live-a".to_owned(), "live-b".to_owned()], 160);
@@ -196,13 +203,9 @@ fn one_streams_failures_stay_in_its_scope() {
         node("origin-1", r#"["origin"]"#),
         node("edge-1", r#"["edge"]"#),
     ];
-    let config = cluster_config(&nodes);
-    let running: Vec<Appliance> = nodes.iter().map(|n| Appliance::start_node(&config, n.id)).collect();
+    let running = start_cluster(&cluster_config(&nodes), &nodes);
     let http = |i: usize| format!("http://127.0.0.1:{}", nodes[i].http);
     let rtmp = |i: usize| format!("127.0.0.1:{}", nodes[i].rtmp);
-    for i in 0..nodes.len() {
-        wait_until("every node healthy", Duration::from_secs(10), || (get(&format!("{}/cluster/health", http(i))).status() == 200).then_some(()));
-    }
     let ring = Ring::new(["live-a".to_owned(), "live-b".to_owned()], 160);
     let mut owned_by_b = (0..).map(|i| format!("s{i}")).filter(|s| ring.owner(s) == Some("live-b"));
     let (watched, other, broken) = (owned_by_b.next().unwrap(), owned_by_b.next().unwrap(), owned_by_b.next().unwrap());

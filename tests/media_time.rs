@@ -112,6 +112,7 @@ fn ffmpegs_wrap_at_2_pow_31_ms_does_not_freeze_the_stream() {
     let _ = ffmpeg.kill();
     let _ = ffmpeg.wait();
     let list = periods(&app, "wrap");
+    eprintln!("2^31 wrap: {} Periods, longest wait for a new video segment {longest:?}", list.len());
     assert!(list.len() >= 2, "a new Period after the jump: {} Period(s)", list.len());
     assert!(list.last().unwrap().1.len() >= 3, "segments after the jump");
     assert!(longest < Duration::from_secs(3), "the stream froze for {longest:?}");

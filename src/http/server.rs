@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::warn_limiter::WarnLimiter;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -49,8 +50,6 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after a failed accept (typically out of file descriptors), so the loop does not
 /// spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-/// At most one warning per kind of event per interval; the rest are counted in the next one.
-const WARN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Event counts since start, and the open connections now. Relaxed atomics: figures for
 /// humans and tests, not locks.
@@ -112,36 +111,6 @@ impl HttpStats {
 
 fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Lets one warning through per [`WARN_INTERVAL`] and counts the ones it holds back, so a
-/// flood of hostile connections costs one log line a second, not one per connection.
-#[derive(Debug)]
-struct WarnLimiter {
-    epoch: std::time::Instant,
-    /// Milliseconds since `epoch` of the last warning let through, plus one (0: never).
-    last: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl Default for WarnLimiter {
-    fn default() -> Self {
-        Self { epoch: std::time::Instant::now(), last: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
-    }
-}
-
-impl WarnLimiter {
-    /// `Some(held back since the last one)` when a warning may be logged now.
-    fn allow(&self) -> Option<u64> {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
-        let last = self.last.load(Ordering::Relaxed);
-        let due = last == 0 || now >= last + WARN_INTERVAL.as_millis() as u64;
-        if due && self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            return Some(self.suppressed.swap(0, Ordering::Relaxed));
-        }
-        self.suppressed.fetch_add(1, Ordering::Relaxed);
-        None
-    }
 }
 
 /// `GET /metrics/http`: the counters as JSON.
@@ -487,16 +456,6 @@ impl AsyncWrite for Watched {
 mod tests {
     use super::*;
 
-    #[test]
-    fn warnings_are_rate_limited_and_count_what_they_held_back() {
-        let limiter = WarnLimiter::default();
-        assert_eq!(limiter.allow(), Some(0));
-        assert_eq!(limiter.allow(), None);
-        assert_eq!(limiter.allow(), None);
-        std::thread::sleep(WARN_INTERVAL + Duration::from_millis(20));
-        assert_eq!(limiter.allow(), Some(2));
-        assert_eq!(limiter.allow(), None);
-    }
 
     async fn raw(addr: SocketAddr, request: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

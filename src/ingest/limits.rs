@@ -7,10 +7,11 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Serialize;
+
+use crate::warn_limiter::WarnLimiter;
 
 /// Counters of the RTMP edge, served as JSON by the node's metrics routes.
 #[derive(Debug, Default)]
@@ -26,7 +27,7 @@ pub struct IngestStats {
     pub guard_rejections: AtomicU64,
     pub publishes_refused: AtomicU64,
     pub relay_refused: AtomicU64,
-    last_refusal_log: Mutex<Option<Instant>>,
+    refusal_warnings: WarnLimiter,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,17 +59,6 @@ impl IngestStats {
             publishes_refused: get(&self.publishes_refused),
             relay_refused: get(&self.relay_refused),
         }
-    }
-
-    /// Whether a refusal may be logged now (at most one line a second).
-    fn may_log_refusal(&self) -> bool {
-        let mut last = self.last_refusal_log.lock();
-        let now = Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
-            return false;
-        }
-        *last = Some(now);
-        true
     }
 }
 
@@ -131,12 +121,19 @@ impl ConnectionLimits {
                     Refusal::Global(_) => &self.stats.refused_global,
                     Refusal::PerAddress(_) => &self.stats.refused_per_address,
                 });
-                if self.stats.may_log_refusal() {
-                    tracing::warn!(peer = %address, "RTMP connection refused: {refusal} (further refusals within 1 s are counted, not logged)");
+                if let Some(held_back) = self.stats.refusal_warnings.allow() {
+                    tracing::warn!(peer = %address, held_back, "RTMP connection refused: {refusal} (at most one such line a second)");
                 }
                 Err(refusal)
             }
         }
+    }
+}
+
+impl ConnectionPermit {
+    /// Whether the connection comes from a federation node's address.
+    pub fn from_federation_node(&self) -> bool {
+        self.limits.exempt.contains(&self.address)
     }
 }
 

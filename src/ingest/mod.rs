@@ -81,10 +81,9 @@ pub async fn serve(
 ) {
     let shutdown = services.shutdown.clone();
     let ingest = &services.config.ingest;
-    let peers: HashSet<IpAddr> =
+    let nodes: HashSet<IpAddr> =
         services.config.cluster.nodes.iter().flat_map(|n| [n.rtmp.ip(), n.http.ip()]).collect();
-    let limits = ConnectionLimits::new(ingest.max_connections, ingest.max_connections_per_address, peers.clone(), Arc::clone(&stats));
-    let peers = Arc::new(peers);
+    let limits = ConnectionLimits::new(ingest.max_connections, ingest.max_connections_per_address, nodes, Arc::clone(&stats));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -112,8 +111,7 @@ pub async fn serve(
             placement: Arc::clone(&placement),
             services: services.clone(),
             stats: Arc::clone(&stats),
-            peers: Arc::clone(&peers),
-            _permit: permit,
+            permit,
             from_relay: false,
             publishing: None,
         };
@@ -210,9 +208,8 @@ struct Connection {
     placement: Arc<dyn Placement>,
     services: StreamServices,
     stats: Arc<IngestStats>,
-    /// Addresses of the federation's nodes: the only ones that may relay.
-    peers: Arc<HashSet<IpAddr>>,
-    _permit: ConnectionPermit,
+    /// Its place under the connection limits; also says whether the peer is a node.
+    permit: ConnectionPermit,
     /// The peer is another node relaying a publish it took.
     from_relay: bool,
     publishing: Option<Publishing>,
@@ -304,7 +301,7 @@ impl Connection {
             ServerSessionEvent::ConnectionRequested { request_id, app_name } => {
                 let expected = self.services.config.ingest.app.clone();
                 self.from_relay = app_name == RELAY_APP && !self.services.config.cluster.nodes.is_empty();
-                if self.from_relay && !self.peers.contains(&self.peer.ip()) {
+                if self.from_relay && !self.permit.from_federation_node() {
                     let results = session
                         .reject_request(request_id, "NetConnection.Connect.Rejected", "relays are accepted from federation nodes only")
                         .map_err(protocol)?;
