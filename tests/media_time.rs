@@ -158,3 +158,32 @@ fn a_connected_publisher_that_produces_nothing_is_reported_as_stalled() {
     assert_eq!(status["status"]["health"]["stalls"], 1, "{status}");
     drop(publisher);
 }
+
+#[test]
+fn a_listed_segment_never_changes_and_the_video_timeline_is_contiguous() {
+    let app = Appliance::start(None);
+    let _publisher = Publisher::start(&app.publish_url("live", "steady"), 10, "320x240");
+    let mut listed: std::collections::HashMap<(String, String, u64), (u64, u64)> = Default::default();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(9) {
+        if let Some(mpd) = fetch_mpd(&app, "steady") {
+            for period in &mpd.periods {
+                for set in &period.adaptations {
+                    for rep in &set.representations {
+                        let list = segments("steady", rep).1;
+                        for pair in list.windows(2).filter(|_| set.contentType.as_deref() == Some("video")) {
+                            assert_eq!(pair[0].time + pair[0].duration, pair[1].time, "video timeline has a gap or overlap: {pair:?}");
+                        }
+                        for seg in list {
+                            let key = (period.id.clone().unwrap_or_default(), rep.id.clone().unwrap_or_default(), seg.number);
+                            let first = *listed.entry(key.clone()).or_insert((seg.time, seg.duration));
+                            assert_eq!(first, (seg.time, seg.duration), "segment {key:?} was listed as (t, d) = {first:?}, now {:?}", (seg.time, seg.duration));
+                        }
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(listed.len() >= 10, "segments seen: {}", listed.len());
+}

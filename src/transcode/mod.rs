@@ -134,7 +134,8 @@ impl Transcoder {
             }
             None => None,
         };
-        force_keyframes_at_boundaries(&pipeline, spec.segment_duration)?;
+        let boundaries = Arc::new(Boundaries::default());
+        force_keyframes_at_boundaries(&pipeline, spec.segment_duration, Arc::clone(&boundaries))?;
         for binding in sinks {
             let name = match binding.kind {
                 TrackKind::Video => spec::video_sink_name(binding.rendition.as_str()),
@@ -144,7 +145,7 @@ impl Transcoder {
                 .by_name(&name)
                 .and_then(|e| e.downcast::<AppSink>().ok())
                 .ok_or_else(|| TranscodeError::NoElement(name.clone()))?;
-            attach_sink(&sink, binding, output.clone());
+            attach_sink(&sink, binding, output.clone(), Arc::clone(&boundaries));
         }
         pipeline.set_state(gst::State::Playing).map_err(|e| TranscodeError::Start(e.to_string()))?;
         Ok(Self { pipeline, video_src, audio_src, room })
@@ -246,9 +247,36 @@ impl KeyframeSchedule {
     }
 }
 
+/// The running times at which video segments start, as the keyframe schedule chose them.
+/// A video segment's duration is the distance to the next boundary: the muxer can only
+/// estimate its last frame's duration, and a duration listed in the MPD must never change
+/// once a player may have read it.
+#[derive(Debug, Default)]
+struct Boundaries(std::sync::Mutex<std::collections::VecDeque<u64>>);
+
+impl Boundaries {
+    /// Boundaries kept: far more than the segments between the decoder and the muxers.
+    const KEPT: usize = 64;
+
+    fn record(&self, pts_ns: u64) {
+        if let Ok(mut list) = self.0.lock() {
+            if list.len() == Self::KEPT {
+                list.pop_front();
+            }
+            list.push_back(pts_ns);
+        }
+    }
+
+    /// The first boundary after a segment that starts at `start_ns` (half a millisecond of
+    /// tolerance for the muxer's rounding).
+    fn after(&self, start_ns: u64) -> Option<u64> {
+        self.0.lock().ok()?.iter().copied().find(|b| *b > start_ns + 500_000)
+    }
+}
+
 /// Sends a downstream force-key-unit event ahead of every boundary frame leaving the
 /// decoder; the event travels in order with the frame down every branch of the tee.
-fn force_keyframes_at_boundaries(pipeline: &gst::Pipeline, interval: Duration) -> Result<(), TranscodeError> {
+fn force_keyframes_at_boundaries(pipeline: &gst::Pipeline, interval: Duration, boundaries: Arc<Boundaries>) -> Result<(), TranscodeError> {
     let decoder = pipeline.by_name(DECODER).ok_or_else(|| TranscodeError::NoElement(DECODER.into()))?;
     let pad = decoder.static_pad("src").ok_or_else(|| TranscodeError::NoElement(format!("{DECODER}.src")))?;
     let schedule = std::sync::Mutex::new(KeyframeSchedule::new(interval));
@@ -256,6 +284,7 @@ fn force_keyframes_at_boundaries(pipeline: &gst::Pipeline, interval: Duration) -
         let Some(pts) = info.buffer().and_then(|b| b.pts()) else { return gst::PadProbeReturn::Ok };
         let boundary = schedule.lock().map(|mut s| s.is_boundary(pts.nseconds())).unwrap_or(false);
         if boundary {
+            boundaries.record(pts.nseconds());
             // No running time: "key unit as soon as possible", i.e. on the frame that follows
             // this serialized event. (GStreamer 1.22's encoder base class compares running
             // times offset by 1000 h against the event's, and drops timed requests.)
@@ -273,7 +302,7 @@ fn force_keyframes_at_boundaries(pipeline: &gst::Pipeline, interval: Duration) -
     Ok(())
 }
 
-fn attach_sink(sink: &AppSink, binding: SinkBinding, output: SessionOutput) {
+fn attach_sink(sink: &AppSink, binding: SinkBinding, output: SessionOutput, boundaries: Arc<Boundaries>) {
     let span = tracing::Span::current();
     let mut assembler = FragmentAssembler::new();
     let SinkBinding { rendition, kind, audio_codecs } = binding;
@@ -310,7 +339,13 @@ fn attach_sink(sink: &AppSink, binding: SinkBinding, output: SessionOutput) {
                             };
                             output.packager.add_init(&output.stream, &output.session, &rendition, bytes, codecs);
                         }
-                        Ok(Some(MuxerOutput::Segment(segment))) => {
+                        Ok(Some(MuxerOutput::Segment(mut segment))) => {
+                            // The next segment's first frame has passed the decoder by now.
+                            if kind == TrackKind::Video
+                                && let Some(end) = boundaries.after(segment.start_ns)
+                            {
+                                segment.duration_ns = end - segment.start_ns;
+                            }
                             let (start, duration) = (segment.start_ns, segment.duration_ns);
                             let number = output.packager.add_segment(&output.stream, &output.session, &rendition, segment);
                             tracing::trace!(rendition = %rendition, ?number, start, duration, "segment");
