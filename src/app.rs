@@ -94,7 +94,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         None => Arc::new(Standalone),
     };
     tracing::info!(node = %config.cluster.node_id, ?roles, federated = membership.is_some(), "node starting");
-    let registry_for_overload = Arc::clone(&registry);
+    if roles.contains(&Role::Live) {
+        tracker.spawn(crate::stream::overload::run(Arc::clone(&registry), shutdown.clone()));
+    }
     let ingest_stats = Arc::new(IngestStats::default());
     let http_stats = Arc::new(HttpStats::default());
     let app = node_router(&config, &roles, membership, Arc::clone(&registry), store)?
@@ -103,9 +105,6 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     tracker.spawn(ingest::serve(listeners.rtmp, registry, placement, services, ingest_stats));
     // Every role serves HTTP through the same bounded edge (connection cap, time-outs).
     tracker.spawn(http::serve(listeners.http, app, config.http.clone(), http_stats, shutdown.clone()));
-    if roles.contains(&Role::Live) {
-        tracker.spawn(crate::stream::overload::run(Arc::clone(&registry_for_overload), shutdown.clone()));
-    }
     let renderer = Arc::clone(&packager);
     let render_shutdown = shutdown.clone();
     tracker.spawn(async move { renderer.run_renderer(render_shutdown).await });
