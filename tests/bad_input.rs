@@ -156,3 +156,12 @@ fn the_dvr_window_bounds_segments_and_an_ended_stream_is_removed() {
     assert_eq!(get(&app.url("/live")).text().unwrap(), "[]");
     app.wait_for_log("stream ended a DVR window ago; removed", Duration::from_secs(2));
 }
+
+#[test]
+fn a_key_with_a_query_string_publishes_under_its_name_alone() {
+    let app = Appliance::start(None);
+    let _publisher = Publisher::start(&app.publish_url("live", "phone?token=s3cr3t-token"), 8, "320x240");
+    wait_until("the stream under its name without the query", Duration::from_secs(20), || fetch_mpd(&app, "phone"));
+    let listed = get(&app.url("/live")).text().unwrap();
+    assert!(listed.contains("\"phone\"") && !listed.contains("token"), "{listed}");
+}

@@ -390,11 +390,14 @@ impl Connection {
                 format!("relayed publish refused: {e}")
             })?
         } else {
+            // Encoders and platforms append `?token=...` to keys: the query is never part of
+            // the public name (it is what publish authentication will read).
+            let key = stream_key.split_once('?').map_or(stream_key, |(key, _query)| key);
             let keys = &self.services.config.ingest.keys;
             if keys.is_empty() {
-                stream_key
+                key
             } else {
-                keys.get(stream_key).map(String::as_str).ok_or_else(|| "stream key not recognised".to_owned())?
+                keys.get(key).map(String::as_str).ok_or_else(|| "stream key not recognised".to_owned())?
             }
         };
         let stream = StreamId::parse(name).map_err(|e| format!("invalid stream key: {e}"))?;
