@@ -80,6 +80,20 @@ def _is_video(aset, rep):
     return rep.get("width") is not None or aset.get("width") is not None
 
 
+def segment_template(aset, rep):
+    """The SegmentTemplate attributes in force for `rep` (the AdaptationSet's, overridden by
+    the Representation's) and its SegmentTimeline element, or None."""
+    attrs, timeline = {}, None
+    for el in (aset, rep):
+        st = _child(el, "SegmentTemplate")
+        if st is not None:
+            attrs.update(st.attrib)
+            tl = _child(st, "SegmentTimeline")
+            if tl is not None:
+                timeline = tl
+    return attrs, timeline
+
+
 def first_video_representation(mpd_text, mpd_url):
     """Return a dict describing the first video Representation of the last
     Period, or None if there is none yet.
@@ -104,15 +118,7 @@ def first_video_representation(mpd_text, mpd_url):
                 continue
             abase = _base(pbase, aset)
             rbase = _base(abase, rep)
-            attrs = {}
-            timeline = None
-            for el in (aset, rep):
-                st = _child(el, "SegmentTemplate")
-                if st is not None:
-                    attrs.update(st.attrib)
-                    tl = _child(st, "SegmentTimeline")
-                    if tl is not None:
-                        timeline = tl
+            attrs, timeline = segment_template(aset, rep)
             if "media" not in attrs:
                 continue
             rep_id = rep.get("id", "")

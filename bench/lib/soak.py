@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import common  # noqa: E402
 from common import free_port, log, read_line_with_timeout, spawn, start_run, stop, stop_all  # noqa: E402
-from mpd import _base, _child, _children, _fill, _is_video, parse_duration  # noqa: E402
+from mpd import _base, _children, _fill, _is_video, parse_duration, segment_template  # noqa: E402
 
 common.TAG = "soak"
 NODES = (("live-1", "live"), ("origin-1", "origin"), ("edge-1", "edge"))
@@ -112,14 +112,7 @@ def mpd_segments(text, url_base):
                 kind = "video" if _is_video(aset, rep) else "audio"
                 if kind in done:
                     continue
-                attrs, timeline = {}, None
-                for el in (aset, rep):
-                    st = _child(el, "SegmentTemplate")
-                    if st is not None:
-                        attrs.update(st.attrib)
-                        tl = _child(st, "SegmentTimeline")
-                        if tl is not None:
-                            timeline = tl
+                attrs, timeline = segment_template(aset, rep)
                 if "media" not in attrs or timeline is None:
                     continue
                 done.add(kind)
