@@ -24,6 +24,7 @@ fn wait_for_segments(app: &Appliance, count: usize, within: Duration) -> dash_mp
 
 #[test]
 fn publish_play_stop_and_republish() {
+    let _ladder = one_ladder_at_a_time();
     let app = Appliance::start(None);
     let publisher = Publisher::start(&app.publish_url("live", STREAM), 12, "1280x720");
 
@@ -91,6 +92,19 @@ fn publish_play_stop_and_republish() {
         }
         first_urls.push(app.url(&recent[0].url));
     }
+    // Audio segment N covers the same second as video segment N: it starts within one AAC
+    // frame (1024 samples) of it.
+    let (_, video_list) = segments(STREAM, &video.representations[0]);
+    let (_, audio_list) = segments(STREAM, &audio.representations[0]);
+    let mut compared = 0;
+    for a in audio_list.iter().filter(|a| a.number > 1) {
+        let Some(v) = video_list.iter().find(|v| v.number == a.number) else { continue };
+        let (a_start, v_start) = (a.time as f64 / a.timescale as f64, v.time as f64 / v.timescale as f64);
+        assert!((a_start - v_start).abs() <= 1024.0 / 48_000.0, "segment {}: audio starts at {a_start} s, video at {v_start} s", a.number);
+        compared += 1;
+    }
+    assert!(compared >= 4, "audio and video segments compared: {compared}");
+
     // Keyframes aligned: segment N starts at the same media time, on an exact second, in every rung.
     let aligned: Vec<_> = keyframes.iter().filter(|(_, v)| v.len() == 3).collect();
     assert!(aligned.len() >= 3, "segments common to all rungs: {keyframes:?}");
@@ -153,4 +167,78 @@ fn aac_other_than_lc_is_transcoded_to_lc() {
     let (codec, ..) = probe(&get_bytes(&app.url(&init)), &get_bytes(&app.url(&list[1].url)));
     assert_eq!(codec, "aac");
     app.wait_for_log("audio=Transcode", Duration::from_secs(1));
+}
+
+/// The stream's first Period once `count` segments of its every Representation are listed.
+fn wait_for_period(app: &Appliance, stream: &str, count: usize) -> dash_mpd_core::Period {
+    wait_until(&format!("{stream}: {count} segments in every Representation"), Duration::from_secs(25), || {
+        let period = fetch_mpd(app, stream)?.periods.first()?.clone();
+        let reps: Vec<_> = period.adaptations.iter().flat_map(|a| &a.representations).collect();
+        (!reps.is_empty() && reps.iter().all(|r| segments(stream, r).1.len() >= count)).then_some(period)
+    })
+}
+
+#[test]
+fn an_audio_only_publish_gets_an_audio_only_mpd() {
+    let app = Appliance::start(None);
+    let publisher = Publisher::audio_only(&app.publish_url("live", "radio"), 7);
+    let period = wait_for_period(&app, "radio", 3);
+    assert_eq!(period.adaptations.len(), 1, "one AdaptationSet: {period:?}");
+    let audio = &period.adaptations[0];
+    assert_eq!(audio.contentType.as_deref(), Some("audio"));
+    let rep = &audio.representations[0];
+    assert_eq!(rep.codecs.as_deref(), Some("mp4a.40.2"));
+    let (init, list) = segments("radio", rep);
+    let init = get_bytes(&app.url(&init));
+    for seg in &list[1..3] {
+        let (codec, ..) = probe(&init, &get_bytes(&app.url(&seg.url)));
+        assert_eq!(codec, "aac");
+        // Cut on the segment grid: within one AAC frame of a whole second.
+        let start = seg.time as f64 / seg.timescale as f64;
+        assert!((start - start.round()).abs() <= 1024.0 / 48_000.0, "segment {} starts at {start} s", seg.number);
+    }
+    let status = get_json(&app.url("/live/radio"));
+    assert_eq!(status["live"], true, "{status}");
+    let (exit, stderr) = publisher.wait(Duration::from_secs(20));
+    assert!(exit.success(), "ffmpeg failed: {stderr}");
+}
+
+#[test]
+fn portrait_sources_get_rungs_by_their_short_side() {
+    let _ladder = one_ladder_at_a_time();
+    let app = Appliance::start(None);
+    // 10 frames a second keeps a 1080x1920 source and its four rungs affordable here.
+    // Constant bitrates high enough for each ladder's top rung, so the measured plan keeps
+    // the provisional one.
+    let cases: [(&str, &str, &str, &[(&str, u64, u64)]); 2] = [
+        ("phone", "720x1280", "2500k", &[("720p", 720, 1280), ("480p", 480, 854), ("360p", 360, 640)]),
+        ("tall", "1080x1920", "5000k", &[("1080p", 1080, 1920), ("720p", 720, 1280), ("480p", 480, 854), ("360p", 360, 640)]),
+    ];
+    for (stream, size, bitrate, expected) in cases {
+        let source = format!("testsrc2=size={size}:rate=10");
+        let publisher = Publisher::with_args(
+            &app.publish_url("live", stream),
+            &[
+                "-re", "-f", "lavfi", "-i", &source, "-t", "7", "-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-pix_fmt", "yuv420p",
+                "-b:v", bitrate, "-minrate", bitrate, "-maxrate", bitrate, "-bufsize", bitrate, "-x264-params", "nal-hrd=cbr",
+            ],
+        );
+        let period = wait_for_period(&app, stream, 2);
+        let video = &period.adaptations[0];
+        let rungs: Vec<(&str, u64, u64)> =
+            video.representations.iter().map(|r| (r.id.as_deref().unwrap(), r.width.unwrap(), r.height.unwrap())).collect();
+        assert_eq!(rungs, expected, "{stream} ({size})");
+        assert_eq!(video.par.as_deref(), Some("9:16"));
+        for rep in &video.representations {
+            let (init, list) = segments(stream, rep);
+            let (codec, width, height, frames) = probe(&get_bytes(&app.url(&init)), &get_bytes(&app.url(&list[1].url)));
+            assert_eq!((codec.as_str(), u64::from(width), u64::from(height)), ("h264", rep.width.unwrap(), rep.height.unwrap()));
+            assert!(frames.len() >= 9, "{stream}/{:?}: {} frames", rep.id, frames.len());
+        }
+        let (exit, stderr) = publisher.wait(Duration::from_secs(25));
+        assert!(exit.success(), "ffmpeg failed: {stderr}");
+    }
+    // The provisional ladder was already right: the first measurement re-planned nothing.
+    // (A host too loaded to keep up may still shed rungs; that is a different re-plan.)
+    assert!(!app.logs().contains("re-plan at the next keyframe reason=initial measurement"), "{}", app.logs());
 }

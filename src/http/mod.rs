@@ -17,14 +17,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use tower_http::cors::CorsLayer;
 
-use crate::package::mpd::UTC_TIMING_PATH;
+use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
 use crate::store::{ObjectKey, Part, Store};
 use crate::stream::StreamRegistry;
 
@@ -172,14 +172,14 @@ async fn live_metrics(State(state): State<HttpState>) -> Response {
     no_store(Json(body))
 }
 
-async fn manifest(State(state): State<HttpState>, Path(stream): Path<String>) -> Response {
+async fn manifest(State(state): State<HttpState>, Path(stream): Path<String>, headers: HeaderMap) -> Response {
     state.stats.manifest_requests.fetch_add(1, Ordering::Relaxed);
     let stream = match path::stream(&stream) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     match state.store.manifest(&stream) {
-        Some(mpd) => bytes_response(mpd, MPD_CONTENT_TYPE, MANIFEST_CACHE),
+        Some(mpd) => bytes_response(with_clock_origin(&mpd, viewer_origin(&headers).as_deref()), MPD_CONTENT_TYPE, MANIFEST_CACHE),
         // Playable in a moment: nobody may remember this answer.
         None if state.store.contains_stream(&stream) => error(StatusCode::NOT_FOUND, "stream has no playable segment yet\n"),
         None => unknown_stream(&stream),
@@ -205,6 +205,19 @@ async fn object(State(state): State<HttpState>, Path((stream, rendition, file)):
         None if state.store.contains_stream(&stream) => error(StatusCode::NOT_FOUND, "no such segment\n"),
         None => unknown_stream(&stream),
     }
+}
+
+/// `scheme://host[:port]` the viewer addressed (its Host header, and `X-Forwarded-Proto:
+/// https` from a TLS terminator in front), for absolute URLs in what it is served. `None`
+/// when the Host header is missing or is not a plain host name or address.
+pub fn viewer_origin(headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    if host.is_empty() || host.len() > 255 || !host.chars().all(plain) {
+        return None;
+    }
+    let tls = headers.get("x-forwarded-proto").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+    Some(format!("{}://{host}", if tls { "https" } else { "http" }))
 }
 
 /// xs:dateTime with milliseconds, for the MPD's UTCTiming (urn:mpeg:dash:utc:http-iso:2014).

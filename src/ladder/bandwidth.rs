@@ -182,7 +182,7 @@ mod tests {
                 prop_assert!(r.height <= source.height.max(2) && r.width <= source.width.max(2));
                 prop_assert!(r.width % 2 == 0 && r.height % 2 == 0);
             }
-            prop_assert!(plan.rungs.windows(2).all(|p| p[0].height > p[1].height));
+            prop_assert!(plan.rungs.windows(2).all(|p| p[0].lines() > p[1].lines()));
         }
 
         #[test]
@@ -196,7 +196,7 @@ mod tests {
             let (low, high) = if a <= b { (a, b) } else { (b, a) };
             let at = |bps| plan_for(&PlanInput { source, delivered_bps: Some(bps), catalogue: &catalogue, max_rungs: budget });
             let (poor, rich) = (at(low), at(high));
-            prop_assert!(rich.rungs[0].height >= poor.rungs[0].height, "{poor:?} vs {rich:?}");
+            prop_assert!(rich.rungs[0].lines() >= poor.rungs[0].lines(), "{poor:?} vs {rich:?}");
             prop_assert!(rich.rungs.len() >= poor.rungs.len(), "{poor:?} vs {rich:?}");
         }
 

@@ -3,11 +3,14 @@
 //! renditions a stream is transcoded into. The stream actor calls them; `transcode` builds
 //! the pipeline from the resulting `LadderPlan`.
 //!
-//! `plan()` (format only). Never upscale (a rung taller than the source is left out; a
-//! source shorter than every rung gets one rung at its own size, at the smallest rung's
-//! bitrate scaled down by pixel count); widths keep the source's display aspect ratio,
-//! rounded to even numbers; the frame rate is the source's (rungs never raise it). Rung ids
-//! are `{height}p`.
+//! `plan()` (format only). A rung's size is its lines on the picture's short side, as
+//! viewers and players name them: a catalogue `height` of 720 gives 1280x720 for a
+//! landscape source and 720x1280 for a portrait one (as phones send), so a portrait stream
+//! gets the same detail per bit as a landscape one. Never upscale (a rung larger than the
+//! source's short side is left out; a source smaller than every rung gets one rung at its
+//! own size, at the smallest rung's bitrate scaled down by pixel count); the long side keeps
+//! the source's display aspect ratio, rounded to even numbers; the frame rate is the
+//! source's (rungs never raise it). Rung ids are `{short side}p`.
 //!
 //! `plan_for()` (bandwidth-aware, `bandwidth.rs`) starts from `plan()` and then:
 //! - each rung keeps at most its catalogue bitrate;
@@ -62,31 +65,52 @@ fn nearest_even(numerator: u64, denominator: u64) -> u32 {
     (((numerator + denominator) / (2 * denominator)) * 2).max(2) as u32
 }
 
-/// A rung `height` lines tall (even, at most the source's height).
-fn rung(source: SourceFormat, height: u32, bitrate_kbps: u32) -> Rung {
-    let width = nearest_even(u64::from(source.width) * u64::from(height), u64::from(source.height)).min(source.width.max(2) & !1);
+impl SourceFormat {
+    /// Lines on the picture's short side (the height of a landscape picture).
+    pub fn short_side(&self) -> u32 {
+        self.width.min(self.height)
+    }
+
+    fn is_portrait(&self) -> bool {
+        self.height > self.width
+    }
+}
+
+/// A rung `lines` lines on its short side (even, at most the source's short side).
+fn rung(source: SourceFormat, lines: u32, bitrate_kbps: u32) -> Rung {
+    let (short, long) = if source.is_portrait() { (source.width, source.height) } else { (source.height, source.width) };
+    let long_side = nearest_even(u64::from(long) * u64::from(lines), u64::from(short)).min(long.max(2) & !1);
+    let (width, height) = if source.is_portrait() { (lines, long_side) } else { (long_side, lines) };
     Rung {
-        id: RenditionId::parse(&format!("{height}p")).expect("digits and 'p' form a valid id"),
+        id: RenditionId::parse(&format!("{lines}p")).expect("digits and 'p' form a valid id"),
         width,
         height,
         bitrate_kbps,
     }
 }
 
+impl Rung {
+    /// Lines on the rung's short side (what its id names).
+    pub fn lines(&self) -> u32 {
+        self.width.min(self.height)
+    }
+}
+
 /// Plans the ladder for a source. `catalogue` must not be empty (config validation checks).
 pub fn plan(source: SourceFormat, catalogue: &[RungConfig]) -> LadderPlan {
+    let short = source.short_side();
     let mut rungs: Vec<Rung> = catalogue
         .iter()
-        .filter(|r| r.height <= source.height)
+        .filter(|r| r.height <= short)
         .map(|r| rung(source, r.height, r.bitrate_kbps))
         .collect();
-    rungs.sort_by_key(|r| std::cmp::Reverse(r.height));
-    rungs.dedup_by_key(|r| r.height);
+    rungs.sort_by_key(|r| std::cmp::Reverse(r.lines()));
+    rungs.dedup_by_key(|r| r.lines());
     if rungs.is_empty() {
         let smallest = catalogue.iter().min_by_key(|r| r.height).expect("catalogue is not empty");
-        let scale = f64::from(source.height).powi(2) / f64::from(smallest.height).powi(2);
+        let scale = f64::from(short).powi(2) / f64::from(smallest.height).powi(2);
         let bitrate = ((f64::from(smallest.bitrate_kbps) * scale) as u32).max(100);
-        rungs.push(rung(source, (source.height & !1).max(2), bitrate));
+        rungs.push(rung(source, (short & !1).max(2), bitrate));
     }
     LadderPlan { rungs }
 }
@@ -116,6 +140,18 @@ mod tests {
     }
 
     #[test]
+    fn portrait_sources_get_rungs_by_their_short_side() {
+        let sizes = |w, h| -> Vec<(u32, u32, String)> {
+            plan(SourceFormat { width: w, height: h }, &default_rungs()).rungs.iter().map(|r| (r.width, r.height, r.id.to_string())).collect()
+        };
+        let owned = |list: &[(u32, u32, &str)]| -> Vec<(u32, u32, String)> { list.iter().map(|(w, h, id)| (*w, *h, id.to_string())).collect() };
+        assert_eq!(sizes(720, 1280), owned(&[(720, 1280, "720p"), (480, 854, "480p"), (360, 640, "360p")]));
+        assert_eq!(sizes(1080, 1920), owned(&[(1080, 1920, "1080p"), (720, 1280, "720p"), (480, 854, "480p"), (360, 640, "360p")]));
+        // A square picture is landscape's limit: both sides the rung's lines.
+        assert_eq!(sizes(480, 480), owned(&[(480, 480, "480p"), (360, 360, "360p")]));
+    }
+
+    #[test]
     fn a_tiny_source_keeps_its_own_size() {
         let plan = plan(SourceFormat { width: 320, height: 240 }, &default_rungs());
         assert_eq!(heights(&plan), [240]);
@@ -131,8 +167,10 @@ mod tests {
             for r in &plan.rungs {
                 prop_assert!(r.height <= h.max(2) && r.width <= w.max(2));
                 prop_assert!(r.width % 2 == 0 && r.height % 2 == 0);
+                // The picture keeps its orientation.
+                prop_assert!((r.width >= r.height) == (w >= h) || r.width == r.height);
             }
-            prop_assert!(plan.rungs.windows(2).all(|p| p[0].height > p[1].height));
+            prop_assert!(plan.rungs.windows(2).all(|p| p[0].lines() > p[1].lines()));
         }
     }
 }

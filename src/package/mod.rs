@@ -96,9 +96,10 @@ impl Packager {
         self.timeline(stream)?.lock().last_segment_at
     }
 
-    /// Where the stream's newest video segment ends, after availabilityStartTime.
-    pub fn video_end(&self, stream: &StreamId) -> Option<Duration> {
-        self.timeline(stream)?.lock().video_end()
+    /// Where the stream's newest segment ends (video's, or audio's without video), after
+    /// availabilityStartTime.
+    pub fn media_end(&self, stream: &StreamId) -> Option<Duration> {
+        self.timeline(stream)?.lock().media_end()
     }
 
     fn mark_dirty(&self, stream: &StreamId) {

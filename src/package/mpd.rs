@@ -25,9 +25,15 @@ pub struct MpdTiming {
 
 const PROFILES: &str = "urn:mpeg:dash:profile:isoff-live:2011,urn:mpeg:dash:profile:cmaf:2019";
 const AUDIO_CHANNELS_SCHEME: &str = "urn:mpeg:dash:23003:3:audio_channel_configuration:2011";
-/// Clock source for players: `GET /time` on the same host answers with xs:dateTime.
+/// Clock source for players: `GET /time` answers with xs:dateTime. The stored MPD names it
+/// by path; every node that serves the MPD makes it absolute for the host the viewer asked
+/// ([`with_clock_origin`]), because some players resolve it against nothing.
 pub const UTC_TIMING_SCHEME: &str = "urn:mpeg:dash:utc:http-iso:2014";
 pub const UTC_TIMING_PATH: &str = "/time";
+/// Namespace prefixes the MPD library always declares on the root element. Nothing here
+/// uses them, and players that sniff the first bytes of the document (GStreamer's type
+/// finder reads a bounded prefix) stop recognising it as an MPD behind a long root tag.
+const UNUSED_PREFIXES: [&str; 7] = ["xsi", "cenc", "mspr", "xlink", "scte35", "dvb", "scte214"];
 
 /// Init segment URL template of a session, relative to the MPD.
 pub fn init_template(session: &str) -> String {
@@ -95,7 +101,44 @@ pub fn render(timeline: &StreamTimeline, timing: &MpdTiming) -> Option<String> {
         mpd.mpdtype = Some("static".into());
         mpd.mediaPresentationDuration = Some(end);
     }
-    Some(format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{mpd}"))
+    Some(format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{}", without_unused_namespaces(&mpd.to_string())))
+}
+
+/// Drops the root element's declarations of namespace prefixes the document never uses.
+fn without_unused_namespaces(xml: &str) -> String {
+    let root_end = xml.find('>').unwrap_or(0);
+    let (root, body) = xml.split_at(root_end);
+    let mut root = root.to_owned();
+    for prefix in UNUSED_PREFIXES {
+        let declaration = format!(" xmlns:{prefix}=\"");
+        let Some(start) = root.find(&declaration) else { continue };
+        if body.contains(&format!("{prefix}:")) {
+            continue;
+        }
+        let value_start = start + declaration.len();
+        let Some(value_len) = root[value_start..].find('"') else { continue };
+        root.replace_range(start..value_start + value_len + 1, "");
+    }
+    root + body
+}
+
+/// The MPD as served to one viewer: its UTCTiming clock URL made absolute for `origin`
+/// (`http://host:port`, already validated by the caller). A tier passes its own origin, so
+/// the URL it received from upstream is replaced as well. `None` leaves the document as is.
+pub fn with_clock_origin(mpd: &[u8], origin: Option<&str>) -> bytes::Bytes {
+    let unchanged = || bytes::Bytes::copy_from_slice(mpd);
+    let (Some(origin), Ok(text)) = (origin, std::str::from_utf8(mpd)) else { return unchanged() };
+    let element = format!("<UTCTiming schemeIdUri=\"{UTC_TIMING_SCHEME}\" value=\"");
+    let Some(start) = text.find(&element).map(|i| i + element.len()) else { return unchanged() };
+    let Some(len) = text[start..].find('"') else { return unchanged() };
+    let value = &text[start..start + len];
+    let path_at = value.find("://").and_then(|i| value[i + 3..].find('/').map(|p| i + 3 + p)).unwrap_or(0);
+    let mut out = String::with_capacity(text.len() + origin.len());
+    out.push_str(&text[..start]);
+    out.push_str(origin);
+    out.push_str(&value[path_at..]);
+    out.push_str(&text[start + len..]);
+    bytes::Bytes::from(out)
 }
 
 /// Where the oldest retained media of a Period starts, from its start.
@@ -266,6 +309,34 @@ mod tests {
         assert_eq!(atimes, [46_080, 46_080, 46_080]);
         assert_eq!(audio.AudioChannelConfiguration[0].value.as_deref(), Some("2"));
         assert_eq!(mpd.UTCTiming[0].value.as_deref(), Some("/time"));
+    }
+
+    #[test]
+    fn root_tag_declares_only_the_dash_namespace() {
+        let (tl, _) = timeline();
+        let xml = render(&tl, &TIMING).unwrap();
+        let root = &xml[xml.find("<MPD").unwrap()..];
+        let root = &root[..root.find('>').unwrap()];
+        assert_eq!(root.matches("xmlns").count(), 1, "{root}");
+        assert!(root.contains("xmlns=\"urn:mpeg:dash:schema:mpd:2011\""), "{root}");
+        // GStreamer's type finder must see the MPD root well inside its first bytes.
+        assert!(xml.find("<MPD").unwrap() < 64 && root.len() < 512, "{} bytes: {root}", root.len());
+        dash::parse(&xml).unwrap();
+    }
+
+    #[test]
+    fn clock_url_is_made_absolute_for_the_viewers_host() {
+        let (tl, _) = timeline();
+        let xml = render(&tl, &TIMING).unwrap();
+        let served = with_clock_origin(xml.as_bytes(), Some("http://edge.example:8080"));
+        let mpd = dash::parse(std::str::from_utf8(&served).unwrap()).unwrap();
+        assert_eq!(mpd.UTCTiming[0].value.as_deref(), Some("http://edge.example:8080/time"));
+        // A tier re-serving an upstream's MPD puts its own origin in place of the upstream's.
+        let again = with_clock_origin(&served, Some("http://[::1]:9000"));
+        let mpd = dash::parse(std::str::from_utf8(&again).unwrap()).unwrap();
+        assert_eq!(mpd.UTCTiming[0].value.as_deref(), Some("http://[::1]:9000/time"));
+        assert_eq!(served.len() - xml.len(), "http://edge.example:8080".len());
+        assert_eq!(&with_clock_origin(xml.as_bytes(), None)[..], xml.as_bytes());
     }
 
     #[test]

@@ -232,9 +232,12 @@ impl StreamTimeline {
     }
 
     /// Where the newest video segment of the last Period ends, after availabilityStartTime.
-    pub fn video_end(&self) -> Option<Duration> {
+    /// Where the newest Period's media ends after availabilityStartTime: its video
+    /// segments' end, or its audio's for an audio-only source.
+    pub fn media_end(&self) -> Option<Duration> {
         let period = self.periods.last()?;
-        let end = period.tracks.iter().filter(|t| t.info.kind == TrackKind::Video).filter_map(Track::end_secs).reduce(f64::max)?;
+        let kind = if period.tracks.iter().any(|t| t.info.kind == TrackKind::Video) { TrackKind::Video } else { TrackKind::Audio };
+        let end = period.tracks.iter().filter(|t| t.info.kind == kind).filter_map(Track::end_secs).reduce(f64::max)?;
         Some(period.start + Duration::from_secs_f64(end))
     }
 

@@ -6,7 +6,7 @@
 //! wrap at 2^32 passes unnoticed; a step backwards or forwards by more than a few seconds
 //! (a wrap at 2^31, a restart, a jump) is a discontinuity, which the stream actor answers
 //! with a new Period that starts where the old media ended. Audio is placed against the
-//! video clock without moving it.
+//! video clock without moving it; an audio-only source drives the clock with its audio.
 //!
 //! The clock also says how media time relates to the wall clock: the session's media zero
 //! is anchored to an instant, so a publisher that sends faster than real time can be
@@ -49,8 +49,9 @@ impl MediaClock {
         Self { last_raw: base_raw, media_ms: 0, frame_ms: DEFAULT_FRAME_MS, anchor }
     }
 
-    /// Places a video packet by its decode timestamp and advances the clock.
-    pub fn video(&mut self, raw: u32) -> Placement {
+    /// Places a packet of the track that drives the clock (video, or audio for an
+    /// audio-only source) by its decode timestamp, and advances the clock.
+    pub fn advance(&mut self, raw: u32) -> Placement {
         let step = i64::from(raw.wrapping_sub(self.last_raw) as i32);
         if !(-MAX_BACKWARD_MS..=MAX_FORWARD_MS).contains(&step) {
             return Placement::Discontinuity { media_end_ms: self.media_end_ms(), step_ms: step };
@@ -63,8 +64,9 @@ impl MediaClock {
         self.place(self.media_ms)
     }
 
-    /// Places an audio packet against the video clock. Audio far from the video (across a
-    /// discontinuity the video has not reached yet) is `Before`: dropped, never misplaced.
+    /// Places an audio packet against the video clock without moving it. Audio far from the
+    /// video (across a discontinuity the video has not reached yet) is `Before`: dropped,
+    /// never misplaced.
     pub fn audio(&self, raw: u32) -> Placement {
         let step = i64::from(raw.wrapping_sub(self.last_raw) as i32);
         if !(-MAX_FORWARD_MS..=MAX_FORWARD_MS).contains(&step) {
@@ -115,10 +117,10 @@ mod tests {
     #[test]
     fn steady_frames_accumulate_and_a_wrap_at_2_pow_32_passes() {
         let mut c = clock(u32::MAX - 50);
-        assert_eq!(c.video(u32::MAX - 50), Placement::At(0));
-        assert_eq!(c.video(u32::MAX - 17), Placement::At(33));
-        assert_eq!(c.video(15), Placement::At(66), "2^32 wrap is one ordinary step");
-        assert_eq!(c.video(48), Placement::At(99));
+        assert_eq!(c.advance(u32::MAX - 50), Placement::At(0));
+        assert_eq!(c.advance(u32::MAX - 17), Placement::At(33));
+        assert_eq!(c.advance(15), Placement::At(66), "2^32 wrap is one ordinary step");
+        assert_eq!(c.advance(48), Placement::At(99));
         assert_eq!(c.audio(40), Placement::At(91));
     }
 
@@ -128,12 +130,12 @@ mod tests {
         let mut c = clock(base);
         let mut raw = base;
         for _ in 0..500 {
-            assert!(matches!(c.video(raw), Placement::At(_)));
+            assert!(matches!(c.advance(raw), Placement::At(_)));
             raw += 33;
         }
         let end = c.media_end_ms();
         assert_eq!(end, 500 * 33);
-        match c.video(5) {
+        match c.advance(5) {
             Placement::Discontinuity { media_end_ms, step_ms } => {
                 assert_eq!(media_end_ms, end);
                 assert!(step_ms < -2_000_000_000, "{step_ms}");
@@ -147,11 +149,11 @@ mod tests {
     #[test]
     fn restarts_and_forward_jumps_are_discontinuities_small_reorders_are_not() {
         let mut c = clock(90_000);
-        c.video(90_000);
-        c.video(90_033);
-        assert_eq!(c.video(90_000), Placement::At(0), "a reordered frame stays on the timeline");
-        assert!(matches!(c.video(0), Placement::Discontinuity { .. }), "timestamps restarted");
-        assert!(matches!(c.video(90_033 + 6_000), Placement::Discontinuity { .. }), "six-second jump");
+        c.advance(90_000);
+        c.advance(90_033);
+        assert_eq!(c.advance(90_000), Placement::At(0), "a reordered frame stays on the timeline");
+        assert!(matches!(c.advance(0), Placement::Discontinuity { .. }), "timestamps restarted");
+        assert!(matches!(c.advance(90_033 + 6_000), Placement::Discontinuity { .. }), "six-second jump");
         assert_eq!(c.audio(89_000), Placement::Before, "audio before the first keyframe");
     }
 
@@ -160,7 +162,7 @@ mod tests {
         let start = Instant::now();
         let mut c = MediaClock::new(0, start);
         for i in 0..=90u32 {
-            c.video(i * 33);
+            c.advance(i * 33);
         }
         assert_eq!(c.lead(start), 2970);
         assert_eq!(c.lead(start + Duration::from_secs(10)), 2970 - 10_000);

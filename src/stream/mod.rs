@@ -61,6 +61,9 @@ const STALL_REPORT: Duration = Duration::from_secs(5);
 const STALL_END: Duration = Duration::from_secs(30);
 /// How often the actor checks its stream's health.
 const HEALTH_TICK: Duration = Duration::from_secs(1);
+/// Audio for this long (media time) with no AVC sequence header before it starts an
+/// audio-only session (encoders send both sequence headers before any media).
+const AUDIO_ONLY_AFTER_MS: i32 = 1_000;
 
 /// What every stream actor needs from the node.
 #[derive(Clone)]
@@ -174,6 +177,8 @@ struct Running {
     plan: LadderPlan,
     /// The Period's start after availabilityStartTime.
     period_start: Duration,
+    /// No video: the audio drives the clock and paces the input.
+    audio_only: bool,
 }
 
 /// Where the next session continues after a Period was cut mid-stream.
@@ -208,6 +213,9 @@ struct StreamActor {
     /// A Period stopped mid-stream (codec change, discontinuity) that no new Period has
     /// closed yet: ended with the stream if nothing follows it.
     unclosed: Option<SessionId>,
+    /// Timestamp of the first audio frame that arrived with no session and no video
+    /// configuration: the start of a possible audio-only source.
+    audio_without_video: Option<u32>,
     started: Instant,
 }
 
@@ -228,6 +236,7 @@ impl StreamActor {
             pending: None,
             resume: None,
             unclosed: None,
+            audio_without_video: None,
             started: Instant::now(),
         }
     }
@@ -365,7 +374,10 @@ impl StreamActor {
     async fn handle(&mut self, packet: MediaPacket) -> Result<(), String> {
         match packet {
             MediaPacket::VideoConfig(config) => {
-                if self.video_config.as_ref().is_some_and(|c| c != &config) && self.running.is_some() {
+                if self.running.as_ref().is_some_and(|r| r.audio_only) {
+                    tracing::warn!("video appeared in an audio-only stream; starting a new period with video");
+                    self.cut_period(None, "video appeared").await;
+                } else if self.video_config.as_ref().is_some_and(|c| c != &config) && self.running.is_some() {
                     tracing::warn!("video configuration changed mid-stream; starting a new period");
                     self.cut_period(None, "video configuration changed").await;
                     self.source = None;
@@ -380,9 +392,12 @@ impl StreamActor {
                 self.audio_config = Some(config);
             }
             MediaPacket::Video { dts_ms, cts_ms, keyframe, data } => {
+                if self.running.as_ref().is_some_and(|r| r.audio_only) {
+                    return Ok(()); // no video configuration: nothing could decode it
+                }
                 let mut placed = None;
                 if let Some(running) = self.running.as_mut() {
-                    match running.clock.video(dts_ms) {
+                    match running.clock.advance(dts_ms) {
                         Placement::At(ms) => placed = Some(ms),
                         Placement::Before => return Ok(()),
                         Placement::Discontinuity { media_end_ms, step_ms } => {
@@ -414,7 +429,7 @@ impl StreamActor {
                     if !keyframe {
                         return Ok(()); // a session starts on a keyframe
                     }
-                    self.start_session(dts_ms).await?;
+                    self.start_session(dts_ms, true).await?;
                     placed = Some(0);
                 }
                 let running = self.running.as_ref().expect("started above");
@@ -425,9 +440,32 @@ impl StreamActor {
                 self.wait_for_room().await?;
             }
             MediaPacket::Audio { dts_ms, data } => {
-                let Some(running) = &self.running else { return Ok(()) };
-                if let Placement::At(pts) = running.clock.audio(dts_ms) {
-                    running.transcoder.push_audio(pts, data).map_err(|e| e.to_string())?;
+                if self.running.is_none() && self.video_config.is_none() && self.audio_config.is_some() {
+                    let first = *self.audio_without_video.get_or_insert(dts_ms);
+                    // A Period cut mid-stream continues at once.
+                    if self.resume.is_some() || dts_ms.wrapping_sub(first) as i32 >= AUDIO_ONLY_AFTER_MS {
+                        self.start_session(dts_ms, false).await?;
+                    }
+                }
+                let Some(running) = self.running.as_mut() else { return Ok(()) };
+                if !running.audio_only {
+                    if let Placement::At(pts) = running.clock.audio(dts_ms) {
+                        running.transcoder.push_audio(pts, data).map_err(|e| e.to_string())?;
+                    }
+                    return Ok(());
+                }
+                match running.clock.advance(dts_ms) {
+                    Placement::At(pts) => {
+                        running.transcoder.push_audio(pts, data).map_err(|e| e.to_string())?;
+                        self.pace().await;
+                        self.wait_for_room().await?;
+                    }
+                    Placement::Before => {}
+                    Placement::Discontinuity { media_end_ms, step_ms } => {
+                        tracing::warn!(step_ms, media_end_ms, "broadcaster's timestamps jumped; the Period ends where its media ended");
+                        self.status.lock().health.discontinuities += 1;
+                        self.cut_period(Some(media_end_ms), "timestamp discontinuity").await;
+                    }
                 }
             }
         }
@@ -456,7 +494,7 @@ impl StreamActor {
     /// segment plus the encoder's latency when it keeps up (see `overload`).
     fn pipeline_lag(&self) -> Option<Duration> {
         let running = self.running.as_ref()?;
-        let output = self.services.packager.video_end(&self.stream).filter(|end| *end >= running.period_start);
+        let output = self.services.packager.media_end(&self.stream).filter(|end| *end >= running.period_start);
         let produced = output.map_or(Duration::ZERO, |end| end - running.period_start);
         Some(running.clock.anchor().elapsed().saturating_sub(produced))
     }
@@ -547,23 +585,40 @@ impl StreamActor {
         self.resume = resume;
     }
 
-    async fn start_session(&mut self, base_ms: u32) -> Result<(), String> {
+    /// Starts a session at the packet stamped `base_ms`: on a video keyframe, or without
+    /// video (`with_video` false) on an audio frame of an audio-only source.
+    async fn start_session(&mut self, base_ms: u32, with_video: bool) -> Result<(), String> {
         let pending = self.pending.take();
         let resume = self.resume.take();
+        self.audio_without_video = None;
         let period_start = resume.as_ref().and_then(|r| r.period_start);
         let anchor = resume.map_or_else(Instant::now, |r| r.anchor);
         let config = &self.services.config;
-        let video_config = self.video_config.as_ref().ok_or("video arrived before its AVC sequence header")?;
-        let format = source::video_format(video_config).map_err(|e| e.to_string())?;
-        self.source = Some(format);
-        let (plan, reason, for_bps) = match pending {
-            Some(p) => (p.plan, p.reason, p.for_bps),
-            None => {
-                // Provisional until the first measurement: the catalogue under the budget.
-                let input = PlanInput { source: format, delivered_bps: None, catalogue: &config.transcode.rungs, max_rungs: self.max_rungs() };
-                (ladder::plan_for(&input), "provisional (not measured yet)".to_owned(), None)
+        let mut format = None;
+        let mut video_caps = None;
+        let (plan, reason, for_bps) = if !with_video {
+            (LadderPlan { rungs: Vec::new() }, "audio-only source".to_owned(), None)
+        } else {
+            let video_config = self.video_config.as_ref().ok_or("video arrived before its AVC sequence header")?;
+            let source = source::video_format(video_config).map_err(|e| e.to_string())?;
+            format = Some(source);
+            video_caps = Some(
+                gst::Caps::builder("video/x-h264")
+                    .field("stream-format", "avc")
+                    .field("alignment", "au")
+                    .field("codec_data", gst::Buffer::from_slice(video_config.clone()))
+                    .build(),
+            );
+            match pending {
+                Some(p) => (p.plan, p.reason, p.for_bps),
+                None => {
+                    // Provisional until the first measurement: the catalogue under the budget.
+                    let input = PlanInput { source, delivered_bps: None, catalogue: &config.transcode.rungs, max_rungs: self.max_rungs() };
+                    (ladder::plan_for(&input), "provisional (not measured yet)".to_owned(), None)
+                }
             }
         };
+        self.source = format;
         let audio = match &self.audio_config {
             Some(asc) => Some((AacConfig::parse(asc).map_err(|e| e.to_string())?, asc.clone())),
             None => None,
@@ -575,7 +630,7 @@ impl StreamActor {
         };
         let session = SessionId::generate();
         tracing::info!(
-            %session, width = format.width, height = format.height,
+            %session, width = format.map(|f| f.width), height = format.map(|f| f.height),
             rungs = ?plan.rungs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), audio = ?audio_plan,
             encoder = ?self.services.encoder, "session starts"
         );
@@ -606,11 +661,6 @@ impl StreamActor {
                     .build(),
             );
         }
-        let video_caps = gst::Caps::builder("video/x-h264")
-            .field("stream-format", "avc")
-            .field("alignment", "au")
-            .field("codec_data", gst::Buffer::from_slice(video_config.clone()))
-            .build();
         let spec = PipelineSpec {
             ladder: plan.clone(),
             encoder: self.services.encoder,
@@ -641,10 +691,18 @@ impl StreamActor {
         let bus = transcoder.bus().stream();
         {
             let mut status = self.status.lock();
-            status.source = Some((format.width, format.height));
+            status.source = format.map(|f| (f.width, f.height));
             status.record_plan(change, plan.clone());
         }
-        self.running = Some(Running { transcoder, session, clock: MediaClock::new(base_ms, anchor), bus, plan, period_start });
+        self.running = Some(Running {
+            transcoder,
+            session,
+            clock: MediaClock::new(base_ms, anchor),
+            bus,
+            plan,
+            period_start,
+            audio_only: !with_video,
+        });
         Ok(())
     }
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -35,7 +35,7 @@ pub use proxy::CacheStatus;
 
 use crate::http::path;
 use crate::media::StreamId;
-use crate::package::mpd::UTC_TIMING_PATH;
+use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
 use prefetch::RenditionTracker;
 use proxy::{Flights, ObjectRequest, Outcome};
 
@@ -294,14 +294,17 @@ pub fn router(state: TierState) -> Router {
         .with_state(state)
 }
 
-async fn manifest(State(state): State<TierState>, Path(stream): Path<String>) -> Response {
+async fn manifest(State(state): State<TierState>, Path(stream): Path<String>, headers: HeaderMap) -> Response {
     inc(&state.counters.requests);
     let stream = match path::stream(&stream) {
         Ok(stream) => stream,
         Err(e) => return bad_request(&state, e.into()),
     };
     let key = Arc::from(format!("/live/{stream}/manifest.mpd"));
-    respond(state.lookup(ObjectRequest { stream, key, kind: ObjectKind::Manifest }).await)
+    let outcome = state.lookup(ObjectRequest { stream, key, kind: ObjectKind::Manifest }).await;
+    // The cached MPD names the upstream's clock; this viewer asked this node.
+    let origin = crate::http::viewer_origin(&headers);
+    respond_with_body(outcome, |status, body| if status == StatusCode::OK { with_clock_origin(body, origin.as_deref()) } else { body.clone() })
 }
 
 async fn object(State(state): State<TierState>, Path((stream, rendition, file)): Path<(String, String, String)>) -> Response {
@@ -333,10 +336,15 @@ fn bad_request(state: &TierState, error: TierError) -> Response {
     error_response(&error, None)
 }
 
-fn respond((result, status): Outcome) -> Response {
+fn respond(outcome: Outcome) -> Response {
+    respond_with_body(outcome, |_, body| body.clone())
+}
+
+/// Like `respond`, with the body of an answer passed through `body` first.
+fn respond_with_body((result, status): Outcome, body: impl FnOnce(StatusCode, &bytes::Bytes) -> bytes::Bytes) -> Response {
     match result {
         Ok(object) => {
-            let mut response = (object.status, object.body.clone()).into_response();
+            let mut response = (object.status, body(object.status, &object.body)).into_response();
             let headers = response.headers_mut();
             if let Some(value) = &object.content_type {
                 headers.insert(header::CONTENT_TYPE, value.clone());

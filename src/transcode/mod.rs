@@ -18,7 +18,7 @@ use gst_app::{AppSink, AppSrc};
 use crate::media::{RenditionId, SessionId, StreamId, TrackKind};
 use crate::package::fragment::{avc_codecs, ChunkMeta, FragmentAssembler, MuxerOutput};
 use crate::package::Packager;
-use spec::{PipelineSpec, AUDIO_SINK, AUDIO_SRC, DECODER, VIDEO_SRC};
+use spec::{PipelineSpec, AUDIO_MUX, AUDIO_SINK, AUDIO_SRC, DECODER, VIDEO_SRC};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranscodeError {
@@ -89,16 +89,22 @@ pub struct SinkBinding {
 #[derive(Clone)]
 pub struct Transcoder {
     pipeline: gst::Pipeline,
-    video_src: AppSrc,
+    video_src: Option<AppSrc>,
     audio_src: Option<AppSrc>,
-    /// Woken when the video appsrc asks for data (its queue fell below half its bound).
+    /// The input whose queue paces the stream: video, or audio for an audio-only source.
+    paced_src: AppSrc,
+    /// Woken when the paced appsrc asks for data (its queue fell below half its bound).
     room: Arc<tokio::sync::Notify>,
+    /// The video's segment boundaries (ended on stop, so no audio thread waits on them).
+    boundaries: Arc<Boundaries>,
 }
 
 impl Transcoder {
+    /// Starts the pipeline of `spec`: `video_caps` when it has video (a ladder),
+    /// `audio_caps` when the source has audio.
     pub fn start(
         spec: &PipelineSpec,
-        video_caps: gst::Caps,
+        video_caps: Option<gst::Caps>,
         audio_caps: Option<gst::Caps>,
         sinks: Vec<SinkBinding>,
         output: SessionOutput,
@@ -121,21 +127,26 @@ impl Transcoder {
                 .and_then(|e| e.downcast::<AppSrc>().ok())
                 .ok_or_else(|| TranscodeError::NoElement(name.to_owned()))
         };
-        let video_src = appsrc(VIDEO_SRC)?;
-        video_src.set_caps(Some(&video_caps));
+        let with_caps = |name: &str, caps: Option<gst::Caps>| -> Result<Option<AppSrc>, TranscodeError> {
+            let Some(caps) = caps else { return Ok(None) };
+            let src = appsrc(name)?;
+            src.set_caps(Some(&caps));
+            Ok(Some(src))
+        };
+        let video_src = with_caps(VIDEO_SRC, video_caps.filter(|_| spec.has_video()))?;
+        let audio_src = with_caps(AUDIO_SRC, audio_caps)?;
+        let paced_src = video_src.clone().or_else(|| audio_src.clone()).ok_or_else(|| TranscodeError::NoElement("an input (no video, no audio)".into()))?;
         let room = Arc::new(tokio::sync::Notify::new());
         let waker = Arc::clone(&room);
-        video_src.set_callbacks(gst_app::AppSrcCallbacks::builder().need_data(move |_, _| waker.notify_waiters()).build());
-        let audio_src = match audio_caps {
-            Some(caps) => {
-                let src = appsrc(AUDIO_SRC)?;
-                src.set_caps(Some(&caps));
-                Some(src)
-            }
-            None => None,
-        };
+        paced_src.set_callbacks(gst_app::AppSrcCallbacks::builder().need_data(move |_, _| waker.notify_waiters()).build());
         let boundaries = Arc::new(Boundaries::default());
-        force_keyframes_at_boundaries(&pipeline, spec.segment_duration, Arc::clone(&boundaries))?;
+        if video_src.is_some() {
+            force_keyframes_at_boundaries(&pipeline, spec.segment_duration, Arc::clone(&boundaries))?;
+        }
+        if audio_src.is_some() {
+            let video = video_src.as_ref().map(|_| Arc::clone(&boundaries));
+            cut_audio_segments(&pipeline, spec.segment_duration, video)?;
+        }
         for binding in sinks {
             let name = match binding.kind {
                 TrackKind::Video => spec::video_sink_name(binding.rendition.as_str()),
@@ -148,7 +159,7 @@ impl Transcoder {
             attach_sink(&sink, binding, output.clone(), Arc::clone(&boundaries));
         }
         pipeline.set_state(gst::State::Playing).map_err(|e| TranscodeError::Start(e.to_string()))?;
-        Ok(Self { pipeline, video_src, audio_src, room })
+        Ok(Self { pipeline, video_src, audio_src, paced_src, room, boundaries })
     }
 
     pub fn bus(&self) -> gst::Bus {
@@ -170,13 +181,16 @@ impl Transcoder {
         Arc::clone(&self.room)
     }
 
-    /// Whether the video appsrc's queue is at either of its bounds (see `VIDEO_QUEUE_TIME`).
+    /// Whether the paced appsrc's queue is at either of its bounds (see `VIDEO_QUEUE_TIME`).
     pub fn input_full(&self) -> bool {
-        self.video_src.current_level_time().is_some_and(|t| t.nseconds() as u128 >= spec::VIDEO_QUEUE_TIME.as_nanos())
-            || self.video_src.current_level_bytes() >= spec::VIDEO_QUEUE_BYTES
+        self.paced_src.current_level_time().is_some_and(|t| t.nseconds() as u128 >= spec::VIDEO_QUEUE_TIME.as_nanos())
+            || self.paced_src.current_level_bytes() >= spec::VIDEO_QUEUE_BYTES
     }
 
+    /// Pushes one video access unit; without a video branch (an audio-only session) it is
+    /// dropped.
     pub fn push_video(&self, pts_ms: u64, dts_ms: u64, keyframe: bool, data: Bytes) -> Result<(), TranscodeError> {
+        let Some(src) = &self.video_src else { return Ok(()) };
         let mut buffer = gst::Buffer::from_slice(data);
         {
             let buffer = buffer.get_mut().expect("fresh buffer is writable");
@@ -186,23 +200,26 @@ impl Transcoder {
                 buffer.set_flags(gst::BufferFlags::DELTA_UNIT);
             }
         }
-        self.video_src.push_buffer(buffer).map(|_| ()).map_err(|e| TranscodeError::Push(format!("video: {e:?}")))
+        src.push_buffer(buffer).map(|_| ()).map_err(|e| TranscodeError::Push(format!("video: {e:?}")))
     }
 
-    /// Pushes one audio frame; without an audio branch the frame is dropped.
+    /// Pushes one AAC frame (1024 samples); without an audio branch the frame is dropped.
     pub fn push_audio(&self, pts_ms: u64, data: Bytes) -> Result<(), TranscodeError> {
         let Some(src) = &self.audio_src else { return Ok(()) };
         let mut buffer = gst::Buffer::from_slice(data);
-        buffer.get_mut().expect("fresh buffer is writable").set_pts(gst::ClockTime::from_mseconds(pts_ms));
+        let frame = buffer.get_mut().expect("fresh buffer is writable");
+        frame.set_pts(gst::ClockTime::from_mseconds(pts_ms));
+        // Its duration, so that the muxer knows where the last frame of a stream ends.
+        let rate = src.caps().and_then(|c| c.structure(0).and_then(|s| s.get::<i32>("rate").ok())).filter(|r| *r > 0);
+        frame.set_duration(rate.map(|r| gst::ClockTime::from_nseconds(1024 * 1_000_000_000 / r as u64)));
         src.push_buffer(buffer).map(|_| ()).map_err(|e| TranscodeError::Push(format!("audio: {e:?}")))
     }
 
     /// Ends the session: EOS flushes the muxers' last partial segments (bounded wait),
     /// then the pipeline goes to Null. Blocking; call from a blocking thread.
     pub fn finish(self, drain_timeout: Duration) {
-        let _ = self.video_src.end_of_stream();
-        if let Some(audio) = &self.audio_src {
-            let _ = audio.end_of_stream();
+        for src in self.video_src.iter().chain(&self.audio_src) {
+            let _ = src.end_of_stream();
         }
         let bus = self.bus();
         let waited = bus.timed_pop_filtered(
@@ -217,6 +234,7 @@ impl Transcoder {
 
     /// Stops at once, dropping whatever is in flight.
     pub fn stop(self) {
+        self.boundaries.end();
         if let Err(e) = self.pipeline.set_state(gst::State::Null) {
             tracing::error!("pipeline did not stop cleanly: {e}");
         }
@@ -250,28 +268,170 @@ impl KeyframeSchedule {
 /// The running times at which video segments start, as the keyframe schedule chose them.
 /// A video segment's duration is the distance to the next boundary: the muxer can only
 /// estimate its last frame's duration, and a duration listed in the MPD must never change
-/// once a player may have read it.
+/// once a player may have read it. The audio waits here for the boundary it must cut at.
 #[derive(Debug, Default)]
-struct Boundaries(std::sync::Mutex<std::collections::VecDeque<u64>>);
+struct Boundaries {
+    list: std::sync::Mutex<BoundaryList>,
+    recorded: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct BoundaryList {
+    times: std::collections::VecDeque<u64>,
+    /// No boundary will follow (the video ended, or the pipeline stops).
+    ended: bool,
+}
 
 impl Boundaries {
     /// Boundaries kept: far more than the segments between the decoder and the muxers.
     const KEPT: usize = 64;
 
     fn record(&self, pts_ns: u64) {
-        if let Ok(mut list) = self.0.lock() {
-            if list.len() == Self::KEPT {
-                list.pop_front();
+        if let Ok(mut list) = self.list.lock() {
+            if list.times.len() == Self::KEPT {
+                list.times.pop_front();
             }
-            list.push_back(pts_ns);
+            list.times.push_back(pts_ns);
         }
+        self.recorded.notify_all();
+    }
+
+    fn end(&self) {
+        if let Ok(mut list) = self.list.lock() {
+            list.ended = true;
+        }
+        self.recorded.notify_all();
     }
 
     /// The first boundary after a segment that starts at `start_ns` (half a millisecond of
     /// tolerance for the muxer's rounding).
     fn after(&self, start_ns: u64) -> Option<u64> {
-        self.0.lock().ok()?.iter().copied().find(|b| *b > start_ns + 500_000)
+        self.list.lock().ok()?.times.iter().copied().find(|b| *b > start_ns + 500_000)
     }
+
+    /// The first boundary at or after `at_ns`, waiting up to `timeout` for the video to
+    /// reach it.
+    fn wait_at_or_after(&self, at_ns: u64, timeout: Duration) -> Decision {
+        let deadline = std::time::Instant::now() + timeout;
+        let Ok(mut list) = self.list.lock() else { return Decision::Ended };
+        loop {
+            if let Some(boundary) = list.times.iter().copied().find(|b| *b >= at_ns) {
+                return Decision::At(boundary);
+            }
+            if list.ended {
+                return Decision::Ended;
+            }
+            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else { return Decision::TimedOut };
+            list = match self.recorded.wait_timeout(list, left) {
+                Ok((list, _)) => list,
+                Err(_) => return Decision::Ended,
+            };
+        }
+    }
+}
+
+/// What the audio learns about the video's next boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// The video segment starts here.
+    At(u64),
+    /// The video has not got there in time.
+    TimedOut,
+    /// The video ended before it: the audio that is left belongs to its last segment.
+    Ended,
+}
+
+/// Longest the audio waits for the video to decide a segment boundary: the video's input
+/// queue holds up to a second of media, and decoding takes its own time. Past it the audio
+/// cuts on the segment grid, where the video's boundary almost always is.
+const VIDEO_DECISION_WAIT: Duration = Duration::from_secs(2);
+
+/// Decides where audio segments start: before the first audio frame whose middle is at or
+/// after the start of the video segment with the same number, so that audio segment N
+/// starts within half an audio frame of video segment N. (The muxer's own schedule would
+/// drift: AAC frames are 1024 samples, and it fills a fragment with the frames that end
+/// before its target.) Pure: the video boundary comes from the caller.
+#[derive(Debug)]
+struct AudioCuts {
+    interval_ns: u64,
+    /// The grid time of the next video boundary (video boundaries are the first frames at
+    /// or after each multiple of the interval).
+    next_grid_ns: u64,
+    /// The video boundary of `next_grid_ns`, once known.
+    target_ns: Option<u64>,
+}
+
+impl AudioCuts {
+    fn new(interval: Duration) -> Self {
+        let interval_ns = interval.as_nanos() as u64;
+        Self { interval_ns, next_grid_ns: interval_ns, target_ns: None }
+    }
+
+    /// True when the audio frame `[start_ns, start_ns + duration_ns)` opens a new segment.
+    /// `boundary(grid)` gives the video boundary at or after `grid`, or `None` when no video
+    /// segment will start there; it is asked only when a frame reaches that grid time.
+    fn opens_segment(&mut self, start_ns: u64, duration_ns: u64, boundary: impl FnOnce(u64) -> Option<u64>) -> bool {
+        let middle = start_ns + duration_ns / 2;
+        if middle < self.next_grid_ns {
+            return false;
+        }
+        let grid = self.next_grid_ns;
+        let target = match self.target_ns {
+            Some(target) => target,
+            None => match boundary(grid) {
+                Some(target) => *self.target_ns.insert(target),
+                None => return false,
+            },
+        };
+        if middle < target {
+            return false;
+        }
+        self.next_grid_ns = (target / self.interval_ns + 1) * self.interval_ns;
+        self.target_ns = None;
+        true
+    }
+}
+
+/// Asks the audio muxer (in manual-split mode) to start a new fragment before every audio
+/// frame that `AudioCuts` picks: a split-now event travels in order with the audio, just
+/// ahead of that frame. Without video (`video` is `None`) the cuts follow the segment grid.
+fn cut_audio_segments(pipeline: &gst::Pipeline, interval: Duration, video: Option<Arc<Boundaries>>) -> Result<(), TranscodeError> {
+    let mux = pipeline.by_name(AUDIO_MUX).ok_or_else(|| TranscodeError::NoElement(AUDIO_MUX.into()))?;
+    let pad = mux
+        .sink_pads()
+        .first()
+        .and_then(|sink| sink.peer())
+        .ok_or_else(|| TranscodeError::NoElement(format!("{AUDIO_MUX}'s upstream pad")))?;
+    let cuts = std::sync::Mutex::new(AudioCuts::new(interval));
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
+        let Some(pts) = buffer.pts() else { return gst::PadProbeReturn::Ok };
+        let running_time = running_time(pad, pts);
+        // AAC-LC at 48 kHz when the parser left no duration.
+        let duration = buffer.duration().map_or(21_333_333, |d| d.nseconds());
+        let opens = cuts.lock().is_ok_and(|mut cuts| {
+            cuts.opens_segment(running_time.nseconds(), duration, |grid| match video.as_ref().map(|b| b.wait_at_or_after(grid, VIDEO_DECISION_WAIT)) {
+                None | Some(Decision::TimedOut) => Some(grid),
+                Some(Decision::At(boundary)) => Some(boundary),
+                Some(Decision::Ended) => None,
+            })
+        });
+        if opens {
+            let split = gst::event::CustomDownstream::builder(gst::Structure::builder("FMP4MuxSplitNow").field("chunk", false).build()).build();
+            if !pad.push_event(split) {
+                tracing::warn!("audio segment cut at {running_time} was not delivered");
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+    Ok(())
+}
+
+/// `pts` on the running-time clock of the segment that `pad` carries.
+fn running_time(pad: &gst::Pad, pts: gst::ClockTime) -> gst::ClockTime {
+    pad.sticky_event::<gst::event::Segment>(0)
+        .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().and_then(|s| s.to_running_time(pts)))
+        .unwrap_or(pts)
 }
 
 /// Sends a downstream force-key-unit event ahead of every boundary frame leaving the
@@ -280,6 +440,13 @@ fn force_keyframes_at_boundaries(pipeline: &gst::Pipeline, interval: Duration, b
     let decoder = pipeline.by_name(DECODER).ok_or_else(|| TranscodeError::NoElement(DECODER.into()))?;
     let pad = decoder.static_pad("src").ok_or_else(|| TranscodeError::NoElement(format!("{DECODER}.src")))?;
     let schedule = std::sync::Mutex::new(KeyframeSchedule::new(interval));
+    let ended = Arc::clone(&boundaries);
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        if let Some(gst::EventView::Eos(_)) = info.event().map(|e| e.view()) {
+            ended.end();
+        }
+        gst::PadProbeReturn::Ok
+    });
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
         let Some(pts) = info.buffer().and_then(|b| b.pts()) else { return gst::PadProbeReturn::Ok };
         let boundary = schedule.lock().map(|mut s| s.is_boundary(pts.nseconds())).unwrap_or(false);
@@ -382,5 +549,50 @@ mod tests {
         let forced: Vec<u64> = frame_ms.into_iter().filter(|ms| schedule.is_boundary(ms * 1_000_000)).collect();
         // 2034 stands in for a dropped 2000; 4100 for a gap that skipped a whole second.
         assert_eq!(forced, [0, 1000, 2034, 4100]);
+    }
+
+    #[test]
+    fn audio_segments_start_within_half_a_frame_of_the_video_segments() {
+        const FRAME_NS: u64 = 1024 * 1_000_000_000 / 48_000;
+        let video_ms = [1000u64, 2034, 3000, 5100];
+        let mut cuts = AudioCuts::new(Duration::from_secs(1));
+        let mut asked = Vec::new();
+        let mut starts = Vec::new();
+        for k in 0..330u64 {
+            let start = k * FRAME_NS;
+            let opens = cuts.opens_segment(start, FRAME_NS, |grid| {
+                asked.push(grid / 1_000_000);
+                video_ms.iter().map(|ms| ms * 1_000_000).find(|b| *b >= grid)
+            });
+            if opens {
+                starts.push(start);
+            }
+        }
+        // The video is asked once per boundary, only when the audio reaches its grid time;
+        // past the video's end (no boundary at 6 s) the audio stays in its last segment.
+        assert_eq!(&asked[..5], [1000, 2000, 3000, 4000, 6000]);
+        assert!(asked[5..].iter().all(|grid| *grid == 6000));
+        assert_eq!(starts.len(), 4);
+        for (audio, video_ms) in starts.iter().zip(video_ms) {
+            let gap = audio.abs_diff(video_ms * 1_000_000);
+            assert!(gap <= FRAME_NS / 2, "audio cut at {audio} ns, video at {video_ms} ms");
+        }
+    }
+
+    #[test]
+    fn audio_waits_for_the_video_boundary_and_falls_back_to_the_grid() {
+        let boundaries = Arc::new(Boundaries::default());
+        let recorder = Arc::clone(&boundaries);
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            recorder.record(1_033_000_000);
+        });
+        assert_eq!(boundaries.wait_at_or_after(1_000_000_000, Duration::from_secs(5)), Decision::At(1_033_000_000));
+        late.join().unwrap();
+        assert_eq!(boundaries.wait_at_or_after(2_000_000_000, Duration::from_millis(20)), Decision::TimedOut);
+        boundaries.end();
+        let started = std::time::Instant::now();
+        assert_eq!(boundaries.wait_at_or_after(2_000_000_000, Duration::from_secs(5)), Decision::Ended);
+        assert!(started.elapsed() < Duration::from_secs(1), "an ended video does not keep the audio waiting");
     }
 }

@@ -31,6 +31,9 @@ pub struct PipelineSpec {
 pub const VIDEO_SRC: &str = "video_src";
 pub const AUDIO_SRC: &str = "audio_src";
 pub const AUDIO_SINK: &str = "sink_audio";
+/// The audio muxer: told the video's segment boundaries, so audio segment N covers the
+/// same media time as video segment N (within one audio frame).
+pub const AUDIO_MUX: &str = "mux_audio";
 pub const DECODER: &str = "decoder";
 /// Bounds of the video appsrc's queue: past either the stream actor stops taking input (and
 /// the broadcaster's TCP window closes); below half of them the appsrc asks for more. In
@@ -45,6 +48,12 @@ pub fn video_sink_name(rendition: &str) -> String {
 }
 
 impl PipelineSpec {
+    /// True when the source has video (an audio-only source, as radio stations send, has
+    /// an empty ladder).
+    pub fn has_video(&self) -> bool {
+        !self.ladder.rungs.is_empty()
+    }
+
     pub fn describe(&self) -> Result<String, EncoderError> {
         let fragment_ns = self.segment_duration.as_nanos();
         // Keyframes are forced upstream of the tee at segment boundaries (see
@@ -52,10 +61,13 @@ impl PipelineSpec {
         let mux = format!("cmafmux fragment-duration={fragment_ns} send-force-keyunit=false");
         let sink = |name: &str| format!("appsink name={name} sync=false async=false buffer-list=true");
         let queue_ns = VIDEO_QUEUE_TIME.as_nanos();
-        // The decoder runs single-threaded slices: frame threading would hold back frames.
-        let mut parts = vec![format!(
-            "appsrc name={VIDEO_SRC} format=time max-bytes={VIDEO_QUEUE_BYTES} max-time={queue_ns} min-percent=50 ! h264parse ! avdec_h264 name={DECODER} thread-type=slice ! tee name=video_split"
-        )];
+        let mut parts = Vec::new();
+        if self.has_video() {
+            // The decoder runs single-threaded slices: frame threading would hold back frames.
+            parts.push(format!(
+                "appsrc name={VIDEO_SRC} format=time max-bytes={VIDEO_QUEUE_BYTES} max-time={queue_ns} min-percent=50 ! h264parse ! avdec_h264 name={DECODER} thread-type=slice ! tee name=video_split"
+            ));
+        }
         for rung in &self.ladder.rungs {
             let encoder = encoder::render(
                 self.encoder.template(),
@@ -82,7 +94,14 @@ impl PipelineSpec {
             )),
         };
         if let Some(chain) = audio_chain {
-            parts.push(format!("appsrc name={AUDIO_SRC} format=time max-bytes=4194304 ! {chain} ! {mux} ! {}", sink(AUDIO_SINK)));
+            // The audio muxer cuts where the video's segments start, or on the segment grid
+            // without video (split-now events, see `transcode::AudioCuts`), not on its own
+            // schedule, which drifts.
+            parts.push(format!(
+                "appsrc name={AUDIO_SRC} format=time max-bytes=4194304 max-time={queue_ns} min-percent=50 ! {chain} \
+                 ! cmafmux name={AUDIO_MUX} manual-split=true send-force-keyunit=false ! {}",
+                sink(AUDIO_SINK)
+            ));
         }
         Ok(parts.join("  "))
     }
@@ -107,7 +126,8 @@ mod tests {
     #[test]
     fn one_muxer_and_sink_per_rendition() {
         let text = spec(AudioPlan::Copy).describe().unwrap();
-        assert_eq!(text.matches("cmafmux fragment-duration=1000000000 send-force-keyunit=false").count(), 4);
+        assert_eq!(text.matches("cmafmux fragment-duration=1000000000 send-force-keyunit=false").count(), 3);
+        assert!(text.contains("cmafmux name=mux_audio manual-split=true send-force-keyunit=false"), "{text}");
         assert_eq!(text.matches("avdec_h264").count(), 1, "decode once");
         for name in ["sink_720p", "sink_480p", "sink_360p", "sink_audio"] {
             assert!(text.contains(&format!("name={name} ")), "{name} in {text}");
@@ -115,6 +135,17 @@ mod tests {
         assert!(text.contains("width=854,height=480"));
         assert!(!spec(AudioPlan::None).describe().unwrap().contains(AUDIO_SRC));
         assert!(spec(AudioPlan::Transcode { bitrate: 128000 }).describe().unwrap().contains("avenc_aac bitrate=128000"));
+    }
+
+    #[test]
+    fn audio_only_sources_get_an_audio_pipeline_on_the_segment_schedule() {
+        let mut spec = spec(AudioPlan::Copy);
+        spec.ladder.rungs.clear();
+        let text = spec.describe().unwrap();
+        assert!(!text.contains(VIDEO_SRC) && !text.contains("avdec_h264"), "{text}");
+        assert!(text.contains("cmafmux name=mux_audio manual-split=true"), "{text}");
+        super::super::init().unwrap();
+        gst::parse::launch(&text).unwrap();
     }
 
     #[test]

@@ -126,6 +126,13 @@ impl Drop for Appliance {
     }
 }
 
+/// Held by a test that transcodes a whole ladder: two such tests at once on a 2-core host
+/// fall behind real time, and the appliance rightly sheds rungs, which is not what they test.
+pub fn one_ladder_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LADDER: Mutex<()> = Mutex::new(());
+    LADDER.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A port that was free a moment ago (cluster configs must name every node's ports).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -164,12 +171,24 @@ impl Publisher {
     fn launch(url: &str, seconds: u32, size: &str, aac_profile: &str, real_time: bool) -> Self {
         let duration = seconds.to_string();
         let video = format!("testsrc2=size={size}:rate=30");
+        let mut args: Vec<&str> = if real_time { vec!["-re"] } else { vec![] };
+        args.extend(["-f", "lavfi", "-i", &video, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]);
+        args.extend(["-t", &duration, "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "30"]);
+        args.extend(["-pix_fmt", "yuv420p", "-b:v", "2500k", "-c:a", "aac", "-profile:a", aac_profile, "-b:a", "128k"]);
+        Self::with_args(url, &args)
+    }
+
+    /// A real-time audio-only broadcaster (as radio stations send): a tone in AAC-LC.
+    pub fn audio_only(url: &str, seconds: u32) -> Self {
+        let duration = seconds.to_string();
+        Self::with_args(url, &["-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", &duration, "-c:a", "aac", "-b:a", "96k"])
+    }
+
+    /// ffmpeg with these input and encoder arguments, publishing FLV to `url`.
+    pub fn with_args(url: &str, args: &[&str]) -> Self {
         let mut child = Command::new("ffmpeg")
             .args(["-hide_banner", "-loglevel", "error"])
-            .args(if real_time { &["-re"][..] } else { &[][..] })
-            .args(["-f", "lavfi", "-i", &video, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-            .args(["-t", &duration, "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "30"])
-            .args(["-pix_fmt", "yuv420p", "-b:v", "2500k", "-c:a", "aac", "-profile:a", aac_profile, "-b:a", "128k"])
+            .args(args)
             .args(["-f", "flv", url])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
