@@ -110,9 +110,9 @@ all_count=$(chroot "$dir" dpkg-query -W -f='${db:Status-Status}\n' | grep -c '^i
 missing=$(in_chroot 'source deploy/install-deps.sh && missing_packages "${packages[@]}" "${test_packages[@]}"' | xargs)
 rust_line=$(grep -E 'install-deps: (Rust|rustup)|curl:' "$dir.install.log" | tail -n 3 | tr '\n' ' ' || true)
 
-t0=$SECONDS
+t0=${EPOCHREALTIME/./}
 in_chroot 'source deploy/install-deps.sh && install_packages "${packages[@]}" "${test_packages[@]}"' >/dev/null
-t_again=$((SECONDS - t0))
+t_again=$(((${EPOCHREALTIME/./} - t0) / 1000))
 
 check=$(in_chroot './tests/install_deps_check.sh --installed' 2>&1) || true
 versions=$(in_chroot '
@@ -139,7 +139,7 @@ cat <<EOF
 debootstrap (minbase):       ${t_boot} s, $base_count packages
 install-deps.sh --test:      exit $rc after ${t_install} s, $((all_count - base_count)) packages installed ($all_count in all)
 still missing:               ${missing:-none}
-second run (packages only):  ${t_again} s
+second run (packages only):  ${t_again} ms
 Rust:                        ${rust_line:-nothing to do}
 install_deps_check:          $check
 $versions

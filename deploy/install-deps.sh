@@ -66,7 +66,8 @@ version_ge() {
 required_rust() { sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$root/Cargo.toml" | head -n 1; }
 
 # The version of the rustc cargo would run: "rustc 1.95.0 (59807616e 2026-04-14)" -> 1.95.0.
-# (Debian's cargo reports its own version, 0.66, so cargo --version is no use.)
+# rust-version is about rustc; cargo's own version can differ (Debian 12: cargo 1.65.0,
+# rustc 1.63.0).
 rustc_version() { rustc --version 2>/dev/null | awk '{ print $2 }'; }
 
 rust_ok() {
