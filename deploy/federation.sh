@@ -13,6 +13,8 @@ nodes=$(sed -n 's/^id = "\(.*\)"/\1/p' "$config")
 case "${1:-}" in
   start)
     ./deploy/install-deps.sh
+    # rustup's toolchain is in ~/.cargo/bin, which a fresh shell may not have on PATH yet.
+    if [ -f "${CARGO_HOME:-$HOME/.cargo}/env" ]; then . "${CARGO_HOME:-$HOME/.cargo}/env"; fi
     cargo build --release --locked
     mkdir -p "$dir"
     for node in $nodes; do

@@ -1,29 +1,140 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages rackcast needs to build, run and test (GStreamer 1.22
-# with the plugin sets, ffmpeg). Returns at once when everything is already installed.
+# Installs what rackcast needs on Debian 12. Returns at once (no apt, no network) when
+# everything is already present; uses sudo for apt only when not run as root.
+#
+#   deploy/install-deps.sh          build and run: C toolchain, pkg-config, GStreamer 1.22
+#                                   (headers, tools, plugin sets), ffmpeg, curl, CA
+#                                   certificates, and a Rust toolchain at least as new as
+#                                   Cargo.toml's rust-version (through rustup when cargo is
+#                                   missing or too old, e.g. Debian's own rustc 1.63)
+#   deploy/install-deps.sh --test   also the tools the test suite spawns (tests/run.sh)
+#
+# rustup installs into ~/.cargo/bin, which this script cannot add to its caller's PATH:
+# deploy/run.sh and tests/run.sh source ~/.cargo/env themselves; in a shell, run
+# `. "$HOME/.cargo/env"` once (new login shells get it from ~/.profile).
+#
+# tests/install_deps_check.sh checks the package lists below against what the build and
+# the tests use, and exercises the Rust version check and the rustup branch offline.
 set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cargo_env="${CARGO_HOME:-$HOME/.cargo}/env"
 
+# Build and run. The -sys crates link glib-2.0, gobject-2.0, gio-2.0 (libglib2.0-dev),
+# gstreamer-1.0, gstreamer-base-1.0 (libgstreamer1.0-dev), gstreamer-app/-audio/-pbutils/
+# -tag/-video-1.0 (libgstreamer-plugins-base1.0-dev). No crate builds C++ or needs git
+# (Cargo.lock has only crates.io sources). procps: the tests signal the binary with kill.
 packages=(
-  pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools
+  gcc libc6-dev make pkg-config ca-certificates curl procps
+  libglib2.0-dev libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav ffmpeg
 )
 
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
+# Test-only tools (the player matrix): xmllint (validates MPDs against tests/schema/),
+# cvlc, streamlink, headless chromium (dash.js), node and npm (fetch dash.js/shaka).
+# GStreamer's dashdemux is in gstreamer1.0-plugins-bad, dashdemux2 (adaptivedemux2) in
+# gstreamer1.0-plugins-good 1.22; both are in the list above.
+# VLC refuses to run as root, even for `cvlc --version` ("VLC is not supposed to be run
+# as root. Sorry."), and CI runs as root; Debian's vlc-wrapper does not help ("Cannot
+# determine unprivileged user for VLC!"). Start it as nobody (setpriv is util-linux):
+#   setpriv --reuid=nobody --regid=nogroup --clear-groups --reset-env \
+#     cvlc --play-and-exit --vout=dummy --aout=dummy URL
+# --reset-env gives it nobody's HOME; without it VLC warns that /root/.config is unreadable.
+test_packages=(libxml2-utils vlc-bin vlc-plugin-base streamlink chromium nodejs npm)
 
-if ((${#missing[@]})); then
-  echo "installing: ${missing[*]}" >&2
-  sudo=""
+# A package counts as present when dpkg has it installed or, for these, when its command
+# is on PATH: NodeSource's nodejs package ships npm and conflicts with Debian's npm.
+declare -A present_as_command=([nodejs]=node [npm]=npm)
+
+# version_ge A B: true when dotted version A >= B, compared numerically field by field; a
+# missing field counts as 0 and a suffix is ignored (1.95.0-beta.1 -> 1.95.0).
+version_ge() {
+  local -a a b
+  local i x y
+  IFS=. read -ra a <<<"$1"
+  IFS=. read -ra b <<<"$2"
+  for ((i = 0; i < ${#a[@]} || i < ${#b[@]}; i++)); do
+    x=${a[i]:-0} y=${b[i]:-0}
+    x=${x%%[!0-9]*} y=${y%%[!0-9]*}
+    x=$((10#${x:-0})) y=$((10#${y:-0}))
+    if ((x != y)); then return $((x > y ? 0 : 1)); fi
+  done
+  return 0
+}
+
+# The crate's rust-version, read from Cargo.toml (the one place it is written).
+required_rust() { sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$root/Cargo.toml" | head -n 1; }
+
+# The version of the rustc cargo would run: "rustc 1.95.0 (59807616e 2026-04-14)" -> 1.95.0.
+# rust-version is about rustc; cargo's own version can differ (Debian 12: cargo 1.65.0,
+# rustc 1.63.0).
+rustc_version() { rustc --version 2>/dev/null | awk '{ print $2 }'; }
+
+rust_ok() {
+  local v
+  command -v cargo >/dev/null && v=$(rustc_version) && [ -n "$v" ] && version_ge "$v" "$1"
+}
+
+missing_packages() {
+  local -A installed=()
+  local p s
+  while read -r p s; do
+    [ "$s" = "installed" ] && installed[${p%%:*}]=1
+  done < <(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null || true)
+  for p in "$@"; do
+    [ -n "${installed[$p]:-}" ] && continue
+    [ -n "${present_as_command[$p]:-}" ] && command -v "${present_as_command[$p]}" >/dev/null && continue
+    echo "$p"
+  done
+}
+
+install_packages() {
+  local missing
+  mapfile -t missing < <(missing_packages "$@")
+  ((${#missing[@]})) || return 0
+  echo "install-deps: installing ${missing[*]}" >&2
+  local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq -o DPkg::Lock::Timeout=600
-  $sudo apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 "${missing[@]}"
-fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq -o DPkg::Lock::Timeout=600
+  $sudo env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 "${missing[@]}"
+}
 
-if ! command -v cargo >/dev/null; then
-  echo "cargo not found: install a Rust toolchain >= 1.95 (rustup) and retry" >&2
-  exit 1
-fi
+ensure_rust() {
+  local want found
+  want=$(required_rust)
+  [ -n "$want" ] || { echo "install-deps: no rust-version in $root/Cargo.toml" >&2; return 1; }
+  # shellcheck source=/dev/null
+  [ -f "$cargo_env" ] && . "$cargo_env"
+  rust_ok "$want" && return 0
+  found=$(rustc_version || true)
+  echo "install-deps: Rust >= $want needed (found: ${found:-none}), installing it with rustup" >&2
+  if command -v rustup >/dev/null; then
+    rustup toolchain install --profile minimal "$want"
+    rustup default "$want"
+  else
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+      sh -s -- -y --profile minimal --default-toolchain "$want"
+  fi
+  # shellcheck source=/dev/null
+  . "$cargo_env"
+  if ! rust_ok "$want"; then
+    echo "install-deps: rustup ran but $(command -v rustc || echo rustc) is $(rustc_version || echo missing), not >= $want" >&2
+    return 1
+  fi
+  echo "install-deps: Rust $(rustc_version) is in ${cargo_env%/env}/bin; to use cargo in this shell run: . \"$cargo_env\"" >&2
+}
+
+main() {
+  local want=("${packages[@]}")
+  case "${1:-}" in
+    "") ;;
+    --test) want+=("${test_packages[@]}") ;;
+    *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+  esac
+  install_packages "${want[@]}"
+  ensure_rust
+}
+
+# Sourcing the script (tests/install_deps_check.sh does) defines the lists and functions only.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi

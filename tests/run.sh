@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, and integration tests that run the real binary with
-# real ffmpeg publishers and HTTP on 127.0.0.1. Installs what it needs first, and ends with
-# one line totalling every test binary's results.
+# real ffmpeg publishers and HTTP on 127.0.0.1. Installs what it needs first (the build's
+# packages, the test tools, Rust through rustup if needed: deploy/install-deps.sh --test),
+# checks that installer (tests/install_deps_check.sh), and ends with one line totalling
+# every test binary's results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./deploy/install-deps.sh
+./deploy/install-deps.sh --test
+# rustup's toolchain is in ~/.cargo/bin, which a fresh shell may not have on PATH yet.
+if [ -f "${CARGO_HOME:-$HOME/.cargo}/env" ]; then . "${CARGO_HOME:-$HOME/.cargo}/env"; fi
+# The package lists and the Rust branch of install-deps.sh (offline, < 1 s).
+./tests/install_deps_check.sh --installed
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
