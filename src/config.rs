@@ -156,7 +156,8 @@ pub struct TranscodeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RungConfig {
-    /// Picture height in lines; the width follows the source's aspect ratio.
+    /// Lines on the picture's short side (the height of a landscape picture, the width of a
+    /// portrait one); the long side follows the source's aspect ratio.
     pub height: u32,
     /// Target video bitrate in kbit/s.
     pub bitrate_kbps: u32,
