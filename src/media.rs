@@ -9,18 +9,24 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-/// Longest stream, rendition or session identifier we accept.
+/// Longest rendition or session identifier we accept.
 pub const MAX_ID_LEN: usize = 64;
+/// Longest stream name we accept: keys from platforms and encoders run long.
+pub const MAX_STREAM_ID_LEN: usize = 128;
 
 /// Why an identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
     #[error("identifier is empty")]
     Empty,
-    #[error("identifier is longer than {MAX_ID_LEN} bytes")]
-    TooLong,
+    #[error("identifier is longer than {0} bytes")]
+    TooLong(usize),
     #[error("identifier {0:?} may only hold ASCII letters, digits, '_' and '-'")]
     BadCharacter(String),
+    #[error("stream name {0:?} may only hold ASCII letters, digits, '.', '_', '~' and '-'")]
+    BadStreamCharacter(String),
+    #[error("stream name {0:?} may not start with '.' nor hold \"..\"")]
+    Dots(String),
 }
 
 fn validate_id(raw: &str) -> Result<(), IdError> {
@@ -28,7 +34,7 @@ fn validate_id(raw: &str) -> Result<(), IdError> {
         return Err(IdError::Empty);
     }
     if raw.len() > MAX_ID_LEN {
-        return Err(IdError::TooLong);
+        return Err(IdError::TooLong(MAX_ID_LEN));
     }
     if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
         return Err(IdError::BadCharacter(raw.chars().take(MAX_ID_LEN).collect()));
@@ -36,8 +42,35 @@ fn validate_id(raw: &str) -> Result<(), IdError> {
     Ok(())
 }
 
+/// A character a stream name may hold: RFC 3986's unreserved set, so a name goes into a
+/// URL path, a log line, a file name or a cache key exactly as it is.
+pub fn is_stream_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-')
+}
+
+/// Stream names: [`is_stream_char`]s, at most [`MAX_STREAM_ID_LEN`] bytes, never starting
+/// with '.' and never holding "..", so no name is `.`, `..`, a hidden file or anything a
+/// path resolver could read as a step up. '/' is not a stream character: a name is one
+/// path element (ingest maps the slashes of `app/room/cam` keys, see ingest/key.rs).
+fn validate_stream_id(raw: &str) -> Result<(), IdError> {
+    let shown = || raw.chars().take(MAX_STREAM_ID_LEN).collect();
+    if raw.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if raw.len() > MAX_STREAM_ID_LEN {
+        return Err(IdError::TooLong(MAX_STREAM_ID_LEN));
+    }
+    if !raw.chars().all(is_stream_char) {
+        return Err(IdError::BadStreamCharacter(shown()));
+    }
+    if raw.starts_with('.') || raw.contains("..") {
+        return Err(IdError::Dots(shown()));
+    }
+    Ok(())
+}
+
 macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, $validate:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
         #[serde(transparent)]
@@ -45,7 +78,7 @@ macro_rules! id_type {
 
         impl $name {
             pub fn parse(raw: &str) -> Result<Self, IdError> {
-                validate_id(raw)?;
+                $validate(raw)?;
                 Ok(Self(raw.to_owned()))
             }
             pub fn as_str(&self) -> &str {
@@ -62,17 +95,18 @@ macro_rules! id_type {
 }
 
 id_type!(
-    /// A live stream's public name: the RTMP stream key's name part and the URL path element.
-    StreamId
+    /// A live stream's public name: the URL path element viewers use, derived from the RTMP
+    /// stream key (ingest/key.rs) or mapped from it by `[ingest.keys]`.
+    StreamId, validate_stream_id
 );
 id_type!(
     /// One Representation of a stream: a video rung (`720p`) or the audio track (`audio`).
-    RenditionId
+    RenditionId, validate_id
 );
 id_type!(
     /// One publish of a stream. It is part of every segment URL so that a URL never names two
     /// byte strings, across republishes, restarts and failover.
-    SessionId
+    SessionId, validate_id
 );
 
 impl SessionId {
@@ -135,9 +169,18 @@ mod tests {
 
     #[test]
     fn ids_refuse_traversal_and_odd_bytes() {
-        assert!(StreamId::parse("cam-1_A").is_ok());
-        for bad in ["", "..", "a/b", "a%2Fb", "a b", "é", "a.b", &"x".repeat(65)] {
+        for good in ["cam-1_A", "cam.1", "room~cam", "live_123_abcDEF", "a.b.c", "x~", "-x", &"x".repeat(128)] {
+            assert!(StreamId::parse(good).is_ok(), "{good:?} must be accepted");
+        }
+        for bad in [
+            "", ".", "..", ".hidden", "a..b", "a/b", "a\\b", "a%2Fb", "%2e%2e", "a b", "é", "a?b", "a#b", "a@b", "a:b",
+            &"x".repeat(129),
+        ] {
             assert!(StreamId::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+        // Renditions and sessions keep the narrower rule.
+        for bad in ["a.b", "a~b", &"x".repeat(65)] {
+            assert!(RenditionId::parse(bad).is_err() && SessionId::parse(bad).is_err(), "{bad:?}");
         }
     }
 

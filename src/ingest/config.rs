@@ -21,6 +21,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
 /// A 4K keyframe at 50 Mbit/s is about 3 MB; RTMP's own ceiling is 16 MiB.
 pub const DEFAULT_MAX_MEDIA_MESSAGE: u32 = 8 * 1024 * 1024;
+/// A live encoder sends media many times a second; three silent seconds mean its link is
+/// gone, long before `idle_timeout` would say so.
+pub const DEFAULT_TAKEOVER_AFTER: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -46,8 +49,17 @@ pub struct IngestConfig {
     /// Largest audio or video message (bytes) a publishing connection may announce; before
     /// it publishes, and for commands at any time, the limit is 64 KiB.
     pub max_media_message: u32,
+    /// A new publish for a stream whose publisher has sent no media for this long takes
+    /// the stream over at once: the old connection is closed, the new one starts a new
+    /// Period (a phone that lost its link reconnects without waiting for `idle_timeout`).
+    /// A publish for a stream whose publisher sent media more recently is refused. Zero:
+    /// never take over.
+    #[serde(with = "humantime_serde")]
+    pub takeover_after: Duration,
     /// Stream keys a broadcaster may publish with, each mapped to the public stream name
-    /// viewers use. Empty: any valid key is accepted and is itself the stream name.
+    /// viewers use (keys may hold any character but '?'; the query after it is not part of
+    /// the key). Empty: any key is accepted and is itself the stream name, mapped as
+    /// ingest/key.rs says (`room/cam` publishes `room~cam`).
     pub keys: BTreeMap<String, String>,
 }
 
@@ -62,6 +74,7 @@ impl Default for IngestConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             max_media_message: DEFAULT_MAX_MEDIA_MESSAGE,
+            takeover_after: DEFAULT_TAKEOVER_AFTER,
             keys: BTreeMap::new(),
         }
     }
@@ -90,9 +103,42 @@ impl IngestConfig {
             return invalid("max_media_message", "must be within 64 KiB and 16 MiB - 1");
         }
         // The key itself is a secret: the error names only the public stream name.
-        for stream in self.keys.values() {
+        for (key, stream) in &self.keys {
             StreamId::parse(stream).map_err(|e| ("keys".to_owned(), format!("public name {stream:?}: {e}")))?;
+            if key.is_empty() || key.contains('?') {
+                return invalid("keys", &format!("the key of {stream:?} must be non-empty and hold no '?' (a query is never part of a key)"));
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takeover_after_defaults_to_three_seconds_and_reads_humantime() {
+        assert_eq!(IngestConfig::default().takeover_after, Duration::from_secs(3));
+        let config: IngestConfig = toml::from_str("takeover_after = \"1s 500ms\"").unwrap();
+        assert_eq!(config.takeover_after, Duration::from_millis(1500));
+        let off: IngestConfig = toml::from_str("takeover_after = \"0s\"").unwrap();
+        assert!(off.takeover_after.is_zero());
+        off.validate().unwrap();
+    }
+
+    #[test]
+    fn configured_keys_take_odd_characters_but_no_query_and_errors_hide_them() {
+        let mut config: IngestConfig =
+            toml::from_str("[keys]\n\"live_123_abc.DEF/room@x=y+z~\" = \"studio.1\"\n\"room/cam\" = \"room~cam\"\n").unwrap();
+        config.validate().unwrap();
+        config.keys.insert("s3cr3t?token=1".into(), "other".into());
+        let (key, reason) = config.validate().unwrap_err();
+        assert_eq!(key, "keys");
+        assert!(reason.contains("\"other\"") && !reason.contains("s3cr3t"), "{reason}");
+        config.keys.clear();
+        config.keys.insert("s3cr3t".into(), "../up".into());
+        let (_, reason) = config.validate().unwrap_err();
+        assert!(!reason.contains("s3cr3t"), "{reason}");
     }
 }

@@ -27,6 +27,8 @@ pub struct IngestStats {
     pub guard_rejections: AtomicU64,
     pub publishes_refused: AtomicU64,
     pub relay_refused: AtomicU64,
+    /// Publishers closed because a new publish took their silent stream over.
+    pub takeovers: AtomicU64,
     refusal_warnings: WarnLimiter,
 }
 
@@ -42,6 +44,7 @@ pub struct IngestStatsSnapshot {
     pub guard_rejections: u64,
     pub publishes_refused: u64,
     pub relay_refused: u64,
+    pub takeovers: u64,
 }
 
 impl IngestStats {
@@ -58,6 +61,7 @@ impl IngestStats {
             guard_rejections: get(&self.guard_rejections),
             publishes_refused: get(&self.publishes_refused),
             relay_refused: get(&self.relay_refused),
+            takeovers: get(&self.takeovers),
         }
     }
 }

@@ -2,15 +2,17 @@
 //! The session adapter does no I/O; this module owns the socket, the limits in front of the
 //! protocol code (limits.rs: connection caps; guard.rs: message sizes and AMF depth, checked
 //! before rml_rtmp sees a byte; handshake, publish and idle deadlines), the publish rules
-//! (application name, stream keys, one publisher per stream, signed relays from federation
-//! peers only), and forwards FLV payloads to the stream's actor. A bad connection is
-//! logged, counted and dropped alone.
+//! (application name, stream keys and their public names (key.rs), one publisher per
+//! stream with takeover from a silent one, signed relays from federation peers only), and
+//! forwards FLV payloads to the stream's actor. A bad connection is logged, counted and
+//! dropped alone.
 
 mod config;
 pub mod flv;
 #[cfg(test)]
 mod fuzz;
 pub mod guard;
+pub mod key;
 pub mod limits;
 pub mod relay;
 pub mod relay_token;
@@ -32,6 +34,7 @@ use tracing::Instrument;
 use crate::media::{MediaPacket, StreamId};
 use crate::probe::{ProbeConfig, UplinkEstimate, UplinkProbe};
 use std::time::{Duration, Instant};
+use crate::stream::registry::PublisherLink;
 use crate::stream::{self, StreamHandle, StreamRegistry, StreamServices};
 use guard::{ChunkGuard, GuardError};
 use limits::{inc, quote, ConnectionLimits, ConnectionPermit, IngestStats};
@@ -41,6 +44,10 @@ use relay::{Placement, RelayHandle, Route, RELAY_APP};
 const SETUP_READ_BUFFER: usize = 4 * 1024;
 /// Read buffer of a publishing connection.
 const MEDIA_READ_BUFFER: usize = 64 * 1024;
+/// How long a publish that takes a stream over waits for the old session to end (its
+/// drain: the pipeline flushes what it has, which an idle pipeline does in well under a
+/// second); past it the publish is refused and the encoder retries.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(4);
 
 /// Why a connection was closed by us.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +72,8 @@ pub enum IngestError {
     PublishRefused(String),
     #[error("stream ended: {0:?}")]
     StreamEnded(stream::StreamEnd),
+    #[error("taken over by a new publish from {0} after sending no media for ingest.takeover_after")]
+    TakenOver(String),
     #[error("unsupported media: {0}")]
     Media(#[from] flv::FlvError),
     #[error("socket: {0}")]
@@ -113,6 +122,7 @@ pub async fn serve(
             stats: Arc::clone(&stats),
             permit,
             from_relay: false,
+            app_instance: None,
             publishing: None,
         };
         let stats = Arc::clone(&stats);
@@ -156,6 +166,8 @@ enum Sink {
 struct Publishing {
     stream: StreamId,
     sink: Sink,
+    /// The claim's link to the registry, when this node holds the claim.
+    link: Option<Arc<PublisherLink>>,
     warned_audio: bool,
     uplink: UplinkWatch,
 }
@@ -212,6 +224,9 @@ struct Connection {
     permit: ConnectionPermit,
     /// The peer is another node relaying a publish it took.
     from_relay: bool,
+    /// What followed the application in the URL's path (`room` of app `live/room`): the
+    /// first elements of the stream key.
+    app_instance: Option<String>,
     publishing: Option<Publishing>,
 }
 
@@ -238,9 +253,13 @@ impl Connection {
         let shutdown = self.services.shutdown.clone();
         loop {
             let not_publishing = self.publishing.is_none();
+            let link = self.publishing.as_ref().and_then(|p| p.link.clone());
             let read = tokio::select! {
                 read = timeout(idle, self.socket.read(&mut buf)) => read.map_err(|_| IngestError::Idle(idle))??,
                 end = ended(&mut self.publishing) => return Err(IngestError::StreamEnded(end)),
+                by = taken_over(link.as_deref()) => {
+                    return Err(IngestError::TakenOver(by.map_or_else(|| "?".to_owned(), |a| a.to_string())));
+                }
                 _ = tokio::time::sleep_until(publish_deadline), if not_publishing => {
                     return Err(IngestError::PublishTimeout(publish_timeout));
                 }
@@ -308,17 +327,21 @@ impl Connection {
                     self.flush(results).await?;
                     return Err(IngestError::RelayFromStranger(self.peer.ip()));
                 }
-                if app_name != expected && !self.from_relay {
+                // `rtmp://host/live/room/cam` arrives as app `live/room`, key `cam` (ffmpeg,
+                // librtmp): the instance is part of the key.
+                let instance = app_name.strip_prefix(expected.as_str()).and_then(|rest| rest.strip_prefix('/'));
+                if app_name != expected && instance.is_none() && !self.from_relay {
                     let results = session
                         .reject_request(request_id, "NetConnection.Connect.Rejected", "unknown application")
                         .map_err(protocol)?;
                     self.flush(results).await?;
                     return Err(IngestError::WrongApp(quote(&app_name), expected));
                 }
+                self.app_instance = instance.map(|i| i.trim_end_matches('/').to_owned()).filter(|i| !i.is_empty());
                 session.accept_request(request_id).map_err(protocol)
             }
             ServerSessionEvent::PublishStreamRequested { request_id, stream_key, .. } => {
-                match self.start_publish(&stream_key) {
+                match self.start_publish(&stream_key).await {
                     Ok(publishing) => {
                         tracing::Span::current().record("stream", publishing.stream.as_str());
                         tracing::info!(stream = %publishing.stream, "publish accepted");
@@ -380,34 +403,57 @@ impl Connection {
     }
 
     /// Applies the publish rules, then transcodes here or relays to the stream's owner.
-    fn start_publish(&mut self, stream_key: &str) -> Result<Publishing, String> {
+    /// Refusals never name the key: with `[ingest.keys]` it is a secret.
+    async fn start_publish(&mut self, stream_key: &str) -> Result<Publishing, String> {
         if self.publishing.is_some() {
             return Err("this connection is already publishing".into());
         }
-        let name = if self.from_relay {
-            relay_token::verify(stream_key, self.placement.relay_secret()).map_err(|e| {
+        let ingest = &self.services.config.ingest;
+        let stream = if self.from_relay {
+            let name = relay_token::verify(stream_key, self.placement.relay_secret()).map_err(|e| {
                 inc(&self.stats.relay_refused);
                 format!("relayed publish refused: {e}")
-            })?
+            })?;
+            StreamId::parse(name).map_err(|e| format!("invalid relayed stream name: {e}"))?
         } else {
-            // Encoders and platforms append `?token=...` to keys: the query is never part of
-            // the public name (it is what publish authentication will read).
-            let key = stream_key.split_once('?').map_or(stream_key, |(key, _query)| key);
-            let keys = &self.services.config.ingest.keys;
-            if keys.is_empty() {
-                key
-            } else {
-                keys.get(key).map(String::as_str).ok_or_else(|| "stream key not recognised".to_owned())?
-            }
+            // The `?query` is never part of the public name (it is what publish
+            // authentication will read); see key.rs for the rest.
+            let full;
+            let name = match &self.app_instance {
+                Some(instance) => {
+                    full = format!("{instance}/{stream_key}");
+                    full.as_str()
+                }
+                None => stream_key,
+            };
+            key::resolve(name, &ingest.keys).map_err(|e| match e {
+                key::KeyError::Unknown => e.to_string(),
+                e => format!("invalid stream key: {e}"),
+            })?
         };
-        let stream = StreamId::parse(name).map_err(|e| format!("invalid stream key: {e}"))?;
         // A relayed publish is always ours: the relaying node already chose us.
         let route = if self.from_relay { Route::Local } else { self.placement.route(&stream) };
         let uplink = UplinkWatch::new(self.services.config.transcode.rungs.clone());
         Ok(match route {
             Route::Local => {
-                let claim = self.registry.claim(&stream).map_err(|e| e.to_string())?;
-                Publishing { stream, sink: Sink::Local(stream::spawn(claim, self.services.clone())), warned_audio: false, uplink }
+                let (claim, takeover) = self
+                    .registry
+                    .claim_or_take_over(&stream, self.peer, ingest.takeover_after, TAKEOVER_WAIT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Some(t) = takeover {
+                    inc(&self.stats.takeovers);
+                    tracing::warn!(
+                        stream = %stream,
+                        previous = %t.previous.map_or_else(|| "?".to_owned(), |a| a.to_string()),
+                        peer = %self.peer,
+                        silent_ms = t.silent_for.as_millis() as u64,
+                        closed_in_ms = t.waited.as_millis() as u64,
+                        "publisher taken over: the previous one sent no media for ingest.takeover_after; closed it"
+                    );
+                }
+                let link = Some(Arc::clone(claim.link()));
+                Publishing { stream, sink: Sink::Local(stream::spawn(claim, self.services.clone())), link, warned_audio: false, uplink }
             }
             // The owner enforces one publisher per stream; a relay holds no claim here, so
             // that this node can still become the owner and take its own relay.
@@ -415,10 +461,11 @@ impl Connection {
                 let handle = relay::spawn(
                     stream.clone(),
                     Arc::clone(&self.placement),
+                    ingest.takeover_after,
                     &self.services.tracker,
                     self.services.shutdown.clone(),
                 );
-                Publishing { stream, sink: Sink::Relay(handle), warned_audio: false, uplink }
+                Publishing { stream, sink: Sink::Relay(handle), link: None, warned_audio: false, uplink }
             }
             Route::Unavailable(reason) => return Err(format!("no live node can take the stream: {reason}")),
         })
@@ -426,6 +473,9 @@ impl Connection {
 
     fn observe_media(&mut self, timestamp: u32, bytes: usize, video: bool) {
         let Some(p) = self.publishing.as_mut() else { return };
+        if let Some(link) = &p.link {
+            link.media_arrived();
+        }
         p.uplink.probe.on_media(p.uplink.started.elapsed(), timestamp, bytes, video);
         if let Some(estimate) = p.uplink.due()
             && let Sink::Local(handle) = &p.sink {
@@ -435,6 +485,8 @@ impl Connection {
 
     async fn forward(&mut self, packet: MediaPacket) -> Result<(), IngestError> {
         let Some(publishing) = &self.publishing else { return Ok(()) };
+        // While the stream holds us back, the publisher is not silent: we are not reading.
+        let _busy = publishing.link.as_deref().map(PublisherLink::busy);
         let sent = match &publishing.sink {
             Sink::Local(handle) => handle.send(packet).await,
             Sink::Relay(handle) => handle.send(packet).await,
@@ -455,6 +507,15 @@ impl Connection {
                 Ok(())
             }
         }
+    }
+}
+
+/// Resolves when another publish took the stream over (with its address); pending while
+/// not publishing or while this node holds no claim for it.
+async fn taken_over(link: Option<&PublisherLink>) -> Option<SocketAddr> {
+    match link {
+        Some(link) => link.taken_over().await,
+        None => std::future::pending().await,
     }
 }
 

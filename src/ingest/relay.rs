@@ -2,7 +2,11 @@
 //! it does not own republishes every packet over RTMP to the owner (app [`RELAY_APP`]).
 //! When the owner's connection breaks, the relay marks it failed, reconnects to the next
 //! node in the placement's order, re-sends the codec configuration and resumes at the next
-//! keyframe: the broadcaster's own connection is never touched.
+//! keyframe: the broadcaster's own connection is never touched. An owner that refuses a
+//! reconnect may still hold the relay's old, silent connection: while the broadcaster
+//! still sends, the refusal is retried until the owner's `ingest.takeover_after` has let
+//! the new connection take the old one over. (A relay whose broadcaster went silent and
+//! whose connection the owner closed was itself taken over: its refused reconnect ends it.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +40,8 @@ const INPUT_CAPACITY: usize = 512;
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// Lost connections in a row after which the relay gives the broadcaster up.
 const MAX_LOSSES: u32 = 6;
+/// Pause between reconnects the owner refused.
+const REFUSED_RETRY: Duration = Duration::from_millis(500);
 
 /// Wait before reconnecting after the `losses`-th lost connection: 0.2 s doubling to 5 s.
 fn backoff(losses: u32) -> Duration {
@@ -124,13 +130,22 @@ enum RelayError {
     Refused { node: String, code: String },
 }
 
-pub fn spawn(stream: StreamId, placement: Arc<dyn Placement>, tracker: &TaskTracker, shutdown: CancellationToken) -> RelayHandle {
+/// Starts relaying `stream`. `takeover_after` is the owner's `ingest.takeover_after` (one
+/// config for the federation): how long a reconnect may find the stream still held by this
+/// relay's previous connection.
+pub fn spawn(
+    stream: StreamId,
+    placement: Arc<dyn Placement>,
+    takeover_after: Duration,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> RelayHandle {
     let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
     let (ended_tx, ended) = EndSignal::channel();
     let span = tracing::info_span!("relay", stream = %stream);
     tracker.spawn(
         async move {
-            let end = Relay { stream, placement, config: None, audio: None, metadata: None }.run(rx, shutdown).await;
+            let end = Relay { stream, placement, takeover_after, config: None, audio: None, metadata: None }.run(rx, shutdown).await;
             match &end {
                 StreamEnd::Failed(reason) => tracing::error!("relay gave up: {reason}"),
                 other => tracing::info!(?other, "relay ended"),
@@ -145,6 +160,7 @@ pub fn spawn(stream: StreamId, placement: Arc<dyn Placement>, tracker: &TaskTrac
 struct Relay {
     stream: StreamId,
     placement: Arc<dyn Placement>,
+    takeover_after: Duration,
     /// Codec configuration and metadata, re-sent to every new owner.
     config: Option<MediaPacket>,
     audio: Option<MediaPacket>,
@@ -166,8 +182,13 @@ impl Relay {
         // Connections of this stream lost in a row: each waits longer before reconnecting.
         let mut losses = 0u32;
         let mut connected_at = Instant::now();
+        // When the broadcaster last handed us something.
+        let mut last_input = Instant::now();
         loop {
             if upstream.is_none() {
+                // A reconnect may find our old connection still holding the stream at the
+                // owner until it is taken over (not a first connect: that refusal is final).
+                let broadcaster_alive = last_input.elapsed() < self.takeover_after;
                 if losses > 0 {
                     let wait = backoff(losses);
                     tokio::select! {
@@ -175,7 +196,12 @@ impl Relay {
                         _ = shutdown.cancelled() => return StreamEnd::Shutdown,
                     }
                 }
-                match self.connect_with_failover(&shutdown).await {
+                let retry_refusals = if losses > 0 && broadcaster_alive {
+                    self.takeover_after + SETUP_TIMEOUT * 2
+                } else {
+                    Duration::ZERO
+                };
+                match self.connect_with_failover(&shutdown, retry_refusals).await {
                     Ok(up) => {
                         upstream = Some(up);
                         connected_at = Instant::now();
@@ -192,7 +218,10 @@ impl Relay {
                         }
                         return StreamEnd::Finished;
                     }
-                    Some(input) => self.forward(up, input).await.err(),
+                    Some(input) => {
+                        last_input = Instant::now();
+                        self.forward(up, input).await.err()
+                    }
                 },
                 read = up.socket.read(&mut buf) => match read {
                     Ok(0) => Some("owner closed the connection".to_owned()),
@@ -250,10 +279,12 @@ impl Relay {
         }
     }
 
-    /// Connects to the first reachable node of the current route, within the budget.
-    async fn connect_with_failover(&mut self, shutdown: &CancellationToken) -> Result<Upstream, StreamEnd> {
+    /// Connects to the first reachable node of the current route, within the budget; a
+    /// refusal is retried for `retry_refusals`.
+    async fn connect_with_failover(&mut self, shutdown: &CancellationToken, retry_refusals: Duration) -> Result<Upstream, StreamEnd> {
         let started = Instant::now();
         loop {
+            let mut pause = Duration::from_millis(200);
             // The broadcaster stays connected here whatever happens: when this node is the
             // new owner the relay publishes to itself over loopback.
             let targets = match self.placement.route(&self.stream) {
@@ -268,6 +299,11 @@ impl Relay {
                         tracing::warn!("relay target unreachable: {e}");
                         self.placement.peer_failed(&target.node);
                     }
+                    Err(e @ RelayError::Refused { .. }) if e.is_busy() && started.elapsed() < retry_refusals => {
+                        tracing::warn!("{e}; it may still hold our previous connection until ingest.takeover_after: retrying");
+                        pause = REFUSED_RETRY;
+                        break;
+                    }
                     // The node is up and answered: a refusal, or a set-up it broke off, is
                     // this stream's problem. Going to the next node would publish the same
                     // stream twice; the broadcaster is given up and may reconnect.
@@ -278,7 +314,7 @@ impl Relay {
                 return Err(StreamEnd::Failed(format!("no live node reachable within {FAILOVER_BUDGET:?}")));
             }
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.cancelled() => return Err(StreamEnd::Shutdown),
             }
         }
@@ -365,6 +401,15 @@ impl Relay {
                         ClientSessionResult::RaisedEvent(ClientSessionEvent::UnhandleableOnStatusCode { code }) => {
                             return Err(RelayError::Refused { node: target.node.clone(), code });
                         }
+                        // A refused publish comes back as an `_error` for the publish command's
+                        // transaction 0, which rml_rtmp's client does not track.
+                        ClientSessionResult::RaisedEvent(ClientSessionEvent::UnknownTransactionResultReceived { additional_values, .. })
+                            if publishing_requested =>
+                        {
+                            if let Some(code) = refusal(&additional_values) {
+                                return Err(RelayError::Refused { node: target.node.clone(), code });
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -375,6 +420,25 @@ impl Relay {
             }
             pending.extend_from_slice(&buf[..n]);
         }
+    }
+}
+
+/// `code: description` of an `_error` status object, if `values` holds one.
+fn refusal(values: &[rml_rtmp::rml_amf0::Amf0Value]) -> Option<String> {
+    use rml_rtmp::rml_amf0::Amf0Value;
+    let Some(Amf0Value::Object(status)) = values.first() else { return None };
+    let text = |key: &str| match status.get(key) {
+        Some(Amf0Value::Utf8String(s)) => s.as_str(),
+        _ => "",
+    };
+    matches!(text("level"), "_error" | "error").then(|| format!("{}: {}", text("code"), text("description")))
+}
+
+impl RelayError {
+    /// The owner refused because the stream is being published there (possibly by this
+    /// relay's own previous connection, until it is taken over).
+    fn is_busy(&self) -> bool {
+        matches!(self, RelayError::Refused { code, .. } if code.contains("is already being published"))
     }
 }
 
@@ -395,4 +459,33 @@ async fn write_results(socket: &mut TcpStream, results: Vec<ClientSessionResult>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rml_rtmp::rml_amf0::Amf0Value;
+
+    fn status(level: &str, code: &str, description: &str) -> Vec<Amf0Value> {
+        let text = |s: &str| Amf0Value::Utf8String(s.to_owned());
+        vec![Amf0Value::Object(
+            [("level", text(level)), ("code", text(code)), ("description", text(description))]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        )]
+    }
+
+    #[test]
+    fn a_refused_publish_is_read_and_only_a_busy_stream_is_retried() {
+        let busy = refusal(&status("_error", "NetStream.Publish.BadName", "stream cam is already being published")).unwrap();
+        assert_eq!(busy, "NetStream.Publish.BadName: stream cam is already being published");
+        assert!(RelayError::Refused { node: "b".into(), code: busy }.is_busy());
+        let token = refusal(&status("_error", "NetStream.Publish.BadName", "relayed publish refused: relay token expired 3 s ago")).unwrap();
+        assert!(!RelayError::Refused { node: "b".into(), code: token }.is_busy());
+        assert_eq!(refusal(&status("status", "NetStream.Publish.Start", "")), None);
+        assert_eq!(refusal(&[Amf0Value::Null]), None);
+        assert_eq!(refusal(&[]), None);
+        assert!(!RelayError::Connect { node: "b".into(), reason: "is already being published".into() }.is_busy());
+    }
 }

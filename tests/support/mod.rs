@@ -222,6 +222,11 @@ impl Publisher {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// The ffmpeg process id (to signal it: `signal(pid, "STOP")`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Publisher {
