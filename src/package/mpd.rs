@@ -81,7 +81,7 @@ pub fn render(timeline: &StreamTimeline, timing: &MpdTiming) -> Option<String> {
         xmlns: Some("urn:mpeg:dash:schema:mpd:2011".into()),
         profiles: Some(PROFILES.into()),
         minBufferTime: Some(timing.segment_duration),
-        maxSegmentDuration: Some(timing.segment_duration * 2),
+        maxSegmentDuration: Some(longest_segment(timeline).max(timing.segment_duration)),
         publishTime: Some(utc(timeline.published)),
         periods,
         ..Default::default()
@@ -139,6 +139,19 @@ pub fn with_clock_origin(mpd: &[u8], origin: Option<&str>) -> bytes::Bytes {
     out.push_str(&value[path_at..]);
     out.push_str(&text[start + len..]);
     bytes::Bytes::from(out)
+}
+
+/// The longest listed segment, rounded up to the millisecond. Players start this far (plus
+/// the presentation delay) behind the newest segment, so it must be the real figure.
+fn longest_segment(timeline: &StreamTimeline) -> Duration {
+    let millis = timeline
+        .periods
+        .iter()
+        .flat_map(|p| &p.tracks)
+        .flat_map(|t| t.segments.iter().map(|s| (s.duration * 1000).div_ceil(u64::from(t.info.timescale).max(1))))
+        .max()
+        .unwrap_or_default();
+    Duration::from_millis(millis)
 }
 
 /// Where the oldest retained media of a Period starts, from its start.
@@ -295,6 +308,7 @@ mod tests {
         assert_eq!(mpd.minimumUpdatePeriod, Some(Duration::from_secs(1)));
         assert_eq!(mpd.timeShiftBufferDepth, Some(Duration::from_secs(30)));
         assert_eq!(mpd.suggestedPresentationDelay, Some(Duration::from_secs(1)));
+        assert_eq!(mpd.maxSegmentDuration, Some(Duration::from_secs(1)), "the longest listed segment");
         let period = &mpd.periods[0];
         assert_eq!(period.id.as_deref(), Some("abc123"));
         let video = &period.adaptations[0].representations[0];
@@ -309,6 +323,15 @@ mod tests {
         assert_eq!(atimes, [46_080, 46_080, 46_080]);
         assert_eq!(audio.AudioChannelConfiguration[0].value.as_deref(), Some("2"));
         assert_eq!(mpd.UTCTiming[0].value.as_deref(), Some("/time"));
+    }
+
+    #[test]
+    fn max_segment_duration_is_the_longest_listed_segment() {
+        let (mut tl, s) = timeline();
+        let v = RenditionId::parse("720p").unwrap();
+        tl.add_segment(&s, &v, 3_000_000_000, 1_034_000_000, at(4000));
+        let mpd = dash::parse(&render(&tl, &TIMING).unwrap()).unwrap();
+        assert_eq!(mpd.maxSegmentDuration, Some(Duration::from_millis(1034)));
     }
 
     #[test]

@@ -140,12 +140,13 @@ impl Transcoder {
         let waker = Arc::clone(&room);
         paced_src.set_callbacks(gst_app::AppSrcCallbacks::builder().need_data(move |_, _| waker.notify_waiters()).build());
         let boundaries = Arc::new(Boundaries::default());
+        let audio_cuts = Arc::new(Boundaries::default());
         if video_src.is_some() {
             force_keyframes_at_boundaries(&pipeline, spec.segment_duration, Arc::clone(&boundaries))?;
         }
         if audio_src.is_some() {
             let video = video_src.as_ref().map(|_| Arc::clone(&boundaries));
-            cut_audio_segments(&pipeline, spec.segment_duration, video)?;
+            cut_audio_segments(&pipeline, spec.segment_duration, video, Arc::clone(&audio_cuts))?;
         }
         for binding in sinks {
             let name = match binding.kind {
@@ -156,7 +157,8 @@ impl Transcoder {
                 .by_name(&name)
                 .and_then(|e| e.downcast::<AppSink>().ok())
                 .ok_or_else(|| TranscodeError::NoElement(name.clone()))?;
-            attach_sink(&sink, binding, output.clone(), Arc::clone(&boundaries));
+            let cuts = if binding.kind == TrackKind::Video { &boundaries } else { &audio_cuts };
+            attach_sink(&sink, binding, output.clone(), Arc::clone(cuts));
         }
         pipeline.set_state(gst::State::Playing).map_err(|e| TranscodeError::Start(e.to_string()))?;
         Ok(Self { pipeline, video_src, audio_src, paced_src, room, boundaries })
@@ -395,7 +397,13 @@ impl AudioCuts {
 /// Asks the audio muxer (in manual-split mode) to start a new fragment before every audio
 /// frame that `AudioCuts` picks: a split-now event travels in order with the audio, just
 /// ahead of that frame. Without video (`video` is `None`) the cuts follow the segment grid.
-fn cut_audio_segments(pipeline: &gst::Pipeline, interval: Duration, video: Option<Arc<Boundaries>>) -> Result<(), TranscodeError> {
+/// Every cut is recorded in `cuts`: an audio segment's listed duration runs to the next.
+fn cut_audio_segments(
+    pipeline: &gst::Pipeline,
+    interval: Duration,
+    video: Option<Arc<Boundaries>>,
+    cuts_made: Arc<Boundaries>,
+) -> Result<(), TranscodeError> {
     let mux = pipeline.by_name(AUDIO_MUX).ok_or_else(|| TranscodeError::NoElement(AUDIO_MUX.into()))?;
     let pad = mux
         .sink_pads()
@@ -417,6 +425,7 @@ fn cut_audio_segments(pipeline: &gst::Pipeline, interval: Duration, video: Optio
             })
         });
         if opens {
+            cuts_made.record(running_time.nseconds());
             let split = gst::event::CustomDownstream::builder(gst::Structure::builder("FMP4MuxSplitNow").field("chunk", false).build()).build();
             if !pad.push_event(split) {
                 tracing::warn!("audio segment cut at {running_time} was not delivered");
@@ -469,6 +478,8 @@ fn force_keyframes_at_boundaries(pipeline: &gst::Pipeline, interval: Duration, b
     Ok(())
 }
 
+/// `boundaries`: where the rendition's segments start, as decided upstream of its muxer
+/// (the keyframe schedule for video, the audio cuts for audio).
 fn attach_sink(sink: &AppSink, binding: SinkBinding, output: SessionOutput, boundaries: Arc<Boundaries>) {
     let span = tracing::Span::current();
     let mut assembler = FragmentAssembler::new();
@@ -507,10 +518,9 @@ fn attach_sink(sink: &AppSink, binding: SinkBinding, output: SessionOutput, boun
                             output.packager.add_init(&output.stream, &output.session, &rendition, bytes, codecs);
                         }
                         Ok(Some(MuxerOutput::Segment(mut segment))) => {
-                            // The next segment's first frame has passed the decoder by now.
-                            if kind == TrackKind::Video
-                                && let Some(end) = boundaries.after(segment.start_ns)
-                            {
+                            // The next segment's start was decided before the muxer could cut
+                            // this one; the muxer only estimates its last frame's duration.
+                            if let Some(end) = boundaries.after(segment.start_ns) {
                                 segment.duration_ns = end - segment.start_ns;
                             }
                             let (start, duration) = (segment.start_ns, segment.duration_ns);
