@@ -21,6 +21,11 @@
 //! ever changes, audio and video segment N start within one AAC frame of each other; every
 //! MPD served validates against tests/schema/DASH-MPD.xsd when that file exists.
 //!
+//! RACKCAST_PLAYER_LOGS=DIR keeps every player's output and requests; with
+//! RACKCAST_PLAYERS_MPD_FILTER=CMD every MPD a player gets is piped through CMD first
+//! (tests/players/mpd_form.py rewrites it into candidate forms), to try an MPD form on every
+//! player without changing the appliance.
+//!
 //! The players must be installed (tests/run.sh does it); without them the test is skipped
 //! with a loud message, unless RACKCAST_REQUIRE_PLAYERS is set. The npm modules come from
 //! tests/players/package-lock.json (`npm ci`, run here when node_modules is not current).
@@ -282,14 +287,18 @@ fn last_number(lines: &[String], key: &str) -> u64 {
 }
 
 /// Frames decoded and error lines, from what the player printed.
-fn judge_output(player: Player, lines: &[String], page: &[Report], since: Instant) -> (u64, Vec<String>, Vec<String>) {
+fn judge_output(player: Player, lines: &[String], page: &[Report], since: Instant, until: Instant) -> (u64, Vec<String>, Vec<String>) {
     let mut errors = Vec::new();
     let mut notes = Vec::new();
     let frames = match player {
         Player::Ffmpeg | Player::Streamlink => {
             for l in lines {
                 let error = l.contains("[error]") || l.contains("[fatal]") || l.contains("[warning]");
-                let streamlink_error = l.contains("[error]") || l.starts_with("error:") || l.contains("][warning]");
+                let streamlink_error = l.contains("[error]")
+                    || l.starts_with("error:")
+                    || l.contains("][warning]")
+                    || l.starts_with("Traceback")
+                    || l.starts_with("Exception in thread");
                 if error || (player == Player::Streamlink && (streamlink_error || l.contains("Stream ended"))) {
                     errors.push(l.clone());
                 }
@@ -321,7 +330,7 @@ fn judge_output(player: Player, lines: &[String], page: &[Report], since: Instan
         }
         Player::DashJs | Player::Shaka => {
             let name = if player == Player::DashJs { "dashjs" } else { "shaka" };
-            let mine: Vec<&Report> = page.iter().filter(|r| r.at >= since && r.value["player"] == name).collect();
+            let mine: Vec<&Report> = page.iter().filter(|r| r.at >= since && r.at <= until && r.value["player"] == name).collect();
             for r in &mine {
                 if r.value["ev"] == "error" {
                     errors.push(format!("{}", r.value["detail"].as_str().unwrap_or("?")));
@@ -345,7 +354,8 @@ fn judge(phase: &Phase, page: &PageServer, watcher: &MpdWatcher, new_period: Opt
     for (players, process) in &phase.processes {
         let lines = process.lines();
         for &player in players {
-            let (frames, errors, notes) = judge_output(player, &lines, &reports, phase.started);
+            let until = process.stopped.unwrap_or_else(Instant::now);
+            let (frames, errors, notes) = judge_output(player, &lines, &reports, phase.started, until);
             let mut failures = Vec::new();
             if frames < MIN_FRAMES {
                 failures.push(format!("decoded {frames} frames in {PHASE:?}, under {MIN_FRAMES} (10 s)"));

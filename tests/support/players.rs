@@ -182,10 +182,27 @@ pub fn parse_segment_path(path: &str) -> Option<SegmentPath> {
 /// An HTTP/1.1 proxy on a loopback port in front of `upstream` (host:port) that records
 /// every request. The client's Host header is passed on, so absolute URLs the node builds
 /// from it point back at the proxy. Accept-Encoding is not passed on (the recorded MPDs
-/// must be text); redirects are passed back to the client.
+/// must be text); redirects are passed back to the client. With RACKCAST_PLAYERS_MPD_FILTER
+/// set, every MPD is piped through that shell command before the player gets it.
 pub struct RecordingProxy {
     pub port: u16,
     hits: Arc<Mutex<Vec<Hit>>>,
+}
+
+/// Pipes `body` through `sh -c filter` (RACKCAST_PLAYERS_MPD_FILTER: try another MPD form
+/// on every player without changing the appliance).
+fn run_filter(filter: &str, body: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(filter)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the MPD filter starts");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the MPD filter {filter:?} failed");
+    out.stdout
 }
 
 impl RecordingProxy {
@@ -198,6 +215,7 @@ impl RecordingProxy {
             .build()
             .unwrap();
         let (sink, upstream) = (Arc::clone(&hits), upstream.to_owned());
+        let filter = std::env::var("RACKCAST_PLAYERS_MPD_FILTER").ok().filter(|f| !f.is_empty());
         let port = serve(Arc::new(move |request: &Request| {
             let method = reqwest::Method::from_bytes(request.method.as_bytes()).unwrap_or(reqwest::Method::GET);
             let mut builder = client.request(method, format!("http://{upstream}{}", request.target));
@@ -218,8 +236,12 @@ impl RecordingProxy {
                 Err(e) => Response::new(502, "text/plain", format!("proxy: {e}")),
             };
             let path = request.target.split('?').next().unwrap_or("").to_owned();
-            let mpd = (path.ends_with(".mpd") && response.status == 200 && request.method == "GET")
-                .then(|| String::from_utf8_lossy(&response.body).into_owned());
+            let mut response = response;
+            let is_mpd = path.ends_with(".mpd") && response.status == 200 && request.method == "GET";
+            if let (true, Some(filter)) = (is_mpd, &filter) {
+                response.body = run_filter(filter, &response.body);
+            }
+            let mpd = is_mpd.then(|| String::from_utf8_lossy(&response.body).into_owned());
             sink.lock().unwrap().push(Hit { at: Instant::now(), method: request.method.clone(), path, status: response.status, mpd });
             response
         }));
@@ -436,11 +458,15 @@ pub struct RepListing {
 }
 
 /// Parses an MPD into every Representation's listing (the raw S@t are kept: a gap shows).
+/// A SegmentTemplate@duration without a timeline lists what is available by the clock.
 pub fn listings(text: &str) -> Result<Vec<RepListing>, String> {
     let mpd = dash_mpd_core::parse(text).map_err(|e| format!("{e:?}"))?;
     let ast = mpd.availabilityStartTime.map(|t| t.timestamp_millis() as f64 / 1000.0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let depth = mpd.timeShiftBufferDepth.map(|d| d.as_secs_f64());
     let mut out = Vec::new();
-    for period in &mpd.periods {
+    for (index, period) in mpd.periods.iter().enumerate() {
+        let next_start = mpd.periods.get(index + 1).and_then(|p| p.start).map(|d| d.as_secs_f64());
         for set in &period.adaptations {
             let video = set.contentType.as_deref() == Some("video")
                 || set.mimeType.as_deref().is_some_and(|m| m.starts_with("video"));
@@ -461,6 +487,18 @@ pub fn listings(text: &str) -> Result<Vec<RepListing>, String> {
                             number += 1;
                             time += s.d;
                         }
+                    }
+                } else if let (Some(d), Some(ast)) = (template.duration.filter(|d| *d > 0.0), ast) {
+                    // @duration + $Number$: what is available now, by the wall clock (the
+                    // Period ends where the next one starts), within timeShiftBufferDepth.
+                    let start = period.start.unwrap_or_default().as_secs_f64();
+                    let seconds = d / timescale as f64;
+                    let edge = (now - ast).min(next_start.unwrap_or(f64::MAX)) - start;
+                    let complete = (edge / seconds).floor().max(0.0) as u64;
+                    let oldest = depth.map_or(0, |w| ((now - ast - w - start) / seconds).floor().max(0.0) as u64);
+                    let pto = template.presentationTimeOffset.unwrap_or(0);
+                    for k in oldest..complete {
+                        segments.push((number + k, pto + (k as f64 * d) as u64, d as u64));
                     }
                 }
                 out.push(RepListing {
@@ -650,10 +688,14 @@ impl WatchState {
             for &(n, t, d) in &rep.segments {
                 let key = (rep.period.clone(), rep.id.clone(), n);
                 match self.seen.get(&key) {
-                    Some(&(t0, d0)) if (t0, d0) != (t, d) => self.problems.add(
-                        format!("{label}: listed segment changed in {}", rep.id),
-                        format!("Period {} Representation {} segment {n}: was (t={t0}, d={d0}), now (t={t}, d={d})", rep.period, rep.id),
-                    ),
+                    Some(&(t0, d0)) if (t0, d0) != (t, d) => {
+                        // Counted once per change: the new value is the one compared next.
+                        self.problems.add(
+                            format!("{label}: listed segment changed in {}", rep.id),
+                            format!("Period {} Representation {} segment {n}: was (t={t0}, d={d0}), now (t={t}, d={d})", rep.period, rep.id),
+                        );
+                        self.seen.insert(key, (t, d));
+                    }
                     Some(_) => {}
                     None => {
                         self.seen.insert(key, (t, d));
@@ -693,7 +735,7 @@ pub fn schema_failures(xsd: &std::path::Path, texts: &[String]) -> Vec<String> {
     }
     let mut failures = Vec::new();
     for chunk in files.chunks(200) {
-        let output = Command::new("xmllint").arg("--noout").arg("--schema").arg(xsd).args(chunk).output().expect("xmllint runs");
+        let output = Command::new("xmllint").arg("--nonet").arg("--noout").arg("--schema").arg(xsd).args(chunk).output().expect("xmllint runs");
         let stderr = String::from_utf8_lossy(&output.stderr);
         for file in chunk {
             let name = file.to_str().unwrap();
