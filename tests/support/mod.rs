@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod flv;
+pub mod players;
 pub mod rtmp;
 
 use std::io::{BufRead, BufReader, Write};

@@ -1,0 +1,592 @@
+//! The player matrix (issue #8, "every real client works"): real players read a live
+//! stream of the real binary through a recording HTTP proxy each, so the test knows which
+//! segments each one fetched and when.
+//!
+//! Players: ffmpeg (`-re`, decoding to null), GStreamer `playbin` (dashdemux) and
+//! `playbin3` (dashdemux2) into synchronised fakesinks, VLC (`--vout stats`), streamlink
+//! piped into ffmpeg, and dash.js and Shaka Player in one headless Chromium page.
+//!
+//! A three-node federation (live, origin, edge) with a short DVR window and a cheap
+//! 320x180 ladder. Phases, players of a phase run concurrently:
+//! (a) straight from the live node, once the stream is older than the DVR window;
+//! (b)+(c) through the edge, during which the stream re-plans: the ladder catalogue's
+//!     180p rung wants more than the 300 kbit/s source carries, so the first measured plan
+//!     (delayed to `REPLAN_AFTER` by `ladder.initial_measurement`) drops it, and the live
+//!     node cuts a new Period at the next keyframe.
+//!
+//! Each player, each phase: frames decoded for at least 10 s of playback, no error lines,
+//! no 4xx/5xx answers, and the first media segment it fetched within 3 segments of the
+//! newest one the MPD listed at that moment; in (c), it went on into the new Period.
+//! Every MPD poll (live node and edge): each SegmentTimeline contiguous, no listed segment
+//! ever changes, audio and video segment N start within one AAC frame of each other; every
+//! MPD served validates against tests/schema/DASH-MPD.xsd when that file exists.
+//!
+//! RACKCAST_PLAYER_LOGS=DIR keeps every player's output and requests; with
+//! RACKCAST_PLAYERS_MPD_FILTER=CMD every MPD a player gets is piped through CMD first
+//! (tests/players/mpd_form.py rewrites it into candidate forms), to try an MPD form on every
+//! player without changing the appliance.
+//!
+//! The players must be installed (tests/run.sh does it); without them the test is skipped
+//! with a loud message, unless RACKCAST_REQUIRE_PLAYERS is set. The npm modules come from
+//! tests/players/package-lock.json (`npm ci`, run here when node_modules is not current).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::players::*;
+use support::*;
+
+const STREAM: &str = "matrix";
+const FPS: u64 = 30;
+/// Playback every player must show, in frames (10 s).
+const MIN_FRAMES: u64 = 10 * FPS;
+const DVR: &str = "8s";
+/// How long the players of a phase run.
+const PHASE: Duration = Duration::from_secs(20);
+/// When the first measured ladder plan (the re-plan) is made, after the publish starts.
+const REPLAN_AFTER: Duration = Duration::from_secs(44);
+/// How close to the newest listed segment a player's first segment must be.
+const EDGE_SLACK: u64 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Player {
+    Ffmpeg,
+    Playbin,
+    Playbin3,
+    Vlc,
+    Streamlink,
+    DashJs,
+    Shaka,
+}
+
+const PLAYERS: [Player; 7] =
+    [Player::Ffmpeg, Player::Playbin, Player::Playbin3, Player::Vlc, Player::Streamlink, Player::DashJs, Player::Shaka];
+
+impl Player {
+    fn name(self) -> &'static str {
+        match self {
+            Player::Ffmpeg => "ffmpeg",
+            Player::Playbin => "gst-playbin",
+            Player::Playbin3 => "gst-playbin3",
+            Player::Vlc => "vlc",
+            Player::Streamlink => "streamlink",
+            Player::DashJs => "dash.js",
+            Player::Shaka => "shaka",
+        }
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().is_ok_and(|o| o.status.success())
+}
+
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|p| have(p))
+}
+
+/// What is missing to run the matrix.
+fn missing_tools() -> Vec<String> {
+    let mut missing: Vec<String> = ["ffmpeg", "gst-launch-1.0", "vlc", "streamlink", "npm"]
+        .into_iter()
+        .filter(|p| !have(p))
+        .map(str::to_owned)
+        .collect();
+    if chromium().is_none() {
+        missing.push("chromium".into());
+    }
+    if is_root() && !have("setpriv") {
+        missing.push("setpriv (VLC refuses to run as root)".into());
+    }
+    if schema().is_some() && !have("xmllint") {
+        missing.push("xmllint (tests/schema/DASH-MPD.xsd is present)".into());
+    }
+    missing
+}
+
+fn schema() -> Option<std::path::PathBuf> {
+    Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schema/DASH-MPD.xsd")).filter(|p| p.exists())
+}
+
+/// `npm ci` in tests/players unless node_modules already holds the locked versions.
+fn ensure_npm_modules() -> Result<(), String> {
+    let dir = players_dir();
+    let lock: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("package-lock.json")).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let current = ["dashjs", "shaka-player"].iter().all(|m| {
+        let want = &lock["packages"][format!("node_modules/{m}")]["version"];
+        let have = std::fs::read_to_string(dir.join(format!("node_modules/{m}/package.json")))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .map(|v| v["version"].clone());
+        have.as_ref() == Some(want)
+    });
+    if current {
+        return Ok(());
+    }
+    let out = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir)
+        .output()
+        .map_err(|e| format!("npm: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("npm ci failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(())
+}
+
+struct Node {
+    id: &'static str,
+    roles: &'static str,
+    rtmp: u16,
+    http: u16,
+}
+
+fn config(nodes: &[Node]) -> String {
+    let mut text = format!(
+        "[package]\ndvr_window = \"{DVR}\"\n\n[transcode]\nx264_preset = \"ultrafast\"\n\
+         rungs = [{{ height = 180, bitrate_kbps = 1000 }}, {{ height = 120, bitrate_kbps = 150 }}]\n\n\
+         [ladder]\ninitial_measurement = \"{}s\"\n\n\
+         [cluster]\nhealth_interval = \"200ms\"\nhealth_timeout = \"150ms\"\nrelay_secret = \"player-matrix-secret-0123\"\n",
+        REPLAN_AFTER.as_secs()
+    );
+    for n in nodes {
+        text += &format!(
+            "\n[[cluster.nodes]]\nid = \"{}\"\nroles = {}\nrtmp = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n",
+            n.id, n.roles, n.rtmp, n.http
+        );
+    }
+    text
+}
+
+/// 320x180 at 30 fps, a keyframe every second, ~300 kbit/s video (below the 180p rung's
+/// 1000 kbit/s, so the first measured plan drops that rung), AAC-LC 48 kHz.
+fn publisher(url: &str) -> PlayerProcess {
+    let mut ffmpeg = player_command("ffmpeg");
+    ffmpeg
+        .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", &format!("testsrc2=size=320x180:rate={FPS}")])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "300"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", &FPS.to_string()])
+        .args(["-pix_fmt", "yuv420p", "-b:v", "300k", "-maxrate", "300k", "-bufsize", "300k"])
+        .args(["-c:a", "aac", "-b:a", "64k", "-f", "flv", url]);
+    PlayerProcess::start("publisher", vec![ffmpeg])
+}
+
+/// The players of one phase, each behind its own recording proxy.
+struct Phase {
+    name: &'static str,
+    proxies: Vec<(Player, RecordingProxy)>,
+    processes: Vec<(Vec<Player>, PlayerProcess)>,
+    started: Instant,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+fn start_phase(name: &'static str, upstream: &str, page: &PageServer) -> Phase {
+    let proxies: Vec<(Player, RecordingProxy)> = PLAYERS.iter().map(|&p| (p, RecordingProxy::start(upstream))).collect();
+    let mpd = |player: Player| {
+        proxies.iter().find(|(p, _)| *p == player).unwrap().1.url(&format!("/live/{STREAM}/manifest.mpd"))
+    };
+    let mut processes = Vec::new();
+    let mut dirs = Vec::new();
+
+    let mut ffmpeg = player_command("ffmpeg");
+    ffmpeg
+        .args(["-hide_banner", "-nostdin", "-loglevel", "level+warning", "-re", "-i", &mpd(Player::Ffmpeg)])
+        .args(["-map", "0:v:0", "-map", "0:a:0", "-f", "null", "-progress", "pipe:1", "-nostats", "-"]);
+    processes.push((vec![Player::Ffmpeg], PlayerProcess::start("ffmpeg", vec![ffmpeg])));
+
+    for (player, element) in [(Player::Playbin, "playbin"), (Player::Playbin3, "playbin3")] {
+        let mut gst = player_command("gst-launch-1.0");
+        gst.env("GST_DEBUG", "2").env("GST_DEBUG_NO_COLOR", "1").args([
+            "-v".to_owned(),
+            element.to_owned(),
+            format!("uri={}", mpd(player)),
+            "video-sink=fakesink name=vsink sync=true silent=false".to_owned(),
+            "audio-sink=fakesink name=asink sync=true".to_owned(),
+        ]);
+        processes.push((vec![player], PlayerProcess::start(player.name(), vec![gst])));
+    }
+
+    // VLC refuses to run as root (a compile-time check in its main); the supported way is
+    // an unprivileged user, so as root it runs as nobody, with its own HOME.
+    let home = tempfile::tempdir().unwrap();
+    let mut vlc = if is_root() {
+        let _ = Command::new("chown").args(["nobody", home.path().to_str().unwrap()]).status();
+        let mut c = player_command("setpriv");
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "vlc"]);
+        c
+    } else {
+        player_command("vlc")
+    };
+    vlc.env("HOME", home.path())
+        .args(["-I", "dummy", "-vv", "--no-dbus", "--vout", "stats", "--aout", "adummy", "--no-video-title-show"])
+        .arg(mpd(Player::Vlc));
+    dirs.push(home);
+    processes.push((vec![Player::Vlc], PlayerProcess::start("vlc", vec![vlc])));
+
+    let mut streamlink = player_command("streamlink");
+    streamlink.args(["--loglevel", "info", "--stdout", &format!("dash://{}", mpd(Player::Streamlink)), "best"]);
+    let mut decode = player_command("ffmpeg");
+    decode
+        .args(["-hide_banner", "-nostdin", "-loglevel", "level+warning", "-i", "-", "-map", "0:v:0"])
+        .args(["-f", "null", "-progress", "pipe:1", "-nostats", "-"]);
+    processes.push((vec![Player::Streamlink], PlayerProcess::start("streamlink", vec![streamlink, decode])));
+
+    let profile = tempfile::tempdir().unwrap();
+    let page_url = format!(
+        "http://127.0.0.1:{}/player.html?dashjs={}&shaka={}",
+        page.port,
+        mpd(Player::DashJs),
+        mpd(Player::Shaka)
+    );
+    let mut browser = player_command(chromium().unwrap());
+    browser
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .args(["--autoplay-policy=no-user-gesture-required", "--window-size=800,600"])
+        .arg("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1")
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(page_url);
+    dirs.push(profile);
+    processes.push((vec![Player::DashJs, Player::Shaka], PlayerProcess::start("chromium", vec![browser])));
+
+    Phase { name, proxies, processes, started: Instant::now(), _dirs: dirs }
+}
+
+impl Phase {
+    fn stop(&mut self) {
+        for (_, process) in &mut self.processes {
+            process.stop(Duration::from_secs(3));
+        }
+    }
+}
+
+/// One player's outcome in one phase.
+struct Verdict {
+    phase: &'static str,
+    player: Player,
+    frames: u64,
+    first: String,
+    segments: usize,
+    failures: Vec<String>,
+    notes: Vec<String>,
+}
+
+fn last_number(lines: &[String], key: &str) -> u64 {
+    lines.iter().rev().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+}
+
+/// Frames decoded and error lines, from what the player printed.
+fn judge_output(player: Player, lines: &[String], page: &[Report], since: Instant, until: Instant) -> (u64, Vec<String>, Vec<String>) {
+    let mut errors = Vec::new();
+    let mut notes = Vec::new();
+    let frames = match player {
+        Player::Ffmpeg | Player::Streamlink => {
+            for l in lines {
+                let error = l.contains("[error]") || l.contains("[fatal]") || l.contains("[warning]");
+                let streamlink_error = l.contains("[error]")
+                    || l.starts_with("error:")
+                    || l.contains("][warning]")
+                    || l.starts_with("Traceback")
+                    || l.starts_with("Exception in thread");
+                if error || (player == Player::Streamlink && (streamlink_error || l.contains("Stream ended"))) {
+                    errors.push(l.clone());
+                }
+            }
+            last_number(lines, "frame=")
+        }
+        Player::Playbin | Player::Playbin3 => {
+            for l in lines {
+                if l.starts_with("ERROR:") || l.starts_with("WARNING:") || l.contains(" ERROR ") {
+                    errors.push(l.clone());
+                } else if l.contains(" WARN ") {
+                    notes.push(l.clone());
+                }
+            }
+            lines.iter().filter(|l| l.contains("vsink: last-message = chain")).count() as u64
+        }
+        Player::Vlc => {
+            for l in lines {
+                // Environment, not stream: no D-Bus session or hotkey interface here.
+                let environment = l.contains("interface error: no suitable interface module")
+                    || l.contains("initialization failed") && l.contains("interface");
+                if (l.contains(" error: ") || l.contains("] error") || l.ends_with(" error") || l.contains("EOF reached"))
+                    && !environment
+                {
+                    errors.push(l.clone());
+                }
+            }
+            lines.iter().filter(|l| l.contains("VOUT got")).count() as u64
+        }
+        Player::DashJs | Player::Shaka => {
+            let name = if player == Player::DashJs { "dashjs" } else { "shaka" };
+            let mine: Vec<&Report> = page.iter().filter(|r| r.at >= since && r.at <= until && r.value["player"] == name).collect();
+            for r in &mine {
+                if r.value["ev"] == "error" {
+                    errors.push(format!("{}", r.value["detail"].as_str().unwrap_or("?")));
+                }
+                if r.value["ev"] == "loaded" {
+                    notes.push(format!("version {}", r.value["version"]));
+                }
+            }
+            if mine.is_empty() {
+                errors.push("the page never reported (did Chromium start?)".into());
+            }
+            mine.iter().filter_map(|r| r.value["frames"].as_u64()).max().unwrap_or(0)
+        }
+    };
+    (frames, errors, notes)
+}
+
+fn judge(phase: &Phase, page: &PageServer, watcher: &MpdWatcher, new_period: Option<&str>) -> Vec<Verdict> {
+    let reports = page.reports();
+    let mut verdicts = Vec::new();
+    for (players, process) in &phase.processes {
+        let lines = process.lines();
+        for &player in players {
+            let until = process.stopped.unwrap_or_else(Instant::now);
+            let (frames, errors, notes) = judge_output(player, &lines, &reports, phase.started, until);
+            let mut failures = Vec::new();
+            if frames < MIN_FRAMES {
+                failures.push(format!("decoded {frames} frames in {PHASE:?}, under {MIN_FRAMES} (10 s)"));
+            }
+            if !errors.is_empty() {
+                let shown: Vec<_> = errors.iter().take(4).cloned().collect();
+                failures.push(format!("{} error line(s), first: {}", errors.len(), shown.join(" || ")));
+            }
+            let hits = phase.proxies.iter().find(|(p, _)| *p == player).unwrap().1.hits();
+            let media: Vec<(&Hit, SegmentPath)> =
+                hits.iter().filter_map(|h| parse_segment_path(&h.path).map(|s| (h, s))).collect();
+            let bad: Vec<String> = hits.iter().filter(|h| h.status >= 400).map(|h| format!("{} {} -> {}", h.method, h.path, h.status)).collect();
+            if !bad.is_empty() {
+                failures.push(format!("{} request(s) failed, first: {}", bad.len(), bad.iter().take(3).cloned().collect::<Vec<_>>().join(", ")));
+            }
+            let first = media.iter().find(|(_, s)| s.rendition != "audio").or(media.first());
+            let first_text = match first {
+                None => {
+                    failures.push("fetched no media segment".into());
+                    "-".into()
+                }
+                Some((hit, seg)) => {
+                    let after = hit.at.duration_since(phase.started).as_secs_f64();
+                    match watcher.newest_at(hit.at, &seg.session, &seg.rendition) {
+                        None => {
+                            failures.push(format!("first segment {} was in no MPD polled before it", hit.path));
+                            format!("{}/{} (unlisted)", seg.rendition, seg.number)
+                        }
+                        Some(newest) => {
+                            let behind = newest as i64 - seg.number as i64;
+                            if behind > EDGE_SLACK as i64 {
+                                failures.push(format!(
+                                    "first segment {} is {behind} behind the newest listed ({newest}) at {after:.1} s",
+                                    hit.path
+                                ));
+                            }
+                            format!("{}/{} newest {newest} ({behind:+}) at {after:.1}s", seg.rendition, seg.number)
+                        }
+                    }
+                }
+            };
+            if let Some(session) = new_period {
+                let followed = media.iter().filter(|(h, s)| s.session == session && h.status == 200).count();
+                if followed == 0 {
+                    failures.push(format!("fetched nothing from the new Period {session} (did not follow the Period change)"));
+                }
+            }
+            verdicts.push(Verdict { phase: phase.name, player, frames, first: first_text, segments: media.len(), failures, notes });
+        }
+    }
+    verdicts.sort_by_key(|v| v.player);
+    verdicts
+}
+
+#[test]
+fn every_real_client_plays_live_through_an_edge_and_across_a_period_change() {
+    let missing = missing_tools();
+    let required = std::env::var_os("RACKCAST_REQUIRE_PLAYERS").is_some();
+    if !missing.is_empty() {
+        assert!(!required, "RACKCAST_REQUIRE_PLAYERS is set but these are missing: {missing:?}");
+        eprintln!("\n!!!!!!!! SKIPPED: the player matrix needs {missing:?} (tests/run.sh installs them) !!!!!!!!\n");
+        return;
+    }
+    if let Err(e) = ensure_npm_modules() {
+        assert!(!required, "RACKCAST_REQUIRE_PLAYERS is set but the npm modules cannot be installed: {e}");
+        eprintln!("\n!!!!!!!! SKIPPED: the player matrix cannot install its npm modules: {e} !!!!!!!!\n");
+        return;
+    }
+    let test_started = Instant::now();
+
+    let node = |id, roles| Node { id, roles, rtmp: free_port(), http: free_port() };
+    let nodes = [node("live-1", r#"["live"]"#), node("origin-1", r#"["origin"]"#), node("edge-1", r#"["edge"]"#)];
+    let config = config(&nodes);
+    let _running: Vec<Appliance> = nodes.iter().map(|n| Appliance::start_node(&config, n.id)).collect();
+    for n in &nodes {
+        let health = format!("http://127.0.0.1:{}/cluster/health", n.http);
+        wait_until("every node healthy", Duration::from_secs(10), || (get(&health).status() == 200).then_some(()));
+    }
+    let live = format!("127.0.0.1:{}", nodes[0].http);
+    let edge = format!("127.0.0.1:{}", nodes[2].http);
+    let mpd_path = format!("/live/{STREAM}/manifest.mpd");
+
+    let mut publish = publisher(&format!("rtmp://127.0.0.1:{}/live/{STREAM}", nodes[0].rtmp));
+    let published = Instant::now();
+    let mut live_watch = MpdWatcher::start("live MPD", format!("http://{live}{mpd_path}"));
+    let mut edge_watch = MpdWatcher::start("edge MPD", format!("http://{edge}{mpd_path}"));
+    let page = PageServer::start();
+
+    // Older than the DVR window: the first segments have been evicted.
+    wait_until("a stream older than the DVR window", Duration::from_secs(30), || {
+        let mpd = fetch_mpd_at(&live, &mpd_path)?;
+        let reps = listings(&mpd).ok()?;
+        let video = reps.iter().find(|r| r.video)?;
+        (video.segments.first()?.0 > 2 && video.segments.len() >= 6).then_some(())
+    });
+    println!("stream older than the DVR window {:.1} s after the publish started", published.elapsed().as_secs_f64());
+
+    // (a) straight from the live node.
+    let mut a = start_phase("a: live node", &live, &page);
+    thread::sleep(PHASE);
+    a.stop();
+    let periods_before: BTreeSet<String> = live_watch.polls().iter().flat_map(|p| p.periods.clone()).collect();
+
+    // (b) + (c): through the edge, across the re-plan.
+    let mut b = start_phase("b+c: edge, re-plan", &edge, &page);
+    let b_start = Instant::now();
+    let change = wait_until_or_none(PHASE + Duration::from_secs(15), || {
+        edge_watch.polls().iter().find(|p| p.periods.iter().any(|id| !periods_before.contains(id))).map(|p| (p.at, p.periods.clone()))
+    });
+    let end = match &change {
+        Some((at, _)) => (b_start + PHASE).max(*at + Duration::from_secs(10)),
+        None => b_start + PHASE,
+    };
+    thread::sleep(end.saturating_duration_since(Instant::now()));
+    b.stop();
+    publish.stop(Duration::from_secs(2));
+    live_watch.stop();
+    edge_watch.stop();
+
+    let mut failures: Vec<String> = Vec::new();
+    let new_period = change.as_ref().and_then(|(_, ids)| ids.iter().find(|id| !periods_before.contains(*id)).cloned());
+    match &change {
+        None => failures.push(format!(
+            "(c) no new Period appeared at the edge while its players ran (re-plan expected {REPLAN_AFTER:?} after the publish, phase b started {:.1} s after it)",
+            b_start.duration_since(published).as_secs_f64()
+        )),
+        Some((at, _)) => {
+            let into = at.duration_since(b_start).as_secs_f64();
+            println!("(c) new Period {} at the edge {into:.1} s into phase b", new_period.as_deref().unwrap_or("?"));
+            if into < 3.0 {
+                failures.push(format!("(c) the Period change came {into:.1} s into phase b, before the players were playing"));
+            }
+        }
+    }
+    let mut verdicts = judge(&a, &page, &live_watch, None);
+    verdicts.extend(judge(&b, &page, &edge_watch, new_period.as_deref()));
+    if let Some(dir) = std::env::var_os("RACKCAST_PLAYER_LOGS") {
+        dump(Path::new(&dir), &[&a, &b], &page);
+    }
+
+    println!("\nplayer matrix (frames: decoded, at least {MIN_FRAMES}; first: first video segment fetched vs the newest listed then)");
+    for v in &verdicts {
+        println!(
+            "  {:<20} {:<13} {:>5} frames  {:>4} segs  first {:<40} {}",
+            v.phase,
+            v.player.name(),
+            v.frames,
+            v.segments,
+            v.first,
+            if v.failures.is_empty() { "ok".to_owned() } else { format!("FAIL ({})", v.failures.len()) }
+        );
+        for f in &v.failures {
+            println!("      - {f}");
+            failures.push(format!("{} / {}: {f}", v.phase, v.player.name()));
+        }
+        for n in v.notes.iter().take(3) {
+            println!("      . {}", n.chars().take(240).collect::<String>());
+        }
+    }
+
+    // The MPD's shape, on every poll.
+    for watch in [&live_watch, &edge_watch] {
+        let lag = watch.listing_lag().map(|(lo, hi)| format!("{lo:+.3} s to {hi:+.3} s")).unwrap_or_else(|| "-".into());
+        println!("{}: {} polls; new video segments listed {lag} after AST + Period@start + their end", watch.name, watch.polls().len());
+        for (kind, (count, examples)) in watch.problems().0 {
+            let line = format!("{kind}: {count} time(s), e.g. {}", examples.join(" || "));
+            println!("  - {line}");
+            failures.push(line);
+        }
+    }
+    // Every MPD served (to the players and to the watchers) against the schema.
+    match schema() {
+        None => println!("tests/schema/DASH-MPD.xsd absent: schema check skipped"),
+        Some(xsd) => {
+            let mut texts: BTreeSet<String> = live_watch.texts().into_iter().chain(edge_watch.texts()).collect();
+            for phase in [&a, &b] {
+                for (_, proxy) in &phase.proxies {
+                    texts.extend(proxy.hits().into_iter().filter_map(|h| h.mpd));
+                }
+            }
+            let texts: Vec<String> = texts.into_iter().collect();
+            let bad = schema_failures(&xsd, &texts);
+            println!("schema: {} of {} distinct MPDs do not validate", bad.len(), texts.len());
+            if !bad.is_empty() {
+                failures.push(format!("{} of {} MPDs do not validate against DASH-MPD.xsd, e.g. {}", bad.len(), texts.len(), bad[0]));
+            }
+        }
+    }
+    let misses = page.misses.lock().unwrap().clone();
+    if !misses.is_empty() {
+        println!("page server 404s (requests the browser players sent to the page's origin): {misses:?}");
+    }
+    println!("player matrix wall time {:.1} s", test_started.elapsed().as_secs_f64());
+    assert!(failures.is_empty(), "{} check(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// With RACKCAST_PLAYER_LOGS=DIR: every player's output and requests, one file each.
+fn dump(dir: &Path, phases: &[&Phase], page: &PageServer) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (i, phase) in phases.iter().enumerate() {
+        for (_, process) in &phase.processes {
+            std::fs::write(dir.join(format!("{i}-{}.log", process.name)), process.all_lines().join("\n")).unwrap();
+        }
+        for (player, proxy) in &phase.proxies {
+            let lines: Vec<String> = proxy
+                .hits()
+                .iter()
+                .map(|h| format!("{:7.3} {} {} {}", h.at.duration_since(phase.started).as_secs_f64(), h.status, h.method, h.path))
+                .collect();
+            std::fs::write(dir.join(format!("{i}-{}.hits", player.name())), lines.join("\n")).unwrap();
+        }
+    }
+    let reports: Vec<String> = page.reports().iter().map(|r| r.value.to_string()).collect();
+    std::fs::write(dir.join("page-reports.jsonl"), reports.join("\n")).unwrap();
+}
+
+fn fetch_mpd_at(host: &str, path: &str) -> Option<String> {
+    let response = get(&format!("http://{host}{path}"));
+    (response.status() == 200).then(|| response.text().ok()).flatten()
+}
+
+/// Like `wait_until`, but yields `None` at the deadline.
+fn wait_until_or_none<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
