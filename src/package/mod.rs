@@ -8,6 +8,33 @@
 //! renders each dirty stream's MPD once per change, off the streaming threads, after a
 //! short coalescing pause that gathers a segment's renditions into one render. Session
 //! starts and ends, which viewers must see at once, render inline.
+//!
+//! # What players need from the MPD
+//!
+//! Measured with the player matrix in tests/players.rs (Debian 12 versions) and read from
+//! the players' sources. The MPD keeps the form every player accepts; where a player cannot
+//! be served by any form, the matrix lists it as a known gap.
+//!
+//! - **Root tag short, one namespace.** GStreamer 1.22.0's type finder reads 512 bytes and
+//!   must see `<MPD ...>` close inside them, or it calls the document `application/xml`
+//!   (the MPD library declares six unused namespace prefixes; they are removed).
+//! - **An absolute clock URL.** dashdemux/dashdemux2 use UTCTiming's value verbatim, so a
+//!   relative `/time` fails; each node makes it absolute for the Host the viewer asked
+//!   (`mpd::with_clock_origin`). http-iso is the scheme GStreamer, dash.js and Shaka share;
+//!   ffmpeg, VLC and streamlink ignore UTCTiming and use the local clock.
+//! - **A timeline never rewritten, audio on the video's boundaries.** Shaka and dash.js
+//!   key their buffers by (number, t); a listed t or d that changes, or audio segment N
+//!   covering a different second than video segment N, makes them re-fetch or stall.
+//! - **The real `maxSegmentDuration`.** Shaka starts maxSegmentDuration +
+//!   suggestedPresentationDelay behind the newest segment.
+//! - **Known player limits (SegmentTimeline, multi-Period live):**
+//!   ffmpeg 5.1 starts 60 s before the timeline's end and re-reads from the oldest segment
+//!   on every refresh; dashdemux 1.22.0 mis-seeks on a sliding timeline (it adds the first
+//!   segment's start to the repeat index); VLC 3.0 starts at least 6 s behind live and never
+//!   leaves the first Period of a live MPD; streamlink 5.2 reads only the first Period. A
+//!   `SegmentTemplate@duration` form (no timeline) starts ffmpeg, dashdemux and streamlink at
+//!   the live edge but costs Shaka and dashdemux2 and ties availability to the wall clock;
+//!   it is not used.
 
 pub mod fragment;
 pub mod mpd;
