@@ -53,6 +53,40 @@ fn a_codec_change_then_a_disconnect_ends_the_period_and_the_stream_is_removed() 
 }
 
 #[test]
+fn a_source_that_rotates_and_resizes_mid_stream_keeps_playing() {
+    let app = Appliance::start(None);
+    // Landscape, then the phone turns (portrait), then an unusual small size: each a new
+    // codec configuration on one connection, timestamps running on.
+    let clips = [("640x360", (640, 360)), ("360x640", (360, 640)), ("426x240", (426, 240))];
+    let mut publisher = ScriptedPublisher::connect(&app.rtmp, "live", "turn");
+    let mut offset = 0;
+    for (size, _) in &clips {
+        let tags = flv::make(size, 3);
+        publisher.play(&tags, offset).unwrap();
+        offset += tags.last().unwrap().ts + 33;
+    }
+    let mpd = wait_until("a Period for each source shape", Duration::from_secs(15), || {
+        let mpd = fetch_mpd(&app, "turn")?;
+        let ready = mpd.periods.len() == 3
+            && mpd.periods[2].adaptations.iter().flat_map(|a| &a.representations).all(|r| !segments("turn", r).1.is_empty());
+        ready.then_some(mpd)
+    });
+    for (period, (size, (width, height))) in mpd.periods.iter().zip(clips) {
+        let video = period.adaptations.iter().find(|a| a.contentType.as_deref() == Some("video")).unwrap();
+        // The top rung is the source's own size (never upscaled), in its orientation.
+        let top = &video.representations[0];
+        assert_eq!((top.width, top.height), (Some(width), Some(height)), "{size}: {:?}", top.id);
+        let (init, list) = segments("turn", top);
+        let (codec, w, h, frames) = probe(&get_bytes(&app.url(&init)), &get_bytes(&app.url(&list[0].url)));
+        assert_eq!((codec.as_str(), u64::from(w), u64::from(h)), ("h264", width, height), "{size} decodes at its size");
+        assert!(!frames.is_empty());
+    }
+    // Presentation time never goes back across the Periods.
+    let starts: Vec<Duration> = mpd.periods.iter().map(|p| p.start.unwrap()).collect();
+    assert!(starts.windows(2).all(|w| w[0] < w[1]), "{starts:?}");
+}
+
+#[test]
 fn timestamps_that_restart_start_a_contiguous_period_without_a_stall() {
     let app = Appliance::start(None);
     let clip = flv::make("320x240", 4);

@@ -98,10 +98,14 @@ impl StreamTimeline {
 
     /// Opens a Period for a new session, closing the one before it. It starts `start` after
     /// availabilityStartTime, or now when `start` is `None` (a new publish); a re-plan passes
-    /// the end of the previous Period so that the two are contiguous.
+    /// the end of the previous Period so that the two are contiguous. Never before the
+    /// previous Period's end: a publisher that ran ahead of the clock and was taken over (or
+    /// reconnected at once) leaves media past "now", and presentation time must not go back.
     pub fn begin_period(&mut self, session: SessionId, renditions: Vec<RenditionInfo>, start: Option<Duration>, now: SystemTime) -> Duration {
         self.close_current(now);
         let start = start.unwrap_or_else(|| now.duration_since(self.availability_start).unwrap_or_default());
+        let previous_end = self.periods.last().and_then(|p| p.duration.map(|d| p.start + d));
+        let start = previous_end.map_or(start, |end| start.max(end));
         let tracks = renditions
             .into_iter()
             .map(|info| Track { info, codecs: None, segments: VecDeque::new(), next_number: 1 })
@@ -316,6 +320,21 @@ mod tests {
         tl.evict(Duration::from_secs(30), at(5));
         let first = tl.periods[0].tracks[0].segments.front().unwrap().number;
         assert_eq!(first, 30, "30 s of media behind the newest segment stay");
+    }
+
+    #[test]
+    fn a_new_period_never_starts_before_the_previous_one_ended() {
+        let (s1, s2) = (SessionId::parse("s1").unwrap(), SessionId::parse("s2").unwrap());
+        let r = RenditionId::parse("720p").unwrap();
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
+        tl.begin_period(s1.clone(), vec![video("720p")], None, at(0));
+        // Four seconds of media in the first two seconds of wall time (a publisher ahead of
+        // the clock), then a new publish takes over at 2 s.
+        for i in 0..4u64 {
+            tl.add_segment(&s1, &r, i * 1_000_000_000, 1_000_000_000, at(2));
+        }
+        assert_eq!(tl.begin_period(s2, vec![video("720p")], None, at(2)), Duration::from_secs(4));
+        assert_eq!(tl.periods[1].start, Duration::from_secs(4));
     }
 
     #[test]
