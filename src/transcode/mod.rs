@@ -267,10 +267,11 @@ impl KeyframeSchedule {
     }
 }
 
-/// The running times at which video segments start, as the keyframe schedule chose them.
-/// A video segment's duration is the distance to the next boundary: the muxer can only
-/// estimate its last frame's duration, and a duration listed in the MPD must never change
-/// once a player may have read it. The audio waits here for the boundary it must cut at.
+/// The running times at which one rendition kind's segments start, decided upstream of its
+/// muxers: the video's as the keyframe schedule chose them, the audio's as `AudioCuts` did.
+/// A segment's duration is the distance to the next boundary: the muxer can only estimate
+/// its last frame's duration, and a duration listed in the MPD must never change once a
+/// player may have read it. The audio waits on the video's for the boundary it must cut at.
 #[derive(Debug, Default)]
 struct Boundaries {
     list: std::sync::Mutex<BoundaryList>,
