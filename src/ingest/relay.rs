@@ -33,6 +33,9 @@ use crate::stream::{EndSignal, StreamEnd};
 pub const RELAY_APP: &str = "_relay";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const SETUP_TIMEOUT: Duration = Duration::from_secs(3);
+/// An owner that takes none of our bytes for this long (stopped, or its link silently
+/// dead with the socket open) has lost this connection; the relay reconnects.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a relay keeps trying other nodes before it gives the broadcaster up.
 const FAILOVER_BUDGET: Duration = Duration::from_secs(15);
 const INPUT_CAPACITY: usize = 512;
@@ -214,7 +217,9 @@ impl Relay {
                 input = rx.recv() => match input {
                     None => {
                         if let Ok(results) = up.session.stop_publishing() {
-                            let _ = write_results(&mut up.socket, results).await;
+                            if let Err(e) = write_results(&mut up.socket, results).await {
+                                tracing::debug!(node = %up.node, "unpublish not delivered: {e}");
+                            }
                         }
                         return StreamEnd::Finished;
                     }
@@ -227,7 +232,7 @@ impl Relay {
                     Ok(0) => Some("owner closed the connection".to_owned()),
                     Err(e) => Some(e.to_string()),
                     Ok(n) => match up.session.handle_input(&buf[..n]) {
-                        Ok(results) => write_results(&mut up.socket, results).await.err().map(|e| e.to_string()),
+                        Ok(results) => write_results(&mut up.socket, results).await.err(),
                         Err(e) => Some(format!("{e:?}")),
                     },
                 },
@@ -273,7 +278,7 @@ impl Relay {
             }
         };
         match result {
-            Ok(ClientSessionResult::OutboundResponse(packet)) => up.socket.write_all(&packet.bytes).await.map_err(|e| e.to_string()),
+            Ok(ClientSessionResult::OutboundResponse(packet)) => write_within(&mut up.socket, &packet.bytes, WRITE_TIMEOUT).await,
             Ok(_) => Ok(()),
             Err(e) => Err(format!("{e:?}")),
         }
@@ -348,7 +353,7 @@ impl Relay {
                 RelayInput::Packet(p) => publish_packet(&mut up.session, &p),
             };
             if let Ok(ClientSessionResult::OutboundResponse(p)) = result {
-                up.socket.write_all(&p.bytes).await.map_err(|e| peer(e.to_string()))?;
+                write_within(&mut up.socket, &p.bytes, WRITE_TIMEOUT).await.map_err(peer)?;
             }
         }
         Ok(up)
@@ -452,19 +457,47 @@ fn publish_packet(session: &mut ClientSession, packet: &MediaPacket) -> Result<C
     }
 }
 
-async fn write_results(socket: &mut TcpStream, results: Vec<ClientSessionResult>) -> std::io::Result<()> {
+async fn write_results(socket: &mut TcpStream, results: Vec<ClientSessionResult>) -> Result<(), String> {
     for result in results {
         if let ClientSessionResult::OutboundResponse(packet) = result {
-            socket.write_all(&packet.bytes).await?;
+            write_within(socket, &packet.bytes, WRITE_TIMEOUT).await?;
         }
     }
     Ok(())
+}
+
+/// Writes all of `bytes`, or fails when the peer has not taken them within `limit`.
+async fn write_within(socket: &mut TcpStream, bytes: &[u8], limit: Duration) -> Result<(), String> {
+    match timeout(limit, socket.write_all(bytes)).await {
+        Ok(written) => written.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("owner took no data for {limit:?}")),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use rml_rtmp::rml_amf0::Amf0Value;
+
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_fails_the_write_within_its_limit() {
+        // A peer that accepts and never reads: once both socket buffers are full, the write
+        // blocks, as towards a stopped owner.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut socket = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (_silent, _) = listener.accept().await.unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        let started = Instant::now();
+        let mut outcome = Ok(());
+        for _ in 0..64 {
+            outcome = write_within(&mut socket, &chunk, Duration::from_millis(300)).await;
+            if outcome.is_err() {
+                break;
+            }
+        }
+        assert!(outcome.as_ref().is_err_and(|e| e.contains("took no data")), "{outcome:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "gave up after {:?}", started.elapsed());
+    }
 
     fn status(level: &str, code: &str, description: &str) -> Vec<Amf0Value> {
         let text = |s: &str| Amf0Value::Utf8String(s.to_owned());
