@@ -125,8 +125,8 @@ fn without_unused_namespaces(xml: &str) -> String {
 /// The MPD as served to one viewer: its UTCTiming clock URL made absolute for `origin`
 /// (`http://host:port`, already validated by the caller). A tier passes its own origin, so
 /// the URL it received from upstream is replaced as well. `None` leaves the document as is.
-pub fn with_clock_origin(mpd: &[u8], origin: Option<&str>) -> bytes::Bytes {
-    let unchanged = || bytes::Bytes::copy_from_slice(mpd);
+pub fn with_clock_origin(mpd: &bytes::Bytes, origin: Option<&str>) -> bytes::Bytes {
+    let unchanged = || mpd.clone();
     let (Some(origin), Ok(text)) = (origin, std::str::from_utf8(mpd)) else { return unchanged() };
     let element = format!("<UTCTiming schemeIdUri=\"{UTC_TIMING_SCHEME}\" value=\"");
     let Some(start) = text.find(&element).map(|i| i + element.len()) else { return unchanged() };
@@ -351,7 +351,8 @@ mod tests {
     fn clock_url_is_made_absolute_for_the_viewers_host() {
         let (tl, _) = timeline();
         let xml = render(&tl, &TIMING).unwrap();
-        let served = with_clock_origin(xml.as_bytes(), Some("http://edge.example:8080"));
+        let xml = bytes::Bytes::from(xml);
+        let served = with_clock_origin(&xml, Some("http://edge.example:8080"));
         let mpd = dash::parse(std::str::from_utf8(&served).unwrap()).unwrap();
         assert_eq!(mpd.UTCTiming[0].value.as_deref(), Some("http://edge.example:8080/time"));
         // A tier re-serving an upstream's MPD puts its own origin in place of the upstream's.
@@ -359,7 +360,7 @@ mod tests {
         let mpd = dash::parse(std::str::from_utf8(&again).unwrap()).unwrap();
         assert_eq!(mpd.UTCTiming[0].value.as_deref(), Some("http://[::1]:9000/time"));
         assert_eq!(served.len() - xml.len(), "http://edge.example:8080".len());
-        assert_eq!(&with_clock_origin(xml.as_bytes(), None)[..], xml.as_bytes());
+        assert_eq!(with_clock_origin(&xml, None), xml);
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub struct Transcoder {
     pipeline: gst::Pipeline,
     video_src: Option<AppSrc>,
     audio_src: Option<AppSrc>,
+    /// How long one AAC frame (1024 samples) of the source lasts.
+    audio_frame: Option<gst::ClockTime>,
     /// The input whose queue paces the stream: video, or audio for an audio-only source.
     paced_src: AppSrc,
     /// Woken when the paced appsrc asks for data (its queue fell below half its bound).
@@ -134,6 +136,11 @@ impl Transcoder {
             Ok(Some(src))
         };
         let video_src = with_caps(VIDEO_SRC, video_caps.filter(|_| spec.has_video()))?;
+        let audio_frame = audio_caps
+            .as_ref()
+            .and_then(|c| c.structure(0)?.get::<i32>("rate").ok())
+            .filter(|rate| *rate > 0)
+            .map(|rate| gst::ClockTime::from_nseconds(1024 * 1_000_000_000 / rate as u64));
         let audio_src = with_caps(AUDIO_SRC, audio_caps)?;
         let paced_src = video_src.clone().or_else(|| audio_src.clone()).ok_or_else(|| TranscodeError::NoElement("an input (no video, no audio)".into()))?;
         let room = Arc::new(tokio::sync::Notify::new());
@@ -161,7 +168,7 @@ impl Transcoder {
             attach_sink(&sink, binding, output.clone(), Arc::clone(cuts));
         }
         pipeline.set_state(gst::State::Playing).map_err(|e| TranscodeError::Start(e.to_string()))?;
-        Ok(Self { pipeline, video_src, audio_src, paced_src, room, boundaries })
+        Ok(Self { pipeline, video_src, audio_src, audio_frame, paced_src, room, boundaries })
     }
 
     pub fn bus(&self) -> gst::Bus {
@@ -212,8 +219,7 @@ impl Transcoder {
         let frame = buffer.get_mut().expect("fresh buffer is writable");
         frame.set_pts(gst::ClockTime::from_mseconds(pts_ms));
         // Its duration, so that the muxer knows where the last frame of a stream ends.
-        let rate = src.caps().and_then(|c| c.structure(0).and_then(|s| s.get::<i32>("rate").ok())).filter(|r| *r > 0);
-        frame.set_duration(rate.map(|r| gst::ClockTime::from_nseconds(1024 * 1_000_000_000 / r as u64)));
+        frame.set_duration(self.audio_frame);
         src.push_buffer(buffer).map(|_| ()).map_err(|e| TranscodeError::Push(format!("audio: {e:?}")))
     }
 
