@@ -68,6 +68,7 @@ const KNOWN_GAPS: &[(&str, Player, &str, &str)] = &[
     // change (the refresh fails when the Representation count changes, then it loops on 404).
     ("", Player::Ffmpeg, "behind the newest listed", "dashdec starts 60 s before the timeline end"),
     ("", Player::Ffmpeg, "non monotonically increasing dts", "dashdec re-reads from the oldest segment on each refresh"),
+    ("", Player::Ffmpeg, "decoded", "dashdec re-reads from the oldest segment on each refresh"),
     ("b+c", Player::Ffmpeg, "request(s) failed", "dashdec cannot follow a live Period change"),
     ("b+c", Player::Ffmpeg, "error line", "dashdec cannot follow a live Period change"),
     // dashdemux (GStreamer 1.22.0): gst_mpd_client_stream_seek adds the first listed
