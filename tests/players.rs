@@ -94,6 +94,8 @@ const KNOWN_GAPS: &[(&str, Player, &str, &str)] = &[
     // streamlink 5.2 reads periods[0] only (stream/dash.py).
     ("b+c", Player::Streamlink, "did not follow", "streamlink 5.2 reads only the first Period"),
     ("b+c", Player::Streamlink, "error line", "streamlink 5.2 reads only the first Period"),
+    // ...so its playback ends where the first Period does, however late the re-plan came.
+    ("b+c", Player::Streamlink, "decoded", "streamlink 5.2 reads only the first Period"),
 ];
 
 /// The known gap a failure line is, if any.
