@@ -70,6 +70,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         update_period: config.package.manifest_update_period,
         dvr_window: config.package.dvr_window,
         presentation_delay: config.package.presentation_delay,
+        number_form_delay: config.package.number_form_delay,
     };
     let packager = Arc::new(Packager::new(Arc::clone(&store), timing));
     let tracker = TaskTracker::new();

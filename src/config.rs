@@ -17,6 +17,9 @@ pub const DEFAULT_DVR_WINDOW: Duration = Duration::from_secs(30);
 pub const DEFAULT_SEGMENT_DURATION: Duration = Duration::from_secs(1);
 pub const DEFAULT_PRESENTATION_DELAY: Duration = Duration::from_secs(1);
 pub const DEFAULT_MANIFEST_UPDATE_PERIOD: Duration = Duration::from_secs(1);
+/// A segment is finished about 0.9 to 2 s after its end (the transcoder's lag, reported as
+/// `health.lag_ms`).
+pub const DEFAULT_NUMBER_FORM_DELAY: Duration = Duration::from_secs(2);
 /// Past the DVR-window-sized lag a player tolerates; an uplink-bound publisher that lags
 /// for a few seconds keeps its Period.
 pub const DEFAULT_MAX_CLOCK_DRIFT: Duration = Duration::from_secs(15);
@@ -209,6 +212,11 @@ pub struct PackageConfig {
     /// per period per viewer (edges coalesce and cache them).
     #[serde(with = "humantime_serde")]
     pub manifest_update_period: Duration,
+    /// How long after its end `manifest-number.mpd` (the Number form, where players compute
+    /// segment numbers from the clock) says a segment is available: at least the time the
+    /// transcoder and packager take to finish one, or such players ask for it early (404).
+    #[serde(with = "humantime_serde")]
+    pub number_form_delay: Duration,
     /// When a stream's media falls this far behind the wall clock (a stalled uplink, a
     /// publisher that paused), the next keyframe starts a new Period anchored to now, so
     /// the MPD's live edge matches what exists again.
@@ -242,6 +250,7 @@ impl Default for PackageConfig {
             dvr_window: DEFAULT_DVR_WINDOW,
             presentation_delay: DEFAULT_PRESENTATION_DELAY,
             manifest_update_period: DEFAULT_MANIFEST_UPDATE_PERIOD,
+            number_form_delay: DEFAULT_NUMBER_FORM_DELAY,
             max_clock_drift: DEFAULT_MAX_CLOCK_DRIFT,
         }
     }
@@ -376,6 +385,9 @@ impl Config {
         if self.tier.negative_ttl >= seg {
             // A remembered 404 must not hide a stream that starts for a whole segment.
             return Err(invalid("tier.negative_ttl", "must be shorter than package.segment_duration"));
+        }
+        if self.package.number_form_delay > seg * 10 {
+            return Err(invalid("package.number_form_delay", "must be at most ten segment durations"));
         }
         if self.package.max_clock_drift < seg * 2 {
             return Err(invalid("package.max_clock_drift", "must be at least two segment durations"));

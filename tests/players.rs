@@ -4,7 +4,9 @@
 //!
 //! Players: ffmpeg (`-re`, decoding to null), GStreamer `playbin` (dashdemux) and
 //! `playbin3` (dashdemux2) into synchronised fakesinks, VLC (`--vout stats`), streamlink
-//! piped into ffmpeg, and dash.js and Shaka Player in one headless Chromium page.
+//! piped into ffmpeg, and dash.js and Shaka Player in one headless Chromium page. The
+//! browser players read `manifest.mpd` (SegmentTimeline), the others `manifest-number.mpd`
+//! (SegmentTemplate@duration), as the README tells their users to.
 //!
 //! A three-node federation (live, origin, edge) with a short DVR window and a cheap
 //! 320x180 ladder. Phases, players of a phase run concurrently:
@@ -61,39 +63,36 @@ const EDGE_SLACK: u64 = 3;
 /// line contains, why). They are printed on every run, not failed on; everything else is.
 /// Remove an entry when the run prints that it no longer happens.
 const KNOWN_GAPS: &[(&str, Player, &str, &str)] = &[
-    // ffmpeg 5.1 dashdec: with a SegmentTimeline it starts 60 s before the timeline's end
-    // (calc_cur_seg_no), i.e. at the oldest listed segment, and on every manifest refresh
-    // stores a timeline index as a segment number (move_timelines), so it jumps back to the
-    // oldest segment over and over: audio DTS go backwards. It cannot follow a live Period
-    // change (the refresh fails when the Representation count changes, then it loops on 404).
-    ("", Player::Ffmpeg, "behind the newest listed", "dashdec starts 60 s before the timeline end"),
-    ("", Player::Ffmpeg, "non monotonically increasing dts", "dashdec re-reads from the oldest segment on each refresh"),
-    ("", Player::Ffmpeg, "decoded", "dashdec re-reads from the oldest segment on each refresh"),
-    ("b+c", Player::Ffmpeg, "request(s) failed", "dashdec cannot follow a live Period change"),
+    // ffmpeg 5.1 dashdec cannot follow a live Period change: the refresh fails when the
+    // Representation count changes, and it asks for numbers past the old Period's end (404)
+    // for as long as it runs.
     ("b+c", Player::Ffmpeg, "error line", "dashdec cannot follow a live Period change"),
-    // dashdemux (GStreamer 1.22.0): gst_mpd_client_stream_seek adds the first listed
-    // segment's start to the repeat index, so on a sliding timeline it seeks past the newest
-    // segment (404) or after the last one ("Seek to after last segment").
-    ("", Player::Playbin, "decoded", "dashdemux 1.22 mis-seeks on a sliding SegmentTimeline"),
-    ("", Player::Playbin, "request(s) failed", "dashdemux 1.22 mis-seeks on a sliding SegmentTimeline"),
-    ("", Player::Playbin, "fetched no media segment", "dashdemux 1.22 mis-seeks on a sliding SegmentTimeline"),
-    ("", Player::Playbin, "did not follow", "dashdemux 1.22 mis-seeks on a sliding SegmentTimeline"),
-    ("", Player::Playbin, "behind the newest listed", "dashdemux 1.22 mis-seeks on a sliding SegmentTimeline"),
-    ("", Player::Playbin, "in no MPD polled", "dashdemux 1.22 mis-seeks on a sliding SegmentTimeline"),
-    // dashdemux2 (1.22.0) shares that seek code, and in gst-launch waits for a 10 s
-    // low-watermark that DASH never sets.
-    ("", Player::Playbin3, "decoded", "dashdemux2 1.22 mis-seeks and keeps buffering"),
-    ("", Player::Playbin3, "behind the newest listed", "dashdemux2 1.22 mis-seeks on a sliding SegmentTimeline"),
-    ("", Player::Playbin3, "fetched no media segment", "dashdemux2 1.22 mis-seeks on a sliding SegmentTimeline"),
-    ("", Player::Playbin3, "did not follow", "dashdemux2 1.22 mis-seeks and keeps buffering"),
+    ("b+c", Player::Ffmpeg, "request(s) failed", "dashdec cannot follow a live Period change"),
+    ("b+c", Player::Ffmpeg, "did not follow", "dashdec cannot follow a live Period change"),
+    // dashdemux (GStreamer 1.22.0) stays in the first Period of a live MPD, asking for the
+    // number after its end.
+    ("b+c", Player::Playbin, "request(s) failed", "dashdemux 1.22 stays in the first Period of a live MPD"),
+    ("b+c", Player::Playbin, "did not follow", "dashdemux 1.22 stays in the first Period of a live MPD"),
+    // dashdemux2 (1.22.0): a DASH stream recommends no buffering threshold, so it buffers up
+    // to its 30 s high watermark before it plays (the 20 s phases end first, at about 70 %);
+    // it starts a segment or two further back, asserts on a manifest update across the
+    // Period change and stays in the old Period.
+    ("", Player::Playbin3, "decoded", "dashdemux2 1.22 buffers 30 s before it plays"),
+    ("", Player::Playbin3, "behind the newest listed", "dashdemux2 1.22 buffers 30 s before it plays"),
+    ("", Player::Playbin3, "fetched no media segment", "dashdemux2 1.22 buffers 30 s before it plays"),
+    ("b+c", Player::Playbin3, "error line", "dashdemux2 1.22 asserts on a manifest update across a Period change"),
+    ("b+c", Player::Playbin3, "request(s) failed", "dashdemux2 1.22 stays in the first Period of a live MPD"),
+    ("b+c", Player::Playbin3, "did not follow", "dashdemux2 1.22 stays in the first Period of a live MPD"),
     // VLC 3.0: live delay is max(suggestedPresentationDelay, 6 s, minBufferTime)
     // (BufferingLogic::getLiveDelay); it never leaves the first Period of a live MPD.
     ("", Player::Vlc, "behind the newest listed", "VLC 3.0 starts at least 6 s behind live"),
     ("", Player::Vlc, "error line", "VLC 3.0 reports its own buffering adjustments as errors"),
+    ("b+c", Player::Vlc, "request(s) failed", "VLC 3.0 never leaves the first Period of a live MPD"),
     ("b+c", Player::Vlc, "did not follow", "VLC 3.0 never leaves the first Period of a live MPD"),
-    // streamlink 5.2 reads periods[0] only (stream/dash.py).
+    // streamlink 5.2 reads periods[0] only (stream/dash.py)...
     ("b+c", Player::Streamlink, "did not follow", "streamlink 5.2 reads only the first Period"),
     ("b+c", Player::Streamlink, "error line", "streamlink 5.2 reads only the first Period"),
+    ("b+c", Player::Streamlink, "request(s) failed", "streamlink 5.2 reads only the first Period"),
     // ...so its playback ends where the first Period does, however late the re-plan came.
     ("b+c", Player::Streamlink, "decoded", "streamlink 5.2 reads only the first Period"),
 ];
@@ -130,6 +129,24 @@ impl Player {
             Player::Streamlink => "streamlink",
             Player::DashJs => "dash.js",
             Player::Shaka => "shaka",
+        }
+    }
+}
+
+impl Player {
+    /// The manifest this player is given. Players that compute segment numbers from the
+    /// clock and cannot use a sliding SegmentTimeline (ffmpeg's dashdec, GStreamer 1.22's
+    /// dashdemux, VLC 3.0, streamlink 5.2) get the Number form; the browser players the
+    /// Timeline form. RACKCAST_PLAYERS_FORM=timeline|number gives every player one form.
+    fn manifest(self) -> &'static str {
+        match std::env::var("RACKCAST_PLAYERS_FORM").as_deref() {
+            Ok("timeline") => return "manifest.mpd",
+            Ok("number") => return "manifest-number.mpd",
+            _ => {}
+        }
+        match self {
+            Player::DashJs | Player::Shaka => "manifest.mpd",
+            _ => "manifest-number.mpd",
         }
     }
 }
@@ -247,7 +264,7 @@ struct Phase {
 fn start_phase(name: &'static str, upstream: &str, page: &PageServer) -> Phase {
     let proxies: Vec<(Player, RecordingProxy)> = PLAYERS.iter().map(|&p| (p, RecordingProxy::start(upstream))).collect();
     let mpd = |player: Player| {
-        proxies.iter().find(|(p, _)| *p == player).unwrap().1.url(&format!("/live/{STREAM}/manifest.mpd"))
+        proxies.iter().find(|(p, _)| *p == player).unwrap().1.url(&format!("/live/{STREAM}/{}", player.manifest()))
     };
     let mut processes = Vec::new();
     let mut dirs = Vec::new();
@@ -498,8 +515,11 @@ fn every_real_client_plays_live_through_an_edge_and_across_a_period_change() {
 
     let mut publish = publisher(&format!("rtmp://127.0.0.1:{}/live/{STREAM}", nodes[0].rtmp));
     let published = Instant::now();
+    let number_path = format!("/live/{STREAM}/manifest-number.mpd");
     let mut live_watch = MpdWatcher::start("live MPD", format!("http://{live}{mpd_path}"));
     let mut edge_watch = MpdWatcher::start("edge MPD", format!("http://{edge}{mpd_path}"));
+    let mut live_number = MpdWatcher::start("live number MPD", format!("http://{live}{number_path}"));
+    let mut edge_number = MpdWatcher::start("edge number MPD", format!("http://{edge}{number_path}"));
     let page = PageServer::start();
 
     // Older than the DVR window: the first segments have been evicted.
@@ -529,9 +549,12 @@ fn every_real_client_plays_live_through_an_edge_and_across_a_period_change() {
     };
     thread::sleep(end.saturating_duration_since(Instant::now()));
     b.stop();
+    // The watchers stop while the stream is live: once media stops, the Number form goes
+    // on announcing segments by the clock that will never exist, until the stream ends.
+    for watch in [&mut live_watch, &mut edge_watch, &mut live_number, &mut edge_number] {
+        watch.stop();
+    }
     publish.stop(Duration::from_secs(2));
-    live_watch.stop();
-    edge_watch.stop();
 
     let mut failures: Vec<String> = Vec::new();
     let new_period = change.as_ref().and_then(|(_, ids)| ids.iter().find(|id| !periods_before.contains(*id)).cloned());
@@ -587,7 +610,7 @@ fn every_real_client_plays_live_through_an_edge_and_across_a_period_change() {
     println!("{players_ok} of {} player runs without a failure; {} known gap(s) seen", verdicts.len(), gaps_seen.len());
 
     // The MPD's shape, on every poll.
-    for watch in [&live_watch, &edge_watch] {
+    for watch in [&live_watch, &edge_watch, &live_number, &edge_number] {
         let lag = watch.listing_lag().map(|(lo, hi)| format!("{lo:+.3} s to {hi:+.3} s")).unwrap_or_else(|| "-".into());
         println!("{}: {} polls; new video segments listed {lag} after AST + Period@start + their end", watch.name, watch.polls().len());
         for (kind, (count, examples)) in watch.problems().0 {
@@ -596,11 +619,24 @@ fn every_real_client_plays_live_through_an_edge_and_across_a_period_change() {
             failures.push(line);
         }
     }
+    // The Number form never announces a segment by the clock before the Timeline form
+    // lists it (number_form_delay covers the transcoder's lag).
+    for (number, timeline) in [(&live_number, &live_watch), (&edge_number, &edge_watch)] {
+        let (judged, early) = announced_before_listed(number, timeline);
+        println!("{}: {judged} polls compared with {}, {} announced a segment not listed yet", number.name, timeline.name, early.len());
+        if judged == 0 {
+            failures.push(format!("{}: no poll could be compared with {}", number.name, timeline.name));
+        }
+        if let Some(first) = early.first() {
+            failures.push(format!("{}: {} poll(s) announced a segment before {} listed it, e.g. {first}", number.name, early.len(), timeline.name));
+        }
+    }
     // Every MPD served (to the players and to the watchers) against the schema.
     match schema() {
         None => println!("tests/schema/DASH-MPD.xsd absent: schema check skipped"),
         Some(xsd) => {
-            let mut texts: BTreeSet<String> = live_watch.texts().into_iter().chain(edge_watch.texts()).collect();
+            let mut texts: BTreeSet<String> =
+                [&live_watch, &edge_watch, &live_number, &edge_number].iter().flat_map(|w| w.texts()).collect();
             for phase in [&a, &b] {
                 for (_, proxy) in &phase.proxies {
                     texts.extend(proxy.hits().into_iter().filter_map(|h| h.mpd));
@@ -620,6 +656,23 @@ fn every_real_client_plays_live_through_an_edge_and_across_a_period_change() {
     }
     println!("player matrix wall time {:.1} s", test_started.elapsed().as_secs_f64());
     assert!(failures.is_empty(), "{} check(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Compares every poll of a Number-form watcher with the Timeline-form watcher's poll
+/// before it: (polls compared, one line per poll whose newest segment by the clock was not
+/// listed yet).
+fn announced_before_listed(number: &MpdWatcher, timeline: &MpdWatcher) -> (usize, Vec<String>) {
+    let (mut judged, mut early) = (0, Vec::new());
+    for poll in number.polls() {
+        for ((period, rendition), &announced) in &poll.newest {
+            let Some(listed) = timeline.newest_at(poll.at, period, rendition) else { continue };
+            judged += 1;
+            if announced > listed {
+                early.push(format!("{rendition} {announced} in Period {period} (listed: {listed})"));
+            }
+        }
+    }
+    (judged, early)
 }
 
 /// With RACKCAST_PLAYER_LOGS=DIR: every player's output and requests, one file each.

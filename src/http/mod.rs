@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tower_http::cors::CorsLayer;
 
 use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
-use crate::store::{ObjectKey, Part, Store};
+use crate::store::{ManifestForm, ObjectKey, Part, Store};
 use crate::stream::StreamRegistry;
 
 pub const MPD_CONTENT_TYPE: &str = "application/dash+xml";
@@ -74,7 +74,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/live", get(list_streams))
         .route("/live/{stream}", get(stream_status))
         .route("/live/{stream}/uplink", get(uplink))
-        .route("/live/{stream}/manifest.mpd", get(manifest))
+        .route("/live/{stream}/manifest.mpd", get(|s, p, h| manifest(s, p, h, ManifestForm::Timeline)))
+        .route("/live/{stream}/manifest-number.mpd", get(|s, p, h| manifest(s, p, h, ManifestForm::Number)))
         .route("/live/{stream}/{rendition}/{file}", get(object))
         .route(UTC_TIMING_PATH, get(clock))
         .route("/metrics/live", get(live_metrics))
@@ -172,13 +173,13 @@ async fn live_metrics(State(state): State<HttpState>) -> Response {
     no_store(Json(body))
 }
 
-async fn manifest(State(state): State<HttpState>, Path(stream): Path<String>, headers: HeaderMap) -> Response {
+async fn manifest(State(state): State<HttpState>, Path(stream): Path<String>, headers: HeaderMap, form: ManifestForm) -> Response {
     state.stats.manifest_requests.fetch_add(1, Ordering::Relaxed);
     let stream = match path::stream(&stream) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    match state.store.manifest(&stream) {
+    match state.store.manifest(&stream, form) {
         Some(mpd) => bytes_response(with_clock_origin(&mpd, viewer_origin(&headers).as_deref()), MPD_CONTENT_TYPE, MANIFEST_CACHE),
         // Playable in a moment: nobody may remember this answer.
         None if state.store.contains_stream(&stream) => error(StatusCode::NOT_FOUND, "stream has no playable segment yet\n"),
@@ -272,6 +273,8 @@ mod tests {
         for (uri, status) in [
             ("/live/cam/720p/abc-8.m4s", StatusCode::NOT_FOUND),
             ("/live/nope/manifest.mpd", StatusCode::NOT_FOUND),
+            ("/live/nope/manifest-number.mpd", StatusCode::NOT_FOUND),
+            ("/live/cam/manifest-other.mpd", StatusCode::NOT_FOUND),
             ("/live/cam/720p/abc-x.m4s", StatusCode::BAD_REQUEST),
             ("/live/%2e%2e/manifest.mpd", StatusCode::BAD_REQUEST),
             ("/live/cam/..%2F..%2Fetc/passwd", StatusCode::BAD_REQUEST),
@@ -287,6 +290,7 @@ mod tests {
         for (uri, cache) in [
             ("/live/cam/720p/abc-8.m4s", "no-store"),
             ("/live/cam/manifest.mpd", "no-store"),
+            ("/live/cam/manifest-number.mpd", "no-store"),
             ("/live/nope/720p/abc-8.m4s", UNKNOWN_STREAM_CACHE),
             ("/live/nope/manifest.mpd", UNKNOWN_STREAM_CACHE),
         ] {

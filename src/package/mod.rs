@@ -12,8 +12,23 @@
 //! # What players need from the MPD
 //!
 //! Measured with the player matrix in tests/players.rs (Debian 12 versions) and read from
-//! the players' sources. The MPD keeps the form every player accepts; where a player cannot
-//! be served by any form, the matrix lists it as a known gap.
+//! the players' sources. No single form serves every player, so each live stream has two
+//! (`mpd::ManifestForm`), listing the same segments under the same URLs:
+//!
+//! - **`manifest.mpd`, SegmentTimeline**, for dash.js and Shaka: the real segment times,
+//!   so they never ask for a segment before it is listed, whatever the transcoder's lag.
+//! - **`manifest-number.mpd`, SegmentTemplate@duration and `$Number$`**, for ffmpeg,
+//!   GStreamer, VLC and streamlink, which compute the newest segment from the clock.
+//!   ffmpeg 5.1 starts 60 s before a SegmentTimeline's end and re-reads from the oldest
+//!   segment on every refresh; dashdemux 1.22.0 mis-seeks on a sliding timeline (it adds
+//!   the first segment's start to the repeat index). The form relies on segment numbers
+//!   on one grid from availabilityStartTime (`timeline::Period::first_number`, new
+//!   publishes start on the grid) and states availability `number_form_delay` late, so
+//!   a clock-driven player never asks for a segment still being encoded. It carries
+//!   `availabilityTimeComplete="false"`: VLC 3.0 computes its start from the clock only
+//!   then, and otherwise starts about 20 s back, before the DVR window.
+//!
+//! Both forms:
 //!
 //! - **Root tag short, one namespace.** GStreamer 1.22.0's type finder reads 512 bytes and
 //!   must see `<MPD ...>` close inside them, or it calls the document `application/xml`
@@ -27,14 +42,10 @@
 //!   covering a different second than video segment N, makes them re-fetch or stall.
 //! - **The real `maxSegmentDuration`.** Shaka starts maxSegmentDuration +
 //!   suggestedPresentationDelay behind the newest segment.
-//! - **Known player limits (SegmentTimeline, multi-Period live):**
-//!   ffmpeg 5.1 starts 60 s before the timeline's end and re-reads from the oldest segment
-//!   on every refresh; dashdemux 1.22.0 mis-seeks on a sliding timeline (it adds the first
-//!   segment's start to the repeat index); VLC 3.0 starts at least 6 s behind live and never
-//!   leaves the first Period of a live MPD; streamlink 5.2 reads only the first Period. A
-//!   `SegmentTemplate@duration` form (no timeline) starts ffmpeg, dashdemux and streamlink at
-//!   the live edge but costs Shaka and dashdemux2 and ties availability to the wall clock;
-//!   it is not used.
+//! - **Known player limits:** ffmpeg 5.1, dashdemux and dashdemux2 1.22.0, VLC 3.0 and
+//!   streamlink 5.2 never leave the first Period of a live MPD, so a re-plan or a
+//!   republish ends their playback; VLC 3.0 stays at least 6 s behind live; dashdemux2
+//!   1.22.0 buffers 30 s before it plays (DASH gives it no recommended threshold).
 
 pub mod fragment;
 pub mod mpd;
@@ -50,7 +61,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::media::{CmafSegment, RenditionId, SessionId, StreamId};
-use crate::store::{ObjectKey, Part, Store, StreamSummary};
+use crate::store::{ManifestForm, ObjectKey, Part, Store, StreamSummary};
 use mpd::MpdTiming;
 use timeline::{RenditionInfo, StreamTimeline};
 
@@ -88,7 +99,7 @@ impl Packager {
         let timeline = match self.timeline(stream) {
             Some(tl) => tl,
             None => Arc::clone(
-                self.timelines.write().entry(stream.clone()).or_insert_with(|| Arc::new(Mutex::new(StreamTimeline::new(stream.clone(), now)))),
+                self.timelines.write().entry(stream.clone()).or_insert_with(|| Arc::new(Mutex::new(StreamTimeline::new(stream.clone(), self.timing.segment_duration, now)))),
             ),
         };
         let mut tl = timeline.lock();
@@ -196,9 +207,9 @@ impl Packager {
         !evicted.is_empty()
     }
 
-    /// Renders the timeline's manifest into the store.
+    /// Renders the timeline's manifests into the store.
     fn publish(&self, tl: &StreamTimeline) {
-        let manifest = mpd::render(tl, &self.timing).map(Bytes::from);
+        let manifests = ManifestForm::ALL.map(|form| mpd::render(tl, &self.timing, form).map(Bytes::from));
         let current = tl.periods.last();
         let summary = StreamSummary {
             stream: tl.stream.clone(),
@@ -206,6 +217,6 @@ impl Packager {
             session: current.map(|p| p.session.clone()),
             renditions: current.map(|p| p.tracks.iter().map(|t| t.info.id.clone()).collect()).unwrap_or_default(),
         };
-        self.store.set_manifest(&tl.stream, manifest, summary);
+        self.store.set_manifests(&tl.stream, manifests, summary);
     }
 }

@@ -1,9 +1,14 @@
 //! MPD rendering: a pure function from a stream's timeline to its manifest.
 //!
-//! Live streams get a `dynamic` MPD whose SegmentTimeline carries the muxers' real segment
-//! times (audio segments are not exactly 1 s: AAC frames are 1024 samples). Each publish
+//! Live streams get a `dynamic` MPD in two forms ([`ManifestForm`]) that list the same
+//! segments under the same URLs. The Timeline form's SegmentTimeline carries the muxers'
+//! real segment times (audio segments are not exactly 1 s: AAC frames are 1024 samples).
+//! The Number form has no timeline: `SegmentTemplate@duration` and each Period's
+//! `startNumber` let a player compute the newest segment's number from the clock, which the
+//! grid numbering of the timeline guarantees (see `Period::first_number`). Each publish
 //! session is a Period whose segment URLs carry the session id, so a URL never names two
-//! byte strings. An ended stream becomes `static`, rebased to start at zero.
+//! byte strings. An ended stream becomes `static`, rebased to start at zero, and is the
+//! same document in both forms.
 
 use std::time::{Duration, SystemTime};
 
@@ -12,6 +17,7 @@ use dash_mpd_core as dash;
 
 use super::timeline::{Period, StreamTimeline, Track};
 use crate::media::TrackKind;
+pub use crate::store::ManifestForm;
 
 /// Manifest-wide timing, from the package config.
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +27,9 @@ pub struct MpdTiming {
     pub update_period: Duration,
     pub dvr_window: Duration,
     pub presentation_delay: Duration,
+    /// How long after its end the Number form says a segment is available: the time the
+    /// transcoder and packager take, so that clock-driven players never ask early.
+    pub number_form_delay: Duration,
 }
 
 const PROFILES: &str = "urn:mpeg:dash:profile:isoff-live:2011,urn:mpeg:dash:profile:cmaf:2019";
@@ -49,9 +58,11 @@ fn utc(t: SystemTime) -> DateTime<Utc> {
     DateTime::<Utc>::from(t)
 }
 
-/// Renders the manifest, or `None` while no rendition is playable yet.
-pub fn render(timeline: &StreamTimeline, timing: &MpdTiming) -> Option<String> {
+/// Renders the manifest in `form`, or `None` while no rendition is playable yet.
+pub fn render(timeline: &StreamTimeline, timing: &MpdTiming, form: ManifestForm) -> Option<String> {
     let live = timeline.is_live();
+    // Only a live presentation is addressed by the clock; a static one lists its segments.
+    let form = if live { form } else { ManifestForm::Timeline };
     // A static presentation starts at its first retained media; a dynamic one keeps every
     // Period@start fixed across updates, as players require.
     let offsets: Vec<Duration> = timeline.periods.iter().map(|p| if live { Duration::ZERO } else { first_media_offset(p) }).collect();
@@ -60,7 +71,7 @@ pub fn render(timeline: &StreamTimeline, timing: &MpdTiming) -> Option<String> {
     let mut periods = Vec::new();
     let mut end = Duration::ZERO;
     for (period, offset) in timeline.periods.iter().zip(&offsets) {
-        let adaptations = adaptation_sets(period, *offset);
+        let adaptations = adaptation_sets(period, *offset, form, timeline.segment_duration);
         if adaptations.is_empty() {
             continue;
         }
@@ -88,7 +99,8 @@ pub fn render(timeline: &StreamTimeline, timing: &MpdTiming) -> Option<String> {
     };
     if live {
         mpd.mpdtype = Some("dynamic".into());
-        mpd.availabilityStartTime = Some(utc(timeline.availability_start));
+        let delay = if form == ManifestForm::Number { timing.number_form_delay } else { Duration::ZERO };
+        mpd.availabilityStartTime = Some(utc(timeline.availability_start + delay));
         mpd.minimumUpdatePeriod = Some(timing.update_period);
         mpd.timeShiftBufferDepth = Some(timing.dvr_window);
         mpd.suggestedPresentationDelay = Some(timing.presentation_delay);
@@ -164,14 +176,23 @@ fn first_media_offset(period: &Period) -> Duration {
         .unwrap_or_default()
 }
 
-fn adaptation_sets(period: &Period, offset: Duration) -> Vec<dash::AdaptationSet> {
+fn adaptation_sets(period: &Period, offset: Duration, form: ManifestForm, segment_duration: Duration) -> Vec<dash::AdaptationSet> {
     let mut sets = Vec::new();
     for (index, kind) in [TrackKind::Video, TrackKind::Audio].into_iter().enumerate() {
         let tracks: Vec<&Track> = period.tracks.iter().filter(|t| t.info.kind == kind && t.is_playable()).collect();
         if tracks.is_empty() {
             continue;
         }
-        let representations = tracks.iter().map(|t| representation(t, period.session.as_str(), offset)).collect();
+        let representations = tracks
+            .iter()
+            .map(|t| {
+                let template = match form {
+                    ManifestForm::Timeline => timeline_template(t, period.session.as_str(), offset),
+                    ManifestForm::Number => number_template(t, period, segment_duration),
+                };
+                representation(t, template)
+            })
+            .collect();
         let mut set = dash::AdaptationSet {
             id: Some(index.to_string()),
             segmentAlignment: Some(true),
@@ -205,14 +226,14 @@ fn aspect_ratio(width: u32, height: u32) -> String {
     format!("{}:{}", width / g, height / g)
 }
 
-fn representation(track: &Track, session: &str, offset: Duration) -> dash::Representation {
-    let info = &track.info;
-    let scale = u64::from(info.timescale);
+/// The Timeline form: every listed segment's real start and duration.
+fn timeline_template(track: &Track, session: &str, offset: Duration) -> dash::SegmentTemplate {
+    let scale = u64::from(track.info.timescale);
     let pto = (offset.as_secs_f64() * scale as f64).round() as u64;
     let timeline = dash::SegmentTimeline {
         segments: track.segments.iter().map(|s| dash::S { t: Some(s.time), d: s.duration, ..Default::default() }).collect(),
     };
-    let template = dash::SegmentTemplate {
+    dash::SegmentTemplate {
         timescale: Some(scale),
         initialization: Some(init_template(session)),
         media: Some(media_template(session)),
@@ -220,7 +241,30 @@ fn representation(track: &Track, session: &str, offset: Duration) -> dash::Repre
         presentationTimeOffset: (pto > 0).then_some(pto),
         SegmentTimeline: Some(timeline),
         ..Default::default()
-    };
+    }
+}
+
+/// The Number form (live only): the nominal duration and the Period's first number; the
+/// player derives which segments exist from the clock and timeShiftBufferDepth.
+fn number_template(track: &Track, period: &Period, segment_duration: Duration) -> dash::SegmentTemplate {
+    let scale = u64::from(track.info.timescale);
+    let session = period.session.as_str();
+    dash::SegmentTemplate {
+        timescale: Some(scale),
+        duration: Some((segment_duration.as_secs_f64() * scale as f64).round()),
+        initialization: Some(init_template(session)),
+        media: Some(media_template(session)),
+        startNumber: Some(period.first_number),
+        // Segments are only ever served complete, and only after the announced availability
+        // (number_form_delay after their end); VLC 3.0 computes its start from the clock
+        // only when this says they may be fetched earlier, and otherwise starts ~20 s back.
+        availabilityTimeComplete: Some(false),
+        ..Default::default()
+    }
+}
+
+fn representation(track: &Track, template: dash::SegmentTemplate) -> dash::Representation {
+    let info = &track.info;
     let mut rep = dash::Representation {
         id: Some(info.id.to_string()),
         bandwidth: Some(u64::from(info.bandwidth)),
@@ -257,6 +301,7 @@ mod tests {
         update_period: Duration::from_secs(1),
         dvr_window: Duration::from_secs(30),
         presentation_delay: Duration::from_secs(1),
+        number_form_delay: Duration::from_secs(2),
     };
 
     fn at(ms: u64) -> SystemTime {
@@ -278,7 +323,7 @@ mod tests {
 
     fn timeline() -> (StreamTimeline, SessionId) {
         let s = SessionId::parse("abc123").unwrap();
-        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
         tl.begin_period(s.clone(), vec![info("720p", TrackKind::Video), info("audio", TrackKind::Audio)], None, at(0));
         let (v, a) = (RenditionId::parse("720p").unwrap(), RenditionId::parse("audio").unwrap());
         tl.set_codecs(&s, &v, "avc1.4D401F".into(), at(10));
@@ -292,16 +337,16 @@ mod tests {
 
     #[test]
     fn nothing_playable_renders_nothing() {
-        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
-        assert!(render(&tl, &TIMING).is_none());
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        assert!(render(&tl, &TIMING, ManifestForm::Timeline).is_none());
         tl.begin_period(SessionId::parse("s").unwrap(), vec![info("720p", TrackKind::Video)], None, at(0));
-        assert!(render(&tl, &TIMING).is_none());
+        assert!(render(&tl, &TIMING, ManifestForm::Timeline).is_none());
     }
 
     #[test]
     fn live_mpd_round_trips_with_real_segment_times() {
         let (tl, _) = timeline();
-        let xml = render(&tl, &TIMING).unwrap();
+        let xml = render(&tl, &TIMING, ManifestForm::Timeline).unwrap();
         let mpd = dash::parse(&xml).expect(&xml);
         assert_eq!(mpd.mpdtype.as_deref(), Some("dynamic"));
         assert_eq!(mpd.availabilityStartTime, Some(utc(at(0))));
@@ -330,14 +375,14 @@ mod tests {
         let (mut tl, s) = timeline();
         let v = RenditionId::parse("720p").unwrap();
         tl.add_segment(&s, &v, 3_000_000_000, 1_034_000_000, at(4000));
-        let mpd = dash::parse(&render(&tl, &TIMING).unwrap()).unwrap();
+        let mpd = dash::parse(&render(&tl, &TIMING, ManifestForm::Timeline).unwrap()).unwrap();
         assert_eq!(mpd.maxSegmentDuration, Some(Duration::from_millis(1034)));
     }
 
     #[test]
     fn root_tag_declares_only_the_dash_namespace() {
         let (tl, _) = timeline();
-        let xml = render(&tl, &TIMING).unwrap();
+        let xml = render(&tl, &TIMING, ManifestForm::Timeline).unwrap();
         let root = &xml[xml.find("<MPD").unwrap()..];
         let root = &root[..root.find('>').unwrap()];
         assert_eq!(root.matches("xmlns").count(), 1, "{root}");
@@ -350,7 +395,7 @@ mod tests {
     #[test]
     fn clock_url_is_made_absolute_for_the_viewers_host() {
         let (tl, _) = timeline();
-        let xml = render(&tl, &TIMING).unwrap();
+        let xml = render(&tl, &TIMING, ManifestForm::Timeline).unwrap();
         let xml = bytes::Bytes::from(xml);
         let served = with_clock_origin(&xml, Some("http://edge.example:8080"));
         let mpd = dash::parse(std::str::from_utf8(&served).unwrap()).unwrap();
@@ -364,12 +409,48 @@ mod tests {
     }
 
     #[test]
+    fn number_form_lets_the_clock_name_the_segments() {
+        let (mut tl, s) = timeline();
+        let xml = render(&tl, &TIMING, ManifestForm::Number).unwrap();
+        assert!(!xml.contains("SegmentTimeline"), "{xml}");
+        assert!(xml.contains(" duration=\"90000\""), "an integer duration, as the schema wants: {xml}");
+        let mpd = dash::parse(&xml).expect(&xml);
+        assert_eq!(mpd.mpdtype.as_deref(), Some("dynamic"));
+        assert_eq!(mpd.availabilityStartTime, Some(utc(at(2000))), "a segment is available number_form_delay after its end");
+        let template = |mpd: &dash::MPD, period: usize, set: usize| mpd.periods[period].adaptations[set].representations[0].SegmentTemplate.clone().unwrap();
+        let video = template(&mpd, 0, 0);
+        assert_eq!((video.timescale, video.duration, video.startNumber), (Some(90_000), Some(90_000.0), Some(1)));
+        assert_eq!(video.media.as_deref(), Some("$RepresentationID$/abc123-$Number$.m4s"));
+        let audio = template(&mpd, 0, 1);
+        assert_eq!((audio.timescale, audio.duration, audio.startNumber), (Some(48_000), Some(48_000.0), Some(1)));
+
+        // A republish 4.5 s in: its Period starts on the grid at 5 s and numbers from 6,
+        // the numbers its segments get in the store.
+        tl.end_session(&s, at(3000));
+        let s2 = SessionId::parse("def456").unwrap();
+        let v = RenditionId::parse("720p").unwrap();
+        tl.begin_period(s2.clone(), vec![info("720p", TrackKind::Video)], None, at(4500));
+        tl.set_codecs(&s2, &v, "avc1.4D401F".into(), at(4600));
+        assert_eq!(tl.add_segment(&s2, &v, 0, 1_000_000_000, at(6000)), Some(6));
+        let mpd = dash::parse(&render(&tl, &TIMING, ManifestForm::Number).unwrap()).unwrap();
+        assert_eq!(mpd.periods[1].start, Some(Duration::from_secs(5)));
+        assert_eq!(template(&mpd, 1, 0).startNumber, Some(6));
+        // The Timeline form lists the same segment under the same number.
+        let timeline_form = dash::parse(&render(&tl, &TIMING, ManifestForm::Timeline).unwrap()).unwrap();
+        assert_eq!(template(&timeline_form, 1, 0).startNumber, Some(6));
+
+        // An ended stream lists its segments in either form.
+        tl.end_session(&s2, at(7000));
+        assert_eq!(render(&tl, &TIMING, ManifestForm::Number), render(&tl, &TIMING, ManifestForm::Timeline));
+    }
+
+    #[test]
     fn ended_mpd_is_static_and_rebased() {
         let (mut tl, s) = timeline();
         tl.periods[0].tracks[0].segments.pop_front();
         tl.periods[0].tracks[1].segments.pop_front();
         tl.end_session(&s, at(4000));
-        let mpd = dash::parse(&render(&tl, &TIMING).unwrap()).unwrap();
+        let mpd = dash::parse(&render(&tl, &TIMING, ManifestForm::Timeline).unwrap()).unwrap();
         assert_eq!(mpd.mpdtype.as_deref(), Some("static"));
         assert!(mpd.minimumUpdatePeriod.is_none());
         assert_eq!(mpd.periods[0].start, Some(Duration::ZERO));

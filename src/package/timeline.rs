@@ -59,6 +59,10 @@ pub struct Period {
     pub session: SessionId,
     /// Start relative to the stream's availabilityStartTime.
     pub start: Duration,
+    /// The number of the Period's first segment. Segments are numbered on one grid counted
+    /// from availabilityStartTime across Periods (segment n ends near n segment durations
+    /// after it), so a player that derives a number from the clock finds it in any Period.
+    pub first_number: u64,
     pub tracks: Vec<Track>,
     /// Set once the session has ended.
     pub duration: Option<Duration>,
@@ -82,6 +86,8 @@ pub struct Evicted {
 pub struct StreamTimeline {
     pub stream: StreamId,
     pub availability_start: SystemTime,
+    /// The target segment duration: the grid that Period starts and segment numbers follow.
+    pub segment_duration: Duration,
     pub periods: Vec<Period>,
     /// When the last session ended, while no session is live.
     pub ended_at: Option<SystemTime>,
@@ -92,28 +98,44 @@ pub struct StreamTimeline {
 }
 
 impl StreamTimeline {
-    pub fn new(stream: StreamId, now: SystemTime) -> Self {
-        Self { stream, availability_start: now, periods: Vec::new(), ended_at: None, published: now, last_segment_at: None }
+    pub fn new(stream: StreamId, segment_duration: Duration, now: SystemTime) -> Self {
+        assert!(!segment_duration.is_zero(), "segment duration must be positive");
+        Self { stream, availability_start: now, segment_duration, periods: Vec::new(), ended_at: None, published: now, last_segment_at: None }
     }
 
-    /// Opens a Period for a new session, closing the one before it. It starts `start` after
-    /// availabilityStartTime, or now when `start` is `None` (a new publish); a re-plan passes
-    /// the end of the previous Period so that the two are contiguous. Never before the
-    /// previous Period's end: a publisher that ran ahead of the clock and was taken over (or
-    /// reconnected at once) leaves media past "now", and presentation time must not go back.
+    /// Opens a Period for a new session, closing the one before it. A re-plan passes
+    /// `start`, the end of the previous Period, so that the two are contiguous. A new publish
+    /// (`None`) starts now, rounded up onto the segment grid, so that its segments end on
+    /// whole segment durations after availabilityStartTime as the Number form promises.
+    /// Never before the previous Period's end: a publisher that ran ahead of the clock and
+    /// was taken over (or reconnected at once) leaves media past "now", and presentation
+    /// time must not go back.
     pub fn begin_period(&mut self, session: SessionId, renditions: Vec<RenditionInfo>, start: Option<Duration>, now: SystemTime) -> Duration {
         self.close_current(now);
-        let start = start.unwrap_or_else(|| now.duration_since(self.availability_start).unwrap_or_default());
         let previous_end = self.periods.last().and_then(|p| p.duration.map(|d| p.start + d));
-        let start = previous_end.map_or(start, |end| start.max(end));
+        let start = match start {
+            Some(start) => previous_end.map_or(start, |end| start.max(end)),
+            None => {
+                let now = now.duration_since(self.availability_start).unwrap_or_default();
+                self.on_grid(previous_end.map_or(now, |end| now.max(end)))
+            }
+        };
+        let first_number = (start.as_nanos() / self.segment_duration.as_nanos()) as u64 + 1;
         let tracks = renditions
             .into_iter()
-            .map(|info| Track { info, codecs: None, segments: VecDeque::new(), next_number: 1 })
+            .map(|info| Track { info, codecs: None, segments: VecDeque::new(), next_number: first_number })
             .collect();
-        self.periods.push(Period { session, start, tracks, duration: None });
+        self.periods.push(Period { session, start, first_number, tracks, duration: None });
         self.ended_at = None;
         self.published = now;
         start
+    }
+
+    /// `at`, rounded up to a whole number of segment durations.
+    fn on_grid(&self, at: Duration) -> Duration {
+        let step = self.segment_duration.as_nanos();
+        let steps = at.as_nanos().div_ceil(step);
+        Duration::from_nanos((steps * step) as u64)
     }
 
     fn close_current(&mut self, now: SystemTime) {
@@ -275,7 +297,7 @@ mod tests {
     fn durations_follow_the_next_start_and_numbers_count_up() {
         let s = SessionId::parse("s1").unwrap();
         let r = RenditionId::parse("720p").unwrap();
-        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
         tl.begin_period(s.clone(), vec![video("720p")], None, at(0));
         assert_eq!(tl.add_segment(&s, &r, 0, 999_999_999, at(1)), Some(1));
         assert_eq!(tl.add_segment(&s, &r, 1_000_000_000, 1_000_000_000, at(2)), Some(2));
@@ -289,7 +311,7 @@ mod tests {
     fn eviction_keeps_the_window_and_ending_closes_the_period() {
         let s = SessionId::parse("s1").unwrap();
         let r = RenditionId::parse("720p").unwrap();
-        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
         tl.begin_period(s.clone(), vec![video("720p")], None, at(0));
         for i in 0..40u64 {
             tl.add_segment(&s, &r, i * 1_000_000_000, 1_000_000_000, at(i + 1));
@@ -311,7 +333,7 @@ mod tests {
     fn media_ahead_of_the_clock_does_not_grow_the_window() {
         let s = SessionId::parse("s1").unwrap();
         let r = RenditionId::parse("720p").unwrap();
-        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
         tl.begin_period(s.clone(), vec![video("720p")], None, at(0));
         // 60 s of media within the first 5 s of wall time.
         for i in 0..60u64 {
@@ -326,7 +348,7 @@ mod tests {
     fn a_new_period_never_starts_before_the_previous_one_ended() {
         let (s1, s2) = (SessionId::parse("s1").unwrap(), SessionId::parse("s2").unwrap());
         let r = RenditionId::parse("720p").unwrap();
-        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
         tl.begin_period(s1.clone(), vec![video("720p")], None, at(0));
         // Four seconds of media in the first two seconds of wall time (a publisher ahead of
         // the clock), then a new publish takes over at 2 s.
@@ -338,10 +360,33 @@ mod tests {
     }
 
     #[test]
+    fn periods_start_on_the_grid_and_numbers_count_from_availability_start() {
+        let (s1, s2, s3) = (SessionId::parse("s1").unwrap(), SessionId::parse("s2").unwrap(), SessionId::parse("s3").unwrap());
+        let r = RenditionId::parse("720p").unwrap();
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        tl.begin_period(s1.clone(), vec![video("720p")], None, at(0));
+        for i in 0..3u64 {
+            assert_eq!(tl.add_segment(&s1, &r, i * 1_000_000_000, 1_000_000_000, at(i + 1)), Some(i + 1));
+        }
+        tl.end_session(&s1, at(3));
+        // A republish 7.4 s in starts on the next whole second, and its segments carry on
+        // the numbers a clock-driven player computes: the one ending at 9 s is number 9.
+        let at_7_4 = at(7) + Duration::from_millis(400);
+        assert_eq!(tl.begin_period(s2.clone(), vec![video("720p")], None, at_7_4), Duration::from_secs(8));
+        assert_eq!(tl.periods[1].first_number, 9);
+        assert_eq!(tl.add_segment(&s2, &r, 0, 1_000_000_000, at(9)), Some(9));
+        assert_eq!(tl.add_segment(&s2, &r, 1_000_000_000, 500_000_000, at(10)), Some(10));
+        // A re-plan continues exactly where the last Period's media ended, off the grid.
+        let end = Duration::from_millis(9_500);
+        assert_eq!(tl.begin_period(s3, vec![video("720p")], Some(end), at(10)), end);
+        assert_eq!(tl.periods[2].first_number, 10);
+    }
+
+    #[test]
     fn a_republish_opens_a_new_period_and_the_old_one_ages_out() {
         let (s1, s2) = (SessionId::parse("s1").unwrap(), SessionId::parse("s2").unwrap());
         let r = RenditionId::parse("720p").unwrap();
-        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), at(0));
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
         tl.begin_period(s1.clone(), vec![video("720p")], None, at(0));
         tl.add_segment(&s1, &r, 0, 1_000_000_000, at(1));
         tl.end_session(&s1, at(2));

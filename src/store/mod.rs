@@ -27,6 +27,31 @@ pub struct ObjectKey {
     pub part: Part,
 }
 
+/// The two forms of a live stream's manifest, each at its own path. They list the same
+/// segments under the same URLs; see the package module for which player needs which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ManifestForm {
+    /// `manifest.mpd`: a SegmentTimeline of the real segment times.
+    Timeline,
+    /// `manifest-number.mpd`: SegmentTemplate@duration and `$Number$`, no timeline.
+    Number,
+}
+
+impl ManifestForm {
+    pub const ALL: [ManifestForm; 2] = [ManifestForm::Timeline, ManifestForm::Number];
+
+    pub fn file_name(self) -> &'static str {
+        match self {
+            ManifestForm::Timeline => "manifest.mpd",
+            ManifestForm::Number => "manifest-number.mpd",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// What `GET /live` shows of a stream.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StreamSummary {
@@ -39,7 +64,7 @@ pub struct StreamSummary {
 
 #[derive(Default)]
 struct StreamObjects {
-    manifest: Option<Bytes>,
+    manifests: [Option<Bytes>; 2],
     summary: Option<StreamSummary>,
     objects: HashMap<ObjectKey, Bytes>,
 }
@@ -82,10 +107,12 @@ impl Store {
         }
     }
 
-    pub fn set_manifest(&self, stream: &StreamId, manifest: Option<Bytes>, summary: StreamSummary) {
+    /// Replaces the stream's manifests, one per [`ManifestForm`] (in `ManifestForm::ALL`
+    /// order), and its summary.
+    pub fn set_manifests(&self, stream: &StreamId, manifests: [Option<Bytes>; 2], summary: StreamSummary) {
         let entry = self.entry(stream);
         let mut entry = entry.write();
-        entry.manifest = manifest;
+        entry.manifests = manifests;
         entry.summary = Some(summary);
     }
 
@@ -93,8 +120,8 @@ impl Store {
         self.streams.write().remove(stream);
     }
 
-    pub fn manifest(&self, stream: &StreamId) -> Option<Bytes> {
-        self.existing(stream)?.read().manifest.clone()
+    pub fn manifest(&self, stream: &StreamId, form: ManifestForm) -> Option<Bytes> {
+        self.existing(stream)?.read().manifests[form.index()].clone()
     }
 
     pub fn object(&self, stream: &StreamId, key: &ObjectKey) -> Option<Bytes> {

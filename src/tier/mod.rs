@@ -1,5 +1,6 @@
 //! The origin / edge caching tier: an axum router that serves the live node's paths
-//! (`/live/{stream}/manifest.mpd`, `/live/{stream}/{rendition}/{file}`, `/time`) from an
+//! (`/live/{stream}/manifest.mpd` and `manifest-number.mpd`, `/live/{stream}/{rendition}/{file}`,
+//! `/time`) from an
 //! in-memory cache filled from the next tier up, with every concurrent miss for one object
 //! coalesced into one upstream request (docs/design.md, Federation).
 //!
@@ -36,6 +37,7 @@ pub use proxy::CacheStatus;
 use crate::http::path;
 use crate::media::StreamId;
 use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
+use crate::store::ManifestForm;
 use prefetch::RenditionTracker;
 use proxy::{Flights, ObjectRequest, Outcome};
 
@@ -285,7 +287,8 @@ impl TierState {
 
 pub fn router(state: TierState) -> Router {
     Router::new()
-        .route("/live/{stream}/manifest.mpd", get(manifest))
+        .route("/live/{stream}/manifest.mpd", get(|s, p, h| manifest(s, p, h, ManifestForm::Timeline)))
+        .route("/live/{stream}/manifest-number.mpd", get(|s, p, h| manifest(s, p, h, ManifestForm::Number)))
         .route("/live/{stream}/{rendition}/{file}", get(object))
         .route(UTC_TIMING_PATH, get(crate::http::clock))
         .route(METRICS_PATH, get(metrics))
@@ -294,13 +297,13 @@ pub fn router(state: TierState) -> Router {
         .with_state(state)
 }
 
-async fn manifest(State(state): State<TierState>, Path(stream): Path<String>, headers: HeaderMap) -> Response {
+async fn manifest(State(state): State<TierState>, Path(stream): Path<String>, headers: HeaderMap, form: ManifestForm) -> Response {
     inc(&state.counters.requests);
     let stream = match path::stream(&stream) {
         Ok(stream) => stream,
         Err(e) => return bad_request(&state, e.into()),
     };
-    let key = Arc::from(format!("/live/{stream}/manifest.mpd"));
+    let key = Arc::from(format!("/live/{stream}/{}", form.file_name()));
     let outcome = state.lookup(ObjectRequest { stream, key, kind: ObjectKind::Manifest }).await;
     // The cached MPD names the upstream's clock; this viewer asked this node.
     let origin = crate::http::viewer_origin(&headers);

@@ -86,8 +86,9 @@ pub struct NewestSegment {
 }
 
 /// The newest listed media segment of each Representation of the MPD's last Period. Only
-/// SegmentTemplate with SegmentTimeline (what the packager writes) is understood; other
-/// addressing yields nothing for that Representation.
+/// SegmentTemplate with SegmentTimeline (`manifest.mpd`) is understood; other addressing,
+/// such as `manifest-number.mpd`'s, yields nothing, so the viewers of that form are served
+/// by the coalesced misses alone.
 pub fn newest_segments(mpd: &dash::MPD) -> Vec<NewestSegment> {
     let Some(period) = mpd.periods.last() else { return Vec::new() };
     let mut out = Vec::new();
