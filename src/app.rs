@@ -25,6 +25,7 @@ use crate::http::{self, HttpState, HttpStats};
 use crate::ingest;
 use crate::ingest::limits::IngestStats;
 use crate::ingest::relay::{Placement, Standalone};
+use crate::metrics::{self, Audience, Instruments};
 use crate::package::mpd::MpdTiming;
 use crate::package::Packager;
 use crate::store::Store;
@@ -72,12 +73,15 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         presentation_delay: config.package.presentation_delay,
         number_form_delay: config.package.number_form_delay,
     };
-    let packager = Arc::new(Packager::new(Arc::clone(&store), timing));
+    let instruments = Instruments::default();
+    let audience = Arc::new(Audience::default());
+    let packager = Arc::new(Packager::new(Arc::clone(&store), timing, instruments.production_lag.clone()));
     let tracker = TaskTracker::new();
     let services = StreamServices {
         config: Arc::clone(&config),
         packager: Arc::clone(&packager),
         encoder: choice.kind,
+        instruments: instruments.clone(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     };
@@ -100,9 +104,30 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     }
     let ingest_stats = Arc::new(IngestStats::default());
     let http_stats = Arc::new(HttpStats::default());
-    let app = node_router(&config, &roles, membership, Arc::clone(&registry), store)?
+    let (node, tier) = node_router(&config, &roles, membership, Arc::clone(&registry), store, &instruments, &audience)?;
+    let sources = metrics::Sources {
+        ingest: Arc::clone(&ingest_stats),
+        http: Arc::clone(&http_stats),
+        max_connections: config.http.max_connections,
+        tier,
+        streams: Arc::clone(&registry),
+        packager: Arc::clone(&packager),
+        audience,
+        encoder: choice.kind,
+    };
+    let counted = instruments.clone();
+    let app = node
         .merge(ingest_metrics_router(Arc::clone(&ingest_stats)))
-        .merge(http::server::metrics_router(Arc::clone(&http_stats), config.http.max_connections));
+        .merge(http::server::metrics_router(Arc::clone(&http_stats), config.http.max_connections))
+        .merge(metrics::router(&instruments, sources))
+        .layer(axum::middleware::from_fn(move |request: Request, next: axum::middleware::Next| {
+            let (counted, path) = (counted.clone(), request.uri().path().to_owned());
+            async move {
+                let response = next.run(request).await;
+                counted.http_request(&path, response.status().as_u16());
+                response
+            }
+        }));
     tracker.spawn(ingest::serve(listeners.rtmp, registry, placement, services, ingest_stats));
     // Every role serves HTTP through the same bounded edge (connection cap, time-outs).
     tracker.spawn(http::serve(listeners.http, app, config.http.clone(), http_stats, shutdown.clone()));
@@ -138,14 +163,17 @@ fn ingest_metrics_router(stats: Arc<IngestStats>) -> Router {
 
 /// The HTTP side of this node, from its roles: a live node serves its own store; an origin
 /// or edge serves through its caching tier; a node with both serves its own streams
-/// locally and the rest through the tier. Every node answers health probes.
+/// locally and the rest through the tier. Every node answers health probes. Also returns
+/// the tier, for `/metrics`.
 fn node_router(
     config: &Config,
     roles: &[Role],
     membership: Option<Membership>,
     registry: Arc<StreamRegistry>,
     store: Arc<Store>,
-) -> anyhow::Result<Router> {
+    instruments: &Instruments,
+    audience: &Arc<Audience>,
+) -> anyhow::Result<(Router, Option<TierState>)> {
     let node_id = config.cluster.node_id.clone();
     let health_registry = Arc::clone(&registry);
     let health = Router::new().route(
@@ -156,7 +184,9 @@ fn node_router(
             async move { Json(body) }
         }),
     );
-    let live = roles.contains(&Role::Live).then(|| http::router(HttpState::new(Arc::clone(&store), Arc::clone(&registry))));
+    let live = roles
+        .contains(&Role::Live)
+        .then(|| http::router(HttpState::new(Arc::clone(&store), Arc::clone(&registry), Arc::clone(audience))));
     let resolver: Option<Arc<dyn UpstreamResolver>> = match (&membership, roles) {
         (Some(m), r) if r.contains(&Role::Origin) => Some(Arc::new(LiveUpstreams { membership: m.clone() })),
         (Some(m), r) if r.contains(&Role::Edge) => {
@@ -165,16 +195,22 @@ fn node_router(
         }
         _ => None,
     };
-    let tier = match resolver {
-        Some(resolver) => Some(tier::router(TierState::new(config.tier.clone(), resolver).context("starting the caching tier")?)),
+    let tier_state = match resolver {
+        Some(resolver) => Some(
+            TierState::new(config.tier.clone(), resolver)
+                .context("starting the caching tier")?
+                .observed_by(Arc::clone(audience), instruments.upstream_latency.clone()),
+        ),
         None => None,
     };
-    Ok(match (live, tier) {
+    let tier = tier_state.clone().map(tier::router);
+    let router = match (live, tier) {
         (Some(live), None) => health.merge(live),
         (None, Some(tier)) => health.merge(tier),
         (Some(live), Some(tier)) => health.merge(Router::new().fallback(dispatch).with_state(Dispatch { store, live, tier })),
         (None, None) => anyhow::bail!("node has no role that serves HTTP"),
-    })
+    };
+    Ok((router, tier_state))
 }
 
 #[derive(Clone)]

@@ -1,6 +1,7 @@
 //! rackcast: a live-video appliance. RTMP in, an adaptive H.264 ladder out as live
 //! 1-second MPEG-DASH. Modules in data-flow order:
-//! ingest -> stream -> (ladder, transcode) -> package -> store -> http.
+//! ingest -> stream -> (ladder, transcode) -> package -> store -> http; `metrics` reads them
+//! all for `/metrics`.
 
 pub mod app;
 pub mod cluster;
@@ -9,6 +10,7 @@ pub mod http;
 pub mod ingest;
 pub mod ladder;
 pub mod media;
+pub mod metrics;
 pub mod package;
 pub mod probe;
 pub mod store;

@@ -52,6 +52,13 @@ fn metric(url: &str, field: &str) -> u64 {
     get_json(url)[field].as_u64().unwrap_or_else(|| panic!("{url} has no {field}"))
 }
 
+/// One sample of a node's `/metrics`: the line `{series} {value}` (series with its labels).
+fn prometheus(base: &str, series: &str) -> f64 {
+    let text = get(&format!("{base}/metrics")).text().unwrap();
+    let line = text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).unwrap_or_else(|| panic!("no {series} in {base}/metrics"));
+    line.parse().unwrap()
+}
+
 #[test]
 fn federation_relays_caches_coalesces_and_fails_over() {
     let node = |id, roles| Node { id, roles, rtmp: free_port(), http: free_port() };
@@ -129,6 +136,13 @@ fn federation_relays_caches_coalesces_and_fails_over() {
     assert_eq!(metric(&format!("{}/tier/metrics", http(4)), "upstream_requests") - edge_before, 1, "edge -> origin");
     assert_eq!(metric(&format!("{}/tier/metrics", http(origin)), "upstream_requests") - origin_before, 1, "origin -> live");
     assert_eq!(metric(&format!("{}/metrics/live", http(1)), "object_requests") - live_before, 1, "live served it once");
+    // The edge's /metrics says the same as its JSON counters, and counts its one viewer (the
+    // same address and no User-Agent for every request here).
+    let edge_requests = metric(&format!("{}/tier/metrics", http(4)), "requests");
+    assert_eq!(prometheus(&http(4), "rackcast_tier_requests_total"), edge_requests as f64);
+    assert!(prometheus(&http(4), "rackcast_tier_coalesced_total") + prometheus(&http(4), "rackcast_tier_hits_total") >= 999.0);
+    assert!(prometheus(&http(4), "rackcast_tier_upstream_fetch_seconds_count") >= 1.0);
+    assert_eq!(prometheus(&http(4), &format!("rackcast_stream_viewers{{stream=\"{stream}\"}}")), 1.0);
 
     // The owner dies mid-stream: live-a's relay moves the stream to the next node (itself).
     let old_period = mpd.periods.last().unwrap().id.clone().unwrap();

@@ -13,17 +13,20 @@ pub mod server;
 pub use config::HttpConfig;
 pub use server::{HttpStats, serve};
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use tower_http::cors::CorsLayer;
 
+use crate::media::StreamId;
+use crate::metrics::Audience;
 use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
 use crate::store::{ManifestForm, ObjectKey, Part, Store};
 use crate::stream::StreamRegistry;
@@ -44,12 +47,22 @@ pub struct HttpState {
     pub store: Arc<Store>,
     pub registry: Arc<StreamRegistry>,
     pub stats: Arc<LiveStats>,
+    pub audience: Arc<Audience>,
 }
 
 impl HttpState {
-    pub fn new(store: Arc<Store>, registry: Arc<StreamRegistry>) -> Self {
-        Self { store, registry, stats: Arc::default() }
+    pub fn new(store: Arc<Store>, registry: Arc<StreamRegistry>, audience: Arc<Audience>) -> Self {
+        Self { store, registry, stats: Arc::default(), audience }
     }
+}
+
+/// The client's address, when the server recorded it (see `server.rs`).
+pub type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+/// Counts a manifest or segment of `stream` served to the viewer that sent `headers`.
+pub fn note_viewer(audience: &Audience, stream: &StreamId, peer: &Peer, headers: &HeaderMap, bytes: usize) {
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    audience.served(stream, peer.as_ref().map(|p| p.0.0.ip()), user_agent, bytes as u64);
 }
 
 /// What this node served from its own store (lower tiers count their upstream requests
@@ -74,8 +87,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/live", get(list_streams))
         .route("/live/{stream}", get(stream_status))
         .route("/live/{stream}/uplink", get(uplink))
-        .route("/live/{stream}/manifest.mpd", get(|s, p, h| manifest(s, p, h, ManifestForm::Timeline)))
-        .route("/live/{stream}/manifest-number.mpd", get(|s, p, h| manifest(s, p, h, ManifestForm::Number)))
+        .route("/live/{stream}/manifest.mpd", get(|s, p, peer, h| manifest(s, p, peer, h, ManifestForm::Timeline)))
+        .route("/live/{stream}/manifest-number.mpd", get(|s, p, peer, h| manifest(s, p, peer, h, ManifestForm::Number)))
         .route("/live/{stream}/{rendition}/{file}", get(object))
         .route(UTC_TIMING_PATH, get(clock))
         .route("/metrics/live", get(live_metrics))
@@ -89,7 +102,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// 404 for a stream this node does not have; see [`UNKNOWN_STREAM_CACHE`].
-fn unknown_stream(stream: &crate::media::StreamId) -> Response {
+fn unknown_stream(stream: &StreamId) -> Response {
     let cache = HeaderValue::from_static(UNKNOWN_STREAM_CACHE);
     (StatusCode::NOT_FOUND, [(header::CACHE_CONTROL, cache)], format!("no stream {stream}\n")).into_response()
 }
@@ -173,21 +186,30 @@ async fn live_metrics(State(state): State<HttpState>) -> Response {
     no_store(Json(body))
 }
 
-async fn manifest(State(state): State<HttpState>, Path(stream): Path<String>, headers: HeaderMap, form: ManifestForm) -> Response {
+async fn manifest(State(state): State<HttpState>, Path(stream): Path<String>, peer: Peer, headers: HeaderMap, form: ManifestForm) -> Response {
     state.stats.manifest_requests.fetch_add(1, Ordering::Relaxed);
     let stream = match path::stream(&stream) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     match state.store.manifest(&stream, form) {
-        Some(mpd) => bytes_response(with_clock_origin(&mpd, viewer_origin(&headers).as_deref()), MPD_CONTENT_TYPE, MANIFEST_CACHE),
+        Some(mpd) => {
+            let mpd = with_clock_origin(&mpd, viewer_origin(&headers).as_deref());
+            note_viewer(&state.audience, &stream, &peer, &headers, mpd.len());
+            bytes_response(mpd, MPD_CONTENT_TYPE, MANIFEST_CACHE)
+        }
         // Playable in a moment: nobody may remember this answer.
         None if state.store.contains_stream(&stream) => error(StatusCode::NOT_FOUND, "stream has no playable segment yet\n"),
         None => unknown_stream(&stream),
     }
 }
 
-async fn object(State(state): State<HttpState>, Path((stream, rendition, file)): Path<(String, String, String)>) -> Response {
+async fn object(
+    State(state): State<HttpState>,
+    Path((stream, rendition, file)): Path<(String, String, String)>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
     state.stats.object_requests.fetch_add(1, Ordering::Relaxed);
     let (stream, object) = match path::stream(&stream).and_then(|s| Ok((s, path::object(&rendition, &file)?))) {
         Ok(pair) => pair,
@@ -200,7 +222,10 @@ async fn object(State(state): State<HttpState>, Path((stream, rendition, file)):
     };
     let key = ObjectKey { rendition: object.rendition, session: object.session, part: object.part };
     match state.store.object(&stream, &key) {
-        Some(bytes) => bytes_response(bytes, content_type, IMMUTABLE),
+        Some(bytes) => {
+            note_viewer(&state.audience, &stream, &peer, &headers, bytes.len());
+            bytes_response(bytes, content_type, IMMUTABLE)
+        }
         // Players poll for the newest segment just before it is written: a cached 404 would
         // hide it from every viewer behind that cache for the cache's lifetime.
         None if state.store.contains_stream(&stream) => error(StatusCode::NOT_FOUND, "no such segment\n"),
@@ -239,7 +264,7 @@ fn bytes_response(body: Bytes, content_type: &'static str, cache: &'static str) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::{RenditionId, SessionId, StreamId};
+    use crate::media::{RenditionId, SessionId};
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
@@ -252,7 +277,7 @@ mod tests {
             part: Part::Media(7),
         };
         store.put_object(&StreamId::parse("cam").unwrap(), key, Bytes::from_static(b"moof"));
-        router(HttpState::new(store, StreamRegistry::new()))
+        router(HttpState::new(store, StreamRegistry::new(), Arc::default()))
     }
 
     async fn get(uri: &str) -> Response {

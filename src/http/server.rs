@@ -233,8 +233,10 @@ async fn connection(stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphoreP
     let io = TokioIo::new(Watched { inner: stream, watch: Arc::clone(&watch) });
     let service = {
         let (watch, router, stats, limit) = (Arc::clone(&watch), shared.router.clone(), Arc::clone(&shared.stats), shared.limits.request);
-        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             inc(&stats.requests);
+            // Handlers that need the client's address take `ConnectInfo<SocketAddr>`.
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             let handler = HandlerGuard::start(Arc::clone(&watch));
             let path = request.uri().path().to_owned();
             let response = router.clone().oneshot(request);

@@ -57,10 +57,11 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::media::{CmafSegment, RenditionId, SessionId, StreamId};
+use crate::media::{CmafSegment, RenditionId, SessionId, StreamId, TrackKind};
 use crate::store::{ManifestForm, ObjectKey, Part, Store, StreamSummary};
 use mpd::MpdTiming;
 use timeline::{RenditionInfo, StreamTimeline};
@@ -73,6 +74,8 @@ type SharedTimeline = Arc<Mutex<StreamTimeline>>;
 pub struct Packager {
     store: Arc<Store>,
     timing: MpdTiming,
+    /// Seconds from a video segment's end (presentation time) to its listing.
+    production_lag: Histogram,
     timelines: RwLock<HashMap<StreamId, SharedTimeline>>,
     /// Streams whose MPD is older than their timeline.
     dirty: Mutex<HashSet<StreamId>>,
@@ -80,8 +83,8 @@ pub struct Packager {
 }
 
 impl Packager {
-    pub fn new(store: Arc<Store>, timing: MpdTiming) -> Self {
-        Self { store, timing, timelines: RwLock::new(HashMap::new()), dirty: Mutex::new(HashSet::new()), wake: Notify::new() }
+    pub fn new(store: Arc<Store>, timing: MpdTiming, production_lag: Histogram) -> Self {
+        Self { store, timing, production_lag, timelines: RwLock::new(HashMap::new()), dirty: Mutex::new(HashSet::new()), wake: Notify::new() }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -120,13 +123,24 @@ impl Packager {
     pub fn add_segment(&self, stream: &StreamId, session: &SessionId, rendition: &RenditionId, segment: CmafSegment) -> Option<u64> {
         let timeline = self.timeline(stream)?;
         let mut tl = timeline.lock();
-        let number = tl.add_segment(session, rendition, segment.start_ns, segment.duration_ns, SystemTime::now())?;
+        let now = SystemTime::now();
+        let number = tl.add_segment(session, rendition, segment.start_ns, segment.duration_ns, now)?;
+        let period = tl.periods.iter().rev().find(|p| &p.session == session);
+        if let Some(period) = period.filter(|p| p.track(rendition).is_some_and(|t| t.info.kind == TrackKind::Video)) {
+            let end = tl.availability_start + period.start + Duration::from_nanos(segment.start_ns + segment.duration_ns);
+            self.production_lag.observe(now.duration_since(end).unwrap_or_default().as_secs_f64());
+        }
         // The object is stored before any MPD can name it (the renderer needs this lock).
         let key = ObjectKey { rendition: rendition.clone(), session: session.clone(), part: Part::Media(number) };
         self.store.put_object(stream, key, segment.bytes);
         drop(tl);
         self.mark_dirty(stream);
         Some(number)
+    }
+
+    /// Segments added to the stream since it appeared (every rendition), while it is known.
+    pub fn segments_added(&self, stream: &StreamId) -> Option<u64> {
+        Some(self.timeline(stream)?.lock().segments_added)
     }
 
     /// When the stream's last segment was added, if it has one.

@@ -95,12 +95,14 @@ pub struct StreamTimeline {
     pub published: SystemTime,
     /// When the last segment was added (the stream's sign of life).
     pub last_segment_at: Option<SystemTime>,
+    /// Segments added since the stream appeared, every rendition and Period.
+    pub segments_added: u64,
 }
 
 impl StreamTimeline {
     pub fn new(stream: StreamId, segment_duration: Duration, now: SystemTime) -> Self {
         assert!(!segment_duration.is_zero(), "segment duration must be positive");
-        Self { stream, availability_start: now, segment_duration, periods: Vec::new(), ended_at: None, published: now, last_segment_at: None }
+        Self { stream, availability_start: now, segment_duration, periods: Vec::new(), ended_at: None, published: now, last_segment_at: None, segments_added: 0 }
     }
 
     /// Opens a Period for a new session, closing the one before it. A re-plan passes
@@ -196,6 +198,7 @@ impl StreamTimeline {
         track.segments.push_back(SegmentEntry { number, time, duration: end.saturating_sub(time).max(1) });
         self.published = now;
         self.last_segment_at = Some(now);
+        self.segments_added += 1;
         Some(number)
     }
 

@@ -71,6 +71,7 @@ pub struct StreamServices {
     pub config: Arc<Config>,
     pub packager: Arc<Packager>,
     pub encoder: EncoderKind,
+    pub instruments: crate::metrics::Instruments,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -343,6 +344,7 @@ impl StreamActor {
                 },
                 Some(message) = bus_message => {
                     if let Some(reason) = bus_failure(&message) {
+                        self.services.instruments.transcode_failures.inc();
                         break StreamEnd::Failed(reason);
                     }
                 }
@@ -372,6 +374,9 @@ impl StreamActor {
     }
 
     async fn handle(&mut self, packet: MediaPacket) -> Result<(), String> {
+        if let MediaPacket::Video { data, .. } | MediaPacket::Audio { data, .. } = &packet {
+            self.status.lock().ingest_bytes += data.len() as u64;
+        }
         match packet {
             MediaPacket::VideoConfig(config) => {
                 if self.running.as_ref().is_some_and(|r| r.audio_only) {

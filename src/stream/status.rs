@@ -27,6 +27,8 @@ pub struct StreamStatus {
     pub uplink_history: Vec<ProbeSample>,
     /// What went wrong with the media so far.
     pub health: StreamHealth,
+    /// Media bytes (audio and video payloads) received from the broadcaster.
+    pub ingest_bytes: u64,
 }
 
 /// Media faults of one publish, as counts and current states.

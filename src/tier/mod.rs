@@ -26,6 +26,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tower_http::cors::CorsLayer;
 
@@ -34,7 +35,8 @@ pub use error::TierError;
 pub use prefetch::{NewestSegment, newest_segments};
 pub use proxy::CacheStatus;
 
-use crate::http::path;
+use crate::http::{Peer, note_viewer, path};
+use crate::metrics::Audience;
 use crate::media::StreamId;
 use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
 use crate::store::ManifestForm;
@@ -233,6 +235,8 @@ pub struct TierState {
     config: Arc<TierConfig>,
     renditions: Arc<RenditionTracker>,
     flights: Arc<Flights>,
+    audience: Arc<Audience>,
+    upstream_latency: Histogram,
 }
 
 impl TierState {
@@ -255,7 +259,17 @@ impl TierState {
             counters: Arc::new(TierCounters::default()),
             config: Arc::new(config),
             renditions: Arc::new(RenditionTracker::new()),
+            audience: Arc::default(),
+            upstream_latency: crate::metrics::Instruments::default().upstream_latency,
         })
+    }
+
+    /// Reports this tier's viewers to `audience` and its upstream fetch times to
+    /// `upstream_latency` (the node's `/metrics`).
+    pub fn observed_by(mut self, audience: Arc<Audience>, upstream_latency: Histogram) -> Self {
+        self.audience = audience;
+        self.upstream_latency = upstream_latency;
+        self
     }
 
     pub fn config(&self) -> &TierConfig {
@@ -287,8 +301,8 @@ impl TierState {
 
 pub fn router(state: TierState) -> Router {
     Router::new()
-        .route("/live/{stream}/manifest.mpd", get(|s, p, h| manifest(s, p, h, ManifestForm::Timeline)))
-        .route("/live/{stream}/manifest-number.mpd", get(|s, p, h| manifest(s, p, h, ManifestForm::Number)))
+        .route("/live/{stream}/manifest.mpd", get(|s, p, peer, h| manifest(s, p, peer, h, ManifestForm::Timeline)))
+        .route("/live/{stream}/manifest-number.mpd", get(|s, p, peer, h| manifest(s, p, peer, h, ManifestForm::Number)))
         .route("/live/{stream}/{rendition}/{file}", get(object))
         .route(UTC_TIMING_PATH, get(crate::http::clock))
         .route(METRICS_PATH, get(metrics))
@@ -297,20 +311,32 @@ pub fn router(state: TierState) -> Router {
         .with_state(state)
 }
 
-async fn manifest(State(state): State<TierState>, Path(stream): Path<String>, headers: HeaderMap, form: ManifestForm) -> Response {
+async fn manifest(State(state): State<TierState>, Path(stream): Path<String>, peer: Peer, headers: HeaderMap, form: ManifestForm) -> Response {
     inc(&state.counters.requests);
     let stream = match path::stream(&stream) {
         Ok(stream) => stream,
         Err(e) => return bad_request(&state, e.into()),
     };
     let key = Arc::from(format!("/live/{stream}/{}", form.file_name()));
-    let outcome = state.lookup(ObjectRequest { stream, key, kind: ObjectKind::Manifest }).await;
+    let outcome = state.lookup(ObjectRequest { stream: stream.clone(), key, kind: ObjectKind::Manifest }).await;
     // The cached MPD names the upstream's clock; this viewer asked this node.
     let origin = crate::http::viewer_origin(&headers);
-    respond_with_body(outcome, |status, body| if status == StatusCode::OK { with_clock_origin(body, origin.as_deref()) } else { body.clone() })
+    respond_with_body(outcome, |status, body| {
+        if status != StatusCode::OK {
+            return body.clone();
+        }
+        let body = with_clock_origin(body, origin.as_deref());
+        note_viewer(&state.audience, &stream, &peer, &headers, body.len());
+        body
+    })
 }
 
-async fn object(State(state): State<TierState>, Path((stream, rendition, file)): Path<(String, String, String)>) -> Response {
+async fn object(
+    State(state): State<TierState>,
+    Path((stream, rendition, file)): Path<(String, String, String)>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
     inc(&state.counters.requests);
     let (stream, object) = match path::stream(&stream).and_then(|s| Ok((s, path::object(&rendition, &file)?))) {
         Ok(pair) => pair,
@@ -321,7 +347,13 @@ async fn object(State(state): State<TierState>, Path((stream, rendition, file)):
     }
     // Validated identifiers, so the key is the canonical path and holds no traversal.
     let key = Arc::from(format!("/live/{stream}/{rendition}/{file}"));
-    respond(state.lookup(ObjectRequest { stream, key, kind: ObjectKind::Segment }).await)
+    let outcome = state.lookup(ObjectRequest { stream: stream.clone(), key, kind: ObjectKind::Segment }).await;
+    respond_with_body(outcome, |status, body| {
+        if status == StatusCode::OK {
+            note_viewer(&state.audience, &stream, &peer, &headers, body.len());
+        }
+        body.clone()
+    })
 }
 
 async fn metrics(State(state): State<TierState>) -> Response {
@@ -339,11 +371,8 @@ fn bad_request(state: &TierState, error: TierError) -> Response {
     error_response(&error, None)
 }
 
-fn respond(outcome: Outcome) -> Response {
-    respond_with_body(outcome, |_, body| body.clone())
-}
-
-/// Like `respond`, with the body of an answer passed through `body` first.
+/// The answer to a lookup, its body passed through `body` first (with its status), and its
+/// cache status in a header.
 fn respond_with_body((result, status): Outcome, body: impl FnOnce(StatusCode, &bytes::Bytes) -> bytes::Bytes) -> Response {
     match result {
         Ok(object) => {

@@ -239,7 +239,10 @@ impl TierState {
         };
         let stream = || request.stream.clone();
         let upstream = || base.to_owned();
-        let (status, content_type, cache_control, body) = match tokio::time::timeout(budget, attempt).await {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(budget, attempt).await;
+        self.upstream_latency.observe(started.elapsed().as_secs_f64());
+        let (status, content_type, cache_control, body) = match answer {
             Ok(Ok(answer)) => answer,
             Err(_) => {
                 self.count_failure(&self.counters.upstream_timeouts);

@@ -18,6 +18,15 @@ pub enum EncoderKind {
 }
 
 impl EncoderKind {
+    /// The backend's name, as config and metrics spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EncoderKind::Nvenc => "nvenc",
+            EncoderKind::Vaapi => "vaapi",
+            EncoderKind::X264 => "x264",
+        }
+    }
+
     /// The GStreamer element the template needs.
     pub fn element(self) -> &'static str {
         match self {

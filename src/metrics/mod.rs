@@ -1,0 +1,293 @@
+//! Prometheus exposition at `GET /metrics` (OpenMetrics text, through prometheus-client).
+//!
+//! Two kinds of series:
+//! - **Instruments** ([`Instruments`]) observed where things happen: HTTP requests by route
+//!   and status (the bounded HTTP edge), segment production lag (the packager), upstream
+//!   fetch latency (the caching tier), transcode failures (the stream actor).
+//! - **Read at scrape time** ([`Sources`]): the counters the other modules already keep
+//!   (RTMP edge, HTTP edge, caching tier, also served as JSON at `/ingest/metrics`,
+//!   `/metrics/http` and `/tier/metrics`), each live stream's status (uplink estimate,
+//!   rungs, lag, ingest bytes, segments), the audience ([`audience`]: viewers and delivered
+//!   bytes) and the host (CPU, memory, load through sysinfo).
+//!
+//! Per-stream series exist while the stream is live on this node or, for the audience,
+//! while it was watched through this node within the last minute: an ended stream's series
+//! go with it. GPU gauges belong to the GPU backends and are not here yet.
+
+pub mod audience;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::http::server::HttpStats;
+use crate::ingest::limits::IngestStats;
+use crate::package::Packager;
+use crate::stream::StreamRegistry;
+use crate::tier::TierState;
+use crate::transcode::encoder::EncoderKind;
+pub use audience::Audience;
+
+pub const METRICS_PATH: &str = "/metrics";
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels of `rackcast_http_requests_total`: the route pattern (a bounded set, see
+/// [`route_of`]) and the status code answered.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+/// The instruments other modules observe into. Cheap to clone: every field is shared.
+#[derive(Debug, Clone)]
+pub struct Instruments {
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// Seconds from a video segment's end (in presentation time) to when it was listed.
+    pub production_lag: Histogram,
+    /// Seconds an upstream fetch of the caching tier took, failures included.
+    pub upstream_latency: Histogram,
+    /// Streams ended by a pipeline error.
+    pub transcode_failures: Counter,
+}
+
+impl Default for Instruments {
+    fn default() -> Self {
+        Self {
+            http_requests: Family::default(),
+            // 50 ms .. ~26 s.
+            production_lag: Histogram::new(exponential_buckets(0.05, 2.0, 10)),
+            // 1 ms .. ~4 s.
+            upstream_latency: Histogram::new(exponential_buckets(0.001, 2.0, 13)),
+            transcode_failures: Counter::default(),
+        }
+    }
+}
+
+impl Instruments {
+    /// Counts one answered HTTP request.
+    pub fn http_request(&self, path: &str, status: u16) {
+        self.http_requests.get_or_create(&HttpLabels { route: route_of(path), status }).inc();
+    }
+}
+
+/// The route pattern a request path belongs to (`:name` for a path parameter; braces would
+/// need escaping in simple exposition parsers): the label of the HTTP request counter, so
+/// its cardinality stays bounded whatever clients send.
+pub fn route_of(path: &str) -> &'static str {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["live"] => "/live",
+        ["live", _] => "/live/:stream",
+        ["live", _, "manifest.mpd"] => "/live/:stream/manifest.mpd",
+        ["live", _, "manifest-number.mpd"] => "/live/:stream/manifest-number.mpd",
+        ["live", _, "uplink"] => "/live/:stream/uplink",
+        ["live", _, _, _] => "/live/:stream/:rendition/:file",
+        ["time"] => "/time",
+        ["metrics"] => METRICS_PATH,
+        ["metrics", "http"] => "/metrics/http",
+        ["metrics", "live"] => "/metrics/live",
+        ["ingest", "metrics"] => "/ingest/metrics",
+        ["tier", "metrics"] => "/tier/metrics",
+        ["cluster", "health"] => "/cluster/health",
+        _ => "other",
+    }
+}
+
+/// What the scrape reads from the rest of the node.
+pub struct Sources {
+    pub ingest: Arc<IngestStats>,
+    pub http: Arc<HttpStats>,
+    pub max_connections: usize,
+    pub tier: Option<TierState>,
+    pub streams: Arc<StreamRegistry>,
+    pub packager: Arc<Packager>,
+    pub audience: Arc<Audience>,
+    pub encoder: EncoderKind,
+}
+
+/// `GET /metrics` for this node.
+pub fn router(instruments: &Instruments, sources: Sources) -> Router {
+    let mut registry = Registry::with_prefix("rackcast");
+    registry.register("http_requests", "HTTP requests answered, by route and status", instruments.http_requests.clone());
+    registry.register(
+        "segment_production_lag_seconds",
+        "From a video segment's end in presentation time to when the MPD listed it",
+        instruments.production_lag.clone(),
+    );
+    registry.register(
+        "tier_upstream_fetch_seconds",
+        "Upstream fetches of the caching tier, failures included",
+        instruments.upstream_latency.clone(),
+    );
+    registry.register("transcode_failures", "Streams ended by a pipeline error", instruments.transcode_failures.clone());
+    registry.register_collector(Box::new(NodeCollector { sources, host: Mutex::new(sysinfo::System::new().ok()) }));
+    let registry = Arc::new(registry);
+    Router::new().route(
+        METRICS_PATH,
+        get(move || {
+            let registry = Arc::clone(&registry);
+            async move { scrape(&registry) }
+        }),
+    )
+}
+
+fn scrape(registry: &Registry) -> Response {
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, registry) {
+        tracing::error!("encoding /metrics failed: {e}");
+        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "metrics could not be encoded\n").into_response();
+    }
+    let headers = [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE)), (header::CACHE_CONTROL, HeaderValue::from_static("no-store"))];
+    (headers, body).into_response()
+}
+
+/// Reads the node's state on every scrape.
+struct NodeCollector {
+    sources: Sources,
+    /// `None` when the host's figures cannot be read (then the host series are absent).
+    host: Mutex<Option<sysinfo::System>>,
+}
+
+impl std::fmt::Debug for NodeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeCollector")
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Writes one metric family: `name` (without the prefix or `_total`) and its samples.
+fn family(encoder: &mut DescriptorEncoder, name: &str, help: &str, kind: MetricType, samples: &[(Labels, f64)]) -> std::fmt::Result {
+    if samples.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    if let [(labels, value)] = samples
+        && labels.is_empty()
+    {
+        return sample(kind, *value, metric);
+    }
+    for (labels, value) in samples {
+        sample(kind, *value, metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn sample(kind: MetricType, value: f64, encoder: MetricEncoder) -> std::fmt::Result {
+    match kind {
+        MetricType::Counter => ConstCounter::new(value).encode(encoder),
+        _ => ConstGauge::new(value).encode(encoder),
+    }
+}
+
+/// The fields of a serialisable counter snapshot as `{prefix}_{field}` families: counters,
+/// except the fields named in `gauges` (levels such as open connections).
+fn snapshot_families(encoder: &mut DescriptorEncoder, prefix: &str, what: &str, snapshot: serde_json::Value, gauges: &[&str]) -> std::fmt::Result {
+    let serde_json::Value::Object(fields) = snapshot else { return Ok(()) };
+    for (field, value) in fields {
+        let Some(value) = value.as_f64() else { continue };
+        let kind = if gauges.contains(&field.as_str()) { MetricType::Gauge } else { MetricType::Counter };
+        let help = format!("{what}: {}", field.replace('_', " "));
+        family(encoder, &format!("{prefix}_{field}"), &help, kind, &[(Vec::new(), value)])?;
+    }
+    Ok(())
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let s = &self.sources;
+        snapshot_families(&mut encoder, "ingest", "RTMP edge", json(&s.ingest.snapshot()), &["open"])?;
+        snapshot_families(&mut encoder, "http_edge", "HTTP edge", json(&s.http.snapshot(s.max_connections)), &["open", "max_connections"])?;
+        if let Some(tier) = &s.tier {
+            snapshot_families(&mut encoder, "tier", "caching tier", json(&tier.metrics()), &["bytes_cached", "entries", "capacity_bytes"])?;
+        }
+        self.encode_streams(&mut encoder)?;
+        self.encode_audience(&mut encoder)?;
+        self.encode_host(&mut encoder)
+    }
+}
+
+impl NodeCollector {
+    fn encode_streams(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let s = &self.sources;
+        let (mut uplink, mut rungs, mut lag, mut stalled, mut ingest, mut segments) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut sessions = 0.0;
+        for stream in s.streams.streams() {
+            let Some(status) = s.streams.status(&stream) else { continue };
+            let labels = || vec![("stream", stream.to_string())];
+            if let Some(estimate) = &status.uplink {
+                uplink.push((labels(), estimate.throughput_bps));
+            }
+            let planned = status.plan.as_ref().map_or(0, |p| p.rungs.len());
+            let running = status.health.rung_cap.map_or(planned, |cap| cap.min(planned));
+            sessions += running as f64;
+            rungs.push((labels(), running as f64));
+            if let Some(ms) = status.health.lag_ms {
+                lag.push((labels(), ms as f64 / 1000.0));
+            }
+            stalled.push((labels(), f64::from(u8::from(status.health.stalled))));
+            ingest.push((labels(), status.ingest_bytes as f64));
+            if let Some(count) = s.packager.segments_added(&stream) {
+                segments.push((labels(), count as f64));
+            }
+        }
+        use MetricType::{Counter, Gauge};
+        family(encoder, "stream_uplink_bits_per_second", "The broadcaster's measured upload throughput", Gauge, &uplink)?;
+        family(encoder, "stream_rungs", "Video renditions being encoded", Gauge, &rungs)?;
+        family(encoder, "stream_lag_seconds", "How far the newest video segment trails real time", Gauge, &lag)?;
+        family(encoder, "stream_stalled", "1 while the stream has produced no segment for 5 s", Gauge, &stalled)?;
+        family(encoder, "stream_ingest_bytes", "Media bytes received from the broadcaster", Counter, &ingest)?;
+        family(encoder, "stream_segments", "Media segments produced, every rendition", Counter, &segments)?;
+        let backend = vec![("backend", s.encoder.name().to_owned())];
+        family(encoder, "encoder_sessions", "Video encoders running, by backend", Gauge, &[(backend, sessions)])
+    }
+
+    fn encode_audience(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let (mut viewers, mut delivered) = (vec![], vec![]);
+        for (stream, figures) in self.sources.audience.figures() {
+            let labels = vec![("stream", stream.to_string())];
+            viewers.push((labels.clone(), figures.viewers as f64));
+            delivered.push((labels, figures.delivered_bytes as f64));
+        }
+        family(encoder, "stream_viewers", audience::VIEWER_HELP, MetricType::Gauge, &viewers)?;
+        family(encoder, "stream_delivered_bytes", "Manifest and segment bytes this node served to viewers", MetricType::Counter, &delivered)?;
+        let untracked = self.sources.audience.untracked.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        family(encoder, "audience_untracked", "Viewers or streams not counted because a tracking bound was reached", MetricType::Counter, &[(Vec::new(), untracked)])
+    }
+
+    fn encode_host(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut host = self.host.lock();
+        let Some(system) = host.as_mut() else { return Ok(()) };
+        system.refresh_cpu_usage();
+        system.refresh_memory();
+        let one = |v: f64| [(Vec::new(), v)];
+        use MetricType::Gauge;
+        family(encoder, "host_cpu_usage_ratio", "CPU busy, all cores, since the previous scrape (0..1)", Gauge, &one(f64::from(system.global_cpu_usage()) / 100.0))?;
+        family(encoder, "host_memory_used_bytes", "Memory in use", Gauge, &one(system.used_memory() as f64))?;
+        family(encoder, "host_memory_total_bytes", "Memory installed", Gauge, &one(system.total_memory() as f64))?;
+        if let Ok(load) = sysinfo::System::load_average() {
+            let samples: Vec<(Labels, f64)> =
+                [("1m", load.one), ("5m", load.five), ("15m", load.fifteen)].into_iter().map(|(w, v)| (vec![("window", w.to_owned())], v)).collect();
+            family(encoder, "host_load_average", "System load average", Gauge, &samples)?;
+        }
+        Ok(())
+    }
+}
+
+/// A counter snapshot as the JSON object of numbers it serialises to.
+fn json(snapshot: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(snapshot).unwrap_or_default()
+}

@@ -1,0 +1,156 @@
+//! `/metrics` against a known publish and a known set of viewer requests, parsed as a
+//! Prometheus server parses it (prometheus-parse): the stream's series match its status,
+//! request and byte counts match exactly what the test fetched, viewers are the distinct
+//! clients it used, and the stream's series go when it ends.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use prometheus_parse::{Scrape, Value};
+use support::*;
+
+const STREAM: &str = "metered";
+const CONFIG: &str = "[transcode]\nx264_preset = \"ultrafast\"\n";
+
+/// One scrape: (metric name, labels as `k=v` pairs sorted) -> value; histograms give
+/// their `_count` and `_sum` as separate samples.
+struct Metrics {
+    content_type: String,
+    samples: HashMap<(String, Vec<(String, String)>), f64>,
+}
+
+impl Metrics {
+    fn scrape(app: &Appliance) -> Self {
+        let response = get(&app.url("/metrics"));
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        let text = response.text().unwrap();
+        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("a Prometheus text document");
+        let mut samples = HashMap::new();
+        for sample in scrape.samples {
+            let mut labels: Vec<(String, String)> = sample.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            labels.sort();
+            let value = match sample.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+                Value::Histogram(_) | Value::Summary(_) => continue,
+            };
+            samples.insert((sample.metric, labels), value);
+        }
+        Self { content_type, samples }
+    }
+
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut labels: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        labels.sort();
+        self.samples.get(&(name.to_owned(), labels)).copied()
+    }
+
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or_else(|| panic!("no sample {name}{labels:?} in /metrics"))
+    }
+}
+
+fn route<'a>(pattern: &'a str, status: &'a str) -> [(&'static str, &'a str); 2] {
+    [("route", pattern), ("status", status)]
+}
+
+fn fetch_as(url: &str, user_agent: &str) -> usize {
+    let client = reqwest::blocking::Client::builder().user_agent(user_agent).timeout(Duration::from_secs(5)).build().unwrap();
+    let response = client.get(url).send().unwrap();
+    assert_eq!(response.status(), 200, "GET {url}");
+    response.bytes().unwrap().len()
+}
+
+#[test]
+fn metrics_reflect_a_known_publish_and_known_viewers_and_end_with_the_stream() {
+    let _one = one_ladder_at_a_time();
+    let app = Appliance::start(Some(CONFIG));
+    let publisher = Publisher::start(&app.publish_url("live", STREAM), 40, "640x360");
+    let mpd = wait_until("three listed video segments", Duration::from_secs(30), || {
+        let mpd = fetch_mpd(&app, STREAM)?;
+        let video = mpd.periods.last()?.adaptations.iter().find(|a| a.contentType.as_deref() == Some("video"))?;
+        (segments(STREAM, &video.representations[0]).1.len() >= 3).then_some(mpd)
+    });
+
+    let before = Metrics::scrape(&app);
+    assert!(before.content_type.starts_with("application/openmetrics-text"), "{}", before.content_type);
+    let mpd_route = "/live/:stream/manifest.mpd";
+    let number_route = "/live/:stream/manifest-number.mpd";
+    let segment_route = "/live/:stream/:rendition/:file";
+    let count = |m: &Metrics, r: &str| m.get("rackcast_http_requests_total", &route(r, "200")).unwrap_or(0.0);
+
+    // Known viewers: "a" reads the Timeline MPD three times and two segments, "b" the Number
+    // MPD once; a missing segment is a 404.
+    let video = mpd.periods.last().unwrap().adaptations.iter().find(|a| a.contentType.as_deref() == Some("video")).unwrap();
+    let (_, list) = segments(STREAM, &video.representations[0]);
+    let mut delivered = 0;
+    for _ in 0..3 {
+        delivered += fetch_as(&app.url(&format!("/live/{STREAM}/manifest.mpd")), "viewer-a");
+    }
+    for seg in &list[..2] {
+        delivered += fetch_as(&app.url(&seg.url), "viewer-a");
+    }
+    delivered += fetch_as(&app.url(&format!("/live/{STREAM}/manifest-number.mpd")), "viewer-b");
+    let missing = list[0].url.replace(&format!("-{}.m4s", list[0].number), "-999999.m4s");
+    assert_eq!(get(&app.url(&missing)).status(), 404);
+
+    let after = Metrics::scrape(&app);
+    let stream = [("stream", STREAM)];
+    assert_eq!(count(&after, mpd_route) - count(&before, mpd_route), 3.0);
+    assert_eq!(count(&after, number_route) - count(&before, number_route), 1.0);
+    assert_eq!(count(&after, segment_route) - count(&before, segment_route), 2.0);
+    let not_found = |m: &Metrics| m.get("rackcast_http_requests_total", &route(segment_route, "404")).unwrap_or(0.0);
+    assert_eq!(not_found(&after) - not_found(&before), 1.0);
+    let bytes = |m: &Metrics| m.value("rackcast_stream_delivered_bytes_total", &stream);
+    assert_eq!(bytes(&after) - bytes(&before), delivered as f64, "delivered bytes are what the viewers fetched");
+    // "a", "b", and the test's own MPD polls (no User-Agent) before.
+    assert_eq!(after.value("rackcast_stream_viewers", &stream), 3.0);
+
+    // The stream's series agree with its status.
+    let status = get_json(&app.url(&format!("/live/{STREAM}")));
+    let rungs = status["status"]["plan"]["rungs"].as_array().expect("a ladder plan").len() as f64;
+    assert_eq!(after.value("rackcast_stream_rungs", &stream), rungs);
+    assert_eq!(after.value("rackcast_encoder_sessions", &[("backend", "x264")]), rungs);
+    let ingest = |m: &Metrics| m.value("rackcast_stream_ingest_bytes_total", &stream);
+    std::thread::sleep(Duration::from_millis(500));
+    let later = Metrics::scrape(&app);
+    assert!(ingest(&later) > ingest(&before) && ingest(&before) > 10_000.0, "ingest bytes grow: {} then {}", ingest(&before), ingest(&later));
+    assert!(after.value("rackcast_stream_segments_total", &stream) >= 3.0 * (rungs + 1.0));
+    assert!(after.get("rackcast_stream_uplink_bits_per_second", &stream).is_some_and(|bps| bps > 0.0));
+    let lag_count = after.value("rackcast_segment_production_lag_seconds_count", &[]);
+    let lag_sum = after.value("rackcast_segment_production_lag_seconds_sum", &[]);
+    assert!(lag_count >= 3.0 && lag_sum / lag_count < 5.0, "production lag: {lag_count} segments, mean {} s", lag_sum / lag_count);
+    // The node's other counters fold in, and the host is described.
+    assert!(after.value("rackcast_ingest_accepted_total", &[]) >= 1.0);
+    assert!(after.value("rackcast_http_edge_open", &[]) >= 1.0);
+    assert!(after.value("rackcast_host_memory_total_bytes", &[]) > 0.0);
+    assert!(after.get("rackcast_host_load_average", &[("window", "1m")]).is_some());
+    assert_eq!(after.value("rackcast_transcode_failures_total", &[]), 0.0);
+    // Every series the shipped Grafana dashboard plots exists (the caching tier's only on
+    // origin and edge nodes).
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/monitoring/grafana-dashboard.json")).unwrap();
+    let names: std::collections::BTreeSet<&str> = dashboard
+        .match_indices("rackcast_")
+        .map(|(i, _)| &dashboard[i..i + dashboard[i..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap()])
+        .filter(|n| !n.starts_with("rackcast_tier_") && *n != "rackcast_")
+        .collect();
+    let scraped: std::collections::BTreeSet<&str> = after.samples.keys().map(|(n, _)| n.as_str()).collect();
+    let text = get(&app.url("/metrics")).text().unwrap();
+    for name in names {
+        let sampled = text.lines().any(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])));
+        assert!(scraped.contains(name) || sampled, "the dashboard plots {name}, which /metrics lacks");
+    }
+
+    // The stream ends: its live series go at once; its audience stays a while.
+    signal(publisher.pid(), "INT");
+    publisher.wait(Duration::from_secs(10));
+    wait_until("the stream's live series to go", Duration::from_secs(15), || {
+        let m = Metrics::scrape(&app);
+        m.get("rackcast_stream_rungs", &stream).is_none().then_some(())
+    });
+    let ended = Metrics::scrape(&app);
+    assert!(ended.get("rackcast_stream_ingest_bytes_total", &stream).is_none());
+    assert_eq!(ended.value("rackcast_encoder_sessions", &[("backend", "x264")]), 0.0);
+}
