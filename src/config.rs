@@ -38,6 +38,8 @@ pub struct Config {
     pub package: PackageConfig,
     /// Caching and coalescing on origin and edge nodes.
     pub tier: crate::tier::TierConfig,
+    /// The data directory and the limits of publish authentication (src/auth/config.rs).
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// What a node does. Every node runs the same binary; roles only switch parts on.
@@ -311,6 +313,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.tier.validate().map_err(|e| invalid("tier", e.to_string()))?;
+        self.auth.validate().map_err(|(key, reason)| invalid(format!("auth.{key}"), reason))?;
         self.http.validate().map_err(|e| invalid(format!("http.{}", e.key), e.reason))?;
         let cluster = &self.cluster;
         if !cluster.nodes.is_empty() {

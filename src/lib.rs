@@ -1,9 +1,10 @@
 //! rackcast: a live-video appliance. RTMP in, an adaptive H.264 ladder out as live
 //! 1-second MPEG-DASH. Modules in data-flow order:
-//! ingest -> stream -> (ladder, transcode) -> package -> store -> http; `metrics` reads them
+//! ingest (auth: who may publish) -> stream -> (ladder, transcode) -> package -> store -> http; `metrics` reads them
 //! all for `/metrics`.
 
 pub mod app;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod http;

@@ -35,6 +35,20 @@ enum Command {
         /// This node's id in the config's cluster.nodes (its listen addresses come from there).
         #[arg(long)]
         node: Option<String>,
+        /// Override auth.data_dir (where the stream key store lives).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Create, list and revoke stream keys (works while the appliance runs). Once a key
+    /// exists, every publish needs one.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Override auth.data_dir.
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
     },
     /// Print a stream's live server and its fallback order on the cluster's ring.
     Ring {
@@ -49,6 +63,16 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key that publishes STREAM (its public name); prints the key, once.
+    Add { stream: String },
+    /// List the keys (id, stream, created, revoked); never the secrets.
+    List,
+    /// Revoke the key with this id: new publishes with it are refused.
+    Revoke { id: String },
 }
 
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -90,8 +114,18 @@ fn main() -> anyhow::Result<()> {
             print!("{}", toml::to_string_pretty(&load(config.as_ref())?.redacted())?);
             Ok(())
         }
-        Command::Run { config, rtmp, http, node } => {
+        Command::Keys { action, config, data_dir } => {
             let mut config = load(config.as_ref())?;
+            if let Some(dir) = data_dir {
+                config.auth.data_dir = dir;
+            }
+            keys(action, &config)
+        }
+        Command::Run { config, rtmp, http, node, data_dir } => {
+            let mut config = load(config.as_ref())?;
+            if let Some(dir) = data_dir {
+                config.auth.data_dir = dir;
+            }
             if let Some(node) = node {
                 config.cluster.node_id = node;
             }
@@ -120,6 +154,33 @@ fn main() -> anyhow::Result<()> {
             })
         }
     }
+}
+
+fn keys(action: KeysAction, config: &Config) -> anyhow::Result<()> {
+    use rackcast::auth::keys::KeyStore;
+    let store = KeyStore::open(&config.auth.data_dir)?;
+    match action {
+        KeysAction::Add { stream } => {
+            let stream = rackcast::media::StreamId::parse(&stream).with_context(|| format!("{stream:?} is not a stream name"))?;
+            let key = store.create(&stream)?;
+            println!("id      {}", key.id);
+            println!("stream  {stream}");
+            println!("key     {}", key.secret);
+            eprintln!("Publish to rtmp://HOST:1935/live/{{key}}; viewers watch /live/{stream}/manifest.mpd. The key is not shown again.");
+        }
+        KeysAction::List => {
+            println!("{:<14} {:<24} {:<12} revoked", "id", "stream", "created");
+            for key in store.list()? {
+                let revoked = key.revoked_at.map_or_else(|| "-".to_owned(), |t| t.to_string());
+                println!("{:<14} {:<24} {:<12} {revoked}", key.id, key.stream, key.created_at);
+            }
+        }
+        KeysAction::Revoke { id } => {
+            anyhow::ensure!(store.revoke(&id)?, "no key {id:?} in force");
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

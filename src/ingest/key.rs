@@ -7,10 +7,10 @@
 //! librtmp send app `live/room`, key `cam`; ingest passes `room/cam` here). Then:
 //!
 //! 1. `?query` is cut off: it is for publish authentication, never part of a name.
-//! 2. With `[ingest.keys]`, the key must be configured (looked up as sent, then
-//!    percent-decoded); its name is the configured one. The key is a secret: no error, log
-//!    line, URL or status names it.
-//! 3. Without, the key is percent-decoded and is itself the name: split at '/' into
+//! 2. While keys are required (`[ingest.keys]` or the key store; `crate::auth` decides),
+//!    the key must be one of them (looked up as sent, then percent-decoded); its name is
+//!    the one it maps to. The key is a secret: no error, log line, URL or status names it.
+//! 3. Otherwise the key is percent-decoded and is itself the name: split at '/' into
 //!    elements, each non-empty and not starting with '.', joined with '~' (`room/cam` is
 //!    `room~cam`); '@', '=' and '+' (in user-style and base64 keys) become '-'. Any other
 //!    character outside the name's set is refused with the character named. The mapping is

@@ -31,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tracing::Instrument;
 
+use crate::auth::{PublishAuth, Refusal};
 use crate::media::{MediaPacket, StreamId};
 use crate::probe::{ProbeConfig, UplinkEstimate, UplinkProbe};
 use std::time::{Duration, Instant};
@@ -87,6 +88,7 @@ pub async fn serve(
     placement: Arc<dyn Placement>,
     services: StreamServices,
     stats: Arc<IngestStats>,
+    auth: Arc<PublishAuth>,
 ) {
     let shutdown = services.shutdown.clone();
     let ingest = &services.config.ingest;
@@ -120,6 +122,7 @@ pub async fn serve(
             placement: Arc::clone(&placement),
             services: services.clone(),
             stats: Arc::clone(&stats),
+            auth: Arc::clone(&auth),
             permit,
             from_relay: false,
             app_instance: None,
@@ -220,6 +223,7 @@ struct Connection {
     placement: Arc<dyn Placement>,
     services: StreamServices,
     stats: Arc<IngestStats>,
+    auth: Arc<PublishAuth>,
     /// Its place under the connection limits; also says whether the peer is a node.
     permit: ConnectionPermit,
     /// The peer is another node relaying a publish it took.
@@ -426,9 +430,14 @@ impl Connection {
                 }
                 None => stream_key,
             };
-            key::resolve(name, &ingest.keys).map_err(|e| match e {
-                key::KeyError::Unknown => e.to_string(),
-                e => format!("invalid stream key: {e}"),
+            self.auth.resolve(name, self.peer.ip()).map_err(|e| match e {
+                Refusal::Key(e @ key::KeyError::Unknown) => e.to_string(),
+                Refusal::Key(e) => format!("invalid stream key: {e}"),
+                Refusal::RateLimited => e.to_string(),
+                Refusal::Store(ref store) => {
+                    tracing::error!("the stream key store failed: {store}");
+                    e.to_string()
+                }
             })?
         };
         // A relayed publish is always ours: the relaying node already chose us.

@@ -32,6 +32,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::auth::PublishAuth;
 use crate::http::server::HttpStats;
 use crate::ingest::limits::IngestStats;
 use crate::package::Packager;
@@ -115,6 +116,7 @@ pub struct Sources {
     pub streams: Arc<StreamRegistry>,
     pub packager: Arc<Packager>,
     pub audience: Arc<Audience>,
+    pub auth: Arc<PublishAuth>,
     pub encoder: EncoderKind,
 }
 
@@ -210,6 +212,8 @@ impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let s = &self.sources;
         snapshot_families(&mut encoder, "ingest", "RTMP edge", json(&s.ingest.snapshot()), &["open"])?;
+        let limited = s.auth.rate_limited.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        family(&mut encoder, "ingest_publish_rate_limited", "Publish attempts refused by the per-address limit", MetricType::Counter, &[(Vec::new(), limited)])?;
         snapshot_families(&mut encoder, "http_edge", "HTTP edge", json(&s.http.snapshot(s.max_connections)), &["open", "max_connections"])?;
         if let Some(tier) = &s.tier {
             snapshot_families(&mut encoder, "tier", "caching tier", json(&tier.metrics()), &["bytes_cached", "entries", "capacity_bytes"])?;

@@ -20,7 +20,7 @@ pub struct Appliance {
     pub rtmp: String,
     pub http: String,
     logs: Arc<Mutex<String>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Appliance {
@@ -37,7 +37,8 @@ impl Appliance {
     fn launch(config: Option<&str>, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_rackcast"));
-        command.arg("run").args(args);
+        // Every appliance keeps its own state (the stream key store): no test sees another's keys.
+        command.arg("run").args(args).arg("--data-dir").arg(dir.path().join("data"));
         if let Some(text) = config {
             let path = dir.path().join("rackcast.toml");
             std::fs::write(&path, text).unwrap();
@@ -69,7 +70,12 @@ impl Appliance {
         let field = |name: &str| {
             ready.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))).unwrap().to_owned()
         };
-        Self { rtmp: field("rtmp"), http: field("http"), child, logs, _dir: dir }
+        Self { rtmp: field("rtmp"), http: field("http"), child, logs, dir }
+    }
+
+    /// The appliance's data directory (its stream key store), for `rackcast keys`.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,160 @@
+//! Publish authentication: which stream a publish may write, from its stream key.
+//!
+//! Keys come from two places: `[ingest.keys]` in the config (fixed, for provisioning) and
+//! the key store ([`keys`]: `rackcast keys add|list|revoke`, stored hashed). While neither
+//! holds a key in force, publishing is open: a key is its stream's name
+//! (`ingest::key::open_name`), and the start-up log says so. Otherwise every publish needs
+//! a key in force, looked up as sent and then percent-decoded, and publishes the public
+//! name the key maps to; the `?query` is never part of a key. A refusal never names the
+//! key. While keys are required, each address may make `publish_attempts_per_minute`
+//! attempts (burst `publish_attempt_burst`; governor), federation nodes exempt.
+
+pub mod config;
+pub mod keys;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::ingest::key::{self, KeyError};
+use crate::media::StreamId;
+pub use config::AuthConfig;
+use keys::{KeyStore, KeyStoreError};
+
+/// How often (in attempts) the limiter forgets addresses that are back under their quota.
+const LIMITER_SWEEP_EVERY: u64 = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("too many publish attempts from this address; try again in a minute")]
+    RateLimited,
+    #[error("stream keys cannot be checked right now")]
+    Store(#[from] KeyStoreError),
+}
+
+pub struct PublishAuth {
+    config_keys: BTreeMap<String, String>,
+    store: Option<KeyStore>,
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    exempt: HashSet<IpAddr>,
+    attempts: AtomicU64,
+    /// Attempts refused by the rate limit.
+    pub rate_limited: AtomicU64,
+}
+
+impl PublishAuth {
+    /// `store` is `None` only where no data directory is wanted (tests of other parts).
+    pub fn new(config: &AuthConfig, config_keys: BTreeMap<String, String>, store: Option<KeyStore>, exempt: HashSet<IpAddr>) -> Self {
+        let one = NonZeroU32::MIN;
+        let quota = Quota::per_minute(NonZeroU32::new(config.publish_attempts_per_minute).unwrap_or(one))
+            .allow_burst(NonZeroU32::new(config.publish_attempt_burst).unwrap_or(one));
+        Self {
+            config_keys,
+            store,
+            limiter: RateLimiter::keyed(quota),
+            exempt,
+            attempts: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+        }
+    }
+
+    /// True while no key is in force: anyone may publish any name.
+    pub fn is_open(&self) -> Result<bool, KeyStoreError> {
+        Ok(self.config_keys.is_empty() && !self.store.as_ref().map(KeyStore::any_active).transpose()?.unwrap_or(false))
+    }
+
+    /// The stream a publish name (`key` or `key?query`, after the application instance)
+    /// from `peer` publishes.
+    pub fn resolve(&self, name: &str, peer: IpAddr) -> Result<StreamId, Refusal> {
+        let (key, _query) = key::split_query(name);
+        if self.is_open()? {
+            return Ok(key::open_name(key)?);
+        }
+        if !self.exempt.contains(&peer) {
+            if self.attempts.fetch_add(1, Ordering::Relaxed) % LIMITER_SWEEP_EVERY == 0 {
+                self.limiter.retain_recent();
+            }
+            if self.limiter.check_key(&peer).is_err() {
+                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return Err(Refusal::RateLimited);
+            }
+        }
+        if !self.config_keys.is_empty()
+            && let Ok(stream) = key::resolve(name, &self.config_keys)
+        {
+            return Ok(stream);
+        }
+        if let Some(store) = &self.store {
+            let decoded = key::percent_decode(key).ok().filter(|d| d != key);
+            for candidate in std::iter::once(key).chain(decoded.as_deref()) {
+                // Stored names were validated when the key was made; a bad one refuses.
+                if let Some(stream) = store.lookup(candidate)? {
+                    return StreamId::parse(&stream).map_err(|_| Refusal::Key(KeyError::Unknown));
+                }
+            }
+        }
+        Err(Refusal::Key(KeyError::Unknown))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(config_keys: &[(&str, &str)], store: Option<KeyStore>, per_minute: u32, burst: u32) -> PublishAuth {
+        let config = AuthConfig { publish_attempts_per_minute: per_minute, publish_attempt_burst: burst, ..AuthConfig::default() };
+        let keys = config_keys.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        PublishAuth::new(&config, keys, store, HashSet::from(["10.0.0.9".parse().unwrap()]))
+    }
+
+    const PEER: &str = "192.0.2.1";
+
+    #[test]
+    fn open_until_a_key_exists_then_only_keys_publish() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = auth(&[], Some(KeyStore::open(dir.path()).unwrap()), 60, 20);
+        let peer: IpAddr = PEER.parse().unwrap();
+        assert!(a.is_open().unwrap());
+        assert_eq!(a.resolve("room/cam?token=x", peer).unwrap().as_str(), "room~cam");
+
+        let key = KeyStore::open(dir.path()).unwrap().create(&StreamId::parse("studio").unwrap()).unwrap();
+        assert!(!a.is_open().unwrap());
+        assert_eq!(a.resolve(&format!("{}?via=obs", key.secret), peer).unwrap().as_str(), "studio");
+        assert!(matches!(a.resolve("cam", peer), Err(Refusal::Key(KeyError::Unknown))));
+        // A refusal never carries the key.
+        let refusal = a.resolve("rk_0000000000000000000000000000000000000000", peer).unwrap_err().to_string();
+        assert!(!refusal.contains("rk_"), "{refusal}");
+    }
+
+    #[test]
+    fn config_keys_and_stored_keys_both_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        let stored = store.create(&StreamId::parse("two").unwrap()).unwrap();
+        let a = auth(&[("fixed-secret", "one")], Some(store), 60, 20);
+        let peer: IpAddr = PEER.parse().unwrap();
+        assert_eq!(a.resolve("fixed-secret", peer).unwrap().as_str(), "one");
+        assert_eq!(a.resolve(&stored.secret, peer).unwrap().as_str(), "two");
+    }
+
+    #[test]
+    fn attempts_are_limited_per_address_while_keys_are_required() {
+        let a = auth(&[("s3cret", "cam")], None, 1, 3);
+        let (peer, other, node): (IpAddr, IpAddr, IpAddr) = (PEER.parse().unwrap(), "192.0.2.2".parse().unwrap(), "10.0.0.9".parse().unwrap());
+        for _ in 0..3 {
+            assert!(matches!(a.resolve("guess", peer), Err(Refusal::Key(_))));
+        }
+        // The burst is spent: even the right key waits.
+        assert!(matches!(a.resolve("s3cret", peer), Err(Refusal::RateLimited)));
+        assert_eq!(a.resolve("s3cret", other).unwrap().as_str(), "cam", "another address is not affected");
+        for _ in 0..10 {
+            assert!(a.resolve("s3cret", node).is_ok(), "federation nodes are exempt");
+        }
+        assert_eq!(a.rate_limited.load(Ordering::Relaxed), 1);
+    }
+}

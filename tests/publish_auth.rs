@@ -1,0 +1,97 @@
+//! Publish authentication against the real binary, with ffmpeg publishers and
+//! `rackcast keys` run while the appliance runs: a key publishes its stream under the public
+//! name; a wrong key and a revoked one are refused with the reason logged beside the
+//! address; revoking the key of a live stream leaves that stream playing; the secrets
+//! appear in no log line, MPD, API answer or metric; attempts from one address are limited.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+const CONFIG: &str = "[transcode]\nx264_preset = \"ultrafast\"\n";
+
+/// `rackcast keys ARGS` on the appliance's data directory; its standard output.
+fn keys(app: &Appliance, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_rackcast")).arg("keys").args(args).arg("--data-dir").arg(app.data_dir()).output().unwrap();
+    assert!(output.status.success(), "rackcast keys {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// (id, secret) of a new key for `stream`.
+fn add_key(app: &Appliance, stream: &str) -> (String, String) {
+    let out = keys(app, &["add", stream]);
+    let field = |name: &str| out.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_else(|| panic!("no {name} in {out}")).trim().to_owned();
+    (field("id"), field("key"))
+}
+
+fn newest_video_number(app: &Appliance, stream: &str) -> Option<u64> {
+    let mpd = fetch_mpd(app, stream)?;
+    let video = mpd.periods.last()?.adaptations.iter().find(|a| a.contentType.as_deref() == Some("video"))?.clone();
+    Some(segments(stream, &video.representations[0]).1.last()?.number)
+}
+
+fn refused(app: &Appliance, key: &str) -> String {
+    let (status, stderr) = Publisher::start(&app.publish_url("live", key), 5, "320x180").wait(Duration::from_secs(20));
+    assert!(!status.success(), "a publish with key {key:?} was accepted");
+    stderr
+}
+
+#[test]
+fn stream_keys_publish_their_streams_and_nothing_else_gets_in() {
+    let _one = one_ladder_at_a_time();
+    let app = Appliance::start(Some(CONFIG));
+    app.wait_for_log("publishing is open", Duration::from_secs(5));
+    let (_, studio) = add_key(&app, "studio");
+    let (other_id, other) = add_key(&app, "other");
+    assert!(keys(&app, &["list"]).lines().filter(|l| l.contains("studio") || l.contains("other")).count() == 2);
+
+    // Each key publishes its own stream, under the public name.
+    let _studio = Publisher::start(&app.publish_url("live", &format!("{studio}?via=obs")), 60, "320x180");
+    let _other = Publisher::start(&app.publish_url("live", &other), 60, "320x180");
+    for stream in ["studio", "other"] {
+        wait_until(&format!("{stream} live"), Duration::from_secs(30), || newest_video_number(&app, stream));
+    }
+
+    // A wrong key, and an open-style name, are refused; the log names the address.
+    refused(&app, "rk_0000000000000000000000000000000000000000");
+    refused(&app, "studio");
+    app.wait_for_log("publish refused: stream key not recognised", Duration::from_secs(5));
+    assert!(app.logs().lines().any(|l| l.contains("stream key not recognised") && l.contains("peer=127.0.0.1:")), "the refusal names the address");
+
+    // The live stream's key is revoked: it goes on; its key no longer publishes.
+    keys(&app, &["revoke", &other_id]);
+    let before = newest_video_number(&app, "other").unwrap();
+    wait_until("the revoked key's live stream going on", Duration::from_secs(10), || {
+        newest_video_number(&app, "other").filter(|n| *n >= before + 2)
+    });
+    refused(&app, &other);
+    assert!(newest_video_number(&app, "studio").is_some(), "the other stream plays on");
+
+    // No secret anywhere a viewer, an admin or a log reader looks.
+    let mut seen = app.logs();
+    for path in ["/live", "/live/studio", "/live/other", "/live/studio/manifest.mpd", "/live/other/manifest-number.mpd", "/metrics", "/ingest/metrics"] {
+        seen.push_str(&get(&app.url(path)).text().unwrap());
+    }
+    for secret in [&studio, &other] {
+        assert!(!seen.contains(secret.as_str()), "a stream key leaked");
+        assert!(!seen.contains(&secret[3..20]), "part of a stream key leaked");
+    }
+}
+
+#[test]
+fn publish_attempts_from_one_address_are_limited() {
+    let config = "[ingest.keys]\n\"right-key\" = \"cam\"\n[auth]\npublish_attempts_per_minute = 6\npublish_attempt_burst = 3\n";
+    let app = Appliance::start(Some(config));
+    for _ in 0..3 {
+        refused(&app, "wrong-key");
+    }
+    // The burst is spent: even the right key waits, and the log says why.
+    refused(&app, "right-key");
+    app.wait_for_log("too many publish attempts from this address", Duration::from_secs(5));
+    let metrics = get(&app.url("/metrics")).text().unwrap();
+    let limited = metrics.lines().find_map(|l| l.strip_prefix("rackcast_ingest_publish_rate_limited_total ")).map(|v| v.parse::<f64>().unwrap());
+    assert_eq!(limited, Some(1.0), "the refusal is counted");
+}
