@@ -4,8 +4,7 @@
 //! housekeeping, and on shutdown stops accepting, lets every stream drain its pipeline,
 //! and waits for every task.
 
-use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,6 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::auth::PublishAuth;
-use crate::auth::keys::KeyStore;
 use crate::cluster::upstreams::{LiveUpstreams, OriginUpstreams};
 use crate::cluster::{self, ClusterPlacement, Membership, HEALTH_PATH};
 use crate::config::{Config, Role};
@@ -106,17 +104,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         tracker.spawn(crate::stream::overload::run(Arc::clone(&registry), shutdown.clone()));
     }
     let ingest_stats = Arc::new(IngestStats::default());
-    let key_store = KeyStore::open(&config.auth.data_dir).context("opening the stream key store")?;
-    let nodes: HashSet<IpAddr> = config.cluster.nodes.iter().flat_map(|n| [n.rtmp.ip(), n.http.ip()]).collect();
-    let auth = Arc::new(PublishAuth::new(&config.auth, config.ingest.keys.clone(), Some(key_store), nodes));
-    if auth.is_open().context("reading the stream key store")? {
-        tracing::warn!(
-            "publishing is open: no stream key is in force, so whoever reaches the RTMP port may publish any stream name \
-             (`rackcast keys add STREAM` creates a key)"
-        );
-    } else {
-        tracing::info!(data_dir = %config.auth.data_dir.display(), "publishing needs a stream key");
-    }
+    let auth = Arc::new(PublishAuth::start(&config).context("starting publish authentication")?);
     let http_stats = Arc::new(HttpStats::default());
     let (node, tier) = node_router(&config, &roles, membership, Arc::clone(&registry), store, &instruments, &audience)?;
     let sources = metrics::Sources {
@@ -130,19 +118,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         auth: Arc::clone(&auth),
         encoder: choice.kind,
     };
-    let counted = instruments.clone();
     let app = node
         .merge(ingest_metrics_router(Arc::clone(&ingest_stats)))
         .merge(http::server::metrics_router(Arc::clone(&http_stats), config.http.max_connections))
         .merge(metrics::router(&instruments, sources))
-        .layer(axum::middleware::from_fn(move |request: Request, next: axum::middleware::Next| {
-            let (counted, path) = (counted.clone(), request.uri().path().to_owned());
-            async move {
-                let response = next.run(request).await;
-                counted.http_request(&path, response.status().as_u16());
-                response
-            }
-        }));
+        .layer(axum::middleware::from_fn_with_state(instruments.clone(), metrics::count_requests));
     tracker.spawn(ingest::serve(listeners.rtmp, registry, placement, services, ingest_stats, auth));
     // Every role serves HTTP through the same bounded edge (connection cap, time-outs).
     tracker.spawn(http::serve(listeners.http, app, config.http.clone(), http_stats, shutdown.clone()));

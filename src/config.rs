@@ -301,6 +301,9 @@ impl Config {
         if !config.cluster.relay_secret.is_empty() {
             config.cluster.relay_secret = REDACTED.to_owned();
         }
+        if !config.auth.publish_token_secret.is_empty() {
+            config.auth.publish_token_secret = REDACTED.to_owned();
+        }
         config.ingest.keys = config
             .ingest
             .keys

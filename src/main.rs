@@ -50,6 +50,16 @@ enum Command {
         #[arg(long, global = true)]
         data_dir: Option<PathBuf>,
     },
+    /// Print a signed publish key for STREAM (`STREAM?exp=...&sig=...`), valid for
+    /// --valid; needs auth.publish_token_secret, the same on every node that takes it.
+    Token {
+        stream: String,
+        /// How long the key publishes, e.g. 30m, 12h, 7d (at most 30 days).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        valid: std::time::Duration,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print a stream's live server and its fallback order on the cluster's ring.
     Ring {
         /// The stream id (public stream name).
@@ -112,6 +122,17 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Config { config } => {
             print!("{}", toml::to_string_pretty(&load(config.as_ref())?.redacted())?);
+            Ok(())
+        }
+        Command::Token { stream, valid, config } => {
+            use rackcast::auth::token::{self, PUBLISH_MAX_LIFETIME, Purpose};
+            let config = load(config.as_ref())?;
+            config.validate()?;
+            let secret = &config.auth.publish_token_secret;
+            anyhow::ensure!(!secret.is_empty(), "auth.publish_token_secret is not set in the config");
+            anyhow::ensure!(valid <= PUBLISH_MAX_LIFETIME, "a publish token is valid for at most {}", humantime::format_duration(PUBLISH_MAX_LIFETIME));
+            rackcast::ingest::key::open_name(&stream).with_context(|| format!("{stream:?} is not a stream name"))?;
+            println!("{}", token::sign(Purpose::Publish, &stream, secret, valid));
             Ok(())
         }
         Command::Keys { action, config, data_dir } => {

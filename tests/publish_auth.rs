@@ -95,3 +95,32 @@ fn publish_attempts_from_one_address_are_limited() {
     let limited = metrics.lines().find_map(|l| l.strip_prefix("rackcast_ingest_publish_rate_limited_total ")).map(|v| v.parse::<f64>().unwrap());
     assert_eq!(limited, Some(1.0), "the refusal is counted");
 }
+
+#[test]
+fn signed_publish_keys_publish_their_stream_until_they_expire() {
+    let _one = one_ladder_at_a_time();
+    let config = format!("{CONFIG}[auth]\npublish_token_secret = \"a-publish-token-secret-for-tests\"\n");
+    let app = Appliance::start(Some(&config));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rackcast.toml");
+    std::fs::write(&path, &config).unwrap();
+    let token = |stream: &str, valid: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_rackcast")).args(["token", stream, "--valid", valid, "--config"]).arg(&path).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let short = token("robot", "1s");
+    let key = token("robot", "10m");
+    assert!(key.starts_with("robot?exp=") && key.len() < 100, "{key}");
+
+    let _publisher = Publisher::start(&app.publish_url("live", &key), 30, "320x180");
+    wait_until("the token's stream live", Duration::from_secs(30), || newest_video_number(&app, "robot"));
+    // The name without a token, a token for another name, an expired token: refused.
+    refused(&app, "robot2");
+    refused(&app, &key.replacen("robot", "robot2", 1));
+    std::thread::sleep(Duration::from_millis(2100));
+    refused(&app, &short);
+    app.wait_for_log("publish token refused: token expired", Duration::from_secs(5));
+    app.wait_for_log("publish token refused: token signature does not match", Duration::from_secs(5));
+    assert!(!app.logs().contains("sig="), "the signature stays out of the log");
+}

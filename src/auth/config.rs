@@ -20,6 +20,10 @@ pub struct AuthConfig {
     pub data_dir: PathBuf,
     pub publish_attempts_per_minute: u32,
     pub publish_attempt_burst: u32,
+    /// Secret for signed, expiring publish keys (`rackcast token STREAM`), at least 16
+    /// characters; empty: no publish tokens. Setting it requires a key or token for
+    /// every publish.
+    pub publish_token_secret: String,
 }
 
 impl Default for AuthConfig {
@@ -28,6 +32,7 @@ impl Default for AuthConfig {
             data_dir: default_data_dir(),
             publish_attempts_per_minute: DEFAULT_PUBLISH_ATTEMPTS_PER_MINUTE,
             publish_attempt_burst: DEFAULT_PUBLISH_ATTEMPT_BURST,
+            publish_token_secret: String::new(),
         }
     }
 }
@@ -37,6 +42,9 @@ impl AuthConfig {
         let invalid = |key: &str, reason: &str| Err((key.to_owned(), reason.to_owned()));
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must name a directory");
+        }
+        if !self.publish_token_secret.is_empty() && self.publish_token_secret.chars().count() < 16 {
+            return invalid("publish_token_secret", "must be at least 16 characters (or empty: no publish tokens)");
         }
         if NonZeroU32::new(self.publish_attempts_per_minute).is_none() || NonZeroU32::new(self.publish_attempt_burst).is_none() {
             return invalid("publish_attempts_per_minute", "the rate and the burst must be at least 1");

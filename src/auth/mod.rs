@@ -8,9 +8,15 @@
 //! name the key maps to; the `?query` is never part of a key. A refusal never names the
 //! key. While keys are required, each address may make `publish_attempts_per_minute`
 //! attempts (burst `publish_attempt_burst`; governor), federation nodes exempt.
+//!
+//! With `auth.publish_token_secret`, a signed, expiring key ([`token`], purpose Publish)
+//! also publishes: `{stream}?exp=...&sig=...` (`rackcast token STREAM`), for automation
+//! that should not hold a long-lived key. A key with a bad or expired signature is refused
+//! with the reason.
 
 pub mod config;
 pub mod keys;
+pub mod token;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -31,6 +37,8 @@ const LIMITER_SWEEP_EVERY: u64 = 256;
 pub enum Refusal {
     #[error(transparent)]
     Key(#[from] KeyError),
+    #[error("publish token refused: {0}")]
+    Token(#[from] token::TokenError),
     #[error("too many publish attempts from this address; try again in a minute")]
     RateLimited,
     #[error("stream keys cannot be checked right now")]
@@ -39,6 +47,7 @@ pub enum Refusal {
 
 pub struct PublishAuth {
     config_keys: BTreeMap<String, String>,
+    token_secret: Option<String>,
     store: Option<KeyStore>,
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     exempt: HashSet<IpAddr>,
@@ -48,6 +57,24 @@ pub struct PublishAuth {
 }
 
 impl PublishAuth {
+    /// The node's publish authentication: the config's keys and token secret, the key
+    /// store under `auth.data_dir`, federation nodes exempt from the attempt limit. Logs
+    /// whether publishing is open.
+    pub fn start(config: &crate::config::Config) -> Result<Self, KeyStoreError> {
+        let store = KeyStore::open(&config.auth.data_dir)?;
+        let nodes = config.cluster.nodes.iter().flat_map(|n| [n.rtmp.ip(), n.http.ip()]).collect();
+        let auth = Self::new(&config.auth, config.ingest.keys.clone(), Some(store), nodes);
+        if auth.is_open()? {
+            tracing::warn!(
+                "publishing is open: no stream key is in force, so whoever reaches the RTMP port may publish any stream name \
+                 (`rackcast keys add STREAM` creates a key)"
+            );
+        } else {
+            tracing::info!(data_dir = %config.auth.data_dir.display(), "publishing needs a stream key or a signed publish key");
+        }
+        Ok(auth)
+    }
+
     /// `store` is `None` only where no data directory is wanted (tests of other parts).
     pub fn new(config: &AuthConfig, config_keys: BTreeMap<String, String>, store: Option<KeyStore>, exempt: HashSet<IpAddr>) -> Self {
         let one = NonZeroU32::MIN;
@@ -55,6 +82,7 @@ impl PublishAuth {
             .allow_burst(NonZeroU32::new(config.publish_attempt_burst).unwrap_or(one));
         Self {
             config_keys,
+            token_secret: Some(config.publish_token_secret.clone()).filter(|s| !s.is_empty()),
             store,
             limiter: RateLimiter::keyed(quota),
             exempt,
@@ -65,13 +93,13 @@ impl PublishAuth {
 
     /// True while no key is in force: anyone may publish any name.
     pub fn is_open(&self) -> Result<bool, KeyStoreError> {
-        Ok(self.config_keys.is_empty() && !self.store.as_ref().map(KeyStore::any_active).transpose()?.unwrap_or(false))
+        Ok(self.config_keys.is_empty() && self.token_secret.is_none() && !self.store.as_ref().map(KeyStore::any_active).transpose()?.unwrap_or(false))
     }
 
     /// The stream a publish name (`key` or `key?query`, after the application instance)
     /// from `peer` publishes.
     pub fn resolve(&self, name: &str, peer: IpAddr) -> Result<StreamId, Refusal> {
-        let (key, _query) = key::split_query(name);
+        let (key, query) = key::split_query(name);
         if self.is_open()? {
             return Ok(key::open_name(key)?);
         }
@@ -83,6 +111,12 @@ impl PublishAuth {
                 self.rate_limited.fetch_add(1, Ordering::Relaxed);
                 return Err(Refusal::RateLimited);
             }
+        }
+        if let Some(secret) = &self.token_secret
+            && query.is_some_and(|q| q.contains("sig="))
+        {
+            let stream = token::verify(token::Purpose::Publish, name, secret)?;
+            return Ok(key::open_name(stream)?);
         }
         if !self.config_keys.is_empty()
             && let Ok(stream) = key::resolve(name, &self.config_keys)
@@ -140,6 +174,22 @@ mod tests {
         let peer: IpAddr = PEER.parse().unwrap();
         assert_eq!(a.resolve("fixed-secret", peer).unwrap().as_str(), "one");
         assert_eq!(a.resolve(&stored.secret, peer).unwrap().as_str(), "two");
+    }
+
+    #[test]
+    fn signed_publish_keys_publish_until_they_expire() {
+        let secret = "a-publish-token-secret";
+        let config = AuthConfig { publish_token_secret: secret.into(), ..AuthConfig::default() };
+        let a = PublishAuth::new(&config, BTreeMap::new(), None, HashSet::new());
+        let peer: IpAddr = PEER.parse().unwrap();
+        assert!(!a.is_open().unwrap(), "a token secret requires a key or token");
+        let key = token::sign(token::Purpose::Publish, "room/cam", secret, std::time::Duration::from_secs(60));
+        assert_eq!(a.resolve(&key, peer).unwrap().as_str(), "room~cam");
+        let forged = key.replace("room/cam", "room/other");
+        assert!(matches!(a.resolve(&forged, peer), Err(Refusal::Token(token::TokenError::BadSignature))));
+        let relay = token::sign(token::Purpose::Relay, "room/cam", secret, token::RELAY_LIFETIME);
+        assert!(matches!(a.resolve(&relay, peer), Err(Refusal::Token(_))), "a relay token does not publish");
+        assert!(matches!(a.resolve("room/cam", peer), Err(Refusal::Key(KeyError::Unknown))));
     }
 
     #[test]

@@ -15,7 +15,6 @@ pub mod guard;
 pub mod key;
 pub mod limits;
 pub mod relay;
-pub mod relay_token;
 
 pub use config::IngestConfig;
 
@@ -31,6 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tracing::Instrument;
 
+use crate::auth::token::{self, Purpose};
 use crate::auth::{PublishAuth, Refusal};
 use crate::media::{MediaPacket, StreamId};
 use crate::probe::{ProbeConfig, UplinkEstimate, UplinkProbe};
@@ -414,9 +414,9 @@ impl Connection {
         }
         let ingest = &self.services.config.ingest;
         let stream = if self.from_relay {
-            let name = relay_token::verify(stream_key, self.placement.relay_secret()).map_err(|e| {
+            let name = token::verify(Purpose::Relay, stream_key, self.placement.relay_secret()).map_err(|e| {
                 inc(&self.stats.relay_refused);
-                format!("relayed publish refused: {e}")
+                format!("relayed publish refused: relay {e}")
             })?;
             StreamId::parse(name).map_err(|e| format!("invalid relayed stream name: {e}"))?
         } else {
@@ -433,7 +433,7 @@ impl Connection {
             self.auth.resolve(name, self.peer.ip()).map_err(|e| match e {
                 Refusal::Key(e @ key::KeyError::Unknown) => e.to_string(),
                 Refusal::Key(e) => format!("invalid stream key: {e}"),
-                Refusal::RateLimited => e.to_string(),
+                Refusal::RateLimited | Refusal::Token(_) => e.to_string(),
                 Refusal::Store(ref store) => {
                     tracing::error!("the stream key store failed: {store}");
                     e.to_string()

@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::flv;
+use crate::auth::token::{self, Purpose, RELAY_LIFETIME};
 use crate::media::{MediaPacket, StreamId};
 use crate::stream::{EndSignal, StreamEnd};
 
@@ -77,7 +78,7 @@ pub trait Placement: Send + Sync {
     fn self_target(&self) -> Option<RelayTarget>;
     /// A relay saw `node` fail; placement should stop choosing it until probes say otherwise.
     fn peer_failed(&self, node: &str);
-    /// Secret with which relayed publishes are signed (see `relay_token`).
+    /// Secret with which relayed publishes are signed (see `auth::token`).
     fn relay_secret(&self) -> &str;
 }
 
@@ -395,7 +396,7 @@ impl Relay {
                         ClientSessionResult::OutboundResponse(p) => socket.write_all(&p.bytes).await.map_err(|e| peer(e.to_string()))?,
                         ClientSessionResult::RaisedEvent(ClientSessionEvent::ConnectionRequestAccepted) if !publishing_requested => {
                             publishing_requested = true;
-                            let key = super::relay_token::sign(self.stream.as_str(), self.placement.relay_secret());
+                            let key = token::sign(Purpose::Relay, self.stream.as_str(), self.placement.relay_secret(), RELAY_LIFETIME);
                             let publish = session.request_publishing(key, PublishRequestType::Live).map_err(|e| peer(format!("{e:?}")))?;
                             write_results(socket, vec![publish]).await.map_err(|e| peer(e.to_string()))?;
                         }

@@ -19,6 +19,8 @@ pub mod audience;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -82,6 +84,14 @@ impl Instruments {
     pub fn http_request(&self, path: &str, status: u16) {
         self.http_requests.get_or_create(&HttpLabels { route: route_of(path), status }).inc();
     }
+}
+
+/// Middleware: counts every answered request of the node's router by route and status.
+pub async fn count_requests(State(instruments): State<Instruments>, request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    instruments.http_request(&path, response.status().as_u16());
+    response
 }
 
 /// The route pattern a request path belongs to (`:name` for a path parameter; braces would
