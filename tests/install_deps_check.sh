@@ -39,6 +39,9 @@ declare -A module_package=(
 )
 # -sys crates that link nothing on Linux (other platforms' APIs, raw syscalls).
 no_link_sys=" core-foundation-sys js-sys web-sys windows-sys linux-raw-sys "
+# -sys crates built from their bundled C sources: they need only the C compiler below.
+bundled_sys=" libsqlite3-sys "
+grep -qE '^rusqlite = .*"bundled"' Cargo.toml || fail "rusqlite must keep its \"bundled\" feature (or libsqlite3-dev goes into install-deps.sh)"
 
 build_need=(gcc libc6-dev pkg-config curl ca-certificates) # cc as linker; rustup's download
 modules=()
@@ -46,7 +49,7 @@ while read -r crate; do
   if [ -n "${sys_module[$crate]:-}" ]; then
     modules+=("${sys_module[$crate]}")
     build_need+=("${module_package[${sys_module[$crate]}]}")
-  elif [[ "$no_link_sys" != *" $crate "* ]]; then
+  elif [[ "$no_link_sys" != *" $crate "* && "$bundled_sys" != *" $crate "* ]]; then
     fail "Cargo.lock has $crate: add the library it links to this check and its Debian package to deploy/install-deps.sh"
   fi
 done < <(sed -n 's/^name = "\(.*-sys\)"$/\1/p' Cargo.lock | sort -u)
