@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# rackcast GPU check: what an NVIDIA host offers GStreamer, and how the GPU-resident transcode
+# chains of issue #10 run there. Writes one markdown report plus two companion files:
+#
+#   firmware-notes/gpu-check.sh OUTDIR [BUNDLE]
+#
+#   OUTDIR/gpu-check-report.md   host facts, element registration, timed pipelines, summary
+#   OUTDIR/gst-inspect.txt       full gst-inspect-1.0 of nvcodec and each CUDA/NV element
+#   OUTDIR/gpu-check-logs.tar.gz every pipeline's log (GST_DEBUG=2), nvidia-smi samples,
+#                                nvidia-smi -q, the NVENC registration debug log
+#
+# BUNDLE (default .gpucheck) is made by firmware-notes/gpu-bundle.sh on a Debian 12 host:
+#   BUNDLE/gst/{bin,libexec,plugins,lib}  GStreamer 1.22 tools, plugins and their libraries
+#                                         (no glibc/libstdc++: the GPU host's are used)
+#   BUNDLE/media/src1080p60.h264, src720p30.h264   10 s H.264 High test streams
+#   BUNDLE/wheel/nvidia_cuda_nvrtc_cu12-*.whl      NVRTC 12 (see below), optional
+# When BUNDLE/gst is absent the GStreamer installed on the host (PATH) is used, so on an
+# appliance with gstreamer1.0-plugins-{bad,ugly} installed only BUNDLE/media is needed.
+# The script needs no network and no package manager: bash, coreutils, timeout, awk, tar,
+# nvidia-smi; python3 (or unzip) only to unpack the NVRTC wheel.
+#
+# On the lent device machine (run tool), with .gpucheck carried:
+#   firmware-notes/gpu-check.sh "$OUT" .gpucheck
+#
+# NVRTC: GStreamer 1.22's cudaconvert/cudascale/cudaconvertscale compile their CUDA kernels at
+# run time with NVRTC, opened as "libnvrtc.so" unless GST_CUDA_NVRTC_LIBNAME names it, and the
+# nvcodec plugin registers those elements only when NVRTC loads. 1.22 asks NVRTC for
+# compute_30, then compute_52; CUDA 13's NVRTC supports neither. The script therefore probes
+# the host's NVRTC first, then the carried NVRTC 12, and uses the first one with which a small
+# cudaupload ! cudascale ! cudadownload pipeline runs.
+set -u
+OUT=${1:?usage: gpu-check.sh OUTDIR [BUNDLE]}
+BUNDLE=${2:-.gpucheck}
+PT=${GPU_CHECK_PIPELINE_TIMEOUT:-45}     # per pipeline
+BUDGET=${GPU_CHECK_BUDGET:-280}          # seconds; later pipelines are skipped past it
+export PATH=$PATH:/usr/sbin:/sbin
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+BUNDLE=$(cd "$BUNDLE" 2>/dev/null && pwd || echo "$BUNDLE")
+WORK=$(mktemp -d /tmp/gpu-check.XXXXXX)
+R=$OUT/gpu-check-report.md
+INSPECT=$OUT/gst-inspect.txt
+SUMMARY=$WORK/summary.tsv
+: > "$R"; : > "$INSPECT"; : > "$SUMMARY"
+START=$(date +%s)
+
+say() { printf '%s\n' "$*" >> "$R"; }
+fence() { say '```'; cat >> "$R"; say '```'; }
+# run a shell snippet, put command, output (head -n N) and exit status into the report
+show() { # N "command"
+  local n=$1; shift
+  say "\$ $*"
+  { timeout -k 2 30 bash -c "$*" 2>&1; echo "[exit $?]"; } | head -n "$n" | fence
+}
+
+# ---------------------------------------------------------------- GStreamer environment
+if [ -x "$BUNDLE/gst/bin/gst-launch-1.0" ]; then
+  G=$BUNDLE/gst
+  GST_LAUNCH=$G/bin/gst-launch-1.0
+  GST_INSPECT=$G/bin/gst-inspect-1.0
+  export GST_PLUGIN_SYSTEM_PATH_1_0=$G/plugins GST_PLUGIN_SYSTEM_PATH=$G/plugins
+  export GST_PLUGIN_PATH_1_0= GST_PLUGIN_PATH=
+  export GST_PLUGIN_SCANNER_1_0=$G/libexec/gst-plugin-scanner GST_PLUGIN_SCANNER=$G/libexec/gst-plugin-scanner
+  GSTLIB=$G/lib
+  GST_SOURCE="carried bundle $G"
+else
+  GST_LAUNCH=$(command -v gst-launch-1.0); GST_INSPECT=$(command -v gst-inspect-1.0)
+  GSTLIB=
+  GST_SOURCE="host installation ($GST_LAUNCH)"
+fi
+export GST_DEBUG_NO_COLOR=1
+# NVIDIA driver libraries may live outside the loader's default paths (/usr/local/nvidia).
+DRIVERDIRS=
+for l in libcuda.so.1 libnvcuvid.so.1 libnvidia-encode.so.1 libnvidia-ml.so.1; do
+  p=$(ldconfig -p 2>/dev/null | awk -v l="$l" '$1 == l && /x86-64/ {print $NF; exit}')
+  [ -n "$p" ] || p=$(find /usr/local/nvidia /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/lib -maxdepth 3 -name "$l" 2>/dev/null | head -1)
+  [ -n "$p" ] && case ":$DRIVERDIRS:" in *":$(dirname "$p"):"*) ;; *) DRIVERDIRS=$DRIVERDIRS:$(dirname "$p");; esac
+done
+export LD_LIBRARY_PATH=${GSTLIB}${DRIVERDIRS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+
+M=$BUNDLE/media
+F1080=$M/src1080p60.h264; F720=$M/src720p30.h264
+
+# ---------------------------------------------------------------- 1. host facts
+say "# rackcast GPU check"
+say ""
+say "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+say "- GStreamer: $GST_SOURCE, $("$GST_LAUNCH" --version 2>&1 | sed -n 2p)"
+say "- LD_LIBRARY_PATH: $LD_LIBRARY_PATH"
+say "- media: $(ls -l "$F1080" "$F720" 2>&1 | awk '{print $NF" ("$5" bytes)"}' | tr '\n' ' ')"
+say ""
+say "## 1. Host"
+show 5 "uname -a; nproc; grep -E '^(PRETTY_NAME|VERSION_ID)=' /etc/os-release; ldd --version | head -1"
+show 20 "nvidia-smi --query-gpu=name,pci.bus_id,driver_version,vbios_version,memory.total,compute_cap,encoder.stats.sessionCount,clocks.max.sm --format=csv"
+show 40 "nvidia-smi; echo; nvidia-smi -L"
+nvidia-smi -q > "$WORK/nvidia-smi-q.txt" 2>&1
+say "nvidia-smi -q (decoder/encoder related lines; full text in gpu-check-logs.tar.gz):"
+grep -iE 'Product Name|Product Architecture|Driver Version|CUDA Version|Encoder|Decoder|JPG|OFA|Session|Average FPS|Average Latency|Video|Virtualization|MIG Mode|Current *:|Total|Used' "$WORK/nvidia-smi-q.txt" | head -80 | fence
+show 30 "ls -l /dev/nvidia* /dev/dri 2>&1"
+show 12 "echo GST_LAUNCH=$GST_LAUNCH; ldd $GST_LAUNCH | grep -E 'gstreamer|glib|libc\\.'; echo 'unresolved libraries of the plugins (should be none):'; for f in ${GSTLIB:+$G/plugins/*} ${GSTLIB:+$G/libexec/*}; do ldd \$f | grep 'not found' | sed \"s|^|\$(basename \$f): |\"; done"
+show 10 "env | grep -E '^(NVIDIA_|CUDA_VERSION|CUDA_HOME)' | sort"
+show 30 "for l in libcuda.so.1 libnvcuvid.so.1 libnvidia-encode.so.1 libnvidia-ml.so.1 libnvrtc.so; do echo \"\$l: ldconfig=[\$(ldconfig -p | grep -F \$l | awk '{print \$NF}' | tr '\n' ' ')]\"; done; find /usr/local/nvidia /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/local/cuda*/lib64 /usr/local/cuda*/targets/x86_64-linux/lib -maxdepth 2 \\( -name 'libcuda.so*' -o -name 'libnvcuvid.so*' -o -name 'libnvidia-encode.so*' -o -name 'libnvidia-ml.so*' -o -name 'libnvrtc*.so*' \\) 2>/dev/null | sort | head -40"
+
+# ---------------------------------------------------------------- NVRTC probe
+say ""
+say "## NVRTC for the CUDA converters (cudascale/cudaconvert/cudaconvertscale)"
+CANDS=()
+for p in $(ldconfig -p 2>/dev/null | awk '$1 ~ /^libnvrtc\.so/ && /x86-64/ {print $NF}') \
+         $(find /usr/local/cuda/lib64 /usr/local/cuda*/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu /opt -maxdepth 6 -name 'libnvrtc.so*' ! -name '*builtins*' ! -path '*/stubs/*' 2>/dev/null | sort); do
+  p=$(readlink -f "$p"); case " ${CANDS[*]-} " in *" $p "*) ;; *) CANDS+=("$p");; esac
+done
+CANDS=("${CANDS[@]:0:3}")
+W=$(ls "$BUNDLE"/wheel/nvidia_cuda_nvrtc_cu12-*.whl 2>/dev/null | head -1)
+if [ -n "$W" ]; then
+  mkdir -p "$WORK/nvrtc12"
+  (cd "$WORK/nvrtc12" && { python3 -m zipfile -e "$W" . 2>/dev/null || unzip -q "$W"; })
+  N12=$(find "$WORK/nvrtc12" -name 'libnvrtc.so.12*' | head -1)
+  if [ -n "$N12" ]; then
+    CANDS+=("$N12")
+    export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$(dirname "$N12")   # libnvrtc-builtins.so.12.x
+  fi
+fi
+say "candidates, in order: ${CANDS[*]-none}"
+NVRTC=
+for c in "${CANDS[@]}"; do
+  tag=$(basename "$c" | tr -c 'A-Za-z0-9.\n' '_')
+  export GST_REGISTRY=$WORK/registry-probe-$tag.bin GST_CUDA_NVRTC_LIBNAME=$c
+  reg=$("$GST_INSPECT" cudascale >/dev/null 2>&1 && echo registered || echo "NOT registered")
+  GST_DEBUG=2,cudanvrtc:6,cudaconverter:5 timeout -k 2 30 "$GST_LAUNCH" videotestsrc num-buffers=10 \
+    ! video/x-raw,format=NV12,width=320,height=240 ! cudaupload ! cudascale \
+    ! "video/x-raw(memory:CUDAMemory),width=160,height=120" ! cudadownload ! fakesink > "$WORK/nvrtc-probe-$tag.log" 2>&1
+  rc=$?
+  say ""
+  say "- \`$c\`: cudascale $reg; probe pipeline exit $rc; log tail:"
+  grep -vE 'cudaconverter .*(Set|matrix|texture)' "$WORK/nvrtc-probe-$tag.log" | grep -iE 'nvrtc|compile|error|warn|Execution ended|ERROR' | cut -c1-300 | head -12 | fence
+  if [ $rc -eq 0 ] && [ -z "$NVRTC" ]; then NVRTC=$c; fi
+done
+if [ -n "$NVRTC" ]; then export GST_CUDA_NVRTC_LIBNAME=$NVRTC; else unset GST_CUDA_NVRTC_LIBNAME; fi
+say ""
+say "**NVRTC used below: ${NVRTC:-none worked (CUDA converter pipelines are expected to fail)}**"
+export GST_REGISTRY=$WORK/registry.bin
+rm -f "$GST_REGISTRY"
+
+# ---------------------------------------------------------------- 2. elements
+say ""
+say "## 2. Elements"
+"$GST_INSPECT" nvcodec > "$WORK/inspect-nvcodec.txt" 2>&1
+{ echo "===== gst-inspect-1.0 nvcodec"; cat "$WORK/inspect-nvcodec.txt"; } >> "$INSPECT"
+say "gst-inspect-1.0 nvcodec (features registered on this host):"
+sed -n '/features:/,$p;/^  [a-z0-9]*: /p' "$WORK/inspect-nvcodec.txt" | awk '!seen[$0]++' | head -60 | fence
+say ""
+say "| element | registered | long name |"
+say "|---|---|---|"
+for e in nvh264dec nvh264sldec nvh265dec cudaupload cudadownload cudascale cudaconvert cudaconvertscale nvh264enc nvcudah264enc nvautogpuh264enc nvh265enc x264enc openh264dec avdec_h264 h264parse videoconvertscale; do
+  if "$GST_INSPECT" "$e" > "$WORK/inspect-$e.txt" 2>&1; then
+    say "| $e | yes | $(awk -F'  +' '/Long-name/ {print $3; exit}' "$WORK/inspect-$e.txt") |"
+  else
+    say "| $e | **no** ($(head -1 "$WORK/inspect-$e.txt" | cut -c1-80)) | |"
+  fi
+  case $e in x264enc|openh264dec|avdec_h264|h264parse|videoconvertscale) ;; *)
+    { echo; echo "===== gst-inspect-1.0 $e"; cat "$WORK/inspect-$e.txt"; } >> "$INSPECT";; esac
+done
+has() { "$GST_INSPECT" --exists "$1" 2>/dev/null; }
+
+# ---------------------------------------------------------------- 3. pipelines
+say ""
+say "## 3. Pipelines"
+say ""
+say "Each run: \`timeout $PT gst-launch-1.0 <pipeline>\` with GST_DEBUG=2, timed by bash \`time\` (wall, user+sys CPU of gst-launch and its threads). 'exec s' is gst-launch's own PLAYING-to-EOS time (no start-up); fps = frames / exec s. nvidia-smi sampled every 250 ms during GPU runs (decoder/GPU utilisation: max and mean of the samples)."
+hms() { awk -F: '{print ($1*3600)+($2*60)+$3}'; }
+pipe() { # id frames gpu(0/1) description pipeline
+  local id=$1 frames=$2 gpu=$3 desc=$4 pl=$5 log=$WORK/$1.log smi=$WORK/$1.smi tf=$WORK/$1.time rc smipid=
+  if [ $(( $(date +%s) - START )) -gt "$BUDGET" ]; then
+    say ""; say "### $id: skipped (time budget of ${BUDGET}s spent)"
+    printf '%s\tskipped\t-\t-\t-\t-\t%s\t\t%s\n' "$id" "$frames" "$desc" >> "$SUMMARY"; return
+  fi
+  if [ "$gpu" = 1 ] && command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=timestamp,utilization.gpu,utilization.decoder,utilization.encoder,memory.used --format=csv,noheader,nounits -lms 250 > "$smi" 2>&1 &
+    smipid=$!; sleep 0.5
+  fi
+  local TIMEFORMAT='%R %U %S'
+  { time { GST_DEBUG=2 timeout -k 5 "$PT" "$GST_LAUNCH" $pl > "$log" 2>&1; echo $? > "$WORK/$id.rc"; }; } 2> "$tf"
+  rc=$(cat "$WORK/$id.rc")
+  read -r wall usr sys < <(tail -1 "$tf")
+  [ -n "$smipid" ] && { sleep 0.3; kill "$smipid" 2>/dev/null; wait "$smipid" 2>/dev/null; }
+  local exec_s cpu fps util=""
+  exec_s=$(sed -n 's/.*Execution ended after \([0-9:.]*\).*/\1/p' "$log" | tail -1 | hms)
+  cpu=$(awk -v u="$usr" -v s="$sys" 'BEGIN {printf "%.2f", u+s}')
+  fps=$(awk -v f="$frames" -v e="$exec_s" 'BEGIN {if (e > 0) printf "%.0f", f/e; else print "-"}')
+  if [ -s "$smi" ]; then
+    util=$(awk -F', *' 'NF>=5 && $3+0==$3 {n++; g+=$2; d+=$3; if ($3>dm) dm=$3; if ($2>gm) gm=$2; if ($5>mm) mm=$5} END {if (n) printf "dec max %d%% mean %.0f%%, gpu max %d%%, mem %d MiB", dm, d/n, gm, mm}' "$smi")
+  fi
+  local warns; warns=$(grep -cE '^[0-9:.]+ +[0-9]+ +0x[0-9a-f]+ +(WARN|ERROR)' "$log")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$rc" "$wall" "$cpu" "${exec_s:--}" "$fps" "$frames" "$util" "$desc" >> "$SUMMARY"
+  say ""
+  say "### $id: $desc"
+  say ""
+  say "exit **$rc**, wall ${wall}s, CPU ${cpu}s (user $usr + sys $sys), exec ${exec_s:--}s, $frames frames, fps ${fps}${util:+, $util}, GST_DEBUG=2 warnings/errors: $warns"
+  say ""
+  say "\`gst-launch-1.0 $pl\`"
+  say ""
+  { grep -E ' (WARN|ERROR) ' "$log" | sed -E 's/^[0-9:.]+ +[0-9]+ +0x[0-9a-f]+ +//' | cut -c1-260 | awk '!seen[$0]++' | head -8
+    echo "--- last lines:"; grep -vE ' (WARN|ERROR|INFO|DEBUG|FIXME|LOG) ' "$log" | tail -4 | cut -c1-260; } | fence
+  echo "$id rc=$rc wall=$wall cpu=$cpu exec=${exec_s:--} fps=$fps $util"
+}
+
+x264() { echo "x264enc speed-preset=veryfast tune=zerolatency key-int-max=30 bitrate=$1"; }
+sink="fakesink sync=false"
+rungs_cuda() { # scaler format(NV12|I420) download(yes)
+  local s=$1 fmt=$2 enc=$3 r w h b
+  for r in 1280x720x2500 854x480x1000 640x360x600; do
+    IFS=x read -r w h b <<< "$r"
+    if [ "$enc" = enc ]; then
+      printf ' t. ! queue ! %s ! video/x-raw(memory:CUDAMemory),width=%s,height=%s,pixel-aspect-ratio=1/1,format=%s ! cudadownload ! video/x-raw,format=%s ! %s ! %s' "$s" "$w" "$h" "$fmt" "$fmt" "$(x264 "$b")" "$sink"
+    else
+      printf ' t. ! queue ! %s ! video/x-raw(memory:CUDAMemory),width=%s,height=%s,pixel-aspect-ratio=1/1,format=%s ! cudadownload ! %s' "$s" "$w" "$h" "$fmt" "$sink"
+    fi
+  done
+}
+rungs_sw() {
+  local r w h b
+  for r in 1280x720x2500 854x480x1000 640x360x600; do
+    IFS=x read -r w h b <<< "$r"
+    printf ' t. ! queue ! videoconvertscale ! video/x-raw,format=I420,width=%s,height=%s,pixel-aspect-ratio=1/1 ! %s ! %s' "$w" "$h" "$(x264 "$b")" "$sink"
+  done
+}
+NVDEC="h264parse ! nvh264dec"
+CUDA_CAPS="video/x-raw(memory:CUDAMemory)"
+if has nvh264dec; then
+  pipe a1_nvdec_cuda_1080p60 600 1 "NVDEC only, 1080p60, output kept in CUDA memory" "filesrc location=$F1080 ! $NVDEC ! $CUDA_CAPS ! $sink"
+  pipe a2_nvdec_sys_1080p60 600 1 "NVDEC, 1080p60, output to system memory" "filesrc location=$F1080 ! $NVDEC ! video/x-raw ! $sink"
+  pipe a3_nvdec_cuda_720p30 300 1 "NVDEC only, 720p30, CUDA memory" "filesrc location=$F720 ! $NVDEC ! $CUDA_CAPS ! $sink"
+  pipe a4_nvdec_sys_720p30 300 1 "NVDEC, 720p30, system memory" "filesrc location=$F720 ! $NVDEC ! video/x-raw ! $sink"
+  pipe b1_cudascale_1080p60 600 1 "NVDEC + tee + 3x cudascale (720p/480p/360p NV12, CUDAMemory) + cudadownload" "filesrc location=$F1080 ! $NVDEC ! $CUDA_CAPS ! tee name=t $(rungs_cuda cudascale NV12 no)"
+  pipe b2_cudaconvertscale_1080p60 600 1 "NVDEC + tee + 3x cudaconvertscale to I420 (CUDAMemory) + cudadownload" "filesrc location=$F1080 ! $NVDEC ! $CUDA_CAPS ! tee name=t $(rungs_cuda cudaconvertscale I420 no)"
+  pipe b3_cudascale_720p30 300 1 "NVDEC + tee + 3x cudascale, 720p30 source" "filesrc location=$F720 ! $NVDEC ! $CUDA_CAPS ! tee name=t $(rungs_cuda cudascale NV12 no)"
+  pipe c1_hybrid_1080p60 600 1 "hybrid: NVDEC + cudascale NV12 + cudadownload + 3x x264enc (2500/1000/600)" "filesrc location=$F1080 ! $NVDEC ! $CUDA_CAPS ! tee name=t $(rungs_cuda cudascale NV12 enc)"
+  pipe c2_hybrid_i420_1080p60 600 1 "hybrid: NVDEC + cudaconvertscale I420 + cudadownload + 3x x264enc" "filesrc location=$F1080 ! $NVDEC ! $CUDA_CAPS ! tee name=t $(rungs_cuda cudaconvertscale I420 enc)"
+  pipe c3_hybrid_720p30 300 1 "hybrid: NVDEC + cudascale NV12 + 3x x264enc, 720p30 source" "filesrc location=$F720 ! $NVDEC ! $CUDA_CAPS ! tee name=t $(rungs_cuda cudascale NV12 enc)"
+else
+  say ""; say "nvh264dec is not registered: NVDEC pipelines (a, b, c) skipped."
+fi
+for dec in avdec_h264 openh264dec; do
+  has $dec || { say ""; say "$dec not available: its software runs skipped."; continue; }
+  pipe "d_${dec}_decode_1080p60" 600 0 "software decode only ($dec), 1080p60" "filesrc location=$F1080 ! h264parse ! $dec ! $sink"
+  pipe "d_${dec}_ladder_1080p60" 600 0 "software: $dec + tee + 3x videoconvertscale + x264enc" "filesrc location=$F1080 ! h264parse ! $dec ! tee name=t $(rungs_sw)"
+  pipe "d_${dec}_ladder_720p30" 300 0 "software: $dec + tee + 3x videoconvertscale + x264enc, 720p30" "filesrc location=$F720 ! h264parse ! $dec ! tee name=t $(rungs_sw)"
+done
+
+# ---------------------------------------------------------------- e. NVENC
+say ""
+say "## 3e. NVENC"
+for e in nvh264enc nvcudah264enc nvautogpuh264enc; do
+  pipe "e_$e" 60 1 "NVENC attempt with $e" "videotestsrc num-buffers=60 ! video/x-raw,format=NV12,width=1280,height=720,framerate=30/1 ! cudaupload ! $e ! h264parse ! $sink"
+done
+say ""
+say "nvcodec registration with GST_DEBUG=nvcodec:5,nvenc:5,cudacontext:5,nvdec:5 (fresh registry, in process), lines about encode/NVENC/CUDA init:"
+rm -f "$WORK/registry-dbg.bin"
+GST_REGISTRY=$WORK/registry-dbg.bin GST_REGISTRY_FORK=no GST_DEBUG=nvcodec:5,nvenc:5,cudacontext:5,nvdec:5,cudautils:4,cudaloader:5,nvrtcloader:5,cudanvrtc:5 \
+  timeout 60 "$GST_INSPECT" nvcodec > "$WORK/nvcodec-register-debug.log" 2>&1
+grep -iE 'nvenc|encode|cuvid|nvdec|NVRTC|cuda (context|device)|device id|Compute|support|could not|fail|load' "$WORK/nvcodec-register-debug.log" \
+  | sed -E 's/^[0-9:.]+ +[0-9]+ +0x[0-9a-f]+ +//' | cut -c1-240 | awk '!seen[$0]++' | head -50 | fence
+
+# ---------------------------------------------------------------- summary
+say ""
+say "## Summary"
+say ""
+say "| run | exit | wall s | CPU s | exec s | frames | fps | GPU samples | what |"
+say "|---|---|---|---|---|---|---|---|---|"
+awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $7, $6, $8, $9}' "$SUMMARY" >> "$R"
+say ""
+say "Ratios (software ladder / hybrid ladder, same source):"
+awk -F'\t' '{w[$1]=$3; c[$1]=$4}
+  END {for (s in w) if (s ~ /^d_.*_ladder_/) { src=s; sub(/^d_[a-z0-9_]*_ladder_/, "", src); dec=s; sub(/^d_/, "", dec); sub(/_ladder_.*/, "", dec);
+        h = (src == "1080p60") ? "c1_hybrid_1080p60" : "c3_hybrid_720p30";
+        if (c[h] > 0 && w[h] > 0) printf "- %s (%s vs %s): wall %.2f, CPU %.2f\n", src, dec, h, w[s]/w[h], c[s]/c[h] }}' "$SUMMARY" >> "$R"
+cp "$WORK/nvidia-smi-q.txt" "$WORK/summary.tsv" "$WORK" 2>/dev/null
+tar -C "$WORK" -czf "$OUT/gpu-check-logs.tar.gz" --exclude='registry*' --exclude='nvrtc12' . 2>/dev/null
+say ""
+say "checked in $(( $(date +%s) - START )) s"
+echo "report: $R"
+rm -rf "$WORK"
