@@ -1,6 +1,6 @@
 //! Wires one appliance together in flow order and owns its lifetime: binds the listeners,
 //! picks the encoder, starts federation membership (when peers are configured), ingest,
-//! HTTP for this node's roles (through the bounded edge in http/server.rs) and
+//! the admin API, HTTP for this node's roles (through the bounded edge in http/server.rs) and
 //! housekeeping, and on shutdown stops accepting, lets every stream drain its pipeline,
 //! and waits for every task.
 
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::api::{self, ApiState};
 use crate::auth::PublishAuth;
 use crate::cluster::upstreams::{LiveUpstreams, OriginUpstreams};
 use crate::cluster::{self, ClusterPlacement, Membership, HEALTH_PATH};
@@ -106,7 +107,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let ingest_stats = Arc::new(IngestStats::default());
     let auth = Arc::new(PublishAuth::start(&config).context("starting publish authentication")?);
     let http_stats = Arc::new(HttpStats::default());
-    let (node, tier) = node_router(&config, &roles, membership, Arc::clone(&registry), store, &instruments, &audience)?;
+    let (node, tier) = node_router(&config, &roles, membership.clone(), Arc::clone(&registry), store, &instruments, &audience)?;
     let sources = metrics::Sources {
         ingest: Arc::clone(&ingest_stats),
         http: Arc::clone(&http_stats),
@@ -118,7 +119,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         auth: Arc::clone(&auth),
         encoder: choice.kind,
     };
+    let api = ApiState::new(Arc::clone(&config), sources.clone(), membership, choice.skipped.clone()).context("opening the admin store")?;
+    if !api.admin.any_user().context("reading the admin store")? {
+        tracing::warn!("no admin user exists: the API answers only loopback clients until `rackcast admin add-user NAME` creates one");
+    }
     let app = node
+        .merge(api::router(Arc::new(api)))
         .merge(ingest_metrics_router(Arc::clone(&ingest_stats)))
         .merge(http::server::metrics_router(Arc::clone(&http_stats), config.http.max_connections))
         .merge(metrics::router(&instruments, sources))

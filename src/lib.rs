@@ -1,8 +1,10 @@
 //! rackcast: a live-video appliance. RTMP in, an adaptive H.264 ladder out as live
 //! 1-second MPEG-DASH. Modules in data-flow order:
 //! ingest (auth: who may publish) -> stream -> (ladder, transcode) -> package -> store -> http; `metrics` reads them
-//! all for `/metrics`.
+//! all for `/metrics`, and `api` (the admin REST API, access-checked against `auth`'s users
+//! and tokens) reads and steers them.
 
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cluster;

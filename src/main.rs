@@ -50,6 +50,17 @@ enum Command {
         #[arg(long, global = true)]
         data_dir: Option<PathBuf>,
     },
+    /// Manage the admin users of the console and API (works while the appliance runs).
+    /// Until one exists, the console and API answer only on loopback.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Override auth.data_dir.
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
     /// Print a signed publish key for STREAM (`STREAM?exp=...&sig=...`), valid for
     /// --valid; needs auth.publish_token_secret, the same on every node that takes it.
     Token {
@@ -83,6 +94,17 @@ enum KeysAction {
     List,
     /// Revoke the key with this id: new publishes with it are refused.
     Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Create admin user NAME; reads the password (at least 10 characters) from standard
+    /// input, one line.
+    AddUser { name: String },
+    /// List the admin users.
+    ListUsers,
+    /// Delete admin user NAME and end its sessions.
+    DeleteUser { name: String },
 }
 
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -135,18 +157,10 @@ fn main() -> anyhow::Result<()> {
             println!("{}", token::sign(Purpose::Publish, &stream, secret, valid));
             Ok(())
         }
-        Command::Keys { action, config, data_dir } => {
-            let mut config = load(config.as_ref())?;
-            if let Some(dir) = data_dir {
-                config.auth.data_dir = dir;
-            }
-            keys(action, &config)
-        }
+        Command::Keys { action, config, data_dir } => keys(action, &with_data_dir(load(config.as_ref())?, data_dir)),
+        Command::Admin { action, config, data_dir } => admin(action, &with_data_dir(load(config.as_ref())?, data_dir)),
         Command::Run { config, rtmp, http, node, data_dir } => {
-            let mut config = load(config.as_ref())?;
-            if let Some(dir) = data_dir {
-                config.auth.data_dir = dir;
-            }
+            let mut config = with_data_dir(load(config.as_ref())?, data_dir);
             if let Some(node) = node {
                 config.cluster.node_id = node;
             }
@@ -177,13 +191,51 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+fn with_data_dir(mut config: Config, data_dir: Option<PathBuf>) -> Config {
+    if let Some(dir) = data_dir {
+        config.auth.data_dir = dir;
+    }
+    config
+}
+
+fn admin(action: AdminAction, config: &Config) -> anyhow::Result<()> {
+    use rackcast::auth::admin::AdminStore;
+    let store = AdminStore::open(&config.auth.data_dir)?;
+    match action {
+        AdminAction::AddUser { name } => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("password for {name} (input is shown; pipe it in to hide it): ");
+            }
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).context("reading the password from standard input")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            store.add_user(&name, password)?;
+            store.record("cli", None, "user.create", &name, "ok")?;
+            println!("added admin user {name}");
+        }
+        AdminAction::ListUsers => {
+            for user in store.users()? {
+                println!("{:<24} created {}", user.name, user.created_at);
+            }
+        }
+        AdminAction::DeleteUser { name } => {
+            anyhow::ensure!(store.delete_user(&name)?, "no user {name:?}");
+            store.record("cli", None, "user.delete", &name, "ok")?;
+            println!("deleted admin user {name}");
+        }
+    }
+    Ok(())
+}
+
 fn keys(action: KeysAction, config: &Config) -> anyhow::Result<()> {
     use rackcast::auth::keys::KeyStore;
     let store = KeyStore::open(&config.auth.data_dir)?;
+    let audit = rackcast::auth::admin::AdminStore::open(&config.auth.data_dir)?;
     match action {
         KeysAction::Add { stream } => {
             let stream = rackcast::media::StreamId::parse(&stream).with_context(|| format!("{stream:?} is not a stream name"))?;
             let key = store.create(&stream)?;
+            audit.record("cli", None, "key.create", &format!("{} ({stream})", key.id), "ok")?;
             println!("id      {}", key.id);
             println!("stream  {stream}");
             println!("key     {}", key.secret);
@@ -198,6 +250,7 @@ fn keys(action: KeysAction, config: &Config) -> anyhow::Result<()> {
         }
         KeysAction::Revoke { id } => {
             anyhow::ensure!(store.revoke(&id)?, "no key {id:?} in force");
+            audit.record("cli", None, "key.revoke", &id, "ok")?;
             println!("revoked {id}");
         }
     }

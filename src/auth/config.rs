@@ -1,8 +1,10 @@
-//! `[auth]`: where the appliance keeps its state (stream keys) and how hard publish
-//! attempts are limited while keys are required.
+//! `[auth]`: where the appliance keeps its state (stream keys, admin users, sessions, API
+//! tokens, the audit log), how hard publish and login attempts are limited, and how long
+//! an admin session lasts.
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +12,11 @@ use serde::{Deserialize, Serialize};
 /// how many of them may come at once.
 pub const DEFAULT_PUBLISH_ATTEMPTS_PER_MINUTE: u32 = 60;
 pub const DEFAULT_PUBLISH_ATTEMPT_BURST: u32 = 20;
+/// Console and API login attempts one address may make per minute, and at once.
+pub const DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE: u32 = 10;
+pub const DEFAULT_LOGIN_ATTEMPT_BURST: u32 = 5;
+/// How long an admin session lasts after login.
+pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -24,6 +31,11 @@ pub struct AuthConfig {
     /// characters; empty: no publish tokens. Setting it requires a key or token for
     /// every publish.
     pub publish_token_secret: String,
+    pub login_attempts_per_minute: u32,
+    pub login_attempt_burst: u32,
+    /// How long a console session lasts after login (then the admin logs in again).
+    #[serde(with = "humantime_serde")]
+    pub session_lifetime: Duration,
 }
 
 impl Default for AuthConfig {
@@ -33,6 +45,9 @@ impl Default for AuthConfig {
             publish_attempts_per_minute: DEFAULT_PUBLISH_ATTEMPTS_PER_MINUTE,
             publish_attempt_burst: DEFAULT_PUBLISH_ATTEMPT_BURST,
             publish_token_secret: String::new(),
+            login_attempts_per_minute: DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE,
+            login_attempt_burst: DEFAULT_LOGIN_ATTEMPT_BURST,
+            session_lifetime: DEFAULT_SESSION_LIFETIME,
         }
     }
 }
@@ -48,6 +63,12 @@ impl AuthConfig {
         }
         if NonZeroU32::new(self.publish_attempts_per_minute).is_none() || NonZeroU32::new(self.publish_attempt_burst).is_none() {
             return invalid("publish_attempts_per_minute", "the rate and the burst must be at least 1");
+        }
+        if NonZeroU32::new(self.login_attempts_per_minute).is_none() || NonZeroU32::new(self.login_attempt_burst).is_none() {
+            return invalid("login_attempts_per_minute", "the rate and the burst must be at least 1");
+        }
+        if self.session_lifetime < Duration::from_secs(60) {
+            return invalid("session_lifetime", "must be at least 1m");
         }
         Ok(())
     }

@@ -1,38 +1,25 @@
-//! The stream key store: one row per key in SQLite (`rackcast.sqlite3` under the data
-//! directory, WAL mode, so `rackcast keys` works while the appliance runs). A key is a
+//! The stream key store: one row per key in the state database ([`super::db`]). A key is a
 //! random secret shown once, when it is created; the store keeps only its SHA-256 and the
 //! public stream name it publishes, so a key cannot be read back from the store, and a
 //! lookup by digest does not time the secret.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use rand::RngCore;
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
+use super::db::{self, Database, digest, now};
 use crate::media::StreamId;
 
-pub const DATABASE_FILE: &str = "rackcast.sqlite3";
+pub use super::db::{DATABASE_FILE, StoreError as KeyStoreError};
 /// Random bytes in a key (160 bits), written as 40 hex digits behind [`KEY_PREFIX`].
 const KEY_BYTES: usize = 20;
 /// Marks a rackcast stream key, so a leaked one is recognisable (and greppable).
 pub const KEY_PREFIX: &str = "rk_";
-/// Longest a writer waits for another process's write to the store.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
-
-#[derive(Debug, thiserror::Error)]
-pub enum KeyStoreError {
-    #[error("cannot create the data directory {dir}: {source}")]
-    DataDir { dir: String, source: std::io::Error },
-    #[error("stream key store {path}: {source}")]
-    Sqlite { path: String, source: rusqlite::Error },
-}
 
 /// What is known of a key, never its secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct KeyInfo {
     pub id: String,
     pub stream: String,
@@ -48,69 +35,37 @@ pub struct NewKey {
     pub secret: String,
 }
 
-#[derive(Debug)]
 pub struct KeyStore {
-    path: String,
-    db: Mutex<rusqlite::Connection>,
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
-}
-
-fn digest(secret: &str) -> Vec<u8> {
-    Sha256::digest(secret.as_bytes()).to_vec()
+    db: Mutex<Database>,
 }
 
 impl KeyStore {
     /// Opens (creating it when missing) the store under `dir`.
     pub fn open(dir: &Path) -> Result<Self, KeyStoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| KeyStoreError::DataDir { dir: dir.display().to_string(), source })?;
-        let path = dir.join(DATABASE_FILE).display().to_string();
-        let fail = |source| KeyStoreError::Sqlite { path: path.clone(), source };
-        let db = rusqlite::Connection::open(&path).map_err(fail)?;
-        db.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
-        db.pragma_update(None, "journal_mode", "WAL").map_err(fail)?;
-        db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS stream_keys (
-                 id TEXT PRIMARY KEY,
-                 stream TEXT NOT NULL,
-                 digest BLOB NOT NULL UNIQUE,
-                 created_at INTEGER NOT NULL,
-                 revoked_at INTEGER
-             );",
-        )
-        .map_err(fail)?;
-        Ok(Self { path, db: Mutex::new(db) })
-    }
-
-    fn fail(&self, source: rusqlite::Error) -> KeyStoreError {
-        KeyStoreError::Sqlite { path: self.path.clone(), source }
+        Ok(Self { db: Mutex::new(db::open(dir)?) })
     }
 
     /// A new key for `stream`.
     pub fn create(&self, stream: &StreamId) -> Result<NewKey, KeyStoreError> {
-        let mut bytes = [0u8; KEY_BYTES];
-        rand::rng().fill_bytes(&mut bytes);
-        let secret = format!("{KEY_PREFIX}{}", hex::encode(bytes));
-        let mut id_bytes = [0u8; 6];
-        rand::rng().fill_bytes(&mut id_bytes);
-        let id = hex::encode(id_bytes);
-        self.db
-            .lock()
+        let secret = db::random_secret(KEY_PREFIX, KEY_BYTES);
+        let id = db::random_secret("", 6);
+        let db = self.db.lock();
+        db.connection
             .execute(
                 "INSERT INTO stream_keys (id, stream, digest, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![id, stream.as_str(), digest(&secret), now() as i64],
+                params![id, stream.as_str(), digest(&secret), now()],
             )
-            .map_err(|e| self.fail(e))?;
+            .map_err(|e| db.fail(e))?;
         Ok(NewKey { id, secret })
     }
 
     /// Every key, oldest first.
     pub fn list(&self) -> Result<Vec<KeyInfo>, KeyStoreError> {
         let db = self.db.lock();
-        let mut statement =
-            db.prepare("SELECT id, stream, created_at, revoked_at FROM stream_keys ORDER BY created_at, id").map_err(|e| self.fail(e))?;
+        let mut statement = db
+            .connection
+            .prepare("SELECT id, stream, created_at, revoked_at FROM stream_keys ORDER BY created_at, id")
+            .map_err(|e| db.fail(e))?;
         let rows = statement
             .query_map([], |row| {
                 Ok(KeyInfo {
@@ -120,35 +75,35 @@ impl KeyStore {
                     revoked_at: row.get::<_, Option<i64>>(3)?.map(|t| t as u64),
                 })
             })
-            .map_err(|e| self.fail(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+            .map_err(|e| db.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| db.fail(e))
     }
 
     /// Revokes key `id`; false when there is no such key or it was revoked already.
     pub fn revoke(&self, id: &str) -> Result<bool, KeyStoreError> {
-        let changed = self
-            .db
-            .lock()
-            .execute("UPDATE stream_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now() as i64])
-            .map_err(|e| self.fail(e))?;
+        let db = self.db.lock();
+        let changed = db
+            .connection
+            .execute("UPDATE stream_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now()])
+            .map_err(|e| db.fail(e))?;
         Ok(changed == 1)
     }
 
     /// The stream an unrevoked key publishes.
     pub fn lookup(&self, secret: &str) -> Result<Option<String>, KeyStoreError> {
-        self.db
-            .lock()
+        let db = self.db.lock();
+        db.connection
             .query_row("SELECT stream FROM stream_keys WHERE digest = ?1 AND revoked_at IS NULL", params![digest(secret)], |row| row.get(0))
             .optional()
-            .map_err(|e| self.fail(e))
+            .map_err(|e| db.fail(e))
     }
 
     /// True when any key is in force: then every publish needs one.
     pub fn any_active(&self) -> Result<bool, KeyStoreError> {
-        self.db
-            .lock()
+        let db = self.db.lock();
+        db.connection
             .query_row("SELECT EXISTS (SELECT 1 FROM stream_keys WHERE revoked_at IS NULL)", [], |row| row.get(0))
-            .map_err(|e| self.fail(e))
+            .map_err(|e| db.fail(e))
     }
 }
 

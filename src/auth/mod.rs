@@ -13,8 +13,13 @@
 //! also publishes: `{stream}?exp=...&sig=...` (`rackcast token STREAM`), for automation
 //! that should not hold a long-lived key. A key with a bad or expired signature is refused
 //! with the reason.
+//!
+//! The admin side's users, sessions, API tokens and audit log live in [`admin`], in the
+//! same database ([`db`]); the HTTP API enforces them (`api::access`).
 
+pub mod admin;
 pub mod config;
+pub mod db;
 pub mod keys;
 pub mod token;
 

@@ -152,6 +152,14 @@ impl MembershipView {
         self.config.nodes.iter().filter(|n| self.up.contains(&n.id))
     }
 
+    /// Streams a healthy peer reported live in its last good probe.
+    pub fn streams_of(&self, id: &str) -> Vec<String> {
+        if !self.up.contains(id) {
+            return Vec::new();
+        }
+        self.streams.get(id).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+
     /// The ring over the healthy live nodes: a stream's owner and its failover order.
     pub fn live_ring(&self) -> &Ring {
         &self.live_ring

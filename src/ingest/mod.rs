@@ -73,8 +73,8 @@ pub enum IngestError {
     PublishRefused(String),
     #[error("stream ended: {0:?}")]
     StreamEnded(stream::StreamEnd),
-    #[error("taken over by a new publish from {0} after sending no media for ingest.takeover_after")]
-    TakenOver(String),
+    #[error("{0}")]
+    Stopped(crate::stream::registry::StopReason),
     #[error("unsupported media: {0}")]
     Media(#[from] flv::FlvError),
     #[error("socket: {0}")]
@@ -261,9 +261,7 @@ impl Connection {
             let read = tokio::select! {
                 read = timeout(idle, self.socket.read(&mut buf)) => read.map_err(|_| IngestError::Idle(idle))??,
                 end = ended(&mut self.publishing) => return Err(IngestError::StreamEnded(end)),
-                by = taken_over(link.as_deref()) => {
-                    return Err(IngestError::TakenOver(by.map_or_else(|| "?".to_owned(), |a| a.to_string())));
-                }
+                reason = stopped(link.as_deref()) => return Err(IngestError::Stopped(reason)),
                 _ = tokio::time::sleep_until(publish_deadline), if not_publishing => {
                     return Err(IngestError::PublishTimeout(publish_timeout));
                 }
@@ -519,11 +517,11 @@ impl Connection {
     }
 }
 
-/// Resolves when another publish took the stream over (with its address); pending while
+/// Resolves when the publisher is asked to close (a takeover, an admin); pending while
 /// not publishing or while this node holds no claim for it.
-async fn taken_over(link: Option<&PublisherLink>) -> Option<SocketAddr> {
+async fn stopped(link: Option<&PublisherLink>) -> crate::stream::registry::StopReason {
     match link {
-        Some(link) => link.taken_over().await,
+        Some(link) => link.stopped().await,
         None => std::future::pending().await,
     }
 }

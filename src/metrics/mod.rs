@@ -123,6 +123,7 @@ pub fn route_of(path: &str) -> &'static str {
 }
 
 /// What the scrape reads from the rest of the node.
+#[derive(Clone)]
 pub struct Sources {
     pub ingest: Arc<IngestStats>,
     pub http: Arc<HttpStats>,

@@ -25,9 +25,39 @@ use crate::media::StreamId;
 #[error("stream {0} is already being published")]
 pub struct AlreadyPublishing(pub StreamId);
 
+/// Why a publisher's connection is asked to close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// A new publish from this address took the stream over.
+    TakenOver(Option<SocketAddr>),
+    /// An admin disconnected the publisher (it may publish again).
+    Kicked,
+    /// An admin stopped the stream: new publishes are refused for a while.
+    Stopped,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::TakenOver(by) => {
+                let by = by.map_or_else(|| "?".to_owned(), |a| a.to_string());
+                write!(f, "taken over by a new publish from {by} after sending no media for ingest.takeover_after")
+            }
+            StopReason::Kicked => f.write_str("disconnected by an admin"),
+            StopReason::Stopped => f.write_str("stream stopped by an admin"),
+        }
+    }
+}
+
+/// Most streams held stopped at once; a stop beyond it is refused (and says so).
+pub const MAX_STOPPED: usize = 10_000;
+
 /// Why a claim that may take over was not made.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ClaimError {
+    /// An admin stopped the stream; publishes are refused until then.
+    #[error("stream {0} was stopped by an admin; it may be published again in {1} s")]
+    Stopped(StreamId, u64),
     /// The current publisher is alive (or takeover is off).
     #[error(transparent)]
     Busy(#[from] AlreadyPublishing),
@@ -51,7 +81,7 @@ pub struct PublisherLink {
     busy: AtomicBool,
     /// Cancelled when another publisher takes the stream over.
     stop: CancellationToken,
-    taken_by: Mutex<Option<SocketAddr>>,
+    reason: Mutex<Option<StopReason>>,
     /// Cancelled when the claim is dropped.
     released: CancellationToken,
 }
@@ -64,7 +94,7 @@ impl PublisherLink {
             last_media_ms: AtomicU64::new(0),
             busy: AtomicBool::new(false),
             stop: CancellationToken::new(),
-            taken_by: Mutex::new(None),
+            reason: Mutex::new(None),
             released: CancellationToken::new(),
         }
     }
@@ -94,15 +124,16 @@ impl PublisherLink {
         self.peer
     }
 
-    /// Resolves when another publisher has taken the stream over; yields its address.
-    pub async fn taken_over(&self) -> Option<SocketAddr> {
+    /// Resolves when the publisher's connection should close, with the reason.
+    pub async fn stopped(&self) -> StopReason {
         self.stop.cancelled().await;
-        *self.taken_by.lock()
+        self.reason.lock().clone().unwrap_or(StopReason::Kicked)
     }
 
-    fn take_over(&self, by: Option<SocketAddr>) {
-        if !self.stop.is_cancelled() {
-            *self.taken_by.lock() = by;
+    fn ask_to_stop(&self, reason: StopReason) {
+        let mut current = self.reason.lock();
+        if current.is_none() {
+            *current = Some(reason);
             self.stop.cancel();
         }
     }
@@ -139,6 +170,8 @@ struct Entry {
 pub struct StreamRegistry {
     live: Mutex<HashMap<StreamId, Entry>>,
     next_claim: Mutex<u64>,
+    /// Streams an admin stopped, until when their publishes are refused.
+    stopped: Mutex<HashMap<StreamId, Instant>>,
 }
 
 impl StreamRegistry {
@@ -172,9 +205,10 @@ impl StreamRegistry {
                     }
                     return Ok((claim, takeover));
                 }
-                Err(None) => return Err(AlreadyPublishing(stream.clone()).into()),
-                Err(Some(old)) => {
-                    old.take_over(Some(peer));
+                Err(Err(refusal)) => return Err(refusal),
+                Err(Ok(None)) => return Err(AlreadyPublishing(stream.clone()).into()),
+                Err(Ok(Some(old))) => {
+                    old.ask_to_stop(StopReason::TakenOver(Some(peer)));
                     // The first silent publisher is the one taken over; should another claim
                     // slip in meanwhile, it is fresh and refuses us above.
                     takeover.get_or_insert(Takeover { previous: old.peer, silent_for: old.silent_for(), waited: Duration::ZERO });
@@ -188,18 +222,22 @@ impl StreamRegistry {
         }
     }
 
-    /// A claim, or the link of a live claim that may be taken over (`Err(Some)`), or `Err(None)`.
+    /// A claim, or the link of a live claim that may be taken over (`Err(Ok(Some))`), or
+    /// `Err(Ok(None))` while another publisher holds it, or why the stream refuses publishes.
     fn try_claim(
         self: &Arc<Self>,
         stream: &StreamId,
         peer: Option<SocketAddr>,
         takeover_after: Duration,
-    ) -> Result<PublishClaim, Option<Arc<PublisherLink>>> {
+    ) -> Result<PublishClaim, Result<Option<Arc<PublisherLink>>, ClaimError>> {
+        if let Some(left) = self.stopped_for(stream) {
+            return Err(Err(ClaimError::Stopped(stream.clone(), left.as_secs().max(1))));
+        }
         let mut live = self.live.lock();
         if let Some(entry) = live.get(stream) {
             let silent = !takeover_after.is_zero() && entry.link.silent_for() >= takeover_after;
             // A publisher already asked to stop stays silent until released.
-            return Err((silent || entry.link.stop.is_cancelled() && !takeover_after.is_zero()).then(|| Arc::clone(&entry.link)));
+            return Err(Ok((silent || entry.link.stop.is_cancelled() && !takeover_after.is_zero()).then(|| Arc::clone(&entry.link))));
         }
         let id = {
             let mut next = self.next_claim.lock();
@@ -235,6 +273,40 @@ impl StreamRegistry {
 
     pub fn count(&self) -> usize {
         self.live.lock().len()
+    }
+
+    /// Asks the publisher of `stream` to disconnect (it may publish again); false when the
+    /// stream is not live here.
+    pub fn kick(&self, stream: &StreamId) -> bool {
+        self.live.lock().get(stream).map(|entry| entry.link.ask_to_stop(StopReason::Kicked)).is_some()
+    }
+
+    /// Disconnects the publisher of `stream`, if any, and refuses publishes of it for
+    /// `hold`. Returns whether a publisher was live; `Err` when [`MAX_STOPPED`] streams are
+    /// held stopped already.
+    pub fn stop(&self, stream: &StreamId, hold: Duration) -> Result<bool, usize> {
+        {
+            let mut stopped = self.stopped.lock();
+            let now = Instant::now();
+            stopped.retain(|_, until| *until > now);
+            if stopped.len() >= MAX_STOPPED && !stopped.contains_key(stream) {
+                return Err(MAX_STOPPED);
+            }
+            stopped.insert(stream.clone(), now + hold);
+        }
+        Ok(self.live.lock().get(stream).map(|entry| entry.link.ask_to_stop(StopReason::Stopped)).is_some())
+    }
+
+    /// Lifts an admin's stop; false when the stream was not stopped.
+    pub fn resume(&self, stream: &StreamId) -> bool {
+        self.stopped.lock().remove(stream).is_some_and(|until| until > Instant::now())
+    }
+
+    /// How long publishes of `stream` are still refused by an admin's stop.
+    pub fn stopped_for(&self, stream: &StreamId) -> Option<Duration> {
+        let until = *self.stopped.lock().get(stream)?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 }
 
@@ -320,13 +392,13 @@ mod tests {
         tokio::time::sleep(TAKEOVER + Duration::from_millis(20)).await;
         let link = Arc::clone(old.link());
         let closing = tokio::spawn(async move {
-            let by = link.taken_over().await;
+            let by = link.stopped().await;
             tokio::time::sleep(Duration::from_millis(100)).await; // the old session drains
             drop(old);
             by
         });
         let (new, takeover) = registry.claim_or_take_over(&cam, peer(2), TAKEOVER, WAIT).await.unwrap();
-        assert_eq!(closing.await.unwrap(), Some(peer(2)), "the old publisher learns who took over");
+        assert_eq!(closing.await.unwrap(), StopReason::TakenOver(Some(peer(2))), "the old publisher learns who took over");
         let takeover = takeover.expect("a takeover");
         assert_eq!(takeover.previous, Some(peer(1)));
         assert!(takeover.silent_for >= TAKEOVER && takeover.waited >= Duration::from_millis(100), "{takeover:?}");
@@ -351,5 +423,26 @@ mod tests {
         assert_eq!(result.err(), Some(ClaimError::StillClosing(cam.clone(), wait)));
         assert!(started.elapsed() >= wait && started.elapsed() < wait * 5);
         assert!(old.link().stop.is_cancelled(), "the old publisher was asked to stop");
+    }
+
+    #[tokio::test]
+    async fn an_admin_kicks_a_publisher_or_stops_a_stream_for_a_while() {
+        let registry = StreamRegistry::new();
+        let cam = StreamId::parse("cam").unwrap();
+        let claim = registry.claim(&cam).unwrap();
+        assert!(registry.kick(&cam));
+        assert_eq!(claim.link().stopped().await, StopReason::Kicked);
+        drop(claim);
+        assert!(!registry.kick(&cam), "not live");
+
+        let claim = registry.claim(&cam).unwrap();
+        assert_eq!(registry.stop(&cam, Duration::from_secs(60)), Ok(true));
+        assert_eq!(claim.link().stopped().await, StopReason::Stopped);
+        drop(claim);
+        let refused = registry.claim_or_take_over(&cam, peer(1), Duration::from_secs(5), Duration::from_secs(1)).await.err().unwrap();
+        assert!(matches!(refused, ClaimError::Stopped(_, 60) | ClaimError::Stopped(_, 59)), "{refused:?}");
+        assert!(registry.claim(&cam).is_err());
+        assert!(registry.resume(&cam));
+        assert!(registry.claim(&cam).is_ok(), "publishable again");
     }
 }

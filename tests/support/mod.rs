@@ -21,6 +21,7 @@ pub struct Appliance {
     pub http: String,
     logs: Arc<Mutex<String>>,
     dir: tempfile::TempDir,
+    args: Vec<String>,
 }
 
 impl Appliance {
@@ -35,10 +36,23 @@ impl Appliance {
     }
 
     fn launch(config: Option<&str>, args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::launch_in(tempfile::tempdir().unwrap(), config, args.iter().map(|a| a.to_string()).collect())
+    }
+
+    /// Stops the appliance (SIGTERM) and starts it again with the same arguments, config
+    /// and data directory (new ports when they were 0), as after a reboot.
+    pub fn restart(mut self) -> Self {
+        signal(self.child.id(), "TERM");
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let config = std::fs::read_to_string(dir.path().join("rackcast.toml")).ok();
+        Self::launch_in(dir, config.as_deref(), std::mem::take(&mut self.args))
+    }
+
+    fn launch_in(dir: tempfile::TempDir, config: Option<&str>, args: Vec<String>) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_rackcast"));
         // Every appliance keeps its own state (the stream key store): no test sees another's keys.
-        command.arg("run").args(args).arg("--data-dir").arg(dir.path().join("data"));
+        command.arg("run").args(&args).arg("--data-dir").arg(dir.path().join("data"));
         if let Some(text) = config {
             let path = dir.path().join("rackcast.toml");
             std::fs::write(&path, text).unwrap();
@@ -70,7 +84,7 @@ impl Appliance {
         let field = |name: &str| {
             ready.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))).unwrap().to_owned()
         };
-        Self { rtmp: field("rtmp"), http: field("http"), child, logs, dir }
+        Self { rtmp: field("rtmp"), http: field("http"), child, logs, dir, args }
     }
 
     /// The appliance's data directory (its stream key store), for `rackcast keys`.

@@ -1,0 +1,180 @@
+//! `/api/v1/keys`, `/tokens`, `/users`, `/audit`: stream keys (the secret is shown once,
+//! at creation), API tokens (likewise), admin users (argon2id; passwords never returned)
+//! and the audit log. Every change is audited.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::access::{Principal, PrincipalKind};
+use super::{ApiError, ApiResult, ApiState, ErrorBody};
+use crate::auth::admin::{AdminError, AuditEntry, Scope, TokenInfo, UserInfo};
+use crate::auth::keys::KeyInfo;
+use crate::media::StreamId;
+
+// ---- stream keys
+
+#[utoipa::path(get, path = "/api/v1/keys", tag = "credentials",
+    responses((status = 200, body = Vec<KeyInfo>), (status = 401, body = ErrorBody)))]
+pub async fn list_keys(State(api): State<Arc<ApiState>>) -> ApiResult<Json<Vec<KeyInfo>>> {
+    Ok(Json(api.keys.list()?))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct NewKeyRequest {
+    /// The public stream name the key publishes.
+    pub stream: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NewKeyAnswer {
+    pub id: String,
+    pub stream: String,
+    /// The stream key, shown this once: the broadcaster's "stream key".
+    pub key: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/keys", tag = "credentials", request_body = NewKeyRequest,
+    responses((status = 201, body = NewKeyAnswer), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create_key(
+    State(api): State<Arc<ApiState>>,
+    Extension(who): Extension<Principal>,
+    Json(request): Json<NewKeyRequest>,
+) -> ApiResult<(StatusCode, Json<NewKeyAnswer>)> {
+    let stream = StreamId::parse(&request.stream)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{:?} is not a stream name: {e}", request.stream)))?;
+    let key = api.keys.create(&stream)?;
+    api.audit(&who, "key.create", &format!("{} ({stream})", key.id), "ok");
+    Ok((StatusCode::CREATED, Json(NewKeyAnswer { id: key.id, stream: stream.to_string(), key: key.secret })))
+}
+
+#[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "credentials", params(("id" = String, Path)),
+    responses((status = 204, description = "Revoked: new publishes with it are refused; a live stream goes on"),
+        (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn revoke_key(State(api): State<Arc<ApiState>>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    if !api.keys.revoke(&id)? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no stream key {id:?} in force")));
+    }
+    api.audit(&who, "key.revoke", &id, "ok");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- API tokens
+
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "credentials",
+    responses((status = 200, body = Vec<TokenInfo>), (status = 401, body = ErrorBody)))]
+pub async fn list_tokens(State(api): State<Arc<ApiState>>) -> ApiResult<Json<Vec<TokenInfo>>> {
+    Ok(Json(api.admin.tokens()?))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct NewTokenRequest {
+    /// What the token is for (shown in listings and the audit log).
+    pub name: String,
+    pub scope: Scope,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NewTokenAnswer {
+    #[serde(flatten)]
+    pub token: TokenInfo,
+    /// Send as `Authorization: Bearer {secret}`; shown this once.
+    pub secret: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "credentials", request_body = NewTokenRequest,
+    responses((status = 201, body = NewTokenAnswer), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create_token(
+    State(api): State<Arc<ApiState>>,
+    Extension(who): Extension<Principal>,
+    Json(request): Json<NewTokenRequest>,
+) -> ApiResult<(StatusCode, Json<NewTokenAnswer>)> {
+    let name = request.name.trim();
+    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "a token name is 1 to 100 printable characters"));
+    }
+    let (token, secret) = api.admin.create_token(name, request.scope, &who.actor())?;
+    api.audit(&who, "token.create", &format!("{} ({name}, {:?})", token.id, request.scope), "ok");
+    Ok((StatusCode::CREATED, Json(NewTokenAnswer { token, secret })))
+}
+
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "credentials", params(("id" = String, Path)),
+    responses((status = 204, description = "Revoked"), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn revoke_token(State(api): State<Arc<ApiState>>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    if !api.admin.revoke_token(&id)? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no API token {id:?} in force")));
+    }
+    api.audit(&who, "token.revoke", &id, "ok");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- users
+
+#[utoipa::path(get, path = "/api/v1/users", tag = "credentials",
+    responses((status = 200, body = Vec<UserInfo>), (status = 401, body = ErrorBody)))]
+pub async fn list_users(State(api): State<Arc<ApiState>>) -> ApiResult<Json<Vec<UserInfo>>> {
+    Ok(Json(api.admin.users()?))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct NewUserRequest {
+    pub name: String,
+    /// At least 10 characters; stored as an argon2id hash.
+    pub password: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/users", tag = "credentials", request_body = NewUserRequest,
+    responses((status = 201, body = UserInfo), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create_user(
+    State(api): State<Arc<ApiState>>,
+    Extension(who): Extension<Principal>,
+    Json(request): Json<NewUserRequest>,
+) -> ApiResult<(StatusCode, Json<UserInfo>)> {
+    let store = Arc::clone(&api);
+    let name = request.name.clone();
+    let added = tokio::task::spawn_blocking(move || store.admin.add_user(&name, &request.password))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("adding the user failed: {e}")))?;
+    match added {
+        Ok(()) => {}
+        Err(AdminError::Store(e)) => return Err(e.into()),
+        Err(e @ AdminError::UserExists(_)) => return Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())),
+    }
+    api.audit(&who, "user.create", &request.name, "ok");
+    let user = api.admin.users()?.into_iter().find(|u| u.name == request.name);
+    user.map(|u| (StatusCode::CREATED, Json(u))).ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "the user was deleted meanwhile"))
+}
+
+#[utoipa::path(delete, path = "/api/v1/users/{name}", tag = "credentials", params(("name" = String, Path)),
+    responses((status = 204, description = "Deleted, with its sessions"), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn delete_user(State(api): State<Arc<ApiState>>, Extension(who): Extension<Principal>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    if matches!(&who.kind, PrincipalKind::User { name: me, .. } if *me == name) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "you cannot delete the user you are logged in as"));
+    }
+    if !api.admin.delete_user(&name)? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no user {name:?}")));
+    }
+    api.audit(&who, "user.delete", &name, "ok");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- audit log
+
+#[derive(Deserialize, IntoParams)]
+pub struct AuditQuery {
+    /// Entries to return (1 to 500, default 100).
+    pub limit: Option<u32>,
+    /// Only entries older than this id (for the next page).
+    pub before: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/audit", tag = "credentials", params(AuditQuery),
+    responses((status = 200, body = Vec<AuditEntry>, description = "Newest first"), (status = 401, body = ErrorBody)))]
+pub async fn audit(State(api): State<Arc<ApiState>>, Query(query): Query<AuditQuery>) -> ApiResult<Json<Vec<AuditEntry>>> {
+    Ok(Json(api.admin.audit(query.limit.unwrap_or(100), query.before)?))
+}

@@ -1,0 +1,259 @@
+//! The admin REST API under [`PREFIX`]: JSON resources for the node, its streams (stop,
+//! kick), stream keys, API tokens, users, the federation, the caching tier, the config
+//! (secrets redacted) and the audit log, described by an OpenAPI 3 document generated from
+//! these handlers (utoipa) and served at `/api/v1/openapi.json`; `docs/openapi.json` is
+//! the committed copy, kept equal by a test.
+//!
+//! Who may call what is decided in [`access`] before any handler runs; every change is
+//! recorded in the audit log. Handlers live by resource: [`session`] (login), [`node`]
+//! (node, config, cluster, tiers), [`streams`], [`credentials`] (keys, tokens, users,
+//! audit).
+
+pub mod access;
+pub mod credentials;
+pub mod node;
+pub mod session;
+pub mod streams;
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use parking_lot::Mutex;
+use serde::Serialize;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::admin::AdminStore;
+use crate::auth::db::StoreError;
+use crate::auth::keys::KeyStore;
+use crate::cluster::Membership;
+use crate::config::Config;
+use crate::metrics::Sources;
+use access::Principal;
+
+pub const PREFIX: &str = "/api/v1";
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
+/// Everything the handlers read or change.
+pub struct ApiState {
+    pub config: Arc<Config>,
+    pub admin: AdminStore,
+    pub keys: KeyStore,
+    pub sources: Sources,
+    pub membership: Option<Membership>,
+    /// Encoder backends skipped at start-up, with the reason.
+    pub encoders_skipped: Vec<String>,
+    pub started: Instant,
+    pub login_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// `None` when the host's figures cannot be read.
+    pub host: Mutex<Option<sysinfo::System>>,
+}
+
+impl ApiState {
+    pub fn new(
+        config: Arc<Config>,
+        sources: Sources,
+        membership: Option<Membership>,
+        encoders_skipped: Vec<String>,
+    ) -> Result<Self, StoreError> {
+        let auth = &config.auth;
+        let one = NonZeroU32::MIN;
+        let quota = Quota::per_minute(NonZeroU32::new(auth.login_attempts_per_minute).unwrap_or(one))
+            .allow_burst(NonZeroU32::new(auth.login_attempt_burst).unwrap_or(one));
+        Ok(Self {
+            admin: AdminStore::open(&auth.data_dir)?,
+            keys: KeyStore::open(&auth.data_dir)?,
+            config,
+            sources,
+            membership,
+            encoders_skipped,
+            started: Instant::now(),
+            login_limiter: RateLimiter::keyed(quota),
+            host: Mutex::new(sysinfo::System::new().ok()),
+        })
+    }
+
+    /// Records an admin action in the audit log (and the log, if the store fails).
+    pub fn audit(&self, who: &Principal, action: &str, target: &str, outcome: &str) {
+        tracing::info!(actor = %who.actor(), address = ?who.address(), action, target, outcome, "admin action");
+        if let Err(e) = self.admin.record(&who.actor(), who.address().as_deref(), action, target, outcome) {
+            tracing::error!(action, target, "audit log not written: {e}");
+        }
+    }
+}
+
+/// An error answer: `{"error": "..."}` with its status, never cached.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a human.
+    pub error: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self(status, message.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.0, axum::Json(ErrorBody { error: self.1 })).into_response();
+        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!("state store: {e}");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "the state store cannot be read or written right now")
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "rackcast admin API",
+        description = "Node, streams, stream keys, API tokens, users, federation, caching tier, config and audit log of a rackcast appliance. \
+                       Authenticate with a session cookie (POST /api/v1/session; writes then need the X-CSRF-Token header) or an API token \
+                       (Authorization: Bearer). Until an admin user exists, only loopback clients are answered.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    modifiers(&SecuritySchemes),
+    security(("session" = []), ("token" = [])),
+    tags(
+        (name = "session", description = "Login and logout"),
+        (name = "node", description = "This node, its config, the federation and its caching tier"),
+        (name = "streams", description = "Live streams on this node"),
+        (name = "credentials", description = "Stream keys, API tokens, users and the audit log"),
+    )
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("session", SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(access::SESSION_COOKIE))));
+        components.add_security_scheme("token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+fn api_router() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(session::whoami, session::login, session::logout))
+        .routes(routes!(node::node))
+        .routes(routes!(node::config))
+        .routes(routes!(node::cluster))
+        .routes(routes!(node::ring))
+        .routes(routes!(node::tiers))
+        .routes(routes!(streams::list))
+        .routes(routes!(streams::detail))
+        .routes(routes!(streams::kick))
+        .routes(routes!(streams::stop, streams::resume))
+        .routes(routes!(credentials::list_keys, credentials::create_key))
+        .routes(routes!(credentials::revoke_key))
+        .routes(routes!(credentials::list_tokens, credentials::create_token))
+        .routes(routes!(credentials::revoke_token))
+        .routes(routes!(credentials::list_users, credentials::create_user))
+        .routes(routes!(credentials::delete_user))
+        .routes(routes!(credentials::audit))
+}
+
+/// The OpenAPI document, as served and committed.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().into_openapi()
+}
+
+/// `/api/v1/...`, access-checked, with the OpenAPI document.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let (router, doc) = api_router().split_for_parts();
+    let doc = Arc::new(doc.to_pretty_json().unwrap_or_default());
+    router
+        .route(OPENAPI_PATH, axum::routing::get(move || std::future::ready(([(header::CONTENT_TYPE, "application/json")], doc.to_string()))))
+        .route("/api/v1/{*rest}", axum::routing::any(|| std::future::ready(ApiError::new(StatusCode::NOT_FOUND, "no such API resource"))))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), access::guard))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashSet};
+    use std::net::SocketAddr;
+
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::auth::PublishAuth;
+    use crate::metrics::{Audience, Instruments};
+    use crate::package::Packager;
+    use crate::package::mpd::MpdTiming;
+
+    fn state(data_dir: &std::path::Path) -> Arc<ApiState> {
+        let mut config = Config::default();
+        config.auth.data_dir = data_dir.to_owned();
+        let p = &config.package;
+        let timing = MpdTiming {
+            segment_duration: p.segment_duration,
+            update_period: p.manifest_update_period,
+            dvr_window: p.dvr_window,
+            presentation_delay: p.presentation_delay,
+            number_form_delay: p.number_form_delay,
+        };
+        let sources = Sources {
+            ingest: Arc::default(),
+            http: Arc::default(),
+            max_connections: 1,
+            tier: None,
+            streams: crate::stream::StreamRegistry::new(),
+            packager: Arc::new(Packager::new(Arc::new(crate::store::Store::new()), timing, Instruments::default().production_lag)),
+            audience: Arc::new(Audience::default()),
+            auth: Arc::new(PublishAuth::new(&config.auth, BTreeMap::new(), None, HashSet::new())),
+            encoder: crate::transcode::encoder::EncoderKind::X264,
+        };
+        Arc::new(ApiState::new(Arc::new(config), sources, None, Vec::new()).unwrap())
+    }
+
+    async fn status_from(app: &Router, peer: &str) -> (StatusCode, String) {
+        let mut request = Request::get("/api/v1/node").body(Body::empty()).unwrap();
+        request.extensions_mut().insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn only_loopback_clients_are_answered_until_an_admin_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let app = router(Arc::clone(&state));
+        let (status, body) = status_from(&app, "192.0.2.1:40000").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.contains("rackcast admin add-user") && body.contains("loopback"), "{body}");
+        for local in ["127.0.0.1:40000", "[::1]:40000", "[::ffff:127.0.0.1]:40000"] {
+            assert_eq!(status_from(&app, local).await.0, StatusCode::OK, "{local}");
+        }
+        state.admin.add_user("alice", "correct horse battery").unwrap();
+        for anyone in ["192.0.2.1:40000", "127.0.0.1:40000"] {
+            assert_eq!(status_from(&app, anyone).await.0, StatusCode::UNAUTHORIZED, "{anyone}: credentials needed now");
+        }
+    }
+}

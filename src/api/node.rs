@@ -1,0 +1,200 @@
+//! `/api/v1/node`, `/config`, `/cluster`, `/cluster/ring/{stream}`, `/tiers`: this node
+//! (version, roles, uptime, host, encoder backends), its config with secrets redacted, the
+//! federation as this node sees it (members, health, who holds which stream, the ring) and
+//! its caching tier's counters.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{ApiError, ApiResult, ApiState, ErrorBody};
+use crate::config::Role;
+use crate::tier::TierMetrics;
+
+#[derive(Serialize, ToSchema)]
+pub struct NodeInfo {
+    pub id: String,
+    pub version: String,
+    #[schema(value_type = Vec<String>)]
+    pub roles: Vec<Role>,
+    pub uptime_seconds: u64,
+    pub federated: bool,
+    /// The video encoder backend every stream uses (`x264`, `nvenc`, `vaapi`).
+    pub encoder: String,
+    pub encoder_is_hardware: bool,
+    /// Preferred backends that were skipped at start-up, with the reason.
+    pub encoders_skipped: Vec<String>,
+    /// True while no stream key is in force: anyone who reaches the RTMP port may publish.
+    pub publishing_open: bool,
+    pub live_streams: usize,
+    pub host: HostInfo,
+    /// GPUs with their telemetry; empty when none is present.
+    pub gpus: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HostInfo {
+    /// CPU busy over all cores since the previous reading, 0..1.
+    pub cpu_usage: Option<f64>,
+    pub cpus: usize,
+    pub memory_used_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
+    /// 1, 5 and 15 minute load averages.
+    pub load_average: Option<[f64; 3]>,
+}
+
+#[utoipa::path(get, path = "/api/v1/node", tag = "node",
+    responses((status = 200, body = NodeInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn node(State(api): State<Arc<ApiState>>) -> ApiResult<Json<NodeInfo>> {
+    let sources = &api.sources;
+    let host = {
+        let mut host = api.host.lock();
+        let figures = host.as_mut().map(|system| {
+            system.refresh_cpu_usage();
+            system.refresh_memory();
+            (f64::from(system.global_cpu_usage()) / 100.0, system.used_memory(), system.total_memory())
+        });
+        HostInfo {
+            cpu_usage: figures.map(|f| f.0),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_used_bytes: figures.map(|f| f.1),
+            memory_total_bytes: figures.map(|f| f.2),
+            load_average: sysinfo::System::load_average().ok().map(|l| [l.one, l.five, l.fifteen]),
+        }
+    };
+    Ok(Json(NodeInfo {
+        id: api.config.cluster.node_id.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        roles: api.config.cluster.roles(),
+        uptime_seconds: api.started.elapsed().as_secs(),
+        federated: api.membership.is_some(),
+        encoder: sources.encoder.name().to_owned(),
+        encoder_is_hardware: sources.encoder.is_hardware(),
+        encoders_skipped: api.encoders_skipped.clone(),
+        publishing_open: sources.auth.is_open()?,
+        live_streams: sources.streams.count(),
+        host,
+        gpus: Vec::new(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/config", tag = "node",
+    responses((status = 200, description = "The effective configuration, secrets redacted", body = Object), (status = 401, body = ErrorBody)))]
+pub async fn config(State(api): State<Arc<ApiState>>) -> Json<serde_json::Value> {
+    Json(serde_json::to_value(api.config.redacted()).unwrap_or_default())
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ClusterInfo {
+    /// The node answering.
+    pub node_id: String,
+    /// False when this node runs alone (no `cluster.nodes`).
+    pub federated: bool,
+    pub vnodes: u32,
+    pub members: Vec<Member>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Member {
+    pub id: String,
+    #[schema(value_type = Vec<String>)]
+    pub roles: Vec<Role>,
+    pub region: String,
+    pub rtmp: String,
+    pub http: String,
+    /// Healthy as this node's probes see it (this node always is).
+    pub up: bool,
+    /// Streams it is the live server of (its last health answer; this node's own live list).
+    pub streams: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/cluster", tag = "node",
+    responses((status = 200, body = ClusterInfo), (status = 401, body = ErrorBody)))]
+pub async fn cluster(State(api): State<Arc<ApiState>>) -> Json<ClusterInfo> {
+    let cluster = &api.config.cluster;
+    let own: Vec<String> = api.sources.streams.streams().iter().map(|s| s.to_string()).collect();
+    let members = match &api.membership {
+        None => vec![Member {
+            id: cluster.node_id.clone(),
+            roles: cluster.roles(),
+            region: crate::config::DEFAULT_REGION.to_owned(),
+            rtmp: api.config.ingest.listen.to_string(),
+            http: api.config.http.listen.to_string(),
+            up: true,
+            streams: own,
+        }],
+        Some(membership) => {
+            let view = membership.view();
+            cluster
+                .nodes
+                .iter()
+                .map(|n| Member {
+                    id: n.id.clone(),
+                    roles: n.roles.clone(),
+                    region: n.region.clone(),
+                    rtmp: n.rtmp.to_string(),
+                    http: n.http.to_string(),
+                    up: view.is_up(&n.id),
+                    streams: if n.id == cluster.node_id { own.clone() } else { view.streams_of(&n.id) },
+                })
+                .collect()
+        }
+    };
+    Json(ClusterInfo { node_id: cluster.node_id.clone(), federated: api.membership.is_some(), vnodes: cluster.vnodes, members })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RingPlacement {
+    pub stream: String,
+    /// The live node that serves the stream now (the first healthy one in `order`).
+    pub owner: Option<String>,
+    /// Every healthy live node in failover order.
+    pub order: Vec<String>,
+    /// The node that reports it live, when one does (during a handover it may differ from the owner).
+    pub live_on: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/cluster/ring/{stream}", tag = "node",
+    params(("stream" = String, Path, description = "Any stream id, live or not")),
+    responses((status = 200, body = RingPlacement), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn ring(State(api): State<Arc<ApiState>>, Path(stream): Path<String>) -> ApiResult<Json<RingPlacement>> {
+    let stream = crate::http::path::stream(&stream).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let local = api.sources.streams.is_live(&stream);
+    let here = api.config.cluster.node_id.clone();
+    Ok(Json(match &api.membership {
+        None => RingPlacement { stream: stream.to_string(), owner: Some(here.clone()), order: vec![here.clone()], live_on: local.then_some(here) },
+        Some(membership) => {
+            let view = membership.view();
+            let order: Vec<String> = view.live_ring().order(stream.as_str()).into_iter().map(str::to_owned).collect();
+            let live_on = if local { Some(here) } else { view.live_location(stream.as_str()).map(str::to_owned) };
+            RingPlacement { stream: stream.to_string(), owner: order.first().cloned(), order, live_on }
+        }
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TierInfo {
+    /// `origin` or `edge`.
+    pub role: String,
+    #[schema(value_type = Object)]
+    pub counters: TierMetrics,
+    /// (hits + coalesced) / requests, when there were requests.
+    pub hit_ratio: Option<f64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/tiers", tag = "node",
+    responses((status = 200, body = TierInfo), (status = 404, body = ErrorBody, description = "This node has no caching tier"), (status = 401, body = ErrorBody)))]
+pub async fn tiers(State(api): State<Arc<ApiState>>) -> ApiResult<Json<TierInfo>> {
+    let Some(tier) = &api.sources.tier else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "this node has no caching tier (it is neither origin nor edge)"));
+    };
+    let counters = tier.metrics();
+    let roles = api.config.cluster.roles();
+    let role = if roles.contains(&Role::Origin) { "origin" } else { "edge" };
+    let hit_ratio = (counters.requests > 0).then(|| (counters.hits + counters.coalesced) as f64 / counters.requests as f64);
+    Ok(Json(TierInfo { role: role.to_owned(), counters, hit_ratio }))
+}

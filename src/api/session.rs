@@ -1,0 +1,119 @@
+//! `/api/v1/session`: log in (username and password, rate-limited per address; sets the
+//! session cookie and returns the CSRF token), see who is logged in, log out. The cookie
+//! lives until the browser closes; the store ends the session after
+//! `auth.session_lifetime` whatever the browser keeps.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use axum_extra::extract::CookieJar;
+use axum_extra::extract::cookie::{Cookie, SameSite};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::access::{Principal, PrincipalKind, SESSION_COOKIE};
+use super::{ApiError, ApiResult, ApiState, ErrorBody};
+use crate::auth::admin::Scope;
+
+#[derive(Deserialize, ToSchema)]
+pub struct Login {
+    pub username: String,
+    pub password: String,
+}
+
+/// The caller: a user's session (with the CSRF token writes must send), an API token, or a
+/// loopback client before any admin exists.
+#[derive(Serialize, ToSchema)]
+pub struct SessionInfo {
+    /// `user:NAME`, `token:ID` or `loopback`.
+    pub actor: String,
+    pub user: Option<String>,
+    /// Send it as `X-CSRF-Token` with every write made with the session cookie.
+    pub csrf_token: Option<String>,
+    /// When the session ends (seconds since the Unix epoch).
+    pub expires_at: Option<i64>,
+    pub scope: Option<Scope>,
+    /// False when the API answers only loopback clients because no admin user exists.
+    pub admin_exists: bool,
+}
+
+fn info(who: &Principal) -> SessionInfo {
+    let (user, csrf_token, expires_at, scope) = match &who.kind {
+        PrincipalKind::User { name, csrf, expires_at } => (Some(name.clone()), Some(csrf.clone()), Some(*expires_at), Some(Scope::Admin)),
+        PrincipalKind::Token { scope, .. } => (None, None, None, Some(*scope)),
+        PrincipalKind::Loopback => (None, None, None, Some(Scope::Admin)),
+        PrincipalKind::Anonymous => (None, None, None, None),
+    };
+    SessionInfo { actor: who.actor(), user, csrf_token, expires_at, scope, admin_exists: !matches!(who.kind, PrincipalKind::Loopback) }
+}
+
+#[utoipa::path(get, path = "/api/v1/session", tag = "session",
+    responses((status = 200, body = SessionInfo), (status = 401, body = ErrorBody)))]
+pub async fn whoami(Extension(who): Extension<Principal>) -> ApiResult<Json<SessionInfo>> {
+    if who.kind == PrincipalKind::Anonymous {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "not logged in"));
+    }
+    Ok(Json(info(&who)))
+}
+
+#[utoipa::path(post, path = "/api/v1/session", tag = "session", request_body = Login, security(()),
+    responses(
+        (status = 200, body = SessionInfo, description = "Logged in; the session cookie is set"),
+        (status = 401, body = ErrorBody, description = "Wrong username or password"),
+        (status = 429, body = ErrorBody, description = "Too many login attempts from this address"),
+    ))]
+pub async fn login(
+    State(api): State<Arc<ApiState>>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    jar: CookieJar,
+    Json(login): Json<Login>,
+) -> Result<Response, ApiError> {
+    if let Some(address) = who.address
+        && api.login_limiter.check_key(&address).is_err()
+    {
+        tracing::warn!(%address, "login refused: too many attempts from this address");
+        api.audit(&who, "session.login", &login.username, "refused: too many attempts");
+        let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many login attempts from this address; wait a minute").into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
+        return Ok(response);
+    }
+    let check = Arc::clone(&api);
+    let (name, password) = (login.username.clone(), login.password);
+    let valid = tokio::task::spawn_blocking(move || check.admin.check_password(&name, &password))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("password check failed: {e}")))??;
+    if !valid {
+        api.audit(&who, "session.login", &login.username, "refused: wrong username or password");
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong username or password"));
+    }
+    let lifetime = api.config.auth.session_lifetime;
+    let session = api.admin.open_session(&login.username, lifetime)?;
+    let user = Principal {
+        kind: PrincipalKind::User { name: login.username.clone(), csrf: session.csrf.clone(), expires_at: session.expires_at },
+        address: who.address,
+    };
+    api.audit(&user, "session.login", &login.username, "ok");
+    let tls = headers.get("x-forwarded-proto").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+    let cookie = Cookie::build((SESSION_COOKIE, session.secret))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(tls)
+        .build();
+    Ok((jar.add(cookie), Json(info(&user))).into_response())
+}
+
+#[utoipa::path(delete, path = "/api/v1/session", tag = "session",
+    responses((status = 204, description = "Logged out; the cookie is cleared"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn logout(State(api): State<Arc<ApiState>>, Extension(who): Extension<Principal>, jar: CookieJar) -> ApiResult<Response> {
+    if let Some(cookie) = jar.get(SESSION_COOKIE) {
+        api.admin.close_session(cookie.value())?;
+    }
+    api.audit(&who, "session.logout", &who.actor(), "ok");
+    let cleared = Cookie::build((SESSION_COOKIE, "")).path("/").build();
+    Ok((jar.remove(cleared), StatusCode::NO_CONTENT).into_response())
+}

@@ -1,0 +1,103 @@
+//! The appliance's state database: one SQLite file (`rackcast.sqlite3` under the data
+//! directory) in WAL mode, so the CLI (`rackcast keys`, `rackcast admin`) works while the
+//! appliance runs. Owns the schema of every table; [`super::keys`] and [`super::admin`]
+//! each open their own connection to it.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const DATABASE_FILE: &str = "rackcast.sqlite3";
+/// Longest a writer waits for another connection's write.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS stream_keys (
+    id TEXT PRIMARY KEY,
+    stream TEXT NOT NULL,
+    digest BLOB NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    digest BLOB PRIMARY KEY,
+    user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    csrf TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    digest BLOB NOT NULL UNIQUE,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    address TEXT,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the data directory {dir}: {source}")]
+    DataDir { dir: String, source: std::io::Error },
+    #[error("state store {path}: {source}")]
+    Sqlite { path: String, source: rusqlite::Error },
+}
+
+/// An open connection with the schema in place, and the file's path for error messages.
+pub struct Database {
+    pub path: String,
+    pub connection: rusqlite::Connection,
+}
+
+impl Database {
+    pub fn fail(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite { path: self.path.clone(), source }
+    }
+}
+
+/// Opens (creating the directory, the file and the tables when missing) the database under `dir`.
+pub fn open(dir: &Path) -> Result<Database, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir { dir: dir.display().to_string(), source })?;
+    let path = dir.join(DATABASE_FILE).display().to_string();
+    let fail = |source| StoreError::Sqlite { path: path.clone(), source };
+    let connection = rusqlite::Connection::open(&path).map_err(fail)?;
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+    connection.pragma_update(None, "journal_mode", "WAL").map_err(fail)?;
+    connection.pragma_update(None, "foreign_keys", "ON").map_err(fail)?;
+    connection.execute_batch(SCHEMA).map_err(fail)?;
+    Ok(Database { path, connection })
+}
+
+/// Seconds since the Unix epoch, as stored.
+pub fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64
+}
+
+/// A random secret: `prefix` + `bytes` random bytes in hex.
+pub fn random_secret(prefix: &str, bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    format!("{prefix}{}", hex::encode(buf))
+}
+
+/// What the store keeps of a secret: its SHA-256.
+pub fn digest(secret: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes()).to_vec()
+}

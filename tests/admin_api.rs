@@ -1,0 +1,343 @@
+//! The admin API against the real binary over HTTP on 127.0.0.1: the whole access matrix
+//! with exact statuses (loopback-only before an admin exists, login, wrong password,
+//! expired session, CSRF token missing or wrong, cross-origin writes, unknown and revoked
+//! API tokens, read-only tokens on writes, the login rate limit), persistence across a
+//! restart, the audit log, secrets kept out of logs and listings; the stream levers (kick,
+//! stop, resume) with an ffmpeg publisher; and the OpenAPI document: valid, every `$ref`
+//! resolvable, equal to the committed docs/openapi.json and to what the binary serves.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use serde_json::{Value, json};
+use support::*;
+
+const PASSWORD: &str = "correct horse battery staple";
+const COMMITTED_OPENAPI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
+
+/// One API caller: optional session cookie, CSRF token and bearer token.
+#[derive(Default, Clone)]
+struct Caller {
+    cookie: Option<String>,
+    csrf: Option<String>,
+    bearer: Option<String>,
+    origin: Option<String>,
+}
+
+impl Caller {
+    fn request(&self, client: &Client, method: reqwest::Method, url: &str) -> RequestBuilder {
+        let mut r = client.request(method, url);
+        if let Some(c) = &self.cookie {
+            r = r.header("cookie", c);
+        }
+        if let Some(t) = &self.csrf {
+            r = r.header("x-csrf-token", t);
+        }
+        if let Some(b) = &self.bearer {
+            r = r.header("authorization", format!("Bearer {b}"));
+        }
+        if let Some(o) = &self.origin {
+            r = r.header("origin", o);
+        }
+        r
+    }
+}
+
+struct Api<'a> {
+    app: &'a Appliance,
+    client: Client,
+}
+
+impl Api<'_> {
+    fn call(&self, who: &Caller, method: &str, path: &str, body: Option<Value>) -> Response {
+        let method: reqwest::Method = method.parse().unwrap();
+        let mut r = who.request(&self.client, method.clone(), &self.app.url(path));
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        r.send().unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Asserts the status; returns the JSON body (Null when empty).
+    fn expect(&self, who: &Caller, method: &str, path: &str, body: Option<Value>, status: u16) -> Value {
+        let response = self.call(who, method, path, body);
+        let got = response.status().as_u16();
+        let text = response.text().unwrap();
+        assert_eq!(got, status, "{method} {path} answered {got}: {text}");
+        if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) }
+    }
+
+    /// Logs in; the caller with the session cookie and CSRF token.
+    fn login(&self, user: &str, password: &str) -> Caller {
+        let response = self.call(&Caller::default(), "POST", "/api/v1/session", Some(json!({"username": user, "password": password})));
+        assert_eq!(response.status(), 200, "login");
+        let set_cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();
+        for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+            assert!(set_cookie.contains(attribute), "{set_cookie} lacks {attribute}");
+        }
+        assert!(!set_cookie.contains("Secure"), "plain HTTP: no Secure flag");
+        let body: Value = response.json().unwrap();
+        assert_eq!(body["user"], user);
+        Caller {
+            cookie: Some(set_cookie.split(';').next().unwrap().to_owned()),
+            csrf: Some(body["csrf_token"].as_str().unwrap().to_owned()),
+            ..Caller::default()
+        }
+    }
+}
+
+fn rackcast(args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rackcast"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "rackcast {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn the_access_matrix_with_exact_statuses_and_persistence() {
+    let app = Appliance::start(None);
+    let api = Api { app: &app, client: client() };
+    let anyone = Caller::default();
+    let data_dir = app.data_dir().display().to_string();
+
+    // Before an admin exists: loopback clients may do everything; cross-origin writes never.
+    app.wait_for_log("no admin user exists", Duration::from_secs(5));
+    let me = api.expect(&anyone, "GET", "/api/v1/session", None, 200);
+    assert_eq!((me["actor"].as_str(), me["admin_exists"].as_bool()), (Some("loopback"), Some(false)));
+    assert_eq!(api.expect(&anyone, "GET", "/api/v1/node", None, 200)["publishing_open"], true);
+    let evil = Caller { origin: Some("http://evil.example".into()), ..Caller::default() };
+    api.expect(&evil, "POST", "/api/v1/keys", Some(json!({"stream": "cam"})), 403);
+    api.expect(&anyone, "POST", "/api/v1/users", Some(json!({"name": "alice", "password": "short"})), 400);
+    api.expect(&anyone, "POST", "/api/v1/users", Some(json!({"name": "alice", "password": PASSWORD})), 201);
+    // The CLI adds users too (password on standard input), while the appliance runs.
+    rackcast(&["admin", "add-user", "bob", "--data-dir", &data_dir], &format!("{PASSWORD}-bob\n"));
+
+    // Now credentials are needed.
+    for path in ["/api/v1/node", "/api/v1/streams", "/api/v1/keys", "/api/v1/audit", "/api/v1/cluster", "/api/v1/config"] {
+        api.expect(&anyone, "GET", path, None, 401);
+    }
+    api.expect(&anyone, "POST", "/api/v1/keys", Some(json!({"stream": "cam"})), 401);
+    let refused = api.call(&anyone, "POST", "/api/v1/session", Some(json!({"username": "alice", "password": "wrong password!"})));
+    assert_eq!(refused.status(), 401);
+    assert!(refused.headers().get("set-cookie").is_none());
+    api.expect(&anyone, "POST", "/api/v1/session", Some(json!({"username": "nobody", "password": PASSWORD})), 401);
+
+    // A session: reads; writes need the CSRF token and the same origin.
+    let alice = api.login("alice", PASSWORD);
+    let me = api.expect(&alice, "GET", "/api/v1/session", None, 200);
+    assert_eq!((me["actor"].as_str(), me["admin_exists"].as_bool()), (Some("user:alice"), Some(true)));
+    let node = api.expect(&alice, "GET", "/api/v1/node", None, 200);
+    assert_eq!((node["encoder"].as_str(), node["live_streams"].as_u64()), (Some("x264"), Some(0)));
+    assert!(node["host"]["memory_total_bytes"].as_u64().unwrap() > 0);
+    let no_csrf = Caller { csrf: None, ..alice.clone() };
+    api.expect(&no_csrf, "POST", "/api/v1/keys", Some(json!({"stream": "cam"})), 403);
+    let wrong_csrf = Caller { csrf: Some("0".repeat(64)), ..alice.clone() };
+    api.expect(&wrong_csrf, "POST", "/api/v1/keys", Some(json!({"stream": "cam"})), 403);
+    let cross = Caller { origin: Some("http://evil.example".into()), ..alice.clone() };
+    api.expect(&cross, "POST", "/api/v1/keys", Some(json!({"stream": "cam"})), 403);
+    let same = Caller { origin: Some(format!("http://{}", app.http)), ..alice.clone() };
+    let key = api.expect(&same, "POST", "/api/v1/keys", Some(json!({"stream": "cam"})), 201);
+    let key_secret = key["key"].as_str().unwrap().to_owned();
+    assert!(key_secret.starts_with("rk_"));
+    api.expect(&alice, "POST", "/api/v1/keys", Some(json!({"stream": "../etc"})), 400);
+    api.expect(&alice, "POST", "/api/v1/keys", Some(json!({"nope": 1})), 422);
+
+    // API tokens: read-only and admin scope; unknown and revoked ones are refused.
+    let read = api.expect(&alice, "POST", "/api/v1/tokens", Some(json!({"name": "grafana", "scope": "read"})), 201);
+    let admin = api.expect(&alice, "POST", "/api/v1/tokens", Some(json!({"name": "ci", "scope": "admin"})), 201);
+    let reader = Caller { bearer: Some(read["secret"].as_str().unwrap().into()), ..Caller::default() };
+    let script = Caller { bearer: Some(admin["secret"].as_str().unwrap().into()), ..Caller::default() };
+    assert_eq!(api.expect(&reader, "GET", "/api/v1/keys", None, 200).as_array().unwrap().len(), 1);
+    api.expect(&reader, "POST", "/api/v1/keys", Some(json!({"stream": "cam2"})), 403);
+    api.expect(&reader, "DELETE", &format!("/api/v1/keys/{}", key["id"].as_str().unwrap()), None, 403);
+    api.expect(&script, "POST", "/api/v1/keys", Some(json!({"stream": "cam2"})), 201);
+    let forged = Caller { bearer: Some(format!("rat_{}", "0".repeat(64))), ..Caller::default() };
+    api.expect(&forged, "GET", "/api/v1/node", None, 401);
+    api.expect(&alice, "DELETE", &format!("/api/v1/tokens/{}", admin["id"].as_str().unwrap()), None, 204);
+    api.expect(&script, "GET", "/api/v1/node", None, 401);
+    api.expect(&alice, "DELETE", &format!("/api/v1/tokens/{}", admin["id"].as_str().unwrap()), None, 404);
+    let tokens = api.expect(&alice, "GET", "/api/v1/tokens", None, 200);
+    assert_eq!(tokens.as_array().unwrap().len(), 2);
+    assert!(tokens.to_string().find("rat_").is_none(), "listings never carry a token secret: {tokens}");
+
+    // Users: list, and no self-deletion; bob's session dies with bob.
+    let users = api.expect(&alice, "GET", "/api/v1/users", None, 200);
+    assert_eq!(users.as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect::<Vec<_>>(), ["alice", "bob"]);
+    assert!(!users.to_string().contains("argon2"), "no password hashes in listings");
+    api.expect(&alice, "DELETE", "/api/v1/users/alice", None, 400);
+    let bob = api.login("bob", &format!("{PASSWORD}-bob"));
+    api.expect(&alice, "DELETE", "/api/v1/users/bob", None, 204);
+    api.expect(&bob, "GET", "/api/v1/node", None, 401);
+
+    // The other resources answer.
+    let cluster = api.expect(&reader, "GET", "/api/v1/cluster", None, 200);
+    assert_eq!((cluster["federated"].as_bool(), cluster["members"][0]["up"].as_bool()), (Some(false), Some(true)));
+    assert_eq!(api.expect(&reader, "GET", "/api/v1/cluster/ring/cam", None, 200)["owner"], "local");
+    api.expect(&reader, "GET", "/api/v1/tiers", None, 404);
+    api.expect(&reader, "GET", "/api/v1/streams/cam", None, 404);
+    api.expect(&reader, "GET", "/api/v1/streams/a%20b", None, 400);
+    api.expect(&reader, "GET", "/api/v1/nothing-here", None, 404);
+    let config = api.expect(&reader, "GET", "/api/v1/config", None, 200);
+    assert_eq!(config["auth"]["login_attempt_burst"], 5);
+
+    // An expired session is refused as such; logging out ends a session.
+    let carol_dir = app.data_dir();
+    let store = rackcast::auth::admin::AdminStore::open(&carol_dir).unwrap();
+    store.expire_sessions_at("alice", 1).unwrap();
+    let expired = api.expect(&alice, "GET", "/api/v1/node", None, 401);
+    assert!(expired["error"].as_str().unwrap().contains("expired"), "{expired}");
+    let alice = api.login("alice", PASSWORD);
+    api.expect(&Caller { csrf: None, ..alice.clone() }, "DELETE", "/api/v1/session", None, 403);
+    api.expect(&alice, "DELETE", "/api/v1/session", None, 204);
+    api.expect(&alice, "GET", "/api/v1/node", None, 401);
+
+    // Login attempts per address are limited (burst 5; 5 made above).
+    let wrong = json!({"username": "alice", "password": "still the wrong one"});
+    let limited = api.call(&anyone, "POST", "/api/v1/session", Some(wrong.clone()));
+    assert_eq!(limited.status(), 429, "{}", limited.text().unwrap());
+    let response = api.call(&anyone, "POST", "/api/v1/session", Some(json!({"username": "alice", "password": PASSWORD})));
+    assert_eq!(response.status(), 429, "even the right password waits");
+    assert_eq!(response.headers()["retry-after"], "60");
+
+    // Every change is in the audit log, with its actor.
+    let audit = api.expect(&reader, "GET", "/api/v1/audit?limit=500", None, 200);
+    let entries: Vec<String> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{} {} {}", e["actor"].as_str().unwrap(), e["action"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .collect();
+    for expected in [
+        "loopback user.create ok",
+        "cli user.create ok",
+        "user:alice key.create ok",
+        "user:alice token.create ok",
+        "user:alice token.revoke ok",
+        "user:alice user.delete ok",
+        "user:alice session.login ok",
+        "user:alice session.logout ok",
+        "anonymous session.login refused: wrong username or password",
+        "anonymous session.login refused: too many attempts",
+    ] {
+        assert!(entries.iter().any(|e| e == expected), "no audit entry {expected:?} in {entries:#?}");
+    }
+    assert!(entries.iter().any(|e| e.starts_with("token:") && e.ends_with("key.create ok")), "{entries:#?}");
+
+    // Secrets appear in no log line.
+    let logs = app.logs();
+    for secret in [key_secret.as_str(), read["secret"].as_str().unwrap(), PASSWORD, alice.cookie.as_deref().unwrap().split('=').nth(1).unwrap()] {
+        assert!(!logs.contains(secret), "a secret is in the log");
+    }
+
+    // Everything persists across a restart.
+    let app = app.restart();
+    let api = Api { app: &app, client: client() };
+    assert_eq!(api.expect(&reader, "GET", "/api/v1/keys", None, 200).as_array().unwrap().len(), 2);
+    assert_eq!(api.expect(&reader, "GET", "/api/v1/users", None, 200).as_array().unwrap().len(), 1);
+    api.expect(&anyone, "GET", "/api/v1/node", None, 401);
+    api.login("alice", PASSWORD);
+}
+
+#[test]
+fn an_admin_kicks_stops_and_resumes_a_stream() {
+    let _one = one_ladder_at_a_time();
+    let app = Appliance::start(Some("[transcode]\nx264_preset = \"ultrafast\"\n"));
+    let api = Api { app: &app, client: client() };
+    let loopback = Caller::default();
+    let publisher = Publisher::start(&app.publish_url("live", "cam"), 60, "320x180");
+    let live = wait_until("cam in /api/v1/streams", Duration::from_secs(30), || {
+        let list = api.expect(&loopback, "GET", "/api/v1/streams", None, 200);
+        list.as_array().unwrap().iter().find(|s| s["stream"] == "cam" && s["segments"].as_u64() > Some(0)).cloned()
+    });
+    assert_eq!(live["backend"], "x264");
+    assert!(!live["rungs"].as_array().unwrap().is_empty(), "{live}");
+    let detail = api.expect(&loopback, "GET", "/api/v1/streams/cam", None, 200);
+    assert!(detail["status"]["plan_history"].as_array().is_some_and(|h| !h.is_empty()), "{detail}");
+
+    // Kick: the publisher is disconnected and told why.
+    api.expect(&loopback, "POST", "/api/v1/streams/cam/kick", None, 200);
+    let (status, _) = publisher.wait(Duration::from_secs(10));
+    assert!(!status.success(), "ffmpeg lost its connection");
+    app.wait_for_log("disconnected by an admin", Duration::from_secs(5));
+    api.expect(&loopback, "POST", "/api/v1/streams/cam/kick", None, 404);
+
+    // Stop: publishes are refused for the hold, then accepted again after resume.
+    api.expect(&loopback, "POST", "/api/v1/streams/cam/stop", Some(json!({"hold_seconds": 0})), 400);
+    let stopped = api.expect(&loopback, "POST", "/api/v1/streams/cam/stop", Some(json!({"hold_seconds": 600})), 200);
+    assert!(stopped["result"].as_str().unwrap().contains("600 s"), "{stopped}");
+    let (status, _) = Publisher::start(&app.publish_url("live", "cam"), 5, "320x180").wait(Duration::from_secs(20));
+    assert!(!status.success(), "a stopped stream refuses publishes");
+    app.wait_for_log("was stopped by an admin", Duration::from_secs(5));
+    api.expect(&loopback, "DELETE", "/api/v1/streams/cam/stop", None, 200);
+    api.expect(&loopback, "DELETE", "/api/v1/streams/cam/stop", None, 404);
+    let _again = Publisher::start(&app.publish_url("live", "cam"), 60, "320x180");
+    wait_until("cam live again", Duration::from_secs(30), || {
+        let list = api.expect(&loopback, "GET", "/api/v1/streams", None, 200);
+        list.as_array().unwrap().iter().any(|s| s["stream"] == "cam").then_some(())
+    });
+    let audit = api.expect(&loopback, "GET", "/api/v1/audit", None, 200).to_string();
+    for action in ["stream.kick", "stream.stop", "stream.resume"] {
+        assert!(audit.contains(action), "{action} not audited: {audit}");
+    }
+}
+
+/// `$ref`s that name no component.
+fn dangling_refs(node: &Value, doc: &Value, out: &mut Vec<String>) {
+    match node {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get("$ref") {
+                let pointer = r.strip_prefix('#').unwrap_or(r);
+                if doc.pointer(pointer).is_none() {
+                    out.push(r.clone());
+                }
+            }
+            map.values().for_each(|v| dangling_refs(v, doc, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| dangling_refs(v, doc, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_openapi_document_is_valid_and_matches_the_committed_copy() {
+    let generated = rackcast::api::openapi().to_pretty_json().unwrap();
+    if std::env::var_os("RACKCAST_UPDATE_OPENAPI").is_some() {
+        std::fs::write(COMMITTED_OPENAPI, format!("{generated}\n")).unwrap();
+    }
+    let spec = oas3::from_json(&generated).expect("an OpenAPI 3.1 document");
+    assert!(spec.validate_version().is_ok_and(|v| v.major == 3 && v.minor >= 1));
+    let doc: Value = serde_json::from_str(&generated).unwrap();
+    let mut dangling = Vec::new();
+    dangling_refs(&doc, &doc, &mut dangling);
+    assert!(dangling.is_empty(), "unresolvable $refs: {dangling:?}");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 14, "{:?}", paths.keys());
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path} documents no response");
+        }
+    }
+
+    let committed = std::fs::read_to_string(COMMITTED_OPENAPI).unwrap_or_default();
+    assert!(
+        committed.trim_end() == generated,
+        "docs/openapi.json differs from the API's handlers: run `RACKCAST_UPDATE_OPENAPI=1 cargo test --test admin_api openapi` and commit it"
+    );
+
+    // The binary serves the same document, without credentials.
+    let app = Appliance::start(None);
+    let served = get(&app.url("/api/v1/openapi.json"));
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.text().unwrap(), generated);
+}
