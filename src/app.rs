@@ -56,8 +56,11 @@ impl Listeners {
 }
 
 /// Runs the appliance until `shutdown` is cancelled.
-pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate().context("invalid configuration")?;
+    // The addresses actually bound (port 0 picks one), as the API reports them.
+    config.ingest.listen = listeners.rtmp.local_addr().context("reading the RTMP address")?;
+    config.http.listen = listeners.http.local_addr().context("reading the HTTP address")?;
     transcode::init().context("starting GStreamer")?;
     let choice = encoder::select(&config.transcode.encoders, |name| gst::ElementFactory::find(name).is_some())
         .context("choosing a video encoder")?;
@@ -125,6 +128,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     }
     let app = node
         .merge(api::router(Arc::new(api)))
+        .merge(crate::console::router())
         .merge(ingest_metrics_router(Arc::clone(&ingest_stats)))
         .merge(http::server::metrics_router(Arc::clone(&http_stats), config.http.max_connections))
         .merge(metrics::router(&instruments, sources))

@@ -2,13 +2,14 @@
 //! 1-second MPEG-DASH. Modules in data-flow order:
 //! ingest (auth: who may publish) -> stream -> (ladder, transcode) -> package -> store -> http; `metrics` reads them
 //! all for `/metrics`, and `api` (the admin REST API, access-checked against `auth`'s users
-//! and tokens) reads and steers them.
+//! and tokens) reads and steers them; `console` is the web page that drives `api`.
 
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod http;
 pub mod ingest;
 pub mod ladder;

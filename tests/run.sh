@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 if [ -f "${CARGO_HOME:-$HOME/.cargo}/env" ]; then . "${CARGO_HOME:-$HOME/.cargo}/env"; fi
 # The package lists and the Rust branch of install-deps.sh (offline, < 1 s).
 ./tests/install_deps_check.sh --installed
+# Everything the browser and player tests need is installed above: they must run, not skip.
+export RACKCAST_REQUIRE_PLAYERS=1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -12,7 +12,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{ApiError, ApiResult, ApiState, ErrorBody};
+use crate::cluster::Ring;
 use crate::config::Role;
+use crate::media::StreamId;
 use crate::tier::TierMetrics;
 
 #[derive(Serialize, ToSchema)]
@@ -31,6 +33,8 @@ pub struct NodeInfo {
     /// True while no stream key is in force: anyone who reaches the RTMP port may publish.
     pub publishing_open: bool,
     pub live_streams: usize,
+    /// The RTMP port broadcasters publish to.
+    pub rtmp_port: u16,
     pub host: HostInfo,
     /// GPUs with their telemetry; empty when none is present.
     pub gpus: Vec<String>,
@@ -77,6 +81,7 @@ pub async fn node(State(api): State<Arc<ApiState>>) -> ApiResult<Json<NodeInfo>>
         encoders_skipped: api.encoders_skipped.clone(),
         publishing_open: sources.auth.is_open()?,
         live_streams: sources.streams.count(),
+        rtmp_port: api.config.ingest.listen.port(),
         host,
         gpus: Vec::new(),
     }))
@@ -96,6 +101,21 @@ pub struct ClusterInfo {
     pub federated: bool,
     pub vnodes: u32,
     pub members: Vec<Member>,
+    /// The live ring's points, clockwise: where each healthy live node's vnodes sit.
+    pub ring: Vec<RingPoint>,
+    /// Every stream some member reports live, where it lands and who serves it.
+    pub placements: Vec<RingPlacement>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RingPoint {
+    pub node: String,
+    /// Position on the ring as a fraction of a turn, 0 <= at < 1.
+    pub at: f64,
+}
+
+fn turn(position: u64) -> f64 {
+    position as f64 / 18_446_744_073_709_551_616.0
 }
 
 #[derive(Serialize, ToSchema)]
@@ -144,12 +164,20 @@ pub async fn cluster(State(api): State<Arc<ApiState>>) -> Json<ClusterInfo> {
                 .collect()
         }
     };
-    Json(ClusterInfo { node_id: cluster.node_id.clone(), federated: api.membership.is_some(), vnodes: cluster.vnodes, members })
+    let streams: std::collections::BTreeSet<String> = members.iter().flat_map(|m| m.streams.iter().cloned()).collect();
+    let placements = streams.iter().filter_map(|s| StreamId::parse(s).ok()).map(|s| placement(&api, &s)).collect();
+    let ring = match &api.membership {
+        Some(m) => m.view().live_ring().points().map(|(p, node)| RingPoint { node: node.to_owned(), at: turn(p) }).collect(),
+        None => vec![RingPoint { node: cluster.node_id.clone(), at: 0.0 }],
+    };
+    Json(ClusterInfo { node_id: cluster.node_id.clone(), federated: api.membership.is_some(), vnodes: cluster.vnodes, members, ring, placements })
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct RingPlacement {
     pub stream: String,
+    /// Where the stream id lands, as a fraction of a turn.
+    pub at: f64,
     /// The live node that serves the stream now (the first healthy one in `order`).
     pub owner: Option<String>,
     /// Every healthy live node in failover order.
@@ -163,17 +191,22 @@ pub struct RingPlacement {
     responses((status = 200, body = RingPlacement), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn ring(State(api): State<Arc<ApiState>>, Path(stream): Path<String>) -> ApiResult<Json<RingPlacement>> {
     let stream = crate::http::path::stream(&stream).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let local = api.sources.streams.is_live(&stream);
+    Ok(Json(placement(&api, &stream)))
+}
+
+fn placement(api: &ApiState, stream: &StreamId) -> RingPlacement {
+    let local = api.sources.streams.is_live(stream);
     let here = api.config.cluster.node_id.clone();
-    Ok(Json(match &api.membership {
-        None => RingPlacement { stream: stream.to_string(), owner: Some(here.clone()), order: vec![here.clone()], live_on: local.then_some(here) },
+    let at = turn(Ring::position(stream.as_str()));
+    match &api.membership {
+        None => RingPlacement { stream: stream.to_string(), at, owner: Some(here.clone()), order: vec![here.clone()], live_on: local.then_some(here) },
         Some(membership) => {
             let view = membership.view();
             let order: Vec<String> = view.live_ring().order(stream.as_str()).into_iter().map(str::to_owned).collect();
             let live_on = if local { Some(here) } else { view.live_location(stream.as_str()).map(str::to_owned) };
-            RingPlacement { stream: stream.to_string(), owner: order.first().cloned(), order, live_on }
+            RingPlacement { stream: stream.to_string(), at, owner: order.first().cloned(), order, live_on }
         }
-    }))
+    }
 }
 
 #[derive(Serialize, ToSchema)]

@@ -64,6 +64,16 @@ impl Ring {
         self.nodes.iter().map(String::as_str)
     }
 
+    /// Every point clockwise from 0, with its node (for drawing the ring).
+    pub fn points(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.points.iter().map(|&(point, index)| (point, self.nodes[index as usize].as_str()))
+    }
+
+    /// Where a key lands on the ring (its owner is the first point at or after it).
+    pub fn position(key: &str) -> u64 {
+        hash(key.as_bytes())
+    }
+
     pub fn contains(&self, node: &str) -> bool {
         self.nodes.binary_search_by(|n| n.as_str().cmp(node)).is_ok()
     }

@@ -118,6 +118,9 @@ pub fn route_of(path: &str) -> &'static str {
         [Some("ingest"), Some("metrics"), None, ..] => "/ingest/metrics",
         [Some("tier"), Some("metrics"), None, ..] => "/tier/metrics",
         [Some("cluster"), Some("health"), None, ..] => "/cluster/health",
+        [Some(""), None, ..] => "/",
+        [Some("console"), Some(_), ..] => "/console/:file",
+        [Some("api"), Some("v1"), ..] => "/api/v1",
         _ => "other",
     }
 }
@@ -329,7 +332,9 @@ mod tests {
             ("/metrics", "/metrics"),
             ("/cluster/health", "/cluster/health"),
             ("/etc/passwd", "other"),
-            ("/", "other"),
+            ("/", "/"),
+            ("/console/app.js", "/console/:file"),
+            ("/api/v1/streams/cam/kick", "/api/v1"),
         ] {
             assert_eq!(route_of(path), route, "{path}");
         }
