@@ -304,6 +304,10 @@ impl Config {
         if !config.auth.publish_token_secret.is_empty() {
             config.auth.publish_token_secret = REDACTED.to_owned();
         }
+        // A webhook URL may carry a credential in its query.
+        if let Some((base, _)) = config.auth.publish_webhook.split_once('?') {
+            config.auth.publish_webhook = format!("{base}?{REDACTED}");
+        }
         config.ingest.keys = config
             .ingest
             .keys

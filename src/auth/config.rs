@@ -15,6 +15,9 @@ pub const DEFAULT_PUBLISH_ATTEMPT_BURST: u32 = 20;
 /// Console and API login attempts one address may make per minute, and at once.
 pub const DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE: u32 = 10;
 pub const DEFAULT_LOGIN_ATTEMPT_BURST: u32 = 5;
+/// The publish webhook's bound, and how long its answers are reused.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_WEBHOOK_CACHE: Duration = Duration::from_secs(10);
 /// How long an admin session lasts after login.
 pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
@@ -36,6 +39,14 @@ pub struct AuthConfig {
     /// How long a console session lasts after login (then the admin logs in again).
     #[serde(with = "humantime_serde")]
     pub session_lifetime: Duration,
+    /// `http://` URL asked (JSON POST) whether each accepted publish may go live; empty:
+    /// none. See `auth/webhook.rs`.
+    pub publish_webhook: String,
+    #[serde(with = "humantime_serde")]
+    pub publish_webhook_timeout: Duration,
+    /// How long an answer is reused for the same stream and address (0: never).
+    #[serde(with = "humantime_serde")]
+    pub publish_webhook_cache: Duration,
 }
 
 impl Default for AuthConfig {
@@ -48,6 +59,9 @@ impl Default for AuthConfig {
             login_attempts_per_minute: DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE,
             login_attempt_burst: DEFAULT_LOGIN_ATTEMPT_BURST,
             session_lifetime: DEFAULT_SESSION_LIFETIME,
+            publish_webhook: String::new(),
+            publish_webhook_timeout: DEFAULT_WEBHOOK_TIMEOUT,
+            publish_webhook_cache: DEFAULT_WEBHOOK_CACHE,
         }
     }
 }
@@ -66,6 +80,12 @@ impl AuthConfig {
         }
         if NonZeroU32::new(self.login_attempts_per_minute).is_none() || NonZeroU32::new(self.login_attempt_burst).is_none() {
             return invalid("login_attempts_per_minute", "the rate and the burst must be at least 1");
+        }
+        if !self.publish_webhook.is_empty() && !self.publish_webhook.starts_with("http://") {
+            return invalid("publish_webhook", "must be an http:// URL (for TLS, put a local proxy in front) or empty");
+        }
+        if self.publish_webhook_timeout.is_zero() || self.publish_webhook_timeout > Duration::from_secs(30) {
+            return invalid("publish_webhook_timeout", "must be between 1ms and 30s");
         }
         if self.session_lifetime < Duration::from_secs(60) {
             return invalid("session_lifetime", "must be at least 1m");

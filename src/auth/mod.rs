@@ -14,6 +14,9 @@
 //! that should not hold a long-lived key. A key with a bad or expired signature is refused
 //! with the reason.
 //!
+//! With `auth.publish_webhook`, a publish whose key was accepted is also put to the
+//! admin's service ([`webhook`], [`PublishAuth::admit`]).
+//!
 //! The admin side's users, sessions, API tokens and audit log live in [`admin`], in the
 //! same database ([`db`]); the HTTP API enforces them (`api::access`).
 
@@ -22,6 +25,7 @@ pub mod config;
 pub mod db;
 pub mod keys;
 pub mod token;
+pub mod webhook;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -59,16 +63,25 @@ pub struct PublishAuth {
     attempts: AtomicU64,
     /// Attempts refused by the rate limit.
     pub rate_limited: AtomicU64,
+    pub webhook: Option<webhook::PublishWebhook>,
+    node_id: String,
 }
 
 impl PublishAuth {
     /// The node's publish authentication: the config's keys and token secret, the key
     /// store under `auth.data_dir`, federation nodes exempt from the attempt limit. Logs
     /// whether publishing is open.
-    pub fn start(config: &crate::config::Config) -> Result<Self, KeyStoreError> {
+    pub fn start(config: &crate::config::Config) -> anyhow::Result<Self> {
         let store = KeyStore::open(&config.auth.data_dir)?;
         let nodes = config.cluster.nodes.iter().flat_map(|n| [n.rtmp.ip(), n.http.ip()]).collect();
-        let auth = Self::new(&config.auth, config.ingest.keys.clone(), Some(store), nodes);
+        let mut auth = Self::new(&config.auth, config.ingest.keys.clone(), Some(store), nodes);
+        auth.node_id = config.cluster.node_id.clone();
+        if !config.auth.publish_webhook.is_empty() {
+            let hook = webhook::PublishWebhook::new(&config.auth.publish_webhook, config.auth.publish_webhook_timeout, config.auth.publish_webhook_cache)
+                .map_err(|e| anyhow::anyhow!("building the publish webhook's HTTP client: {e}"))?;
+            tracing::info!(timeout = ?config.auth.publish_webhook_timeout, "every publish is also put to the publish webhook");
+            auth.webhook = Some(hook);
+        }
         if auth.is_open()? {
             tracing::warn!(
                 "publishing is open: no stream key is in force, so whoever reaches the RTMP port may publish any stream name \
@@ -93,12 +106,23 @@ impl PublishAuth {
             exempt,
             attempts: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
+            webhook: None,
+            node_id: String::new(),
         }
     }
 
     /// True while no key is in force: anyone may publish any name.
     pub fn is_open(&self) -> Result<bool, KeyStoreError> {
         Ok(self.config_keys.is_empty() && self.token_secret.is_none() && !self.store.as_ref().map(KeyStore::any_active).transpose()?.unwrap_or(false))
+    }
+
+    /// Puts an accepted publish of `stream` from `peer` to the publish webhook, if one is
+    /// configured (relayed publishes were put to it by the node that took them).
+    pub async fn admit(&self, stream: &StreamId, peer: IpAddr) -> Result<(), webhook::WebhookRefusal> {
+        match &self.webhook {
+            Some(hook) => hook.admit(stream, peer, &self.node_id).await,
+            None => Ok(()),
+        }
     }
 
     /// The stream a publish name (`key` or `key?query`, after the application instance)

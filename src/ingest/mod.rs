@@ -428,7 +428,7 @@ impl Connection {
                 }
                 None => stream_key,
             };
-            self.auth.resolve(name, self.peer.ip()).map_err(|e| match e {
+            let stream = self.auth.resolve(name, self.peer.ip()).map_err(|e| match e {
                 Refusal::Key(e @ key::KeyError::Unknown) => e.to_string(),
                 Refusal::Key(e) => format!("invalid stream key: {e}"),
                 Refusal::RateLimited | Refusal::Token(_) => e.to_string(),
@@ -436,7 +436,9 @@ impl Connection {
                     tracing::error!("the stream key store failed: {store}");
                     e.to_string()
                 }
-            })?
+            })?;
+            self.auth.admit(&stream, self.peer.ip()).await.map_err(|e| e.to_string())?;
+            stream
         };
         // A relayed publish is always ours: the relaying node already chose us.
         let route = if self.from_relay { Route::Local } else { self.placement.route(&stream) };

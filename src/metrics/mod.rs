@@ -233,6 +233,12 @@ impl Collector for NodeCollector {
         snapshot_families(&mut encoder, "ingest", "RTMP edge", json(&s.ingest.snapshot()), &["open"])?;
         let limited = s.auth.rate_limited.load(std::sync::atomic::Ordering::Relaxed) as f64;
         family(&mut encoder, "ingest_publish_rate_limited", "Publish attempts refused by the per-address limit", MetricType::Counter, &[(Vec::new(), limited)])?;
+        if let Some(hook) = &s.auth.webhook {
+            let count = |c: &std::sync::atomic::AtomicU64| [(Vec::new(), c.load(std::sync::atomic::Ordering::Relaxed) as f64)];
+            family(&mut encoder, "publish_webhook_calls", "Publish webhook requests (cached answers not counted)", MetricType::Counter, &count(&hook.calls))?;
+            family(&mut encoder, "publish_webhook_refused", "Publishes the webhook refused", MetricType::Counter, &count(&hook.refused))?;
+            family(&mut encoder, "publish_webhook_failures", "Webhook requests that failed or timed out (publish refused)", MetricType::Counter, &count(&hook.failures))?;
+        }
         snapshot_families(&mut encoder, "http_edge", "HTTP edge", json(&s.http.snapshot(s.max_connections)), &["open", "max_connections"])?;
         if let Some(tier) = &s.tier {
             snapshot_families(&mut encoder, "tier", "caching tier", json(&tier.metrics()), &["bytes_cached", "entries", "capacity_bytes"])?;
