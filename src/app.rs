@@ -179,16 +179,6 @@ fn node_router(
     instruments: &Instruments,
     audience: &Arc<Audience>,
 ) -> anyhow::Result<(Router, Option<TierState>)> {
-    let node_id = config.cluster.node_id.clone();
-    let health_registry = Arc::clone(&registry);
-    let health = Router::new().route(
-        HEALTH_PATH,
-        get(move || {
-            let streams = health_registry.streams().into_iter().map(|s| s.to_string()).collect();
-            let body = cluster::health_body(&node_id, streams);
-            async move { Json(body) }
-        }),
-    );
     let live = roles
         .contains(&Role::Live)
         .then(|| http::router(HttpState::new(Arc::clone(&store), Arc::clone(&registry), Arc::clone(audience))));
@@ -208,6 +198,18 @@ fn node_router(
         ),
         None => None,
     };
+    let node_id = config.cluster.node_id.clone();
+    let health_registry = Arc::clone(&registry);
+    let health_tier = tier_state.clone();
+    let health = Router::new().route(
+        HEALTH_PATH,
+        get(move || {
+            let streams = health_registry.streams().into_iter().map(|s| s.to_string()).collect();
+            let mut body = cluster::health_body(&node_id, streams);
+            body.tier = health_tier.as_ref().and_then(|t| serde_json::to_value(t.metrics()).ok());
+            async move { Json(body) }
+        }),
+    );
     let tier = tier_state.clone().map(tier::router);
     let router = match (live, tier) {
         (Some(live), None) => health.merge(live),

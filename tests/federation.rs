@@ -143,6 +143,21 @@ fn federation_relays_caches_coalesces_and_fails_over() {
     assert!(prometheus(&http(4), "rackcast_tier_coalesced_total") + prometheus(&http(4), "rackcast_tier_hits_total") >= 999.0);
     assert!(prometheus(&http(4), "rackcast_tier_upstream_fetch_seconds_count") >= 1.0);
     assert_eq!(prometheus(&http(4), &format!("rackcast_stream_viewers{{stream=\"{stream}\"}}")), 1.0);
+    // The admin API of any node shows the whole federation: a live node sees the edge's
+    // and the origins' tier counters (from their health answers) and where the stream is.
+    let tiers = get_json(&format!("{}/api/v1/tiers", http(4)));
+    assert_eq!((tiers["role"].as_str(), tiers["counters"]["requests"].as_u64()), (Some("edge"), Some(edge_requests)));
+    let seen_from_live_a = wait_until("the edge's tier counters at live-a", Duration::from_secs(5), || {
+        let cluster = get_json(&format!("{}/api/v1/cluster", http(0)));
+        let edge = cluster["members"].as_array()?.iter().find(|m| m["id"] == "edge-1")?.clone();
+        (edge["tier"]["requests"].as_u64()? >= edge_requests).then_some(cluster)
+    });
+    let edge = seen_from_live_a["members"].as_array().unwrap().iter().find(|m| m["id"] == "edge-1").unwrap();
+    assert!(edge["tier_hit_ratio"].as_f64().unwrap() > 0.9, "{edge}");
+    assert!(seen_from_live_a["members"].as_array().unwrap().iter().all(|m| m["up"] == true));
+    let placed = seen_from_live_a["placements"].as_array().unwrap().iter().find(|p| p["stream"] == stream.as_str()).unwrap();
+    assert_eq!((placed["owner"].as_str(), placed["live_on"].as_str()), (Some("live-b"), Some("live-b")));
+    assert_eq!(seen_from_live_a["ring"].as_array().unwrap().len(), 2 * 160, "160 points per live node");
 
     // The owner dies mid-stream: live-a's relay moves the stream to the next node (itself).
     let old_period = mpd.periods.last().unwrap().id.clone().unwrap();

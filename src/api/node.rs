@@ -130,6 +130,16 @@ pub struct Member {
     pub up: bool,
     /// Streams it is the live server of (its last health answer; this node's own live list).
     pub streams: Vec<String>,
+    /// Its caching tier's counters (from its last health answer), when it has a tier.
+    #[schema(value_type = Option<Object>)]
+    pub tier: Option<serde_json::Value>,
+    /// (hits + coalesced) / requests of that tier, when it has served requests.
+    pub tier_hit_ratio: Option<f64>,
+}
+
+fn hit_ratio(counters: &serde_json::Value) -> Option<f64> {
+    let n = |field: &str| counters.get(field).and_then(serde_json::Value::as_u64).unwrap_or(0) as f64;
+    (n("requests") > 0.0).then(|| (n("hits") + n("coalesced")) / n("requests"))
 }
 
 #[utoipa::path(get, path = "/api/v1/cluster", tag = "node",
@@ -137,6 +147,7 @@ pub struct Member {
 pub async fn cluster(State(api): State<Arc<ApiState>>) -> Json<ClusterInfo> {
     let cluster = &api.config.cluster;
     let own: Vec<String> = api.sources.streams.streams().iter().map(|s| s.to_string()).collect();
+    let own_tier = api.sources.tier.as_ref().and_then(|t| serde_json::to_value(t.metrics()).ok());
     let members = match &api.membership {
         None => vec![Member {
             id: cluster.node_id.clone(),
@@ -146,20 +157,28 @@ pub async fn cluster(State(api): State<Arc<ApiState>>) -> Json<ClusterInfo> {
             http: api.config.http.listen.to_string(),
             up: true,
             streams: own,
+            tier_hit_ratio: own_tier.as_ref().and_then(hit_ratio),
+            tier: own_tier,
         }],
         Some(membership) => {
             let view = membership.view();
+            let mut tiers = membership.peer_tiers();
             cluster
                 .nodes
                 .iter()
-                .map(|n| Member {
-                    id: n.id.clone(),
-                    roles: n.roles.clone(),
-                    region: n.region.clone(),
-                    rtmp: n.rtmp.to_string(),
-                    http: n.http.to_string(),
-                    up: view.is_up(&n.id),
-                    streams: if n.id == cluster.node_id { own.clone() } else { view.streams_of(&n.id) },
+                .map(|n| {
+                    let tier = if n.id == cluster.node_id { own_tier.clone() } else { tiers.remove(&n.id) };
+                    Member {
+                        id: n.id.clone(),
+                        roles: n.roles.clone(),
+                        region: n.region.clone(),
+                        rtmp: n.rtmp.to_string(),
+                        http: n.http.to_string(),
+                        up: view.is_up(&n.id),
+                        streams: if n.id == cluster.node_id { own.clone() } else { view.streams_of(&n.id) },
+                        tier_hit_ratio: tier.as_ref().and_then(hit_ratio),
+                        tier,
+                    }
                 })
                 .collect()
         }

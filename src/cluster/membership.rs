@@ -42,11 +42,15 @@ pub struct HealthReport {
     /// Streams this node currently publishes live (it is their live server).
     #[serde(default)]
     pub streams: Vec<String>,
+    /// The answering node's caching-tier counters, when it has a tier (opaque here: the
+    /// admin API shows them, so that any node can show the whole federation's tiers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<serde_json::Value>,
 }
 
 /// What the health route serves (as JSON).
 pub fn health_body(node_id: &str, streams: Vec<String>) -> HealthReport {
-    HealthReport { id: node_id.to_owned(), streams }
+    HealthReport { id: node_id.to_owned(), streams, tier: None }
 }
 
 /// Why one probe failed. Only logged: a failure just counts towards `fail_after`.
@@ -243,6 +247,8 @@ impl PeerHealth {
 struct PeerState {
     health: PeerHealth,
     streams: BTreeSet<String>,
+    /// Tier counters from the last good probe (not part of views: they change constantly).
+    tier: Option<serde_json::Value>,
 }
 
 struct Shared {
@@ -262,6 +268,7 @@ impl Shared {
         let mut changed = transition.is_some();
         match (&result, transition) {
             (Ok(report), _) => {
+                state.tier = report.tier.clone();
                 let streams: BTreeSet<String> = report.streams.iter().cloned().collect();
                 if state.streams != streams {
                     state.streams = streams;
@@ -274,6 +281,7 @@ impl Shared {
             (Err(error), Some(Transition::Down)) => {
                 // A down peer publishes nothing, so readers never see its stale streams.
                 state.streams.clear();
+                state.tier = None;
                 tracing::warn!(peer, reason = %with_causes(error), failures = config.fail_after, "peer down");
             }
             (Err(error), _) => tracing::debug!(peer, reason = %with_causes(error), "health probe failed"),
@@ -337,7 +345,7 @@ pub fn spawn(
         .nodes
         .iter()
         .filter(|n| n.id != config.node_id)
-        .map(|n| (n.id.clone(), PeerState { health: PeerHealth::new(), streams: BTreeSet::new() }))
+        .map(|n| (n.id.clone(), PeerState { health: PeerHealth::new(), streams: BTreeSet::new(), tier: None }))
         .collect();
     let up = config.nodes.iter().map(|n| n.id.clone()).chain([config.node_id.clone()]).collect();
     let first = MembershipView::build(config.clone(), up, BTreeMap::new(), None);
@@ -370,6 +378,12 @@ impl Membership {
     /// A receiver of views, for `select!` loops that want the channel itself.
     pub fn subscribe(&self) -> watch::Receiver<Arc<MembershipView>> {
         self.rx.clone()
+    }
+
+    /// Each healthy peer's tier counters from its last good probe.
+    pub fn peer_tiers(&self) -> BTreeMap<String, serde_json::Value> {
+        let peers = self.shared.peers.lock();
+        peers.iter().filter(|(_, s)| s.health.up).filter_map(|(id, s)| Some((id.clone(), s.tier.clone()?))).collect()
     }
 
     /// Marks a peer down now, for a caller that saw it fail (a relay whose connection
