@@ -20,6 +20,8 @@ use tower::ServiceExt;
 
 use crate::api::{self, ApiState};
 use crate::auth::PublishAuth;
+use crate::auth::keys::KeyStore;
+use crate::auth::replication::{self, PeerKeys};
 use crate::cluster::upstreams::{LiveUpstreams, OriginUpstreams};
 use crate::cluster::{self, ClusterPlacement, Membership, HEALTH_PATH};
 use crate::config::{Config, Role};
@@ -110,7 +112,16 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
     let ingest_stats = Arc::new(IngestStats::default());
     let auth = Arc::new(PublishAuth::start(&config).context("starting publish authentication")?);
     let http_stats = Arc::new(HttpStats::default());
-    let (node, tier) = node_router(&config, &roles, membership.clone(), Arc::clone(&registry), store, &instruments, &audience)?;
+    let key_store = Arc::new(KeyStore::open(&config.auth.data_dir).context("opening the stream key store")?);
+    let (node, tier) = node_router(&config, &roles, membership.clone(), Arc::clone(&registry), store, &instruments, &audience, &key_store)?;
+    if let Some(m) = &membership {
+        let peers = m.clone();
+        let list = move || {
+            peers.peer_key_fingerprints().into_iter().map(|(id, http, fingerprint)| PeerKeys { id, http, fingerprint }).collect()
+        };
+        let client = cluster::peer_client().context("building the peer HTTP client")?;
+        tracker.spawn(replication::run(Arc::clone(&key_store), list, config.cluster.relay_secret.clone(), client, shutdown.clone()));
+    }
     let sources = metrics::Sources {
         ingest: Arc::clone(&ingest_stats),
         http: Arc::clone(&http_stats),
@@ -178,6 +189,7 @@ fn node_router(
     store: Arc<Store>,
     instruments: &Instruments,
     audience: &Arc<Audience>,
+    keys: &Arc<KeyStore>,
 ) -> anyhow::Result<(Router, Option<TierState>)> {
     let live = roles
         .contains(&Role::Live)
@@ -201,15 +213,25 @@ fn node_router(
     let node_id = config.cluster.node_id.clone();
     let health_registry = Arc::clone(&registry);
     let health_tier = tier_state.clone();
-    let health = Router::new().route(
+    let health_keys = Arc::clone(keys);
+    let federated = membership.is_some();
+    let mut health = Router::new().route(
         HEALTH_PATH,
         get(move || {
             let streams = health_registry.streams().into_iter().map(|s| s.to_string()).collect();
             let mut body = cluster::health_body(&node_id, streams);
             body.tier = health_tier.as_ref().and_then(|t| serde_json::to_value(t.metrics()).ok());
+            body.keys = federated.then(|| health_keys.fingerprint().inspect_err(|e| tracing::error!("key store fingerprint: {e}")).ok()).flatten();
             async move { Json(body) }
         }),
     );
+    if federated {
+        let (keys, secret) = (Arc::clone(keys), config.cluster.relay_secret.clone());
+        health = health.route(
+            replication::KEYS_PATH,
+            get(move |headers: axum::http::HeaderMap| std::future::ready(replication::serve(&keys, &secret, &headers))),
+        );
+    }
     let tier = tier_state.clone().map(tier::router);
     let router = match (live, tier) {
         (Some(live), None) => health.merge(live),

@@ -234,7 +234,7 @@ fn keys(action: KeysAction, config: &Config) -> anyhow::Result<()> {
     match action {
         KeysAction::Add { stream } => {
             let stream = rackcast::media::StreamId::parse(&stream).with_context(|| format!("{stream:?} is not a stream name"))?;
-            let key = store.create(&stream)?;
+            let key = store.create(&stream)?.with_context(|| format!("the store holds {} keys already", rackcast::auth::keys::MAX_KEYS))?;
             audit.record("cli", None, "key.create", &format!("{} ({stream})", key.id), "ok")?;
             println!("id      {}", key.id);
             println!("stream  {stream}");

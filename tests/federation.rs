@@ -2,7 +2,8 @@
 //! nodes, two origins and an edge. A broadcaster publishes to the node that does not own
 //! its stream; viewers play from the edge; 1,000 concurrent viewers of a fresh segment
 //! cost one request per tier; the owner is killed mid-stream and the stream resumes on the
-//! next node; an origin is killed and the edge moves to the other one.
+//! next node; an origin is killed and the edge moves to the other one. Stream keys made or
+//! revoked on one node reach the others.
 
 mod support;
 
@@ -306,5 +307,52 @@ fn one_streams_failures_stay_in_its_scope() {
     for (i, app) in running.iter().enumerate() {
         let logs = app.logs();
         assert!(!logs.lines().any(|l| l.contains("peer down") || l.contains("marked down")), "{} marked a peer down:\n{logs}", nodes[i].id);
+    }
+}
+
+#[test]
+fn stream_keys_made_or_revoked_on_one_node_apply_on_every_node() {
+    let node = |id, roles| Node { id, roles, rtmp: free_port(), http: free_port() };
+    let nodes = [node("live-a", r#"["live"]"#), node("live-b", r#"["live"]"#)];
+    let running = start_cluster(&cluster_config(&nodes), &nodes);
+    let http = |i: usize| format!("http://127.0.0.1:{}", nodes[i].http);
+    let client = client();
+    let listed = |i: usize| get_json(&format!("{}/api/v1/keys", http(i)));
+
+    // Made through live-a's API (loopback, no admin user yet): live-b learns it. A second
+    // key stays in force throughout, so publishing never falls back to open.
+    let make = |stream: &str| -> serde_json::Value {
+        client.post(format!("{}/api/v1/keys", http(0))).json(&serde_json::json!({ "stream": stream })).send().unwrap().json().unwrap()
+    };
+    make("keeper");
+    let made = make("studio");
+    let (id, key) = (made["id"].as_str().unwrap().to_owned(), made["key"].as_str().unwrap().to_owned());
+    let started = Instant::now();
+    wait_until("the key at live-b", Duration::from_secs(10), || {
+        listed(1).as_array()?.iter().any(|k| k["id"] == id.as_str() && k["revoked_at"].is_null()).then_some(())
+    });
+    eprintln!("key replicated in {:?}", started.elapsed());
+
+    // It publishes through live-b (which takes the publish, then serves or relays it).
+    let ring = Ring::new(["live-a".to_owned(), "live-b".to_owned()], 160);
+    let owner = if ring.owner("studio") == Some("live-a") { 0 } else { 1 };
+    let publisher = Publisher::start(&format!("rtmp://127.0.0.1:{}/live/{key}", nodes[1].rtmp), 30, "320x180");
+    wait_until("studio live on its owner", Duration::from_secs(30), || {
+        (get(&format!("{}/live/studio/manifest.mpd", http(owner))).status() == 200).then_some(())
+    });
+    drop(publisher);
+
+    // Revoked through live-b: live-a refuses it too.
+    assert_eq!(client.delete(format!("{}/api/v1/keys/{id}", http(1))).send().unwrap().status(), 204);
+    wait_until("the revocation at live-a", Duration::from_secs(10), || {
+        listed(0).as_array()?.iter().any(|k| k["id"] == id.as_str() && !k["revoked_at"].is_null()).then_some(())
+    });
+    let (status, _) = Publisher::start(&format!("rtmp://127.0.0.1:{}/live/{key}", nodes[0].rtmp), 5, "320x180").wait(Duration::from_secs(20));
+    assert!(!status.success(), "a key revoked on live-b is refused at live-a");
+
+    // The records route answers peers only, and carries digests, never the key.
+    assert_eq!(get(&format!("{}/cluster/keys", http(0))).status(), 403);
+    for app in &running {
+        assert!(!app.logs().contains(&key), "the key is in a log");
     }
 }

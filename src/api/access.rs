@@ -67,6 +67,12 @@ fn refuse(status: StatusCode, message: &str) -> Response {
     ApiError::new(status, message).into_response()
 }
 
+/// A refused request, logged with its address (never its credentials).
+fn refused(status: StatusCode, message: &str, method: &Method, path: &str, address: Option<IpAddr>) -> Response {
+    tracing::warn!(%method, path, address = ?address, status = status.as_u16(), "API request refused: {message}");
+    refuse(status, message)
+}
+
 /// True when the request says it comes from another site than the one it addresses.
 fn cross_origin(headers: &HeaderMap) -> bool {
     if let Some(origin) = headers.get(header::ORIGIN) {
@@ -96,7 +102,7 @@ pub async fn guard(State(api): State<Arc<ApiState>>, peer: Peer, jar: CookieJar,
     let path = request.uri().path();
     let write = !matches!(method, Method::GET | Method::HEAD);
     if write && cross_origin(headers) {
-        return refuse(StatusCode::FORBIDDEN, "cross-origin request refused");
+        return refused(StatusCode::FORBIDDEN, "cross-origin request refused", &method, path, address);
     }
     let open_route = path == OPENAPI_PATH || (path == SESSION_PATH && method == Method::POST);
     let any_user = match api.admin.any_user() {
@@ -105,16 +111,19 @@ pub async fn guard(State(api): State<Arc<ApiState>>, peer: Peer, jar: CookieJar,
     };
     let kind = if !any_user {
         if !address.is_some_and(|a| a.is_loopback() || a.to_canonical().is_loopback()) {
-            return refuse(
+            return refused(
                 StatusCode::FORBIDDEN,
                 "no admin user exists yet: until `rackcast admin add-user NAME` creates one, the console and API answer only on the appliance itself (loopback)",
+                &method,
+                path,
+                address,
             );
         }
         PrincipalKind::Loopback
     } else if let Some(secret) = bearer(headers) {
         match api.admin.token(secret) {
             Ok(Some(token)) => PrincipalKind::Token { id: token.id, scope: token.scope },
-            Ok(None) => return refuse(StatusCode::UNAUTHORIZED, "unknown or revoked API token"),
+            Ok(None) => return refused(StatusCode::UNAUTHORIZED, "unknown or revoked API token", &method, path, address),
             Err(e) => return ApiError::from(e).into_response(),
         }
     } else if let Some(cookie) = jar.get(SESSION_COOKIE) {
@@ -133,12 +142,12 @@ pub async fn guard(State(api): State<Arc<ApiState>>, peer: Peer, jar: CookieJar,
     if write {
         match &kind {
             PrincipalKind::Token { scope: Scope::Read, .. } => {
-                return refuse(StatusCode::FORBIDDEN, "this API token is read-only");
+                return refused(StatusCode::FORBIDDEN, "this API token is read-only", &method, path, address);
             }
             PrincipalKind::User { csrf, .. } => {
                 let sent = headers.get(CSRF_HEADER).map(|v| v.as_bytes());
                 if sent.is_none_or(|sent| !constant_time_eq(sent, csrf.as_bytes())) {
-                    return refuse(StatusCode::FORBIDDEN, "CSRF token missing or wrong (send the session's csrf_token in X-CSRF-Token)");
+                    return refused(StatusCode::FORBIDDEN, "CSRF token missing or wrong (send the session's csrf_token in X-CSRF-Token)", &method, path, address);
                 }
             }
             _ => {}

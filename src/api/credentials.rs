@@ -47,7 +47,9 @@ pub async fn create_key(
 ) -> ApiResult<(StatusCode, Json<NewKeyAnswer>)> {
     let stream = StreamId::parse(&request.stream)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{:?} is not a stream name: {e}", request.stream)))?;
-    let key = api.keys.create(&stream)?;
+    let Some(key) = api.keys.create(&stream)? else {
+        return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, format!("the store holds {} keys already", crate::auth::keys::MAX_KEYS)));
+    };
     api.audit(&who, "key.create", &format!("{} ({stream})", key.id), "ok");
     Ok((StatusCode::CREATED, Json(NewKeyAnswer { id: key.id, stream: stream.to_string(), key: key.secret })))
 }

@@ -25,6 +25,10 @@ pub const MIN_PASSWORD_CHARS: usize = 10;
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// Most audit entries one listing returns.
 pub const AUDIT_PAGE_MAX: u32 = 500;
+/// Audit entries kept; older ones are deleted as new ones arrive.
+pub const AUDIT_KEPT: i64 = 100_000;
+/// Sessions one user may hold; logging in again ends the oldest beyond it.
+pub const SESSIONS_PER_USER: i64 = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -203,6 +207,11 @@ impl AdminStore {
             c.execute(
                 "INSERT INTO sessions (digest, user, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![digest(&secret), user, csrf, now, expires_at],
+            )?;
+            c.execute(
+                "DELETE FROM sessions WHERE user = ?1 AND digest NOT IN
+                     (SELECT digest FROM sessions WHERE user = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2)",
+                params![user, SESSIONS_PER_USER],
             )
         })?;
         Ok(NewSession { secret, csrf, expires_at })
@@ -282,14 +291,19 @@ impl AdminStore {
 
     // ---- audit log
 
+    /// Appends an entry; beyond [`AUDIT_KEPT`] entries the oldest go.
     pub fn record(&self, actor: &str, address: Option<&str>, action: &str, target: &str, outcome: &str) -> Result<(), StoreError> {
         self.run(|c| {
             c.execute(
                 "INSERT INTO audit_log (at, actor, address, action, target, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![now(), actor, address, action, target, outcome],
-            )
+            )?;
+            let id = c.last_insert_rowid();
+            if id % 1000 == 0 {
+                c.execute("DELETE FROM audit_log WHERE id <= ?1", params![id - AUDIT_KEPT])?;
+            }
+            Ok(())
         })
-        .map(drop)
     }
 
     /// The newest `limit` entries (at most [`AUDIT_PAGE_MAX`]) older than entry `before`, newest first.
@@ -349,6 +363,11 @@ mod tests {
         assert_eq!(store.session("nope").unwrap(), SessionLookup::Unknown);
         store.expire_sessions_at("alice", now() - 1).unwrap();
         assert_eq!(store.session(&session.secret).unwrap(), SessionLookup::Expired);
+
+        // Logging in again and again keeps only the newest sessions.
+        let many: Vec<NewSession> = (0..SESSIONS_PER_USER + 2).map(|_| store.open_session("alice", Duration::from_secs(60)).unwrap()).collect();
+        assert_eq!(store.session(&many[0].secret).unwrap(), SessionLookup::Unknown, "the oldest ended");
+        assert!(matches!(store.session(&many.last().unwrap().secret).unwrap(), SessionLookup::Valid { .. }));
 
         let (token, secret) = store.create_token("ci", Scope::Read, "user:alice").unwrap();
         assert!(secret.starts_with(TOKEN_PREFIX));

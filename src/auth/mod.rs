@@ -1,7 +1,8 @@
 //! Publish authentication: which stream a publish may write, from its stream key.
 //!
 //! Keys come from two places: `[ingest.keys]` in the config (fixed, for provisioning) and
-//! the key store ([`keys`]: `rackcast keys add|list|revoke`, stored hashed). While neither
+//! the key store ([`keys`]: `rackcast keys add|list|revoke`, the API or the console;
+//! stored hashed; in a federation, replicated to every node by [`replication`]). While neither
 //! holds a key in force, publishing is open: a key is its stream's name
 //! (`ingest::key::open_name`), and the start-up log says so. Otherwise every publish needs
 //! a key in force, looked up as sent and then percent-decoded, and publishes the public
@@ -24,6 +25,7 @@ pub mod admin;
 pub mod config;
 pub mod db;
 pub mod keys;
+pub mod replication;
 pub mod token;
 pub mod webhook;
 
@@ -185,7 +187,7 @@ mod tests {
         assert!(a.is_open().unwrap());
         assert_eq!(a.resolve("room/cam?token=x", peer).unwrap().as_str(), "room~cam");
 
-        let key = KeyStore::open(dir.path()).unwrap().create(&StreamId::parse("studio").unwrap()).unwrap();
+        let key = KeyStore::open(dir.path()).unwrap().create(&StreamId::parse("studio").unwrap()).unwrap().unwrap();
         assert!(!a.is_open().unwrap());
         assert_eq!(a.resolve(&format!("{}?via=obs", key.secret), peer).unwrap().as_str(), "studio");
         assert!(matches!(a.resolve("cam", peer), Err(Refusal::Key(KeyError::Unknown))));
@@ -198,7 +200,7 @@ mod tests {
     fn config_keys_and_stored_keys_both_count() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::open(dir.path()).unwrap();
-        let stored = store.create(&StreamId::parse("two").unwrap()).unwrap();
+        let stored = store.create(&StreamId::parse("two").unwrap()).unwrap().unwrap();
         let a = auth(&[("fixed-secret", "one")], Some(store), 60, 20);
         let peer: IpAddr = PEER.parse().unwrap();
         assert_eq!(a.resolve("fixed-secret", peer).unwrap().as_str(), "one");

@@ -46,11 +46,14 @@ pub struct HealthReport {
     /// admin API shows them, so that any node can show the whole federation's tiers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<serde_json::Value>,
+    /// The fingerprint of the answering node's stream key store (see auth/replication.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<String>,
 }
 
 /// What the health route serves (as JSON).
 pub fn health_body(node_id: &str, streams: Vec<String>) -> HealthReport {
-    HealthReport { id: node_id.to_owned(), streams, tier: None }
+    HealthReport { id: node_id.to_owned(), streams, tier: None, keys: None }
 }
 
 /// Why one probe failed. Only logged: a failure just counts towards `fail_after`.
@@ -247,8 +250,10 @@ impl PeerHealth {
 struct PeerState {
     health: PeerHealth,
     streams: BTreeSet<String>,
-    /// Tier counters from the last good probe (not part of views: they change constantly).
+    /// Tier counters and key store fingerprint from the last good probe (not part of
+    /// views: the counters change constantly).
     tier: Option<serde_json::Value>,
+    keys: Option<String>,
 }
 
 struct Shared {
@@ -269,6 +274,7 @@ impl Shared {
         match (&result, transition) {
             (Ok(report), _) => {
                 state.tier = report.tier.clone();
+                state.keys = report.keys.clone();
                 let streams: BTreeSet<String> = report.streams.iter().cloned().collect();
                 if state.streams != streams {
                     state.streams = streams;
@@ -282,6 +288,7 @@ impl Shared {
                 // A down peer publishes nothing, so readers never see its stale streams.
                 state.streams.clear();
                 state.tier = None;
+                state.keys = None;
                 tracing::warn!(peer, reason = %with_causes(error), failures = config.fail_after, "peer down");
             }
             (Err(error), _) => tracing::debug!(peer, reason = %with_causes(error), "health probe failed"),
@@ -345,7 +352,7 @@ pub fn spawn(
         .nodes
         .iter()
         .filter(|n| n.id != config.node_id)
-        .map(|n| (n.id.clone(), PeerState { health: PeerHealth::new(), streams: BTreeSet::new(), tier: None }))
+        .map(|n| (n.id.clone(), PeerState { health: PeerHealth::new(), streams: BTreeSet::new(), tier: None, keys: None }))
         .collect();
     let up = config.nodes.iter().map(|n| n.id.clone()).chain([config.node_id.clone()]).collect();
     let first = MembershipView::build(config.clone(), up, BTreeMap::new(), None);
@@ -384,6 +391,17 @@ impl Membership {
     pub fn peer_tiers(&self) -> BTreeMap<String, serde_json::Value> {
         let peers = self.shared.peers.lock();
         peers.iter().filter(|(_, s)| s.health.up).filter_map(|(id, s)| Some((id.clone(), s.tier.clone()?))).collect()
+    }
+
+    /// Each healthy peer's key store fingerprint from its last good probe, with its HTTP address.
+    pub fn peer_key_fingerprints(&self) -> Vec<(String, std::net::SocketAddr, String)> {
+        let peers = self.shared.peers.lock();
+        let http = |id: &str| self.shared.config.nodes.iter().find(|n| n.id == id).map(|n| n.http);
+        peers
+            .iter()
+            .filter(|(_, s)| s.health.up)
+            .filter_map(|(id, s)| Some((id.clone(), http(id)?, s.keys.clone()?)))
+            .collect()
     }
 
     /// Marks a peer down now, for a caller that saw it fail (a relay whose connection
