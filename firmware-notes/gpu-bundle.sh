@@ -18,6 +18,8 @@
 #                   (nvcodec dlopens libcuda.so.1, libnvcuvid.so.1, libnvidia-encode.so.1 and
 #                   libnvrtc from the GPU host at run time)
 #   media/          10 s 1080p60 (~6 Mbit/s) and 720p30 (~3 Mbit/s) H.264 High elementary streams
+#   rackcast/       the rackcast binary, stripped, when RACKCAST_BIN names one (e.g.
+#                   target/release/rackcast), with libgstapp-1.0 added to gst/lib
 #   wheel/          nvidia-cuda-nvrtc-cu12 12.1 wheel (NVRTC 12): GStreamer 1.22's CUDA
 #                   converters compile their kernels with NVRTC for compute_30/compute_52, which
 #                   CUDA 13's NVRTC no longer accepts; the check falls back to this one.
@@ -45,6 +47,12 @@ if ldd "$DEST"/gst/plugins/* "$DEST"/gst/bin/* 2>/dev/null | grep -q 'not found'
   echo "unresolved libraries:" >&2; ldd "$DEST"/gst/plugins/* | grep 'not found' >&2; exit 1
 fi
 strip --strip-unneeded "$DEST"/gst/lib/* "$DEST"/gst/plugins/* 2>/dev/null || true
+
+if [ -n "${RACKCAST_BIN:-}" ]; then
+  mkdir -p "$DEST/rackcast"
+  cp -L "$RACKCAST_BIN" "$DEST/rackcast/rackcast" && strip "$DEST/rackcast/rackcast"
+  ldd "$RACKCAST_BIN" | awk '$1 ~ /^libgst/ && $3 ~ /^\// {print $3}' | xargs -r cp -L -t "$DEST/gst/lib/"
+fi
 
 mkdir -p "$DEST/media"
 [ -s "$DEST/media/src1080p60.h264" ] || ffmpeg -hide_banner -loglevel error -y -f lavfi \

@@ -14,6 +14,7 @@
 #                                         (no glibc/libstdc++: the GPU host's are used)
 #   BUNDLE/media/src1080p60.h264, src720p30.h264   10 s H.264 High test streams
 #   BUNDLE/wheel/nvidia_cuda_nvrtc_cu12-*.whl      NVRTC 12 (see below), optional
+#   BUNDLE/rackcast/rackcast                      optional: a rackcast binary (section 4)
 # When BUNDLE/gst is absent the GStreamer installed on the host (PATH) is used, so on an
 # appliance with gstreamer1.0-plugins-{bad,ugly} installed only BUNDLE/media is needed.
 # The script needs no network and no package manager: bash, coreutils, timeout, awk, tar,
@@ -260,6 +261,45 @@ GST_REGISTRY=$WORK/registry-dbg.bin GST_REGISTRY_FORK=no GST_DEBUG=nvcodec:5,nve
   timeout 60 "$GST_INSPECT" nvcodec > "$WORK/nvcodec-register-debug.log" 2>&1
 grep -iE 'nvenc|encode|cuvid|nvdec|NVRTC|cuda (context|device)|device id|Compute|support|could not|fail|load' "$WORK/nvcodec-register-debug.log" \
   | sed -E 's/^[0-9:.]+ +[0-9]+ +0x[0-9a-f]+ +//' | cut -c1-240 | awk '!seen[$0]++' | head -50 | fence
+
+# ---------------------------------------------------------------- 4. rackcast itself
+# With a rackcast binary (BUNDLE/rackcast/rackcast, else `rackcast` on PATH): its encoder
+# selection with every backend preferred, and its NVML telemetry read through the admin
+# API idle and while nvh264dec decodes.
+RC=$BUNDLE/rackcast/rackcast
+[ -x "$RC" ] || RC=$(command -v rackcast || true)
+say ""
+say "## 4. rackcast on this host"
+if [ -z "$RC" ]; then
+  say "no rackcast binary (BUNDLE/rackcast/rackcast or PATH): skipped."
+else
+  fetch() { curl -sf "$1" 2>/dev/null || python3 -c 'import sys,urllib.request;sys.stdout.write(urllib.request.urlopen(sys.argv[1],timeout=3).read().decode())' "$1"; }
+  gpus() { python3 -c 'import json,sys
+for x in json.load(sys.stdin)["host"]["gpus"]: print("gpu%(index)s %(name)s util=%(utilization_percent)s%% dec=%(decoder_utilization_percent)s%% enc=%(encoder_utilization_percent)s%% nvenc_sessions=%(encoder_sessions)s mem=%(memory_used_bytes)s/%(memory_total_bytes)s temp=%(temperature_celsius)sC" % x)'; }
+  printf '[transcode]\nencoders = ["nvenc", "vaapi", "x264"]\n' > "$WORK/rackcast.toml"
+  RUST_LOG=info "$RC" run --config "$WORK/rackcast.toml" --rtmp 127.0.0.1:0 --http 127.0.0.1:18089 --data-dir "$WORK/rackcast-data" \
+    > "$WORK/rackcast-stdout.txt" 2> "$WORK/rackcast-log.txt" &
+  rc_pid=$!
+  for i in $(seq 1 60); do fetch http://127.0.0.1:18089/api/v1/node > "$WORK/node.json" && break; sleep 0.5; done
+  say "\$ $RC --version: $("$RC" --version 2>&1)"
+  say ""; say "GPUs as GET /api/v1/node reports them, idle, then every 0.5 s while nvh264dec decodes the 1080p60 clip:"
+  {
+    gpus < "$WORK/node.json" 2>&1
+    python3 -c 'import json,sys; print("gpus_absent:", json.load(sys.stdin)["host"]["gpus_absent"])' < "$WORK/node.json" 2>&1
+    if has nvh264dec; then
+      ( for i in 1 2 3 4 5 6; do timeout 20 "$GST_LAUNCH" -q filesrc location="$F1080" ! h264parse ! nvh264dec ! fakesink sync=false; done ) > /dev/null 2>&1 &
+      dec_pid=$!
+      for i in $(seq 1 12); do sleep 0.5; fetch http://127.0.0.1:18089/api/v1/node | gpus 2>&1; done
+      wait $dec_pid
+    fi
+  } | fence
+  say ""; say "/metrics, GPU and host series:"
+  fetch http://127.0.0.1:18089/metrics | grep -E '^rackcast_(gpu|host)_' | fence
+  say ""; say "rackcast's log about encoders and GPUs:"
+  grep -iE 'encoder|gpu|nvidia|telemetry|error' "$WORK/rackcast-log.txt" | cut -c1-240 | head -20 | fence
+  kill -TERM $rc_pid 2>/dev/null; wait $rc_pid
+  say "rackcast exit status after SIGTERM: $?"
+fi
 
 # ---------------------------------------------------------------- summary
 say ""

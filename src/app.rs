@@ -132,6 +132,7 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
         audience,
         auth: Arc::clone(&auth),
         encoder: choice.kind,
+        host: crate::host::HostTelemetry::start(),
     };
     let api = ApiState::new(Arc::clone(&config), sources.clone(), membership, choice.skipped.clone()).context("opening the admin store")?;
     if !api.admin.any_user().context("reading the admin store")? {

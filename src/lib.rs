@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod console;
+pub mod host;
 pub mod http;
 pub mod ingest;
 pub mod ladder;

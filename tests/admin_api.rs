@@ -140,6 +140,9 @@ fn the_access_matrix_with_exact_statuses_and_persistence() {
     let node = api.expect(&alice, "GET", "/api/v1/node", None, 200);
     assert_eq!((node["encoder"].as_str(), node["live_streams"].as_u64()), (Some("x264"), Some(0)));
     assert!(node["host"]["memory_total_bytes"].as_u64().unwrap() > 0);
+    // GPUs are listed, or the reason none is ("not present", never an error).
+    let gpus = node["host"]["gpus"].as_array().unwrap();
+    assert_eq!(gpus.is_empty(), node["host"]["gpus_absent"].is_string(), "{node}");
     let no_csrf = Caller { csrf: None, ..alice.clone() };
     api.expect(&no_csrf, "POST", "/api/v1/keys", Some(json!({"stream": "cam"})), 403);
     let wrong_csrf = Caller { csrf: Some("0".repeat(64)), ..alice.clone() };

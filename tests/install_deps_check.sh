@@ -38,7 +38,8 @@ declare -A module_package=(
   [gstreamer-video-1.0]=libgstreamer-plugins-base1.0-dev
 )
 # -sys crates that link nothing on Linux (other platforms' APIs, raw syscalls).
-no_link_sys=" core-foundation-sys js-sys web-sys windows-sys linux-raw-sys "
+# nvml-wrapper-sys opens libnvidia-ml with dlopen at run time (libloading).
+no_link_sys=" core-foundation-sys js-sys web-sys windows-sys linux-raw-sys nvml-wrapper-sys "
 # -sys crates built from their bundled C sources: they need only the C compiler below.
 bundled_sys=" libsqlite3-sys "
 grep -qE '^rusqlite = .*"bundled"' Cargo.toml || fail "rusqlite must keep its \"bundled\" feature (or libsqlite3-dev goes into install-deps.sh)"

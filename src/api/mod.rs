@@ -24,7 +24,6 @@ use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use parking_lot::Mutex;
 use serde::Serialize;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -53,8 +52,6 @@ pub struct ApiState {
     pub encoders_skipped: Vec<String>,
     pub started: Instant,
     pub login_limiter: DefaultKeyedRateLimiter<IpAddr>,
-    /// `None` when the host's figures cannot be read.
-    pub host: Mutex<Option<sysinfo::System>>,
 }
 
 impl ApiState {
@@ -77,7 +74,6 @@ impl ApiState {
             encoders_skipped,
             started: Instant::now(),
             login_limiter: RateLimiter::keyed(quota),
-            host: Mutex::new(sysinfo::System::new().ok()),
         })
     }
 
@@ -227,6 +223,7 @@ mod tests {
             audience: Arc::new(Audience::default()),
             auth: Arc::new(PublishAuth::new(&config.auth, BTreeMap::new(), None, HashSet::new())),
             encoder: crate::transcode::encoder::EncoderKind::X264,
+            host: crate::host::HostTelemetry::start(),
         };
         Arc::new(ApiState::new(Arc::new(config), sources, None, Vec::new()).unwrap())
     }

@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use super::{ApiError, ApiResult, ApiState, ErrorBody};
 use crate::cluster::Ring;
 use crate::config::Role;
+use crate::host::HostSnapshot;
 use crate::media::StreamId;
 use crate::tier::TierMetrics;
 
@@ -35,41 +36,14 @@ pub struct NodeInfo {
     pub live_streams: usize,
     /// The RTMP port broadcasters publish to.
     pub rtmp_port: u16,
-    pub host: HostInfo,
-    /// GPUs with their telemetry; empty when none is present.
-    pub gpus: Vec<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct HostInfo {
-    /// CPU busy over all cores since the previous reading, 0..1.
-    pub cpu_usage: Option<f64>,
-    pub cpus: usize,
-    pub memory_used_bytes: Option<u64>,
-    pub memory_total_bytes: Option<u64>,
-    /// 1, 5 and 15 minute load averages.
-    pub load_average: Option<[f64; 3]>,
+    /// CPU, memory, load and GPUs (with the reason when none is present).
+    pub host: HostSnapshot,
 }
 
 #[utoipa::path(get, path = "/api/v1/node", tag = "node",
     responses((status = 200, body = NodeInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn node(State(api): State<Arc<ApiState>>) -> ApiResult<Json<NodeInfo>> {
     let sources = &api.sources;
-    let host = {
-        let mut host = api.host.lock();
-        let figures = host.as_mut().map(|system| {
-            system.refresh_cpu_usage();
-            system.refresh_memory();
-            (f64::from(system.global_cpu_usage()) / 100.0, system.used_memory(), system.total_memory())
-        });
-        HostInfo {
-            cpu_usage: figures.map(|f| f.0),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            memory_used_bytes: figures.map(|f| f.1),
-            memory_total_bytes: figures.map(|f| f.2),
-            load_average: sysinfo::System::load_average().ok().map(|l| [l.one, l.five, l.fifteen]),
-        }
-    };
     Ok(Json(NodeInfo {
         id: api.config.cluster.node_id.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -82,8 +56,7 @@ pub async fn node(State(api): State<Arc<ApiState>>) -> ApiResult<Json<NodeInfo>>
         publishing_open: sources.auth.is_open()?,
         live_streams: sources.streams.count(),
         rtmp_port: api.config.ingest.listen.port(),
-        host,
-        gpus: Vec::new(),
+        host: sources.host.snapshot(),
     }))
 }
 

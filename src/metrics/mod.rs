@@ -8,7 +8,8 @@
 //!   (RTMP edge, HTTP edge, caching tier, also served as JSON at `/ingest/metrics`,
 //!   `/metrics/http` and `/tier/metrics`), each live stream's status (uplink estimate,
 //!   rungs, lag, ingest bytes, segments), the audience ([`audience`]: viewers and delivered
-//!   bytes) and the host (CPU, memory, load through sysinfo).
+//!   bytes) and the host (CPU, memory, load; per GPU utilisation, encoder and decoder
+//!   load, encoder sessions, memory, temperature: `host`).
 //!
 //! Per-stream series exist while the stream is live on this node or, for the audience,
 //! while it was watched through this node within the last minute: an ended stream's series
@@ -24,7 +25,6 @@ use axum::middleware::Next;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
@@ -35,6 +35,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::auth::PublishAuth;
+use crate::host::HostTelemetry;
 use crate::http::server::HttpStats;
 use crate::ingest::limits::IngestStats;
 use crate::package::Packager;
@@ -137,6 +138,7 @@ pub struct Sources {
     pub audience: Arc<Audience>,
     pub auth: Arc<PublishAuth>,
     pub encoder: EncoderKind,
+    pub host: Arc<HostTelemetry>,
 }
 
 /// `GET /metrics` for this node.
@@ -154,7 +156,7 @@ pub fn router(instruments: &Instruments, sources: Sources) -> Router {
         instruments.upstream_latency.clone(),
     );
     registry.register("transcode_failures", "Streams ended by a pipeline error", instruments.transcode_failures.clone());
-    registry.register_collector(Box::new(NodeCollector { sources, host: Mutex::new(sysinfo::System::new().ok()) }));
+    registry.register_collector(Box::new(NodeCollector { sources }));
     let registry = Arc::new(registry);
     Router::new().route(
         METRICS_PATH,
@@ -178,8 +180,6 @@ fn scrape(registry: &Registry) -> Response {
 /// Reads the node's state on every scrape.
 struct NodeCollector {
     sources: Sources,
-    /// `None` when the host's figures cannot be read (then the host series are absent).
-    host: Mutex<Option<sysinfo::System>>,
 }
 
 impl std::fmt::Debug for NodeCollector {
@@ -298,21 +298,29 @@ impl NodeCollector {
     }
 
     fn encode_host(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
-        let mut host = self.host.lock();
-        let Some(system) = host.as_mut() else { return Ok(()) };
-        system.refresh_cpu_usage();
-        system.refresh_memory();
-        let one = |v: f64| [(Vec::new(), v)];
+        let host = self.sources.host.snapshot();
         use MetricType::Gauge;
-        family(encoder, "host_cpu_usage_ratio", "CPU busy, all cores, since the previous scrape (0..1)", Gauge, &one(f64::from(system.global_cpu_usage()) / 100.0))?;
-        family(encoder, "host_memory_used_bytes", "Memory in use", Gauge, &one(system.used_memory() as f64))?;
-        family(encoder, "host_memory_total_bytes", "Memory installed", Gauge, &one(system.total_memory() as f64))?;
-        if let Ok(load) = sysinfo::System::load_average() {
+        let one = |v: Option<f64>| v.map(|v| vec![(Vec::new(), v)]).unwrap_or_default();
+        family(encoder, "host_cpu_usage_ratio", "CPU busy, all cores, since the previous reading (0..1)", Gauge, &one(host.cpu_usage))?;
+        family(encoder, "host_memory_used_bytes", "Memory in use", Gauge, &one(host.memory_used_bytes.map(|b| b as f64)))?;
+        family(encoder, "host_memory_total_bytes", "Memory installed", Gauge, &one(host.memory_total_bytes.map(|b| b as f64)))?;
+        if let Some(load) = host.load_average {
             let samples: Vec<(Labels, f64)> =
-                [("1m", load.one), ("5m", load.five), ("15m", load.fifteen)].into_iter().map(|(w, v)| (vec![("window", w.to_owned())], v)).collect();
+                ["1m", "5m", "15m"].into_iter().zip(load).map(|(w, v)| (vec![("window", w.to_owned())], v)).collect();
             family(encoder, "host_load_average", "System load average", Gauge, &samples)?;
         }
-        Ok(())
+        // Per GPU (absent without an NVIDIA driver); a figure the GPU does not report is skipped.
+        let per_gpu = |value: &dyn Fn(&crate::host::GpuSnapshot) -> Option<f64>| -> Vec<(Labels, f64)> {
+            host.gpus.iter().filter_map(|g| Some((vec![("gpu", g.index.to_string()), ("name", g.name.clone())], value(g)?))).collect()
+        };
+        let percent = |v: Option<u32>| v.map(|p| f64::from(p) / 100.0);
+        family(encoder, "gpu_utilization_ratio", "GPU busy (0..1)", Gauge, &per_gpu(&|g| percent(g.utilization_percent)))?;
+        family(encoder, "gpu_encoder_utilization_ratio", "NVENC busy (0..1)", Gauge, &per_gpu(&|g| percent(g.encoder_utilization_percent)))?;
+        family(encoder, "gpu_decoder_utilization_ratio", "NVDEC busy (0..1)", Gauge, &per_gpu(&|g| percent(g.decoder_utilization_percent)))?;
+        family(encoder, "gpu_encoder_sessions", "NVENC sessions open on the GPU (all processes)", Gauge, &per_gpu(&|g| g.encoder_sessions.map(f64::from)))?;
+        family(encoder, "gpu_memory_used_bytes", "GPU memory in use", Gauge, &per_gpu(&|g| g.memory_used_bytes.map(|b| b as f64)))?;
+        family(encoder, "gpu_memory_total_bytes", "GPU memory installed", Gauge, &per_gpu(&|g| g.memory_total_bytes.map(|b| b as f64)))?;
+        family(encoder, "gpu_temperature_celsius", "GPU temperature", Gauge, &per_gpu(&|g| g.temperature_celsius.map(f64::from)))
     }
 }
 

@@ -419,6 +419,14 @@ function HostPage() {
         <${Card} label="Memory" value=${bytes(n.host.memory_used_bytes)} sub=${`of ${bytes(n.host.memory_total_bytes)}`} />
         <${Card} label="Load" value=${n.host.load_average ? n.host.load_average.map(x => x.toFixed(2)).join(' ') : '–'} sub="1, 5, 15 min" />
       </div>
+      ${n.host.gpus.length > 0 && html`<div class="panel" style="margin-bottom:1rem">
+        <h2>GPUs</h2>
+        <table><thead><tr><th>#</th><th>Model</th><th>Driver</th><th class="num">GPU</th><th class="num">Encoder</th><th class="num">Decoder</th><th class="num">NVENC sessions</th><th class="num">Memory</th><th class="num">Temperature</th></tr></thead><tbody>
+          ${n.host.gpus.map(g => html`<tr data-gpu=${g.index}><td>${g.index}</td><td>${g.name}</td><td>${g.driver || '–'}</td>
+            <td class="num">${g.utilization_percent ?? '–'} %</td><td class="num">${g.encoder_utilization_percent ?? '–'} %</td><td class="num">${g.decoder_utilization_percent ?? '–'} %</td>
+            <td class="num">${g.encoder_sessions ?? '–'}</td><td class="num">${bytes(g.memory_used_bytes)} / ${bytes(g.memory_total_bytes)}</td><td class="num">${g.temperature_celsius ?? '–'} °C</td></tr>`)}
+        </tbody></table>
+      </div>`}
       <div class="grid cols-even">
         <div class="panel"><${Chart} title="CPU busy" times=${cpu.times} format=${pct} axis=${pct} series=${[{ label: 'cpu', stroke: '#4aa3ff', values: cpu.values }]} /></div>
         <div class="panel"><${Chart} title="Memory used" times=${mem.times} format=${bytes} series=${[{ label: 'memory', stroke: '#3ecf8e', values: mem.values }]} /></div>
@@ -428,8 +436,7 @@ function HostPage() {
           <table><tbody>
             <tr><td>Video encoder</td><td><strong>${n.encoder}</strong> (${n.encoder_is_hardware ? 'hardware' : 'software'})</td></tr>
             ${n.encoders_skipped.map(s => html`<tr><td>Skipped</td><td>${s}</td></tr>`)}
-            <tr><td>GPUs</td><td data-gpus>${n.gpus.length ? n.gpus.join(', ') : 'not present'}</td></tr>
-            <tr><td>GPU encoder / decoder utilisation</td><td>${n.gpus.length ? '' : 'not present'}</td></tr>
+            <tr><td>GPUs</td><td data-gpus>${n.host.gpus.length ? n.host.gpus.map(g => g.name).join(', ') : `not present (${n.host.gpus_absent})`}</td></tr>
             <tr><td>Live streams</td><td>${n.live_streams}</td></tr>
           </tbody></table>
         </div>
