@@ -103,6 +103,10 @@ fn timestamps_that_restart_start_a_contiguous_period_without_a_stall() {
     assert!(gap.abs() < 0.1, "second Period starts {gap:.3} s after the first one's media ends");
     let status = get_json(&app.url("/live/restart"));
     assert_eq!(status["status"]["health"]["discontinuities"], 1, "{status}");
+    // The admin API says when and what, in the stream's recent faults.
+    let detail = get_json(&app.url("/api/v1/streams/restart"));
+    let recent = detail["status"]["health"]["recent"].as_array().unwrap();
+    assert!(recent.iter().any(|e| e["what"].as_str().unwrap().contains("timestamps jumped")), "{detail}");
     // Segments of both Periods decode.
     for (_, segs) in &list {
         let seg = &segs[0];

@@ -1,7 +1,10 @@
 //! Who may call the API, decided before any handler runs ([`guard`]):
 //!
 //! - Until an admin user exists, only loopback clients are answered (as `loopback`, with
-//!   every right): the host's own operator creates the first user.
+//!   every right): the host's own operator creates the first user. A request carrying a
+//!   proxy's forwarding header (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`) does not count
+//!   as loopback, so a TLS terminator on the same host does not open the API to the world;
+//!   nor does one whose Host header names anything but loopback (DNS rebinding).
 //! - Then a request needs an API token (`Authorization: Bearer rat_...`; a `read` token
 //!   may only read) or a session cookie from `POST /api/v1/session`, which expires.
 //! - A state-changing request (anything but GET and HEAD) made with a session cookie must
@@ -88,6 +91,18 @@ fn cross_origin(headers: &HeaderMap) -> bool {
     headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()).is_some_and(|site| !matches!(site, "same-origin" | "none"))
 }
 
+/// True when the Host header names this machine's loopback (`localhost`, 127.0.0.0/8,
+/// `[::1]`): a page on another site that re-points its own name at 127.0.0.1 (DNS
+/// rebinding) sends its own name, and so never counts as the host's operator.
+fn addressed_to_loopback(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -110,7 +125,10 @@ pub async fn guard(State(api): State<Arc<ApiState>>, peer: Peer, jar: CookieJar,
         Err(e) => return ApiError::from(e).into_response(),
     };
     let kind = if !any_user {
-        if !address.is_some_and(|a| a.is_loopback() || a.to_canonical().is_loopback()) {
+        // A request a proxy on this host forwarded comes from loopback but not from this host.
+        let proxied = ["forwarded", "x-forwarded-for", "x-forwarded-proto", "x-real-ip"].iter().any(|h| headers.contains_key(*h));
+        let from_loopback = address.is_some_and(|a| a.is_loopback() || a.to_canonical().is_loopback());
+        if proxied || !from_loopback || !addressed_to_loopback(headers) {
             return refused(
                 StatusCode::FORBIDDEN,
                 "no admin user exists yet: until `rackcast admin add-user NAME` creates one, the console and API answer only on the appliance itself (loopback)",
@@ -182,6 +200,17 @@ mod tests {
         assert!(cross_origin(&headers(&[("host", "rack1:8080"), ("origin", "null")])));
         assert!(cross_origin(&headers(&[("host", "rack1:8080"), ("sec-fetch-site", "cross-site")])));
         assert!(!cross_origin(&headers(&[("host", "rack1:8080"), ("sec-fetch-site", "same-origin")])));
+    }
+
+    #[test]
+    fn only_loopback_host_names_count_as_this_host() {
+        for host in ["localhost", "localhost:8080", "127.0.0.1:8080", "127.0.0.2", "[::1]:8080", "[::1]"] {
+            assert!(addressed_to_loopback(&headers(&[("host", host)])), "{host}");
+        }
+        for host in ["evil.example:8080", "rack1", "192.0.2.1:8080", "[2001:db8::1]:80", "localhost.evil.example"] {
+            assert!(!addressed_to_loopback(&headers(&[("host", host)])), "{host}");
+        }
+        assert!(!addressed_to_loopback(&HeaderMap::new()));
     }
 
     #[test]

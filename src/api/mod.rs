@@ -52,6 +52,8 @@ pub struct ApiState {
     pub encoders_skipped: Vec<String>,
     pub started: Instant,
     pub login_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// Login attempts so far (the limiter forgets quiet addresses every 256).
+    pub login_attempts: std::sync::atomic::AtomicU64,
 }
 
 impl ApiState {
@@ -74,6 +76,7 @@ impl ApiState {
             encoders_skipped,
             started: Instant::now(),
             login_limiter: RateLimiter::keyed(quota),
+            login_attempts: Default::default(),
         })
     }
 
@@ -229,7 +232,15 @@ mod tests {
     }
 
     async fn status_from(app: &Router, peer: &str) -> (StatusCode, String) {
+        status_with(app, peer, None).await
+    }
+
+    async fn status_with(app: &Router, peer: &str, header: Option<(&str, &str)>) -> (StatusCode, String) {
         let mut request = Request::get("/api/v1/node").body(Body::empty()).unwrap();
+        request.headers_mut().insert("host", "127.0.0.1:8080".parse().unwrap());
+        if let Some((name, value)) = header {
+            request.headers_mut().insert(axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
         request.extensions_mut().insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
         let response = app.clone().oneshot(request).await.unwrap();
         let status = response.status();
@@ -247,6 +258,10 @@ mod tests {
         assert!(body.contains("rackcast admin add-user") && body.contains("loopback"), "{body}");
         for local in ["127.0.0.1:40000", "[::1]:40000", "[::ffff:127.0.0.1]:40000"] {
             assert_eq!(status_from(&app, local).await.0, StatusCode::OK, "{local}");
+        }
+        // Through a proxy on this host: loopback address, but not this host's operator.
+        for forwarded in [("x-forwarded-for", "203.0.113.9"), ("forwarded", "for=203.0.113.9"), ("x-real-ip", "203.0.113.9"), ("host", "rebound.example:8080")] {
+            assert_eq!(status_with(&app, "127.0.0.1:40000", Some(forwarded)).await.0, StatusCode::FORBIDDEN, "{forwarded:?}");
         }
         state.admin.add_user("alice", "correct horse battery").unwrap();
         for anyone in ["192.0.2.1:40000", "127.0.0.1:40000"] {

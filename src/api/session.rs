@@ -72,6 +72,9 @@ pub async fn login(
     jar: CookieJar,
     Json(login): Json<Login>,
 ) -> Result<Response, ApiError> {
+    if api.login_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 256 == 0 {
+        api.login_limiter.retain_recent();
+    }
     if let Some(address) = who.address
         && api.login_limiter.check_key(&address).is_err()
     {

@@ -46,7 +46,8 @@ pub struct StreamSummary {
 pub struct StreamDetail {
     #[serde(flatten)]
     pub summary: StreamSummary,
-    /// Session, plan and plan history, uplink estimate and history, health counters.
+    /// Session, plan and plan history, uplink estimate and history, health counters and
+    /// the recent faults (`health.recent`: stalls, timestamp jumps, re-anchors, shed rungs).
     #[schema(value_type = Object)]
     pub status: StreamStatus,
 }

@@ -410,7 +410,11 @@ impl StreamActor {
                                 step_ms, media_end_ms,
                                 "broadcaster's timestamps jumped; the Period ends where its media ended and a new one starts at the next keyframe"
                             );
-                            self.status.lock().health.discontinuities += 1;
+                            {
+                                let mut status = self.status.lock();
+                                status.health.discontinuities += 1;
+                                status.health.note(format!("video timestamps jumped by {step_ms} ms: new Period"));
+                            }
                             self.cut_period(Some(media_end_ms), "timestamp discontinuity").await;
                         }
                     }
@@ -420,7 +424,11 @@ impl StreamActor {
                     let max_drift = self.services.config.package.max_clock_drift;
                     if behind > max_drift.as_millis() as i64 {
                         tracing::warn!(behind_ms = behind, "media fell behind the wall clock by more than {max_drift:?}; re-anchoring with a new Period");
-                        self.status.lock().health.reanchors += 1;
+                        {
+                            let mut status = self.status.lock();
+                            status.health.reanchors += 1;
+                            status.health.note(format!("media {behind} ms behind the wall clock: re-anchored with a new Period"));
+                        }
                         self.cut_period(Some(at_ms), "re-anchored to the wall clock").await;
                         self.resume = None;
                         placed = None;
@@ -468,7 +476,11 @@ impl StreamActor {
                     Placement::Before => {}
                     Placement::Discontinuity { media_end_ms, step_ms } => {
                         tracing::warn!(step_ms, media_end_ms, "broadcaster's timestamps jumped; the Period ends where its media ended");
-                        self.status.lock().health.discontinuities += 1;
+                        {
+                            let mut status = self.status.lock();
+                            status.health.discontinuities += 1;
+                            status.health.note(format!("audio timestamps jumped by {step_ms} ms: new Period"));
+                        }
                         self.cut_period(Some(media_end_ms), "timestamp discontinuity").await;
                     }
                 }
@@ -534,8 +546,10 @@ impl StreamActor {
             status.health.stalled = stalled;
             if stalled {
                 status.health.stalls += 1;
+                status.health.note(format!("no segment for {} s while the broadcaster is connected", since.as_secs()));
                 tracing::warn!(since_s = since.as_secs(), "no segment produced while the broadcaster is connected");
             } else {
+                status.health.note("segments are produced again");
                 tracing::info!("segments are produced again");
             }
         }

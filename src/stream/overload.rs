@@ -122,6 +122,7 @@ pub async fn run(registry: Arc<StreamRegistry>, shutdown: CancellationToken) {
             let mut status = status.lock();
             status.health.rung_cap = Some(cap);
             status.health.shed += 1;
+            status.health.note(format!("host overloaded: capped at {cap} rung(s)"));
         }
         tracing::warn!(
             %stream, rungs = cap, cpu_percent = cpu.round(), worst_lag_ms = worst.as_millis() as u64,

@@ -50,6 +50,30 @@ pub struct StreamHealth {
     pub rung_cap: Option<usize>,
     /// Rungs shed because the host was overloaded.
     pub shed: u32,
+    /// The latest faults, newest last (at most [`RECENT_EVENTS`]).
+    pub recent: std::collections::VecDeque<HealthEvent>,
+}
+
+/// How many faults a stream's status remembers.
+pub const RECENT_EVENTS: usize = 20;
+
+/// One fault of a publish, for the console and the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthEvent {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub what: String,
+}
+
+impl StreamHealth {
+    /// Remembers a fault (the counters above count them; this says when and what).
+    pub fn note(&mut self, what: impl Into<String>) {
+        if self.recent.len() == RECENT_EVENTS {
+            self.recent.pop_front();
+        }
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.recent.push_back(HealthEvent { at, what: what.into() });
+    }
 }
 
 /// One plan taking effect.

@@ -325,6 +325,10 @@ function StreamPage({ name }) {
               <tr><td>Rungs shed (overload)</td><td>${d.status.health.shed}${d.status.health.rung_cap != null ? ` (cap ${d.status.health.rung_cap})` : ''}</td></tr>
               <tr><td>Paced (publisher too fast)</td><td>${d.status.health.paced ? 'yes' : 'no'}</td></tr>
             </tbody></table>
+            <h2 style="margin-top:1rem">Recent events</h2>
+            ${d.status.health.recent.length
+              ? html`<table><tbody>${d.status.health.recent.slice().reverse().map(e => html`<tr data-event><td>${when(e.at)}</td><td>${e.what}</td></tr>`)}</tbody></table>`
+              : html`<p class="empty">No faults since the publish started.</p>`}
             <${Chart} title="Viewers" times=${viewers.times} series=${[{ label: 'viewers', stroke: '#4aa3ff', values: viewers.values }]} />
           </div>
         </div>
