@@ -31,7 +31,8 @@ packages=(
 )
 
 # Test-only tools (the player matrix and the console test): xmllint (validates MPDs
-# against tests/schema/), cvlc, streamlink, headless chromium (dash.js) and firefox-esr
+# against tests/schema/), python3-jsonschema (validates the OpenAPI document against the
+# OpenAPI 3.1 schema in tests/schema/), cvlc, streamlink, headless chromium (dash.js) and firefox-esr
 # (the console in both engines), node and npm (fetch dash.js/shaka, puppeteer-core).
 # GStreamer's dashdemux is in gstreamer1.0-plugins-bad, dashdemux2 (adaptivedemux2) in
 # gstreamer1.0-plugins-good 1.22; both are in the list above.
@@ -41,7 +42,7 @@ packages=(
 #   setpriv --reuid=nobody --regid=nogroup --clear-groups --reset-env \
 #     cvlc --play-and-exit --vout=dummy --aout=dummy URL
 # --reset-env gives it nobody's HOME; without it VLC warns that /root/.config is unreadable.
-test_packages=(libxml2-utils vlc-bin vlc-plugin-base streamlink chromium firefox-esr nodejs npm)
+test_packages=(libxml2-utils python3-jsonschema vlc-bin vlc-plugin-base streamlink chromium firefox-esr nodejs npm)
 
 # A package counts as present when dpkg has it installed or, for these, when its command
 # is on PATH: NodeSource's nodejs package ships npm and conflicts with Debian's npm.

@@ -19,7 +19,7 @@ use crate::media::StreamId;
 // ---- stream keys
 
 #[utoipa::path(get, path = "/api/v1/keys", tag = "credentials",
-    responses((status = 200, body = Vec<KeyInfo>), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = Vec<KeyInfo>), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
 pub async fn list_keys(State(api): State<Arc<ApiState>>) -> ApiResult<Json<Vec<KeyInfo>>> {
     Ok(Json(api.keys.list()?))
 }
@@ -39,7 +39,7 @@ pub struct NewKeyAnswer {
 }
 
 #[utoipa::path(post, path = "/api/v1/keys", tag = "credentials", request_body = NewKeyRequest,
-    responses((status = 201, body = NewKeyAnswer), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 201, description = "Created", body = NewKeyAnswer), (status = 400, description = "Bad request: the message says what is wrong", body = ErrorBody), (status = 403, description = "Not allowed: read-only token, CSRF token missing, cross-origin, or not loopback before an admin exists", body = ErrorBody)))]
 pub async fn create_key(
     State(api): State<Arc<ApiState>>,
     Extension(who): Extension<Principal>,
@@ -56,7 +56,7 @@ pub async fn create_key(
 
 #[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "credentials", params(("id" = String, Path)),
     responses((status = 204, description = "Revoked: new publishes with it are refused; a live stream goes on"),
-        (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
+        (status = 404, description = "Not found", body = ErrorBody), (status = 403, description = "Not allowed: read-only token, CSRF token missing, cross-origin, or not loopback before an admin exists", body = ErrorBody)))]
 pub async fn revoke_key(State(api): State<Arc<ApiState>>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     if !api.keys.revoke(&id)? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no stream key {id:?} in force")));
@@ -68,7 +68,7 @@ pub async fn revoke_key(State(api): State<Arc<ApiState>>, Extension(who): Extens
 // ---- API tokens
 
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "credentials",
-    responses((status = 200, body = Vec<TokenInfo>), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = Vec<TokenInfo>), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
 pub async fn list_tokens(State(api): State<Arc<ApiState>>) -> ApiResult<Json<Vec<TokenInfo>>> {
     Ok(Json(api.admin.tokens()?))
 }
@@ -89,7 +89,7 @@ pub struct NewTokenAnswer {
 }
 
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "credentials", request_body = NewTokenRequest,
-    responses((status = 201, body = NewTokenAnswer), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 201, description = "Created", body = NewTokenAnswer), (status = 400, description = "Bad request: the message says what is wrong", body = ErrorBody), (status = 403, description = "Not allowed: read-only token, CSRF token missing, cross-origin, or not loopback before an admin exists", body = ErrorBody)))]
 pub async fn create_token(
     State(api): State<Arc<ApiState>>,
     Extension(who): Extension<Principal>,
@@ -105,7 +105,7 @@ pub async fn create_token(
 }
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "credentials", params(("id" = String, Path)),
-    responses((status = 204, description = "Revoked"), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 204, description = "Revoked"), (status = 404, description = "Not found", body = ErrorBody), (status = 403, description = "Not allowed: read-only token, CSRF token missing, cross-origin, or not loopback before an admin exists", body = ErrorBody)))]
 pub async fn revoke_token(State(api): State<Arc<ApiState>>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     if !api.admin.revoke_token(&id)? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no API token {id:?} in force")));
@@ -117,7 +117,7 @@ pub async fn revoke_token(State(api): State<Arc<ApiState>>, Extension(who): Exte
 // ---- users
 
 #[utoipa::path(get, path = "/api/v1/users", tag = "credentials",
-    responses((status = 200, body = Vec<UserInfo>), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = Vec<UserInfo>), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
 pub async fn list_users(State(api): State<Arc<ApiState>>) -> ApiResult<Json<Vec<UserInfo>>> {
     Ok(Json(api.admin.users()?))
 }
@@ -130,7 +130,7 @@ pub struct NewUserRequest {
 }
 
 #[utoipa::path(post, path = "/api/v1/users", tag = "credentials", request_body = NewUserRequest,
-    responses((status = 201, body = UserInfo), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 201, description = "Created", body = UserInfo), (status = 400, description = "Bad request: the message says what is wrong", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody), (status = 403, description = "Not allowed: read-only token, CSRF token missing, cross-origin, or not loopback before an admin exists", body = ErrorBody)))]
 pub async fn create_user(
     State(api): State<Arc<ApiState>>,
     Extension(who): Extension<Principal>,
@@ -153,7 +153,7 @@ pub async fn create_user(
 }
 
 #[utoipa::path(delete, path = "/api/v1/users/{name}", tag = "credentials", params(("name" = String, Path)),
-    responses((status = 204, description = "Deleted, with its sessions"), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted, with its sessions"), (status = 404, description = "Not found", body = ErrorBody), (status = 403, description = "Not allowed: read-only token, CSRF token missing, cross-origin, or not loopback before an admin exists", body = ErrorBody)))]
 pub async fn delete_user(State(api): State<Arc<ApiState>>, Extension(who): Extension<Principal>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     if matches!(&who.kind, PrincipalKind::User { name: me, .. } if *me == name) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "you cannot delete the user you are logged in as"));
@@ -176,7 +176,7 @@ pub struct AuditQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/audit", tag = "credentials", params(AuditQuery),
-    responses((status = 200, body = Vec<AuditEntry>, description = "Newest first"), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = Vec<AuditEntry>, description = "Newest first"), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
 pub async fn audit(State(api): State<Arc<ApiState>>, Query(query): Query<AuditQuery>) -> ApiResult<Json<Vec<AuditEntry>>> {
     Ok(Json(api.admin.audit(query.limit.unwrap_or(100), query.before)?))
 }

@@ -129,7 +129,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
         description = "Node, streams, stream keys, API tokens, users, federation, caching tier, config and audit log of a rackcast appliance. \
                        Authenticate with a session cookie (POST /api/v1/session; writes then need the X-CSRF-Token header) or an API token \
                        (Authorization: Bearer). Until an admin user exists, only loopback clients are answered.",
-        license(name = "MIT OR Apache-2.0")
+        license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0")
     ),
     modifiers(&SecuritySchemes),
     security(("session" = []), ("token" = [])),

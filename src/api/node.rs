@@ -41,7 +41,7 @@ pub struct NodeInfo {
 }
 
 #[utoipa::path(get, path = "/api/v1/node", tag = "node",
-    responses((status = 200, body = NodeInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = NodeInfo), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody), (status = 403, description = "Not allowed: read-only token, CSRF token missing, cross-origin, or not loopback before an admin exists", body = ErrorBody)))]
 pub async fn node(State(api): State<Arc<ApiState>>) -> ApiResult<Json<NodeInfo>> {
     let sources = &api.sources;
     Ok(Json(NodeInfo {
@@ -61,7 +61,7 @@ pub async fn node(State(api): State<Arc<ApiState>>) -> ApiResult<Json<NodeInfo>>
 }
 
 #[utoipa::path(get, path = "/api/v1/config", tag = "node",
-    responses((status = 200, description = "The effective configuration, secrets redacted", body = Object), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "The effective configuration, secrets redacted", body = Object), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
 pub async fn config(State(api): State<Arc<ApiState>>) -> Json<serde_json::Value> {
     Json(serde_json::to_value(api.config.redacted()).unwrap_or_default())
 }
@@ -116,7 +116,7 @@ fn hit_ratio(counters: &serde_json::Value) -> Option<f64> {
 }
 
 #[utoipa::path(get, path = "/api/v1/cluster", tag = "node",
-    responses((status = 200, body = ClusterInfo), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = ClusterInfo), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
 pub async fn cluster(State(api): State<Arc<ApiState>>) -> Json<ClusterInfo> {
     let cluster = &api.config.cluster;
     let own: Vec<String> = api.sources.streams.streams().iter().map(|s| s.to_string()).collect();
@@ -180,7 +180,7 @@ pub struct RingPlacement {
 
 #[utoipa::path(get, path = "/api/v1/cluster/ring/{stream}", tag = "node",
     params(("stream" = String, Path, description = "Any stream id, live or not")),
-    responses((status = 200, body = RingPlacement), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = RingPlacement), (status = 400, description = "Bad request: the message says what is wrong", body = ErrorBody), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
 pub async fn ring(State(api): State<Arc<ApiState>>, Path(stream): Path<String>) -> ApiResult<Json<RingPlacement>> {
     let stream = crate::http::path::stream(&stream).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     Ok(Json(placement(&api, &stream)))
@@ -212,7 +212,7 @@ pub struct TierInfo {
 }
 
 #[utoipa::path(get, path = "/api/v1/tiers", tag = "node",
-    responses((status = 200, body = TierInfo), (status = 404, body = ErrorBody, description = "This node has no caching tier"), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = TierInfo), (status = 404, body = ErrorBody, description = "This node has no caching tier"), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
 pub async fn tiers(State(api): State<Arc<ApiState>>) -> ApiResult<Json<TierInfo>> {
     let Some(tier) = &api.sources.tier else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "this node has no caching tier (it is neither origin nor edge)"));

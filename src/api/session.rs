@@ -51,7 +51,7 @@ fn info(who: &Principal) -> SessionInfo {
 }
 
 #[utoipa::path(get, path = "/api/v1/session", tag = "session",
-    responses((status = 200, body = SessionInfo), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = SessionInfo), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
 pub async fn whoami(Extension(who): Extension<Principal>) -> ApiResult<Json<SessionInfo>> {
     if who.kind == PrincipalKind::Anonymous {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "not logged in"));
@@ -111,7 +111,7 @@ pub async fn login(
 }
 
 #[utoipa::path(delete, path = "/api/v1/session", tag = "session",
-    responses((status = 204, description = "Logged out; the cookie is cleared"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 204, description = "Logged out; the cookie is cleared"), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody), (status = 403, description = "Not allowed: read-only token, CSRF token missing, cross-origin, or not loopback before an admin exists", body = ErrorBody)))]
 pub async fn logout(State(api): State<Arc<ApiState>>, Extension(who): Extension<Principal>, jar: CookieJar) -> ApiResult<Response> {
     if let Some(cookie) = jar.get(SESSION_COOKIE) {
         api.admin.close_session(cookie.value())?;

@@ -79,7 +79,7 @@ fn not_live(stream: &StreamId) -> ApiError {
 }
 
 #[utoipa::path(get, path = "/api/v1/streams", tag = "streams",
-    responses((status = 200, body = Vec<StreamSummary>), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = Vec<StreamSummary>), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
 pub async fn list(State(api): State<Arc<ApiState>>) -> Json<Vec<StreamSummary>> {
     let registry = &api.sources.streams;
     Json(registry.streams().iter().filter_map(|s| Some(summary(&api, s, &registry.status(s)?))).collect())
@@ -87,7 +87,7 @@ pub async fn list(State(api): State<Arc<ApiState>>) -> Json<Vec<StreamSummary>> 
 
 #[utoipa::path(get, path = "/api/v1/streams/{stream}", tag = "streams",
     params(("stream" = String, Path)),
-    responses((status = 200, body = StreamDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = StreamDetail), (status = 400, description = "Bad request: the message says what is wrong", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn detail(State(api): State<Arc<ApiState>>, Path(stream): Path<String>) -> ApiResult<Json<StreamDetail>> {
     let stream = stream_id(&stream)?;
     let status = api.sources.streams.status(&stream).ok_or_else(|| not_live(&stream))?;
@@ -104,7 +104,7 @@ pub struct Done {
 #[utoipa::path(post, path = "/api/v1/streams/{stream}/kick", tag = "streams",
     params(("stream" = String, Path)),
     responses((status = 200, body = Done, description = "The publisher was disconnected; it may publish again"),
-        (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
+        (status = 404, description = "Not found", body = ErrorBody), (status = 403, description = "Not allowed: read-only token, CSRF token missing, cross-origin, or not loopback before an admin exists", body = ErrorBody)))]
 pub async fn kick(State(api): State<Arc<ApiState>>, Extension(who): Extension<Principal>, Path(stream): Path<String>) -> ApiResult<Json<Done>> {
     let stream = stream_id(&stream)?;
     if !api.sources.streams.kick(&stream) {
@@ -124,7 +124,7 @@ pub struct StopRequest {
 #[utoipa::path(post, path = "/api/v1/streams/{stream}/stop", tag = "streams",
     params(("stream" = String, Path)), request_body = StopRequest,
     responses((status = 200, body = Done, description = "Stopped: its publisher (if any) was disconnected and new publishes are refused for the hold"),
-        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 400, description = "Bad request: the message says what is wrong", body = ErrorBody), (status = 403, description = "Not allowed: read-only token, CSRF token missing, cross-origin, or not loopback before an admin exists", body = ErrorBody), (status = 503, description = "The store or a limit refuses for now", body = ErrorBody)))]
 pub async fn stop(
     State(api): State<Arc<ApiState>>,
     Extension(who): Extension<Principal>,
@@ -147,7 +147,7 @@ pub async fn stop(
 
 #[utoipa::path(delete, path = "/api/v1/streams/{stream}/stop", tag = "streams",
     params(("stream" = String, Path)),
-    responses((status = 200, body = Done, description = "Publishes of the stream are accepted again"), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Done, description = "Publishes of the stream are accepted again"), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn resume(State(api): State<Arc<ApiState>>, Extension(who): Extension<Principal>, Path(stream): Path<String>) -> ApiResult<Json<Done>> {
     let stream = stream_id(&stream)?;
     if !api.sources.streams.resume(&stream) {
