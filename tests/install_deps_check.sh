@@ -61,11 +61,13 @@ declare -A program_package=(
   [ffmpeg]=ffmpeg [ffprobe]=ffmpeg [gst-launch-1.0]=gstreamer1.0-tools
   [gst-inspect-1.0]=gstreamer1.0-tools [kill]=procps [xmllint]=libxml2-utils
   [cvlc]="vlc-bin vlc-plugin-base" [streamlink]=streamlink [chromium]=chromium
-  [node]=nodejs [npm]=npm
+  [node]=nodejs [npm]=npm [firefox-esr]=firefox-esr
+  # python3 with the jsonschema module (the OpenAPI document's validation).
+  [python3]=python3-jsonschema
   # Essential on every Debian system (apt will not remove them): nothing to install.
   [sh]=essential [id]=essential [chown]=essential [setpriv]=essential
 )
-player_matrix=(gst-launch-1.0 cvlc streamlink chromium xmllint node npm)
+player_matrix=(gst-launch-1.0 cvlc streamlink chromium firefox-esr xmllint node npm)
 programs=()
 while read -r program; do programs+=("$program"); done < <(
   grep -rhoE 'Command::new\("[^"]+"\)' tests src | sed 's/.*("\(.*\)")/\1/' | sort -u)
