@@ -28,27 +28,6 @@ fn console_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console")
 }
 
-/// `npm ci` in tests/console unless node_modules holds the locked puppeteer-core.
-fn ensure_npm_modules() -> Result<(), String> {
-    let dir = console_dir();
-    let lock: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("package-lock.json")).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
-    let want = &lock["packages"]["node_modules/puppeteer-core"]["version"];
-    let have = std::fs::read_to_string(dir.join("node_modules/puppeteer-core/package.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .map(|v| v["version"].clone());
-    if have.as_ref() == Some(want) {
-        return Ok(());
-    }
-    let out = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(&dir)
-        .output()
-        .map_err(|e| format!("npm: {e}"))?;
-    out.status.success().then_some(()).ok_or_else(|| format!("npm ci failed: {}", String::from_utf8_lossy(&out.stderr)))
-}
-
 #[test]
 fn an_admin_runs_the_appliance_from_the_console_in_chromium_and_firefox() {
     let required = std::env::var_os("RACKCAST_REQUIRE_PLAYERS").is_some();
@@ -58,7 +37,7 @@ fn an_admin_runs_the_appliance_from_the_console_in_chromium_and_firefox() {
     if have("node").is_none() {
         missing.push("node".into());
     }
-    let npm = if missing.is_empty() { ensure_npm_modules() } else { Ok(()) };
+    let npm = if missing.is_empty() { ensure_npm_modules(&console_dir(), &["puppeteer-core"]) } else { Ok(()) };
     if !missing.is_empty() || npm.is_err() {
         assert!(!required, "RACKCAST_REQUIRE_PLAYERS is set but the console test cannot run: missing {missing:?}, npm: {npm:?}");
         eprintln!("\n!!!!!!!! SKIPPED: the console test needs {missing:?} and its npm modules ({npm:?}); tests/run.sh installs them !!!!!!!!\n");

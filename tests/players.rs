@@ -186,34 +186,6 @@ fn schema() -> Option<std::path::PathBuf> {
     Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schema/DASH-MPD.xsd")).filter(|p| p.exists())
 }
 
-/// `npm ci` in tests/players unless node_modules already holds the locked versions.
-fn ensure_npm_modules() -> Result<(), String> {
-    let dir = players_dir();
-    let lock: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("package-lock.json")).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    let current = ["dashjs", "shaka-player"].iter().all(|m| {
-        let want = &lock["packages"][format!("node_modules/{m}")]["version"];
-        let have = std::fs::read_to_string(dir.join(format!("node_modules/{m}/package.json")))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .map(|v| v["version"].clone());
-        have.as_ref() == Some(want)
-    });
-    if current {
-        return Ok(());
-    }
-    let out = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(&dir)
-        .output()
-        .map_err(|e| format!("npm: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("npm ci failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    Ok(())
-}
-
 struct Node {
     id: &'static str,
     roles: &'static str,
@@ -494,7 +466,7 @@ fn every_real_client_plays_live_through_an_edge_and_across_a_period_change() {
         eprintln!("\n!!!!!!!! SKIPPED: the player matrix needs {missing:?} (tests/run.sh installs them) !!!!!!!!\n");
         return;
     }
-    if let Err(e) = ensure_npm_modules() {
+    if let Err(e) = ensure_npm_modules(&players_dir(), &["dashjs", "shaka-player"]) {
         assert!(!required, "RACKCAST_REQUIRE_PLAYERS is set but the npm modules cannot be installed: {e}");
         eprintln!("\n!!!!!!!! SKIPPED: the player matrix cannot install its npm modules: {e} !!!!!!!!\n");
         return;

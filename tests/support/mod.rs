@@ -259,6 +259,34 @@ impl Drop for Publisher {
     }
 }
 
+/// `npm ci` in `dir` (a folder of tests/ with a package-lock.json) unless its node_modules
+/// already holds the locked versions of `modules`.
+pub fn ensure_npm_modules(dir: &std::path::Path, modules: &[&str]) -> Result<(), String> {
+    let lock: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("package-lock.json")).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let current = modules.iter().all(|m| {
+        let want = &lock["packages"][format!("node_modules/{m}")]["version"];
+        let have = std::fs::read_to_string(dir.join(format!("node_modules/{m}/package.json")))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .map(|v| v["version"].clone());
+        have.as_ref() == Some(want)
+    });
+    if current {
+        return Ok(());
+    }
+    let out = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("npm: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("npm ci failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(())
+}
+
 /// Polls `check` every 50 ms until it yields a value; panics with `what` at the deadline.
 pub fn wait_until<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
