@@ -3,6 +3,7 @@
 //! admin's levers: kick the publisher (it may reconnect), stop the stream (kick, then
 //! refuse its publishes for a while), resume it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use utoipa::ToSchema;
 use super::access::Principal;
 use super::{ApiError, ApiResult, ApiState, ErrorBody};
 use crate::media::StreamId;
+use crate::metrics::audience::AudienceFigures;
 use crate::stream::status::StreamStatus;
 
 /// Longest an admin's stop may hold a stream.
@@ -52,9 +54,14 @@ pub struct StreamDetail {
     pub status: StreamStatus,
 }
 
-fn summary(api: &ApiState, stream: &StreamId, status: &StreamStatus) -> StreamSummary {
+/// Every stream's audience, read once per answer (the tracker walks all streams).
+fn audiences(api: &ApiState) -> HashMap<StreamId, AudienceFigures> {
+    api.sources.audience.figures().into_iter().collect()
+}
+
+fn summary(api: &ApiState, stream: &StreamId, status: &StreamStatus, audiences: &HashMap<StreamId, AudienceFigures>) -> StreamSummary {
     let sources = &api.sources;
-    let audience = sources.audience.figures().into_iter().find(|(s, _)| s == stream).map(|(_, f)| f);
+    let audience = audiences.get(stream);
     StreamSummary {
         stream: stream.to_string(),
         rungs: status.plan.as_ref().map(crate::stream::status::describe).unwrap_or_default(),
@@ -82,7 +89,8 @@ fn not_live(stream: &StreamId) -> ApiError {
     responses((status = 200, description = "OK", body = Vec<StreamSummary>), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
 pub async fn list(State(api): State<Arc<ApiState>>) -> Json<Vec<StreamSummary>> {
     let registry = &api.sources.streams;
-    Json(registry.streams().iter().filter_map(|s| Some(summary(&api, s, &registry.status(s)?))).collect())
+    let audiences = audiences(&api);
+    Json(registry.streams().iter().filter_map(|s| Some(summary(&api, s, &registry.status(s)?, &audiences))).collect())
 }
 
 #[utoipa::path(get, path = "/api/v1/streams/{stream}", tag = "streams",
@@ -91,7 +99,7 @@ pub async fn list(State(api): State<Arc<ApiState>>) -> Json<Vec<StreamSummary>> 
 pub async fn detail(State(api): State<Arc<ApiState>>, Path(stream): Path<String>) -> ApiResult<Json<StreamDetail>> {
     let stream = stream_id(&stream)?;
     let status = api.sources.streams.status(&stream).ok_or_else(|| not_live(&stream))?;
-    Ok(Json(StreamDetail { summary: summary(&api, &stream, &status), status }))
+    Ok(Json(StreamDetail { summary: summary(&api, &stream, &status, &audiences(&api)), status }))
 }
 
 #[derive(Serialize, ToSchema)]
