@@ -110,9 +110,10 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
         tracker.spawn(crate::stream::overload::run(Arc::clone(&registry), shutdown.clone()));
     }
     let ingest_stats = Arc::new(IngestStats::default());
-    let auth = Arc::new(PublishAuth::start(&config).context("starting publish authentication")?);
-    let http_stats = Arc::new(HttpStats::default());
+    // One stream key store for publish checks, the admin API, health answers and replication.
     let key_store = Arc::new(KeyStore::open(&config.auth.data_dir).context("opening the stream key store")?);
+    let auth = Arc::new(PublishAuth::start(&config, Arc::clone(&key_store)).context("starting publish authentication")?);
+    let http_stats = Arc::new(HttpStats::default());
     let (node, tier) = node_router(&config, &roles, membership.clone(), Arc::clone(&registry), store, &instruments, &audience, &key_store)?;
     if let Some(m) = &membership {
         let peers = m.clone();
@@ -134,7 +135,7 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
         encoder: choice.kind,
         host: crate::host::HostTelemetry::start(),
     };
-    let api = ApiState::new(Arc::clone(&config), sources.clone(), membership, choice.skipped.clone()).context("opening the admin store")?;
+    let api = ApiState::new(Arc::clone(&config), sources.clone(), Arc::clone(&key_store), membership, choice.skipped.clone()).context("opening the admin store")?;
     if !api.admin.any_user().context("reading the admin store")? {
         tracing::warn!("no admin user exists: the API answers only loopback clients until `rackcast admin add-user NAME` creates one");
     }

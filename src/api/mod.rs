@@ -45,7 +45,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 pub struct ApiState {
     pub config: Arc<Config>,
     pub admin: AdminStore,
-    pub keys: KeyStore,
+    pub keys: Arc<KeyStore>,
     pub sources: Sources,
     pub membership: Option<Membership>,
     /// Encoder backends skipped at start-up, with the reason.
@@ -60,6 +60,7 @@ impl ApiState {
     pub fn new(
         config: Arc<Config>,
         sources: Sources,
+        keys: Arc<KeyStore>,
         membership: Option<Membership>,
         encoders_skipped: Vec<String>,
     ) -> Result<Self, StoreError> {
@@ -69,7 +70,7 @@ impl ApiState {
             .allow_burst(NonZeroU32::new(auth.login_attempt_burst).unwrap_or(one));
         Ok(Self {
             admin: AdminStore::open(&auth.data_dir)?,
-            keys: KeyStore::open(&auth.data_dir)?,
+            keys,
             config,
             sources,
             membership,
@@ -228,7 +229,8 @@ mod tests {
             encoder: crate::transcode::encoder::EncoderKind::X264,
             host: crate::host::HostTelemetry::start(),
         };
-        Arc::new(ApiState::new(Arc::new(config), sources, None, Vec::new()).unwrap())
+        let keys = Arc::new(KeyStore::open(data_dir).unwrap());
+        Arc::new(ApiState::new(Arc::new(config), sources, keys, None, Vec::new()).unwrap())
     }
 
     async fn status_from(app: &Router, peer: &str) -> (StatusCode, String) {

@@ -32,6 +32,7 @@ pub mod webhook;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -59,7 +60,7 @@ pub enum Refusal {
 pub struct PublishAuth {
     config_keys: BTreeMap<String, String>,
     token_secret: Option<String>,
-    store: Option<KeyStore>,
+    store: Option<Arc<KeyStore>>,
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     exempt: HashSet<IpAddr>,
     attempts: AtomicU64,
@@ -70,11 +71,10 @@ pub struct PublishAuth {
 }
 
 impl PublishAuth {
-    /// The node's publish authentication: the config's keys and token secret, the key
-    /// store under `auth.data_dir`, federation nodes exempt from the attempt limit. Logs
-    /// whether publishing is open.
-    pub fn start(config: &crate::config::Config) -> anyhow::Result<Self> {
-        let store = KeyStore::open(&config.auth.data_dir)?;
+    /// The node's publish authentication: the config's keys and token secret, the node's
+    /// key store, federation nodes exempt from the attempt limit. Logs whether publishing
+    /// is open.
+    pub fn start(config: &crate::config::Config, store: Arc<KeyStore>) -> anyhow::Result<Self> {
         let nodes = config.cluster.nodes.iter().flat_map(|n| [n.rtmp.ip(), n.http.ip()]).collect();
         let mut auth = Self::new(&config.auth, config.ingest.keys.clone(), Some(store), nodes);
         auth.node_id = config.cluster.node_id.clone();
@@ -96,7 +96,7 @@ impl PublishAuth {
     }
 
     /// `store` is `None` only where no data directory is wanted (tests of other parts).
-    pub fn new(config: &AuthConfig, config_keys: BTreeMap<String, String>, store: Option<KeyStore>, exempt: HashSet<IpAddr>) -> Self {
+    pub fn new(config: &AuthConfig, config_keys: BTreeMap<String, String>, store: Option<Arc<KeyStore>>, exempt: HashSet<IpAddr>) -> Self {
         let one = NonZeroU32::MIN;
         let quota = Quota::per_minute(NonZeroU32::new(config.publish_attempts_per_minute).unwrap_or(one))
             .allow_burst(NonZeroU32::new(config.publish_attempt_burst).unwrap_or(one));
@@ -115,7 +115,7 @@ impl PublishAuth {
 
     /// True while no key is in force: anyone may publish any name.
     pub fn is_open(&self) -> Result<bool, KeyStoreError> {
-        Ok(self.config_keys.is_empty() && self.token_secret.is_none() && !self.store.as_ref().map(KeyStore::any_active).transpose()?.unwrap_or(false))
+        Ok(self.config_keys.is_empty() && self.token_secret.is_none() && !self.store.as_ref().map(|s| s.any_active()).transpose()?.unwrap_or(false))
     }
 
     /// Puts an accepted publish of `stream` from `peer` to the publish webhook, if one is
@@ -171,7 +171,7 @@ impl PublishAuth {
 mod tests {
     use super::*;
 
-    fn auth(config_keys: &[(&str, &str)], store: Option<KeyStore>, per_minute: u32, burst: u32) -> PublishAuth {
+    fn auth(config_keys: &[(&str, &str)], store: Option<Arc<KeyStore>>, per_minute: u32, burst: u32) -> PublishAuth {
         let config = AuthConfig { publish_attempts_per_minute: per_minute, publish_attempt_burst: burst, ..AuthConfig::default() };
         let keys = config_keys.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         PublishAuth::new(&config, keys, store, HashSet::from(["10.0.0.9".parse().unwrap()]))
@@ -182,7 +182,7 @@ mod tests {
     #[test]
     fn open_until_a_key_exists_then_only_keys_publish() {
         let dir = tempfile::tempdir().unwrap();
-        let a = auth(&[], Some(KeyStore::open(dir.path()).unwrap()), 60, 20);
+        let a = auth(&[], Some(Arc::new(KeyStore::open(dir.path()).unwrap())), 60, 20);
         let peer: IpAddr = PEER.parse().unwrap();
         assert!(a.is_open().unwrap());
         assert_eq!(a.resolve("room/cam?token=x", peer).unwrap().as_str(), "room~cam");
@@ -201,7 +201,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::open(dir.path()).unwrap();
         let stored = store.create(&StreamId::parse("two").unwrap()).unwrap().unwrap();
-        let a = auth(&[("fixed-secret", "one")], Some(store), 60, 20);
+        let a = auth(&[("fixed-secret", "one")], Some(Arc::new(store)), 60, 20);
         let peer: IpAddr = PEER.parse().unwrap();
         assert_eq!(a.resolve("fixed-secret", peer).unwrap().as_str(), "one");
         assert_eq!(a.resolve(&stored.secret, peer).unwrap().as_str(), "two");
