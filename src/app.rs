@@ -35,7 +35,7 @@ use crate::package::Packager;
 use crate::store::Store;
 use crate::stream::{StreamRegistry, StreamServices};
 use crate::tier::{self, TierState, UpstreamResolver};
-use crate::transcode::{self, encoder};
+use crate::transcode::{self, resources::Resources};
 
 /// How often out-of-window segments and ended streams are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -64,12 +64,8 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
     config.ingest.listen = listeners.rtmp.local_addr().context("reading the RTMP address")?;
     config.http.listen = listeners.http.local_addr().context("reading the HTTP address")?;
     transcode::init().context("starting GStreamer")?;
-    let choice = encoder::select(&config.transcode.encoders, |name| gst::ElementFactory::find(name).is_some())
-        .context("choosing a video encoder")?;
-    for skipped in &choice.skipped {
-        tracing::warn!("encoder skipped: {skipped}");
-    }
-    tracing::info!(encoder = ?choice.kind, hardware = choice.kind.is_hardware(), "video encoder selected");
+    let host = crate::host::HostTelemetry::start();
+    let resources = Arc::new(Resources::start(&config.transcode, &host.snapshot()).map_err(anyhow::Error::msg).context("choosing the transcode backends")?);
 
     let config = Arc::new(config);
     let store = Arc::new(Store::new());
@@ -87,7 +83,7 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
     let services = StreamServices {
         config: Arc::clone(&config),
         packager: Arc::clone(&packager),
-        encoder: choice.kind,
+        transcode: Arc::clone(&resources),
         instruments: instruments.clone(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
@@ -132,10 +128,10 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
         packager: Arc::clone(&packager),
         audience,
         auth: Arc::clone(&auth),
-        encoder: choice.kind,
-        host: crate::host::HostTelemetry::start(),
+        transcode: resources,
+        host,
     };
-    let api = ApiState::new(Arc::clone(&config), sources.clone(), Arc::clone(&key_store), membership, choice.skipped.clone()).context("opening the admin store")?;
+    let api = ApiState::new(Arc::clone(&config), sources.clone(), Arc::clone(&key_store), membership).context("opening the admin store")?;
     if !api.admin.any_user().context("reading the admin store")? {
         tracing::warn!("no admin user exists: the API answers only loopback clients until `rackcast admin add-user NAME` creates one");
     }

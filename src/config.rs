@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::http::HttpConfig;
 pub use crate::ingest::IngestConfig;
-use crate::transcode::encoder::EncoderKind;
+use crate::transcode::admission::OverBudget;
+use crate::transcode::backend::Backend;
+use crate::transcode::capability::Fallback;
 
 pub const DEFAULT_DVR_WINDOW: Duration = Duration::from_secs(30);
 pub const DEFAULT_SEGMENT_DURATION: Duration = Duration::from_secs(1);
@@ -145,10 +147,28 @@ impl ClusterConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TranscodeConfig {
-    /// Video encoder backends in order of preference; the first one present on this host is
-    /// used. A backend left out of the list is never used: list `x264` to allow falling
-    /// back to software.
-    pub encoders: Vec<EncoderKind>,
+    /// Transcode backends in order of preference: `nvenc`, `nvdec-x264` (NVIDIA decode
+    /// and scaling, x264 encoding), `vaapi`, `software`. A backend left out is never used.
+    #[serde(alias = "encoders")]
+    pub backends: Vec<Backend>,
+    /// `allow`: a stream moves to the next usable backend when one is absent or its
+    /// budget is spent (logged, and shown in the stream's status); `refuse`: only the
+    /// first backend, and the appliance does not start without it.
+    pub fallback: Fallback,
+    /// When no backend has room for a stream's whole ladder: `drop-rungs` (from the top;
+    /// the lowest rung always stays) or `refuse` the stream.
+    pub over_budget: OverBudget,
+    /// Directory whose `<backend>.pipeline` files replace the built-in templates.
+    pub pipelines_dir: Option<std::path::PathBuf>,
+    /// NVENC sessions per GPU; default 8 on GeForce cards (their driver's system-wide cap),
+    /// 32 on others.
+    pub nvenc_sessions_per_gpu: Option<u32>,
+    /// NVDEC sessions (one per stream) per GPU.
+    pub nvdec_sessions_per_gpu: u32,
+    /// VA-API encoder sessions per render node.
+    pub vaapi_sessions: u32,
+    /// Cores the CPU encoders (software and nvdec-x264) may use; default 85% of the host's.
+    pub cpu_budget: Option<f64>,
     /// x264 `speed-preset` for the software backend.
     pub x264_preset: String,
     /// Bitrate of the AAC rendition when the source audio has to be re-encoded (bit/s).
@@ -229,7 +249,14 @@ pub struct PackageConfig {
 impl Default for TranscodeConfig {
     fn default() -> Self {
         Self {
-            encoders: vec![EncoderKind::X264],
+            backends: vec![Backend::Software],
+            fallback: Fallback::Allow,
+            over_budget: OverBudget::DropRungs,
+            pipelines_dir: None,
+            nvenc_sessions_per_gpu: None,
+            nvdec_sessions_per_gpu: 32,
+            vaapi_sessions: 16,
+            cpu_budget: None,
             x264_preset: DEFAULT_X264_PRESET.to_owned(),
             audio_bitrate: DEFAULT_AUDIO_BITRATE,
             rungs: default_rungs(),
@@ -356,8 +383,14 @@ impl Config {
             return Err(invalid("cluster.fail_after", "fail_after and rise_after must be at least 1"));
         }
         self.ingest.validate().map_err(|(key, reason)| invalid(format!("ingest.{key}"), reason))?;
-        if self.transcode.encoders.is_empty() {
-            return Err(invalid("transcode.encoders", "needs at least one backend (nvenc, vaapi, x264)"));
+        if self.transcode.backends.is_empty() {
+            return Err(invalid("transcode.backends", "needs at least one backend (nvenc, nvdec-x264, vaapi, software)"));
+        }
+        if self.transcode.cpu_budget.is_some_and(|c| !(c > 0.0 && c <= 1024.0)) {
+            return Err(invalid("transcode.cpu_budget", "must be a number of cores above 0"));
+        }
+        if self.transcode.nvenc_sessions_per_gpu == Some(0) || self.transcode.nvdec_sessions_per_gpu == 0 || self.transcode.vaapi_sessions == 0 {
+            return Err(invalid("transcode", "session budgets must be at least 1"));
         }
         if !X264_PRESETS.contains(&self.transcode.x264_preset.as_str()) {
             return Err(invalid("transcode.x264_preset", format!("must be one of {}", X264_PRESETS.join(", "))));

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use rackcast::app::{self, Listeners};
 use rackcast::config::Config;
+use rackcast::transcode::backend::Backend;
 
 #[derive(Parser)]
 #[command(name = "rackcast", version, about = "Live-video appliance: RTMP in, adaptive DASH out")]
@@ -84,6 +85,39 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Print what this host can transcode with: GStreamer elements, device nodes, GPUs,
+    /// every backend's state (or why it cannot run) and the admission budgets. Exits 0.
+    Probe {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Transcode a file (H.264 + AAC in MP4, FLV, MKV or TS) through the live pipeline as
+    /// fast as the host allows, and write a static DASH package (MPD + segments) to --out.
+    Transcode {
+        input: PathBuf,
+        /// Directory for the package (created; existing files of the same names are replaced).
+        #[arg(long)]
+        out: PathBuf,
+        /// Rungs as HEIGHTp=BITRATEk, best first (default: transcode.rungs of the config).
+        #[arg(long)]
+        ladder: Option<String>,
+        /// x264 speed preset (software and nvdec-x264 backends).
+        #[arg(long)]
+        x264_preset: Option<String>,
+        /// Use only this backend (nvenc, nvdec-x264, vaapi, software); default: the config's
+        /// preference order.
+        #[arg(long, value_parser = parse_backend)]
+        backend: Option<Backend>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn parse_backend(name: &str) -> Result<Backend, String> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned())).map_err(|_| "one of nvenc, nvdec-x264, vaapi, software".to_owned())
 }
 
 #[derive(Subcommand)]
@@ -142,6 +176,22 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Probe { config, json } => probe(&load(config.as_ref())?, json),
+        Command::Transcode { input, out, ladder, x264_preset, backend, config } => {
+            let mut config = load(config.as_ref())?;
+            if let Some(ladder) = ladder {
+                config.transcode.rungs = rackcast::transcode::file::parse_ladder(&ladder).map_err(anyhow::Error::msg).context("--ladder")?;
+            }
+            if let Some(preset) = x264_preset {
+                config.transcode.x264_preset = preset;
+            }
+            if let Some(backend) = backend {
+                config.transcode.backends = vec![backend];
+                config.transcode.fallback = rackcast::transcode::capability::Fallback::Refuse;
+            }
+            config.validate()?;
+            transcode(&input, &out, config)
+        }
         Command::Config { config } => {
             print!("{}", toml::to_string_pretty(&load(config.as_ref())?.redacted())?);
             Ok(())
@@ -189,6 +239,115 @@ fn main() -> anyhow::Result<()> {
             })
         }
     }
+}
+
+fn probe(config: &Config, json: bool) -> anyhow::Result<()> {
+    use rackcast::transcode::backend::{installed_properties, Template, TemplateVars};
+    use rackcast::transcode::capability::Capabilities;
+    rackcast::transcode::init()?;
+    let host = rackcast::host::HostTelemetry::start();
+    let caps = Capabilities::probe(&host.snapshot());
+    let budgets = rackcast::transcode::resources::budgets(&config.transcode, &caps);
+    let backends: Vec<serde_json::Value> = Backend::ALL
+        .iter()
+        .map(|&backend| {
+            let state = caps.devices(backend).and_then(|devices| {
+                let template = Template::load(backend, config.transcode.pipelines_dir.as_deref()).map_err(|e| e.to_string())?;
+                let (device, gpu) = devices[0].template_values();
+                template.check(&TemplateVars { device, gpu, ..TemplateVars::sample() }, &caps.gstreamer, installed_properties).map_err(|e| e.to_string())?;
+                Ok((devices, template.origin))
+            });
+            match state {
+                Ok((devices, template)) => serde_json::json!({
+                    "backend": backend.name(), "usable": true, "configured": config.transcode.backends.contains(&backend),
+                    "devices": devices.iter().map(|d| d.to_string()).collect::<Vec<_>>(), "template": template,
+                }),
+                Err(why) => serde_json::json!({ "backend": backend.name(), "usable": false, "configured": config.transcode.backends.contains(&backend), "why": why }),
+            }
+        })
+        .collect();
+    if json {
+        let report = serde_json::json!({
+            "capabilities": caps,
+            "backends": backends,
+            "preference": config.transcode.backends.iter().map(|b| b.name()).collect::<Vec<_>>(),
+            "fallback": config.transcode.fallback,
+            "over_budget": config.transcode.over_budget,
+            "budgets": {
+                "nvenc_sessions_per_gpu": budgets.nvenc_sessions, "nvdec_sessions_per_gpu": budgets.nvdec_sessions,
+                "vaapi_sessions": budgets.vaapi_sessions, "cpu_cores": budgets.cpu_cores,
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("GStreamer      {}", caps.gstreamer);
+    println!("CPU cores      {}", caps.cpu_cores);
+    let present = |e: &str| if caps.elements.contains(e) { "registered" } else { "absent" };
+    println!("elements       {}", rackcast::transcode::capability::ELEMENTS.iter().map(|e| format!("{e} {}", present(e))).collect::<Vec<_>>().join(", "));
+    let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(" ") };
+    println!("/dev/nvidia*   {}", list(&caps.nvidia_device_nodes));
+    println!("/dev/dri       {}", list(&caps.render_nodes));
+    match &caps.nvml {
+        Some(why) => println!("NVIDIA GPUs    not present ({why})"),
+        None => {
+            for gpu in &caps.gpus {
+                let memory = gpu.memory_total_bytes.map_or("?".to_owned(), |b| format!("{} MiB", b >> 20));
+                println!("NVIDIA GPU {}   {} (driver {}, {memory})", gpu.index, gpu.name, gpu.driver.as_deref().unwrap_or("?"));
+            }
+        }
+    }
+    println!("NVDEC on CUDA devices {:?}, NVENC on {:?}; VA devices {}", caps.nvdec_gpus, caps.nvenc_gpus, caps.va_devices.len());
+    println!();
+    println!("backends (preference: {}; fallback {:?}; over budget {:?})", config.transcode.backends.iter().map(|b| b.name()).collect::<Vec<_>>().join(", "), config.transcode.fallback, config.transcode.over_budget);
+    for entry in &backends {
+        let name = entry["backend"].as_str().unwrap_or_default();
+        let configured = if entry["configured"] == true { "" } else { " (not in transcode.backends)" };
+        if entry["usable"] == true {
+            println!("  {name:<11} usable on {} (template {}){configured}", entry["devices"].as_array().map(|d| d.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default(), entry["template"].as_str().unwrap_or_default());
+        } else {
+            println!("  {name:<11} missing: {}{configured}", entry["why"].as_str().unwrap_or_default());
+        }
+    }
+    println!();
+    println!(
+        "limits         NVENC {} sessions per GPU, NVDEC {} per GPU, VA-API {} per device, CPU budget {:.2} cores",
+        budgets.nvenc_sessions, budgets.nvdec_sessions, budgets.vaapi_sessions, budgets.cpu_cores
+    );
+    Ok(())
+}
+
+/// CPU seconds this process has used (user + system), from /proc.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5), in USER_HZ (100 on Linux).
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn transcode(input: &std::path::Path, out: &std::path::Path, mut config: Config) -> anyhow::Result<()> {
+    rackcast::transcode::init()?;
+    // One file, as fast as it goes: the CPU budget that protects live streams does not apply.
+    config.transcode.cpu_budget = Some(f64::MAX);
+    let host = rackcast::host::HostTelemetry::start();
+    let resources = rackcast::transcode::resources::Resources::start(&config.transcode, &host.snapshot()).map_err(anyhow::Error::msg)?;
+    let report = rackcast::transcode::file::run(input, out, &config.transcode, &resources, config.package.segment_duration)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("transcoding {}", input.display()))?;
+    let media = report.media.as_secs_f64();
+    let wall = report.wall.as_secs_f64();
+    let cpu = process_cpu_seconds().unwrap_or(f64::NAN);
+    println!(
+        "transcoded {media:.2} s of media in {wall:.2} s ({:.2}x real time), {cpu:.2} CPU-s ({:.3} CPU-s per media second); backend {}; rungs {}; {} segments; {}",
+        media / wall,
+        cpu / media,
+        report.backend,
+        report.rungs.join(", "),
+        report.segments,
+        report.manifest.display()
+    );
+    Ok(())
 }
 
 fn with_data_dir(mut config: Config, data_dir: Option<PathBuf>) -> Config {

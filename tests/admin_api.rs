@@ -139,7 +139,8 @@ fn the_access_matrix_with_exact_statuses_and_persistence() {
     let me = api.expect(&alice, "GET", "/api/v1/session", None, 200);
     assert_eq!((me["actor"].as_str(), me["admin_exists"].as_bool()), (Some("user:alice"), Some(true)));
     let node = api.expect(&alice, "GET", "/api/v1/node", None, 200);
-    assert_eq!((node["encoder"].as_str(), node["live_streams"].as_u64()), (Some("x264"), Some(0)));
+    assert_eq!((node["backends"][0].as_str(), node["live_streams"].as_u64()), (Some("software"), Some(0)));
+    assert_eq!(node["transcode_usage"]["cpu_cores_used"].as_f64(), Some(0.0), "{node}");
     assert!(node["host"]["memory_total_bytes"].as_u64().unwrap() > 0);
     // GPUs are listed, or the reason none is ("not present", never an error).
     let gpus = node["host"]["gpus"].as_array().unwrap();
@@ -264,7 +265,9 @@ fn an_admin_kicks_stops_and_resumes_a_stream() {
         let list = api.expect(&loopback, "GET", "/api/v1/streams", None, 200);
         list.as_array().unwrap().iter().find(|s| s["stream"] == "cam" && s["segments"].as_u64() > Some(0)).cloned()
     });
-    assert_eq!(live["backend"], "x264");
+    assert_eq!(live["backend"], "software");
+    let cores = api.expect(&loopback, "GET", "/api/v1/node", None, 200)["transcode_usage"]["cpu_cores_used"].as_f64().unwrap();
+    assert!(cores > 0.0, "the stream is counted against the CPU budget");
     assert!(!live["rungs"].as_array().unwrap().is_empty(), "{live}");
     let detail = api.expect(&loopback, "GET", "/api/v1/streams/cam", None, 200);
     assert!(detail["status"]["plan_history"].as_array().is_some_and(|h| !h.is_empty()), "{detail}");

@@ -112,7 +112,9 @@ fn metrics_reflect_a_known_publish_and_known_viewers_and_end_with_the_stream() {
     let status = get_json(&app.url(&format!("/live/{STREAM}")));
     let rungs = status["status"]["plan"]["rungs"].as_array().expect("a ladder plan").len() as f64;
     assert_eq!(after.value("rackcast_stream_rungs", &stream), rungs);
-    assert_eq!(after.value("rackcast_encoder_sessions", &[("backend", "x264")]), rungs);
+    assert_eq!(after.value("rackcast_encoder_sessions", &[("backend", "software")]), rungs);
+    assert!(after.value("rackcast_transcode_cpu_cores", &[]) > 0.0);
+    assert!(after.value("rackcast_transcode_cpu_budget_cores", &[]) >= after.value("rackcast_transcode_cpu_cores", &[]));
     let ingest = |m: &Metrics| m.value("rackcast_stream_ingest_bytes_total", &stream);
     std::thread::sleep(Duration::from_millis(500));
     let later = Metrics::scrape(&app);
@@ -152,5 +154,6 @@ fn metrics_reflect_a_known_publish_and_known_viewers_and_end_with_the_stream() {
     });
     let ended = Metrics::scrape(&app);
     assert!(ended.get("rackcast_stream_ingest_bytes_total", &stream).is_none());
-    assert_eq!(ended.value("rackcast_encoder_sessions", &[("backend", "x264")]), 0.0);
+    assert_eq!(ended.value("rackcast_encoder_sessions", &[("backend", "software")]), 0.0);
+    assert_eq!(ended.value("rackcast_transcode_cpu_cores", &[]), 0.0, "an ended stream gives its cores back");
 }

@@ -48,8 +48,6 @@ pub struct ApiState {
     pub keys: Arc<KeyStore>,
     pub sources: Sources,
     pub membership: Option<Membership>,
-    /// Encoder backends skipped at start-up, with the reason.
-    pub encoders_skipped: Vec<String>,
     pub started: Instant,
     pub login_limiter: DefaultKeyedRateLimiter<IpAddr>,
     /// Login attempts so far (the limiter forgets quiet addresses every 256).
@@ -62,7 +60,6 @@ impl ApiState {
         sources: Sources,
         keys: Arc<KeyStore>,
         membership: Option<Membership>,
-        encoders_skipped: Vec<String>,
     ) -> Result<Self, StoreError> {
         let auth = &config.auth;
         let one = NonZeroU32::MIN;
@@ -74,7 +71,6 @@ impl ApiState {
             config,
             sources,
             membership,
-            encoders_skipped,
             started: Instant::now(),
             login_limiter: RateLimiter::keyed(quota),
             login_attempts: Default::default(),
@@ -217,6 +213,8 @@ mod tests {
             presentation_delay: p.presentation_delay,
             number_form_delay: p.number_form_delay,
         };
+        crate::transcode::init().unwrap();
+        let host = crate::host::HostTelemetry::start();
         let sources = Sources {
             ingest: Arc::default(),
             http: Arc::default(),
@@ -226,11 +224,11 @@ mod tests {
             packager: Arc::new(Packager::new(Arc::new(crate::store::Store::new()), timing, Instruments::default().production_lag)),
             audience: Arc::new(Audience::default()),
             auth: Arc::new(PublishAuth::new(&config.auth, BTreeMap::new(), None, HashSet::new())),
-            encoder: crate::transcode::encoder::EncoderKind::X264,
-            host: crate::host::HostTelemetry::start(),
+            transcode: Arc::new(crate::transcode::resources::Resources::start(&config.transcode, &host.snapshot()).unwrap()),
+            host,
         };
         let keys = Arc::new(KeyStore::open(data_dir).unwrap());
-        Arc::new(ApiState::new(Arc::new(config), sources, keys, None, Vec::new()).unwrap())
+        Arc::new(ApiState::new(Arc::new(config), sources, keys, None).unwrap())
     }
 
     async fn status_from(app: &Router, peer: &str) -> (StatusCode, String) {

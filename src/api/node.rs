@@ -26,11 +26,13 @@ pub struct NodeInfo {
     pub roles: Vec<Role>,
     pub uptime_seconds: u64,
     pub federated: bool,
-    /// The video encoder backend every stream uses (`x264`, `nvenc`, `vaapi`).
-    pub encoder: String,
-    pub encoder_is_hardware: bool,
-    /// Preferred backends that were skipped at start-up, with the reason.
-    pub encoders_skipped: Vec<String>,
+    /// The usable transcode backends in preference order (`nvenc`, `nvdec-x264`, `vaapi`,
+    /// `software`): a stream takes the first with room for its ladder.
+    pub backends: Vec<String>,
+    /// Configured backends that cannot run here, each with the reason.
+    pub backends_skipped: Vec<String>,
+    /// Sessions and CPU cores admitted streams hold, against their budgets.
+    pub transcode_usage: crate::transcode::admission::UsageReport,
     /// True while no stream key is in force: anyone who reaches the RTMP port may publish.
     pub publishing_open: bool,
     pub live_streams: usize,
@@ -50,9 +52,9 @@ pub async fn node(State(api): State<Arc<ApiState>>) -> ApiResult<Json<NodeInfo>>
         roles: api.config.cluster.roles(),
         uptime_seconds: api.started.elapsed().as_secs(),
         federated: api.membership.is_some(),
-        encoder: sources.encoder.name().to_owned(),
-        encoder_is_hardware: sources.encoder.is_hardware(),
-        encoders_skipped: api.encoders_skipped.clone(),
+        backends: sources.transcode.admission.selection().usable.iter().map(|u| u.backend.name().to_owned()).collect(),
+        backends_skipped: sources.transcode.admission.selection().skipped.clone(),
+        transcode_usage: sources.transcode.admission.report(),
         publishing_open: sources.auth.is_open()?,
         live_streams: sources.streams.count(),
         rtmp_port: api.config.ingest.listen.port(),

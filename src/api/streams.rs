@@ -41,7 +41,8 @@ pub struct StreamSummary {
     /// How far the newest video segment trails the input.
     pub lag_ms: Option<u64>,
     pub stalled: bool,
-    pub backend: String,
+    /// The transcode backend of the session (none for audio only).
+    pub backend: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -73,7 +74,7 @@ fn summary(api: &ApiState, stream: &StreamId, status: &StreamStatus, audiences: 
         segments: sources.packager.segments_added(stream).unwrap_or(0),
         lag_ms: status.health.lag_ms,
         stalled: status.health.stalled,
-        backend: sources.encoder.name().to_owned(),
+        backend: status.transcode.as_ref().map(|t| t.backend.name().to_owned()),
     }
 }
 

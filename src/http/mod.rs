@@ -111,8 +111,23 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not found\n")
 }
 
+/// Every stream this node serves; a stream transcoded here also says which backend and
+/// device transcode it and why.
 async fn list_streams(State(state): State<HttpState>) -> Response {
-    let mut response = Json(state.store.streams()).into_response();
+    let list: Vec<serde_json::Value> = state
+        .store
+        .streams()
+        .into_iter()
+        .map(|summary| {
+            let transcode = state.registry.status(&summary.stream).and_then(|s| s.transcode);
+            let mut entry = serde_json::to_value(&summary).unwrap_or_default();
+            if let (Some(object), Some(transcode)) = (entry.as_object_mut(), transcode) {
+                object.insert("transcode".into(), serde_json::to_value(transcode).unwrap_or_default());
+            }
+            entry
+        })
+        .collect();
+    let mut response = Json(list).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

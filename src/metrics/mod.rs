@@ -41,7 +41,6 @@ use crate::ingest::limits::IngestStats;
 use crate::package::Packager;
 use crate::stream::StreamRegistry;
 use crate::tier::TierState;
-use crate::transcode::encoder::EncoderKind;
 pub use audience::Audience;
 
 pub const METRICS_PATH: &str = "/metrics";
@@ -137,7 +136,7 @@ pub struct Sources {
     pub packager: Arc<Packager>,
     pub audience: Arc<Audience>,
     pub auth: Arc<PublishAuth>,
-    pub encoder: EncoderKind,
+    pub transcode: Arc<crate::transcode::resources::Resources>,
     pub host: Arc<HostTelemetry>,
 }
 
@@ -253,7 +252,8 @@ impl NodeCollector {
     fn encode_streams(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let s = &self.sources;
         let (mut uplink, mut rungs, mut lag, mut stalled, mut ingest, mut segments) = (vec![], vec![], vec![], vec![], vec![], vec![]);
-        let mut sessions = 0.0;
+        let mut sessions: std::collections::BTreeMap<&'static str, f64> =
+            s.transcode.admission.selection().usable.iter().map(|u| (u.backend.name(), 0.0)).collect();
         for stream in s.streams.streams() {
             let Some(status) = s.streams.status(&stream) else { continue };
             let labels = || vec![("stream", stream.to_string())];
@@ -262,7 +262,9 @@ impl NodeCollector {
             }
             let planned = status.plan.as_ref().map_or(0, |p| p.rungs.len());
             let running = status.health.rung_cap.map_or(planned, |cap| cap.min(planned));
-            sessions += running as f64;
+            if let Some(choice) = &status.transcode {
+                *sessions.entry(choice.backend.name()).or_default() += running as f64;
+            }
             rungs.push((labels(), running as f64));
             if let Some(ms) = status.health.lag_ms {
                 lag.push((labels(), ms as f64 / 1000.0));
@@ -280,8 +282,21 @@ impl NodeCollector {
         family(encoder, "stream_stalled", "1 while the stream has produced no segment for 5 s", Gauge, &stalled)?;
         family(encoder, "stream_ingest_bytes", "Media bytes received from the broadcaster", Counter, &ingest)?;
         family(encoder, "stream_segments", "Media segments produced, every rendition", Counter, &segments)?;
-        let backend = vec![("backend", s.encoder.name().to_owned())];
-        family(encoder, "encoder_sessions", "Video encoders running, by backend", Gauge, &[(backend, sessions)])
+        let sessions: Vec<_> = sessions.into_iter().map(|(backend, n)| (vec![("backend", backend.to_owned())], n)).collect();
+        family(encoder, "encoder_sessions", "Video encoders running, by backend", Gauge, &sessions)?;
+        let usage = s.transcode.admission.report();
+        family(encoder, "transcode_cpu_cores", "CPU cores admitted streams are counted as using (CPU encoders and decoders)", Gauge, &[(vec![], usage.cpu_cores_used)])?;
+        family(encoder, "transcode_cpu_budget_cores", "CPU cores admission lets transcoding use (transcode.cpu_budget)", Gauge, &[(vec![], usage.cpu_cores_budget)])?;
+        let device_sessions: Vec<_> = usage
+            .devices
+            .iter()
+            .flat_map(|d| {
+                let labels = |kind: &str| vec![("backend", d.backend.name().to_owned()), ("device", d.device.clone()), ("kind", kind.to_owned())];
+                [(labels("encode"), f64::from(d.encoder_sessions)), (labels("decode"), f64::from(d.decoder_sessions))]
+            })
+            .collect();
+        family(encoder, "transcode_device_sessions", "Encoder and decoder sessions admitted streams hold, by backend and device", Gauge, &device_sessions)?;
+        family(encoder, "transcode_admission_refusals", "Streams refused or given fewer rungs by admission", Counter, &[(vec![("outcome", "refused".to_owned())], usage.refused as f64), (vec![("outcome", "rungs_dropped".to_owned())], usage.reduced as f64)])
     }
 
     fn encode_audience(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {

@@ -128,6 +128,11 @@ impl Store {
         self.existing(stream)?.read().objects.get(key).cloned()
     }
 
+    /// The keys of every object the stream holds.
+    pub fn object_keys(&self, stream: &StreamId) -> Vec<ObjectKey> {
+        self.existing(stream).map(|e| e.read().objects.keys().cloned().collect()).unwrap_or_default()
+    }
+
     pub fn contains_stream(&self, stream: &StreamId) -> bool {
         self.streams.read().contains_key(stream)
     }

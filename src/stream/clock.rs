@@ -106,9 +106,58 @@ impl MediaClock {
     }
 }
 
+/// The source's video frame rate, from the decode timestamps of its latest frames (RTMP
+/// carries none reliably; the metadata's is the broadcaster's word). Admission costs a
+/// ladder by it and the VA-API template sets its IDR interval from it.
+#[derive(Debug, Default)]
+pub struct FrameRate {
+    dts_ms: std::collections::VecDeque<u32>,
+}
+
+impl FrameRate {
+    const KEPT: usize = 61;
+
+    pub fn observe(&mut self, dts_ms: u32) {
+        if self.dts_ms.back().is_some_and(|last| dts_ms.wrapping_sub(*last) as i32 <= 0) {
+            // Out of order or a restart: measure afresh.
+            self.dts_ms.clear();
+        }
+        if self.dts_ms.len() == Self::KEPT {
+            self.dts_ms.pop_front();
+        }
+        self.dts_ms.push_back(dts_ms);
+    }
+
+    /// Frames per second over the kept frames, once there are ten.
+    pub fn fps(&self) -> Option<f64> {
+        let (first, last) = (self.dts_ms.front()?, self.dts_ms.back()?);
+        let span_ms = last.wrapping_sub(*first);
+        (self.dts_ms.len() >= 10 && span_ms > 0).then(|| ((self.dts_ms.len() - 1) as f64 * 1000.0 / f64::from(span_ms)).clamp(1.0, 240.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_rate_from_decode_timestamps() {
+        let mut rate = FrameRate::default();
+        assert_eq!(rate.fps(), None);
+        // 29.97 fps as RTMP's milliseconds round it: 33, 33, 34, ...
+        for i in 0..100u32 {
+            rate.observe(i * 1001 / 30);
+        }
+        assert!((rate.fps().unwrap() - 29.97).abs() < 0.05, "{:?}", rate.fps());
+        for i in 0..5u32 {
+            rate.observe(i * 16);
+        }
+        assert_eq!(rate.fps(), None, "a restart measures afresh");
+        for i in 5..30u32 {
+            rate.observe(i * 1000 / 60);
+        }
+        assert!((rate.fps().unwrap() - 60.0).abs() < 1.0, "{:?}", rate.fps());
+    }
 
     fn clock(base: u32) -> MediaClock {
         MediaClock::new(base, Instant::now())

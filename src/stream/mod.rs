@@ -24,19 +24,19 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
-use clock::{MediaClock, Placement};
+use clock::{FrameRate, MediaClock, Placement};
 use crate::ladder::{self, Hysteresis, LadderPlan, PlanInput, Replanner, SourceFormat};
 use crate::probe::UplinkEstimate;
-use crate::media::{MediaPacket, RenditionId, SessionId, StreamId, TrackKind};
-use crate::package::fragment::aac_codecs;
-use crate::package::timeline::RenditionInfo;
+use crate::media::{MediaPacket, SessionId, StreamId};
 use crate::package::Packager;
-use crate::transcode::encoder::EncoderKind;
-use crate::transcode::source::{self, AacConfig, AAC_LC};
-use crate::transcode::spec::{AudioPlan, PipelineSpec};
-use crate::transcode::{SessionOutput, SinkBinding, Transcoder};
+use crate::transcode::admission::{Grant, Request};
+use crate::transcode::capability::Device;
+use crate::transcode::resources::Resources;
+use crate::transcode::source::{self, AacConfig};
+use crate::transcode::spec::PipelineSpec;
+use crate::transcode::{SessionIo, SessionOutput, Transcoder};
 pub use registry::{AlreadyPublishing, PublishClaim, SharedStatus, StreamRegistry};
-use status::PlanChange;
+use status::{PlanChange, TranscodeChoice};
 
 /// Packets a stream may have in flight from ingest before ingest waits.
 const INPUT_CAPACITY: usize = 512;
@@ -50,6 +50,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_DRAIN_BACKLOG: Duration = Duration::from_secs(5);
 /// Renditions x264 can run for one stream on this class of machine.
 const X264_MAX_RUNGS: usize = 4;
+/// Frame rate assumed for admission before the source's has been measured.
+const ASSUMED_FPS: f64 = 30.0;
 /// An estimate with less confidence than this does not change the ladder.
 const MIN_CONFIDENCE: f64 = 0.5;
 /// Media may run this far ahead of the wall clock before the publisher is paced (an
@@ -70,7 +72,7 @@ const AUDIO_ONLY_AFTER_MS: i32 = 1_000;
 pub struct StreamServices {
     pub config: Arc<Config>,
     pub packager: Arc<Packager>,
-    pub encoder: EncoderKind,
+    pub transcode: Arc<Resources>,
     pub instruments: crate::metrics::Instruments,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
@@ -171,6 +173,8 @@ pub fn spawn(claim: PublishClaim, services: StreamServices) -> StreamHandle {
 
 struct Running {
     transcoder: Transcoder,
+    /// The backend, device and budget share this session holds (released when dropped).
+    grant: Option<Grant>,
     session: SessionId,
     /// Media time of the session, from the broadcaster's timestamps.
     clock: MediaClock,
@@ -218,6 +222,8 @@ struct StreamActor {
     /// configuration: the start of a possible audio-only source.
     audio_without_video: Option<u32>,
     started: Instant,
+    /// The source's measured frame rate.
+    frame_rate: FrameRate,
 }
 
 impl StreamActor {
@@ -239,11 +245,12 @@ impl StreamActor {
             unclosed: None,
             audio_without_video: None,
             started: Instant::now(),
+            frame_rate: FrameRate::default(),
         }
     }
 
     fn max_rungs(&self) -> usize {
-        let budget = if self.services.encoder.is_hardware() { self.services.config.transcode.rungs.len() } else { X264_MAX_RUNGS };
+        let budget = if self.services.transcode.first().encodes_on_cpu() { X264_MAX_RUNGS } else { self.services.config.transcode.rungs.len() };
         self.status.lock().health.rung_cap.map_or(budget, |cap| budget.min(cap))
     }
 
@@ -397,6 +404,7 @@ impl StreamActor {
                 self.audio_config = Some(config);
             }
             MediaPacket::Video { dts_ms, cts_ms, keyframe, data } => {
+                self.frame_rate.observe(dts_ms);
                 if self.running.as_ref().is_some_and(|r| r.audio_only) {
                     return Ok(()); // no video configuration: nothing could decode it
                 }
@@ -615,19 +623,13 @@ impl StreamActor {
         let config = &self.services.config;
         let mut format = None;
         let mut video_caps = None;
-        let (plan, reason, for_bps) = if !with_video {
+        let (mut plan, reason, for_bps) = if !with_video {
             (LadderPlan { rungs: Vec::new() }, "audio-only source".to_owned(), None)
         } else {
             let video_config = self.video_config.as_ref().ok_or("video arrived before its AVC sequence header")?;
             let source = source::video_format(video_config).map_err(|e| e.to_string())?;
             format = Some(source);
-            video_caps = Some(
-                gst::Caps::builder("video/x-h264")
-                    .field("stream-format", "avc")
-                    .field("alignment", "au")
-                    .field("codec_data", gst::Buffer::from_slice(video_config.clone()))
-                    .build(),
-            );
+            video_caps = Some(crate::transcode::avc_caps(video_config));
             match pending {
                 Some(p) => (p.plan, p.reason, p.for_bps),
                 None => {
@@ -637,23 +639,44 @@ impl StreamActor {
                 }
             }
         };
+        // The ladder is a counted use of the node's backends: admitted whole, with fewer
+        // rungs (from the top), or refused.
+        let resources = &self.services.transcode;
+        let fps = self.frame_rate.fps().unwrap_or(ASSUMED_FPS);
+        let grant = match format {
+            Some(source) => {
+                let request = Request {
+                    source: (source.width, source.height),
+                    fps,
+                    rungs: plan.rungs.iter().map(|r| (r.width, r.height)).collect(),
+                    preset: config.transcode.x264_preset.clone(),
+                };
+                let grant = resources.admission.admit(&request).map_err(|why| {
+                    self.status.lock().health.note(format!("refused: {why}"));
+                    format!("admission refused the stream: {why}")
+                })?;
+                if grant.rungs < plan.rungs.len() {
+                    let dropped: Vec<String> = plan.rungs.drain(..plan.rungs.len() - grant.rungs).map(|r| r.id.to_string()).collect();
+                    tracing::warn!(?dropped, why = %grant.why, "rungs dropped: the backends' budgets have no room for the whole ladder");
+                    self.status.lock().health.note(format!("rungs {} dropped: {}", dropped.join(", "), grant.why));
+                }
+                tracing::info!(backend = %grant.backend, device = %grant.device, why = %grant.why, cpu_cores = grant.cpu_cores, "transcode backend chosen");
+                Some(grant)
+            }
+            None => None,
+        };
         self.source = format;
         let audio = match &self.audio_config {
             Some(asc) => Some((AacConfig::parse(asc).map_err(|e| e.to_string())?, asc.clone())),
             None => None,
         };
-        let audio_plan = match &audio {
-            None => AudioPlan::None,
-            Some((aac, _)) if aac.object_type == AAC_LC => AudioPlan::Copy,
-            Some(_) => AudioPlan::Transcode { bitrate: config.transcode.audio_bitrate },
-        };
+        let io = SessionIo::new(&plan, audio.as_ref().map(|(aac, asc)| (aac, &asc[..])), config.transcode.audio_bitrate);
         let session = SessionId::generate();
         tracing::info!(
             %session, width = format.map(|f| f.width), height = format.map(|f| f.height),
-            rungs = ?plan.rungs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), audio = ?audio_plan,
-            encoder = ?self.services.encoder, "session starts"
+            rungs = ?plan.rungs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), audio = ?io.audio_plan,
+            backend = ?grant.as_ref().map(|g| g.backend.name()), "session starts"
         );
-        let renditions = rendition_infos(&plan, audio.as_ref().map(|(aac, _)| aac), config.transcode.audio_bitrate);
         let change = PlanChange {
             at_ms: self.started.elapsed().as_millis() as u64,
             session: session.clone(),
@@ -661,32 +684,19 @@ impl StreamActor {
             for_bps,
             rungs: status::describe(&plan),
         };
-        let mut sinks: Vec<SinkBinding> = plan
-            .rungs
-            .iter()
-            .map(|r| SinkBinding { rendition: r.id.clone(), kind: TrackKind::Video, audio_codecs: None })
-            .collect();
-        let mut audio_caps = None;
-        if let Some((aac, asc)) = &audio {
-            let object_type = if audio_plan == AudioPlan::Copy { aac.object_type } else { AAC_LC };
-            sinks.push(SinkBinding { rendition: audio_rendition(), kind: TrackKind::Audio, audio_codecs: Some(aac_codecs(object_type)) });
-            audio_caps = Some(
-                gst::Caps::builder("audio/mpeg")
-                    .field("mpegversion", 4i32)
-                    .field("stream-format", "raw")
-                    .field("codec_data", gst::Buffer::from_slice(asc.clone()))
-                    .field("rate", aac.sample_rate as i32)
-                    .field("channels", aac.channels as i32)
-                    .build(),
-            );
-        }
+        let backend = grant.as_ref().map_or(resources.first(), |g| g.backend);
         let spec = PipelineSpec {
             ladder: plan.clone(),
-            encoder: self.services.encoder,
+            template: resources.template(backend).clone(),
+            device: grant.as_ref().map_or(Device::Cpu, |g| g.device.clone()),
             x264_preset: config.transcode.x264_preset.clone(),
-            audio: audio_plan,
+            decode_threads: resources.decode_threads,
+            fps,
+            source_height: format.map_or(0, |f| f.height),
+            audio: io.audio_plan,
             segment_duration: config.package.segment_duration,
         };
+        let (renditions, sinks, audio_caps) = (io.renditions, io.sinks, io.audio_caps);
         let packager = Arc::clone(&self.services.packager);
         let period_start = packager.begin_session(&self.stream, &session, renditions, period_start);
         // The new Period closed the one a cut left open.
@@ -712,9 +722,17 @@ impl StreamActor {
             let mut status = self.status.lock();
             status.source = format.map(|f| (f.width, f.height));
             status.record_plan(change, plan.clone());
+            status.transcode = grant.as_ref().map(|g| TranscodeChoice {
+                backend: g.backend,
+                device: g.device.to_string(),
+                why: g.why.clone(),
+                cpu_cores: g.cpu_cores,
+                fps,
+            });
         }
         self.running = Some(Running {
             transcoder,
+            grant,
             session,
             clock: MediaClock::new(base_ms, anchor),
             bus,
@@ -730,7 +748,7 @@ impl StreamActor {
     async fn stop_pipeline(&mut self, drain: bool) -> Option<SessionId> {
         // A backlog (a host that fell behind) takes its own media time to flush.
         let drain_timeout = DRAIN_TIMEOUT + self.pipeline_lag().unwrap_or_default().min(MAX_DRAIN_BACKLOG);
-        let Running { transcoder, session, bus, .. } = self.running.take()?;
+        let Running { transcoder, session, bus, grant, .. } = self.running.take()?;
         drop(bus);
         // A plan waiting for a keyframe was made for this pipeline's source; a switch has
         // already taken it, and after a source change it no longer applies.
@@ -742,44 +760,10 @@ impl StreamActor {
         if let Err(e) = stopped {
             tracing::error!("pipeline teardown panicked: {e}");
         }
+        // The pipeline is gone: its sessions and cores are free for the next one.
+        drop(grant);
         Some(session)
     }
-}
-
-fn audio_rendition() -> RenditionId {
-    RenditionId::parse("audio").expect("valid id")
-}
-
-fn rendition_infos(plan: &LadderPlan, aac: Option<&AacConfig>, audio_bitrate: u32) -> Vec<RenditionInfo> {
-    let mut infos: Vec<RenditionInfo> = plan
-        .rungs
-        .iter()
-        .map(|r| RenditionInfo {
-            id: r.id.clone(),
-            kind: TrackKind::Video,
-            bandwidth: r.bitrate_kbps * 1000,
-            width: r.width,
-            height: r.height,
-            timescale: 90_000,
-            sample_rate: 0,
-            channels: 0,
-        })
-        .collect();
-    if let Some(aac) = aac {
-        infos.push(RenditionInfo {
-            id: audio_rendition(),
-            kind: TrackKind::Audio,
-            // A copied track keeps the source's bitrate, which only the metadata could tell;
-            // the configured AAC bitrate is the honest upper bound players need.
-            bandwidth: audio_bitrate,
-            width: 0,
-            height: 0,
-            timescale: aac.sample_rate,
-            sample_rate: aac.sample_rate,
-            channels: aac.channels,
-        });
-    }
-    infos
 }
 
 /// An error or warning on the bus that should end the session, as text.

@@ -29,6 +29,20 @@ pub struct StreamStatus {
     pub health: StreamHealth,
     /// Media bytes (audio and video payloads) received from the broadcaster.
     pub ingest_bytes: u64,
+    /// The backend transcoding this session and why (none for an audio-only source).
+    pub transcode: Option<TranscodeChoice>,
+}
+
+/// Which backend and device admission gave the session, and why.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TranscodeChoice {
+    pub backend: crate::transcode::backend::Backend,
+    pub device: String,
+    pub why: String,
+    /// CPU cores the session is counted as using (CPU encoders and decoders).
+    pub cpu_cores: f64,
+    /// The source frame rate admission counted with (30 until measured).
+    pub fps: f64,
 }
 
 /// Media faults of one publish, as counts and current states.

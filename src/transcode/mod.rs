@@ -1,10 +1,16 @@
-//! Transcoding with GStreamer: one pipeline per publish session, built from the templates
-//! in pipelines/. Packets from the stream actor enter through appsrcs; every rendition's
+//! Transcoding with GStreamer: one pipeline per publish session, built from the backend
+//! templates in pipelines/ (`backend`), on a backend and device chosen per stream
+//! (`capability` probes the host, `admission` counts sessions and cores, `resources` ties
+//! them together at start-up). Packets from the stream actor enter through appsrcs; every rendition's
 //! cmafmux output leaves through an appsink whose callback hands whole init and media
 //! segments to the packager. Bus errors surface to the stream actor, which tears the
 //! session down; other streams never share a pipeline with it.
 
-pub mod encoder;
+pub mod admission;
+pub mod backend;
+pub mod capability;
+pub mod file;
+pub mod resources;
 pub mod source;
 pub mod spec;
 
@@ -16,16 +22,17 @@ use gst::prelude::*;
 use gst_app::{AppSink, AppSrc};
 
 use crate::media::{RenditionId, SessionId, StreamId, TrackKind};
-use crate::package::fragment::{avc_codecs, ChunkMeta, FragmentAssembler, MuxerOutput};
+use crate::package::fragment::{aac_codecs, avc_codecs, ChunkMeta, FragmentAssembler, MuxerOutput};
+use crate::package::timeline::RenditionInfo;
 use crate::package::Packager;
-use spec::{PipelineSpec, AUDIO_MUX, AUDIO_SINK, AUDIO_SRC, DECODER, VIDEO_SRC};
+use spec::{PipelineSpec, AUDIO_MUX, AUDIO_SINK, AUDIO_SRC, VIDEO_SPLIT, VIDEO_SRC};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranscodeError {
     #[error("GStreamer failed to initialise: {0}")]
     Init(String),
     #[error("pipeline template: {0}")]
-    Template(#[from] encoder::EncoderError),
+    Template(#[from] backend::TemplateError),
     #[error("GStreamer element(s) missing: {0} (install the plugin packages: deploy/install-deps.sh)")]
     MissingElements(String),
     #[error("pipeline does not parse: {0}")]
@@ -82,6 +89,84 @@ pub struct SinkBinding {
     pub kind: TrackKind,
     /// For audio the codecs string is known up front; video reads it from the init segment.
     pub audio_codecs: Option<String>,
+}
+
+/// What a session's pipeline takes in and gives out, from its ladder plan and the source's
+/// audio configuration: shared by live sessions and `rackcast transcode`.
+pub struct SessionIo {
+    pub audio_plan: spec::AudioPlan,
+    pub renditions: Vec<RenditionInfo>,
+    pub sinks: Vec<SinkBinding>,
+    pub audio_caps: Option<gst::Caps>,
+}
+
+/// The rendition id of the audio track.
+pub fn audio_rendition() -> RenditionId {
+    RenditionId::parse("audio").expect("valid id")
+}
+
+/// The appsrc caps of an AVC source, from its AVCDecoderConfigurationRecord.
+pub fn avc_caps(avcc: &[u8]) -> gst::Caps {
+    gst::Caps::builder("video/x-h264")
+        .field("stream-format", "avc")
+        .field("alignment", "au")
+        .field("codec_data", gst::Buffer::from_slice(avcc.to_vec()))
+        .build()
+}
+
+impl SessionIo {
+    /// `audio`: the source's AAC configuration and its raw AudioSpecificConfig. AAC-LC is
+    /// copied; other profiles are re-encoded to AAC-LC at `audio_bitrate`.
+    pub fn new(plan: &crate::ladder::LadderPlan, audio: Option<(&source::AacConfig, &[u8])>, audio_bitrate: u32) -> Self {
+        let audio_plan = match &audio {
+            None => spec::AudioPlan::None,
+            Some((aac, _)) if aac.object_type == source::AAC_LC => spec::AudioPlan::Copy,
+            Some(_) => spec::AudioPlan::Transcode { bitrate: audio_bitrate },
+        };
+        let mut renditions: Vec<RenditionInfo> = plan
+            .rungs
+            .iter()
+            .map(|r| RenditionInfo {
+                id: r.id.clone(),
+                kind: TrackKind::Video,
+                bandwidth: r.bitrate_kbps * 1000,
+                width: r.width,
+                height: r.height,
+                timescale: 90_000,
+                sample_rate: 0,
+                channels: 0,
+            })
+            .collect();
+        let mut sinks: Vec<SinkBinding> =
+            plan.rungs.iter().map(|r| SinkBinding { rendition: r.id.clone(), kind: TrackKind::Video, audio_codecs: None }).collect();
+        let mut audio_caps = None;
+        if let Some((aac, asc)) = audio {
+            renditions.push(RenditionInfo {
+                id: audio_rendition(),
+                kind: TrackKind::Audio,
+                // A copied track keeps the source's bitrate, which only the metadata could
+                // tell; the configured AAC bitrate is the honest upper bound players need.
+                bandwidth: audio_bitrate,
+                width: 0,
+                height: 0,
+                timescale: aac.sample_rate,
+                sample_rate: aac.sample_rate,
+                channels: aac.channels,
+            });
+            let object_type = if audio_plan == spec::AudioPlan::Copy { aac.object_type } else { source::AAC_LC };
+            sinks.push(SinkBinding { rendition: audio_rendition(), kind: TrackKind::Audio, audio_codecs: Some(aac_codecs(object_type)) });
+            audio_caps = Some(
+                gst::Caps::builder("audio/mpeg")
+                    .field("mpegversion", 4i32)
+                    .field("stream-format", "raw")
+                    .field("codec_data", gst::Buffer::from_slice(asc.to_vec()))
+                    .field("rate", aac.sample_rate as i32)
+                    .field("channels", aac.channels as i32)
+                    .build(),
+            );
+        }
+        Self { audio_plan, renditions, sinks, audio_caps }
+    }
 }
 
 /// A running pipeline for one session. Clones are handles to the same pipeline (for a
@@ -210,6 +295,27 @@ impl Transcoder {
             }
         }
         src.push_buffer(buffer).map(|_| ()).map_err(|e| TranscodeError::Push(format!("video: {e:?}")))
+    }
+
+    /// Pushes a demuxed buffer as it is (`rackcast transcode`: timestamps in nanoseconds).
+    pub fn push_buffer(&self, kind: TrackKind, buffer: gst::Buffer) -> Result<(), TranscodeError> {
+        let src = match kind {
+            TrackKind::Video => &self.video_src,
+            TrackKind::Audio => &self.audio_src,
+        };
+        let Some(src) = src else { return Ok(()) };
+        src.push_buffer(buffer).map(|_| ()).map_err(|e| TranscodeError::Push(format!("{kind:?}: {e:?}")))
+    }
+
+    /// Ends one input (`rackcast transcode` at the end of the file's track).
+    pub fn end_input(&self, kind: TrackKind) {
+        let src = match kind {
+            TrackKind::Video => &self.video_src,
+            TrackKind::Audio => &self.audio_src,
+        };
+        if let Some(src) = src {
+            let _ = src.end_of_stream();
+        }
     }
 
     /// Pushes one AAC frame (1024 samples); without an audio branch the frame is dropped.
@@ -451,10 +557,14 @@ fn running_time(pad: &gst::Pad, pts: gst::ClockTime) -> gst::ClockTime {
 }
 
 /// Sends a downstream force-key-unit event ahead of every boundary frame leaving the
-/// decoder; the event travels in order with the frame down every branch of the tee.
+/// decode chain for the tee (whatever the backend's chain is); the event travels in order
+/// with the frame down every branch.
 fn force_keyframes_at_boundaries(pipeline: &gst::Pipeline, interval: Duration, boundaries: Arc<Boundaries>) -> Result<(), TranscodeError> {
-    let decoder = pipeline.by_name(DECODER).ok_or_else(|| TranscodeError::NoElement(DECODER.into()))?;
-    let pad = decoder.static_pad("src").ok_or_else(|| TranscodeError::NoElement(format!("{DECODER}.src")))?;
+    let tee = pipeline.by_name(VIDEO_SPLIT).ok_or_else(|| TranscodeError::NoElement(VIDEO_SPLIT.into()))?;
+    let pad = tee
+        .static_pad("sink")
+        .and_then(|sink| sink.peer())
+        .ok_or_else(|| TranscodeError::NoElement(format!("the decode chain's pad linked to {VIDEO_SPLIT}")))?;
     let schedule = std::sync::Mutex::new(KeyframeSchedule::new(interval));
     let ended = Arc::clone(&boundaries);
     pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {

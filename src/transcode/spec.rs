@@ -1,11 +1,13 @@
 //! The transcode pipeline of one session as a gst-launch description: a pure function of
-//! the ladder plan, the encoder template and the audio plan, so it can be unit-tested and
-//! logged. Video is decoded once and split with a tee; every rung scales, encodes and
-//! muxes into its own cmafmux (CMAF takes one track per muxer) and appsink.
+//! the ladder plan, the backend's template and the audio plan, so it can be unit-tested and
+//! logged. Video is decoded once (the template's decode section) and split with a tee;
+//! every rung scales and encodes (its scale and encode sections) and muxes into its own
+//! cmafmux (CMAF takes one track per muxer) and appsink.
 
 use std::time::Duration;
 
-use super::encoder::{self, EncoderError, EncoderKind};
+use super::backend::{source_colorimetry, Template, TemplateError, TemplateVars};
+use super::capability::Device;
 use crate::ladder::LadderPlan;
 
 /// What happens to the source audio.
@@ -22,8 +24,16 @@ pub enum AudioPlan {
 #[derive(Debug, Clone)]
 pub struct PipelineSpec {
     pub ladder: LadderPlan,
-    pub encoder: EncoderKind,
+    /// The backend's chain, and the device it runs on.
+    pub template: Template,
+    pub device: Device,
     pub x264_preset: String,
+    /// Software decoder threads (`{decode_threads}`).
+    pub decode_threads: u32,
+    /// The source's frame rate, for `{keyint_frames}` (frames per segment).
+    pub fps: f64,
+    /// The source's picture height, for `{colorimetry}`.
+    pub source_height: u32,
     pub audio: AudioPlan,
     pub segment_duration: Duration,
 }
@@ -34,7 +44,8 @@ pub const AUDIO_SINK: &str = "sink_audio";
 /// The audio muxer: told the video's segment boundaries, so audio segment N covers the
 /// same media time as video segment N (within one audio frame).
 pub const AUDIO_MUX: &str = "mux_audio";
-pub const DECODER: &str = "decoder";
+/// The tee that splits the decoded video into the rungs: keyframes are forced at its input.
+pub const VIDEO_SPLIT: &str = "video_split";
 /// Bounds of the video appsrc's queue: past either the stream actor stops taking input (and
 /// the broadcaster's TCP window closes); below half of them the appsrc asks for more. In
 /// media time, so that a pipeline that cannot keep up holds at most a second of backlog
@@ -54,35 +65,40 @@ impl PipelineSpec {
         !self.ladder.rungs.is_empty()
     }
 
-    pub fn describe(&self) -> Result<String, EncoderError> {
+    pub fn describe(&self) -> Result<String, TemplateError> {
         let fragment_ns = self.segment_duration.as_nanos();
         // Keyframes are forced upstream of the tee at segment boundaries (see
         // `KeyframeSchedule`), so the muxers must not ask each encoder on their own.
         let mux = format!("cmafmux fragment-duration={fragment_ns} send-force-keyunit=false");
         let sink = |name: &str| format!("appsink name={name} sync=false async=false buffer-list=true");
         let queue_ns = VIDEO_QUEUE_TIME.as_nanos();
+        let (device, gpu) = self.device.template_values();
+        let vars = |name: String, width: u32, height: u32, bitrate_kbps: u32| TemplateVars {
+            device: device.clone(),
+            gpu,
+            decode_threads: self.decode_threads,
+            width,
+            height,
+            name,
+            bitrate_kbps,
+            preset: self.x264_preset.clone(),
+            keyint_frames: (self.fps * self.segment_duration.as_secs_f64()).round().clamp(1.0, 1024.0) as u32,
+            colorimetry: source_colorimetry(self.source_height).to_owned(),
+        };
         let mut parts = Vec::new();
-        if self.has_video() {
-            // The decoder runs single-threaded slices: frame threading would hold back frames.
+        if let Some(top) = self.ladder.rungs.first() {
+            let decode = self.template.render(&vars(String::new(), top.width, top.height, top.bitrate_kbps))?.decode;
             parts.push(format!(
-                "appsrc name={VIDEO_SRC} format=time max-bytes={VIDEO_QUEUE_BYTES} max-time={queue_ns} min-percent=50 ! h264parse ! avdec_h264 name={DECODER} thread-type=slice ! tee name=video_split"
+                "appsrc name={VIDEO_SRC} format=time max-bytes={VIDEO_QUEUE_BYTES} max-time={queue_ns} min-percent=50 ! h264parse ! {decode} ! tee name={VIDEO_SPLIT}"
             ));
         }
         for rung in &self.ladder.rungs {
-            let encoder = encoder::render(
-                self.encoder.template(),
-                &[
-                    ("name", format!("enc_{}", rung.id)),
-                    ("bitrate_kbps", rung.bitrate_kbps.to_string()),
-                    ("preset", self.x264_preset.clone()),
-                ],
-            )?;
+            let chain = self.template.render(&vars(format!("enc_{}", rung.id), rung.width, rung.height, rung.bitrate_kbps))?;
             parts.push(format!(
-                "video_split. ! queue max-size-buffers=30 max-size-bytes=0 max-size-time=0 ! videoscale ! videoconvert \
-                 ! video/x-raw,format=I420,width={w},height={h},pixel-aspect-ratio=1/1 ! {encoder} ! h264parse \
+                "{VIDEO_SPLIT}. ! queue max-size-buffers=30 max-size-bytes=0 max-size-time=0 ! {scale} ! {encode} ! h264parse \
                  ! video/x-h264,stream-format=avc,alignment=au ! {mux} ! {sink}",
-                w = rung.width,
-                h = rung.height,
+                scale = chain.scale,
+                encode = chain.encode,
                 sink = sink(&video_sink_name(rung.id.as_str())),
             ));
         }
@@ -112,12 +128,17 @@ mod tests {
     use super::*;
     use crate::config::default_rungs;
     use crate::ladder::{plan, SourceFormat};
+    use crate::transcode::backend::Backend;
 
     fn spec(audio: AudioPlan) -> PipelineSpec {
         PipelineSpec {
             ladder: plan(SourceFormat { width: 1280, height: 720 }, &default_rungs()),
-            encoder: EncoderKind::X264,
+            template: Template::embedded(Backend::Software),
+            device: Device::Cpu,
             x264_preset: "veryfast".into(),
+            decode_threads: 2,
+            fps: 30.0,
+            source_height: 720,
             audio,
             segment_duration: Duration::from_secs(1),
         }
@@ -129,6 +150,7 @@ mod tests {
         assert_eq!(text.matches("cmafmux fragment-duration=1000000000 send-force-keyunit=false").count(), 3);
         assert!(text.contains("cmafmux name=mux_audio manual-split=true send-force-keyunit=false"), "{text}");
         assert_eq!(text.matches("avdec_h264").count(), 1, "decode once");
+        assert_eq!(text.matches("videoconvertscale").count(), 3, "one scale-and-convert pass per rung");
         for name in ["sink_720p", "sink_480p", "sink_360p", "sink_audio"] {
             assert!(text.contains(&format!("name={name} ")), "{name} in {text}");
         }

@@ -222,7 +222,7 @@ function Dashboard() {
       <${Card} label="Viewers" value=${viewers} sub="distinct clients, last 30 s" />
       <${Card} label="Delivered" value=${kbps(delivered)} sub="from this node" />
       <${Card} label="CPU" value=${n ? pct(n.host.cpu_usage) : '–'} sub=${n ? `${n.host.cpus} cores, load ${n.host.load_average ? n.host.load_average[0].toFixed(2) : '–'}` : ''} />
-      <${Card} label="Encoder" value=${n ? n.encoder : '–'} sub=${n ? (n.encoder_is_hardware ? 'hardware' : 'software') : ''} />
+      <${Card} label="Transcode" value=${n ? n.backends.join(', ') : '–'} sub=${n ? `${n.transcode_usage.cpu_cores_used.toFixed(2)} of ${n.transcode_usage.cpu_cores_budget.toFixed(2)} CPU cores admitted` : ''} />
     </div>
     <div class="grid cols-2">
       <div class="panel">
@@ -289,7 +289,7 @@ function StreamPage({ name }) {
         <${Card} label="Uplink" value=${d.uplink_kbps == null ? '–' : `${d.uplink_kbps} kbit/s`} sub="measured upload" />
         <${Card} label="Viewers" value=${d.viewers} />
         <${Card} label="Segments" value=${d.segments} sub=${`lag ${d.lag_ms == null ? '–' : (d.lag_ms / 1000).toFixed(1) + ' s'}`} />
-        <${Card} label="Backend" value=${d.backend} />
+        <${Card} label="Backend" value=${d.backend ?? '–'} sub=${d.status && d.status.transcode ? d.status.transcode.device : ''} />
         <${Card} label="Ingest" value=${bytes(d.ingest_bytes)} />
       </div>
       <div class="grid cols-2">
@@ -438,8 +438,11 @@ function HostPage() {
         <div class="panel">
           <h2>Encoding</h2>
           <table><tbody>
-            <tr><td>Video encoder</td><td><strong>${n.encoder}</strong> (${n.encoder_is_hardware ? 'hardware' : 'software'})</td></tr>
-            ${n.encoders_skipped.map(s => html`<tr><td>Skipped</td><td>${s}</td></tr>`)}
+            <tr><td>Backends</td><td><strong>${n.backends.join(', ')}</strong> (in preference order)</td></tr>
+            ${n.backends_skipped.map(s => html`<tr><td>Skipped</td><td>${s}</td></tr>`)}
+            <tr><td>CPU budget</td><td>${n.transcode_usage.cpu_cores_used.toFixed(2)} of ${n.transcode_usage.cpu_cores_budget.toFixed(2)} cores admitted</td></tr>
+            ${n.transcode_usage.devices.filter(d => d.encoder_sessions || d.decoder_sessions).map(d => html`<tr><td>${d.backend} ${d.device}</td><td>${d.encoder_sessions} encoder, ${d.decoder_sessions} decoder sessions</td></tr>`)}
+            <tr><td>Refused / fewer rungs</td><td>${n.transcode_usage.refused} / ${n.transcode_usage.reduced}</td></tr>
             <tr><td>GPUs</td><td data-gpus>${n.host.gpus.length ? n.host.gpus.map(g => g.name).join(', ') : `not present (${n.host.gpus_absent})`}</td></tr>
             <tr><td>Live streams</td><td>${n.live_streams}</td></tr>
           </tbody></table>

@@ -1,0 +1,367 @@
+//! Admission: every stream's ladder is a counted use of this node's transcode resources.
+//! Each rung costs an encoder session on its device, each stream a decoder session, and a
+//! backend that encodes on the CPU costs cores by a cost model measured on x264 (see
+//! `docs/design.md`, "Transcode backends"). A stream takes the first backend of the
+//! preference list with room for its whole ladder; failing that it gets fewer rungs,
+//! dropped from the top and never the lowest, or is refused, as `transcode.over_budget`
+//! says. A grant holds its sessions until it is dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::backend::Backend;
+use super::capability::{Device, Selection};
+
+/// What a stream gets when the whole ladder does not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverBudget {
+    /// The rungs that fit, dropped from the top (the lowest rung always stays).
+    #[default]
+    DropRungs,
+    /// No stream unless its whole ladder fits.
+    Refuse,
+}
+
+/// The limits admission counts against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budgets {
+    /// Concurrent NVENC sessions per GPU.
+    pub nvenc_sessions: u32,
+    /// Concurrent NVDEC sessions per GPU.
+    pub nvdec_sessions: u32,
+    /// Concurrent VA-API encoder sessions per render node.
+    pub vaapi_sessions: u32,
+    /// Cores the CPU encoders (and the software backend's decoders and scalers) may use.
+    pub cpu_cores: f64,
+}
+
+/// CPU cost of transcoding, in cores, measured on x264 with `rackcast transcode` (bench/):
+/// per 1280x720 at 30 fps, scaled linearly by pixels per second.
+mod cost {
+    /// H.264 decoding (avdec_h264), per 720p30 of source.
+    pub const DECODE: f64 = 0.12;
+    /// Scaling and converting one rung (videoconvertscale), per 720p30 of output.
+    pub const SCALE: f64 = 0.03;
+    /// x264 with `tune=zerolatency`, per 720p30 of output, by speed preset; the presets
+    /// slower than veryfast are x264's documented relative speeds, not measured here.
+    pub fn encode(preset: &str) -> f64 {
+        match preset {
+            "ultrafast" => 0.14,
+            "superfast" => 0.19,
+            "veryfast" => 0.26,
+            "faster" => 0.40,
+            "fast" => 0.55,
+            "medium" => 0.70,
+            "slow" => 1.05,
+            "slower" => 2.1,
+            _ => 4.2,
+        }
+    }
+}
+
+/// One stream's request: its source, frame rate and the planned rungs, best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub source: (u32, u32),
+    pub fps: f64,
+    pub rungs: Vec<(u32, u32)>,
+    pub preset: String,
+}
+
+fn per_720p30(size: (u32, u32), fps: f64) -> f64 {
+    f64::from(size.0) * f64::from(size.1) * fps / (1280.0 * 720.0 * 30.0)
+}
+
+impl Request {
+    /// Cores the lowest `rungs` of the ladder cost on `backend`.
+    pub fn cpu_cores(&self, backend: Backend, rungs: usize) -> f64 {
+        let kept = &self.rungs[self.rungs.len() - rungs..];
+        let mut cores = 0.0;
+        if backend.decodes_on_cpu() {
+            cores += cost::DECODE * per_720p30(self.source, self.fps);
+            cores += kept.iter().map(|r| cost::SCALE * per_720p30(*r, self.fps)).sum::<f64>();
+        }
+        if backend.encodes_on_cpu() {
+            cores += kept.iter().map(|r| cost::encode(&self.preset) * per_720p30(*r, self.fps)).sum::<f64>();
+        }
+        cores
+    }
+}
+
+/// What one stream holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Held {
+    encode: u32,
+    decode: u32,
+    cpu: f64,
+}
+
+#[derive(Debug, Default)]
+struct Usage {
+    devices: HashMap<(Backend, Device), Held>,
+    cpu: f64,
+    /// Streams refused, and streams given fewer rungs than planned, since start-up.
+    refused: u64,
+    reduced: u64,
+}
+
+/// This node's transcode resources and what streams hold of them.
+pub struct Admission {
+    selection: Selection,
+    budgets: Budgets,
+    over_budget: OverBudget,
+    usage: Arc<Mutex<Usage>>,
+}
+
+/// A stream's admitted backend, device and rung count; holds them until dropped.
+#[derive(Debug)]
+pub struct Grant {
+    pub backend: Backend,
+    pub device: Device,
+    /// How many of the requested rungs, from the bottom, it may produce.
+    pub rungs: usize,
+    /// Why this backend and rung count, for the log and the stream status.
+    pub why: String,
+    pub cpu_cores: f64,
+    usage: Arc<Mutex<Usage>>,
+    held: Held,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        let mut usage = self.usage.lock();
+        usage.cpu = (usage.cpu - self.held.cpu).max(0.0);
+        if let Some(held) = usage.devices.get_mut(&(self.backend, self.device.clone())) {
+            held.encode = held.encode.saturating_sub(self.held.encode);
+            held.decode = held.decode.saturating_sub(self.held.decode);
+        }
+    }
+}
+
+/// What is in use, for the API and metrics.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UsageReport {
+    pub cpu_cores_used: f64,
+    pub cpu_cores_budget: f64,
+    pub refused: u64,
+    pub reduced: u64,
+    pub devices: Vec<DeviceUsage>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DeviceUsage {
+    pub backend: Backend,
+    pub device: String,
+    pub encoder_sessions: u32,
+    pub decoder_sessions: u32,
+}
+
+impl Admission {
+    pub fn new(selection: Selection, budgets: Budgets, over_budget: OverBudget) -> Self {
+        Self { selection, budgets, over_budget, usage: Arc::default() }
+    }
+
+    pub fn selection(&self) -> &Selection {
+        &self.selection
+    }
+
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
+    }
+
+    /// Why `rungs` rungs of `request` do not fit on `device` of `backend`, or `None`.
+    fn shortfall(&self, usage: &Usage, backend: Backend, device: &Device, request: &Request, rungs: usize) -> Option<String> {
+        let held = usage.devices.get(&(backend, device.clone())).cloned().unwrap_or_default();
+        let b = &self.budgets;
+        match backend {
+            Backend::Nvenc if held.encode + rungs as u32 > b.nvenc_sessions => {
+                return Some(format!("{device} has {} of {} NVENC sessions in use", held.encode, b.nvenc_sessions));
+            }
+            Backend::Vaapi if held.encode + rungs as u32 > b.vaapi_sessions => {
+                return Some(format!("{device} has {} of {} VA-API encoder sessions in use", held.encode, b.vaapi_sessions));
+            }
+            Backend::Nvenc | Backend::NvdecX264 if held.decode + 1 > b.nvdec_sessions => {
+                return Some(format!("{device} has {} of {} NVDEC sessions in use", held.decode, b.nvdec_sessions));
+            }
+            _ => {}
+        }
+        let cores = request.cpu_cores(backend, rungs);
+        (cores > 0.0 && usage.cpu + cores > b.cpu_cores + 1e-9).then(|| {
+            format!("the CPU budget of {:.2} cores has {:.2} left, {rungs} rung(s) need {cores:.2}", b.cpu_cores, (b.cpu_cores - usage.cpu).max(0.0))
+        })
+    }
+
+    /// Admits a stream: the first backend (and its least busy device) with room for the
+    /// whole ladder; else, with `drop-rungs`, the most rungs that fit anywhere.
+    pub fn admit(&self, request: &Request) -> Result<Grant, String> {
+        let all = request.rungs.len();
+        if all == 0 {
+            return Err("the ladder has no rung".into());
+        }
+        let mut usage = self.usage.lock();
+        let mut refusals = Vec::new();
+        let mut best: Option<(Backend, Device, usize)> = None;
+        for usable in &self.selection.usable {
+            let mut devices = usable.devices.clone();
+            devices.sort_by_key(|d| usage.devices.get(&(usable.backend, d.clone())).map_or((0, 0), |h| (h.encode, h.decode)));
+            for device in devices {
+                match self.shortfall(&usage, usable.backend, &device, request, all) {
+                    None => {
+                        let why = if refusals.is_empty() {
+                            format!("{} on {device}: first usable backend of transcode.backends", usable.backend)
+                        } else {
+                            format!("{} on {device}: fell back, as {}", usable.backend, refusals.join("; "))
+                        };
+                        return Ok(self.hold(&mut usage, usable.backend, device, request, all, why));
+                    }
+                    Some(why) => {
+                        if best.as_ref().is_none_or(|b| b.2 < all - 1) {
+                            let fits = (1..all).rev().find(|k| self.shortfall(&usage, usable.backend, &device, request, *k).is_none());
+                            if let Some(k) = fits.filter(|k| best.as_ref().is_none_or(|b| *k > b.2)) {
+                                best = Some((usable.backend, device.clone(), k));
+                            }
+                        }
+                        refusals.push(format!("{}: {why}", usable.backend));
+                    }
+                }
+            }
+        }
+        match (self.over_budget, best) {
+            (OverBudget::DropRungs, Some((backend, device, rungs))) => {
+                usage.reduced += 1;
+                let why = format!(
+                    "{backend} on {device} with the lowest {rungs} of {all} rungs (transcode.over_budget = drop-rungs), as {}",
+                    refusals.join("; ")
+                );
+                Ok(self.hold(&mut usage, backend, device, request, rungs, why))
+            }
+            (OverBudget::DropRungs, None) => {
+                usage.refused += 1;
+                Err(format!("no backend has room even for the lowest rung: {}", refusals.join("; ")))
+            }
+            (OverBudget::Refuse, _) => {
+                usage.refused += 1;
+                Err(format!("no backend has room for the whole ladder (transcode.over_budget = refuse): {}", refusals.join("; ")))
+            }
+        }
+    }
+
+    fn hold(&self, usage: &mut Usage, backend: Backend, device: Device, request: &Request, rungs: usize, why: String) -> Grant {
+        let cpu = request.cpu_cores(backend, rungs);
+        let held = Held {
+            encode: if backend.encodes_on_cpu() { 0 } else { rungs as u32 },
+            decode: u32::from(matches!(backend, Backend::Nvenc | Backend::NvdecX264 | Backend::Vaapi)),
+            cpu,
+        };
+        usage.cpu += cpu;
+        let entry = usage.devices.entry((backend, device.clone())).or_default();
+        entry.encode += held.encode;
+        entry.decode += held.decode;
+        Grant { backend, device, rungs, why, cpu_cores: cpu, usage: Arc::clone(&self.usage), held }
+    }
+
+    pub fn report(&self) -> UsageReport {
+        let usage = self.usage.lock();
+        let mut devices: Vec<DeviceUsage> = usage
+            .devices
+            .iter()
+            .map(|((backend, device), held)| DeviceUsage {
+                backend: *backend,
+                device: device.to_string(),
+                encoder_sessions: held.encode,
+                decoder_sessions: held.decode,
+            })
+            .collect();
+        devices.sort_by(|a, b| (a.backend, &a.device).cmp(&(b.backend, &b.device)));
+        UsageReport { cpu_cores_used: usage.cpu, cpu_cores_budget: self.budgets.cpu_cores, refused: usage.refused, reduced: usage.reduced, devices }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transcode::capability::tests::host;
+    use crate::transcode::capability::{select, Fallback};
+
+    const LADDER: [(u32, u32); 3] = [(1280, 720), (854, 480), (640, 360)];
+
+    fn request(preset: &str) -> Request {
+        Request { source: (1280, 720), fps: 30.0, rungs: LADDER.to_vec(), preset: preset.into() }
+    }
+
+    fn budgets(cpu_cores: f64) -> Budgets {
+        Budgets { nvenc_sessions: 8, nvdec_sessions: 32, vaapi_sessions: 16, cpu_cores }
+    }
+
+    fn software_only(cpu: f64, over: OverBudget) -> Admission {
+        let caps = host(&["avdec_h264", "videoconvertscale", "x264enc"], &[], &[], false);
+        Admission::new(select(&[Backend::Software], Fallback::Allow, &caps).unwrap(), budgets(cpu), over)
+    }
+
+    #[test]
+    fn the_cpu_budget_admits_whole_ladders_then_fewer_rungs_then_none() {
+        let one = request("veryfast").cpu_cores(Backend::Software, 3);
+        assert!((0.4..0.8).contains(&one), "a 720p30 veryfast ladder costs {one:.2} cores");
+        // Room for two ladders and half of a third.
+        let admission = software_only(2.5 * one, OverBudget::DropRungs);
+        let a = admission.admit(&request("veryfast")).unwrap();
+        let b = admission.admit(&request("veryfast")).unwrap();
+        assert_eq!((a.rungs, b.rungs), (3, 3));
+        let c = admission.admit(&request("veryfast")).unwrap();
+        assert!(c.rungs < 3 && c.rungs >= 1, "{c:?}");
+        assert!(c.why.contains("lowest") && c.why.contains("CPU budget"), "{}", c.why);
+        let d = admission.admit(&request("veryfast"));
+        assert!(d.as_ref().is_err_and(|e| e.contains("no backend has room")), "{d:?}");
+        // A stream that ends gives its cores back.
+        drop(a);
+        assert_eq!(admission.admit(&request("veryfast")).unwrap().rungs, 3);
+        assert!(admission.report().cpu_cores_used <= admission.budgets().cpu_cores);
+    }
+
+    #[test]
+    fn refusing_over_budget_never_drops_rungs() {
+        let one = request("ultrafast").cpu_cores(Backend::Software, 3);
+        let admission = software_only(1.5 * one, OverBudget::Refuse);
+        let _a = admission.admit(&request("ultrafast")).unwrap();
+        let err = admission.admit(&request("ultrafast")).unwrap_err();
+        assert!(err.contains("over_budget = refuse") && err.contains("software: the CPU budget"), "{err}");
+    }
+
+    #[test]
+    fn nvenc_sessions_are_counted_per_gpu_and_a_full_host_falls_back() {
+        let caps = host(&["nvh264dec", "cudascale", "cudadownload", "nvcudah264enc", "avdec_h264", "videoconvertscale", "x264enc"], &[0, 1], &[0, 1], false);
+        let selection = select(&[Backend::Nvenc, Backend::Software], Fallback::Allow, &caps).unwrap();
+        let admission = Admission::new(selection, budgets(1.0), OverBudget::DropRungs);
+        // 8 sessions per GPU, 3 per stream: two streams per GPU, spread over both GPUs.
+        let grants: Vec<Grant> = (0..4).map(|_| admission.admit(&request("veryfast")).unwrap()).collect();
+        let on = |gpu: u32| grants.iter().filter(|g| g.device == Device::Cuda(gpu) && g.backend == Backend::Nvenc).count();
+        assert_eq!((on(0), on(1)), (2, 2));
+        assert!(grants.iter().all(|g| g.cpu_cores == 0.0 && g.rungs == 3));
+        // Both GPUs have 6 of 8 sessions: the whole ladder fits on the CPU instead.
+        let fifth = admission.admit(&request("ultrafast")).unwrap();
+        assert_eq!((fifth.backend, fifth.rungs), (Backend::Software, 3));
+        assert!(fifth.why.contains("fell back") && fifth.why.contains("6 of 8 NVENC sessions"), "{}", fifth.why);
+        // The CPU is spent too: two rungs still fit on a GPU.
+        let sixth = admission.admit(&request("veryfast")).unwrap();
+        assert_eq!((sixth.backend, sixth.rungs), (Backend::Nvenc, 2));
+        let report = admission.report();
+        assert!(report.devices.iter().any(|d| d.device == "cuda:0" && d.encoder_sessions == 8), "{report:?}");
+    }
+
+    #[test]
+    fn the_hybrid_costs_encode_cores_only() {
+        let r = request("veryfast");
+        let hybrid = r.cpu_cores(Backend::NvdecX264, 3);
+        let software = r.cpu_cores(Backend::Software, 3);
+        assert!(hybrid > 0.0 && hybrid < software, "{hybrid} vs {software}");
+        assert_eq!(r.cpu_cores(Backend::Nvenc, 3), 0.0);
+        // 60 fps costs twice 30 fps; dropping the top rung saves the most.
+        let fast = Request { fps: 60.0, ..r.clone() };
+        assert!((fast.cpu_cores(Backend::Software, 3) - 2.0 * software).abs() < 1e-9);
+        assert!(r.cpu_cores(Backend::Software, 2) < software / 2.0 + 0.1);
+    }
+}
