@@ -224,6 +224,8 @@ struct StreamActor {
     started: Instant,
     /// The source's measured frame rate.
     frame_rate: FrameRate,
+    /// How many rungs admission gave the session, when fewer than planned.
+    admitted_rungs: Option<usize>,
 }
 
 impl StreamActor {
@@ -246,6 +248,7 @@ impl StreamActor {
             audio_without_video: None,
             started: Instant::now(),
             frame_rate: FrameRate::default(),
+            admitted_rungs: None,
         }
     }
 
@@ -270,12 +273,17 @@ impl StreamActor {
         if estimate.confidence < MIN_CONFIDENCE {
             return;
         }
-        let candidate = ladder::plan_for(&PlanInput {
+        let mut candidate = ladder::plan_for(&PlanInput {
             source,
             delivered_bps: Some(delivered),
             catalogue: &self.services.config.transcode.rungs,
             max_rungs: self.max_rungs(),
         });
+        // Admission gave this stream only its lowest rungs: plans keep to them (asking for
+        // more would re-plan, be cut back again, and re-plan forever).
+        if let Some(cap) = self.admitted_rungs.filter(|cap| candidate.rungs.len() > *cap) {
+            candidate.rungs.drain(..candidate.rungs.len() - cap);
+        }
         let elapsed = self.started.elapsed();
         let decision = if !self.measured {
             if elapsed < ladder.initial_measurement {
@@ -655,6 +663,7 @@ impl StreamActor {
                     self.status.lock().health.note(format!("refused: {why}"));
                     format!("admission refused the stream: {why}")
                 })?;
+                self.admitted_rungs = (grant.rungs < plan.rungs.len()).then_some(grant.rungs);
                 if grant.rungs < plan.rungs.len() {
                     let dropped: Vec<String> = plan.rungs.drain(..plan.rungs.len() - grant.rungs).map(|r| r.id.to_string()).collect();
                     tracing::warn!(?dropped, why = %grant.why, "rungs dropped: the backends' budgets have no room for the whole ladder");

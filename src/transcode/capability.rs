@@ -98,7 +98,7 @@ impl Capabilities {
             .filter(|infix| ["h264dec", "postproc", "h264enc"].iter().all(|e| has(&format!("va{infix}{e}"))))
             .collect();
         Self {
-            gstreamer: gst::version_string().to_string(),
+            gstreamer: { let (major, minor, micro, _) = gst::version(); format!("{major}.{minor}.{micro}") },
             elements: ELEMENTS.iter().filter(|e| has(e)).map(|e| e.to_string()).collect(),
             nvidia_device_nodes: nodes("/dev", "nvidia", true),
             render_nodes,
