@@ -266,8 +266,21 @@ fn probe(config: &Config, json: bool) -> anyhow::Result<()> {
             }
         })
         .collect();
+    // With the nvenc-sdk feature, NVENC's own account of each encoder.
+    #[cfg(feature = "nvenc-sdk")]
+    let nvenc: Vec<serde_json::Value> = caps
+        .nvenc_gpus
+        .iter()
+        .map(|gpu| match rackcast::transcode::nvenc_sdk::encoder_caps(*gpu) {
+            Ok(found) => serde_json::to_value(found).unwrap_or_default(),
+            Err(why) => serde_json::json!({ "cuda_device": gpu, "error": why }),
+        })
+        .collect();
+    #[cfg(not(feature = "nvenc-sdk"))]
+    let nvenc: Vec<serde_json::Value> = Vec::new();
     if json {
         let report = serde_json::json!({
+            "nvenc_sdk": if cfg!(feature = "nvenc-sdk") { serde_json::json!(nvenc) } else { serde_json::json!("not built (cargo feature nvenc-sdk)") },
             "capabilities": caps,
             "backends": backends,
             "preference": config.transcode.backends.iter().map(|b| b.name()).collect::<Vec<_>>(),
@@ -298,6 +311,13 @@ fn probe(config: &Config, json: bool) -> anyhow::Result<()> {
         }
     }
     println!("NVDEC on CUDA devices {:?}, NVENC on {:?}; VA devices {}", caps.nvdec_gpus, caps.nvenc_gpus, caps.va_devices.len());
+    if cfg!(feature = "nvenc-sdk") {
+        for encoder in &nvenc {
+            println!("NVENC (SDK)    {encoder}");
+        }
+    } else {
+        println!("NVENC (SDK)    not built: the nvenc-sdk cargo feature reads each encoder's limits");
+    }
     println!();
     println!("backends (preference: {}; fallback {:?}; over budget {:?})", config.transcode.backends.iter().map(|b| b.name()).collect::<Vec<_>>().join(", "), config.transcode.fallback, config.transcode.over_budget);
     for entry in &backends {

@@ -47,7 +47,7 @@ def make_source(path, size, fps, seconds, log, pids):
 
 def ffmpeg_ladder(src, out_dir):
     split = "".join(f"[v{i}]" for i in range(len(LADDER)))
-    scales = ";".join(f"[v{i}]scale={w}:{h}[o{i}]" for i, (_, w, h) in enumerate(LADDER))
+    scales = ";".join(f"[v{i}]scale={w}:{h}[o{i}]" for i, (h, w, _) in enumerate(LADDER))
     cmd = ["ffmpeg", "-loglevel", "error", "-y", "-i", src,
            "-filter_complex", f"[0:v]split={len(LADDER)}{split};{scales}"]
     for i in range(len(LADDER)):

@@ -10,6 +10,8 @@ pub mod admission;
 pub mod backend;
 pub mod capability;
 pub mod file;
+#[cfg(feature = "nvenc-sdk")]
+pub mod nvenc_sdk;
 pub mod resources;
 pub mod source;
 pub mod spec;
