@@ -362,8 +362,16 @@ impl Connection {
                     let kbps = |v: Option<u32>| v.filter(|k| *k > 0).map(f64::from);
                     p.uplink.probe.on_metadata(kbps(metadata.video_bitrate_kbps), kbps(metadata.audio_bitrate_kbps));
                 }
-                if let Some(Publishing { sink: Sink::Relay(relay), .. }) = &self.publishing {
-                    relay.send_metadata(metadata.clone()).await.map_err(IngestError::StreamEnded)?;
+                match &self.publishing {
+                    Some(Publishing { sink: Sink::Relay(relay), .. }) => {
+                        relay.send_metadata(metadata.clone()).await.map_err(IngestError::StreamEnded)?;
+                    }
+                    Some(Publishing { sink: Sink::Local(stream), .. }) => {
+                        if let Some(fps) = metadata.video_frame_rate {
+                            stream.report_metadata_frame_rate(f64::from(fps));
+                        }
+                    }
+                    None => {}
                 }
                 tracing::info!(
                     width = ?metadata.video_width, height = ?metadata.video_height, fps = ?metadata.video_frame_rate,

@@ -50,7 +50,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_DRAIN_BACKLOG: Duration = Duration::from_secs(5);
 /// Renditions x264 can run for one stream on this class of machine.
 const X264_MAX_RUNGS: usize = 4;
-/// Frame rate assumed for admission before the source's has been measured.
+/// Frame rate assumed for admission before the source's has been measured, when the
+/// broadcaster's metadata does not state one.
 const ASSUMED_FPS: f64 = 30.0;
 /// An estimate with less confidence than this does not change the ladder.
 const MIN_CONFIDENCE: f64 = 0.5;
@@ -135,6 +136,14 @@ impl StreamHandle {
     /// Resolves when the actor has ended (for an error, before ingest sends again).
     pub async fn ended(&mut self) -> StreamEnd {
         self.ended.wait().await
+    }
+
+    /// The frame rate the broadcaster's metadata states (`onMetaData` framerate): what
+    /// admission counts a ladder with until the actor has measured the source's own.
+    pub fn report_metadata_frame_rate(&self, fps: f64) {
+        if (1.0..=240.0).contains(&fps) {
+            self.status.lock().metadata_fps = Some(fps);
+        }
     }
 
     /// Hands the actor the latest uplink estimate (only the newest one matters) and
@@ -628,7 +637,7 @@ impl StreamActor {
         self.audio_without_video = None;
         let period_start = resume.as_ref().and_then(|r| r.period_start);
         let anchor = resume.map_or_else(Instant::now, |r| r.anchor);
-        let config = &self.services.config;
+        let config = Arc::clone(&self.services.config);
         let mut format = None;
         let mut video_caps = None;
         let (mut plan, reason, for_bps) = if !with_video {
@@ -647,33 +656,8 @@ impl StreamActor {
                 }
             }
         };
-        // The ladder is a counted use of the node's backends: admitted whole, with fewer
-        // rungs (from the top), or refused.
-        let resources = &self.services.transcode;
-        let fps = self.frame_rate.fps().unwrap_or(ASSUMED_FPS);
-        let grant = match format {
-            Some(source) => {
-                let request = Request {
-                    source: (source.width, source.height),
-                    fps,
-                    rungs: plan.rungs.iter().map(|r| (r.width, r.height)).collect(),
-                    preset: config.transcode.x264_preset.clone(),
-                };
-                let grant = resources.admission.admit(&request).map_err(|why| {
-                    self.status.lock().health.note(format!("refused: {why}"));
-                    format!("admission refused the stream: {why}")
-                })?;
-                self.admitted_rungs = (grant.rungs < plan.rungs.len()).then_some(grant.rungs);
-                if grant.rungs < plan.rungs.len() {
-                    let dropped: Vec<String> = plan.rungs.drain(..plan.rungs.len() - grant.rungs).map(|r| r.id.to_string()).collect();
-                    tracing::warn!(?dropped, why = %grant.why, "rungs dropped: the backends' budgets have no room for the whole ladder");
-                    self.status.lock().health.note(format!("rungs {} dropped: {}", dropped.join(", "), grant.why));
-                }
-                tracing::info!(backend = %grant.backend, device = %grant.device, why = %grant.why, cpu_cores = grant.cpu_cores, "transcode backend chosen");
-                Some(grant)
-            }
-            None => None,
-        };
+        let fps = self.frame_rate.fps().or(self.status.lock().metadata_fps).unwrap_or(ASSUMED_FPS);
+        let grant = format.map(|source| self.admit(source, &mut plan, fps)).transpose()?;
         self.source = format;
         let audio = match &self.audio_config {
             Some(asc) => Some((AacConfig::parse(asc).map_err(|e| e.to_string())?, asc.clone())),
@@ -693,6 +677,7 @@ impl StreamActor {
             for_bps,
             rungs: status::describe(&plan),
         };
+        let resources = &self.services.transcode;
         let backend = grant.as_ref().map_or(resources.first(), |g| g.backend);
         let spec = PipelineSpec {
             ladder: plan.clone(),
@@ -750,6 +735,29 @@ impl StreamActor {
             audio_only: !with_video,
         });
         Ok(())
+    }
+
+    /// Counts the session's ladder against the node's backends: admitted whole, with its
+    /// top rungs dropped from `plan`, or refused (the error says why).
+    fn admit(&mut self, source: SourceFormat, plan: &mut LadderPlan, fps: f64) -> Result<Grant, String> {
+        let request = Request {
+            source: (source.width, source.height),
+            fps,
+            rungs: plan.rungs.iter().map(|r| (r.width, r.height)).collect(),
+            preset: self.services.config.transcode.x264_preset.clone(),
+        };
+        let grant = self.services.transcode.admission.admit(&request).map_err(|why| {
+            self.status.lock().health.note(format!("refused: {why}"));
+            format!("admission refused the stream: {why}")
+        })?;
+        self.admitted_rungs = (grant.rungs < plan.rungs.len()).then_some(grant.rungs);
+        if grant.rungs < plan.rungs.len() {
+            let dropped: Vec<String> = plan.rungs.drain(..plan.rungs.len() - grant.rungs).map(|r| r.id.to_string()).collect();
+            tracing::warn!(?dropped, why = %grant.why, "rungs dropped: the backends' budgets have no room for the whole ladder");
+            self.status.lock().health.note(format!("rungs {} dropped: {}", dropped.join(", "), grant.why));
+        }
+        tracing::info!(backend = %grant.backend, device = %grant.device, why = %grant.why, cpu_cores = grant.cpu_cores, "transcode backend chosen");
+        Ok(grant)
     }
 
     /// Stops the pipeline (draining its last segments when asked) and returns its session.

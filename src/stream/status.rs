@@ -31,6 +31,8 @@ pub struct StreamStatus {
     pub ingest_bytes: u64,
     /// The backend transcoding this session and why (none for an audio-only source).
     pub transcode: Option<TranscodeChoice>,
+    /// The frame rate the broadcaster's metadata states, if it does.
+    pub metadata_fps: Option<f64>,
 }
 
 /// Which backend and device admission gave the session, and why.
@@ -41,7 +43,7 @@ pub struct TranscodeChoice {
     pub why: String,
     /// CPU cores the session is counted as using (CPU encoders and decoders).
     pub cpu_cores: f64,
-    /// The source frame rate admission counted with (30 until measured).
+    /// The source frame rate admission counted with: measured, else the metadata's, else 30.
     pub fps: f64,
 }
 
