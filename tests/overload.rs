@@ -71,8 +71,9 @@ fn overload_sheds_the_newest_streams_and_the_first_keeps_real_time() {
     // ladder, as when the model underestimates a busy source, and the run-time controller
     // is what is under test.
     let app = Appliance::start(Some("[transcode]\ncpu_budget = 16.0\n"));
-    // Three 720p ladders (three rungs each) need about 2.7 cores here.
-    let names = ["first", "second", "third"];
+    // Four 720p ladders (three rungs each) need about 2.8 cores here (0.7 each since the
+    // decoder threads and the scalers stopped converting colours; three were 3.3 before).
+    let names = ["first", "second", "third", "fourth"];
     let mut publishers = Vec::new();
     for name in names {
         publishers.push(publish_copy(&clip, &app.publish_url("live", name), 60));
@@ -81,7 +82,7 @@ fn overload_sheds_the_newest_streams_and_the_first_keeps_real_time() {
     }
     app.wait_for_log("host overloaded", Duration::from_secs(30));
     let first_shed = app.logs().lines().find(|l| l.contains("host overloaded")).unwrap().to_owned();
-    assert!(first_shed.contains("stream=third"), "the newest stream sheds first: {first_shed}");
+    assert!(first_shed.contains("stream=fourth"), "the newest stream sheds first: {first_shed}");
 
     // Let the shedding settle and the backlogs drain, then the first stream must keep real
     // time for 10 s.
@@ -95,7 +96,7 @@ fn overload_sheds_the_newest_streams_and_the_first_keeps_real_time() {
     let health: Vec<serde_json::Value> = names.iter().map(|n| get_json(&app.url(&format!("/live/{n}")))["status"]["health"].clone()).collect();
     eprintln!("first stream: {produced} video segments in {elapsed:.1} s; listed video {video}, audio {audio}; health {health:?}");
     let shed: Vec<u64> = health.iter().map(|h| h["shed"].as_u64().unwrap()).collect();
-    assert!(shed[2] >= 1 && shed[0] <= 1, "newest streams shed first, the oldest at most one rung: {shed:?}");
+    assert!(shed[3] >= 1 && shed[0] <= 1, "newest streams shed first, the oldest at most one rung: {shed:?}");
     assert!(health[0]["rung_cap"].as_u64().is_none_or(|cap| cap >= 2), "the oldest stream keeps more than its lowest rung: {health:?}");
     assert!(produced as f64 >= elapsed - 2.0, "first stream produced {produced} segments in {elapsed:.1} s");
     assert!(video.abs_diff(audio) <= 3, "audio and video in step: {video} video vs {audio} audio segments");
