@@ -61,11 +61,6 @@ impl Backend {
     pub fn decodes_on_cpu(self) -> bool {
         self == Backend::Software
     }
-
-    /// Whether any stage runs on a GPU.
-    pub fn uses_gpu(self) -> bool {
-        self != Backend::Software
-    }
 }
 
 impl std::fmt::Display for Backend {
