@@ -1,6 +1,7 @@
 //! Admission on this 2-core machine: 720p publishes beyond the CPU budget get fewer rungs
 //! (from the top) and then a refusal with its reason, while the admitted streams keep real
-//! time; an ended stream gives its cores back.
+//! time; an ended stream gives its cores back, and a reduced stream takes its whole ladder
+//! back.
 mod support;
 
 use std::time::{Duration, Instant};
@@ -94,6 +95,9 @@ fn streams_beyond_the_cpu_budget_get_fewer_rungs_then_a_refusal_and_the_admitted
     let used = || get_json(&app.url("/api/v1/node"))["transcode_usage"]["cpu_cores_used"].as_f64().unwrap();
     assert!(used() > one_ladder, "both streams are counted");
     drop(first);
-    wait_until("the first stream's cores released", Duration::from_secs(15), || (used() < 0.5).then_some(()));
+    // ...and the reduced stream takes its whole ladder back at a keyframe.
+    let regained = wait_until("the second stream's whole ladder", Duration::from_secs(20), || status(&app, "second").filter(|s| rungs(s) == 3));
+    assert_eq!(regained["plan_history"].as_array().unwrap().last().unwrap()["reason"], "budget has room again", "{regained}");
+    assert!(regained["transcode"]["why"].as_str().unwrap().contains("first usable backend"), "{regained}");
     drop(second);
 }

@@ -233,7 +233,8 @@ struct StreamActor {
     started: Instant,
     /// The source's measured frame rate.
     frame_rate: FrameRate,
-    /// How many rungs admission gave the session, when fewer than planned.
+    /// How many rungs admission gave the session, when fewer than planned (until the
+    /// budgets have room for more).
     admitted_rungs: Option<usize>,
 }
 
@@ -288,9 +289,24 @@ impl StreamActor {
             catalogue: &self.services.config.transcode.rungs,
             max_rungs: self.max_rungs(),
         });
-        // Admission gave this stream only its lowest rungs: plans keep to them (asking for
-        // more would re-plan, be cut back again, and re-plan forever).
+        // Admission gave this stream only its lowest rungs. Once the budgets have room for
+        // the whole candidate (another stream ended), it re-plans to it at the next
+        // keyframe; until then plans keep to the admitted rungs (asking for more would
+        // re-plan, be cut back again, and re-plan forever).
         if let Some(cap) = self.admitted_rungs.filter(|cap| candidate.rungs.len() > *cap) {
+            let request = Request {
+                source: (source.width, source.height),
+                fps: self.frame_rate.fps().unwrap_or(ASSUMED_FPS),
+                rungs: candidate.rungs.iter().map(|r| (r.width, r.height)).collect(),
+                preset: self.services.config.transcode.x264_preset.clone(),
+            };
+            let room = running.grant.as_ref().is_some_and(|grant| self.services.transcode.admission.has_room_instead(grant, &request));
+            if room && self.pending.is_none() {
+                tracing::info!(rungs = ?status::describe(&candidate), "the backends' budgets have room for the whole ladder again: re-plan at the next keyframe");
+                self.admitted_rungs = None;
+                self.pending = Some(PendingPlan { plan: candidate, reason: "budget has room again".to_owned(), for_bps: Some(delivered) });
+                return;
+            }
             candidate.rungs.drain(..candidate.rungs.len() - cap);
         }
         let elapsed = self.started.elapsed();

@@ -103,7 +103,7 @@ struct Held {
     cpu: f64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Usage {
     devices: HashMap<(Backend, Device), Held>,
     cpu: f64,
@@ -253,6 +253,19 @@ impl Admission {
         }
     }
 
+    /// Whether the whole of `request` would fit on `grant`'s backend and device if the
+    /// grant were given back first: a stream admitted with fewer rungs asks this to learn
+    /// when it may have its whole ladder.
+    pub fn has_room_instead(&self, grant: &Grant, request: &Request) -> bool {
+        let mut usage = self.usage.lock().clone();
+        usage.cpu = (usage.cpu - grant.held.cpu).max(0.0);
+        if let Some(held) = usage.devices.get_mut(&(grant.backend, grant.device.clone())) {
+            held.encode = held.encode.saturating_sub(grant.held.encode);
+            held.decode = held.decode.saturating_sub(grant.held.decode);
+        }
+        self.shortfall(&usage, grant.backend, &grant.device, request, request.rungs.len()).is_none()
+    }
+
     fn hold(&self, usage: &mut Usage, backend: Backend, device: Device, request: &Request, rungs: usize, why: String) -> Grant {
         let cpu = request.cpu_cores(backend, rungs);
         let held = Held {
@@ -319,8 +332,10 @@ mod tests {
         assert!(c.why.contains("lowest") && c.why.contains("CPU budget"), "{}", c.why);
         let d = admission.admit(&request("veryfast"));
         assert!(d.as_ref().is_err_and(|e| e.contains("no backend has room")), "{d:?}");
-        // A stream that ends gives its cores back.
+        assert!(!admission.has_room_instead(&c, &request("veryfast")), "no room for c's whole ladder yet");
+        // A stream that ends gives its cores back, and the reduced one has room again.
         drop(a);
+        assert!(admission.has_room_instead(&c, &request("veryfast")));
         assert_eq!(admission.admit(&request("veryfast")).unwrap().rungs, 3);
         assert!(admission.report().cpu_cores_used <= admission.budgets().cpu_cores);
     }
