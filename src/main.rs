@@ -242,8 +242,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn probe(config: &Config, json: bool) -> anyhow::Result<()> {
-    use rackcast::transcode::backend::{installed_properties, Template, TemplateVars};
     use rackcast::transcode::capability::Capabilities;
+    use rackcast::transcode::resources::checked_template;
     rackcast::transcode::init()?;
     let host = rackcast::host::HostTelemetry::start();
     let caps = Capabilities::probe(&host.snapshot());
@@ -252,9 +252,7 @@ fn probe(config: &Config, json: bool) -> anyhow::Result<()> {
         .iter()
         .map(|&backend| {
             let state = caps.devices(backend).and_then(|devices| {
-                let template = Template::load(backend, config.transcode.pipelines_dir.as_deref()).map_err(|e| e.to_string())?;
-                let (device, gpu) = devices[0].template_values();
-                template.check(&TemplateVars { device, gpu, ..TemplateVars::sample() }, &caps.gstreamer, installed_properties).map_err(|e| e.to_string())?;
+                let template = checked_template(backend, &devices, &config.transcode, &caps.gstreamer).map_err(|e| e.to_string())?;
                 Ok((devices, template.origin))
             });
             match state {
@@ -286,10 +284,7 @@ fn probe(config: &Config, json: bool) -> anyhow::Result<()> {
             "preference": config.transcode.backends.iter().map(|b| b.name()).collect::<Vec<_>>(),
             "fallback": config.transcode.fallback,
             "over_budget": config.transcode.over_budget,
-            "budgets": {
-                "nvenc_sessions_per_gpu": budgets.nvenc_sessions, "nvdec_sessions_per_gpu": budgets.nvdec_sessions,
-                "vaapi_sessions": budgets.vaapi_sessions, "cpu_cores": budgets.cpu_cores,
-            },
+            "budgets": budgets,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -294,12 +294,7 @@ impl StreamActor {
         // keyframe; until then plans keep to the admitted rungs (asking for more would
         // re-plan, be cut back again, and re-plan forever).
         if let Some(cap) = self.admitted_rungs.filter(|cap| candidate.rungs.len() > *cap) {
-            let request = Request {
-                source: (source.width, source.height),
-                fps: self.frame_rate.fps().unwrap_or(ASSUMED_FPS),
-                rungs: candidate.rungs.iter().map(|r| (r.width, r.height)).collect(),
-                preset: self.services.config.transcode.x264_preset.clone(),
-            };
+            let request = Request::for_plan(source, self.source_fps(), &candidate, &self.services.config.transcode.x264_preset);
             let room = running.grant.as_ref().is_some_and(|grant| self.services.transcode.admission.has_room_instead(grant, &request));
             if room && self.pending.is_none() {
                 tracing::info!(rungs = ?status::describe(&candidate), "the backends' budgets have room for the whole ladder again: re-plan at the next keyframe");
@@ -672,7 +667,7 @@ impl StreamActor {
                 }
             }
         };
-        let fps = self.frame_rate.fps().or(self.status.lock().metadata_fps).unwrap_or(ASSUMED_FPS);
+        let fps = self.source_fps();
         let grant = format.map(|source| self.admit(source, &mut plan, fps)).transpose()?;
         self.source = format;
         let audio = match &self.audio_config {
@@ -753,15 +748,15 @@ impl StreamActor {
         Ok(())
     }
 
+    /// The source's frame rate: measured, else the broadcaster's metadata's, else assumed.
+    fn source_fps(&self) -> f64 {
+        self.frame_rate.fps().or(self.status.lock().metadata_fps).unwrap_or(ASSUMED_FPS)
+    }
+
     /// Counts the session's ladder against the node's backends: admitted whole, with its
     /// top rungs dropped from `plan`, or refused (the error says why).
     fn admit(&mut self, source: SourceFormat, plan: &mut LadderPlan, fps: f64) -> Result<Grant, String> {
-        let request = Request {
-            source: (source.width, source.height),
-            fps,
-            rungs: plan.rungs.iter().map(|r| (r.width, r.height)).collect(),
-            preset: self.services.config.transcode.x264_preset.clone(),
-        };
+        let request = Request::for_plan(source, fps, plan, &self.services.config.transcode.x264_preset);
         let grant = self.services.transcode.admission.admit(&request).map_err(|why| {
             self.status.lock().health.note(format!("refused: {why}"));
             format!("admission refused the stream: {why}")

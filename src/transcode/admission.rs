@@ -27,7 +27,7 @@ pub enum OverBudget {
 }
 
 /// The limits admission counts against.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Budgets {
     /// Concurrent NVENC sessions per GPU.
     pub nvenc_sessions: u32,
@@ -73,6 +73,18 @@ pub struct Request {
     pub fps: f64,
     pub rungs: Vec<(u32, u32)>,
     pub preset: String,
+}
+
+impl Request {
+    /// The request for `plan`'s rungs from a `source` at `fps`.
+    pub fn for_plan(source: crate::ladder::SourceFormat, fps: f64, plan: &crate::ladder::LadderPlan, preset: &str) -> Self {
+        Self {
+            source: (source.width, source.height),
+            fps,
+            rungs: plan.rungs.iter().map(|r| (r.width, r.height)).collect(),
+            preset: preset.to_owned(),
+        }
+    }
 }
 
 fn per_720p30(size: (u32, u32), fps: f64) -> f64 {

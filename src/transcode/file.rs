@@ -181,12 +181,7 @@ pub fn run(input: &Path, out: &Path, config: &TranscodeConfig, resources: &Resou
     if plan.rungs.is_empty() {
         return Err(format!("no rung of the ladder fits a {}x{} source", format.width, format.height));
     }
-    let request = Request {
-        source: (format.width, format.height),
-        fps,
-        rungs: plan.rungs.iter().map(|r| (r.width, r.height)).collect(),
-        preset: config.x264_preset.clone(),
-    };
+    let request = Request::for_plan(format, fps, &plan, &config.x264_preset);
     let grant = resources.admission.admit(&request)?;
     if grant.rungs < plan.rungs.len() {
         plan.rungs.drain(..plan.rungs.len() - grant.rungs);

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use super::admission::{Admission, Budgets};
-use super::backend::{installed_properties, Backend, Template, TemplateVars};
-use super::capability::{self, Capabilities, Fallback, Selection};
+use super::backend::{installed_properties, Backend, Template, TemplateError, TemplateVars};
+use super::capability::{self, Capabilities, Device, Fallback, Selection};
 use crate::config::TranscodeConfig;
 
 /// NVENC sessions a GeForce driver allows at once, system-wide (current drivers).
@@ -34,12 +34,7 @@ impl Resources {
         let mut templates = BTreeMap::new();
         let mut unusable = Vec::new();
         for usable in &selection.usable {
-            let checked = Template::load(usable.backend, config.pipelines_dir.as_deref()).and_then(|t| {
-                let (device, gpu) = usable.devices[0].template_values();
-                t.check(&TemplateVars { device, gpu, ..TemplateVars::sample() }, &capabilities.gstreamer, installed_properties)?;
-                Ok(t)
-            });
-            match checked {
+            match checked_template(usable.backend, &usable.devices, config, &capabilities.gstreamer) {
                 Ok(template) => {
                     tracing::info!(backend = %usable.backend, template = %template.origin, names_from = %template.gstreamer, devices = ?usable.devices, "backend usable");
                     templates.insert(usable.backend, template);
@@ -77,6 +72,15 @@ impl Resources {
     pub fn first(&self) -> Backend {
         self.admission.selection().first()
     }
+}
+
+/// `backend`'s template (the override in `transcode.pipelines_dir`, else the built-in one),
+/// its elements and properties checked against the installed GStreamer on its first device.
+pub fn checked_template(backend: Backend, devices: &[Device], config: &TranscodeConfig, gstreamer: &str) -> Result<Template, TemplateError> {
+    let template = Template::load(backend, config.pipelines_dir.as_deref())?;
+    let (device, gpu) = devices.first().map_or((String::new(), 0), Device::template_values);
+    template.check(&TemplateVars { device, gpu, ..TemplateVars::sample() }, gstreamer, installed_properties)?;
+    Ok(template)
 }
 
 /// The configured budgets, with defaults from the host: GeForce drivers' NVENC cap, a
