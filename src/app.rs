@@ -103,7 +103,13 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
     };
     tracing::info!(node = %config.cluster.node_id, ?roles, federated = membership.is_some(), "node starting");
     if roles.contains(&Role::Live) {
-        tracker.spawn(crate::stream::overload::run(Arc::clone(&registry), shutdown.clone()));
+        match crate::host::cpu::CpuMeter::new(&host.cpu_share, host.cgroup.clone()) {
+            Ok(meter) => {
+                tracker.spawn(crate::stream::overload::run(Arc::clone(&registry), meter, Arc::clone(&resources), shutdown.clone()));
+            }
+            // Without CPU figures overload cannot be told apart from a slow source.
+            Err(e) => tracing::error!("overload control and cost calibration disabled: {e}"),
+        }
     }
     let ingest_stats = Arc::new(IngestStats::default());
     // One stream key store for publish checks, the admin API, health answers and replication.

@@ -167,8 +167,14 @@ pub struct TranscodeConfig {
     pub nvdec_sessions_per_gpu: u32,
     /// VA-API encoder sessions per render node.
     pub vaapi_sessions: u32,
-    /// Cores the CPU encoders (software and nvdec-x264) may use; default 85% of the host's.
+    /// Cores the CPU encoders (software and nvdec-x264) may use; default 85% of this
+    /// process's share: its cgroup's CPU quota (systemd `CPUQuota=`, a container's or pod's
+    /// CPU limit) or the CPUs it may run on, the smaller.
     pub cpu_budget: Option<f64>,
+    /// Scale the CPU cost model by this process's measured CPU use per admitted ladder
+    /// (smoothed, once the ladders have run unchanged for a few seconds); `false` keeps the
+    /// model's fixed figures.
+    pub calibrate_cost: bool,
     /// x264 `speed-preset` for the software backend.
     pub x264_preset: String,
     /// Bitrate of the AAC rendition when the source audio has to be re-encoded (bit/s).
@@ -257,6 +263,7 @@ impl Default for TranscodeConfig {
             nvdec_sessions_per_gpu: 32,
             vaapi_sessions: 16,
             cpu_budget: None,
+            calibrate_cost: true,
             x264_preset: DEFAULT_X264_PRESET.to_owned(),
             audio_bitrate: DEFAULT_AUDIO_BITRATE,
             rungs: default_rungs(),

@@ -80,10 +80,14 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Print the effective configuration as TOML (secrets redacted) and exit.
+    /// Check the configuration as `run` would (for --node, in a cluster config), print it
+    /// as TOML (secrets redacted) and exit; exits non-zero with the offending key.
     Config {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// This node's id in the config's cluster.nodes.
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Print what this host can transcode with: GStreamer elements, device nodes, GPUs,
     /// every backend's state (or why it cannot run) and the admission budgets. Exits 0.
@@ -141,6 +145,27 @@ enum AdminAction {
     DeleteUser { name: String },
 }
 
+/// The configuration `run` (and `config`) uses: the file or the embedded default, this
+/// node's entry of a cluster config, the command line's overrides, validated.
+fn node_config(path: Option<&PathBuf>, node: Option<String>, rtmp: Option<SocketAddr>, http: Option<SocketAddr>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
+    let mut config = with_data_dir(load(path)?, data_dir);
+    if let Some(node) = node {
+        config.cluster.node_id = node;
+    }
+    if let Some(entry) = config.cluster.this_node() {
+        config.ingest.listen = entry.rtmp;
+        config.http.listen = entry.http;
+    }
+    if let Some(rtmp) = rtmp {
+        config.ingest.listen = rtmp;
+    }
+    if let Some(http) = http {
+        config.http.listen = http;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     Ok(match path {
         Some(path) => Config::load(path)?,
@@ -192,8 +217,9 @@ fn main() -> anyhow::Result<()> {
             config.validate()?;
             transcode(&input, &out, config)
         }
-        Command::Config { config } => {
-            print!("{}", toml::to_string_pretty(&load(config.as_ref())?.redacted())?);
+        Command::Config { config, node } => {
+            let config = node_config(config.as_ref(), node, None, None, None)?;
+            print!("{}", toml::to_string_pretty(&config.redacted())?);
             Ok(())
         }
         Command::Token { stream, valid, config } => {
@@ -210,21 +236,7 @@ fn main() -> anyhow::Result<()> {
         Command::Keys { action, config, data_dir } => keys(action, &with_data_dir(load(config.as_ref())?, data_dir)),
         Command::Admin { action, config, data_dir } => admin(action, &with_data_dir(load(config.as_ref())?, data_dir)),
         Command::Run { config, rtmp, http, node, data_dir } => {
-            let mut config = with_data_dir(load(config.as_ref())?, data_dir);
-            if let Some(node) = node {
-                config.cluster.node_id = node;
-            }
-            if let Some(entry) = config.cluster.this_node() {
-                config.ingest.listen = entry.rtmp;
-                config.http.listen = entry.http;
-            }
-            if let Some(rtmp) = rtmp {
-                config.ingest.listen = rtmp;
-            }
-            if let Some(http) = http {
-                config.http.listen = http;
-            }
-            config.validate()?;
+            let config = node_config(config.as_ref(), node, rtmp, http, data_dir)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async move {
                 let listeners = Listeners::bind(config.ingest.listen, config.http.listen).await?;
@@ -280,6 +292,7 @@ fn probe(config: &Config, json: bool) -> anyhow::Result<()> {
         let report = serde_json::json!({
             "nvenc_sdk": if cfg!(feature = "nvenc-sdk") { serde_json::json!(nvenc) } else { serde_json::json!("not built (cargo feature nvenc-sdk)") },
             "capabilities": caps,
+            "cpu_share": host.cpu_share,
             "backends": backends,
             "preference": config.transcode.backends.iter().map(|b| b.name()).collect::<Vec<_>>(),
             "fallback": config.transcode.fallback,
@@ -290,7 +303,9 @@ fn probe(config: &Config, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("GStreamer      {}", caps.gstreamer);
-    println!("CPU cores      {}", caps.cpu_cores);
+    let share = &host.cpu_share;
+    let quota = share.quota_cores.map_or("no CPU quota".to_owned(), |q| format!("quota {q:.2} cores"));
+    println!("CPU share      {:.2} cores ({quota}; {} CPUs in affinity; {})", share.cores, share.affinity, share.cgroup.as_deref().unwrap_or("no cpu cgroup found"));
     let present = |e: &str| if caps.elements.contains(e) { "registered" } else { "absent" };
     println!("elements       {}", rackcast::transcode::capability::ELEMENTS.iter().map(|e| format!("{e} {}", present(e))).collect::<Vec<_>>().join(", "));
     let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(" ") };

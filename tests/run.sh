@@ -18,7 +18,8 @@ export RACKCAST_REQUIRE_PLAYERS=1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --locked 2>&1 | tee "$log" || status=$?
+# --no-fail-fast: every test binary runs even after one fails, so a red run shows all that broke.
+cargo test --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -43,10 +43,29 @@ def newest_video_segments(base, stream, xml):
     return []
 
 
+def wait_started(procs, nodes, tmp, within=20.0):
+    """Every node answers HTTP, or the benchmark stops with the reason: without its
+    subject it would measure nothing."""
+    deadline = time.monotonic() + within
+    for proc, (name, http) in zip(procs, nodes):
+        while True:
+            if proc.poll() is not None:
+                tail = open(os.path.join(tmp, name + ".log")).read()[-2000:]
+                sys.exit("rackcast node %s did not start (exit %s):\n%s" % (name, proc.returncode, tail))
+            try:
+                urllib.request.urlopen("http://127.0.0.1:%d/api/v1/node" % http, timeout=1).read()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    sys.exit("rackcast node %s did not answer HTTP within %.0f s (log: %s)" % (name, within, tmp))
+                time.sleep(0.2)
+
+
 def run(binary, prefetch, seconds):
     nodes = [("live-1", "live"), ("origin-1", "origin"), ("edge-1", "edge")]
     ports = {n: (free_port(), free_port()) for n, _ in nodes}
-    cfg = '[cluster]\nhealth_interval = "300ms"\nhealth_timeout = "250ms"\n\n[tier]\nprefetch = %s\n' % ("true" if prefetch else "false")
+    cfg = ('[cluster]\nhealth_interval = "300ms"\nhealth_timeout = "250ms"\nrelay_secret = "prefetch-bench-%s"\n\n[tier]\nprefetch = %s\n'
+           % (os.urandom(8).hex(), "true" if prefetch else "false"))
     for n, role in nodes:
         cfg += f'\n[[cluster.nodes]]\nid = "{n}"\nroles = ["{role}"]\nrtmp = "127.0.0.1:{ports[n][0]}"\nhttp = "127.0.0.1:{ports[n][1]}"\n'
     tmp = tempfile.mkdtemp()
@@ -55,7 +74,7 @@ def run(binary, prefetch, seconds):
     procs = [subprocess.Popen([binary, "run", "--config", path, "--node", n], stdout=subprocess.DEVNULL,
                               stderr=open(os.path.join(tmp, n + ".log"), "w")) for n, _ in nodes]
     try:
-        time.sleep(1.0)
+        wait_started(procs, [(n, ports[n][1]) for n, _ in nodes], tmp)
         stream = "prefetch"
         ff = subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
                                "testsrc2=size=640x360:rate=30", "-f", "lavfi", "-i", "sine=sample_rate=48000",
@@ -105,6 +124,8 @@ def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/rackcast"
     seconds = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     results = {mode: summary(run(binary, mode == "on", seconds)) for mode in ("off", "on")}
+    if any(r["segments"] == 0 for r in results.values()):
+        sys.exit("no segment reached the edge: %s" % json.dumps(results))
     print(f"command: bench/prefetch.sh ({seconds} s publish per mode; viewer polls the edge MPD every 250 ms)")
     print(f"{'prefetch':<10}{'segments':>10}{'median ms':>12}{'p95 ms':>10}  x-cache-status")
     for mode, r in results.items():

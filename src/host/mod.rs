@@ -1,8 +1,11 @@
-//! The host's own figures, read when asked: CPU, memory and load (sysinfo), and each
+//! The host's own figures, read when asked: CPU, memory and load (sysinfo), this process's
+//! CPU share (its cgroup quota or affinity, [`cpu`]), and each
 //! NVIDIA GPU's utilisation, encoder and decoder load, encoder sessions, memory and
 //! temperature (NVML through nvml-wrapper, which opens libnvidia-ml at run time, so the
 //! same binary runs on hosts without NVIDIA). What a host lacks reads "not present" with
 //! the reason, never as an error. `/metrics` and the admin API both read it.
+
+pub mod cpu;
 
 use std::sync::Arc;
 
@@ -17,6 +20,8 @@ pub struct HostSnapshot {
     /// CPU busy over all cores since the previous reading, 0..1.
     pub cpu_usage: Option<f64>,
     pub cpus: usize,
+    /// Cores this process may use: its cgroup's CPU quota or its affinity, the smaller.
+    pub cpu_share: cpu::CpuShare,
     pub memory_used_bytes: Option<u64>,
     pub memory_total_bytes: Option<u64>,
     /// 1, 5 and 15 minute load averages.
@@ -46,6 +51,10 @@ pub struct GpuSnapshot {
 pub struct HostTelemetry {
     system: Mutex<Option<sysinfo::System>>,
     nvml: Result<Nvml, String>,
+    /// This process's cpu cgroup, when a cpu controller is mounted.
+    pub cgroup: Option<cpu::CpuCgroup>,
+    /// Read once at start-up: admission's budget is decided then.
+    pub cpu_share: cpu::CpuShare,
 }
 
 impl HostTelemetry {
@@ -56,7 +65,10 @@ impl HostTelemetry {
             Ok(nvml) => tracing::info!(gpus = nvml.device_count().unwrap_or(0), driver = ?nvml.sys_driver_version().ok(), "NVIDIA GPU telemetry on"),
             Err(reason) => tracing::info!("GPU telemetry: not present: {reason}"),
         }
-        Arc::new(Self { system: Mutex::new(sysinfo::System::new().ok()), nvml })
+        let cgroup = cpu::CpuCgroup::of_this_process();
+        let cpu_share = cpu::CpuShare::of_this_process(cgroup.as_ref());
+        tracing::info!(cores = cpu_share.cores, affinity = cpu_share.affinity, quota_cores = ?cpu_share.quota_cores, cgroup = ?cpu_share.cgroup, "CPU share of this process");
+        Arc::new(Self { system: Mutex::new(sysinfo::System::new().ok()), nvml, cgroup, cpu_share })
     }
 
     pub fn snapshot(&self) -> HostSnapshot {
@@ -76,6 +88,7 @@ impl HostTelemetry {
         HostSnapshot {
             cpu_usage: figures.map(|f| f.0),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_share: self.cpu_share.clone(),
             memory_used_bytes: figures.map(|f| f.1),
             memory_total_bytes: figures.map(|f| f.2),
             load_average: sysinfo::System::load_average().ok().map(|l| [l.one, l.five, l.fifteen]),

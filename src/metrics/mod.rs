@@ -287,6 +287,10 @@ impl NodeCollector {
         let usage = s.transcode.admission.report();
         family(encoder, "transcode_cpu_cores", "CPU cores admitted streams are counted as using (CPU encoders and decoders)", Gauge, &[(vec![], usage.cpu_cores_used)])?;
         family(encoder, "transcode_cpu_budget_cores", "CPU cores admission lets transcoding use (transcode.cpu_budget)", Gauge, &[(vec![], usage.cpu_cores_budget)])?;
+        family(encoder, "transcode_cost_scale", "What the CPU cost model's figures are multiplied by, as measured on this host", Gauge, &[(vec![], usage.cost_scale)])?;
+        if let Some(cores) = usage.cpu_cores_measured {
+            family(encoder, "process_cpu_cores", "CPU cores this process used over the last second", Gauge, &[(vec![], cores)])?;
+        }
         let device_sessions: Vec<_> = usage
             .devices
             .iter()
@@ -317,6 +321,7 @@ impl NodeCollector {
         use MetricType::Gauge;
         let one = |v: Option<f64>| v.map(|v| vec![(Vec::new(), v)]).unwrap_or_default();
         family(encoder, "host_cpu_usage_ratio", "CPU busy, all cores, since the previous reading (0..1)", Gauge, &one(host.cpu_usage))?;
+        family(encoder, "process_cpu_share_cores", "CPU cores this process may use (its cgroup quota or affinity)", Gauge, &[(vec![], host.cpu_share.cores)])?;
         family(encoder, "host_memory_used_bytes", "Memory in use", Gauge, &one(host.memory_used_bytes.map(|b| b as f64)))?;
         family(encoder, "host_memory_total_bytes", "Memory installed", Gauge, &one(host.memory_total_bytes.map(|b| b as f64)))?;
         if let Some(load) = host.load_average {

@@ -1,7 +1,8 @@
 //! The host's safety net against overload. Every stream actor measures how far its
 //! pipeline's output (the end of its newest video segment) trails real time; when a
-//! stream falls further and further behind while the CPU is saturated, the host cannot
-//! carry every ladder it admitted (a stream whose broadcaster's uplink is the limit is
+//! stream falls further and further behind while this process is saturated (its CPU use
+//! near its share, or its cgroup throttled: [`crate::host::cpu`]), it cannot carry every
+//! ladder it admitted (a stream whose broadcaster's uplink is the limit is
 //! not counted: shedding rungs would not help it). Rather than letting every stream degrade
 //! together, the controller caps the rungs of the most recently admitted stream that has
 //! more than one: down to its lowest rung at once (relief must show within seconds, and a
@@ -10,7 +11,8 @@
 //! waits until the cut has taken effect and repeats while the host stays behind. Each shed is logged
 //! with its reason and shown in the stream's status (`health.rung_cap`, `health.shed`).
 //! Admission control that refuses work before it starts is the transcode budget's job;
-//! this only contains what got through.
+//! this only contains what got through. Each tick's reading of the process's CPU use also
+//! calibrates admission's cost model while nothing is behind.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,12 +21,18 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::registry::StreamRegistry;
+use crate::host::cpu::{CpuMeter, CpuUse};
+use crate::transcode::resources::Resources;
 
 /// A pipeline whose output trails real time by more than this is behind (normal: one
 /// segment plus the encoder's latency, 1-2 s).
 pub const BEHIND: Duration = Duration::from_secs(3);
-/// Host CPU use (all cores) at or above which a stream that is behind means overload.
-pub const CPU_SATURATED: f32 = 85.0;
+/// This process's CPU use over its share at or above which a stream that is behind means
+/// overload.
+pub const CPU_SATURATED: f64 = 0.85;
+/// Share of its cgroup's enforcement periods in which the process hit its CPU quota at or
+/// above which it is saturated, whatever its mean use.
+pub const THROTTLED: f64 = 0.2;
 /// After a shed took effect (its new Period started), how long before the next one: the
 /// relief shows in the other streams' lags within a few segments.
 pub const COOLDOWN: Duration = Duration::from_secs(3);
@@ -58,30 +66,28 @@ impl Load {
     }
 }
 
+/// Whether a reading shows the process using all it may.
+pub fn saturated(cpu: &CpuUse) -> bool {
+    cpu.utilisation() >= CPU_SATURATED || cpu.throttled >= THROTTLED
+}
+
 /// Which stream sheds a rung now: the most recently admitted one with more than one rung,
-/// when some stream is behind and falling further behind while the CPU is saturated. Pure.
-pub fn victim(streams: &[Load], cpu_percent: f32) -> Option<usize> {
+/// when some stream is behind and falling further behind while the process is saturated.
+/// Pure.
+pub fn victim(streams: &[Load], saturated: bool) -> Option<usize> {
     // One shed at a time: until the last one took effect, its relief cannot be seen.
     if streams.iter().any(|s| s.shedding) {
         return None;
     }
     let behind = streams.iter().any(Load::falling_behind);
-    if !behind || cpu_percent < CPU_SATURATED {
+    if !behind || !saturated {
         return None;
     }
     streams.iter().enumerate().filter(|(_, s)| s.rungs > 1).max_by_key(|(_, s)| s.admitted).map(|(i, _)| i)
 }
 
 /// Runs the controller until shutdown.
-pub async fn run(registry: Arc<StreamRegistry>, shutdown: CancellationToken) {
-    let mut system = match sysinfo::System::new() {
-        Ok(system) => system,
-        Err(e) => {
-            // Without CPU figures overload cannot be told apart from a slow source.
-            tracing::error!("overload control disabled: cannot read host CPU usage: {e}");
-            return;
-        }
-    };
+pub async fn run(registry: Arc<StreamRegistry>, mut meter: CpuMeter, transcode: Arc<Resources>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(TICK);
     let mut last_shed: Option<Instant> = None;
     let mut previous: HashMap<u64, Duration> = HashMap::new();
@@ -90,7 +96,7 @@ pub async fn run(registry: Arc<StreamRegistry>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        system.refresh_cpu_usage();
+        let Some(cpu) = meter.read() else { continue };
         let streams = registry.admitted();
         let loads: Vec<Load> = streams
             .iter()
@@ -109,11 +115,15 @@ pub async fn run(registry: Arc<StreamRegistry>, shutdown: CancellationToken) {
             // The cool-down runs from when the last shed took effect.
             last_shed = Some(Instant::now());
         }
+        let saturated = saturated(&cpu);
+        let behind = loads.iter().any(|l| l.lag.is_some_and(|lag| lag > BEHIND));
+        if let Some(scale) = transcode.admission.calibrate(cpu.cores, !saturated && !behind) {
+            tracing::debug!(cpu_cores = cpu.cores, scale, "cost model calibrated");
+        }
         if last_shed.is_some_and(|t| t.elapsed() < COOLDOWN) {
             continue;
         }
-        let cpu = system.global_cpu_usage();
-        let Some(index) = victim(&loads, cpu) else { continue };
+        let Some(index) = victim(&loads, saturated) else { continue };
         let (_, stream, status) = &streams[index];
         let worst = loads.iter().filter_map(|l| l.lag).max().unwrap_or_default();
         let oldest = loads.iter().map(|l| l.admitted).min() == Some(loads[index].admitted);
@@ -125,8 +135,9 @@ pub async fn run(registry: Arc<StreamRegistry>, shutdown: CancellationToken) {
             status.health.note(format!("host overloaded: capped at {cap} rung(s)"));
         }
         tracing::warn!(
-            %stream, rungs = cap, cpu_percent = cpu.round(), worst_lag_ms = worst.as_millis() as u64,
-            "host overloaded: a stream's output trails real time and the CPU is saturated; shedding the top rungs of the most recently admitted stream"
+            %stream, rungs = cap, cpu_cores = %format!("{:.2}", cpu.cores), cpu_share_cores = %format!("{:.2}", cpu.share),
+            throttled_percent = (cpu.throttled * 100.0).round(), worst_lag_ms = worst.as_millis() as u64,
+            "host overloaded: a stream's output trails real time and this process uses its whole CPU share; shedding the top rungs of the most recently admitted stream"
         );
         last_shed = Some(Instant::now());
     }
@@ -145,16 +156,26 @@ mod tests {
     #[test]
     fn the_newest_stream_with_rungs_to_spare_sheds_only_under_overload() {
         let streams = [load(1, 3, 5.0, 6.0), load(2, 3, 1.0, 1.0), load(3, 1, 1.0, 1.0)];
-        assert_eq!(victim(&streams, 99.0), Some(1), "stream 3 has only its lowest rung left");
-        assert_eq!(victim(&streams, 50.0), None, "a lagging stream on an idle host is not overload");
+        assert_eq!(victim(&streams, true), Some(1), "stream 3 has only its lowest rung left");
+        assert_eq!(victim(&streams, false), None, "a lagging stream on an idle host is not overload");
         let on_time = [load(1, 3, 1.0, 1.5), load(2, 3, 1.0, 1.0)];
-        assert_eq!(victim(&on_time, 100.0), None, "a busy host that keeps up sheds nothing");
+        assert_eq!(victim(&on_time, true), None, "a busy host that keeps up sheds nothing");
         let catching_up = [load(1, 3, 9.0, 8.0), load(2, 2, 7.0, 6.5)];
-        assert_eq!(victim(&catching_up, 100.0), None, "a backlog that drains after a shed sheds nothing more");
+        assert_eq!(victim(&catching_up, true), None, "a backlog that drains after a shed sheds nothing more");
         let mut waiting = streams.clone();
         waiting[2].shedding = true;
-        assert_eq!(victim(&waiting, 99.0), None, "a shed still waiting for its keyframe blocks the next");
+        assert_eq!(victim(&waiting, true), None, "a shed still waiting for its keyframe blocks the next");
         let last = [load(1, 1, 8.0, 9.0), load(2, 1, 8.0, 9.0)];
-        assert_eq!(victim(&last, 100.0), None, "the lowest rung is never shed");
+        assert_eq!(victim(&last, true), None, "the lowest rung is never shed");
+    }
+
+    #[test]
+    fn saturation_is_use_against_this_process_share_or_throttling() {
+        let reading = |cores: f64, share: f64, throttled: f64| CpuUse { cores, share, throttled };
+        assert!(saturated(&reading(0.9, 1.0, 0.0)), "0.9 of a 1-core quota");
+        assert!(!saturated(&reading(0.9, 4.0, 0.0)), "the same use with 4 cores to spare");
+        assert!(!saturated(&reading(3.0, 64.0, 0.0)), "3 cores of a 64-core host");
+        assert!(saturated(&reading(3.5, 4.0, 0.0)), "4-core quota on a 64-core host, 3.5 used");
+        assert!(saturated(&reading(0.6, 1.0, 0.5)), "throttled in half the periods: bursts hit the quota");
     }
 }

@@ -5,9 +5,16 @@
 //! preference list with room for its whole ladder; failing that it gets fewer rungs,
 //! dropped from the top and never the lowest, or is refused, as `transcode.over_budget`
 //! says. A grant holds its sessions until it is dropped.
+//!
+//! The cost model's figures come from one machine; on another the real cost differs. So
+//! the model is calibrated on the running host: while the ladders admitted have run
+//! unchanged for a while and the process is not saturated, its measured CPU use over the
+//! model's figure for what is admitted is folded into a smoothed scale that every cost is
+//! multiplied by (`transcode.calibrate_cost`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -66,6 +73,17 @@ mod cost {
     }
 }
 
+/// Admitted streams must have run unchanged this long before their measured use counts:
+/// a pipeline starting up (or one just stopped) is not its steady cost.
+pub const CALIBRATION_SETTLE: Duration = Duration::from_secs(5);
+/// Weight of one measurement (one a second) in the smoothed scale: about 10 s to follow.
+const CALIBRATION_WEIGHT: f64 = 0.1;
+/// Bounds of the scale: a host 4 times faster or slower than the model's.
+const SCALE_RANGE: (f64, f64) = (0.25, 4.0);
+/// Below this many cores of admitted work, the process's own overhead (ingest, packaging,
+/// viewers) would dominate the measurement: no calibration.
+const CALIBRATION_FLOOR: f64 = 0.1;
+
 /// One stream's request: its source, frame rate and the planned rungs, best first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -115,13 +133,26 @@ struct Held {
     cpu: f64,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct Usage {
     devices: HashMap<(Backend, Device), Held>,
+    /// Cores admitted, by the uncalibrated model.
     cpu: f64,
+    /// What the model's figures are multiplied by on this host (1 until calibrated).
+    scale: f64,
+    /// When a grant was last made or given back.
+    changed: Option<Instant>,
+    /// The last measurement of this process's CPU use, in cores.
+    measured: Option<f64>,
     /// Streams refused, and streams given fewer rungs than planned, since start-up.
     refused: u64,
     reduced: u64,
+}
+
+impl Default for Usage {
+    fn default() -> Self {
+        Self { devices: HashMap::new(), cpu: 0.0, scale: 1.0, changed: None, measured: None, refused: 0, reduced: 0 }
+    }
 }
 
 /// This node's transcode resources and what streams hold of them.
@@ -129,6 +160,7 @@ pub struct Admission {
     selection: Selection,
     budgets: Budgets,
     over_budget: OverBudget,
+    calibrate: bool,
     usage: Arc<Mutex<Usage>>,
 }
 
@@ -141,6 +173,7 @@ pub struct Grant {
     pub rungs: usize,
     /// Why this backend and rung count, for the log and the stream status.
     pub why: String,
+    /// Cores it is counted as, calibrated when granted.
     pub cpu_cores: f64,
     usage: Arc<Mutex<Usage>>,
     held: Held,
@@ -150,6 +183,7 @@ impl Drop for Grant {
     fn drop(&mut self) {
         let mut usage = self.usage.lock();
         usage.cpu = (usage.cpu - self.held.cpu).max(0.0);
+        usage.changed = Some(Instant::now());
         if let Some(held) = usage.devices.get_mut(&(self.backend, self.device.clone())) {
             held.encode = held.encode.saturating_sub(self.held.encode);
             held.decode = held.decode.saturating_sub(self.held.decode);
@@ -160,8 +194,13 @@ impl Drop for Grant {
 /// What is in use, for the API and metrics.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UsageReport {
+    /// Cores admitted streams are counted as (the model times `cost_scale`).
     pub cpu_cores_used: f64,
     pub cpu_cores_budget: f64,
+    /// What the cost model's figures are multiplied by on this host (1 until calibrated).
+    pub cost_scale: f64,
+    /// This process's CPU use at the last reading, in cores.
+    pub cpu_cores_measured: Option<f64>,
     pub refused: u64,
     pub reduced: u64,
     pub devices: Vec<DeviceUsage>,
@@ -176,8 +215,9 @@ pub struct DeviceUsage {
 }
 
 impl Admission {
-    pub fn new(selection: Selection, budgets: Budgets, over_budget: OverBudget) -> Self {
-        Self { selection, budgets, over_budget, usage: Arc::default() }
+    /// `calibrate`: whether measurements of this process's CPU use scale the cost model.
+    pub fn new(selection: Selection, budgets: Budgets, over_budget: OverBudget, calibrate: bool) -> Self {
+        Self { selection, budgets, over_budget, calibrate, usage: Arc::default() }
     }
 
     pub fn selection(&self) -> &Selection {
@@ -204,9 +244,11 @@ impl Admission {
             }
             _ => {}
         }
-        let cores = request.cpu_cores(backend, rungs);
-        (cores > 0.0 && usage.cpu + cores > b.cpu_cores + 1e-9).then(|| {
-            format!("the CPU budget of {:.2} cores has {:.2} left, {rungs} rung(s) need {cores:.2}", b.cpu_cores, (b.cpu_cores - usage.cpu).max(0.0))
+        let cores = request.cpu_cores(backend, rungs) * usage.scale;
+        let used = usage.cpu * usage.scale;
+        (cores > 0.0 && used + cores > b.cpu_cores + 1e-9).then(|| {
+            let calibrated = if usage.scale == 1.0 { String::new() } else { format!(" (cost model x{:.2}, as measured here)", usage.scale) };
+            format!("the CPU budget of {:.2} cores has {:.2} left, {rungs} rung(s) need {cores:.2}{calibrated}", b.cpu_cores, (b.cpu_cores - used).max(0.0))
         })
     }
 
@@ -286,10 +328,11 @@ impl Admission {
             cpu,
         };
         usage.cpu += cpu;
+        usage.changed = Some(Instant::now());
         let entry = usage.devices.entry((backend, device.clone())).or_default();
         entry.encode += held.encode;
         entry.decode += held.decode;
-        Grant { backend, device, rungs, why, cpu_cores: cpu, usage: Arc::clone(&self.usage), held }
+        Grant { backend, device, rungs, why, cpu_cores: cpu * usage.scale, usage: Arc::clone(&self.usage), held }
     }
 
     pub fn report(&self) -> UsageReport {
@@ -305,7 +348,31 @@ impl Admission {
             })
             .collect();
         devices.sort_by(|a, b| (a.backend, &a.device).cmp(&(b.backend, &b.device)));
-        UsageReport { cpu_cores_used: usage.cpu, cpu_cores_budget: self.budgets.cpu_cores, refused: usage.refused, reduced: usage.reduced, devices }
+        UsageReport {
+            cpu_cores_used: usage.cpu * usage.scale,
+            cpu_cores_budget: self.budgets.cpu_cores,
+            cost_scale: usage.scale,
+            cpu_cores_measured: usage.measured,
+            refused: usage.refused,
+            reduced: usage.reduced,
+            devices,
+        }
+    }
+
+    /// Folds one reading of this process's CPU use (in cores, over about a second) into the
+    /// cost model's scale, when `steady`: no stream is behind and the process is not
+    /// saturated (a saturated process measures what it got, not what it needs). Returns
+    /// the new scale when it moved.
+    pub fn calibrate(&self, measured_cores: f64, steady: bool) -> Option<f64> {
+        let mut usage = self.usage.lock();
+        usage.measured = Some(measured_cores);
+        let settled = usage.changed.is_none_or(|t| t.elapsed() >= CALIBRATION_SETTLE);
+        if !self.calibrate || !steady || !settled || usage.cpu < CALIBRATION_FLOOR || !measured_cores.is_finite() {
+            return None;
+        }
+        let ratio = (measured_cores / usage.cpu).clamp(SCALE_RANGE.0, SCALE_RANGE.1);
+        usage.scale += CALIBRATION_WEIGHT * (ratio - usage.scale);
+        Some(usage.scale)
     }
 }
 
@@ -327,7 +394,7 @@ mod tests {
 
     fn software_only(cpu: f64, over: OverBudget) -> Admission {
         let caps = host(&["avdec_h264", "videoconvertscale", "x264enc"], &[], &[], false);
-        Admission::new(select(&[Backend::Software], Fallback::Allow, &caps).unwrap(), budgets(cpu), over)
+        Admission::new(select(&[Backend::Software], Fallback::Allow, &caps).unwrap(), budgets(cpu), over, true)
     }
 
     #[test]
@@ -365,7 +432,7 @@ mod tests {
     fn nvenc_sessions_are_counted_per_gpu_and_a_full_host_falls_back() {
         let caps = host(&["nvh264dec", "cudascale", "cudadownload", "nvcudah264enc", "avdec_h264", "videoconvertscale", "x264enc"], &[0, 1], &[0, 1], false);
         let selection = select(&[Backend::Nvenc, Backend::Software], Fallback::Allow, &caps).unwrap();
-        let admission = Admission::new(selection, budgets(1.0), OverBudget::DropRungs);
+        let admission = Admission::new(selection, budgets(1.0), OverBudget::DropRungs, true);
         // 8 sessions per GPU, 3 per stream: two streams per GPU, spread over both GPUs.
         let grants: Vec<Grant> = (0..4).map(|_| admission.admit(&request("veryfast")).unwrap()).collect();
         let on = |gpu: u32| grants.iter().filter(|g| g.device == Device::Cuda(gpu) && g.backend == Backend::Nvenc).count();
@@ -380,6 +447,45 @@ mod tests {
         assert_eq!((sixth.backend, sixth.rungs), (Backend::Nvenc, 2));
         let report = admission.report();
         assert!(report.devices.iter().any(|d| d.device == "cuda:0" && d.encoder_sessions == 8), "{report:?}");
+    }
+
+    #[test]
+    fn measured_use_scales_the_cost_model_once_the_ladders_have_settled() {
+        let one = request("veryfast").cpu_cores(Backend::Software, 3);
+        let admission = software_only(2.0 * one, OverBudget::DropRungs);
+        let a = admission.admit(&request("veryfast")).unwrap();
+        assert_eq!(admission.calibrate(one / 2.0, true), None, "a ladder just admitted has not settled");
+        admission.usage.lock().changed = Some(Instant::now() - CALIBRATION_SETTLE);
+        assert_eq!(admission.calibrate(one / 2.0, false), None, "a saturated or lagging host measures what it got");
+        // This host runs the ladder at half the model's cost: the scale follows, smoothed.
+        let mut scale = 1.0;
+        for _ in 0..60 {
+            scale = admission.calibrate(one / 2.0, true).unwrap();
+        }
+        assert!((scale - 0.5).abs() < 0.01, "{scale}");
+        let report = admission.report();
+        assert!((report.cpu_cores_used - one / 2.0).abs() < 0.01 && report.cost_scale == scale, "{report:?}");
+        // Room for two more whole ladders at the measured cost, where the model saw one.
+        let b = admission.admit(&request("veryfast")).unwrap();
+        let c = admission.admit(&request("veryfast")).unwrap();
+        assert_eq!((b.rungs, c.rungs), (3, 3));
+        assert!((b.cpu_cores - one / 2.0).abs() < 0.01, "{b:?}");
+        let d = admission.admit(&request("veryfast")).unwrap();
+        assert!(d.rungs < 3 && d.why.contains("cost model x0.50"), "{d:?}");
+        // A measurement far off the model is bounded.
+        drop((a, b, c, d));
+        let _e = admission.admit(&request("veryfast")).unwrap();
+        admission.usage.lock().changed = Some(Instant::now() - CALIBRATION_SETTLE);
+        for _ in 0..200 {
+            scale = admission.calibrate(1000.0, true).unwrap();
+        }
+        assert!((scale - SCALE_RANGE.1).abs() < 1e-6, "{scale}");
+        // Switched off, the model stays as it is.
+        let fixed = Admission::new(admission.selection.clone(), budgets(2.0), OverBudget::DropRungs, false);
+        let _f = fixed.admit(&request("veryfast")).unwrap();
+        fixed.usage.lock().changed = None;
+        assert_eq!(fixed.calibrate(0.01, true), None);
+        assert_eq!(fixed.report().cost_scale, 1.0);
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub struct Capabilities {
     pub gpus: Vec<GpuModel>,
     /// Why NVML reported no GPU, when it did not.
     pub nvml: Option<String>,
-    pub cpu_cores: usize,
+    /// Cores this process may use (its cgroup quota or affinity, the smaller).
+    pub cpu_cores: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -111,7 +112,7 @@ impl Capabilities {
                 .map(|g| GpuModel { index: g.index, name: g.name.clone(), driver: g.driver.clone(), memory_total_bytes: g.memory_total_bytes })
                 .collect(),
             nvml: host.gpus_absent.clone(),
-            cpu_cores: host.cpus,
+            cpu_cores: host.cpu_share.cores,
         }
     }
 
@@ -286,7 +287,7 @@ pub(crate) mod tests {
             va_devices: if va { vec![String::new()] } else { vec![] },
             gpus: nvdec.iter().map(|i| GpuModel { index: *i, name: "NVIDIA L4".into(), driver: Some("580".into()), memory_total_bytes: None }).collect(),
             nvml: None,
-            cpu_cores: 2,
+            cpu_cores: 2.0,
         }
     }
 

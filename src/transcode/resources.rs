@@ -14,8 +14,8 @@ pub const GEFORCE_NVENC_SESSIONS: u32 = 8;
 /// Default NVENC sessions per data-centre or professional GPU (no driver cap; bounded here
 /// so one GPU's encoder is not oversubscribed).
 pub const DEFAULT_NVENC_SESSIONS: u32 = 32;
-/// Share of the host's cores the CPU transcoders may take by default; the rest serves
-/// ingest, packaging and viewers.
+/// Share of this process's cores (its cgroup quota or affinity) the CPU transcoders may
+/// take by default; the rest serves ingest, packaging and viewers.
 pub const DEFAULT_CPU_SHARE: f64 = 0.85;
 
 pub struct Resources {
@@ -60,8 +60,8 @@ impl Resources {
 
     /// Resources from parts (tests, `rackcast transcode --backend`).
     pub fn new(capabilities: Capabilities, selection: Selection, templates: BTreeMap<Backend, Template>, budgets: Budgets, config: &TranscodeConfig) -> Self {
-        let decode_threads = capabilities.cpu_cores.clamp(1, 4) as u32;
-        Self { admission: Admission::new(selection, budgets, config.over_budget), capabilities, templates, decode_threads }
+        let decode_threads = capabilities.cpu_cores.ceil().clamp(1.0, 4.0) as u32;
+        Self { admission: Admission::new(selection, budgets, config.over_budget, config.calibrate_cost), capabilities, templates, decode_threads }
     }
 
     pub fn template(&self, backend: Backend) -> &Template {
@@ -91,6 +91,6 @@ pub fn budgets(config: &TranscodeConfig, capabilities: &Capabilities) -> Budgets
         nvenc_sessions: config.nvenc_sessions_per_gpu.unwrap_or(if consumer { GEFORCE_NVENC_SESSIONS } else { DEFAULT_NVENC_SESSIONS }),
         nvdec_sessions: config.nvdec_sessions_per_gpu,
         vaapi_sessions: config.vaapi_sessions,
-        cpu_cores: config.cpu_budget.unwrap_or(capabilities.cpu_cores as f64 * DEFAULT_CPU_SHARE),
+        cpu_cores: config.cpu_budget.unwrap_or(capabilities.cpu_cores * DEFAULT_CPU_SHARE),
     }
 }

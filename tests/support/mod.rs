@@ -22,6 +22,8 @@ pub struct Appliance {
     logs: Arc<Mutex<String>>,
     dir: tempfile::TempDir,
     args: Vec<String>,
+    /// The cgroup it runs in, when started under a CPU quota.
+    procs: Option<std::path::PathBuf>,
 }
 
 impl Appliance {
@@ -35,8 +37,25 @@ impl Appliance {
         Self::launch(Some(config), &["--node", node])
     }
 
+    /// Starts the binary with a config and these arguments after `run`.
+    pub fn start_with_args(config: &str, args: &[&str]) -> Self {
+        Self::launch(Some(config), args)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Starts the binary on loopback ports inside `quota`'s cgroup (from its first
+    /// instruction on, so every thread it makes is limited).
+    pub fn start_in(quota: &CpuQuota, config: Option<&str>) -> Self {
+        let args = ["--rtmp", "127.0.0.1:0", "--http", "127.0.0.1:0"].map(String::from).to_vec();
+        Self::launch_in(tempfile::tempdir().unwrap(), config, args, Some(quota.procs()))
+    }
+
     fn launch(config: Option<&str>, args: &[&str]) -> Self {
-        Self::launch_in(tempfile::tempdir().unwrap(), config, args.iter().map(|a| a.to_string()).collect())
+        Self::launch_in(tempfile::tempdir().unwrap(), config, args.iter().map(|a| a.to_string()).collect(), None)
     }
 
     /// Stops the appliance (SIGTERM) and starts it again with the same arguments, config
@@ -46,11 +65,20 @@ impl Appliance {
         let _ = self.child.wait();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let config = std::fs::read_to_string(dir.path().join("rackcast.toml")).ok();
-        Self::launch_in(dir, config.as_deref(), std::mem::take(&mut self.args))
+        let procs = self.procs.take();
+        Self::launch_in(dir, config.as_deref(), std::mem::take(&mut self.args), procs)
     }
 
-    fn launch_in(dir: tempfile::TempDir, config: Option<&str>, args: Vec<String>) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_rackcast"));
+    fn launch_in(dir: tempfile::TempDir, config: Option<&str>, args: Vec<String>, procs: Option<std::path::PathBuf>) -> Self {
+        let mut command = match &procs {
+            // The shell moves itself into the cgroup, then becomes rackcast (same PID).
+            Some(procs) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", "echo $$ > \"$1\" && shift && exec \"$@\"", "sh"]).arg(procs).arg(env!("CARGO_BIN_EXE_rackcast"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_rackcast")),
+        };
         // Every appliance keeps its own state (the stream key store): no test sees another's keys.
         command.arg("run").args(&args).arg("--data-dir").arg(dir.path().join("data"));
         if let Some(text) = config {
@@ -84,7 +112,7 @@ impl Appliance {
         let field = |name: &str| {
             ready.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))).unwrap().to_owned()
         };
-        Self { rtmp: field("rtmp"), http: field("http"), child, logs, dir, args }
+        Self { rtmp: field("rtmp"), http: field("http"), child, logs, dir, args, procs }
     }
 
     /// The appliance's data directory (its stream key store), for `rackcast keys`.
@@ -143,6 +171,60 @@ impl Drop for Appliance {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+}
+
+/// A child cgroup of the cpu controller with a CPU quota, so a test can run the appliance
+/// on a known share of the CPU whatever the machine. Needs root and a writable cpu
+/// controller (cgroup v1 `/sys/fs/cgroup/cpu`, or v2 with `cpu` delegable at the root);
+/// removed when dropped (drop the appliances in it first).
+pub struct CpuQuota {
+    dir: std::path::PathBuf,
+}
+
+impl CpuQuota {
+    /// A cgroup limited to `cores`, or why none can be made here.
+    pub fn new(name: &str, cores: f64) -> Result<Self, String> {
+        use std::path::Path;
+        let period = 100_000u64;
+        let quota = (cores * period as f64).round() as u64;
+        let leaf = format!("rackcast-test-{name}-{}", std::process::id());
+        let write = |path: &Path, text: &str| std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()));
+        let v1 = Path::new("/sys/fs/cgroup/cpu");
+        let v2 = Path::new("/sys/fs/cgroup");
+        let dir = if v1.join("cpu.cfs_quota_us").exists() {
+            let dir = v1.join(&leaf);
+            std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            let made = Self { dir: dir.clone() };
+            write(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
+            write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+            return Ok(made);
+        } else if std::fs::read_to_string(v2.join("cgroup.controllers")).is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu")) {
+            // Children get the cpu controller only where the parent delegates it.
+            write(&v2.join("cgroup.subtree_control"), "+cpu")?;
+            v2.join(&leaf)
+        } else {
+            return Err("no cpu cgroup controller is mounted (neither v1 /sys/fs/cgroup/cpu nor v2 with cpu)".into());
+        };
+        std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let made = Self { dir: dir.clone() };
+        write(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
+        Ok(made)
+    }
+
+    /// The file a process writes its PID to, to move into the cgroup.
+    pub fn procs(&self) -> std::path::PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+}
+
+impl Drop for CpuQuota {
+    fn drop(&mut self) {
+        // A process that just exited may still be listed for a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(100));
         }
     }
 }
