@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-/// Where the share came from, for the log, `/api/v1/node` and `rackcast probe`.
+/// The cores this process may use and where that figure came from (the log,
+/// `/api/v1/node`, `rackcast probe`).
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CpuShare {
     /// Cores this process may use (a fraction under a fractional quota).

@@ -440,7 +440,8 @@ function HostPage() {
           <table><tbody>
             <tr><td>Backends</td><td><strong>${n.backends.join(', ')}</strong> (in preference order)</td></tr>
             ${n.backends_skipped.map(s => html`<tr><td>Skipped</td><td>${s}</td></tr>`)}
-            <tr><td>CPU budget</td><td>${n.transcode_usage.cpu_cores_used.toFixed(2)} of ${n.transcode_usage.cpu_cores_budget.toFixed(2)} cores admitted</td></tr>
+            <tr><td>CPU share</td><td>${n.host.cpu_share.cores.toFixed(2)} cores (${n.host.cpu_share.quota_cores != null ? `cgroup quota ${n.host.cpu_share.quota_cores.toFixed(2)}` : 'no CPU quota'}, ${n.host.cpu_share.affinity} CPUs)</td></tr>
+            <tr><td>CPU budget</td><td>${n.transcode_usage.cpu_cores_used.toFixed(2)} of ${n.transcode_usage.cpu_cores_budget.toFixed(2)} cores admitted (cost model x${n.transcode_usage.cost_scale.toFixed(2)} on this host)</td></tr>
             ${n.transcode_usage.devices.filter(d => d.encoder_sessions || d.decoder_sessions).map(d => html`<tr><td>${d.backend} ${d.device}</td><td>${d.encoder_sessions} encoder, ${d.decoder_sessions} decoder sessions</td></tr>`)}
             <tr><td>Refused / fewer rungs</td><td>${n.transcode_usage.refused} / ${n.transcode_usage.reduced}</td></tr>
             <tr><td>GPUs</td><td data-gpus>${n.host.gpus.length ? n.host.gpus.map(g => g.name).join(', ') : `not present (${n.host.gpus_absent})`}</td></tr>
