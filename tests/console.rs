@@ -40,7 +40,7 @@ fn an_admin_runs_the_appliance_from_the_console_in_chromium_and_firefox() {
     let npm = if missing.is_empty() { ensure_npm_modules(&console_dir(), &["puppeteer-core"]) } else { Ok(()) };
     if !missing.is_empty() || npm.is_err() {
         assert!(!required, "RACKCAST_REQUIRE_PLAYERS is set but the console test cannot run: missing {missing:?}, npm: {npm:?}");
-        eprintln!("\n!!!!!!!! SKIPPED: the console test needs {missing:?} and its npm modules ({npm:?}); tests/run.sh installs them !!!!!!!!\n");
+        not_run(&format!("the console test needs {missing:?} and its npm modules ({npm:?}); tests/run.sh installs them"));
         return;
     }
 

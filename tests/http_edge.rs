@@ -139,7 +139,7 @@ fn idle_connections_are_capped_closed_when_idle_and_do_not_slow_requests() {
     match open_files_limit() {
         Some(limit) if limit >= needed => {}
         other => {
-            eprintln!("SKIPPED: needs an open-files limit of at least {needed} (ulimit -n), have {other:?}");
+            not_run(&format!("needs an open-files limit of at least {needed} (ulimit -n), have {other:?}"));
             return;
         }
     }

@@ -183,7 +183,7 @@ fn under_a_one_core_quota_the_appliance_budgets_and_sheds_for_one_core() {
     let quota = match CpuQuota::new("overload", 1.0) {
         Ok(quota) => quota,
         Err(why) => {
-            eprintln!("NOT RUN: a 1-core CPU quota needs root and a writable cpu cgroup controller: {why}");
+            not_run(&format!("a 1-core CPU quota needs root and a writable cpu cgroup controller: {why}"));
             return;
         }
     };

@@ -463,12 +463,12 @@ fn every_real_client_plays_live_through_an_edge_and_across_a_period_change() {
     let required = std::env::var_os("RACKCAST_REQUIRE_PLAYERS").is_some();
     if !missing.is_empty() {
         assert!(!required, "RACKCAST_REQUIRE_PLAYERS is set but these are missing: {missing:?}");
-        eprintln!("\n!!!!!!!! SKIPPED: the player matrix needs {missing:?} (tests/run.sh installs them) !!!!!!!!\n");
+        not_run(&format!("the player matrix needs {missing:?} (tests/run.sh installs them)"));
         return;
     }
     if let Err(e) = ensure_npm_modules(&players_dir(), &["dashjs", "shaka-player"]) {
         assert!(!required, "RACKCAST_REQUIRE_PLAYERS is set but the npm modules cannot be installed: {e}");
-        eprintln!("\n!!!!!!!! SKIPPED: the player matrix cannot install its npm modules: {e} !!!!!!!!\n");
+        not_run(&format!("the player matrix cannot install its npm modules: {e}"));
         return;
     }
     let test_started = Instant::now();

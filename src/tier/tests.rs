@@ -319,10 +319,11 @@ async fn thousand_concurrent_misses_make_one_upstream_request() {
         answered - burst_start
     );
     // Waiters are woken together, not polled: past the upstream's answer they take about
-    // what serving the same burst from cache takes (bounds loose: this machine is shared
-    // with other builds, and run-to-run spread is large).
+    // what serving the same burst from cache takes, at the median and at p99 (bounds
+    // relative to the hits measured in the same run, so they hold on a fast or a slow,
+    // busy machine; polling would put the median near half the poll interval).
+    assert!(done50 < hit50 * 2 + Duration::from_millis(50), "coalesced p50 {done50:?} after the answer vs hits p50 {hit50:?}");
     assert!(done99 < hit99 * 2 + Duration::from_millis(100), "coalesced p99 {done99:?} after the answer vs hits p99 {hit99:?}");
-    assert!(done99 < Duration::from_millis(500), "coalesced p99 {done99:?} after the upstream's answer");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
