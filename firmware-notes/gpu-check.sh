@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # rackcast GPU check: what an NVIDIA host offers GStreamer, and how the GPU-resident transcode
-# chains of issue #10 run there. Writes one markdown report plus two companion files:
+# chains (nvenc, nvdec-x264) run there. Writes one markdown report plus two companion files:
 #
 #   firmware-notes/gpu-check.sh OUTDIR [BUNDLE]
 #
@@ -377,7 +377,7 @@ else
   fetch() { curl -sf "$1" 2>/dev/null || python3 -c 'import sys,urllib.request;sys.stdout.write(urllib.request.urlopen(sys.argv[1],timeout=3).read().decode())' "$1"; }
   gpus() { python3 -c 'import json,sys
 for x in json.load(sys.stdin)["host"]["gpus"]: print("gpu%(index)s %(name)s util=%(utilization_percent)s%% dec=%(decoder_utilization_percent)s%% enc=%(encoder_utilization_percent)s%% nvenc_sessions=%(encoder_sessions)s mem=%(memory_used_bytes)s/%(memory_total_bytes)s temp=%(temperature_celsius)sC" % x)'; }
-  # issue #10's keys; a binary from before it knows only `encoders`.
+  # transcode.backends; an older binary knows only `encoders`.
   printf '[transcode]\nbackends = ["nvenc", "nvdec-x264", "vaapi", "software"]\nfallback = "allow"\n' > "$WORK/rackcast.toml"
   if ! timeout 20 "$RC" config --config "$WORK/rackcast.toml" > /dev/null 2> "$WORK/rackcast-config.err"; then
     printf '[transcode]\nencoders = ["nvenc", "vaapi", "x264"]\n' > "$WORK/rackcast.toml"
@@ -415,7 +415,7 @@ for x in json.load(sys.stdin)["host"]["gpus"]: print("gpu%(index)s %(name)s util
   say "### 4c. rackcast transcode"
   LADDER=720p=2500k,480p=1000k,360p=600k
   if [ -z "$TC_HELP_OK" ]; then
-    say ""; say "\`rackcast transcode --help\` failed (a binary from before issue #10?):"
+    say ""; say "\`rackcast transcode --help\` failed (a binary older than the command?):"
     head -8 "$WORK/transcode-help.txt" | fence
   fi
   say ""

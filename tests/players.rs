@@ -1,4 +1,4 @@
-//! The player matrix (issue #8, "every real client works"): real players read a live
+//! The player matrix ("every real client works"): real players read a live
 //! stream of the real binary through a recording HTTP proxy each, so the test knows which
 //! segments each one fetched and when.
 //!

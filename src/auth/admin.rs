@@ -236,6 +236,7 @@ impl AdminStore {
     }
 
     /// For tests of expiry: moves every session of `user` to expire at `at`.
+    #[cfg(test)]
     pub fn expire_sessions_at(&self, user: &str, at: i64) -> Result<(), StoreError> {
         self.run(|c| c.execute("UPDATE sessions SET expires_at = ?2 WHERE user = ?1", params![user, at])).map(drop)
     }

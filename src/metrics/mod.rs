@@ -8,12 +8,13 @@
 //!   (RTMP edge, HTTP edge, caching tier, also served as JSON at `/ingest/metrics`,
 //!   `/metrics/http` and `/tier/metrics`), each live stream's status (uplink estimate,
 //!   rungs, lag, ingest bytes, segments), the audience ([`audience`]: viewers and delivered
-//!   bytes) and the host (CPU, memory, load; per GPU utilisation, encoder and decoder
-//!   load, encoder sessions, memory, temperature: `host`).
+//!   bytes), admission (CPU and sessions against their budgets, the calibrated cost
+//!   scale) and the host (CPU, memory, load, this process's CPU share and use; per GPU
+//!   utilisation, encoder and decoder load, encoder sessions, memory, temperature: `host`).
 //!
 //! Per-stream series exist while the stream is live on this node or, for the audience,
 //! while it was watched through this node within the last minute: an ended stream's series
-//! go with it. GPU gauges belong to the GPU backends and are not here yet.
+//! go with it.
 
 pub mod audience;
 

@@ -87,10 +87,6 @@ impl Packager {
         Self { store, timing, production_lag, timelines: RwLock::new(HashMap::new()), dirty: Mutex::new(HashSet::new()), wake: Notify::new() }
     }
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
     fn timeline(&self, stream: &StreamId) -> Option<SharedTimeline> {
         self.timelines.read().get(stream).cloned()
     }

@@ -84,11 +84,6 @@ impl MediaClock {
         (self.media_ms + self.frame_ms).max(0) as u64
     }
 
-    /// Media time of the newest video frame taken in.
-    pub fn media_ms(&self) -> u64 {
-        self.media_ms.max(0) as u64
-    }
-
     /// The instant media time zero corresponds to.
     pub fn anchor(&self) -> Instant {
         self.anchor

@@ -120,10 +120,6 @@ impl PublisherLink {
         self.epoch.elapsed().saturating_sub(last)
     }
 
-    pub fn peer(&self) -> Option<SocketAddr> {
-        self.peer
-    }
-
     /// Resolves when the publisher's connection should close, with the reason.
     pub async fn stopped(&self) -> StopReason {
         self.stop.cancelled().await;
@@ -180,6 +176,7 @@ impl StreamRegistry {
     }
 
     /// Claims a stream for one publisher; a second claim fails while the first lives.
+    #[cfg(test)]
     pub fn claim(self: &Arc<Self>, stream: &StreamId) -> Result<PublishClaim, AlreadyPublishing> {
         self.try_claim(stream, None, Duration::ZERO).map_err(|_| AlreadyPublishing(stream.clone()))
     }

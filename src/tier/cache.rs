@@ -177,6 +177,7 @@ impl TierCache {
         self.shard(key).contains_key(key)
     }
 
+    #[cfg(test)]
     pub async fn insert(&self, key: &str, object: CachedObject) {
         self.shard(key).insert(Arc::from(key), Arc::new(object)).await;
     }
@@ -192,6 +193,7 @@ impl TierCache {
     }
 
     /// Applies pending evictions and expirations now (moka batches them).
+    #[cfg(test)]
     pub async fn run_pending_tasks(&self) {
         for shard in self.shards.iter() {
             shard.run_pending_tasks().await;
