@@ -79,7 +79,11 @@ fn audio_of_256_kb_is_cut_at_the_guard_and_another_stream_goes_on() {
         // Cut at the first padded frame: a send fails, or the server closes the socket.
         let sent_all = hostile.play(&clip, 0).is_ok();
         assert!(hostile.closed_by_server(Duration::from_secs(2)), "attempt {attempts}: the connection was not cut (sent all: {sent_all})");
-        std::thread::sleep(Duration::from_millis(300));
+        // An encoder's reconnect back-off (each attempt starts a pipeline before it is cut).
+        std::thread::sleep(Duration::from_secs(1));
+        if attempts % 5 == 0 {
+            eprintln!("after {attempts} attempts: RSS {} MiB", app.rss_kib() / 1024);
+        }
     }
     app.wait_for_log("audio message of 262144 bytes: no AAC or Opus frame is that large", Duration::from_secs(2));
     let cut = ingest_counter(&app, "audio_too_large");
