@@ -78,7 +78,7 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
     };
     let instruments = Instruments::default();
     let audience = Arc::new(Audience::default());
-    let packager = Arc::new(Packager::new(Arc::clone(&store), timing, instruments.production_lag.clone()));
+    let packager = Arc::new(Packager::new(Arc::clone(&store), timing, instruments.production_lag.clone()).with_byte_caps(config.package.byte_caps()));
     let tracker = TaskTracker::new();
     let services = StreamServices {
         config: Arc::clone(&config),

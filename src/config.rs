@@ -25,6 +25,14 @@ pub const DEFAULT_NUMBER_FORM_DELAY: Duration = Duration::from_secs(2);
 /// Past the DVR-window-sized lag a player tolerates; an uplink-bound publisher that lags
 /// for a few seconds keeps its Period.
 pub const DEFAULT_MAX_CLOCK_DRIFT: Duration = Duration::from_secs(15);
+/// A 1 s segment of the 1080p rung at 5 Mbit/s is about 640 KB, a 10 s one 6.4 MB.
+pub const DEFAULT_MAX_FRAGMENT_BYTES: usize = 16 * 1024 * 1024;
+/// The default ladder (10 Mbit/s with audio) fills a 30 s DVR window with about 38 MB:
+/// two and a half times that leaves room for encoder overshoot and a republish's Periods.
+pub const DEFAULT_MAX_STREAM_BYTES: u64 = 96 * 1024 * 1024;
+/// How much more than the configured ladder's nominal DVR window `max_stream_bytes` must
+/// hold, so that the byte cap never shortens the window of a stream that behaves.
+pub const STREAM_BYTES_HEADROOM: f64 = 1.5;
 pub const DEFAULT_X264_PRESET: &str = "veryfast";
 pub const DEFAULT_AUDIO_BITRATE: u32 = 128_000;
 
@@ -250,6 +258,15 @@ pub struct PackageConfig {
     /// the MPD's live edge matches what exists again.
     #[serde(with = "humantime_serde")]
     pub max_clock_drift: Duration,
+    /// Largest CMAF fragment (one segment of one rendition, bytes) a muxer may produce; a
+    /// larger one is refused and ends its stream (logged, counted as
+    /// `rackcast_package_fragments_too_large`).
+    pub max_fragment_bytes: usize,
+    /// Most bytes one stream's segments may hold on this node: past it the oldest segments
+    /// leave the DVR window early (logged, counted as
+    /// `rackcast_package_segments_evicted_for_bytes`); the newest segment of each
+    /// rendition always stays. Must hold the whole ladder's DVR window with headroom.
+    pub max_stream_bytes: u64,
 }
 
 impl Default for TranscodeConfig {
@@ -279,6 +296,20 @@ pub fn default_rungs() -> Vec<RungConfig> {
         .collect()
 }
 
+impl PackageConfig {
+    /// Bytes of a DVR window of every rung of the catalogue and the audio, at their nominal
+    /// bitrates.
+    pub fn nominal_window_bytes(&self, transcode: &TranscodeConfig) -> u64 {
+        let bps: u64 = transcode.rungs.iter().map(|r| u64::from(r.bitrate_kbps) * 1000).sum::<u64>() + u64::from(transcode.audio_bitrate);
+        (bps as f64 / 8.0 * self.dvr_window.as_secs_f64()) as u64
+    }
+
+    /// The byte caps the packager enforces.
+    pub fn byte_caps(&self) -> crate::package::ByteCaps {
+        crate::package::ByteCaps { max_fragment_bytes: self.max_fragment_bytes, max_stream_bytes: self.max_stream_bytes }
+    }
+}
+
 impl Default for PackageConfig {
     fn default() -> Self {
         Self {
@@ -288,6 +319,8 @@ impl Default for PackageConfig {
             manifest_update_period: DEFAULT_MANIFEST_UPDATE_PERIOD,
             number_form_delay: DEFAULT_NUMBER_FORM_DELAY,
             max_clock_drift: DEFAULT_MAX_CLOCK_DRIFT,
+            max_fragment_bytes: DEFAULT_MAX_FRAGMENT_BYTES,
+            max_stream_bytes: DEFAULT_MAX_STREAM_BYTES,
         }
     }
 }
@@ -445,6 +478,21 @@ impl Config {
         if self.package.dvr_window < seg * 3 {
             return Err(invalid("package.dvr_window", "must hold at least three segments"));
         }
+        let fragment = self.package.max_fragment_bytes;
+        if !(1 << 20..=1 << 30).contains(&fragment) {
+            return Err(invalid("package.max_fragment_bytes", "must be within 1 MiB and 1 GiB"));
+        }
+        let needed = self.package.nominal_window_bytes(&self.transcode).max(4 * fragment as u64);
+        if (self.package.max_stream_bytes as f64) < needed as f64 * STREAM_BYTES_HEADROOM {
+            return Err(invalid(
+                "package.max_stream_bytes",
+                format!(
+                    "must be at least {} bytes: {STREAM_BYTES_HEADROOM} times the larger of the whole ladder's DVR window ({} bytes at the rungs' and audio's bitrates) and four max_fragment_bytes",
+                    (needed as f64 * STREAM_BYTES_HEADROOM).ceil() as u64,
+                    self.package.nominal_window_bytes(&self.transcode),
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -502,6 +550,15 @@ mod tests {
         config.http.idle_timeout = Duration::ZERO;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.starts_with("http.idle_timeout"), "{err}");
+
+        let mut config = Config::default();
+        config.package.dvr_window = Duration::from_secs(120);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("package.max_stream_bytes: must be at least 227880000 bytes"), "{err}");
+        config.package.max_stream_bytes = 256 << 20;
+        config.validate().unwrap();
+        config.package.max_fragment_bytes = 100;
+        assert!(config.validate().unwrap_err().to_string().starts_with("package.max_fragment_bytes"));
 
         let err = toml::from_str::<Config>("[ingest]\nlisen = \"1.2.3.4:1\"").unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");

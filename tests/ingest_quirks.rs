@@ -3,13 +3,15 @@
 //! publish under safe public names; a configured key with odd characters never shows; and
 //! a publisher whose link dies without closing (SIGSTOP: the socket stays open) is taken
 //! over by a new publish of the same key in under 2 s, also when both are relayed to the
-//! stream's owner by another node.
+//! stream's owner by another node. An encoder that unpublishes and publishes again on the
+//! same connection gets its second publish, and the unpublish is no publish time-out.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use dash_mpd_core::MPD;
+use support::flv::{self, ScriptedPublisher};
 use support::*;
 
 /// The stream's MPD once it is live in a Period other than `not`, with at least `count`
@@ -246,4 +248,34 @@ fn a_relayed_publish_takes_over_a_silent_relay_at_the_owner() {
 fn live_video_rep(mpd: &MPD) -> &dash_mpd_core::Representation {
     let period = mpd.periods.last().unwrap();
     &period.adaptations.iter().find(|a| a.contentType.as_deref() == Some("video")).unwrap().representations[0]
+}
+
+/// Shorter than one publish, so the deadline set at connect has passed at the unpublish.
+const REPUBLISH_CONFIG: &str = "[ingest]\npublish_timeout = \"2s\"\n";
+
+#[test]
+fn an_encoder_unpublishes_and_publishes_again_on_the_same_connection() {
+    let started = Instant::now();
+    let app = Appliance::start(Some(REPUBLISH_CONFIG));
+    let counter = |name: &str| get_json(&app.url("/ingest/metrics"))[name].as_u64().unwrap();
+    let clip = flv::make("320x240", 6);
+    let mut publisher = ScriptedPublisher::connect(&app.rtmp, "live", "again");
+    publisher.play(&clip, 0).unwrap();
+    let (_, first) = wait_until("the first publish live", Duration::from_secs(8), || live_period(&app, "again", 2, None));
+
+    // deleteStream, then a new publish of the same key on the same connection.
+    publisher.unpublish();
+    wait_until("the unpublish counted", Duration::from_secs(5), || (counter("unpublishes") == 1).then_some(()));
+    publisher.republish("again");
+    publisher.play(&clip, 0).unwrap();
+    wait_until("the second publish live in a new Period", Duration::from_secs(8), || live_period(&app, "again", 2, Some(&first)));
+    assert_eq!(counter("publish_timeouts"), 0, "an unpublish is no publish time-out");
+
+    // Unpublished and silent: closed publish_timeout later, as a normal close.
+    publisher.unpublish();
+    assert!(publisher.closed_by_server(Duration::from_secs(5)), "closed when no publish followed the unpublish");
+    app.wait_for_log("no new publish within 2s of the unpublish; closing", Duration::from_secs(2));
+    assert_eq!((counter("unpublishes"), counter("publish_timeouts")), (2, 0));
+    assert!(!app.logs().contains("not publishing 2s after connecting"), "logged as a publish time-out");
+    eprintln!("republish test: {:.1} s", started.elapsed().as_secs_f64());
 }

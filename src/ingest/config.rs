@@ -21,6 +21,14 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
 /// A 4K keyframe at 50 Mbit/s is about 3 MB; RTMP's own ceiling is 16 MiB.
 pub const DEFAULT_MAX_MEDIA_MESSAGE: u32 = 8 * 1024 * 1024;
+/// An AAC frame is at most 6144 bits per channel (6 KiB for 7.1); an Opus packet at most
+/// 120 ms at 510 kbit/s (under 8 KiB). Four times the larger leaves room for odd encoders.
+pub const DEFAULT_MAX_AUDIO_MESSAGE: u32 = 32 * 1024;
+/// Smallest `max_audio_message` accepted: a 7.1 AAC frame must fit.
+pub const MIN_AUDIO_MESSAGE: u32 = 8 * 1024;
+/// A broadcaster that takes none of our replies (acknowledgements, status) for this long
+/// is gone or hostile (the relay's write limit is the same).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A live encoder sends media many times a second; three silent seconds mean its link is
 /// gone, long before `idle_timeout` would say so.
 pub const DEFAULT_TAKEOVER_AFTER: Duration = Duration::from_secs(3);
@@ -49,6 +57,14 @@ pub struct IngestConfig {
     /// Largest audio or video message (bytes) a publishing connection may announce; before
     /// it publishes, and for commands at any time, the limit is 64 KiB.
     pub max_media_message: u32,
+    /// Largest audio message (bytes) a publishing connection may send; no AAC or Opus frame
+    /// comes near the default. A larger one closes the connection (logged, counted as
+    /// `audio_too_large`).
+    pub max_audio_message: u32,
+    /// A write to a broadcaster's socket that does not complete within this time closes
+    /// the connection (counted as `write_timeouts`).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// A new publish for a stream whose publisher has sent no media for this long takes
     /// the stream over at once: the old connection is closed, the new one starts a new
     /// Period (a phone that lost its link reconnects without waiting for `idle_timeout`).
@@ -74,6 +90,8 @@ impl Default for IngestConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             max_media_message: DEFAULT_MAX_MEDIA_MESSAGE,
+            max_audio_message: DEFAULT_MAX_AUDIO_MESSAGE,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             takeover_after: DEFAULT_TAKEOVER_AFTER,
             keys: BTreeMap::new(),
         }
@@ -91,6 +109,7 @@ impl IngestConfig {
             ("handshake_timeout", self.handshake_timeout),
             ("idle_timeout", self.idle_timeout),
             ("publish_timeout", self.publish_timeout),
+            ("write_timeout", self.write_timeout),
         ] {
             if value.is_zero() {
                 return invalid(key, "must be above zero");
@@ -101,6 +120,9 @@ impl IngestConfig {
         }
         if !(64 * 1024..=0xFF_FFFF).contains(&self.max_media_message) {
             return invalid("max_media_message", "must be within 64 KiB and 16 MiB - 1");
+        }
+        if !(MIN_AUDIO_MESSAGE..=self.max_media_message).contains(&self.max_audio_message) {
+            return invalid("max_audio_message", "must be within 8 KiB and max_media_message");
         }
         // The key itself is a secret: the error names only the public stream name.
         for (key, stream) in &self.keys {
@@ -125,6 +147,17 @@ mod tests {
         let off: IngestConfig = toml::from_str("takeover_after = \"0s\"").unwrap();
         assert!(off.takeover_after.is_zero());
         off.validate().unwrap();
+    }
+
+    #[test]
+    fn audio_cap_defaults_below_any_padding_and_is_checked() {
+        let config = IngestConfig::default();
+        assert_eq!(config.max_audio_message, 32 * 1024);
+        assert_eq!(config.write_timeout, Duration::from_secs(5));
+        let small: IngestConfig = toml::from_str("max_audio_message = 4096").unwrap();
+        assert_eq!(small.validate().unwrap_err().0, "max_audio_message");
+        let zero: IngestConfig = toml::from_str("write_timeout = \"0s\"").unwrap();
+        assert_eq!(zero.validate().unwrap_err().0, "write_timeout");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!
 //! - a message announced larger than its class allows (commands and data: 64 KiB; audio
 //!   and video: 64 KiB until the connection has asked to publish, then the configured cap);
+//!   audio above its own, much smaller cap, which no AAC or Opus frame reaches (a publisher
+//!   padding its audio would otherwise push megabytes a second past the video's pacing);
 //! - AMF nested deeper than [`MAX_AMF_DEPTH`] in any command or data message;
 //! - a command or data message with fewer values than its form has: rml_rtmp 0.8 indexes
 //!   them without checking and panics (`drain(..3)` on any command, `remove(0)` twice on
@@ -49,6 +51,8 @@ const TYPE_AMF0_COMMAND: u8 = 20;
 pub enum GuardError {
     #[error("message of type {type_id} announced {len} bytes; the limit is {limit}")]
     MessageTooLarge { type_id: u8, len: u32, limit: u32 },
+    #[error("audio message of {len} bytes: no AAC or Opus frame is that large (limit {limit}, ingest.max_audio_message)")]
+    AudioTooLarge { len: u32, limit: u32 },
     #[error("AMF value nested deeper than {MAX_AMF_DEPTH} levels in a message of type {type_id}")]
     AmfTooDeep { type_id: u8 },
     #[error("{kind} message of {values} AMF values is shorter than its form ({needed} values)")]
@@ -92,6 +96,7 @@ enum Stage {
 #[derive(Debug)]
 pub struct ChunkGuard {
     media_limit: u32,
+    audio_limit: u32,
     chunk_size: u32,
     stage: Stage,
     /// A chunk header split across reads (at most 18 bytes).
@@ -111,6 +116,7 @@ impl ChunkGuard {
     pub fn new(media_limit: u32) -> Self {
         Self {
             media_limit,
+            audio_limit: media_limit,
             chunk_size: INITIAL_CHUNK_SIZE,
             stage: Stage::Header,
             partial_header: Vec::with_capacity(18),
@@ -120,6 +126,12 @@ impl ChunkGuard {
             publish_requested: false,
             total_bytes: 0,
         }
+    }
+
+    /// `limit`: the largest audio message accepted (at most the media limit applies).
+    pub fn with_audio_limit(mut self, limit: u32) -> Self {
+        self.audio_limit = limit;
+        self
     }
 
     /// Whether the peer has sent a `publish` command.
@@ -219,6 +231,9 @@ impl ChunkGuard {
         let limit = self.limit(header.type_id);
         if header.message_length > limit {
             return Err(GuardError::MessageTooLarge { type_id: header.type_id, len: header.message_length, limit });
+        }
+        if header.type_id == TYPE_AUDIO && header.message_length > self.audio_limit {
+            return Err(GuardError::AudioTooLarge { len: header.message_length, limit: self.audio_limit });
         }
         self.headers.insert(csid, header);
         // The payload length of this chunk, exactly as rml_rtmp computes it.
@@ -507,6 +522,26 @@ mod tests {
         guard2.inspect(&chunked(6, TYPE_VIDEO, &vec![0x17; 1 << 20], 4096)).unwrap();
         let too_big = [6u8, 0, 0, 0, 0x90, 0, 0, TYPE_VIDEO, 1, 0, 0, 0];
         assert!(matches!(guard2.inspect(&too_big), Err(GuardError::MessageTooLarge { .. })));
+    }
+
+    #[test]
+    fn audio_over_its_own_cap_is_refused_on_the_header_video_of_that_size_is_not() {
+        let mut guard = ChunkGuard::new(8 << 20).with_audio_limit(32 * 1024);
+        let mut publish = amf_string("publish");
+        publish.extend_from_slice(&[0x00, 0x40, 0x10, 0, 0, 0, 0, 0, 0, 0x05]);
+        publish.extend_from_slice(&amf_string("key"));
+        publish.extend_from_slice(&amf_string("live"));
+        guard.inspect(&chunked(8, TYPE_AMF0_COMMAND, &publish, 128)).unwrap();
+        guard.inspect(&chunked(2, TYPE_SET_CHUNK_SIZE, &4096u32.to_be_bytes(), 128)).unwrap();
+        // A real AAC frame and one at the cap pass; video of 256 KiB passes.
+        guard.inspect(&chunked(4, TYPE_AUDIO, &[0xaf; 400], 4096)).unwrap();
+        guard.inspect(&chunked(4, TYPE_AUDIO, &vec![0xaf; 32 * 1024], 4096)).unwrap();
+        guard.inspect(&chunked(6, TYPE_VIDEO, &vec![0x17; 256 * 1024], 4096)).unwrap();
+        // 256 KiB of audio: refused as soon as its header announces it.
+        let header = [4u8, 0, 0, 0, 0x04, 0x00, 0x00, TYPE_AUDIO, 1, 0, 0, 0];
+        let err = guard.inspect(&header).unwrap_err();
+        assert_eq!(err, GuardError::AudioTooLarge { len: 256 * 1024, limit: 32 * 1024 });
+        assert!(err.to_string().contains("ingest.max_audio_message"), "{err}");
     }
 
     #[test]

@@ -29,6 +29,14 @@ pub struct IngestStats {
     pub relay_refused: AtomicU64,
     /// Publishers closed because a new publish took their silent stream over.
     pub takeovers: AtomicU64,
+    /// Connections closed for an audio message over `ingest.max_audio_message` (also
+    /// counted in `guard_rejections`).
+    pub audio_too_large: AtomicU64,
+    /// Connections closed because a write to the broadcaster did not complete within
+    /// `ingest.write_timeout`.
+    pub write_timeouts: AtomicU64,
+    /// Publishes the broadcaster ended itself (closeStream / deleteStream).
+    pub unpublishes: AtomicU64,
     refusal_warnings: WarnLimiter,
 }
 
@@ -45,6 +53,9 @@ pub struct IngestStatsSnapshot {
     pub publishes_refused: u64,
     pub relay_refused: u64,
     pub takeovers: u64,
+    pub audio_too_large: u64,
+    pub write_timeouts: u64,
+    pub unpublishes: u64,
 }
 
 impl IngestStats {
@@ -62,6 +73,9 @@ impl IngestStats {
             publishes_refused: get(&self.publishes_refused),
             relay_refused: get(&self.relay_refused),
             takeovers: get(&self.takeovers),
+            audio_too_large: get(&self.audio_too_large),
+            write_timeouts: get(&self.write_timeouts),
+            unpublishes: get(&self.unpublishes),
         }
     }
 }

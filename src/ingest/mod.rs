@@ -1,11 +1,12 @@
 //! RTMP ingest: the listener and one task per connection around rml_rtmp's `ServerSession`.
 //! The session adapter does no I/O; this module owns the socket, the limits in front of the
 //! protocol code (limits.rs: connection caps; guard.rs: message sizes and AMF depth, checked
-//! before rml_rtmp sees a byte; handshake, publish and idle deadlines), the publish rules
+//! before rml_rtmp sees a byte; handshake, publish, idle and write deadlines), the publish rules
 //! (application name, stream keys and their public names (key.rs), one publisher per
 //! stream with takeover from a silent one, signed relays from federation peers only), and
 //! forwards FLV payloads to the stream's actor. A bad connection is logged, counted and
-//! dropped alone.
+//! dropped alone. A connection may unpublish (closeStream / deleteStream) and publish
+//! again: the publish deadline runs only while it is not publishing.
 
 mod config;
 pub mod flv;
@@ -61,6 +62,8 @@ pub enum IngestError {
     Idle(std::time::Duration),
     #[error("not publishing {0:?} after connecting")]
     PublishTimeout(std::time::Duration),
+    #[error("the broadcaster took no data for {0:?} (ingest.write_timeout)")]
+    WriteTimeout(std::time::Duration),
     #[error("refused by the chunk guard: {0}")]
     Guard(#[from] GuardError),
     #[error("RTMP protocol error: {0}")]
@@ -127,6 +130,9 @@ pub async fn serve(
             from_relay: false,
             app_instance: None,
             publishing: None,
+            publish_deadline: None,
+            published: false,
+            unpublished: None,
         };
         let stats = Arc::clone(&stats);
         services.tracker.spawn(
@@ -150,6 +156,11 @@ fn count(stats: &IngestStats, error: &IngestError) {
         IngestError::HandshakeTimeout(_) => &stats.handshake_timeouts,
         IngestError::PublishTimeout(_) => &stats.publish_timeouts,
         IngestError::Idle(_) => &stats.idle_timeouts,
+        IngestError::WriteTimeout(_) => &stats.write_timeouts,
+        IngestError::Guard(GuardError::AudioTooLarge { .. }) => {
+            inc(&stats.audio_too_large);
+            &stats.guard_rejections
+        }
         IngestError::Guard(_) => &stats.guard_rejections,
         IngestError::RelayFromStranger(_) => &stats.relay_refused,
         IngestError::PublishRefused(_) | IngestError::WrongApp(..) => &stats.publishes_refused,
@@ -232,19 +243,27 @@ struct Connection {
     /// first elements of the stream key.
     app_instance: Option<String>,
     publishing: Option<Publishing>,
+    /// While not publishing: when the connection is closed unless it publishes. Set at
+    /// accept and again at an unpublish; cleared when a publish starts.
+    publish_deadline: Option<tokio::time::Instant>,
+    /// A publish has started on this connection (its deadline then is not a time-out).
+    published: bool,
+    /// The stream this connection last unpublished and its claim's link: a new publish of
+    /// the same stream waits for that session to end first.
+    unpublished: Option<(StreamId, Arc<PublisherLink>)>,
 }
 
 impl Connection {
     async fn run(mut self) -> Result<(), IngestError> {
         let config = Arc::clone(&self.services.config);
         let publish_timeout = config.ingest.publish_timeout;
-        let publish_deadline = tokio::time::Instant::now() + publish_timeout;
+        self.publish_deadline = Some(tokio::time::Instant::now() + publish_timeout);
         let handshake_timeout = config.ingest.handshake_timeout;
         let leftover = timeout(handshake_timeout, self.handshake())
             .await
             .map_err(|_| IngestError::HandshakeTimeout(handshake_timeout))??;
         tracing::debug!(peer = %self.peer, "handshake complete");
-        let mut guard = ChunkGuard::new(config.ingest.max_media_message);
+        let mut guard = ChunkGuard::new(config.ingest.max_media_message).with_audio_limit(config.ingest.max_audio_message);
         let (mut session, initial) = ServerSession::new(ServerSessionConfig::new()).map_err(|e| IngestError::Protocol(e.to_string()))?;
         self.apply(&mut session, initial).await?;
         if !leftover.is_empty() {
@@ -256,13 +275,16 @@ impl Connection {
         let mut buf = vec![0u8; SETUP_READ_BUFFER];
         let shutdown = self.services.shutdown.clone();
         loop {
-            let not_publishing = self.publishing.is_none();
             let link = self.publishing.as_ref().and_then(|p| p.link.clone());
             let read = tokio::select! {
                 read = timeout(idle, self.socket.read(&mut buf)) => read.map_err(|_| IngestError::Idle(idle))??,
                 end = ended(&mut self.publishing) => return Err(IngestError::StreamEnded(end)),
                 reason = stopped(link.as_deref()) => return Err(IngestError::Stopped(reason)),
-                _ = tokio::time::sleep_until(publish_deadline), if not_publishing => {
+                _ = until(self.publish_deadline) => {
+                    if self.published {
+                        tracing::info!("no new publish within {publish_timeout:?} of the unpublish; closing");
+                        return Ok(());
+                    }
                     return Err(IngestError::PublishTimeout(publish_timeout));
                 }
                 _ = shutdown.cancelled() => return Ok(()),
@@ -305,7 +327,7 @@ impl Connection {
         let mut queue = std::collections::VecDeque::from(results);
         while let Some(result) = queue.pop_front() {
             match result {
-                ServerSessionResult::OutboundResponse(packet) => self.socket.write_all(&packet.bytes).await?,
+                ServerSessionResult::OutboundResponse(packet) => self.write(&packet.bytes).await?,
                 ServerSessionResult::RaisedEvent(event) => {
                     let more = self.on_event(session, event).await?;
                     queue.extend(more);
@@ -348,6 +370,8 @@ impl Connection {
                         tracing::Span::current().record("stream", publishing.stream.as_str());
                         tracing::info!(stream = %publishing.stream, "publish accepted");
                         self.publishing = Some(publishing);
+                        self.publish_deadline = None;
+                        self.published = true;
                         session.accept_request(request_id).map_err(protocol)
                     }
                     Err(reason) => {
@@ -394,7 +418,11 @@ impl Connection {
             }
             ServerSessionEvent::PublishStreamFinished { .. } => {
                 if let Some(publishing) = self.publishing.take() {
+                    inc(&self.stats.unpublishes);
                     tracing::info!(stream = %publishing.stream, "broadcaster unpublished");
+                    // Dropping the sink ends the session; the connection may publish again.
+                    self.publish_deadline = Some(tokio::time::Instant::now() + self.services.config.ingest.publish_timeout);
+                    self.unpublished = publishing.link.clone().map(|link| (publishing.stream.clone(), link));
                 }
                 Ok(Vec::new())
             }
@@ -405,10 +433,16 @@ impl Connection {
     async fn flush(&mut self, results: Vec<ServerSessionResult>) -> Result<(), IngestError> {
         for result in results {
             if let ServerSessionResult::OutboundResponse(packet) = result {
-                self.socket.write_all(&packet.bytes).await?;
+                self.write(&packet.bytes).await?;
             }
         }
-        self.socket.flush().await?;
+        Ok(())
+    }
+
+    /// Writes all of `bytes` to the broadcaster within `ingest.write_timeout`.
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), IngestError> {
+        let limit = self.services.config.ingest.write_timeout;
+        timeout(limit, self.socket.write_all(bytes)).await.map_err(|_| IngestError::WriteTimeout(limit))??;
         Ok(())
     }
 
@@ -453,6 +487,12 @@ impl Connection {
         let uplink = UplinkWatch::new(self.services.config.transcode.rungs.clone());
         Ok(match route {
             Route::Local => {
+                // This connection's own previous session of the stream is still draining.
+                if let Some((_, link)) = self.unpublished.take().filter(|(previous, _)| *previous == stream)
+                    && timeout(TAKEOVER_WAIT, link.released()).await.is_err()
+                {
+                    tracing::warn!(stream = %stream, "the previous session of this connection did not end within {TAKEOVER_WAIT:?}");
+                }
                 let (claim, takeover) = self
                     .registry
                     .claim_or_take_over(&stream, self.peer, ingest.takeover_after, TAKEOVER_WAIT)
@@ -532,6 +572,14 @@ impl Connection {
 async fn stopped(link: Option<&PublisherLink>) -> crate::stream::registry::StopReason {
     match link {
         Some(link) => link.stopped().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves at `deadline`; pending without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

@@ -240,6 +240,7 @@ impl Collector for NodeCollector {
             family(&mut encoder, "publish_webhook_failures", "Webhook requests that failed or timed out (publish refused)", MetricType::Counter, &count(&hook.failures))?;
         }
         snapshot_families(&mut encoder, "http_edge", "HTTP edge", json(&s.http.snapshot(s.max_connections)), &["open", "max_connections"])?;
+        snapshot_families(&mut encoder, "package", "packager byte caps", json(&s.packager.stats().snapshot()), &[])?;
         if let Some(tier) = &s.tier {
             snapshot_families(&mut encoder, "tier", "caching tier", json(&tier.metrics()), &["bytes_cached", "entries", "capacity_bytes"])?;
         }

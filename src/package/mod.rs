@@ -9,6 +9,13 @@
 //! short coalescing pause that gathers a segment's renditions into one render. Session
 //! starts and ends, which viewers must see at once, render inline.
 //!
+//! Bytes are bounded as well as time ([`ByteCaps`]): a muxer's fragment over
+//! `package.max_fragment_bytes` is refused by the assembler and ends its stream; a stream
+//! whose stored objects pass `package.max_stream_bytes` has its DVR window shortened from
+//! the old end (the oldest segments, any rendition or Period, go first; the newest segment
+//! of each live rendition always stays, so the MPD never empties and the live edge goes
+//! on). Both are logged (at most one line a second) and counted ([`PackageStats`]).
+//!
 //! # What players need from the MPD
 //!
 //! Measured with the player matrix in tests/players.rs (Debian 12 versions) and read from
@@ -52,6 +59,7 @@ pub mod mpd;
 pub mod timeline;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -71,6 +79,46 @@ const RENDER_COALESCE: Duration = Duration::from_millis(5);
 
 type SharedTimeline = Arc<Mutex<StreamTimeline>>;
 
+/// The byte bounds of what the packager assembles and keeps (see the module header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteCaps {
+    /// The largest object a muxer may produce.
+    pub max_fragment_bytes: usize,
+    /// The most bytes one stream's objects may hold in the store.
+    pub max_stream_bytes: u64,
+}
+
+impl ByteCaps {
+    /// No bound (`rackcast transcode` of a file keeps every segment).
+    pub const UNLIMITED: ByteCaps = ByteCaps { max_fragment_bytes: usize::MAX, max_stream_bytes: u64::MAX };
+}
+
+/// Counters of the byte caps, served in `/metrics` as `rackcast_package_*`.
+#[derive(Debug, Default)]
+pub struct PackageStats {
+    /// Fragments refused over `package.max_fragment_bytes` (each ended its stream).
+    pub fragments_too_large: AtomicU64,
+    /// Segments dropped from a DVR window by `package.max_stream_bytes`.
+    pub segments_evicted_for_bytes: AtomicU64,
+    fragment_warnings: crate::warn_limiter::WarnLimiter,
+    eviction_warnings: crate::warn_limiter::WarnLimiter,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct PackageStatsSnapshot {
+    pub fragments_too_large: u64,
+    pub segments_evicted_for_bytes: u64,
+}
+
+impl PackageStats {
+    pub fn snapshot(&self) -> PackageStatsSnapshot {
+        PackageStatsSnapshot {
+            fragments_too_large: self.fragments_too_large.load(Ordering::Relaxed),
+            segments_evicted_for_bytes: self.segments_evicted_for_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
 pub struct Packager {
     store: Arc<Store>,
     timing: MpdTiming,
@@ -80,11 +128,49 @@ pub struct Packager {
     /// Streams whose MPD is older than their timeline.
     dirty: Mutex<HashSet<StreamId>>,
     wake: Notify,
+    caps: ByteCaps,
+    stats: PackageStats,
 }
 
 impl Packager {
     pub fn new(store: Arc<Store>, timing: MpdTiming, production_lag: Histogram) -> Self {
-        Self { store, timing, production_lag, timelines: RwLock::new(HashMap::new()), dirty: Mutex::new(HashSet::new()), wake: Notify::new() }
+        Self {
+            store,
+            timing,
+            production_lag,
+            timelines: RwLock::new(HashMap::new()),
+            dirty: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+            caps: ByteCaps::UNLIMITED,
+            stats: PackageStats::default(),
+        }
+    }
+
+    /// Bounds what the packager assembles and keeps (unbounded without).
+    pub fn with_byte_caps(mut self, caps: ByteCaps) -> Self {
+        self.caps = caps;
+        self
+    }
+
+    /// The largest object a muxer may produce (`package.max_fragment_bytes`).
+    pub fn max_fragment_bytes(&self) -> usize {
+        self.caps.max_fragment_bytes
+    }
+
+    pub fn stats(&self) -> &PackageStats {
+        &self.stats
+    }
+
+    /// A muxer produced an object over the fragment cap: counted and logged (at most once a
+    /// second); the caller ends the stream.
+    pub fn fragment_too_large(&self, stream: &StreamId, rendition: &RenditionId) {
+        self.stats.fragments_too_large.fetch_add(1, Ordering::Relaxed);
+        if let Some(held_back) = self.stats.fragment_warnings.allow() {
+            tracing::error!(
+                stream = %stream, rendition = %rendition, held_back,
+                limit = self.caps.max_fragment_bytes, "fragment over package.max_fragment_bytes refused; the stream ends"
+            );
+        }
     }
 
     fn timeline(&self, stream: &StreamId) -> Option<SharedTimeline> {
@@ -129,9 +215,37 @@ impl Packager {
         // The object is stored before any MPD can name it (the renderer needs this lock).
         let key = ObjectKey { rendition: rendition.clone(), session: session.clone(), part: Part::Media(number) };
         self.store.put_object(stream, key, segment.bytes);
+        self.enforce_byte_cap(&mut tl, now);
         drop(tl);
         self.mark_dirty(stream);
         Some(number)
+    }
+
+    /// Drops the stream's oldest segments while its objects hold more than
+    /// `package.max_stream_bytes` (see the module header); counted and logged.
+    fn enforce_byte_cap(&self, tl: &mut StreamTimeline, now: SystemTime) {
+        let cap = self.caps.max_stream_bytes;
+        let mut dropped = 0u64;
+        while self.store.stream_bytes(&tl.stream) > cap {
+            let evicted = tl.evict_oldest(now);
+            if evicted.is_empty() {
+                break; // only the live edge is left: never dropped
+            }
+            for gone in &evicted {
+                self.store.remove_objects(&tl.stream, &gone.session, &gone.rendition, gone.number.map(Part::Media));
+            }
+            dropped += evicted.iter().filter(|e| e.number.is_some()).count() as u64;
+        }
+        if dropped == 0 {
+            return;
+        }
+        self.stats.segments_evicted_for_bytes.fetch_add(dropped, Ordering::Relaxed);
+        if let Some(held_back) = self.stats.eviction_warnings.allow() {
+            tracing::warn!(
+                stream = %tl.stream, dropped, held_back, cap,
+                "stream over package.max_stream_bytes: its oldest segments left the DVR window early"
+            );
+        }
     }
 
     /// Segments added to the stream since it appeared (every rendition), while it is known.
@@ -228,5 +342,90 @@ impl Packager {
             renditions: current.map(|p| p.tracks.iter().map(|t| t.info.id.clone()).collect()).unwrap_or_default(),
         };
         self.store.set_manifests(&tl.stream, manifests, summary);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::TrackKind;
+
+    fn packager(caps: ByteCaps) -> Packager {
+        let timing = MpdTiming {
+            segment_duration: Duration::from_secs(1),
+            update_period: Duration::from_secs(1),
+            dvr_window: Duration::from_secs(3600),
+            presentation_delay: Duration::from_secs(1),
+            number_form_delay: Duration::from_secs(2),
+        };
+        Packager::new(Arc::new(Store::new()), timing, Histogram::new([1.0].into_iter())).with_byte_caps(caps)
+    }
+
+    fn rendition(id: &str, kind: TrackKind) -> RenditionInfo {
+        RenditionInfo {
+            id: RenditionId::parse(id).unwrap(),
+            kind,
+            bandwidth: 1_000_000,
+            width: 640,
+            height: 360,
+            timescale: if kind == TrackKind::Video { 90_000 } else { 48_000 },
+            sample_rate: 48_000,
+            channels: 2,
+        }
+    }
+
+    fn segment(index: u64, bytes: usize) -> CmafSegment {
+        CmafSegment { start_ns: index * 1_000_000_000, duration_ns: 1_000_000_000, bytes: Bytes::from(vec![0; bytes]) }
+    }
+
+    fn listed(p: &Packager, stream: &StreamId, id: &str) -> Vec<u64> {
+        let tl = p.timeline(stream).unwrap();
+        let tl = tl.lock();
+        tl.periods.iter().flat_map(|p| p.tracks.iter().filter(|t| t.info.id.as_str() == id)).flat_map(|t| t.segments.iter().map(|s| s.number)).collect()
+    }
+
+    #[test]
+    fn a_stream_over_its_byte_cap_loses_its_oldest_segments_and_keeps_its_live_edge() {
+        let p = packager(ByteCaps { max_fragment_bytes: 1 << 20, max_stream_bytes: 9_000 });
+        let (stream, other) = (StreamId::parse("cam").unwrap(), StreamId::parse("other").unwrap());
+        let session = SessionId::parse("s1").unwrap();
+        let (video, audio) = (RenditionId::parse("360p").unwrap(), RenditionId::parse("audio").unwrap());
+        for s in [&stream, &other] {
+            p.begin_session(s, &session, vec![rendition("360p", TrackKind::Video), rendition("audio", TrackKind::Audio)], None);
+        }
+        p.add_init(&stream, &session, &video, Bytes::from(vec![0; 500]), "avc1.64001F".into());
+        // 1 KB a segment per rendition: under the cap, nothing goes.
+        for i in 0..4 {
+            p.add_segment(&stream, &session, &video, segment(i, 1000));
+            p.add_segment(&stream, &session, &audio, segment(i, 1000));
+            p.add_segment(&other, &session, &video, segment(i, 1000));
+        }
+        assert_eq!(p.store().stream_bytes(&stream), 8_500);
+        assert_eq!(p.stats().snapshot().segments_evicted_for_bytes, 0);
+        // Two more of each: the oldest leave until the stream is under 9,000 bytes again.
+        for i in 4..6 {
+            p.add_segment(&stream, &session, &video, segment(i, 1000));
+            p.add_segment(&stream, &session, &audio, segment(i, 1000));
+        }
+        assert_eq!(p.store().stream_bytes(&stream), 8_500);
+        assert_eq!(listed(&p, &stream, "360p"), [3, 4, 5, 6]);
+        assert_eq!(listed(&p, &stream, "audio"), [3, 4, 5, 6]);
+        assert_eq!(p.stats().snapshot().segments_evicted_for_bytes, 4);
+        // Gone from the store too, the init segment stays; the other stream is untouched.
+        let key = |number| ObjectKey { rendition: video.clone(), session: session.clone(), part: Part::Media(number) };
+        assert!(p.store().object(&stream, &key(2)).is_none() && p.store().object(&stream, &key(3)).is_some());
+        assert!(p.store().object(&stream, &ObjectKey { rendition: video.clone(), session: session.clone(), part: Part::Init }).is_some());
+        assert_eq!(listed(&p, &other, "360p"), [1, 2, 3, 4]);
+        // The rendered MPD lists only what is stored.
+        p.publish(&p.timeline(&stream).unwrap().lock());
+        let mpd = String::from_utf8(p.store().manifest(&stream, ManifestForm::Timeline).unwrap().to_vec()).unwrap();
+        assert!(mpd.contains("startNumber=\"3\""), "{mpd}");
+
+        // Segments each larger than the cap: the newest of each rendition still stays.
+        p.add_segment(&stream, &session, &video, segment(6, 20_000));
+        p.add_segment(&stream, &session, &audio, segment(6, 20_000));
+        assert_eq!(listed(&p, &stream, "360p"), [7]);
+        assert_eq!(listed(&p, &stream, "audio"), [7]);
+        assert_eq!(p.store().stream_bytes(&stream), 40_500);
     }
 }

@@ -255,6 +255,37 @@ impl StreamTimeline {
         evicted
     }
 
+    /// Drops the segment that ends first, whatever its Period or rendition (the byte cap's
+    /// eviction: the oldest go first, so the window shrinks from its old end as it does by
+    /// time), and then a Period left with nothing (never the live one). Never the newest
+    /// segment of a live track, so the MPD never goes empty. Empty when nothing may go.
+    pub fn evict_oldest(&mut self, now: SystemTime) -> Vec<Evicted> {
+        let live_index = self.periods.len().checked_sub(1).filter(|_| self.ended_at.is_none());
+        let oldest = self
+            .periods
+            .iter()
+            .enumerate()
+            .flat_map(|(p, period)| period.tracks.iter().enumerate().map(move |(t, track)| (p, t, period, track)))
+            .filter(|(p, _, _, track)| track.segments.len() > usize::from(Some(*p) == live_index))
+            .filter_map(|(p, t, period, track)| {
+                let first = track.segments.front()?;
+                let end = period.start + Duration::from_secs_f64((first.time + first.duration) as f64 / f64::from(track.info.timescale));
+                Some((end, p, t))
+            })
+            .min();
+        let Some((_, p, t)) = oldest else { return Vec::new() };
+        let period = &mut self.periods[p];
+        let track = &mut period.tracks[t];
+        let first = track.segments.pop_front().expect("chosen for its first segment");
+        let mut evicted = vec![Evicted { session: period.session.clone(), rendition: track.info.id.clone(), number: Some(first.number) }];
+        self.published = now;
+        if Some(p) != live_index && period.tracks.iter().all(|t| t.segments.is_empty()) {
+            let gone = self.periods.remove(p);
+            evicted.extend(gone.tracks.iter().map(|t| Evicted { session: gone.session.clone(), rendition: t.info.id.clone(), number: None }));
+        }
+        evicted
+    }
+
     /// True when the stream has been over for longer than the window: time to forget it.
     pub fn expired(&self, window: Duration, now: SystemTime) -> bool {
         self.ended_at.is_some_and(|ended| now.duration_since(ended).unwrap_or_default() > window)
@@ -308,6 +339,37 @@ mod tests {
         assert_eq!(segs[0], SegmentEntry { number: 1, time: 0, duration: 90_000 });
         assert_eq!(segs[1], SegmentEntry { number: 2, time: 90_000, duration: 90_000 });
         assert_eq!(tl.add_segment(&s, &RenditionId::parse("nope").unwrap(), 0, 1, at(2)), None);
+    }
+
+    #[test]
+    fn evicting_the_oldest_crosses_periods_and_renditions_but_keeps_the_live_edge() {
+        let (s1, s2) = (SessionId::parse("s1").unwrap(), SessionId::parse("s2").unwrap());
+        let (v, a) = (RenditionId::parse("720p").unwrap(), RenditionId::parse("audio").unwrap());
+        let audio = RenditionInfo { id: a.clone(), kind: TrackKind::Audio, timescale: 48_000, ..video("audio") };
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        tl.begin_period(s1.clone(), vec![video("720p")], None, at(0));
+        tl.add_segment(&s1, &v, 0, 1_000_000_000, at(1));
+        tl.add_segment(&s1, &v, 1_000_000_000, 1_000_000_000, at(2));
+        // A republish: the second Period starts at 2 s, with audio.
+        tl.begin_period(s2.clone(), vec![video("720p"), audio], None, at(2));
+        for i in 0..3u64 {
+            tl.add_segment(&s2, &v, i * 1_000_000_000, 1_000_000_000, at(3 + i));
+            tl.add_segment(&s2, &a, i * 1_000_000_000 + 10_000_000, 1_000_000_000, at(3 + i));
+        }
+        let numbers = |e: Vec<Evicted>| e.into_iter().map(|e| (e.session.to_string(), e.rendition.to_string(), e.number)).collect::<Vec<_>>();
+        assert_eq!(numbers(tl.evict_oldest(at(6))), [("s1".into(), "720p".into(), Some(1))]);
+        // The ended Period's last segment goes, and the Period with it (its init too).
+        assert_eq!(numbers(tl.evict_oldest(at(6))), [("s1".into(), "720p".into(), Some(2)), ("s1".into(), "720p".into(), None)]);
+        assert_eq!(tl.periods.len(), 1);
+        // Then the live Period's oldest, video before the audio that ends 10 ms later.
+        assert_eq!(numbers(tl.evict_oldest(at(6))), [("s2".into(), "720p".into(), Some(3))]);
+        assert_eq!(numbers(tl.evict_oldest(at(6))), [("s2".into(), "audio".into(), Some(3))]);
+        for _ in 0..2 {
+            assert_eq!(tl.evict_oldest(at(6)).len(), 1);
+        }
+        // The newest segment of each live track stays.
+        assert!(tl.evict_oldest(at(6)).is_empty());
+        assert!(tl.periods[0].tracks.iter().all(|t| t.segments.len() == 1 && t.segments[0].number == 5));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! and media segments, addressed exactly as the URL paths address them. The packager writes
 //! (objects first, then the manifest that names them); HTTP handlers only read. Each stream
 //! has its own lock: one stream's writes never wait on another's, and the map's own lock
-//! is held only to find or add a stream.
+//! is held only to find or add a stream. Each stream counts the bytes it holds: the
+//! packager keeps that under `package.max_stream_bytes` by dropping the oldest segments of
+//! its DVR window (the store itself holds whatever it is given and never chooses).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,6 +69,16 @@ struct StreamObjects {
     manifests: [Option<Bytes>; 2],
     summary: Option<StreamSummary>,
     objects: HashMap<ObjectKey, Bytes>,
+    /// The bytes of every object in `objects`.
+    bytes: u64,
+}
+
+impl StreamObjects {
+    fn remove(&mut self, key: &ObjectKey) {
+        if let Some(gone) = self.objects.remove(key) {
+            self.bytes -= gone.len() as u64;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -92,7 +104,12 @@ impl Store {
     }
 
     pub fn put_object(&self, stream: &StreamId, key: ObjectKey, bytes: Bytes) {
-        self.entry(stream).write().objects.insert(key, bytes);
+        let entry = self.entry(stream);
+        let mut entry = entry.write();
+        entry.bytes += bytes.len() as u64;
+        if let Some(replaced) = entry.objects.insert(key, bytes) {
+            entry.bytes -= replaced.len() as u64;
+        }
     }
 
     /// Removes a media object, or every object of a (session, rendition) when `part` is None.
@@ -100,11 +117,19 @@ impl Store {
         let Some(entry) = self.existing(stream) else { return };
         let mut entry = entry.write();
         match part {
-            Some(part) => {
-                entry.objects.remove(&ObjectKey { rendition: rendition.clone(), session: session.clone(), part });
+            Some(part) => entry.remove(&ObjectKey { rendition: rendition.clone(), session: session.clone(), part }),
+            None => {
+                let gone: Vec<ObjectKey> = entry.objects.keys().filter(|k| &k.session == session && &k.rendition == rendition).cloned().collect();
+                for key in &gone {
+                    entry.remove(key);
+                }
             }
-            None => entry.objects.retain(|k, _| !(&k.session == session && &k.rendition == rendition)),
         }
+    }
+
+    /// The bytes of every object the stream holds (init and media segments).
+    pub fn stream_bytes(&self, stream: &StreamId) -> u64 {
+        self.existing(stream).map_or(0, |e| e.read().bytes)
     }
 
     /// Replaces the stream's manifests, one per [`ManifestForm`] (in `ManifestForm::ALL`
@@ -142,5 +167,33 @@ impl Store {
         let mut list: Vec<_> = entries.iter().filter_map(|s| s.read().summary.clone()).collect();
         list.sort_by(|a, b| a.stream.cmp(&b.stream));
         list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_counts_the_bytes_it_holds() {
+        let store = Store::new();
+        let (cam, other) = (StreamId::parse("cam").unwrap(), StreamId::parse("other").unwrap());
+        let (s, r) = (SessionId::parse("s1").unwrap(), RenditionId::parse("720p").unwrap());
+        let key = |part| ObjectKey { rendition: r.clone(), session: s.clone(), part };
+        store.put_object(&cam, key(Part::Init), Bytes::from(vec![0; 100]));
+        for n in 1..=3 {
+            store.put_object(&cam, key(Part::Media(n)), Bytes::from(vec![0; 1000]));
+        }
+        store.put_object(&other, key(Part::Media(1)), Bytes::from(vec![0; 7]));
+        assert_eq!((store.stream_bytes(&cam), store.stream_bytes(&other)), (3100, 7));
+        // Replacing an object counts the new one only.
+        store.put_object(&cam, key(Part::Media(3)), Bytes::from(vec![0; 10]));
+        assert_eq!(store.stream_bytes(&cam), 2110);
+        store.remove_objects(&cam, &s, &r, Some(Part::Media(1)));
+        store.remove_objects(&cam, &s, &r, Some(Part::Media(1)));
+        assert_eq!(store.stream_bytes(&cam), 1110);
+        store.remove_objects(&cam, &s, &r, None);
+        assert_eq!(store.stream_bytes(&cam), 0);
+        assert_eq!(store.stream_bytes(&StreamId::parse("nobody").unwrap()), 0);
     }
 }

@@ -498,8 +498,13 @@ impl StreamActor {
                 }
                 let Some(running) = self.running.as_mut() else { return Ok(()) };
                 if !running.audio_only {
+                    // Beside video, audio is paced and held back like video: its own queue
+                    // bound stops the input, so audio sent faster than the pipeline takes
+                    // it waits in the broadcaster, not here.
                     if let Placement::At(pts) = running.clock.audio(dts_ms) {
                         running.transcoder.push_audio(pts, data).map_err(|e| e.to_string())?;
+                        self.pace().await;
+                        self.wait_for_room().await?;
                     }
                     return Ok(());
                 }
@@ -592,8 +597,8 @@ impl StreamActor {
         Ok(())
     }
 
-    /// Holds the input while the pipeline has a backlog, so back-pressure reaches ingest;
-    /// the video appsrc's need-data signal says when there is room again (with a slow
+    /// Holds the input while the pipeline has a backlog (video's or audio's), so
+    /// back-pressure reaches ingest; the appsrcs' need-data signal says when there is room again (with a slow
     /// re-check as a safety net, should a level cross its bound without a signal).
     async fn wait_for_room(&self) -> Result<(), String> {
         let Some(running) = &self.running else { return Ok(()) };

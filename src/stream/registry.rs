@@ -120,6 +120,11 @@ impl PublisherLink {
         self.epoch.elapsed().saturating_sub(last)
     }
 
+    /// Resolves once the claim is dropped (its session has ended).
+    pub async fn released(&self) {
+        self.released.cancelled().await
+    }
+
     /// Resolves when the publisher's connection should close, with the reason.
     pub async fn stopped(&self) -> StopReason {
         self.stop.cancelled().await;

@@ -24,7 +24,7 @@ use gst::prelude::*;
 use gst_app::{AppSink, AppSrc};
 
 use crate::media::{RenditionId, SessionId, StreamId, TrackKind};
-use crate::package::fragment::{aac_codecs, avc_codecs, ChunkMeta, FragmentAssembler, MuxerOutput};
+use crate::package::fragment::{aac_codecs, avc_codecs, ChunkMeta, FragmentAssembler, FragmentError, MuxerOutput};
 use crate::package::timeline::RenditionInfo;
 use crate::package::Packager;
 use spec::{PipelineSpec, AUDIO_MUX, AUDIO_SINK, AUDIO_SRC, VIDEO_SPLIT, VIDEO_SRC};
@@ -180,9 +180,7 @@ pub struct Transcoder {
     audio_src: Option<AppSrc>,
     /// How long one AAC frame (1024 samples) of the source lasts.
     audio_frame: Option<gst::ClockTime>,
-    /// The input whose queue paces the stream: video, or audio for an audio-only source.
-    paced_src: AppSrc,
-    /// Woken when the paced appsrc asks for data (its queue fell below half its bound).
+    /// Woken when an appsrc asks for data (its queue fell below half its bound).
     room: Arc<tokio::sync::Notify>,
     /// The video's segment boundaries (ended on stop, so no audio thread waits on them).
     boundaries: Arc<Boundaries>,
@@ -229,10 +227,15 @@ impl Transcoder {
             .filter(|rate| *rate > 0)
             .map(|rate| gst::ClockTime::from_nseconds(1024 * 1_000_000_000 / rate as u64));
         let audio_src = with_caps(AUDIO_SRC, audio_caps)?;
-        let paced_src = video_src.clone().or_else(|| audio_src.clone()).ok_or_else(|| TranscodeError::NoElement("an input (no video, no audio)".into()))?;
+        if video_src.is_none() && audio_src.is_none() {
+            return Err(TranscodeError::NoElement("an input (no video, no audio)".into()));
+        }
         let room = Arc::new(tokio::sync::Notify::new());
-        let waker = Arc::clone(&room);
-        paced_src.set_callbacks(gst_app::AppSrcCallbacks::builder().need_data(move |_, _| waker.notify_waiters()).build());
+        // Either input asking for data may be the one the actor waits on.
+        for src in video_src.iter().chain(&audio_src) {
+            let waker = Arc::clone(&room);
+            src.set_callbacks(gst_app::AppSrcCallbacks::builder().need_data(move |_, _| waker.notify_waiters()).build());
+        }
         let boundaries = Arc::new(Boundaries::default());
         let audio_cuts = Arc::new(Boundaries::default());
         if video_src.is_some() {
@@ -255,7 +258,7 @@ impl Transcoder {
             attach_sink(&sink, binding, output.clone(), Arc::clone(cuts));
         }
         pipeline.set_state(gst::State::Playing).map_err(|e| TranscodeError::Start(e.to_string()))?;
-        Ok(Self { pipeline, video_src, audio_src, audio_frame, paced_src, room, boundaries })
+        Ok(Self { pipeline, video_src, audio_src, audio_frame, room, boundaries })
     }
 
     pub fn bus(&self) -> gst::Bus {
@@ -277,10 +280,16 @@ impl Transcoder {
         Arc::clone(&self.room)
     }
 
-    /// Whether the paced appsrc's queue is at either of its bounds (see `VIDEO_QUEUE_TIME`).
+    /// Whether an input's queue is at either of its bounds: the paced appsrc's (see
+    /// `VIDEO_QUEUE_TIME`; an audio-only source's audio has the video's time bound and the
+    /// audio's byte bound), or the audio's beside the video (`AUDIO_QUEUE_TIME`).
     pub fn input_full(&self) -> bool {
-        self.paced_src.current_level_time().is_some_and(|t| t.nseconds() as u128 >= spec::VIDEO_QUEUE_TIME.as_nanos())
-            || self.paced_src.current_level_bytes() >= spec::VIDEO_QUEUE_BYTES
+        let over = |src: &AppSrc, time: Duration, bytes: u64| {
+            src.current_level_time().is_some_and(|t| u128::from(t.nseconds()) >= time.as_nanos()) || src.current_level_bytes() >= bytes
+        };
+        let audio_time = if self.video_src.is_some() { spec::AUDIO_QUEUE_TIME } else { spec::VIDEO_QUEUE_TIME };
+        self.video_src.as_ref().is_some_and(|v| over(v, spec::VIDEO_QUEUE_TIME, spec::VIDEO_QUEUE_BYTES))
+            || self.audio_src.as_ref().is_some_and(|a| over(a, audio_time, spec::AUDIO_QUEUE_BYTES))
     }
 
     /// Pushes one video access unit; without a video branch (an audio-only session) it is
@@ -601,7 +610,7 @@ fn force_keyframes_at_boundaries(pipeline: &gst::Pipeline, interval: Duration, b
 /// (the keyframe schedule for video, the audio cuts for audio).
 fn attach_sink(sink: &AppSink, binding: SinkBinding, output: SessionOutput, boundaries: Arc<Boundaries>) {
     let span = tracing::Span::current();
-    let mut assembler = FragmentAssembler::new();
+    let mut assembler = FragmentAssembler::new(output.packager.max_fragment_bytes());
     let SinkBinding { rendition, kind, audio_codecs } = binding;
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
@@ -647,6 +656,11 @@ fn attach_sink(sink: &AppSink, binding: SinkBinding, output: SessionOutput, boun
                             tracing::trace!(rendition = %rendition, ?number, start, duration, "segment");
                         }
                         Ok(None) => {}
+                        Err(FragmentError::TooLarge { .. }) => {
+                            // Logged and counted by the packager; the error ends the stream.
+                            output.packager.fragment_too_large(&output.stream, &rendition);
+                            return Err(gst::FlowError::Error);
+                        }
                         Err(e) => {
                             tracing::error!(rendition = %rendition, "muxer output out of order: {e}");
                             return Err(gst::FlowError::Error);

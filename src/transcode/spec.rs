@@ -53,6 +53,17 @@ pub const VIDEO_SPLIT: &str = "video_split";
 /// of tens of seconds at a low bitrate.
 pub const VIDEO_QUEUE_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 pub const VIDEO_QUEUE_BYTES: u64 = 8 * 1024 * 1024;
+/// Bounds of the audio appsrc's queue in a stream with video, past either of which the
+/// stream actor stops taking input as it does for video. Longer in time than the video's:
+/// the audio muxer may wait up to two seconds for the video to decide a segment boundary,
+/// and audio must not hold the video's input back meanwhile. Real AAC (512 kbit/s at most)
+/// fills 2 s with 128 KB; padded audio reaches the byte bound first.
+pub const AUDIO_QUEUE_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+pub const AUDIO_QUEUE_BYTES: u64 = 1024 * 1024;
+/// The audio appsrc's own bound, twice the actor's: the actor waits below it, so it is
+/// reached only if that wait were skipped; past it new audio is dropped (`leaky-type`),
+/// never queued without limit.
+pub const AUDIO_QUEUE_HARD_FACTOR: u64 = 2;
 
 pub fn video_sink_name(rendition: &str) -> String {
     format!("sink_{rendition}")
@@ -113,8 +124,9 @@ impl PipelineSpec {
             // The audio muxer cuts where the video's segments start, or on the segment grid
             // without video (split-now events, see `transcode::AudioCuts`), not on its own
             // schedule, which drifts.
+            let (max_bytes, max_ns) = (AUDIO_QUEUE_BYTES * AUDIO_QUEUE_HARD_FACTOR, AUDIO_QUEUE_TIME.as_nanos() * u128::from(AUDIO_QUEUE_HARD_FACTOR));
             parts.push(format!(
-                "appsrc name={AUDIO_SRC} format=time max-bytes=4194304 max-time={queue_ns} min-percent=50 ! {chain} \
+                "appsrc name={AUDIO_SRC} format=time max-bytes={max_bytes} max-time={max_ns} min-percent=50 leaky-type=upstream ! {chain} \
                  ! cmafmux name={AUDIO_MUX} manual-split=true send-force-keyunit=false ! {}",
                 sink(AUDIO_SINK)
             ));

@@ -69,7 +69,7 @@ impl ScriptedPublisher {
         let mut handshake = Handshake::new(PeerType::Client);
         socket.write_all(&handshake.generate_outbound_p0_and_p1().unwrap()).unwrap();
         let mut buf = vec![0u8; 8192];
-        let mut pending = loop {
+        let pending = loop {
             let n = socket.read(&mut buf).unwrap();
             assert!(n > 0, "server closed during the handshake");
             match handshake.process_bytes(&buf[..n]).unwrap() {
@@ -85,28 +85,68 @@ impl ScriptedPublisher {
         publisher.write(initial);
         let connect = publisher.session.request_connection(app.to_owned()).unwrap();
         publisher.write(vec![connect]);
+        publisher.until_published(key, pending, false);
+        publisher
+    }
+
+    /// Handles the server's answers (starting with `pending`) until the publish of `key` is
+    /// accepted; sends the publish request once connected (or at once, when `connected`).
+    fn until_published(&mut self, key: &str, mut pending: Vec<u8>, connected: bool) {
+        let mut buf = vec![0u8; 8192];
         let mut publish_sent = false;
+        if connected {
+            publish_sent = true;
+            let publish = self.session.request_publishing(key.to_owned(), PublishRequestType::Live).unwrap();
+            self.write(vec![publish]);
+        }
         loop {
-            let results = publisher.session.handle_input(&pending).unwrap();
+            let results = self.session.handle_input(&pending).unwrap();
             for result in results {
                 match result {
-                    ClientSessionResult::OutboundResponse(p) => publisher.socket.write_all(&p.bytes).unwrap(),
+                    ClientSessionResult::OutboundResponse(p) => self.socket.write_all(&p.bytes).unwrap(),
                     ClientSessionResult::RaisedEvent(ClientSessionEvent::ConnectionRequestAccepted) if !publish_sent => {
                         publish_sent = true;
-                        let publish = publisher.session.request_publishing(key.to_owned(), PublishRequestType::Live).unwrap();
-                        publisher.write(vec![publish]);
+                        let publish = self.session.request_publishing(key.to_owned(), PublishRequestType::Live).unwrap();
+                        self.write(vec![publish]);
                     }
-                    ClientSessionResult::RaisedEvent(ClientSessionEvent::PublishRequestAccepted) => return publisher,
+                    ClientSessionResult::RaisedEvent(ClientSessionEvent::PublishRequestAccepted) => return,
                     ClientSessionResult::RaisedEvent(event) if format!("{event:?}").contains("Rejected") => {
                         panic!("publish refused: {event:?}")
                     }
                     _ => {}
                 }
             }
-            let n = publisher.socket.read(&mut buf).unwrap();
+            let n = self.socket.read(&mut buf).unwrap();
             assert!(n > 0, "server closed during set-up");
             pending = buf[..n].to_vec();
         }
+    }
+
+    /// Ends the publish (deleteStream) and keeps the connection open.
+    pub fn unpublish(&mut self) {
+        let results = self.session.stop_publishing().unwrap();
+        self.write(results);
+    }
+
+    /// Publishes `key` again on the same connection after `unpublish`.
+    pub fn republish(&mut self, key: &str) {
+        self.until_published(key, Vec::new(), true);
+    }
+
+    /// True when the server has closed the connection (reads what it sent meanwhile).
+    pub fn closed_by_server(&mut self, within: Duration) -> bool {
+        self.socket.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 4096];
+        let closed = loop {
+            match self.socket.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break false,
+                Err(_) => break true,
+            }
+        };
+        self.socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        closed
     }
 
     fn write(&mut self, results: Vec<ClientSessionResult>) {
