@@ -400,25 +400,25 @@ mod tests {
             p.add_segment(&stream, &session, &audio, segment(i, 1000));
             p.add_segment(&other, &session, &video, segment(i, 1000));
         }
-        assert_eq!(p.store().stream_bytes(&stream), 8_500);
+        assert_eq!(p.store.stream_bytes(&stream), 8_500);
         assert_eq!(p.stats().snapshot().segments_evicted_for_bytes, 0);
         // Two more of each: the oldest leave until the stream is under 9,000 bytes again.
         for i in 4..6 {
             p.add_segment(&stream, &session, &video, segment(i, 1000));
             p.add_segment(&stream, &session, &audio, segment(i, 1000));
         }
-        assert_eq!(p.store().stream_bytes(&stream), 8_500);
+        assert_eq!(p.store.stream_bytes(&stream), 8_500);
         assert_eq!(listed(&p, &stream, "360p"), [3, 4, 5, 6]);
         assert_eq!(listed(&p, &stream, "audio"), [3, 4, 5, 6]);
         assert_eq!(p.stats().snapshot().segments_evicted_for_bytes, 4);
         // Gone from the store too, the init segment stays; the other stream is untouched.
         let key = |number| ObjectKey { rendition: video.clone(), session: session.clone(), part: Part::Media(number) };
-        assert!(p.store().object(&stream, &key(2)).is_none() && p.store().object(&stream, &key(3)).is_some());
-        assert!(p.store().object(&stream, &ObjectKey { rendition: video.clone(), session: session.clone(), part: Part::Init }).is_some());
+        assert!(p.store.object(&stream, &key(2)).is_none() && p.store.object(&stream, &key(3)).is_some());
+        assert!(p.store.object(&stream, &ObjectKey { rendition: video.clone(), session: session.clone(), part: Part::Init }).is_some());
         assert_eq!(listed(&p, &other, "360p"), [1, 2, 3, 4]);
         // The rendered MPD lists only what is stored.
         p.publish(&p.timeline(&stream).unwrap().lock());
-        let mpd = String::from_utf8(p.store().manifest(&stream, ManifestForm::Timeline).unwrap().to_vec()).unwrap();
+        let mpd = String::from_utf8(p.store.manifest(&stream, ManifestForm::Timeline).unwrap().to_vec()).unwrap();
         assert!(mpd.contains("startNumber=\"3\""), "{mpd}");
 
         // Segments each larger than the cap: the newest of each rendition still stays.
@@ -426,6 +426,6 @@ mod tests {
         p.add_segment(&stream, &session, &audio, segment(6, 20_000));
         assert_eq!(listed(&p, &stream, "360p"), [7]);
         assert_eq!(listed(&p, &stream, "audio"), [7]);
-        assert_eq!(p.store().stream_bytes(&stream), 40_500);
+        assert_eq!(p.store.stream_bytes(&stream), 40_500);
     }
 }
