@@ -1,0 +1,134 @@
+//! Ingest's side of a stream: the services every actor gets, the handle ingest sends
+//! packets and uplink estimates through (a bounded channel: back-pressure reaches the
+//! broadcaster's TCP window), the end signal ingest and the relay wait on, and [`spawn`],
+//! which starts the actor for a claimed stream.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::media::MediaPacket;
+use crate::package::Packager;
+use crate::probe::UplinkEstimate;
+use crate::transcode::resources::Resources;
+use super::actor::StreamActor;
+use super::registry::{PublishClaim, SharedStatus};
+
+/// Packets a stream may have in flight from ingest before ingest waits.
+const INPUT_CAPACITY: usize = 512;
+
+/// What every stream actor needs from the node.
+#[derive(Clone)]
+pub struct StreamServices {
+    pub config: Arc<Config>,
+    pub packager: Arc<Packager>,
+    pub transcode: Arc<Resources>,
+    pub instruments: crate::metrics::Instruments,
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+/// Why a stream's session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The broadcaster unpublished or disconnected.
+    Finished,
+    /// The pipeline failed; the text says why.
+    Failed(String),
+    /// The appliance is shutting down.
+    Shutdown,
+}
+
+/// How a task that carries a publish (stream actor or relay) reports its end to ingest.
+#[derive(Clone)]
+pub struct EndSignal(tokio::sync::watch::Receiver<Option<StreamEnd>>);
+
+impl EndSignal {
+    /// A sender to report the end with, and the signal ingest waits on.
+    pub fn channel() -> (tokio::sync::watch::Sender<Option<StreamEnd>>, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (tx, Self(rx))
+    }
+
+    /// The end, if the task has ended (a dropped sender counts as shutdown).
+    pub fn now(&self) -> StreamEnd {
+        self.0.borrow().clone().unwrap_or(StreamEnd::Shutdown)
+    }
+
+    /// Resolves when the task has ended.
+    pub async fn wait(&mut self) -> StreamEnd {
+        loop {
+            if let Some(end) = self.0.borrow().clone() {
+                return end;
+            }
+            if self.0.changed().await.is_err() {
+                return StreamEnd::Shutdown;
+            }
+        }
+    }
+}
+
+/// Ingest's side of a stream actor. Dropping it ends the session.
+pub struct StreamHandle {
+    tx: mpsc::Sender<MediaPacket>,
+    uplink: tokio::sync::watch::Sender<Option<UplinkEstimate>>,
+    status: SharedStatus,
+    ended: EndSignal,
+}
+
+impl StreamHandle {
+    /// Sends a packet, waiting while the transcoder is behind. Fails once the actor is gone.
+    pub async fn send(&self, packet: MediaPacket) -> Result<(), StreamEnd> {
+        self.tx.send(packet).await.map_err(|_| self.ended.now())
+    }
+
+    /// Resolves when the actor has ended (for an error, before ingest sends again).
+    pub async fn ended(&mut self) -> StreamEnd {
+        self.ended.wait().await
+    }
+
+    /// The frame rate the broadcaster's metadata states (`onMetaData` framerate): what
+    /// admission counts a ladder with until the actor has measured the source's own.
+    pub fn report_metadata_frame_rate(&self, fps: f64) {
+        if (1.0..=240.0).contains(&fps) {
+            self.status.lock().metadata_fps = Some(fps);
+        }
+    }
+
+    /// Hands the actor the latest uplink estimate (only the newest one matters) and
+    /// publishes the probe's history in the stream's status.
+    pub fn report_uplink(&self, estimate: UplinkEstimate, history: &[crate::probe::ProbeSample]) {
+        self.status.lock().uplink_history = history.to_vec();
+        let _ = self.uplink.send(Some(estimate));
+    }
+}
+
+/// Starts the actor for a claimed stream.
+pub fn spawn(claim: PublishClaim, services: StreamServices) -> StreamHandle {
+    let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
+    let (ended_tx, ended) = EndSignal::channel();
+    let (uplink, uplink_rx) = tokio::sync::watch::channel(None);
+    let stream = claim.stream().clone();
+    let span = tracing::info_span!("stream", stream = %stream);
+    let tracker = services.tracker.clone();
+    let status = Arc::clone(claim.status());
+    let handle_status = Arc::clone(&status);
+    tracker.spawn(
+        async move {
+            let actor = StreamActor::new(stream, services, status);
+            let end = actor.run(rx, uplink_rx).await;
+            match &end {
+                StreamEnd::Failed(reason) => tracing::error!("stream torn down: {reason}"),
+                other => tracing::info!(?other, "stream session ended"),
+            }
+            let _ = ended_tx.send(Some(end));
+            drop(claim);
+        }
+        .instrument(span),
+    );
+    StreamHandle { tx, uplink, status: handle_status, ended }
+}
