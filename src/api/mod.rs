@@ -5,7 +5,8 @@
 //! the committed copy, kept equal by a test.
 //!
 //! Who may call what is decided in [`access`] before any handler runs; every change is
-//! recorded in the audit log. Handlers live by resource: [`session`] (login), [`node`]
+//! recorded in the audit log. Every read or write of the state store runs on the blocking
+//! pool ([`blocking`], `auth::db::blocking`), never on a runtime worker. Handlers live by resource: [`session`] (login), [`node`]
 //! (node, config, cluster, tiers), [`streams`], [`credentials`] (keys, tokens, users,
 //! audit).
 
@@ -31,6 +32,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::admin::AdminStore;
+pub use crate::auth::db::blocking;
 use crate::auth::db::StoreError;
 use crate::auth::keys::KeyStore;
 use crate::cluster::Membership;
@@ -44,7 +46,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 /// Everything the handlers read or change.
 pub struct ApiState {
     pub config: Arc<Config>,
-    pub admin: AdminStore,
+    pub admin: Arc<AdminStore>,
     pub keys: Arc<KeyStore>,
     pub sources: Sources,
     pub membership: Option<Membership>,
@@ -66,7 +68,7 @@ impl ApiState {
         let quota = Quota::per_minute(NonZeroU32::new(auth.login_attempts_per_minute).unwrap_or(one))
             .allow_burst(NonZeroU32::new(auth.login_attempt_burst).unwrap_or(one));
         Ok(Self {
-            admin: AdminStore::open(&auth.data_dir)?,
+            admin: Arc::new(AdminStore::open(&auth.data_dir)?),
             keys,
             config,
             sources,
@@ -78,9 +80,15 @@ impl ApiState {
     }
 
     /// Records an admin action in the audit log (and the log, if the store fails).
-    pub fn audit(&self, who: &Principal, action: &str, target: &str, outcome: &str) {
+    pub async fn audit(&self, who: &Principal, action: &str, target: &str, outcome: &str) {
         tracing::info!(actor = %who.actor(), address = ?who.address(), action, target, outcome, "admin action");
-        if let Err(e) = self.admin.record(&who.actor(), who.address().as_deref(), action, target, outcome) {
+        let (actor, address) = (who.actor(), who.address());
+        let entry = [action, target, outcome].map(str::to_owned);
+        let written = blocking(&self.admin, move |admin| {
+            let [action, target, outcome] = &entry;
+            admin.record(&actor, address.as_deref(), action, target, outcome)
+        });
+        if let Err(e) = written.await {
             tracing::error!(action, target, "audit log not written: {e}");
         }
     }
