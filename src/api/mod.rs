@@ -256,6 +256,33 @@ mod tests {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// On a one-thread runtime, an API write waiting for another connection's write lock
+    /// (up to the store's 2 s busy time-out) leaves the thread free: store work runs on the
+    /// blocking pool.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_waiting_on_the_database_does_not_hold_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(state(dir.path()));
+        let holder = rusqlite::Connection::open(dir.path().join(crate::auth::db::DATABASE_FILE)).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let mut request = Request::post("/api/v1/tokens")
+            .header("host", "127.0.0.1:8080")
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"name":"ci","scope":"read"}"#))
+            .unwrap();
+        request.extensions_mut().insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
+        let mut write = std::pin::pin!(app.oneshot(request));
+        // Were the INSERT on this thread, the write would be answered (after the busy
+        // time-out) before this timer could fire.
+        tokio::select! {
+            biased;
+            answer = &mut write => panic!("the write was answered while the database was locked: {:?}", answer.map(|r| r.status())),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+        }
+        holder.execute_batch("COMMIT").unwrap();
+        assert_eq!(write.await.unwrap().status(), StatusCode::CREATED, "written once the lock was released");
+    }
+
     #[tokio::test]
     async fn only_loopback_clients_are_answered_until_an_admin_exists() {
         let dir = tempfile::tempdir().unwrap();
