@@ -32,7 +32,7 @@ use tower_http::cors::CorsLayer;
 
 pub use cache::{CachedObject, Lifetimes, ObjectKind, TierCache};
 pub use error::TierError;
-pub use prefetch::{Listing, NewestSegment, listing, newest_segments};
+pub use prefetch::{NewestSegment, newest_segments};
 pub use proxy::CacheStatus;
 
 use crate::http::{Peer, note_viewer, path};
