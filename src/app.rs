@@ -20,6 +20,7 @@ use tower::ServiceExt;
 
 use crate::api::{self, ApiState};
 use crate::auth::PublishAuth;
+use crate::auth::admin::AdminStore;
 use crate::auth::keys::KeyStore;
 use crate::auth::replication::{self, PeerKeys};
 use crate::cluster::upstreams::{LiveUpstreams, OriginUpstreams};
@@ -37,8 +38,6 @@ use crate::stream::{StreamRegistry, StreamServices};
 use crate::tier::{self, TierState, UpstreamResolver};
 use crate::transcode::{self, resources::Resources};
 
-/// How often out-of-window segments and ended streams are swept.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait for tasks to finish after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -114,7 +113,7 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
     let ingest_stats = Arc::new(IngestStats::default());
     // One stream key store for publish checks, the admin API, health answers and replication.
     let key_store = Arc::new(KeyStore::open(&config.auth.data_dir).context("opening the stream key store")?);
-    let auth = Arc::new(PublishAuth::start(&config, Arc::clone(&key_store)).context("starting publish authentication")?);
+    let auth = Arc::new(PublishAuth::start(&config, Arc::clone(&key_store)).await.context("starting publish authentication")?);
     let http_stats = Arc::new(HttpStats::default());
     let (node, tier) = node_router(&config, &roles, membership.clone(), Arc::clone(&registry), store, &instruments, &audience, &key_store)?;
     if let Some(m) = &membership {
@@ -138,7 +137,7 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
         host,
     };
     let api = ApiState::new(Arc::clone(&config), sources.clone(), Arc::clone(&key_store), membership).context("opening the admin store")?;
-    if !api.admin.any_user().context("reading the admin store")? {
+    if !crate::auth::db::blocking(&api.admin, AdminStore::any_user).await.context("reading the admin store")? {
         tracing::warn!("no admin user exists: the API answers only loopback clients until `rackcast admin add-user NAME` creates one");
     }
     let app = node
@@ -151,19 +150,8 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
     tracker.spawn(ingest::serve(listeners.rtmp, registry, placement, services, ingest_stats, auth));
     // Every role serves HTTP through the same bounded edge (connection cap, time-outs).
     tracker.spawn(http::serve(listeners.http, app, config.http.clone(), http_stats, shutdown.clone()));
-    let renderer = Arc::clone(&packager);
-    let render_shutdown = shutdown.clone();
-    tracker.spawn(async move { renderer.run_renderer(render_shutdown).await });
-    let sweep_shutdown = shutdown.clone();
-    tracker.spawn(async move {
-        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => packager.sweep(),
-                _ = sweep_shutdown.cancelled() => break,
-            }
-        }
-    });
+    // The MPD renderer and the sweep, supervised (see package/mod.rs).
+    tracker.spawn(packager.run(shutdown.clone()));
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: draining streams");
@@ -225,15 +213,24 @@ fn node_router(
             let streams = health_registry.streams().into_iter().map(|s| s.to_string()).collect();
             let mut body = cluster::health_body(&node_id, streams);
             body.tier = health_tier.as_ref().and_then(|t| serde_json::to_value(t.metrics()).ok());
-            body.keys = federated.then(|| health_keys.fingerprint().inspect_err(|e| tracing::error!("key store fingerprint: {e}")).ok()).flatten();
-            async move { Json(body) }
+            let keys = federated.then(|| Arc::clone(&health_keys));
+            async move {
+                if let Some(keys) = keys {
+                    let fingerprint = crate::auth::db::blocking(&keys, KeyStore::fingerprint).await;
+                    body.keys = fingerprint.inspect_err(|e| tracing::error!("key store fingerprint: {e}")).ok();
+                }
+                Json(body)
+            }
         }),
     );
     if federated {
         let (keys, secret) = (Arc::clone(keys), config.cluster.relay_secret.clone());
         health = health.route(
             replication::KEYS_PATH,
-            get(move |headers: axum::http::HeaderMap| std::future::ready(replication::serve(&keys, &secret, &headers))),
+            get(move |headers: axum::http::HeaderMap| {
+                let (keys, secret) = (Arc::clone(&keys), secret.clone());
+                async move { replication::serve(&keys, &secret, &headers).await }
+            }),
         );
     }
     let tier = tier_state.clone().map(tier::router);

@@ -25,7 +25,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::CookieJar;
 
-use super::{ApiError, ApiState, OPENAPI_PATH};
+use super::{ApiError, ApiState, OPENAPI_PATH, blocking};
+use crate::auth::admin::AdminStore;
 use crate::auth::admin::{Scope, SessionLookup};
 use crate::http::{Peer, viewer_origin};
 
@@ -112,15 +113,16 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// The access check in front of every API route; see the module header.
 pub async fn guard(State(api): State<Arc<ApiState>>, peer: Peer, jar: CookieJar, mut request: Request, next: Next) -> Response {
     let address = peer.as_ref().map(|p| p.0.0.ip());
-    let headers = request.headers();
+    // Owned: the request (whose body is not Sync) is not borrowed across the store's awaits.
+    let headers = &request.headers().clone();
     let method = request.method().clone();
-    let path = request.uri().path();
+    let path = &request.uri().path().to_owned();
     let write = !matches!(method, Method::GET | Method::HEAD);
     if write && cross_origin(headers) {
         return refused(StatusCode::FORBIDDEN, "cross-origin request refused", &method, path, address);
     }
     let open_route = path == OPENAPI_PATH || (path == SESSION_PATH && method == Method::POST);
-    let any_user = match api.admin.any_user() {
+    let any_user = match blocking(&api.admin, AdminStore::any_user).await {
         Ok(any) => any,
         Err(e) => return ApiError::from(e).into_response(),
     };
@@ -138,14 +140,14 @@ pub async fn guard(State(api): State<Arc<ApiState>>, peer: Peer, jar: CookieJar,
             );
         }
         PrincipalKind::Loopback
-    } else if let Some(secret) = bearer(headers) {
-        match api.admin.token(secret) {
+    } else if let Some(secret) = bearer(headers).map(str::to_owned) {
+        match blocking(&api.admin, move |admin| admin.token(&secret)).await {
             Ok(Some(token)) => PrincipalKind::Token { id: token.id, scope: token.scope },
             Ok(None) => return refused(StatusCode::UNAUTHORIZED, "unknown or revoked API token", &method, path, address),
             Err(e) => return ApiError::from(e).into_response(),
         }
-    } else if let Some(cookie) = jar.get(SESSION_COOKIE) {
-        match api.admin.session(cookie.value()) {
+    } else if let Some(cookie) = jar.get(SESSION_COOKIE).map(|c| c.value().to_owned()) {
+        match blocking(&api.admin, move |admin| admin.session(&cookie)).await {
             Ok(SessionLookup::Valid { user, csrf, expires_at }) => PrincipalKind::User { name: user, csrf, expires_at },
             Ok(SessionLookup::Expired) if !open_route => return refuse(StatusCode::UNAUTHORIZED, "session expired: log in again"),
             Ok(SessionLookup::Unknown) if !open_route => return refuse(StatusCode::UNAUTHORIZED, "not logged in (unknown session)"),

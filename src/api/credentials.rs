@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::access::{Principal, PrincipalKind};
-use super::{ApiError, ApiResult, ApiState, ErrorBody};
-use crate::auth::admin::{AdminError, AuditEntry, Scope, TokenInfo, UserInfo};
-use crate::auth::keys::KeyInfo;
+use super::{ApiError, ApiResult, ApiState, ErrorBody, blocking};
+use crate::auth::admin::{AdminError, AdminStore, AuditEntry, Scope, TokenInfo, UserInfo};
+use crate::auth::keys::{KeyInfo, KeyStore};
 use crate::media::StreamId;
 
 // ---- stream keys
@@ -21,7 +21,7 @@ use crate::media::StreamId;
 #[utoipa::path(get, path = "/api/v1/keys", tag = "credentials",
     responses((status = 200, description = "OK", body = Vec<KeyInfo>), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
 pub async fn list_keys(State(api): State<Arc<ApiState>>) -> ApiResult<Json<Vec<KeyInfo>>> {
-    Ok(Json(api.keys.list()?))
+    Ok(Json(blocking(&api.keys, KeyStore::list).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -47,10 +47,11 @@ pub async fn create_key(
 ) -> ApiResult<(StatusCode, Json<NewKeyAnswer>)> {
     let stream = StreamId::parse(&request.stream)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{:?} is not a stream name: {e}", request.stream)))?;
-    let Some(key) = api.keys.create(&stream)? else {
+    let for_stream = stream.clone();
+    let Some(key) = blocking(&api.keys, move |keys| keys.create(&for_stream)).await? else {
         return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, format!("the store holds {} keys already", crate::auth::keys::MAX_KEYS)));
     };
-    api.audit(&who, "key.create", &format!("{} ({stream})", key.id), "ok");
+    api.audit(&who, "key.create", &format!("{} ({stream})", key.id), "ok").await;
     Ok((StatusCode::CREATED, Json(NewKeyAnswer { id: key.id, stream: stream.to_string(), key: key.secret })))
 }
 
@@ -58,10 +59,11 @@ pub async fn create_key(
     responses((status = 204, description = "Revoked: new publishes with it are refused; a live stream goes on"),
         (status = 404, description = "Not found", body = ErrorBody), (status = 403, description = "Not allowed: read-only token, CSRF token missing, cross-origin, or not loopback before an admin exists", body = ErrorBody)))]
 pub async fn revoke_key(State(api): State<Arc<ApiState>>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    if !api.keys.revoke(&id)? {
+    let key = id.clone();
+    if !blocking(&api.keys, move |keys| keys.revoke(&key)).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no stream key {id:?} in force")));
     }
-    api.audit(&who, "key.revoke", &id, "ok");
+    api.audit(&who, "key.revoke", &id, "ok").await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -70,7 +72,7 @@ pub async fn revoke_key(State(api): State<Arc<ApiState>>, Extension(who): Extens
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "credentials",
     responses((status = 200, description = "OK", body = Vec<TokenInfo>), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
 pub async fn list_tokens(State(api): State<Arc<ApiState>>) -> ApiResult<Json<Vec<TokenInfo>>> {
-    Ok(Json(api.admin.tokens()?))
+    Ok(Json(blocking(&api.admin, AdminStore::tokens).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -99,18 +101,20 @@ pub async fn create_token(
     if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "a token name is 1 to 100 printable characters"));
     }
-    let (token, secret) = api.admin.create_token(name, request.scope, &who.actor())?;
-    api.audit(&who, "token.create", &format!("{} ({name}, {:?})", token.id, request.scope), "ok");
+    let (owned_name, scope, actor) = (name.to_owned(), request.scope, who.actor());
+    let (token, secret) = blocking(&api.admin, move |admin| admin.create_token(&owned_name, scope, &actor)).await?;
+    api.audit(&who, "token.create", &format!("{} ({name}, {:?})", token.id, request.scope), "ok").await;
     Ok((StatusCode::CREATED, Json(NewTokenAnswer { token, secret })))
 }
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "credentials", params(("id" = String, Path)),
     responses((status = 204, description = "Revoked"), (status = 404, description = "Not found", body = ErrorBody), (status = 403, description = "Not allowed: read-only token, CSRF token missing, cross-origin, or not loopback before an admin exists", body = ErrorBody)))]
 pub async fn revoke_token(State(api): State<Arc<ApiState>>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    if !api.admin.revoke_token(&id)? {
+    let token = id.clone();
+    if !blocking(&api.admin, move |admin| admin.revoke_token(&token)).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no API token {id:?} in force")));
     }
-    api.audit(&who, "token.revoke", &id, "ok");
+    api.audit(&who, "token.revoke", &id, "ok").await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -119,7 +123,7 @@ pub async fn revoke_token(State(api): State<Arc<ApiState>>, Extension(who): Exte
 #[utoipa::path(get, path = "/api/v1/users", tag = "credentials",
     responses((status = 200, description = "OK", body = Vec<UserInfo>), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
 pub async fn list_users(State(api): State<Arc<ApiState>>) -> ApiResult<Json<Vec<UserInfo>>> {
-    Ok(Json(api.admin.users()?))
+    Ok(Json(blocking(&api.admin, AdminStore::users).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -136,19 +140,16 @@ pub async fn create_user(
     Extension(who): Extension<Principal>,
     Json(request): Json<NewUserRequest>,
 ) -> ApiResult<(StatusCode, Json<UserInfo>)> {
-    let store = Arc::clone(&api);
     let name = request.name.clone();
-    let added = tokio::task::spawn_blocking(move || store.admin.add_user(&name, &request.password))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("adding the user failed: {e}")))?;
+    let added = blocking(&api.admin, move |admin| admin.add_user(&name, &request.password)).await;
     match added {
         Ok(()) => {}
         Err(AdminError::Store(e)) => return Err(e.into()),
         Err(e @ AdminError::UserExists(_)) => return Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
         Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())),
     }
-    api.audit(&who, "user.create", &request.name, "ok");
-    let user = api.admin.users()?.into_iter().find(|u| u.name == request.name);
+    api.audit(&who, "user.create", &request.name, "ok").await;
+    let user = blocking(&api.admin, AdminStore::users).await?.into_iter().find(|u| u.name == request.name);
     user.map(|u| (StatusCode::CREATED, Json(u))).ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "the user was deleted meanwhile"))
 }
 
@@ -158,10 +159,11 @@ pub async fn delete_user(State(api): State<Arc<ApiState>>, Extension(who): Exten
     if matches!(&who.kind, PrincipalKind::User { name: me, .. } if *me == name) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "you cannot delete the user you are logged in as"));
     }
-    if !api.admin.delete_user(&name)? {
+    let user = name.clone();
+    if !blocking(&api.admin, move |admin| admin.delete_user(&user)).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no user {name:?}")));
     }
-    api.audit(&who, "user.delete", &name, "ok");
+    api.audit(&who, "user.delete", &name, "ok").await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -178,5 +180,5 @@ pub struct AuditQuery {
 #[utoipa::path(get, path = "/api/v1/audit", tag = "credentials", params(AuditQuery),
     responses((status = 200, body = Vec<AuditEntry>, description = "Newest first"), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
 pub async fn audit(State(api): State<Arc<ApiState>>, Query(query): Query<AuditQuery>) -> ApiResult<Json<Vec<AuditEntry>>> {
-    Ok(Json(api.admin.audit(query.limit.unwrap_or(100), query.before)?))
+    Ok(Json(blocking(&api.admin, move |admin| admin.audit(query.limit.unwrap_or(100), query.before)).await?))
 }

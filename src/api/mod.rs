@@ -5,7 +5,8 @@
 //! the committed copy, kept equal by a test.
 //!
 //! Who may call what is decided in [`access`] before any handler runs; every change is
-//! recorded in the audit log. Handlers live by resource: [`session`] (login), [`node`]
+//! recorded in the audit log. Every read or write of the state store runs on the blocking
+//! pool ([`blocking`], `auth::db::blocking`), never on a runtime worker. Handlers live by resource: [`session`] (login), [`node`]
 //! (node, config, cluster, tiers), [`streams`], [`credentials`] (keys, tokens, users,
 //! audit).
 
@@ -31,6 +32,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::admin::AdminStore;
+pub use crate::auth::db::blocking;
 use crate::auth::db::StoreError;
 use crate::auth::keys::KeyStore;
 use crate::cluster::Membership;
@@ -44,7 +46,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 /// Everything the handlers read or change.
 pub struct ApiState {
     pub config: Arc<Config>,
-    pub admin: AdminStore,
+    pub admin: Arc<AdminStore>,
     pub keys: Arc<KeyStore>,
     pub sources: Sources,
     pub membership: Option<Membership>,
@@ -66,7 +68,7 @@ impl ApiState {
         let quota = Quota::per_minute(NonZeroU32::new(auth.login_attempts_per_minute).unwrap_or(one))
             .allow_burst(NonZeroU32::new(auth.login_attempt_burst).unwrap_or(one));
         Ok(Self {
-            admin: AdminStore::open(&auth.data_dir)?,
+            admin: Arc::new(AdminStore::open(&auth.data_dir)?),
             keys,
             config,
             sources,
@@ -78,9 +80,15 @@ impl ApiState {
     }
 
     /// Records an admin action in the audit log (and the log, if the store fails).
-    pub fn audit(&self, who: &Principal, action: &str, target: &str, outcome: &str) {
+    pub async fn audit(&self, who: &Principal, action: &str, target: &str, outcome: &str) {
         tracing::info!(actor = %who.actor(), address = ?who.address(), action, target, outcome, "admin action");
-        if let Err(e) = self.admin.record(&who.actor(), who.address().as_deref(), action, target, outcome) {
+        let (actor, address) = (who.actor(), who.address());
+        let entry = [action, target, outcome].map(str::to_owned);
+        let written = blocking(&self.admin, move |admin| {
+            let [action, target, outcome] = &entry;
+            admin.record(&actor, address.as_deref(), action, target, outcome)
+        });
+        if let Err(e) = written.await {
             tracing::error!(action, target, "audit log not written: {e}");
         }
     }
@@ -246,6 +254,33 @@ mod tests {
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// On a one-thread runtime, an API write waiting for another connection's write lock
+    /// (up to the store's 2 s busy time-out) leaves the thread free: store work runs on the
+    /// blocking pool.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_waiting_on_the_database_does_not_hold_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(state(dir.path()));
+        let holder = rusqlite::Connection::open(dir.path().join(crate::auth::db::DATABASE_FILE)).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let mut request = Request::post("/api/v1/tokens")
+            .header("host", "127.0.0.1:8080")
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"name":"ci","scope":"read"}"#))
+            .unwrap();
+        request.extensions_mut().insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
+        let mut write = std::pin::pin!(app.oneshot(request));
+        // Were the INSERT on this thread, the write would be answered (after the busy
+        // time-out) before this timer could fire.
+        tokio::select! {
+            biased;
+            answer = &mut write => panic!("the write was answered while the database was locked: {:?}", answer.map(|r| r.status())),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+        }
+        holder.execute_batch("COMMIT").unwrap();
+        assert_eq!(write.await.unwrap().status(), StatusCode::CREATED, "written once the lock was released");
     }
 
     #[tokio::test]

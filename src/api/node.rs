@@ -55,7 +55,7 @@ pub async fn node(State(api): State<Arc<ApiState>>) -> ApiResult<Json<NodeInfo>>
         backends: sources.transcode.admission.selection().usable.iter().map(|u| u.backend.name().to_owned()).collect(),
         backends_skipped: sources.transcode.admission.selection().skipped.clone(),
         transcode_usage: sources.transcode.admission.report(),
-        publishing_open: sources.auth.is_open()?,
+        publishing_open: sources.auth.is_open().await?,
         live_streams: sources.streams.count(),
         rtmp_port: api.config.ingest.listen.port(),
         host: sources.host.snapshot(),

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::access::{Principal, PrincipalKind, SESSION_COOKIE};
-use super::{ApiError, ApiResult, ApiState, ErrorBody};
+use super::{ApiError, ApiResult, ApiState, ErrorBody, blocking};
 use crate::auth::admin::Scope;
 
 #[derive(Deserialize, ToSchema)]
@@ -79,27 +79,25 @@ pub async fn login(
         && api.login_limiter.check_key(&address).is_err()
     {
         tracing::warn!(%address, "login refused: too many attempts from this address");
-        api.audit(&who, "session.login", &login.username, "refused: too many attempts");
+        api.audit(&who, "session.login", &login.username, "refused: too many attempts").await;
         let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many login attempts from this address; wait a minute").into_response();
         response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
         return Ok(response);
     }
-    let check = Arc::clone(&api);
     let (name, password) = (login.username.clone(), login.password);
-    let valid = tokio::task::spawn_blocking(move || check.admin.check_password(&name, &password))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("password check failed: {e}")))??;
+    let valid = blocking(&api.admin, move |admin| admin.check_password(&name, &password)).await?;
     if !valid {
-        api.audit(&who, "session.login", &login.username, "refused: wrong username or password");
+        api.audit(&who, "session.login", &login.username, "refused: wrong username or password").await;
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong username or password"));
     }
     let lifetime = api.config.auth.session_lifetime;
-    let session = api.admin.open_session(&login.username, lifetime)?;
+    let user = login.username.clone();
+    let session = blocking(&api.admin, move |admin| admin.open_session(&user, lifetime)).await?;
     let user = Principal {
         kind: PrincipalKind::User { name: login.username.clone(), csrf: session.csrf.clone(), expires_at: session.expires_at },
         address: who.address,
     };
-    api.audit(&user, "session.login", &login.username, "ok");
+    api.audit(&user, "session.login", &login.username, "ok").await;
     let tls = headers.get("x-forwarded-proto").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
     let cookie = Cookie::build((SESSION_COOKIE, session.secret))
         .path("/")
@@ -113,10 +111,10 @@ pub async fn login(
 #[utoipa::path(delete, path = "/api/v1/session", tag = "session",
     responses((status = 204, description = "Logged out; the cookie is cleared"), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody), (status = 403, description = "Not allowed: read-only token, CSRF token missing, cross-origin, or not loopback before an admin exists", body = ErrorBody)))]
 pub async fn logout(State(api): State<Arc<ApiState>>, Extension(who): Extension<Principal>, jar: CookieJar) -> ApiResult<Response> {
-    if let Some(cookie) = jar.get(SESSION_COOKIE) {
-        api.admin.close_session(cookie.value())?;
+    if let Some(secret) = jar.get(SESSION_COOKIE).map(|c| c.value().to_owned()) {
+        blocking(&api.admin, move |admin| admin.close_session(&secret)).await?;
     }
-    api.audit(&who, "session.logout", &who.actor(), "ok");
+    api.audit(&who, "session.logout", &who.actor(), "ok").await;
     let cleared = Cookie::build((SESSION_COOKIE, "")).path("/").build();
     Ok((jar.remove(cleared), StatusCode::NO_CONTENT).into_response())
 }

@@ -117,10 +117,10 @@ pub struct Done {
 pub async fn kick(State(api): State<Arc<ApiState>>, Extension(who): Extension<Principal>, Path(stream): Path<String>) -> ApiResult<Json<Done>> {
     let stream = stream_id(&stream)?;
     if !api.sources.streams.kick(&stream) {
-        api.audit(&who, "stream.kick", stream.as_str(), "refused: not live here");
+        api.audit(&who, "stream.kick", stream.as_str(), "refused: not live here").await;
         return Err(not_live(&stream));
     }
-    api.audit(&who, "stream.kick", stream.as_str(), "ok");
+    api.audit(&who, "stream.kick", stream.as_str(), "ok").await;
     Ok(Json(Done { stream: stream.to_string(), result: "publisher disconnected".into() }))
 }
 
@@ -145,12 +145,15 @@ pub async fn stop(
     if hold.is_zero() || hold > MAX_STOP {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("hold_seconds must be 1 to {}", MAX_STOP.as_secs())));
     }
-    let was_live = api.sources.streams.stop(&stream, hold).map_err(|max| {
-        api.audit(&who, "stream.stop", stream.as_str(), "refused: too many streams stopped");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{max} streams are stopped already; resume some first"))
-    })?;
+    let was_live = match api.sources.streams.stop(&stream, hold) {
+        Ok(was_live) => was_live,
+        Err(max) => {
+            api.audit(&who, "stream.stop", stream.as_str(), "refused: too many streams stopped").await;
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{max} streams are stopped already; resume some first")));
+        }
+    };
     let result = format!("{} publishes refused for {} s", if was_live { "publisher disconnected;" } else { "not live;" }, hold.as_secs());
-    api.audit(&who, "stream.stop", stream.as_str(), &format!("ok: {result}"));
+    api.audit(&who, "stream.stop", stream.as_str(), &format!("ok: {result}")).await;
     Ok(Json(Done { stream: stream.to_string(), result }))
 }
 
@@ -162,6 +165,6 @@ pub async fn resume(State(api): State<Arc<ApiState>>, Extension(who): Extension<
     if !api.sources.streams.resume(&stream) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("stream {stream} is not stopped")));
     }
-    api.audit(&who, "stream.resume", stream.as_str(), "ok");
+    api.audit(&who, "stream.resume", stream.as_str(), "ok").await;
     Ok(Json(Done { stream: stream.to_string(), result: "publishes accepted again".into() }))
 }

@@ -2,8 +2,15 @@
 //! directory) in WAL mode, so the CLI (`rackcast keys`, `rackcast admin`) works while the
 //! appliance runs. Owns the schema of every table; [`super::keys`] and [`super::admin`]
 //! each open their own connection to it.
+//!
+//! The stores' methods are synchronous (the CLI calls them as they are). Async code (API
+//! handlers, publish checks, health answers, replication) calls them through
+//! [`blocking`], on tokio's blocking pool: a query waiting up to [`BUSY_TIMEOUT`] for
+//! another connection's write, a slow disk or an argon2 hash then holds a pool thread,
+//! never a runtime worker serving viewers.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const DATABASE_FILE: &str = "rackcast.sqlite3";
@@ -56,6 +63,24 @@ pub enum StoreError {
     DataDir { dir: String, source: std::io::Error },
     #[error("state store {path}: {source}")]
     Sqlite { path: String, source: rusqlite::Error },
+    #[error("state store work did not finish: {0}")]
+    Worker(String),
+}
+
+/// Runs `work` on `store` on tokio's blocking pool and waits for it (see the module
+/// header). Work that panicked, or that the runtime dropped while shutting down, is a
+/// [`StoreError::Worker`].
+pub async fn blocking<S, T, E>(store: &Arc<S>, work: impl FnOnce(&S) -> Result<T, E> + Send + 'static) -> Result<T, E>
+where
+    S: Send + Sync + 'static,
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    match tokio::task::spawn_blocking(move || work(&store)).await {
+        Ok(result) => result,
+        Err(e) => Err(StoreError::Worker(if e.is_panic() { "it panicked".to_owned() } else { "cancelled".to_owned() }).into()),
+    }
 }
 
 /// An open connection with the schema in place, and the file's path for error messages.

@@ -74,7 +74,7 @@ impl PublishAuth {
     /// The node's publish authentication: the config's keys and token secret, the node's
     /// key store, federation nodes exempt from the attempt limit. Logs whether publishing
     /// is open.
-    pub fn start(config: &crate::config::Config, store: Arc<KeyStore>) -> anyhow::Result<Self> {
+    pub async fn start(config: &crate::config::Config, store: Arc<KeyStore>) -> anyhow::Result<Self> {
         let nodes = config.cluster.nodes.iter().flat_map(|n| [n.rtmp.ip(), n.http.ip()]).collect();
         let mut auth = Self::new(&config.auth, config.ingest.keys.clone(), Some(store), nodes);
         auth.node_id = config.cluster.node_id.clone();
@@ -84,7 +84,7 @@ impl PublishAuth {
             tracing::info!(timeout = ?config.auth.publish_webhook_timeout, "every publish is also put to the publish webhook");
             auth.webhook = Some(hook);
         }
-        if auth.is_open()? {
+        if auth.is_open().await? {
             tracing::warn!(
                 "publishing is open: no stream key is in force, so whoever reaches the RTMP port may publish any stream name \
                  (`rackcast keys add STREAM` creates a key)"
@@ -113,9 +113,16 @@ impl PublishAuth {
         }
     }
 
-    /// True while no key is in force: anyone may publish any name.
-    pub fn is_open(&self) -> Result<bool, KeyStoreError> {
-        Ok(self.config_keys.is_empty() && self.token_secret.is_none() && !self.store.as_ref().map(|s| s.any_active()).transpose()?.unwrap_or(false))
+    /// True while no key is in force: anyone may publish any name. The key store is read
+    /// on the blocking pool ([`db::blocking`]).
+    pub async fn is_open(&self) -> Result<bool, KeyStoreError> {
+        if !self.config_keys.is_empty() || self.token_secret.is_some() {
+            return Ok(false);
+        }
+        match &self.store {
+            Some(store) => Ok(!db::blocking(store, KeyStore::any_active).await?),
+            None => Ok(true),
+        }
     }
 
     /// Puts an accepted publish of `stream` from `peer` to the publish webhook, if one is
@@ -129,9 +136,9 @@ impl PublishAuth {
 
     /// The stream a publish name (`key` or `key?query`, after the application instance)
     /// from `peer` publishes.
-    pub fn resolve(&self, name: &str, peer: IpAddr) -> Result<StreamId, Refusal> {
+    pub async fn resolve(&self, name: &str, peer: IpAddr) -> Result<StreamId, Refusal> {
         let (key, query) = key::split_query(name);
-        if self.is_open()? {
+        if self.is_open().await? {
             return Ok(key::open_name(key)?);
         }
         if !self.exempt.contains(&peer) {
@@ -156,11 +163,19 @@ impl PublishAuth {
         }
         if let Some(store) = &self.store {
             let decoded = key::percent_decode(key).ok().filter(|d| d != key);
-            for candidate in std::iter::once(key).chain(decoded.as_deref()) {
-                // Stored names were validated when the key was made; a bad one refuses.
-                if let Some(stream) = store.lookup(candidate)? {
-                    return StreamId::parse(&stream).map_err(|_| Refusal::Key(KeyError::Unknown));
+            let candidates: Vec<String> = std::iter::once(key.to_owned()).chain(decoded).collect();
+            let found = db::blocking(store, move |store| {
+                for candidate in &candidates {
+                    if let Some(stream) = store.lookup(candidate)? {
+                        return Ok(Some(stream));
+                    }
                 }
+                Ok::<_, KeyStoreError>(None)
+            })
+            .await?;
+            if let Some(stream) = found {
+                // Stored names were validated when the key was made; a bad one refuses.
+                return StreamId::parse(&stream).map_err(|_| Refusal::Key(KeyError::Unknown));
             }
         }
         Err(Refusal::Key(KeyError::Unknown))
@@ -179,62 +194,62 @@ mod tests {
 
     const PEER: &str = "192.0.2.1";
 
-    #[test]
-    fn open_until_a_key_exists_then_only_keys_publish() {
+    #[tokio::test]
+    async fn open_until_a_key_exists_then_only_keys_publish() {
         let dir = tempfile::tempdir().unwrap();
         let a = auth(&[], Some(Arc::new(KeyStore::open(dir.path()).unwrap())), 60, 20);
         let peer: IpAddr = PEER.parse().unwrap();
-        assert!(a.is_open().unwrap());
-        assert_eq!(a.resolve("room/cam?token=x", peer).unwrap().as_str(), "room~cam");
+        assert!(a.is_open().await.unwrap());
+        assert_eq!(a.resolve("room/cam?token=x", peer).await.unwrap().as_str(), "room~cam");
 
         let key = KeyStore::open(dir.path()).unwrap().create(&StreamId::parse("studio").unwrap()).unwrap().unwrap();
-        assert!(!a.is_open().unwrap());
-        assert_eq!(a.resolve(&format!("{}?via=obs", key.secret), peer).unwrap().as_str(), "studio");
-        assert!(matches!(a.resolve("cam", peer), Err(Refusal::Key(KeyError::Unknown))));
+        assert!(!a.is_open().await.unwrap());
+        assert_eq!(a.resolve(&format!("{}?via=obs", key.secret), peer).await.unwrap().as_str(), "studio");
+        assert!(matches!(a.resolve("cam", peer).await, Err(Refusal::Key(KeyError::Unknown))));
         // A refusal never carries the key.
-        let refusal = a.resolve("rk_0000000000000000000000000000000000000000", peer).unwrap_err().to_string();
+        let refusal = a.resolve("rk_0000000000000000000000000000000000000000", peer).await.unwrap_err().to_string();
         assert!(!refusal.contains("rk_"), "{refusal}");
     }
 
-    #[test]
-    fn config_keys_and_stored_keys_both_count() {
+    #[tokio::test]
+    async fn config_keys_and_stored_keys_both_count() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::open(dir.path()).unwrap();
         let stored = store.create(&StreamId::parse("two").unwrap()).unwrap().unwrap();
         let a = auth(&[("fixed-secret", "one")], Some(Arc::new(store)), 60, 20);
         let peer: IpAddr = PEER.parse().unwrap();
-        assert_eq!(a.resolve("fixed-secret", peer).unwrap().as_str(), "one");
-        assert_eq!(a.resolve(&stored.secret, peer).unwrap().as_str(), "two");
+        assert_eq!(a.resolve("fixed-secret", peer).await.unwrap().as_str(), "one");
+        assert_eq!(a.resolve(&stored.secret, peer).await.unwrap().as_str(), "two");
     }
 
-    #[test]
-    fn signed_publish_keys_publish_until_they_expire() {
+    #[tokio::test]
+    async fn signed_publish_keys_publish_until_they_expire() {
         let secret = "a-publish-token-secret";
         let config = AuthConfig { publish_token_secret: secret.into(), ..AuthConfig::default() };
         let a = PublishAuth::new(&config, BTreeMap::new(), None, HashSet::new());
         let peer: IpAddr = PEER.parse().unwrap();
-        assert!(!a.is_open().unwrap(), "a token secret requires a key or token");
+        assert!(!a.is_open().await.unwrap(), "a token secret requires a key or token");
         let key = token::sign(token::Purpose::Publish, "room/cam", secret, std::time::Duration::from_secs(60));
-        assert_eq!(a.resolve(&key, peer).unwrap().as_str(), "room~cam");
+        assert_eq!(a.resolve(&key, peer).await.unwrap().as_str(), "room~cam");
         let forged = key.replace("room/cam", "room/other");
-        assert!(matches!(a.resolve(&forged, peer), Err(Refusal::Token(token::TokenError::BadSignature))));
+        assert!(matches!(a.resolve(&forged, peer).await, Err(Refusal::Token(token::TokenError::BadSignature))));
         let relay = token::sign(token::Purpose::Relay, "room/cam", secret, token::RELAY_LIFETIME);
-        assert!(matches!(a.resolve(&relay, peer), Err(Refusal::Token(_))), "a relay token does not publish");
-        assert!(matches!(a.resolve("room/cam", peer), Err(Refusal::Key(KeyError::Unknown))));
+        assert!(matches!(a.resolve(&relay, peer).await, Err(Refusal::Token(_))), "a relay token does not publish");
+        assert!(matches!(a.resolve("room/cam", peer).await, Err(Refusal::Key(KeyError::Unknown))));
     }
 
-    #[test]
-    fn attempts_are_limited_per_address_while_keys_are_required() {
+    #[tokio::test]
+    async fn attempts_are_limited_per_address_while_keys_are_required() {
         let a = auth(&[("s3cret", "cam")], None, 1, 3);
         let (peer, other, node): (IpAddr, IpAddr, IpAddr) = (PEER.parse().unwrap(), "192.0.2.2".parse().unwrap(), "10.0.0.9".parse().unwrap());
         for _ in 0..3 {
-            assert!(matches!(a.resolve("guess", peer), Err(Refusal::Key(_))));
+            assert!(matches!(a.resolve("guess", peer).await, Err(Refusal::Key(_))));
         }
         // The burst is spent: even the right key waits.
-        assert!(matches!(a.resolve("s3cret", peer), Err(Refusal::RateLimited)));
-        assert_eq!(a.resolve("s3cret", other).unwrap().as_str(), "cam", "another address is not affected");
+        assert!(matches!(a.resolve("s3cret", peer).await, Err(Refusal::RateLimited)));
+        assert_eq!(a.resolve("s3cret", other).await.unwrap().as_str(), "cam", "another address is not affected");
         for _ in 0..10 {
-            assert!(a.resolve("s3cret", node).is_ok(), "federation nodes are exempt");
+            assert!(a.resolve("s3cret", node).await.is_ok(), "federation nodes are exempt");
         }
         assert_eq!(a.rate_limited.load(Ordering::Relaxed), 1);
     }

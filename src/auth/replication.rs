@@ -30,13 +30,13 @@ const MAX_RECORDS_BYTES: usize = 32 << 20;
 const SUBJECT: &str = "stream-keys";
 
 /// `GET /cluster/keys`: this node's key records, for a request signed with the relay secret.
-pub fn serve(store: &KeyStore, secret: &str, headers: &HeaderMap) -> Response {
+pub async fn serve(store: &Arc<KeyStore>, secret: &str, headers: &HeaderMap) -> Response {
     let signed = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match signed.map(|t| token::verify(Purpose::Cluster, t, secret)) {
         Some(Ok(SUBJECT)) => {}
         _ => return (StatusCode::FORBIDDEN, "a signed cluster request is required\n").into_response(),
     }
-    match store.export() {
+    match super::db::blocking(store, KeyStore::export).await {
         Ok(records) => Json(records).into_response(),
         Err(e) => {
             tracing::error!("exporting stream keys for a peer: {e}");
@@ -62,7 +62,7 @@ pub async fn run(store: Arc<KeyStore>, peers: impl Fn() -> Vec<PeerKeys>, secret
             _ = shutdown.cancelled() => return,
         }
         for peer in peers() {
-            let ours = match store.fingerprint() {
+            let ours = match super::db::blocking(&store, KeyStore::fingerprint).await {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::error!("reading the key store's fingerprint: {e}");
@@ -73,7 +73,7 @@ pub async fn run(store: Arc<KeyStore>, peers: impl Fn() -> Vec<PeerKeys>, secret
                 continue;
             }
             match pull(&client, &peer, &secret).await {
-                Ok(records) => match store.merge(&records) {
+                Ok(records) => match super::db::blocking(&store, move |store| store.merge(&records)).await {
                     Ok(0) => {}
                     Ok(changed) => tracing::info!(peer = %peer.id, changed, "stream keys merged from a peer"),
                     Err(e) => tracing::error!(peer = %peer.id, "merging a peer's stream keys: {e}"),

@@ -470,7 +470,7 @@ impl Connection {
                 }
                 None => stream_key,
             };
-            let stream = self.auth.resolve(name, self.peer.ip()).map_err(|e| match e {
+            let stream = self.auth.resolve(name, self.peer.ip()).await.map_err(|e| match e {
                 Refusal::Key(e @ key::KeyError::Unknown) => e.to_string(),
                 Refusal::Key(e) => format!("invalid stream key: {e}"),
                 Refusal::RateLimited | Refusal::Token(_) => e.to_string(),

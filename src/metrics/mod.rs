@@ -284,6 +284,9 @@ impl NodeCollector {
         family(encoder, "stream_stalled", "1 while the stream has produced no segment for 5 s", Gauge, &stalled)?;
         family(encoder, "stream_ingest_bytes", "Media bytes received from the broadcaster", Counter, &ingest)?;
         family(encoder, "stream_segments", "Media segments produced, every rendition", Counter, &segments)?;
+        let failures = s.packager.failures();
+        family(encoder, "mpd_render_failures", "Renders of one stream's MPD that panicked (that stream kept its last MPD)", Counter, &[(vec![], failures.render_failures as f64)])?;
+        family(encoder, "package_task_restarts", "MPD renderer or sweep loops that died and were started again", Counter, &[(vec![], failures.task_restarts as f64)])?;
         let sessions: Vec<_> = sessions.into_iter().map(|(backend, n)| (vec![("backend", backend.to_owned())], n)).collect();
         family(encoder, "encoder_sessions", "Video encoders running, by backend", Gauge, &sessions)?;
         let usage = s.transcode.admission.report();

@@ -16,6 +16,14 @@
 //! of each live rendition always stays, so the MPD never empties and the live edge goes
 //! on). Both are logged (at most one line a second) and counted ([`PackageStats`]).
 //!
+//! One renderer and one sweep serve every stream, so neither may be stopped by one stream:
+//! each stream's render (and sweep step) runs under `catch_unwind`. A panic there is
+//! logged with the stream (at most one line a second), counted
+//! (`rackcast_mpd_render_failures_total`) and leaves that stream's MPD at its last version
+//! while the other streams keep updating; the stream's next change tries again. Should a
+//! loop die anyway, [`Packager::run`] logs it, counts it (`rackcast_package_task_restarts_total`)
+//! and starts it again after [`RESTART_DELAY`].
+//!
 //! # What players need from the MPD
 //!
 //! Measured with the player matrix in tests/players.rs (Debian 12 versions) and read from
@@ -59,8 +67,10 @@ pub mod mpd;
 pub mod timeline;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -71,11 +81,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::media::{CmafSegment, RenditionId, SessionId, StreamId, TrackKind};
 use crate::store::{ManifestForm, ObjectKey, Part, Store, StreamSummary};
+use crate::warn_limiter::WarnLimiter;
 use mpd::MpdTiming;
 use timeline::{RenditionInfo, StreamTimeline};
 
 /// How long the renderer waits after a change for the other renditions' segments.
 const RENDER_COALESCE: Duration = Duration::from_millis(5);
+/// How often the sweep evicts what left the DVR window and forgets ended streams.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Pause before a renderer or sweep loop that died is started again.
+pub const RESTART_DELAY: Duration = Duration::from_millis(100);
 
 type SharedTimeline = Arc<Mutex<StreamTimeline>>;
 
@@ -130,6 +145,22 @@ pub struct Packager {
     wake: Notify,
     caps: ByteCaps,
     stats: PackageStats,
+    /// Renders and sweep steps of one stream that panicked (each left that stream's MPD as
+    /// it was).
+    render_failures: AtomicU64,
+    /// Renderer or sweep loops that died and were started again.
+    task_restarts: AtomicU64,
+    /// One render failure logged a second, whatever the number of streams failing.
+    failure_log: WarnLimiter,
+    #[cfg(test)]
+    hooks: tests::Hooks,
+}
+
+/// What went wrong in the packager's shared tasks, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackagerFailures {
+    pub render_failures: u64,
+    pub task_restarts: u64,
 }
 
 impl Packager {
@@ -143,7 +174,16 @@ impl Packager {
             wake: Notify::new(),
             caps: ByteCaps::UNLIMITED,
             stats: PackageStats::default(),
+            render_failures: AtomicU64::new(0),
+            task_restarts: AtomicU64::new(0),
+            failure_log: WarnLimiter::default(),
+            #[cfg(test)]
+            hooks: tests::Hooks::default(),
         }
+    }
+
+    pub fn failures(&self) -> PackagerFailures {
+        PackagerFailures { render_failures: self.render_failures.load(Ordering::Relaxed), task_restarts: self.task_restarts.load(Ordering::Relaxed) }
     }
 
     /// Bounds what the packager assembles and keeps (unbounded without).
@@ -189,7 +229,7 @@ impl Packager {
         };
         let mut tl = timeline.lock();
         let period_start = tl.begin_period(session.clone(), renditions, start, now);
-        self.evict_and_publish(&mut tl, now);
+        self.contained(stream, "rendering the MPD", || self.evict_and_publish(&mut tl, now));
         period_start
     }
 
@@ -209,8 +249,10 @@ impl Packager {
         let number = tl.add_segment(session, rendition, segment.start_ns, segment.duration_ns, now)?;
         let period = tl.periods.iter().rev().find(|p| &p.session == session);
         if let Some(period) = period.filter(|p| p.track(rendition).is_some_and(|t| t.info.kind == TrackKind::Video)) {
-            let end = tl.availability_start + period.start + Duration::from_nanos(segment.start_ns + segment.duration_ns);
-            self.production_lag.observe(now.duration_since(end).unwrap_or_default().as_secs_f64());
+            let media_end = Duration::from_nanos(segment.start_ns.saturating_add(segment.duration_ns));
+            if let Some(end) = period.start.checked_add(media_end).and_then(|end| tl.availability_start.checked_add(end)) {
+                self.production_lag.observe(now.duration_since(end).unwrap_or_default().as_secs_f64());
+            }
         }
         // The object is stored before any MPD can name it (the renderer needs this lock).
         let key = ObjectKey { rendition: rendition.clone(), session: session.clone(), part: Part::Media(number) };
@@ -269,8 +311,48 @@ impl Packager {
         self.wake.notify_one();
     }
 
+    /// The renderer ([`Self::run_renderer`]) and the sweep (every [`SWEEP_INTERVAL`]) until
+    /// shutdown, each started again if it dies. Spawned once per node.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let (renderer, sweeper) = (Arc::clone(&self), Arc::clone(&self));
+        let render = self.supervise("MPD renderer", &shutdown, move |stop| {
+            let packager = Arc::clone(&renderer);
+            async move { packager.run_renderer(stop).await }
+        });
+        let sweep = self.supervise("packager sweep", &shutdown, move |stop| {
+            let packager = Arc::clone(&sweeper);
+            async move { packager.run_sweep(SWEEP_INTERVAL, stop).await }
+        });
+        tokio::join!(render, sweep);
+    }
+
+    /// Runs the task `start` makes until it returns (at shutdown); one that panicked is
+    /// logged, counted and started again after [`RESTART_DELAY`].
+    async fn supervise<F, T>(&self, name: &'static str, shutdown: &CancellationToken, start: F)
+    where
+        F: Fn(CancellationToken) -> T,
+        T: Future<Output = ()> + Send + 'static,
+    {
+        loop {
+            match tokio::spawn(start(shutdown.clone())).await {
+                Err(e) if e.is_panic() => {
+                    self.task_restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(task = name, "{name} died: {}; starting it again", panic_message(e.into_panic().as_ref()));
+                }
+                // Returned (shutdown) or cancelled (the runtime is going).
+                _ => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RESTART_DELAY) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            // Changes marked while it was down are rendered at once.
+            self.wake.notify_one();
+        }
+    }
+
     /// Renders the MPD of every stream whose timeline changed, once per change, until
-    /// shutdown. Spawned once per node.
+    /// shutdown. A stream whose render panics does not stop the others (module header).
     pub async fn run_renderer(&self, shutdown: CancellationToken) {
         loop {
             tokio::select! {
@@ -278,12 +360,40 @@ impl Packager {
                 _ = shutdown.cancelled() => return,
             }
             tokio::time::sleep(RENDER_COALESCE).await;
+            #[cfg(test)]
+            self.hooks.before_loop_step();
             let dirty: Vec<StreamId> = self.dirty.lock().drain().collect();
             let now = SystemTime::now();
             for stream in dirty {
                 if let Some(timeline) = self.timeline(&stream) {
-                    self.evict_and_publish(&mut timeline.lock(), now);
+                    self.contained(&stream, "rendering the MPD", || self.evict_and_publish(&mut timeline.lock(), now));
                 }
+            }
+        }
+    }
+
+    /// [`Self::sweep`] every `every` until shutdown.
+    pub async fn run_sweep(&self, every: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.sweep(),
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Runs `work` for one stream; a panic in it is logged, counted and goes no further.
+    fn contained(&self, stream: &StreamId, what: &str, work: impl FnOnce()) {
+        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(work)) {
+            self.render_failures.fetch_add(1, Ordering::Relaxed);
+            if let Some(held_back) = self.failure_log.allow() {
+                tracing::error!(
+                    stream = %stream, held_back,
+                    "{what} panicked: {}; this stream's MPD stays as it was, other streams are not affected",
+                    panic_message(panic.as_ref())
+                );
             }
         }
     }
@@ -294,7 +404,7 @@ impl Packager {
         let now = SystemTime::now();
         let mut tl = timeline.lock();
         tl.end_session(session, now);
-        self.evict_and_publish(&mut tl, now);
+        self.contained(stream, "rendering the MPD", || self.evict_and_publish(&mut tl, now));
     }
 
     /// Periodic housekeeping: evicts segments out of the DVR window and forgets streams that
@@ -303,17 +413,19 @@ impl Packager {
         let now = SystemTime::now();
         let timelines: Vec<(StreamId, SharedTimeline)> = self.timelines.read().iter().map(|(s, t)| (s.clone(), Arc::clone(t))).collect();
         for (stream, timeline) in timelines {
-            let mut tl = timeline.lock();
-            if tl.expired(self.timing.dvr_window, now) {
-                tracing::info!(stream = %stream, "stream ended a DVR window ago; removed");
-                self.timelines.write().remove(&stream);
-                self.store.remove_stream(&stream);
-                continue;
-            }
-            // Housekeeping renders only when the window moved: the MPD is otherwise unchanged.
-            if self.evict(&mut tl, now) {
-                self.publish(&tl);
-            }
+            self.contained(&stream, "sweeping the stream", || {
+                let mut tl = timeline.lock();
+                if tl.expired(self.timing.dvr_window, now) {
+                    tracing::info!(stream = %stream, "stream ended a DVR window ago; removed");
+                    self.timelines.write().remove(&stream);
+                    self.store.remove_stream(&stream);
+                    return;
+                }
+                // Housekeeping renders only when the window moved: the MPD is otherwise unchanged.
+                if self.evict(&mut tl, now) {
+                    self.publish(&tl);
+                }
+            });
         }
     }
 
@@ -333,6 +445,8 @@ impl Packager {
 
     /// Renders the timeline's manifests into the store.
     fn publish(&self, tl: &StreamTimeline) {
+        #[cfg(test)]
+        self.hooks.before_render(&tl.stream);
         let manifests = ManifestForm::ALL.map(|form| mpd::render(tl, &self.timing, form).map(Bytes::from));
         let current = tl.periods.last();
         let summary = StreamSummary {
@@ -345,8 +459,130 @@ impl Packager {
     }
 }
 
+/// What a caught panic said, when it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str)).unwrap_or("(no message)")
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::metrics::Instruments;
+
+    /// Test-only faults: a stream whose render panics, and one death of the renderer loop.
+    #[derive(Default)]
+    pub(super) struct Hooks {
+        panic_render: Mutex<Option<StreamId>>,
+        panic_loop_once: AtomicBool,
+    }
+
+    impl Hooks {
+        pub(super) fn before_render(&self, stream: &StreamId) {
+            if self.panic_render.lock().as_ref() == Some(stream) {
+                panic!("test hook: rendering {stream} panics");
+            }
+        }
+
+        pub(super) fn before_loop_step(&self) {
+            if self.panic_loop_once.swap(false, Ordering::SeqCst) {
+                panic!("test hook: the renderer loop dies");
+            }
+        }
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn packager() -> Arc<Packager> {
+        let timing = MpdTiming {
+            segment_duration: Duration::from_secs(1),
+            update_period: Duration::from_secs(1),
+            dvr_window: Duration::from_secs(30),
+            presentation_delay: Duration::from_secs(1),
+            number_form_delay: Duration::from_secs(2),
+        };
+        Arc::new(Packager::new(Arc::new(Store::new()), timing, Instruments::default().production_lag))
+    }
+
+    fn video() -> RenditionInfo {
+        RenditionInfo {
+            id: RenditionId::parse("720p").unwrap(),
+            kind: TrackKind::Video,
+            bandwidth: 2_800_000,
+            width: 1280,
+            height: 720,
+            timescale: 90_000,
+            sample_rate: 0,
+            channels: 0,
+        }
+    }
+
+    /// Segments the stream's Timeline MPD lists (0 while it has none).
+    fn listed(p: &Packager, stream: &StreamId) -> usize {
+        p.store().manifest(stream, ManifestForm::Timeline).map_or(0, |m| String::from_utf8_lossy(&m).matches("<S ").count())
+    }
+
+    async fn wait_listed(p: &Packager, stream: &StreamId, segments: usize) {
+        let deadline = Instant::now() + WAIT;
+        while listed(p, stream) < segments {
+            assert!(Instant::now() < deadline, "{stream}'s MPD did not list {segments} segments within {WAIT:?} (lists {})", listed(p, stream));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn segment(p: &Packager, stream: &StreamId, session: &SessionId, n: u64) {
+        let segment = CmafSegment { start_ns: n * 1_000_000_000, duration_ns: 1_000_000_000, bytes: Bytes::from_static(b"moof") };
+        assert!(p.add_segment(stream, session, &video().id, segment).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_render_panics_leaves_the_others_updating() {
+        let p = packager();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(Arc::clone(&p).run(shutdown.clone()));
+        let (bad, good) = (StreamId::parse("bad").unwrap(), StreamId::parse("good").unwrap());
+        let session = SessionId::parse("s1").unwrap();
+        for stream in [&bad, &good] {
+            p.begin_session(stream, &session, vec![video()], None);
+            p.add_init(stream, &session, &video().id, Bytes::from_static(b"moov"), "avc1.4D401F".into());
+            segment(&p, stream, &session, 0);
+            wait_listed(&p, stream, 1).await;
+        }
+
+        // From now on every render of `bad` panics.
+        *p.hooks.panic_render.lock() = Some(bad.clone());
+        let frozen = p.store().manifest(&bad, ManifestForm::Timeline);
+        for n in 1..4 {
+            segment(&p, &bad, &session, n);
+            segment(&p, &good, &session, n);
+            wait_listed(&p, &good, n as usize + 1).await;
+        }
+        assert!(p.failures().render_failures >= 1, "the panics were counted: {:?}", p.failures());
+        assert_eq!(p.store().manifest(&bad, ManifestForm::Timeline), frozen, "the failing stream keeps its last MPD");
+        assert_eq!(p.failures().task_restarts, 0, "contained: the renderer loop never died");
+
+        // The loop itself dies once: it is started again and renders what changed meanwhile.
+        p.hooks.panic_loop_once.store(true, Ordering::SeqCst);
+        segment(&p, &good, &session, 4);
+        wait_listed(&p, &good, 5).await;
+        assert_eq!(p.failures().task_restarts, 1, "the renderer was restarted once");
+        segment(&p, &good, &session, 5);
+        wait_listed(&p, &good, 6).await;
+
+        // Once the fault is gone, the stream's next change renders it again.
+        *p.hooks.panic_render.lock() = None;
+        segment(&p, &bad, &session, 4);
+        wait_listed(&p, &bad, 5).await;
+
+        shutdown.cancel();
+        tokio::time::timeout(WAIT, running).await.expect("the packager's tasks end at shutdown").unwrap();
+    }
+}
+
+#[cfg(test)]
+mod byte_cap_tests {
     use super::*;
     use crate::media::TrackKind;
 

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use dash_mpd_core as dash;
 
-use super::timeline::{Period, StreamTimeline, Track};
+use super::timeline::{Period, StreamTimeline, Track, media_duration};
 use crate::media::TrackKind;
 pub use crate::store::ManifestForm;
 
@@ -66,7 +66,7 @@ pub fn render(timeline: &StreamTimeline, timing: &MpdTiming, form: ManifestForm)
     // A static presentation starts at its first retained media; a dynamic one keeps every
     // Period@start fixed across updates, as players require.
     let offsets: Vec<Duration> = timeline.periods.iter().map(|p| if live { Duration::ZERO } else { first_media_offset(p) }).collect();
-    let base = timeline.periods.first().zip(offsets.first()).map(|(p, o)| p.start + *o).filter(|_| !live).unwrap_or_default();
+    let base = timeline.periods.first().zip(offsets.first()).map(|(p, o)| p.start.saturating_add(*o)).filter(|_| !live).unwrap_or_default();
 
     let mut periods = Vec::new();
     let mut end = Duration::ZERO;
@@ -75,8 +75,8 @@ pub fn render(timeline: &StreamTimeline, timing: &MpdTiming, form: ManifestForm)
         if adaptations.is_empty() {
             continue;
         }
-        let start = (period.start + *offset).saturating_sub(base);
-        end = start + period.duration.unwrap_or_default().saturating_sub(*offset);
+        let start = period.start.saturating_add(*offset).saturating_sub(base);
+        end = start.saturating_add(period.duration.unwrap_or_default().saturating_sub(*offset));
         periods.push(dash::Period {
             id: Some(period.session.to_string()),
             start: Some(start),
@@ -160,7 +160,7 @@ fn longest_segment(timeline: &StreamTimeline) -> Duration {
         .periods
         .iter()
         .flat_map(|p| &p.tracks)
-        .flat_map(|t| t.segments.iter().map(|s| (s.duration * 1000).div_ceil(u64::from(t.info.timescale).max(1))))
+        .flat_map(|t| t.segments.iter().map(|s| s.duration.saturating_mul(1000).div_ceil(u64::from(t.info.timescale).max(1))))
         .max()
         .unwrap_or_default();
     Duration::from_millis(millis)
@@ -171,7 +171,7 @@ fn first_media_offset(period: &Period) -> Duration {
     period
         .tracks
         .iter()
-        .filter_map(|t| t.segments.front().map(|s| Duration::from_secs_f64(s.time as f64 / f64::from(t.info.timescale))))
+        .filter_map(|t| t.segments.front().and_then(|s| media_duration(s.time, t.info.timescale)))
         .reduce(Duration::min)
         .unwrap_or_default()
 }

@@ -1,6 +1,11 @@
 //! The segment timeline of one stream: Periods (one per publish session), their renditions
 //! and the segments each holds inside the DVR window. Pure data: the packager mutates it as
 //! the muxers cut segments, the MPD renderer reads it.
+//!
+//! Media times are ticks of a track's timescale; they become `Duration`s in integers
+//! ([`media_duration`]) and are added with checked arithmetic, so no time a muxer or a
+//! broadcaster's configuration produces (a zero timescale, a tick count near `u64::MAX`)
+//! can panic here: the renderer and the sweep serve every stream on the node.
 
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
@@ -42,10 +47,25 @@ pub struct Track {
     next_number: u64,
 }
 
+/// `ticks` of `timescale` ticks a second as a `Duration`, computed in integers (exact to the
+/// nanosecond, never infinite or NaN); `None` for a zero timescale. The AAC parser refuses
+/// sample rates (an audio track's timescale) outside 7,350..=96,000 Hz, so `None` means a
+/// bug upstream; [`StreamTimeline::begin_period`] logs such a track.
+pub fn media_duration(ticks: u64, timescale: u32) -> Option<Duration> {
+    let scale = u64::from(timescale);
+    if scale == 0 {
+        return None;
+    }
+    // The remainder is below the timescale (< 2^32), so its nanoseconds fit a u64.
+    let nanos = (ticks % scale) * 1_000_000_000 / scale;
+    Some(Duration::new(ticks / scale, nanos as u32))
+}
+
 impl Track {
-    /// The last segment's end, in seconds since the Period start.
-    fn end_secs(&self) -> Option<f64> {
-        self.segments.back().map(|s| (s.time + s.duration) as f64 / f64::from(self.info.timescale))
+    /// The last segment's end after the Period start; `None` without segments or timescale.
+    fn end(&self) -> Option<Duration> {
+        let last = self.segments.back()?;
+        media_duration(last.time.saturating_add(last.duration), self.info.timescale)
     }
 
     /// True when players can use this track: an init segment and at least one segment.
@@ -114,7 +134,7 @@ impl StreamTimeline {
     /// time must not go back.
     pub fn begin_period(&mut self, session: SessionId, renditions: Vec<RenditionInfo>, start: Option<Duration>, now: SystemTime) -> Duration {
         self.close_current(now);
-        let previous_end = self.periods.last().and_then(|p| p.duration.map(|d| p.start + d));
+        let previous_end = self.periods.last().and_then(|p| p.duration.map(|d| p.start.saturating_add(d)));
         let start = match start {
             Some(start) => previous_end.map_or(start, |end| start.max(end)),
             None => {
@@ -122,7 +142,10 @@ impl StreamTimeline {
                 self.on_grid(previous_end.map_or(now, |end| now.max(end)))
             }
         };
-        let first_number = (start.as_nanos() / self.segment_duration.as_nanos()) as u64 + 1;
+        let first_number = u64::try_from(start.as_nanos() / self.segment_duration.as_nanos()).unwrap_or(u64::MAX - 1) + 1;
+        for info in renditions.iter().filter(|r| r.timescale == 0) {
+            tracing::error!(stream = %self.stream, rendition = %info.id, "rendition with a zero timescale: its segments have no times");
+        }
         let tracks = renditions
             .into_iter()
             .map(|info| Track { info, codecs: None, segments: VecDeque::new(), next_number: first_number })
@@ -136,15 +159,15 @@ impl StreamTimeline {
     /// `at`, rounded up to a whole number of segment durations.
     fn on_grid(&self, at: Duration) -> Duration {
         let step = self.segment_duration.as_nanos();
-        let steps = at.as_nanos().div_ceil(step);
-        Duration::from_nanos((steps * step) as u64)
+        let nanos = at.as_nanos().div_ceil(step).saturating_mul(step);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
     fn close_current(&mut self, now: SystemTime) {
         if let Some(period) = self.periods.last_mut().filter(|p| p.duration.is_none()) {
             // The Period lasts as long as its longest track, so players can play it out.
-            let media = period.tracks.iter().filter_map(Track::end_secs).fold(0.0, f64::max);
-            period.duration = Some(Duration::from_secs_f64(media));
+            let media = period.tracks.iter().filter_map(Track::end).max().unwrap_or_default();
+            period.duration = Some(media);
             self.ended_at = Some(now);
             self.published = now;
         }
@@ -186,8 +209,9 @@ impl StreamTimeline {
     ) -> Option<u64> {
         let track = self.track_mut(session, rendition)?;
         let scale = u128::from(track.info.timescale);
-        let time = (u128::from(start_ns) * scale / 1_000_000_000) as u64;
-        let end = (u128::from(start_ns + duration_ns) * scale / 1_000_000_000) as u64;
+        let ticks = |ns: u64| u64::try_from(u128::from(ns) * scale / 1_000_000_000).unwrap_or(u64::MAX);
+        let time = ticks(start_ns);
+        let end = ticks(start_ns.saturating_add(duration_ns));
         // Derive each duration from the next start so the timeline has no rounding gaps.
         if let Some(prev) = track.segments.back_mut()
             && time > prev.time {
@@ -211,21 +235,23 @@ impl StreamTimeline {
         let newest = self
             .periods
             .iter()
-            .flat_map(|p| p.tracks.iter().filter_map(move |t| t.end_secs().map(|end| p.start + Duration::from_secs_f64(end))))
+            .flat_map(|p| p.tracks.iter().filter_map(move |t| t.end().and_then(|end| p.start.checked_add(end))))
             .max();
         let by_clock = now.checked_sub(window);
-        let by_media = newest.and_then(|end| (ast + end).checked_sub(window));
+        let by_media = newest.and_then(|end| ast.checked_add(end)?.checked_sub(window));
         let Some(horizon) = by_clock.max(by_media) else { return Vec::new() };
         let mut evicted = Vec::new();
         let live_index = self.periods.len().checked_sub(1).filter(|_| self.ended_at.is_none());
         for (index, period) in self.periods.iter_mut().enumerate() {
-            let period_start = ast + period.start;
+            let period_start = ast.checked_add(period.start);
             for track in &mut period.tracks {
-                let scale = f64::from(track.info.timescale);
                 while let Some(first) = track.segments.front() {
-                    let end = period_start + Duration::from_secs_f64((first.time + first.duration) as f64 / scale);
+                    // A segment without a time the clock can hold (no timescale, or past the
+                    // year 292 billion) goes: the window stays bounded whatever it says.
+                    let end = media_duration(first.time.saturating_add(first.duration), track.info.timescale)
+                        .and_then(|end| period_start?.checked_add(end));
                     // Keep the newest segment of a live track so the MPD never goes empty.
-                    if end >= horizon || (Some(index) == live_index && track.segments.len() == 1) {
+                    if end.is_some_and(|end| end >= horizon) || (Some(index) == live_index && track.segments.len() == 1) {
                         break;
                     }
                     evicted.push(Evicted {
@@ -297,8 +323,8 @@ impl StreamTimeline {
     pub fn media_end(&self) -> Option<Duration> {
         let period = self.periods.last()?;
         let kind = if period.tracks.iter().any(|t| t.info.kind == TrackKind::Video) { TrackKind::Video } else { TrackKind::Audio };
-        let end = period.tracks.iter().filter(|t| t.info.kind == kind).filter_map(Track::end_secs).reduce(f64::max)?;
-        Some(period.start + Duration::from_secs_f64(end))
+        let end = period.tracks.iter().filter(|t| t.info.kind == kind).filter_map(Track::end).max()?;
+        period.start.checked_add(end)
     }
 
     pub fn is_live(&self) -> bool {
@@ -445,6 +471,55 @@ mod tests {
         let end = Duration::from_millis(9_500);
         assert_eq!(tl.begin_period(s3, vec![video("720p")], Some(end), at(10)), end);
         assert_eq!(tl.periods[2].first_number, 10);
+    }
+
+    #[test]
+    fn media_durations_are_exact_and_never_panic() {
+        assert_eq!(media_duration(3 * 90_000 + 45_000, 90_000), Some(Duration::from_millis(3_500)));
+        assert_eq!(media_duration(1024, 48_000), Some(Duration::from_nanos(21_333_333)));
+        assert_eq!(media_duration(u64::MAX, 1), Some(Duration::from_secs(u64::MAX)));
+        assert!(media_duration(u64::MAX, u32::MAX).is_some());
+        assert_eq!(media_duration(90_000, 0), None, "a zero timescale has no durations");
+    }
+
+    #[test]
+    fn zero_timescales_and_huge_times_do_not_panic() {
+        use crate::package::mpd::{self, ManifestForm, MpdTiming};
+        let timing = MpdTiming {
+            segment_duration: Duration::from_secs(1),
+            update_period: Duration::from_secs(1),
+            dvr_window: Duration::from_secs(30),
+            presentation_delay: Duration::from_secs(1),
+            number_form_delay: Duration::from_secs(2),
+        };
+        let s = SessionId::parse("s1").unwrap();
+        let mut silent = video("audio");
+        (silent.kind, silent.timescale) = (TrackKind::Audio, 0);
+        let mut fine = video("huge");
+        fine.timescale = u32::MAX;
+        let ids: Vec<RenditionId> = ["720p", "audio", "huge"].iter().map(|r| RenditionId::parse(r).unwrap()).collect();
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        tl.begin_period(s.clone(), vec![video("720p"), silent, fine], None, at(0));
+        for id in &ids {
+            tl.set_codecs(&s, id, "avc1.4D401F".into(), at(0));
+            for (start, duration) in [(0, 1_000_000_000), (u64::MAX - 5, u64::MAX), (u64::MAX, 0)] {
+                assert!(tl.add_segment(&s, id, start, duration, at(1)).is_some());
+            }
+        }
+        let render = |tl: &StreamTimeline| ManifestForm::ALL.map(|form| mpd::render(tl, &timing, form).is_some());
+        assert_eq!(render(&tl), [true, true]);
+        tl.media_end();
+        tl.evict(Duration::from_secs(30), at(100));
+        tl.end_session(&s, at(101));
+        assert!(tl.periods[0].duration.is_some());
+        render(&tl);
+        // A republish after such a Period starts somewhere, and the stream still ages out.
+        let s2 = SessionId::parse("s2").unwrap();
+        tl.begin_period(s2.clone(), vec![video("720p")], None, at(102));
+        tl.end_session(&s2, at(103));
+        render(&tl);
+        tl.evict(Duration::from_secs(30), at(200));
+        assert!(tl.expired(Duration::from_secs(30), at(200)));
     }
 
     #[test]

@@ -198,6 +198,9 @@ pub struct TierCounters {
     pub not_stored: AtomicU64,
     /// Segments fetched by the prefetcher (not by a viewer).
     pub prefetches: AtomicU64,
+    /// Upstream MPDs (or their Representations) the prefetcher skipped at one of its
+    /// bounds (prefetch.rs).
+    pub prefetch_limited: AtomicU64,
 }
 
 pub(crate) fn inc(counter: &AtomicU64) {
@@ -219,6 +222,8 @@ pub struct TierMetrics {
     pub upstream_too_large: u64,
     pub not_stored: u64,
     pub prefetches: u64,
+    #[serde(default)]
+    pub prefetch_limited: u64,
     /// Weighted bytes held (bodies plus per-entry overhead); moka updates it lazily.
     pub bytes_cached: u64,
     pub entries: u64,
@@ -292,6 +297,7 @@ impl TierState {
             upstream_too_large: get(&c.upstream_too_large),
             not_stored: get(&c.not_stored),
             prefetches: get(&c.prefetches),
+            prefetch_limited: get(&c.prefetch_limited),
             bytes_cached: self.cache.weighted_size(),
             entries: self.cache.entry_count(),
             capacity_bytes: self.cache.capacity(),

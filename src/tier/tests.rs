@@ -487,8 +487,11 @@ async fn prefetch_fetches_the_newest_requested_segment_once() {
     let (tier, base) = start_tier(config, vec![upstream.base()]).await;
     let client = client();
 
+    // A player reads the MPD first: the tier learns which renditions upstream lists.
     upstream.put(mpd, mpd_listing(5));
+    assert_eq!(get(&client, &format!("{base}{mpd}")).await.status, StatusCode::OK);
     assert_eq!(get(&client, &format!("{base}{}", seg("720p", 5))).await.cache, "miss");
+    tokio::time::sleep(Duration::from_millis(150)).await;
 
     // A new MPD listing segment 6: the tier fetches 720p/6 (requested rendition) by itself.
     upstream.put(mpd, mpd_listing(6));
@@ -650,4 +653,45 @@ async fn an_oversize_answer_is_a_502_and_not_cached() {
     assert_eq!((got.status, got.body.len() as u64), (StatusCode::OK, LIMIT), "a body of exactly the limit passes");
     let metrics = tier.metrics();
     assert_eq!((metrics.upstream_too_large, metrics.upstream_errors), (4, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_records_only_what_upstream_lists_and_caps_its_mpd() {
+    let upstream = Upstream::start().await;
+    let mpd = "/live/cam/manifest.mpd";
+    let cam = StreamId::parse("cam").unwrap();
+    let config = TierConfig { prefetch: true, manifest_ttl: Duration::from_millis(100), ..TierConfig::default() };
+    let (tier, base) = start_tier(config, vec![upstream.base()]).await;
+    let client = client();
+
+    // Viewers' requests before any MPD, and for renditions upstream does not list, record nothing.
+    upstream.put("/live/cam/720p/abc-5.m4s", "video 5");
+    get(&client, &format!("{base}/live/cam/720p/abc-5.m4s")).await;
+    assert!(tier.renditions.tracked(&cam).is_empty(), "no MPD yet: nothing recorded");
+    upstream.put(mpd, mpd_listing(5));
+    assert_eq!(get(&client, &format!("{base}{mpd}")).await.status, StatusCode::OK);
+    for made_up in 0..50 {
+        let got = get(&client, &format!("{base}/live/cam/made-up-{made_up}/abc-5.m4s")).await;
+        assert_eq!(got.status, StatusCode::NOT_FOUND);
+    }
+    get(&client, &format!("{base}/live/cam/720p/abc-5.m4s")).await;
+    assert_eq!(tier.renditions.tracked(&cam), ["720p", "audio"], "only what upstream's MPD lists");
+    assert_eq!(tier.renditions.recent(&cam, Duration::from_secs(10)), ["720p"]);
+
+    // An upstream MPD with a repeat count near i64::MAX and a gigabyte-wide %0Nd: served as
+    // it is, promptly, with no prefetch, and counted.
+    let hostile = r#"<?xml version="1.0" encoding="UTF-8"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic" profiles="urn:mpeg:dash:profile:isoff-live:2011" minBufferTime="PT1S" availabilityStartTime="2026-01-01T00:00:00Z"><Period id="abc" start="PT0S">
+<AdaptationSet id="0"><Representation id="720p" bandwidth="1000000"><SegmentTemplate timescale="1000" media="$RepresentationID$/abc-$Number$.m4s" startNumber="1"><SegmentTimeline><S t="0" d="1000" r="9223372036854775806"/></SegmentTimeline></SegmentTemplate></Representation></AdaptationSet>
+<AdaptationSet id="1"><Representation id="audio" bandwidth="1000000"><SegmentTemplate timescale="1000" media="$RepresentationID$/abc-$Number%01000000000d$.m4s" startNumber="1"><SegmentTimeline><S t="0" d="1000"/></SegmentTimeline></SegmentTemplate></Representation></AdaptationSet>
+</Period></MPD>"#;
+    get(&client, &format!("{base}/live/cam/audio/abc-5.m4s")).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    upstream.put(mpd, hostile);
+    let requests_before = upstream.state.counts.lock().values().sum::<u64>();
+    let manifest = within("the hostile MPD's answer", get(&client, &format!("{base}{mpd}"))).await;
+    assert_eq!((manifest.status, manifest.body.as_ref()), (StatusCode::OK, hostile.as_bytes()));
+    assert_eq!(tier.metrics().prefetch_limited, 2, "one repeat count and one width over their caps");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(upstream.state.counts.lock().values().sum::<u64>(), requests_before + 1, "only the MPD was fetched");
+    assert_eq!(tier.metrics().prefetches, 0);
 }

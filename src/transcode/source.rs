@@ -16,6 +16,8 @@ pub enum SourceError {
     PictureSize(u32, u32),
     #[error("AudioSpecificConfig is invalid: {0}")]
     Asc(&'static str),
+    #[error("AAC sample rate {0} Hz is outside {MIN_SAMPLE_RATE}..={MAX_SAMPLE_RATE} Hz")]
+    SampleRate(u32),
 }
 
 /// Picture size of an H.264 source, from its AVCDecoderConfigurationRecord.
@@ -42,6 +44,11 @@ pub struct AacConfig {
 }
 
 const SAMPLE_RATES: [u32; 13] = [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
+/// Lowest and highest sample rates accepted: the ends of the AAC sampling frequency table.
+/// An explicit rate (index 15) outside them is the broadcaster's word and is refused: the
+/// rate becomes the audio track's timescale, and 0 would divide every segment time by zero.
+pub const MIN_SAMPLE_RATE: u32 = 7_350;
+pub const MAX_SAMPLE_RATE: u32 = 96_000;
 pub const AAC_LC: u8 = 2;
 
 impl AacConfig {
@@ -57,6 +64,9 @@ impl AacConfig {
         } else {
             *SAMPLE_RATES.get(index).ok_or(SourceError::Asc("reserved sampling frequency index"))?
         };
+        if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&sample_rate) {
+            return Err(SourceError::SampleRate(sample_rate));
+        }
         let channels = bits.take(4).ok_or(SourceError::Asc("too short"))?;
         if channels == 0 {
             return Err(SourceError::Asc("channel layout in a program config element is not supported"));
@@ -94,6 +104,25 @@ mod tests {
         assert_eq!(AacConfig::parse(&[0x2a, 0x10]).unwrap().object_type, 5);
         assert!(AacConfig::parse(&[0x11]).is_err());
         assert!(AacConfig::parse(&[]).is_err());
+    }
+
+    /// An AudioSpecificConfig of AAC-LC, stereo, with an explicit 24-bit sample rate.
+    fn explicit_rate(rate: u32) -> Vec<u8> {
+        // 00010 (LC) 1111 (explicit) rate:24 0010 (stereo), padded to bytes.
+        let bits: u64 = ((0b00010 << 32) | (0b1111 << 28) | (u64::from(rate) << 4) | 0b0010) << 3;
+        bits.to_be_bytes()[3..].to_vec()
+    }
+
+    #[test]
+    fn sample_rates_outside_the_aac_table_are_refused() {
+        assert_eq!(AacConfig::parse(&explicit_rate(48_000)).unwrap(), AacConfig { object_type: 2, sample_rate: 48_000, channels: 2 });
+        assert_eq!(AacConfig::parse(&explicit_rate(MIN_SAMPLE_RATE)).unwrap().sample_rate, MIN_SAMPLE_RATE);
+        assert_eq!(AacConfig::parse(&explicit_rate(MAX_SAMPLE_RATE)).unwrap().sample_rate, MAX_SAMPLE_RATE);
+        for rate in [0, 1, 7_349, 96_001, 192_000, 0xff_ffff] {
+            assert_eq!(AacConfig::parse(&explicit_rate(rate)), Err(SourceError::SampleRate(rate)), "{rate} Hz");
+        }
+        // Indices 13 and 14 are reserved: no rate at all.
+        assert!(matches!(AacConfig::parse(&[0x16, 0x90]), Err(SourceError::Asc(_))));
     }
 
     #[test]
