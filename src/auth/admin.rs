@@ -29,6 +29,9 @@ pub const AUDIT_PAGE_MAX: u32 = 500;
 pub const AUDIT_KEPT: i64 = 100_000;
 /// Sessions one user may hold; logging in again ends the oldest beyond it.
 pub const SESSIONS_PER_USER: i64 = 20;
+/// How the audit log and the log name the user of a login for a name no user has: what
+/// was typed there may be a password typed in the wrong field.
+pub const UNKNOWN_USER: &str = "unknown user";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -65,6 +68,16 @@ impl Scope {
     fn parse(s: &str) -> Self {
         if s == "admin" { Scope::Admin } else { Scope::Read }
     }
+}
+
+/// What a password check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordCheck {
+    Valid,
+    /// The user exists; the password is not theirs.
+    Wrong,
+    /// No user has this name.
+    UnknownUser,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -156,22 +169,34 @@ impl AdminStore {
         Ok(())
     }
 
-    /// True when `password` is user `name`'s (false for an unknown user, after the same
-    /// work, so the answer's time does not tell which). Slow by design.
-    pub fn check_password(&self, name: &str, password: &str) -> Result<bool, StoreError> {
+    /// Whether `password` is user `name`'s; an unknown user costs the same work, so the
+    /// answer's time does not tell which (the caller must not tell either). Slow by
+    /// design: call it off the async runtime, bounded (`auth::login`).
+    pub fn check_password(&self, name: &str, password: &str) -> Result<PasswordCheck, StoreError> {
         let stored: Option<String> =
             self.run(|c| c.query_row("SELECT password_hash FROM users WHERE name = ?1", params![name], |r| r.get(0)).optional())?;
-        if password.len() > MAX_PASSWORD_BYTES {
-            return Ok(false);
-        }
         let argon2 = Argon2::default();
         Ok(match stored {
-            Some(hash) => argon2.verify_password(password.as_bytes(), hash.as_str()).is_ok(),
             None => {
-                let _ = argon2.hash_password(password.as_bytes());
-                false
+                if password.len() <= MAX_PASSWORD_BYTES {
+                    let _ = argon2.hash_password(password.as_bytes());
+                }
+                PasswordCheck::UnknownUser
             }
+            Some(_) if password.len() > MAX_PASSWORD_BYTES => PasswordCheck::Wrong,
+            Some(hash) if argon2.verify_password(password.as_bytes(), hash.as_str()).is_ok() => PasswordCheck::Valid,
+            Some(_) => PasswordCheck::Wrong,
         })
+    }
+
+    /// `name` as the audit log may record it for a login: the name when such a user
+    /// exists, else [`UNKNOWN_USER`] (what was typed may be a password).
+    pub fn login_target(&self, name: &str) -> Result<String, StoreError> {
+        if !valid_user_name(name) {
+            return Ok(UNKNOWN_USER.to_owned());
+        }
+        let exists: bool = self.run(|c| c.query_row("SELECT EXISTS (SELECT 1 FROM users WHERE name = ?1)", params![name], |r| r.get(0)))?;
+        Ok(if exists { name.to_owned() } else { UNKNOWN_USER.to_owned() })
     }
 
     pub fn users(&self) -> Result<Vec<UserInfo>, StoreError> {
@@ -354,9 +379,13 @@ mod tests {
         store.add_user("alice", "correct horse battery").unwrap();
         assert!(matches!(store.add_user("alice", "another password"), Err(AdminError::UserExists(_))));
         assert!(store.any_user().unwrap());
-        assert!(store.check_password("alice", "correct horse battery").unwrap());
-        assert!(!store.check_password("alice", "wrong horse battery").unwrap());
-        assert!(!store.check_password("bob", "correct horse battery").unwrap());
+        assert_eq!(store.check_password("alice", "correct horse battery").unwrap(), PasswordCheck::Valid);
+        assert_eq!(store.check_password("alice", "wrong horse battery").unwrap(), PasswordCheck::Wrong);
+        assert_eq!(store.check_password("bob", "correct horse battery").unwrap(), PasswordCheck::UnknownUser);
+        assert_eq!(store.check_password("alice", &"x".repeat(MAX_PASSWORD_BYTES + 1)).unwrap(), PasswordCheck::Wrong);
+        assert_eq!(store.login_target("alice").unwrap(), "alice");
+        assert_eq!(store.login_target("correct horse battery").unwrap(), UNKNOWN_USER, "a password typed as the name");
+        assert_eq!(store.login_target("bob").unwrap(), UNKNOWN_USER);
 
         let session = store.open_session("alice", Duration::from_secs(60)).unwrap();
         assert!(matches!(store.session(&session.secret).unwrap(), SessionLookup::Valid { ref user, ref csrf, .. } if user == "alice" && *csrf == session.csrf));
