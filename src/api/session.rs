@@ -117,8 +117,8 @@ pub async fn login(
     let check = Arc::clone(&api);
     let (name, password) = (login.username.clone(), login.password);
     let checked = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        check.admin.check_password(&name, &password)
+        let mut slot = slot;
+        check.admin.check_password(&name, &password, slot.memory())
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("password check failed: {e}")))??;

@@ -6,7 +6,9 @@
 //!
 //! - **Hash slots**: at most `auth.login_hash_concurrency` password checks run at once
 //!   (default: one per core). An attempt waits up to [`HASH_SLOT_WAIT`] for a slot, then
-//!   is answered 503 with `Retry-After` ([`BUSY_RETRY_AFTER`]) without hashing.
+//!   is answered 503 with `Retry-After` ([`BUSY_RETRY_AFTER`]) without hashing. Each slot
+//!   keeps its 19 MiB argon2 working area for the next check ([`HashSlot`]), so logins
+//!   cost at most that much memory per slot, however many come.
 //! - **A global failure budget**: `auth.failed_logins_per_minute` failed logins from all
 //!   addresses together (burst `auth.failed_login_burst`). While it is spent, every login
 //!   is answered 429 with `Retry-After` before any hashing, whoever sends it; sessions and
@@ -27,6 +29,7 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AuthConfig;
+use super::admin::HashMemory;
 use crate::warn_limiter::WarnLimiter;
 
 /// How long a login waits for a hash slot before it is answered 503.
@@ -59,6 +62,8 @@ impl LoginRefusal {
 pub struct LoginGate {
     slots: Arc<Semaphore>,
     concurrency: usize,
+    /// The slots' argon2 working areas, kept between checks (at most one per slot).
+    memory: Arc<Mutex<Vec<HashMemory>>>,
     failures: DefaultDirectRateLimiter,
     /// Until when the failure budget is spent (set when a failure finds it empty).
     spent_until: Mutex<Option<Instant>>,
@@ -68,6 +73,32 @@ pub struct LoginGate {
     failed: AtomicU64,
     busy_warnings: WarnLimiter,
     budget_warnings: WarnLimiter,
+}
+
+/// Held while one password is checked: a place among the hash slots and that slot's
+/// argon2 working area ([`HashMemory`]), given back for the next check when dropped.
+pub struct HashSlot {
+    _permit: OwnedSemaphorePermit,
+    memory: HashMemory,
+    pool: Arc<Mutex<Vec<HashMemory>>>,
+}
+
+impl HashSlot {
+    pub fn memory(&mut self) -> &mut HashMemory {
+        &mut self.memory
+    }
+}
+
+impl std::fmt::Debug for HashSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashSlot").field("memory_blocks", &self.memory.len()).finish()
+    }
+}
+
+impl Drop for HashSlot {
+    fn drop(&mut self) {
+        self.pool.lock().push(std::mem::take(&mut self.memory));
+    }
 }
 
 /// The gate's counters, for `/metrics`.
@@ -98,6 +129,7 @@ impl LoginGate {
         Self {
             slots: Arc::new(Semaphore::new(concurrency)),
             concurrency,
+            memory: Arc::default(),
             failures: RateLimiter::direct(quota),
             spent_until: Mutex::new(None),
             refused_busy: AtomicU64::new(0),
@@ -112,7 +144,7 @@ impl LoginGate {
     /// A slot to check one password in (hold it until the hash is done), or why not: the
     /// failure budget is spent (checked before and after waiting), or no slot freed up
     /// within [`HASH_SLOT_WAIT`]. Refusals are counted and logged here.
-    pub async fn slot(&self) -> Result<OwnedSemaphorePermit, LoginRefusal> {
+    pub async fn slot(&self) -> Result<HashSlot, LoginRefusal> {
         self.budget_left()?;
         let Ok(Ok(permit)) = tokio::time::timeout(HASH_SLOT_WAIT, Arc::clone(&self.slots).acquire_owned()).await else {
             self.refused_busy.fetch_add(1, Ordering::Relaxed);
@@ -122,7 +154,8 @@ impl LoginGate {
             return Err(LoginRefusal::Busy);
         };
         self.budget_left()?;
-        Ok(permit)
+        let memory = self.memory.lock().pop().unwrap_or_default();
+        Ok(HashSlot { _permit: permit, memory, pool: Arc::clone(&self.memory) })
     }
 
     fn budget_left(&self) -> Result<(), LoginRefusal> {
@@ -192,6 +225,21 @@ mod tests {
         drop(b);
         let stats = gate.snapshot();
         assert_eq!((stats.concurrency, stats.hashing, stats.refused_busy), (2, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn each_slot_keeps_its_working_memory_for_the_next_check() {
+        let gate = gate(2, 600, 100);
+        let mut a = gate.slot().await.unwrap();
+        a.memory().resize(8, argon2::Block::new());
+        let pointer = a.memory().as_ptr();
+        drop(a);
+        let mut again = gate.slot().await.unwrap();
+        assert_eq!((again.memory().len(), again.memory().as_ptr()), (8, pointer), "the same area, not a new one");
+        let mut other = gate.slot().await.unwrap();
+        assert!(other.memory().is_empty(), "a second slot at once gets its own");
+        drop((again, other));
+        assert_eq!(gate.memory.lock().len(), 2, "at most one area per slot");
     }
 
     #[tokio::test]
