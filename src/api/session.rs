@@ -100,17 +100,16 @@ pub async fn login(
     }
     // At most a few password checks at once on the whole node, and a node-wide budget of
     // failures (auth/login.rs); the slot is held until the hash is done, even if the
-    // client has gone.
+    // client has gone. These refusals are counted and logged there, not audited one by
+    // one: a flood must not cost a database write per attempt, nor push the audit log's
+    // history out.
     let slot = match gate.slot().await {
         Ok(slot) => slot,
         Err(refusal) => {
-            let (status, outcome, message) = match refusal {
-                LoginRefusal::Busy => (StatusCode::SERVICE_UNAVAILABLE, "refused: password checks busy", "too many logins at once; try again shortly"),
-                LoginRefusal::BudgetSpent { .. } => {
-                    (StatusCode::TOO_MANY_REQUESTS, "refused: too many failed logins on this node", "too many failed logins on this node; try again later")
-                }
+            let (status, message) = match refusal {
+                LoginRefusal::Busy => (StatusCode::SERVICE_UNAVAILABLE, "too many logins at once; try again shortly"),
+                LoginRefusal::BudgetSpent { .. } => (StatusCode::TOO_MANY_REQUESTS, "too many failed logins on this node; try again later"),
             };
-            api.audit(&who, "session.login", &target(&api)?, outcome);
             return Ok(retry_after(status, message, refusal.retry_after_secs()));
         }
     };
