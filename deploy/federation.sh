@@ -39,7 +39,9 @@ case "${1:-}" in
     for node in $nodes; do
       http=$(awk -v id="$node" '$0 ~ "^id = \""id"\"" {f=1} f && /^http = / {gsub(/"/,"",$3); print $3; exit}' "$config")
       if [ -f "$dir/$node.pid" ] && kill -0 "$(cat "$dir/$node.pid")" 2>/dev/null; then
-        echo "$node up (pid $(cat "$dir/$node.pid")): $(curl -s -m 1 "http://$http/cluster/health" || echo 'no answer')"
+        # /cluster/health answers only peers' signed requests; the API answers loopback
+        # until an admin user exists (then: curl -b JAR or -H "Authorization: Bearer rat_...").
+        echo "$node up (pid $(cat "$dir/$node.pid")): $(curl -s -m 1 "http://$http/api/v1/cluster" || echo 'no answer')"
       else
         echo "$node down"
       fi

@@ -22,6 +22,8 @@ use crate::api::{self, ApiState};
 use crate::auth::PublishAuth;
 use crate::auth::admin::AdminStore;
 use crate::auth::keys::KeyStore;
+use crate::auth::login::LoginGate;
+use crate::auth::peer::{self, PeerClient, PeerGuard, PeerStats};
 use crate::auth::replication::{self, PeerKeys};
 use crate::cluster::upstreams::{LiveUpstreams, OriginUpstreams};
 use crate::cluster::{self, ClusterPlacement, Membership, HEALTH_PATH};
@@ -90,12 +92,14 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
     let registry = StreamRegistry::new();
 
     let roles = config.cluster.roles();
-    let membership = if config.cluster.nodes.is_empty() {
-        None
-    } else {
-        let client = cluster::peer_client().context("building the peer HTTP client")?;
-        Some(cluster::spawn(&config.cluster, client, &tracker, shutdown.clone()))
-    };
+    // Node-to-node HTTP is signed both ways (auth/peer.rs); refusals are counted here.
+    let peer_stats = Arc::new(PeerStats::default());
+    let peer_client = PeerClient::new(
+        cluster::peer_client().context("building the peer HTTP client")?,
+        &config.cluster.relay_secret,
+        Arc::clone(&peer_stats),
+    );
+    let membership = (!config.cluster.nodes.is_empty()).then(|| cluster::spawn(&config.cluster, peer_client.clone(), &tracker, shutdown.clone()));
     let placement: Arc<dyn Placement> = match &membership {
         Some(m) => Arc::new(ClusterPlacement::new(m.clone(), config.cluster.relay_secret.clone())),
         None => Arc::new(Standalone),
@@ -115,14 +119,14 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
     let key_store = Arc::new(KeyStore::open(&config.auth.data_dir).context("opening the stream key store")?);
     let auth = Arc::new(PublishAuth::start(&config, Arc::clone(&key_store)).await.context("starting publish authentication")?);
     let http_stats = Arc::new(HttpStats::default());
-    let (node, tier) = node_router(&config, &roles, membership.clone(), Arc::clone(&registry), store, &instruments, &audience, &key_store)?;
+    let peer_guard = PeerGuard::from_config(&config.cluster, Arc::clone(&peer_stats));
+    let (node, tier) = node_router(&config, &roles, membership.clone(), Arc::clone(&registry), store, &instruments, &audience, &key_store, peer_guard)?;
     if let Some(m) = &membership {
         let peers = m.clone();
         let list = move || {
             peers.peer_key_fingerprints().into_iter().map(|(id, http, fingerprint)| PeerKeys { id, http, fingerprint }).collect()
         };
-        let client = cluster::peer_client().context("building the peer HTTP client")?;
-        tracker.spawn(replication::run(Arc::clone(&key_store), list, config.cluster.relay_secret.clone(), client, shutdown.clone()));
+        tracker.spawn(replication::run(Arc::clone(&key_store), list, peer_client, shutdown.clone()));
     }
     let sources = metrics::Sources {
         ingest: Arc::clone(&ingest_stats),
@@ -135,6 +139,8 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
         auth: Arc::clone(&auth),
         transcode: resources,
         host,
+        logins: Arc::new(LoginGate::new(&config.auth)),
+        peers: peer_stats,
     };
     let api = ApiState::new(Arc::clone(&config), sources.clone(), Arc::clone(&key_store), membership).context("opening the admin store")?;
     if !crate::auth::db::blocking(&api.admin, AdminStore::any_user).await.context("reading the admin store")? {
@@ -171,8 +177,9 @@ fn ingest_metrics_router(stats: Arc<IngestStats>) -> Router {
 
 /// The HTTP side of this node, from its roles: a live node serves its own store; an origin
 /// or edge serves through its caching tier; a node with both serves its own streams
-/// locally and the rest through the tier. Every node answers health probes. Also returns
-/// the tier, for `/metrics`.
+/// locally and the rest through the tier. Every node answers its peers' health probes
+/// (`/cluster/*` only to peers' signed requests: `peer_guard`). Also returns the tier, for
+/// `/metrics`.
 fn node_router(
     config: &Config,
     roles: &[Role],
@@ -182,6 +189,7 @@ fn node_router(
     instruments: &Instruments,
     audience: &Arc<Audience>,
     keys: &Arc<KeyStore>,
+    peer_guard: Arc<PeerGuard>,
 ) -> anyhow::Result<(Router, Option<TierState>)> {
     let live = roles
         .contains(&Role::Live)
@@ -224,15 +232,16 @@ fn node_router(
         }),
     );
     if federated {
-        let (keys, secret) = (Arc::clone(keys), config.cluster.relay_secret.clone());
+        let keys = Arc::clone(keys);
         health = health.route(
             replication::KEYS_PATH,
-            get(move |headers: axum::http::HeaderMap| {
-                let (keys, secret) = (Arc::clone(&keys), secret.clone());
-                async move { replication::serve(&keys, &secret, &headers).await }
+            get(move || {
+                let keys = Arc::clone(&keys);
+                async move { replication::serve(&keys).await }
             }),
         );
     }
+    let health = health.route_layer(axum::middleware::from_fn_with_state(peer_guard, peer::guard));
     let tier = tier_state.clone().map(tier::router);
     let router = match (live, tier) {
         (Some(live), None) => health.merge(live),

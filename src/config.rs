@@ -98,7 +98,8 @@ pub struct ClusterConfig {
     /// Consecutive good probes that mark a peer up again.
     pub rise_after: u32,
     /// Shared secret with which nodes sign relayed publishes (app `_relay`), so that only
-    /// nodes of the federation can publish without a broadcaster's stream key. Required
+    /// nodes of the federation can publish without a broadcaster's stream key, and every
+    /// node-to-node HTTP request and answer (`/cluster/*`, `auth/peer.rs`). Required
     /// when `nodes` is set (this or `relay_secret_file`); at least 16 characters. Never
     /// printed: `rackcast config` shows it redacted.
     pub relay_secret: String,

@@ -2,7 +2,9 @@
 //! with exact statuses (loopback-only before an admin exists, login, wrong password,
 //! expired session, CSRF token missing or wrong, cross-origin writes, unknown and revoked
 //! API tokens, read-only tokens on writes, the login rate limit), persistence across a
-//! restart, the audit log, secrets kept out of logs and listings; the stream levers (kick,
+//! restart, the audit log (a failed login's name recorded only when the user exists),
+//! secrets kept out of logs and listings; a storm of 200 concurrent wrong logins from 200
+//! addresses bounded in memory while a viewer's MPD fetches stay fast; the stream levers (kick,
 //! stop, resume) with an ffmpeg publisher; and the OpenAPI document: valid against the
 //! OpenAPI 3.1 JSON Schema (python3-jsonschema), every `$ref` resolvable, equal to the
 //! committed docs/openapi.json and to what the binary serves.
@@ -18,6 +20,8 @@ use serde_json::{Value, json};
 use support::*;
 
 const PASSWORD: &str = "correct horse battery staple";
+/// A password typed into the name field of the login form (valid as a user name).
+const TYPED_NAME: &str = "Tr0ub4dor-and-3-typed-as-the-name";
 const COMMITTED_OPENAPI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
 
 /// One API caller: optional session cookie, CSRF token and bearer token.
@@ -132,7 +136,8 @@ fn the_access_matrix_with_exact_statuses_and_persistence() {
     let refused = api.call(&anyone, "POST", "/api/v1/session", Some(json!({"username": "alice", "password": "wrong password!"})));
     assert_eq!(refused.status(), 401);
     assert!(refused.headers().get("set-cookie").is_none());
-    api.expect(&anyone, "POST", "/api/v1/session", Some(json!({"username": "nobody", "password": PASSWORD})), 401);
+    // A password typed into the name field: no such user, so the name is not recorded.
+    api.expect(&anyone, "POST", "/api/v1/session", Some(json!({"username": TYPED_NAME, "password": PASSWORD})), 401);
 
     // A session: reads; writes need the CSRF token and the same origin.
     let alice = api.login("alice", PASSWORD);
@@ -198,8 +203,10 @@ fn the_access_matrix_with_exact_statuses_and_persistence() {
 
     // An expired session is refused as such; logging out ends a session.
     let carol_dir = app.data_dir();
-    let store = rackcast::auth::admin::AdminStore::open(&carol_dir).unwrap();
-    store.expire_sessions_at("alice", 1).unwrap();
+    // As the clock would: every session of alice's ends in the past (the store's own file).
+    let db = rusqlite::Connection::open(carol_dir.join(rackcast::auth::db::DATABASE_FILE)).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute("UPDATE sessions SET expires_at = 1 WHERE user = 'alice'", []).unwrap();
     let expired = api.expect(&alice, "GET", "/api/v1/node", None, 401);
     assert!(expired["error"].as_str().unwrap().contains("expired"), "{expired}");
     let alice = api.login("alice", PASSWORD);
@@ -238,10 +245,23 @@ fn the_access_matrix_with_exact_statuses_and_persistence() {
         assert!(entries.iter().any(|e| e == expected), "no audit entry {expected:?} in {entries:#?}");
     }
     assert!(entries.iter().any(|e| e.starts_with("token:") && e.ends_with("key.create ok")), "{entries:#?}");
+    // Failed logins name the user only when it exists; what was typed otherwise is nowhere.
+    let failed_logins: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "session.login" && e["outcome"] == "refused: wrong username or password")
+        .map(|e| e["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed_logins, ["unknown user", "alice"], "newest first");
+    assert!(!audit.to_string().contains(TYPED_NAME), "the typed name is in the audit log");
+    let mut database = std::fs::read(app.data_dir().join("rackcast.sqlite3")).unwrap();
+    database.extend(std::fs::read(app.data_dir().join("rackcast.sqlite3-wal")).unwrap_or_default());
+    assert!(!database.windows(TYPED_NAME.len()).any(|w| w == TYPED_NAME.as_bytes()), "the typed name is in the database");
 
     // Secrets appear in no log line.
     let logs = app.logs();
-    for secret in [key_secret.as_str(), read["secret"].as_str().unwrap(), PASSWORD, alice.cookie.as_deref().unwrap().split('=').nth(1).unwrap()] {
+    for secret in [key_secret.as_str(), read["secret"].as_str().unwrap(), PASSWORD, TYPED_NAME, alice.cookie.as_deref().unwrap().split('=').nth(1).unwrap()] {
         assert!(!logs.contains(secret), "a secret is in the log");
     }
 
@@ -358,4 +378,146 @@ print(len(errors)); print(chr(10).join(errors[:20]))";
     let served = get(&app.url("/api/v1/openapi.json"));
     assert_eq!(served.status(), 200);
     assert_eq!(served.text().unwrap(), generated);
+}
+
+/// 200 wrong-password logins at once from 200 loopback addresses (past the per-address
+/// limit), with the default limits: at most a few password checks run at once and the
+/// node's failure budget refuses the rest before hashing, so the appliance's memory barely
+/// grows and a viewer of a live stream notices nothing. Every attempt is answered 401, 429
+/// or 503 (the refusals with Retry-After).
+#[test]
+fn a_login_storm_from_200_addresses_is_bounded_in_memory_and_spares_viewers() {
+    let storm = login_storm("");
+    // Hashed: the failure budget's burst (10), plus those already holding a slot when it
+    // ran out (one per core), plus what it regains during the storm (one each 2 s).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let regained = (storm.took.as_secs_f64() / 2.0).ceil() as usize;
+    assert!(storm.checked >= 1 && storm.checked <= 10 + cores + regained, "{} passwords checked", storm.checked);
+}
+
+/// The same storm with the failure budget opened wide: only the hash slots bound the work
+/// (the rest wait a second, then get 503), and memory stays as bounded.
+#[test]
+fn a_login_storm_past_a_wide_failure_budget_is_bounded_by_the_hash_slots() {
+    let storm = login_storm("[auth]\nfailed_logins_per_minute = 100000\nfailed_login_burst = 100000\n");
+    assert_eq!(storm.limited, 0, "the failure budget was not reached");
+}
+
+struct Storm {
+    checked: usize,
+    limited: usize,
+    took: Duration,
+}
+
+/// Runs the storm against an appliance with `config` (plus the ultrafast preset) while a
+/// stream publishes and a viewer fetches its MPD; asserts what holds for every config.
+fn login_storm(config: &str) -> Storm {
+    const ATTEMPTS: usize = 200;
+    let _one = one_ladder_at_a_time();
+    let app = Appliance::start(Some(&format!("[transcode]\nx264_preset = \"ultrafast\"\n{config}")));
+    let api = Api { app: &app, client: client() };
+    api.expect(&Caller::default(), "POST", "/api/v1/users", Some(json!({"name": "alice", "password": PASSWORD})), 201);
+    let _publisher = Publisher::start(&app.publish_url("live", "cam"), 60, "320x180");
+    wait_until("cam's MPD listing segments", Duration::from_secs(30), || {
+        let mpd = fetch_mpd(&app, "cam")?;
+        (mpd.periods.last()?.adaptations.iter().flat_map(|a| &a.representations).count() > 0).then_some(())
+    });
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = |stop: &std::sync::Arc<std::sync::atomic::AtomicBool>| !stop.load(std::sync::atomic::Ordering::Relaxed);
+    // A viewer fetching the MPD every 50 ms throughout.
+    let viewer = {
+        let (stop, url) = (stop.clone(), app.url("/live/cam/manifest.mpd"));
+        std::thread::spawn(move || {
+            let client = client();
+            let mut fetches = Vec::new();
+            while running(&stop) {
+                let started = std::time::Instant::now();
+                let status = client.get(&url).send().map(|r| r.status().as_u16()).unwrap_or(0);
+                fetches.push((status, started.elapsed()));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            fetches
+        })
+    };
+    // The appliance's resident memory, sampled every 10 ms (and its peak, where the kernel
+    // lets the test reset it).
+    let rss_before = app.rss_kib();
+    let peak_reset = app.reset_peak_rss();
+    let sampler = {
+        let (stop, pid) = (stop.clone(), app.pid());
+        std::thread::spawn(move || {
+            let mut peak = 0u64;
+            while running(&stop) {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+                peak = peak.max(rss.unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    let url = app.url("/api/v1/session");
+    let storm_started = std::time::Instant::now();
+    let answers: Vec<(u16, bool)> = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(ATTEMPTS));
+        let tasks: Vec<_> = (0..ATTEMPTS)
+            .map(|i| {
+                let source: std::net::IpAddr = format!("127.0.{}.{}", 1 + i / 250, 1 + i % 250).parse().unwrap();
+                let client = reqwest::Client::builder().local_address(source).timeout(Duration::from_secs(30)).build().unwrap();
+                let (barrier, url) = (barrier.clone(), url.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let body = json!({"username": "alice", "password": format!("wrong password number {i}")});
+                    let response = client.post(&url).json(&body).send().await.unwrap_or_else(|e| panic!("login from {source}: {e}"));
+                    (response.status().as_u16(), response.headers().contains_key("retry-after"))
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap());
+        }
+        answers
+    });
+    let storm = storm_started.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let fetches = viewer.join().unwrap();
+    let sampled_peak = sampler.join().unwrap();
+    let peak = if peak_reset { sampled_peak.max(app.peak_rss_kib()) } else { sampled_peak };
+    let growth_mib = peak.saturating_sub(rss_before) as f64 / 1024.0;
+
+    let count = |status: u16| answers.iter().filter(|a| a.0 == status).count();
+    let (checked, limited, busy) = (count(401), count(429), count(503));
+    let mut latencies: Vec<Duration> = fetches.iter().map(|f| f.1).collect();
+    latencies.sort();
+    let p95 = latencies[(latencies.len() * 95).div_ceil(100) - 1];
+    println!(
+        "login storm: {ATTEMPTS} attempts in {:.2} s: {checked} checked (401), {limited} refused by the failure budget (429), {busy} busy (503); \
+         RSS {} MiB before, growth {growth_mib:.1} MiB (peak {}); viewer: {} MPD fetches, p95 {p95:?}, max {:?}",
+        storm.as_secs_f64(),
+        rss_before / 1024,
+        if peak_reset { "VmHWM and samples" } else { "samples" },
+        fetches.len(),
+        latencies.last().unwrap(),
+    );
+    assert_eq!(checked + limited + busy, ATTEMPTS, "every attempt is answered 401, 429 or 503: {answers:?}");
+    assert!(answers.iter().all(|&(status, retry)| status == 401 || retry), "every refusal says when to retry");
+    assert!(checked >= 1, "some passwords were checked");
+    assert!(growth_mib < 200.0, "a login storm grew the appliance's memory by {growth_mib:.1} MiB");
+    assert!(fetches.len() >= 10 && fetches.iter().all(|f| f.0 == 200), "the viewer's MPD fetches: {fetches:?}");
+    assert!(p95 < Duration::from_millis(200), "the viewer's MPD fetches took {p95:?} at p95 during the storm");
+
+    // Counted in /metrics, and logged once a second at most.
+    let metrics = get(&app.url("/metrics")).text().unwrap();
+    let sample = |series: &str| metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0);
+    assert_eq!(sample("rackcast_login_failures_total") as usize, checked);
+    let refused = sample("rackcast_login_refused_total{reason=\"failure_budget\"}") + sample("rackcast_login_refused_total{reason=\"busy\"}");
+    assert_eq!(refused as usize, limited + busy, "{metrics}");
+    let logged = app.logs().lines().filter(|l| l.contains("login refused")).count();
+    assert!(logged <= 2 * (storm.as_secs() as usize + 2), "{logged} log lines for the refusals");
+    Storm { checked, limited, took: storm }
 }

@@ -200,8 +200,7 @@ fn a_relayed_publish_takes_over_a_silent_relay_at_the_owner() {
     let a = Appliance::start_node(&config, "live-a");
     let b = Appliance::start_node(&config, "live-b");
     for (_, http) in &ports {
-        let health = format!("http://127.0.0.1:{http}/cluster/health");
-        wait_until("both nodes healthy", Duration::from_secs(10), || (get(&health).status() == 200).then_some(()));
+        wait_serving(&format!("127.0.0.1:{http}"), Duration::from_secs(10));
     }
     let ring = rackcast::cluster::Ring::new(["live-a".to_owned(), "live-b".to_owned()], 160);
     let stream = (0..).map(|i| format!("van.{i}")).find(|s| ring.owner(s) == Some("live-b")).unwrap();

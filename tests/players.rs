@@ -478,8 +478,7 @@ fn every_real_client_plays_live_through_an_edge_and_across_a_period_change() {
     let config = config(&nodes);
     let _running: Vec<Appliance> = nodes.iter().map(|n| Appliance::start_node(&config, n.id)).collect();
     for n in &nodes {
-        let health = format!("http://127.0.0.1:{}/cluster/health", n.http);
-        wait_until("every node healthy", Duration::from_secs(10), || (get(&health).status() == 200).then_some(()));
+        wait_serving(&format!("127.0.0.1:{}", n.http), Duration::from_secs(10));
     }
     let live = format!("127.0.0.1:{}", nodes[0].http);
     let edge = format!("127.0.0.1:{}", nodes[2].http);

@@ -129,8 +129,12 @@ def origin_counts(port):
 class Origin:
     def __init__(self, out, delay_ms):
         self.log = open(os.path.join(out, "origin.log"), "w")
+        # The rackcast edge's health probes are signed and want signed answers: the origin
+        # signs them with the cluster file's relay secret.
+        with open(os.path.join(BENCH, "tier", "rackcast-cluster.toml.in")) as f:
+            secret = re.search(r'^relay_secret = "([^"]+)"', f.read(), re.M).group(1)
         self.proc = spawn([sys.executable, os.path.join(HERE, "tier_origin.py"), "--port", "0",
-                           "--id", "origin-1", "--delay-ms", str(delay_ms)], name="origin",
+                           "--id", "origin-1", "--delay-ms", str(delay_ms), "--secret", secret], name="origin",
                           stdout=subprocess.PIPE, stderr=self.log, text=True)
         m = read_line_with_timeout(self.proc.stdout, r"ready port=(\d+)", 10)
         if not m:
@@ -176,8 +180,9 @@ class RackcastEdge(Edge):
         m = read_line_with_timeout(self.proc.stdout, r"rackcast ready rtmp=(\S+) http=(\S+)", 30, sink=self.log)
         if not m:
             raise RuntimeError("rackcast edge printed no ready line within 30 s (see %s)" % self.logpath)
-        if not wait_http(self.port, "/cluster/health", 10, self.proc):
-            raise RuntimeError("rackcast edge /cluster/health did not answer 200")
+        # /cluster/health answers only peers' signed requests: any route shows it serves.
+        if not wait_http(self.port, "/metrics/http", 10, self.proc):
+            raise RuntimeError("rackcast edge /metrics/http did not answer 200")
 
     def metrics(self):
         st, _, body = http_get(self.port, "/tier/metrics")
@@ -191,7 +196,7 @@ class RackcastEdge(Edge):
             text = f.read()
         live_down = bool(re.search(r"peer down.*live-1|live-1.*peer down", text))
         origin_down = bool(re.search(r"peer down.*origin-1|origin-1.*peer down", text))
-        st, _, body = http_get(self.port, "/cluster/health")
+        st, _, body = http_get(self.port, "/metrics/http")
         return {"live_1_marked_down": live_down, "origin_1_marked_down": origin_down,
                 "edge_health_status": st, "edge_health_body": body.decode(errors="replace") if st else None,
                 "alive": self.alive()}
@@ -582,7 +587,7 @@ def table(a, hits, fresh, skipped, header_lines, notes):
     if rc:
         yes = lambda b: "yes" if b else "NO"  # noqa: E731
         lines.append("rackcast cluster: live-1 (nothing listening) marked down by the edge's probes: %s; origin-1 "
-                     "stayed up: %s; edge /cluster/health 200: %s; edge running at the end: %s." % (
+                     "stayed up: %s; edge /metrics/http 200: %s; edge running at the end: %s." % (
                          yes(rc["live_1_marked_down"]), yes(not rc["origin_1_marked_down"]),
                          yes(rc["edge_health_status"] == 200), yes(notes.get("rackcast_alive_at_end"))))
     for name, why in skipped.items():

@@ -8,7 +8,9 @@ A small threaded HTTP/1.1 server on 127.0.0.1 that every edge under test fetches
                                             Cache-Control: public, max-age=31536000, immutable,
                                             answered after --delay-ms (the slow upstream that makes
                                             coalescing visible)
-  GET /cluster/health                       {"id": "<--id>", "streams": []} (rackcast's peer probe)
+  GET /cluster/health                       {"id": "<--id>", "streams": []} (rackcast's peer probe; with
+                                            --secret, the answer is signed as rackcast's peers sign
+                                            theirs: src/auth/peer.rs)
   GET /counts                               {"paths": {path: requests}, "first": {path: t}, "answered": {path: t}}
                                             (t: CLOCK_MONOTONIC seconds, the same clock as the client)
 
@@ -18,6 +20,7 @@ Every request except /counts and /cluster/health is counted per path. Prints one
 
 import argparse
 import hashlib
+import hmac
 import json
 import sys
 import threading
@@ -48,9 +51,23 @@ def segment_body(n: int, size: int = SEGMENT_BYTES) -> bytes:
     return (block * reps)[:size]
 
 
+def lp(b: bytes) -> bytes:
+    """A length-prefixed field, as src/auth/peer.rs signs them."""
+    return len(b).to_bytes(8, "big") + b
+
+
+def sign_answer(secret: str, node_id: str, nonce_hex: str, status: int, body: bytes) -> dict:
+    """Headers that sign a peer answer (src/auth/peer.rs, sign_response)."""
+    t = int(time.time())
+    msg = (b"rackcast-peer-response\0" + lp(node_id.encode()) + lp(bytes.fromhex(nonce_hex))
+           + lp(status.to_bytes(2, "big")) + lp(t.to_bytes(8, "big")) + lp(body))
+    return {"x-rackcast-time": str(t), "x-rackcast-signature": hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()}
+
+
 class State:
-    def __init__(self, node_id: str, delay: float):
+    def __init__(self, node_id: str, delay: float, secret: str = ""):
         self.node_id = node_id
+        self.secret = secret
         self.delay = delay
         self.lock = threading.Lock()
         self.counts = {}
@@ -82,11 +99,13 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # quiet
         pass
 
-    def _send(self, status, body, ctype, cache):
+    def _send(self, status, body, ctype, cache, extra=None):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", cache)
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
         self.end_headers()
         self.wfile.write(body)
 
@@ -95,7 +114,9 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/cluster/health":
             body = json.dumps({"id": st.node_id, "streams": []}).encode()
-            return self._send(200, body, "application/json", "no-store")
+            nonce = self.headers.get("x-rackcast-nonce")
+            extra = sign_answer(st.secret, st.node_id, nonce, 200, body) if st.secret and nonce else None
+            return self._send(200, body, "application/json", "no-store", extra)
         if path == "/counts":
             with st.lock:
                 body = json.dumps({"paths": st.counts, "first": st.first, "answered": st.answered}).encode()
@@ -130,8 +151,9 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--id", default="origin-1")
     ap.add_argument("--delay-ms", type=float, default=200.0)
+    ap.add_argument("--secret", default="", help="cluster.relay_secret, to sign health answers")
     a = ap.parse_args()
-    Handler.state = State(a.id, a.delay_ms / 1000.0)
+    Handler.state = State(a.id, a.delay_ms / 1000.0, a.secret)
     srv = Server(("127.0.0.1", a.port), Handler)
     print(f"tier-origin ready port={srv.server_address[1]}", flush=True)
     try:

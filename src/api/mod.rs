@@ -234,6 +234,8 @@ mod tests {
             auth: Arc::new(PublishAuth::new(&config.auth, BTreeMap::new(), None, HashSet::new())),
             transcode: Arc::new(crate::transcode::resources::Resources::start(&config.transcode, &host.snapshot()).unwrap()),
             host,
+            logins: Arc::new(crate::auth::login::LoginGate::new(&config.auth)),
+            peers: Arc::default(),
         };
         let keys = Arc::new(KeyStore::open(data_dir).unwrap());
         Arc::new(ApiState::new(Arc::new(config), sources, keys, None).unwrap())

@@ -1,5 +1,7 @@
-//! `/api/v1/session`: log in (username and password, rate-limited per address; sets the
-//! session cookie and returns the CSRF token), see who is logged in, log out. The cookie
+//! `/api/v1/session`: log in (username and password, rate-limited per address, password
+//! checks bounded node-wide by `auth::login`; sets the session cookie and returns the CSRF
+//! token), see who is logged in, log out. A failed login is audited under the typed name
+//! only when that user exists, else as [`UNKNOWN_USER`]. The cookie
 //! lives until the browser closes; the store ends the session after
 //! `auth.session_lifetime` whatever the browser keeps.
 
@@ -16,7 +18,15 @@ use utoipa::ToSchema;
 
 use super::access::{Principal, PrincipalKind, SESSION_COOKIE};
 use super::{ApiError, ApiResult, ApiState, ErrorBody, blocking};
-use crate::auth::admin::Scope;
+use crate::auth::admin::{PasswordCheck, Scope, UNKNOWN_USER};
+use crate::auth::login::LoginRefusal;
+
+/// An error answer that tells the client when to try again.
+fn retry_after(status: StatusCode, message: &str, seconds: u64) -> Response {
+    let mut response = ApiError::new(status, message).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    response
+}
 
 #[derive(Deserialize, ToSchema)]
 pub struct Login {
@@ -63,7 +73,8 @@ pub async fn whoami(Extension(who): Extension<Principal>) -> ApiResult<Json<Sess
     responses(
         (status = 200, body = SessionInfo, description = "Logged in; the session cookie is set"),
         (status = 401, body = ErrorBody, description = "Wrong username or password"),
-        (status = 429, body = ErrorBody, description = "Too many login attempts from this address"),
+        (status = 429, body = ErrorBody, description = "Too many login attempts from this address, or too many failed logins on this node (see Retry-After)"),
+        (status = 503, body = ErrorBody, description = "Every password check slot is busy (see Retry-After)"),
     ))]
 pub async fn login(
     State(api): State<Arc<ApiState>>,
@@ -75,19 +86,46 @@ pub async fn login(
     if api.login_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 256 == 0 {
         api.login_limiter.retain_recent();
     }
+    let gate = &api.sources.logins;
     if let Some(address) = who.address
         && api.login_limiter.check_key(&address).is_err()
     {
+        gate.record_per_address_refusal();
         tracing::warn!(%address, "login refused: too many attempts from this address");
-        api.audit(&who, "session.login", &login.username, "refused: too many attempts").await;
-        let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many login attempts from this address; wait a minute").into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
-        return Ok(response);
+        // What the audit log may name: a name typed at a failed login is recorded only
+        // when such a user exists (otherwise it may be a password typed in the wrong field).
+        let name = login.username.clone();
+        let target = blocking(&api.admin, move |admin| admin.login_target(&name)).await?;
+        api.audit(&who, "session.login", &target, "refused: too many attempts").await;
+        return Ok(retry_after(StatusCode::TOO_MANY_REQUESTS, "too many login attempts from this address; wait a minute", 60));
     }
+    // At most a few password checks at once on the whole node, and a node-wide budget of
+    // failures (auth/login.rs); the slot is held until the hash is done, even if the
+    // client has gone. These refusals are counted and logged there, not audited one by
+    // one: a flood must not cost a database write per attempt, nor push the audit log's
+    // history out.
+    let slot = match gate.slot().await {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let (status, message) = match refusal {
+                LoginRefusal::Busy => (StatusCode::SERVICE_UNAVAILABLE, "too many logins at once; try again shortly"),
+                LoginRefusal::BudgetSpent { .. } => (StatusCode::TOO_MANY_REQUESTS, "too many failed logins on this node; try again later"),
+            };
+            return Ok(retry_after(status, message, refusal.retry_after_secs()));
+        }
+    };
+    let check = Arc::clone(&api);
     let (name, password) = (login.username.clone(), login.password);
-    let valid = blocking(&api.admin, move |admin| admin.check_password(&name, &password)).await?;
-    if !valid {
-        api.audit(&who, "session.login", &login.username, "refused: wrong username or password").await;
+    let checked = tokio::task::spawn_blocking(move || {
+        let mut slot = slot;
+        check.admin.check_password(&name, &password, slot.memory())
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("password check failed: {e}")))??;
+    if checked != PasswordCheck::Valid {
+        gate.record_failure();
+        let target = if checked == PasswordCheck::Wrong { login.username.clone() } else { UNKNOWN_USER.to_owned() };
+        api.audit(&who, "session.login", &target, "refused: wrong username or password").await;
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong username or password"));
     }
     let lifetime = api.config.auth.session_lifetime;

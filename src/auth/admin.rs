@@ -7,8 +7,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::password_hash::PasswordHasher;
+use argon2::password_hash::phc::Output;
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
 use parking_lot::Mutex;
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,9 @@ pub const AUDIT_PAGE_MAX: u32 = 500;
 pub const AUDIT_KEPT: i64 = 100_000;
 /// Sessions one user may hold; logging in again ends the oldest beyond it.
 pub const SESSIONS_PER_USER: i64 = 20;
+/// How the audit log and the log name the user of a login for a name no user has: what
+/// was typed there may be a password typed in the wrong field.
+pub const UNKNOWN_USER: &str = "unknown user";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -65,6 +69,16 @@ impl Scope {
     fn parse(s: &str) -> Self {
         if s == "admin" { Scope::Admin } else { Scope::Read }
     }
+}
+
+/// What a password check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordCheck {
+    Valid,
+    /// The user exists; the password is not theirs.
+    Wrong,
+    /// No user has this name.
+    UnknownUser,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -121,6 +135,37 @@ pub struct AdminStore {
     db: Mutex<Database>,
 }
 
+/// The argon2 working area of one password check (19 MiB with the default parameters).
+/// Reused from check to check: glibc's heap grows by a fresh 19 MiB aligned allocation
+/// each time instead of reusing the last one (measured: +19 MiB resident per login), so
+/// each hash slot keeps its own (`auth::login`).
+pub type HashMemory = Vec<Block>;
+
+/// Salt of the stand-in check made for a login of an unknown user.
+const UNKNOWN_USER_SALT: &[u8] = b"rackcast-unknown-user";
+
+/// `memory`'s first `blocks` blocks, growing it if needed.
+fn grown(memory: &mut HashMemory, blocks: usize) -> &mut [Block] {
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::new());
+    }
+    &mut memory[..blocks]
+}
+
+/// Whether `password` matches the PHC string `phc`, hashed in `memory` (as argon2's own
+/// verifier does, with the constant-time comparison of [`Output`], minus its allocation).
+fn verify_with(password: &[u8], phc: &str, memory: &mut HashMemory) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else { return false };
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else { return false };
+    let (Ok(algorithm), Ok(params)) = (Algorithm::try_from(hash.algorithm.as_str()), Params::try_from(&hash)) else { return false };
+    let Ok(version) = hash.version.map(Version::try_from).transpose() else { return false };
+    let mut out = [0u8; Output::MAX_LENGTH];
+    let out = &mut out[..expected.len()];
+    let blocks = grown(memory, params.block_count());
+    Argon2::new(algorithm, version.unwrap_or_default(), params).hash_password_into_with_memory(password, salt, out, blocks).is_ok()
+        && Output::new(out).is_ok_and(|computed| computed == *expected)
+}
+
 fn valid_user_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
@@ -156,22 +201,37 @@ impl AdminStore {
         Ok(())
     }
 
-    /// True when `password` is user `name`'s (false for an unknown user, after the same
-    /// work, so the answer's time does not tell which). Slow by design.
-    pub fn check_password(&self, name: &str, password: &str) -> Result<bool, StoreError> {
+    /// Whether `password` is user `name`'s; an unknown user costs the same work, so the
+    /// answer's time does not tell which (the caller must not tell either). Slow by
+    /// design: call it off the async runtime, bounded (`auth::login`). `memory` is the
+    /// argon2 working area, kept by the caller from check to check ([`HashMemory`]).
+    pub fn check_password(&self, name: &str, password: &str, memory: &mut HashMemory) -> Result<PasswordCheck, StoreError> {
         let stored: Option<String> =
             self.run(|c| c.query_row("SELECT password_hash FROM users WHERE name = ?1", params![name], |r| r.get(0)).optional())?;
-        if password.len() > MAX_PASSWORD_BYTES {
-            return Ok(false);
-        }
-        let argon2 = Argon2::default();
         Ok(match stored {
-            Some(hash) => argon2.verify_password(password.as_bytes(), hash.as_str()).is_ok(),
             None => {
-                let _ = argon2.hash_password(password.as_bytes());
-                false
+                // The work of checking a password hashed with the defaults, for nobody.
+                if password.len() <= MAX_PASSWORD_BYTES {
+                    let mut out = [0u8; 32];
+                    let blocks = grown(memory, Params::default().block_count());
+                    let _ = Argon2::default().hash_password_into_with_memory(password.as_bytes(), UNKNOWN_USER_SALT, &mut out, blocks);
+                }
+                PasswordCheck::UnknownUser
             }
+            Some(_) if password.len() > MAX_PASSWORD_BYTES => PasswordCheck::Wrong,
+            Some(hash) if verify_with(password.as_bytes(), &hash, memory) => PasswordCheck::Valid,
+            Some(_) => PasswordCheck::Wrong,
         })
+    }
+
+    /// `name` as the audit log may record it for a login: the name when such a user
+    /// exists, else [`UNKNOWN_USER`] (what was typed may be a password).
+    pub fn login_target(&self, name: &str) -> Result<String, StoreError> {
+        if !valid_user_name(name) {
+            return Ok(UNKNOWN_USER.to_owned());
+        }
+        let exists: bool = self.run(|c| c.query_row("SELECT EXISTS (SELECT 1 FROM users WHERE name = ?1)", params![name], |r| r.get(0)))?;
+        Ok(if exists { name.to_owned() } else { UNKNOWN_USER.to_owned() })
     }
 
     pub fn users(&self) -> Result<Vec<UserInfo>, StoreError> {
@@ -355,9 +415,25 @@ mod tests {
         store.add_user("alice", "correct horse battery").unwrap();
         assert!(matches!(store.add_user("alice", "another password"), Err(AdminError::UserExists(_))));
         assert!(store.any_user().unwrap());
-        assert!(store.check_password("alice", "correct horse battery").unwrap());
-        assert!(!store.check_password("alice", "wrong horse battery").unwrap());
-        assert!(!store.check_password("bob", "correct horse battery").unwrap());
+        let memory = &mut HashMemory::new();
+        assert_eq!(store.check_password("alice", "correct horse battery", memory).unwrap(), PasswordCheck::Valid);
+        assert_eq!(memory.len(), Params::default().block_count(), "the working area is the caller's, for the next check");
+        assert_eq!(store.check_password("alice", "wrong horse battery", memory).unwrap(), PasswordCheck::Wrong);
+        assert_eq!(store.check_password("alice", "correct horse batter", memory).unwrap(), PasswordCheck::Wrong);
+        assert_eq!(store.check_password("bob", "correct horse battery", memory).unwrap(), PasswordCheck::UnknownUser);
+        assert_eq!(store.check_password("alice", &"x".repeat(MAX_PASSWORD_BYTES + 1), memory).unwrap(), PasswordCheck::Wrong);
+        // Hashes made elsewhere with other parameters verify too (the area grows to fit).
+        let other = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(32 * 1024, 2, 1, None).unwrap())
+            .hash_password(b"from another tool")
+            .unwrap()
+            .to_string();
+        store.run(|c| c.execute("UPDATE users SET password_hash = ?1 WHERE name = 'alice'", params![other])).unwrap();
+        assert_eq!(store.check_password("alice", "from another tool", memory).unwrap(), PasswordCheck::Valid);
+        assert_eq!(memory.len(), 32 * 1024);
+        assert_eq!(store.check_password("alice", "correct horse battery", memory).unwrap(), PasswordCheck::Wrong);
+        assert_eq!(store.login_target("alice").unwrap(), "alice");
+        assert_eq!(store.login_target("correct horse battery").unwrap(), UNKNOWN_USER, "a password typed as the name");
+        assert_eq!(store.login_target("bob").unwrap(), UNKNOWN_USER);
 
         let session = store.open_session("alice", Duration::from_secs(60)).unwrap();
         assert!(matches!(store.session(&session.secret).unwrap(), SessionLookup::Valid { ref user, ref csrf, .. } if user == "alice" && *csrf == session.csrf));

@@ -15,6 +15,10 @@ pub const DEFAULT_PUBLISH_ATTEMPT_BURST: u32 = 20;
 /// Console and API login attempts one address may make per minute, and at once.
 pub const DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE: u32 = 10;
 pub const DEFAULT_LOGIN_ATTEMPT_BURST: u32 = 5;
+/// Failed logins per minute from all addresses together, and how many of them at once,
+/// before every login is refused for a while (see `auth/login.rs`).
+pub const DEFAULT_FAILED_LOGINS_PER_MINUTE: u32 = 30;
+pub const DEFAULT_FAILED_LOGIN_BURST: u32 = 10;
 /// The publish webhook's bound, and how long its answers are reused.
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_WEBHOOK_CACHE: Duration = Duration::from_secs(10);
@@ -36,6 +40,13 @@ pub struct AuthConfig {
     pub publish_token_secret: String,
     pub login_attempts_per_minute: u32,
     pub login_attempt_burst: u32,
+    /// Failed logins per minute from all addresses together (burst `failed_login_burst`);
+    /// beyond it every login is refused (429) until the budget has room again.
+    pub failed_logins_per_minute: u32,
+    pub failed_login_burst: u32,
+    /// Password checks (argon2id, 19 MiB each) running at once; more logins wait up to a
+    /// second for a slot, then get 503. 0: one per CPU core.
+    pub login_hash_concurrency: u32,
     /// How long a console session lasts after login (then the admin logs in again).
     #[serde(with = "humantime_serde")]
     pub session_lifetime: Duration,
@@ -58,6 +69,9 @@ impl Default for AuthConfig {
             publish_token_secret: String::new(),
             login_attempts_per_minute: DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE,
             login_attempt_burst: DEFAULT_LOGIN_ATTEMPT_BURST,
+            failed_logins_per_minute: DEFAULT_FAILED_LOGINS_PER_MINUTE,
+            failed_login_burst: DEFAULT_FAILED_LOGIN_BURST,
+            login_hash_concurrency: 0,
             session_lifetime: DEFAULT_SESSION_LIFETIME,
             publish_webhook: String::new(),
             publish_webhook_timeout: DEFAULT_WEBHOOK_TIMEOUT,
@@ -80,6 +94,12 @@ impl AuthConfig {
         }
         if NonZeroU32::new(self.login_attempts_per_minute).is_none() || NonZeroU32::new(self.login_attempt_burst).is_none() {
             return invalid("login_attempts_per_minute", "the rate and the burst must be at least 1");
+        }
+        if NonZeroU32::new(self.failed_logins_per_minute).is_none() || NonZeroU32::new(self.failed_login_burst).is_none() {
+            return invalid("failed_logins_per_minute", "the rate and the burst must be at least 1");
+        }
+        if self.login_hash_concurrency > super::login::MAX_HASH_CONCURRENCY {
+            return invalid("login_hash_concurrency", "must be at most 64 (each check takes 19 MiB), or 0 for one per core");
         }
         if !self.publish_webhook.is_empty() && !self.publish_webhook.starts_with("http://") {
             return invalid("publish_webhook", "must be an http:// URL (for TLS, put a local proxy in front) or empty");

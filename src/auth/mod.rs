@@ -19,12 +19,15 @@
 //! admin's service ([`webhook`], [`PublishAuth::admit`]).
 //!
 //! The admin side's users, sessions, API tokens and audit log live in [`admin`], in the
-//! same database ([`db`]); the HTTP API enforces them (`api::access`).
+//! same database ([`db`]); the HTTP API enforces them (`api::access`), and [`login`] bounds
+//! the password checks of logins. Node-to-node HTTP is signed and checked in [`peer`].
 
 pub mod admin;
 pub mod config;
 pub mod db;
 pub mod keys;
+pub mod login;
+pub mod peer;
 pub mod replication;
 pub mod token;
 pub mod webhook;

@@ -3,20 +3,21 @@
 //! read its records from [`KEYS_PATH`] and merge them ([`KeyStore::merge`]: union of
 //! keys, revocations win). Each node pulls, so a key made or revoked on any node (API,
 //! console or CLI) reaches every healthy node within a few health intervals, and a node
-//! that was down catches up when it returns. Records carry digests, never secrets, and
-//! the route answers only requests signed with the federation's relay secret
-//! ([`token::Purpose::Cluster`]).
+//! that was down catches up when it returns. Records carry digests, never secrets. The
+//! route answers only peers' signed requests, and records are merged only from an answer
+//! signed by the peer asked, for that request ([`super::peer`]), so nobody between two
+//! nodes can read, replay or inject keys or revocations.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
 
 use super::keys::{KeyRecord, KeyStore};
-use super::token::{self, Purpose};
+use super::peer::PeerClient;
 
 /// Where a node serves its key records to its peers.
 pub const KEYS_PATH: &str = "/cluster/keys";
@@ -26,16 +27,10 @@ const INTERVAL: Duration = Duration::from_secs(1);
 const PULL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most bytes of records accepted from one peer (about 150 bytes a key).
 const MAX_RECORDS_BYTES: usize = 32 << 20;
-/// What the signed request names.
-const SUBJECT: &str = "stream-keys";
 
-/// `GET /cluster/keys`: this node's key records, for a request signed with the relay secret.
-pub async fn serve(store: &Arc<KeyStore>, secret: &str, headers: &HeaderMap) -> Response {
-    let signed = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match signed.map(|t| token::verify(Purpose::Cluster, t, secret)) {
-        Some(Ok(SUBJECT)) => {}
-        _ => return (StatusCode::FORBIDDEN, "a signed cluster request is required\n").into_response(),
-    }
+/// `GET /cluster/keys`: this node's key records (behind `peer::guard`, which lets only
+/// peers' signed requests through and signs the answer).
+pub async fn serve(store: &Arc<KeyStore>) -> Response {
     match super::db::blocking(store, KeyStore::export).await {
         Ok(records) => Json(records).into_response(),
         Err(e) => {
@@ -53,7 +48,7 @@ pub struct PeerKeys {
 }
 
 /// Compares fingerprints every second and pulls from peers that differ, until `shutdown`.
-pub async fn run(store: Arc<KeyStore>, peers: impl Fn() -> Vec<PeerKeys>, secret: String, client: reqwest::Client, shutdown: CancellationToken) {
+pub async fn run(store: Arc<KeyStore>, peers: impl Fn() -> Vec<PeerKeys>, client: PeerClient, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -72,7 +67,7 @@ pub async fn run(store: Arc<KeyStore>, peers: impl Fn() -> Vec<PeerKeys>, secret
             if peer.fingerprint == ours {
                 continue;
             }
-            match pull(&client, &peer, &secret).await {
+            match pull(&client, &peer).await {
                 Ok(records) => match super::db::blocking(&store, move |store| store.merge(&records)).await {
                     Ok(0) => {}
                     Ok(changed) => tracing::info!(peer = %peer.id, changed, "stream keys merged from a peer"),
@@ -84,19 +79,22 @@ pub async fn run(store: Arc<KeyStore>, peers: impl Fn() -> Vec<PeerKeys>, secret
     }
 }
 
-async fn pull(client: &reqwest::Client, peer: &PeerKeys, secret: &str) -> Result<Vec<KeyRecord>, String> {
-    let signed = token::sign(Purpose::Cluster, SUBJECT, secret, token::RELAY_LIFETIME);
-    let request = client.get(format!("http://{}{KEYS_PATH}", peer.http)).bearer_auth(signed).timeout(PULL_TIMEOUT);
-    let mut response = request.send().await.map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("HTTP {}", response.status()));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-        if body.len() + chunk.len() > MAX_RECORDS_BYTES {
-            return Err(format!("more than {MAX_RECORDS_BYTES} bytes of records"));
-        }
-        body.extend_from_slice(&chunk);
-    }
+async fn pull(client: &PeerClient, peer: &PeerKeys) -> Result<Vec<KeyRecord>, String> {
+    let body = tokio::time::timeout(PULL_TIMEOUT, client.get(&peer.id, peer.http, KEYS_PATH, MAX_RECORDS_BYTES))
+        .await
+        .map_err(|_| format!("no answer within {PULL_TIMEOUT:?}"))?
+        .map_err(|e| error_chain(&e))?;
     serde_json::from_slice(&body).map_err(|e| e.to_string())
+}
+
+/// An error and its causes on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

@@ -2,12 +2,11 @@
 //! over the purpose, the stream name and the expiry, keyed with a shared secret. The
 //! receiver checks the signature in constant time, then the expiry against its own clock,
 //! so the secret itself never travels and a key seen once (in a capture, a log) is useless
-//! after it expires. Two purposes, each with its own secret and signing domain:
+//! after it expires. Two purposes, each with its own secret and signing domain
+//! (node-to-node HTTP requests are signed per request instead: `peer.rs`):
 //!
 //! - **Relay**: a node that relays a publish to the stream's owner signs it with the
 //!   federation's `cluster.relay_secret`; valid for [`RELAY_LIFETIME`].
-//! - **Cluster**: a node reading another's stream key records (`replication.rs`) signs
-//!   the request with `cluster.relay_secret`; valid for [`RELAY_LIFETIME`].
 //! - **Publish**: automation gets a publish key for one stream, valid up to
 //!   [`PUBLISH_MAX_LIFETIME`], made with `auth.publish_token_secret` (`rackcast token`);
 //!   it fits in an RTMP URL (about 90 characters with the stream name).
@@ -34,7 +33,6 @@ const SIGNATURE_BYTES: usize = 16;
 pub enum Purpose {
     Relay,
     Publish,
-    Cluster,
 }
 
 impl Purpose {
@@ -42,13 +40,12 @@ impl Purpose {
         match self {
             Purpose::Relay => b"rackcast-relay\0",
             Purpose::Publish => b"rackcast-publish\0",
-            Purpose::Cluster => b"rackcast-cluster\0",
         }
     }
 
     fn max_lifetime(self) -> Duration {
         match self {
-            Purpose::Relay | Purpose::Cluster => RELAY_LIFETIME,
+            Purpose::Relay => RELAY_LIFETIME,
             Purpose::Publish => PUBLISH_MAX_LIFETIME,
         }
     }

@@ -13,6 +13,9 @@
 //!
 //! The health answer also says which streams the peer publishes live, so an origin can find
 //! a stream that stayed on the node that took it over after its ring owner came back.
+//!
+//! Probes and answers are signed with the relay secret (`auth::peer`): an answer that is
+//! not the peer's own, for this probe, counts as a failed probe.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error as _;
@@ -27,10 +30,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ring::Ring;
+use crate::auth::peer::{PeerClient, PeerRequestError};
 use crate::config::{ClusterConfig, NodeConfig, Role};
 
 /// Path every node serves its [`HealthReport`] on.
 pub const HEALTH_PATH: &str = "/cluster/health";
+/// Most bytes of a health answer read (stream names and tier counters: a few KiB).
+const MAX_HEALTH_BYTES: usize = 1 << 20;
 
 /// The body of a health answer: `{"id": "node-a", "streams": ["cam1", "news"]}`.
 /// Unknown fields are ignored so that newer nodes can add some without failing older probes.
@@ -61,12 +67,11 @@ pub fn health_body(node_id: &str, streams: Vec<String>) -> HealthReport {
 pub enum ProbeError {
     #[error("peer {peer}: no health answer within {timeout:?}")]
     Timeout { peer: String, timeout: Duration },
+    /// No answer, an error status, or an answer not signed by the peer for this probe.
     #[error("peer {peer}: health request failed")]
-    Request { peer: String, source: reqwest::Error },
-    #[error("peer {peer}: health answered HTTP {status}")]
-    Status { peer: String, status: reqwest::StatusCode },
+    Request { peer: String, source: PeerRequestError },
     #[error("peer {peer}: health body is not a health report")]
-    Body { peer: String, source: reqwest::Error },
+    Body { peer: String, source: serde_json::Error },
     #[error("peer {peer}: answered as node {answered:?}; its configured address reaches another node")]
     WrongNode { peer: String, answered: String },
 }
@@ -339,11 +344,12 @@ pub struct Membership {
 }
 
 /// Starts one probe task per peer (every node of `config` but this one) on `tracker`; they
-/// stop when `shutdown` fires. Call inside a Tokio runtime. `client` should not use a
-/// proxy: see [`peer_client`].
+/// stop when `shutdown` fires. Call inside a Tokio runtime. `client` signs the probes and
+/// checks the answers' signatures; its HTTP client should not use a proxy: see
+/// [`peer_client`].
 pub fn spawn(
     config: &ClusterConfig,
-    client: reqwest::Client,
+    client: PeerClient,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Membership {
@@ -413,8 +419,7 @@ impl Membership {
     }
 }
 
-async fn probe_loop(shared: Arc<Shared>, peer: NodeConfig, client: reqwest::Client, shutdown: CancellationToken) {
-    let url = format!("http://{}{HEALTH_PATH}", peer.http);
+async fn probe_loop(shared: Arc<Shared>, peer: NodeConfig, client: PeerClient, shutdown: CancellationToken) {
     let timeout = shared.config.health_timeout;
     let mut ticks = tokio::time::interval(shared.config.health_interval);
     // A stalled runtime must not fire a burst of probes that flips a peer on catch-up.
@@ -424,7 +429,7 @@ async fn probe_loop(shared: Arc<Shared>, peer: NodeConfig, client: reqwest::Clie
             () = shutdown.cancelled() => break,
             result = async {
                 ticks.tick().await;
-                probe(&client, &url, &peer.id, timeout).await
+                probe(&client, &peer, timeout).await
             } => result,
         };
         shared.record(&peer.id, result);
@@ -432,16 +437,15 @@ async fn probe_loop(shared: Arc<Shared>, peer: NodeConfig, client: reqwest::Clie
     tracing::debug!(peer = %peer.id, "health probes stopped");
 }
 
-async fn probe(client: &reqwest::Client, url: &str, peer: &str, timeout: Duration) -> Result<HealthReport, ProbeError> {
+async fn probe(client: &PeerClient, node: &NodeConfig, timeout: Duration) -> Result<HealthReport, ProbeError> {
+    let peer = node.id.as_str();
     let attempt = async {
-        let response =
-            client.get(url).send().await.map_err(|source| ProbeError::Request { peer: peer.to_owned(), source })?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(ProbeError::Status { peer: peer.to_owned(), status });
-        }
+        let body = client
+            .get(peer, node.http, HEALTH_PATH, MAX_HEALTH_BYTES)
+            .await
+            .map_err(|source| ProbeError::Request { peer: peer.to_owned(), source })?;
         let report: HealthReport =
-            response.json().await.map_err(|source| ProbeError::Body { peer: peer.to_owned(), source })?;
+            serde_json::from_slice(&body).map_err(|source| ProbeError::Body { peer: peer.to_owned(), source })?;
         if report.id != peer {
             return Err(ProbeError::WrongNode { peer: peer.to_owned(), answered: report.id });
         }
@@ -465,6 +469,8 @@ mod tests {
     use axum::{Json, Router};
 
     use super::*;
+    use crate::auth::peer::PeerGuard;
+    use std::collections::HashSet;
 
     #[test]
     fn health_goes_down_after_exactly_fail_after_and_up_after_rise_after() {
@@ -559,6 +565,12 @@ mod tests {
         assert_eq!(view.live_location("cam1"), Some("l2"));
     }
 
+    const SECRET: &str = "membership-test-secret-0123";
+
+    fn client() -> PeerClient {
+        PeerClient::new(peer_client().unwrap(), SECRET, Arc::default())
+    }
+
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum Mode {
         Healthy,
@@ -578,6 +590,11 @@ mod tests {
 
     impl FakePeer {
         async fn start(id: &str) -> Arc<FakePeer> {
+            Self::start_signing_with(id, SECRET).await
+        }
+
+        /// A peer that signs its answers with `secret`.
+        async fn start_signing_with(id: &str, secret: &str) -> Arc<FakePeer> {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let peer = Arc::new(FakePeer {
                 id: id.to_owned(),
@@ -586,8 +603,14 @@ mod tests {
                 hits: AtomicU32::new(0),
                 addr: listener.local_addr().unwrap(),
             });
-            let router = Router::new().route(HEALTH_PATH, get(fake_health)).with_state(peer.clone());
-            tokio::spawn(async move { axum::serve(listener, router).await });
+            // Behind the same guard as a real node's: signed probes from loopback, signed answers.
+            let guard = PeerGuard::new(id, secret, HashSet::from(["127.0.0.1".parse().unwrap()]), Arc::default());
+            let router = Router::new()
+                .route(HEALTH_PATH, get(fake_health))
+                .route_layer(axum::middleware::from_fn_with_state(guard, crate::auth::peer::guard))
+                .with_state(peer.clone());
+            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            tokio::spawn(async move { axum::serve(listener, service).await });
             peer
         }
 
@@ -642,7 +665,7 @@ mod tests {
         };
         let tracker = TaskTracker::new();
         let shutdown = CancellationToken::new();
-        let membership = spawn(&config, peer_client().unwrap(), &tracker, shutdown.clone());
+        let membership = spawn(&config, client(), &tracker, shutdown.clone());
         Cluster { membership, peers, tracker, shutdown }
     }
 
@@ -736,9 +759,28 @@ mod tests {
             ..ClusterConfig::default()
         };
         let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
-        let mut membership = spawn(&config, peer_client().unwrap(), &tracker, shutdown.clone());
+        let mut membership = spawn(&config, client(), &tracker, shutdown.clone());
         wait_for(&mut membership, "impostor down", |v| !v.is_up("impostor")).await;
         assert_eq!(membership.view().live_ring().nodes().collect::<Vec<_>>(), ["me"]);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn peer_that_does_not_share_the_secret_is_down() {
+        let config = ClusterConfig {
+            node_id: "me".into(),
+            nodes: vec![
+                node("me", &[Role::Live], "eu", "127.0.0.1:9".parse().unwrap()),
+                node("l1", &[Role::Live], "eu", FakePeer::start_signing_with("l1", "not-the-federation-secret").await.addr),
+            ],
+            health_interval: Duration::from_millis(50),
+            health_timeout: Duration::from_millis(40),
+            ..ClusterConfig::default()
+        };
+        let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        // Its guard refuses our probes (401); tests/cluster_auth.rs has forged answers.
+        let mut membership = spawn(&config, client(), &tracker, shutdown.clone());
+        wait_for(&mut membership, "l1 down", |v| !v.is_up("l1")).await;
         shutdown.cancel();
     }
 

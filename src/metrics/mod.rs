@@ -139,6 +139,10 @@ pub struct Sources {
     pub auth: Arc<PublishAuth>,
     pub transcode: Arc<crate::transcode::resources::Resources>,
     pub host: Arc<HostTelemetry>,
+    /// Bounds on logins (password checks at once, the failure budget); the API uses it.
+    pub logins: Arc<crate::auth::login::LoginGate>,
+    /// Refused node-to-node requests and answers.
+    pub peers: Arc<crate::auth::peer::PeerStats>,
 }
 
 /// `GET /metrics` for this node.
@@ -239,6 +243,7 @@ impl Collector for NodeCollector {
             family(&mut encoder, "publish_webhook_refused", "Publishes the webhook refused", MetricType::Counter, &count(&hook.refused))?;
             family(&mut encoder, "publish_webhook_failures", "Webhook requests that failed or timed out (publish refused)", MetricType::Counter, &count(&hook.failures))?;
         }
+        self.encode_guards(&mut encoder)?;
         snapshot_families(&mut encoder, "http_edge", "HTTP edge", json(&s.http.snapshot(s.max_connections)), &["open", "max_connections"])?;
         snapshot_families(&mut encoder, "package", "packager byte caps", json(&s.packager.stats().snapshot()), &[])?;
         if let Some(tier) = &s.tier {
@@ -251,6 +256,21 @@ impl Collector for NodeCollector {
 }
 
 impl NodeCollector {
+    /// Logins and node-to-node requests refused at their limits.
+    fn encode_guards(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let logins = self.sources.logins.snapshot();
+        let reason = |r: &str, n: u64| (vec![("reason", r.to_owned())], n as f64);
+        family(encoder, "login_failures", "Logins with a wrong username or password", Counter, &[(vec![], logins.failed as f64)])?;
+        let refused = [reason("per_address", logins.refused_per_address), reason("failure_budget", logins.refused_budget), reason("busy", logins.refused_busy)];
+        family(encoder, "login_refused", "Logins refused before the password was checked, by limit", Counter, &refused)?;
+        family(encoder, "login_password_checks", "Password checks running (at most auth.login_hash_concurrency)", Gauge, &[(vec![], logins.hashing as f64)])?;
+        let peers = self.sources.peers.snapshot();
+        let refused: Vec<_> = peers.refused.iter().map(|(r, n)| reason(r, *n)).collect();
+        family(encoder, "cluster_requests_refused", "Requests to /cluster/* refused: not a peer, bad signature, stale, replayed", Counter, &refused)?;
+        family(encoder, "cluster_answers_refused", "Answers from peers refused (unsigned, forged, replayed, stale)", Counter, &[(vec![], peers.answers_refused as f64)])
+    }
+
     fn encode_streams(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let s = &self.sources;
         let (mut uplink, mut rungs, mut lag, mut stalled, mut ingest, mut segments) = (vec![], vec![], vec![], vec![], vec![], vec![]);

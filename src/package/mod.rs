@@ -521,7 +521,7 @@ mod tests {
 
     /// Segments the stream's Timeline MPD lists (0 while it has none).
     fn listed(p: &Packager, stream: &StreamId) -> usize {
-        p.store().manifest(stream, ManifestForm::Timeline).map_or(0, |m| String::from_utf8_lossy(&m).matches("<S ").count())
+        p.store.manifest(stream, ManifestForm::Timeline).map_or(0, |m| String::from_utf8_lossy(&m).matches("<S ").count())
     }
 
     async fn wait_listed(p: &Packager, stream: &StreamId, segments: usize) {
@@ -553,14 +553,14 @@ mod tests {
 
         // From now on every render of `bad` panics.
         *p.hooks.panic_render.lock() = Some(bad.clone());
-        let frozen = p.store().manifest(&bad, ManifestForm::Timeline);
+        let frozen = p.store.manifest(&bad, ManifestForm::Timeline);
         for n in 1..4 {
             segment(&p, &bad, &session, n);
             segment(&p, &good, &session, n);
             wait_listed(&p, &good, n as usize + 1).await;
         }
         assert!(p.failures().render_failures >= 1, "the panics were counted: {:?}", p.failures());
-        assert_eq!(p.store().manifest(&bad, ManifestForm::Timeline), frozen, "the failing stream keeps its last MPD");
+        assert_eq!(p.store.manifest(&bad, ManifestForm::Timeline), frozen, "the failing stream keeps its last MPD");
         assert_eq!(p.failures().task_restarts, 0, "contained: the renderer loop never died");
 
         // The loop itself dies once: it is started again and renders what changed meanwhile.

@@ -152,6 +152,22 @@ impl Appliance {
             .expect("VmRSS in /proc/PID/status")
     }
 
+    /// Peak resident memory of the appliance process (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+
+    /// Resets the peak (VmHWM) to the current resident memory; false where the kernel
+    /// does not let us.
+    pub fn reset_peak_rss(&self) -> bool {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").is_ok()
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self, within: Duration) -> ExitStatus {
         signal(self.child.id(), "TERM");
@@ -252,6 +268,14 @@ pub fn one_ladder_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 /// A port that was free a moment ago (cluster configs must name every node's ports).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until the node whose HTTP address is `http` (host:port) answers HTTP requests
+/// (its `/metrics/http`, which every role serves to anyone; `/cluster/health` answers only
+/// peers' signed requests).
+pub fn wait_serving(http: &str, within: Duration) {
+    let url = format!("http://{http}/metrics/http");
+    wait_until(&format!("{http} answering HTTP"), within, || client().get(&url).send().ok().filter(|r| r.status() == 200).map(drop));
 }
 
 /// JSON from a GET.
