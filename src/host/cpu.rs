@@ -232,6 +232,9 @@ pub struct CpuUse {
     /// Share of the cgroup's enforcement periods since the previous reading in which it hit
     /// its quota (0 without a quota).
     pub throttled: f64,
+    /// The whole host's CPU busy since the previous reading, 0..1: where other work takes
+    /// the cores, the process cannot have its share however little it uses.
+    pub host: f64,
 }
 
 impl CpuUse {
@@ -264,6 +267,8 @@ impl CpuMeter {
             false,
             sysinfo::ProcessRefreshKind::nothing().with_cpu(),
         );
+        self.system.refresh_cpu_usage();
+        let host = f64::from(self.system.global_cpu_usage()) / 100.0;
         let cpu_ms = self.system.process(self.pid)?.accumulated_cpu_time();
         let now = Instant::now();
         let throttling = self.cgroup.as_ref().and_then(CpuCgroup::throttling);
@@ -276,7 +281,7 @@ impl CpuMeter {
             (Some(now), Some(before)) => now.throttled_share_since(&before),
             _ => 0.0,
         };
-        Some(CpuUse { cores: cpu_ms.saturating_sub(previous.1) as f64 / elapsed_ms, share: self.share, throttled })
+        Some(CpuUse { cores: cpu_ms.saturating_sub(previous.1) as f64 / elapsed_ms, share: self.share, throttled, host })
     }
 }
 

@@ -30,6 +30,9 @@ const MAX_LEAD: Duration = Duration::from_secs(2);
 const STALL_REPORT: Duration = Duration::from_secs(5);
 /// ...and ended after this long.
 const STALL_END: Duration = Duration::from_secs(30);
+/// A stream whose pipeline held its input back this recently is `held_back`: longer than
+/// the uplink probe takes to call a connection uplink-bound (4 s).
+const HELD_BACK_HOLD: Duration = Duration::from_secs(5);
 /// How often the actor checks its stream's health.
 const HEALTH_TICK: Duration = Duration::from_secs(1);
 /// Audio for this long (media time) with no AVC sequence header before it starts an
@@ -92,6 +95,12 @@ pub(super) struct StreamActor {
     /// How many rungs admission gave the session, when fewer than planned (until the
     /// budgets have room for more).
     pub(super) admitted_rungs: Option<usize>,
+    /// When the pipeline last held the input back (its queue full): ingest then reads the
+    /// broadcaster's socket slower, which the uplink probe cannot tell from a slow uplink.
+    pub(super) held_back_at: Option<Instant>,
+    /// When the lag was last published: also while the actor waits for room, since an
+    /// overloaded pipeline keeps it there for most of the time between health ticks.
+    pub(super) lag_published_at: Instant,
 }
 
 impl StreamActor {
@@ -115,6 +124,8 @@ impl StreamActor {
             started: Instant::now(),
             frame_rate: FrameRate::default(),
             admitted_rungs: None,
+            held_back_at: None,
+            lag_published_at: Instant::now(),
         }
     }
 
@@ -317,11 +328,22 @@ impl StreamActor {
         Some(running.clock.anchor().elapsed().saturating_sub(produced))
     }
 
+    /// Publishes the pipeline's lag (and whether it holds the input back) in the stream's
+    /// status, for the API and the overload controller.
+    fn publish_lag(&mut self) {
+        let lag = self.pipeline_lag();
+        let held_back = self.held_back_at.is_some_and(|t| t.elapsed() < HELD_BACK_HOLD);
+        let mut status = self.status.lock();
+        status.health.lag_ms = lag.map(|l| l.as_millis() as u64);
+        status.health.held_back = held_back;
+        drop(status);
+        self.lag_published_at = Instant::now();
+    }
+
     /// Reports a publish that produces no segment, and ends it past [`STALL_END`]; measures
     /// the pipeline's lag and applies the overload controller's rung cap.
     pub(super) fn check_progress(&mut self) -> Result<(), String> {
-        let lag = self.pipeline_lag();
-        self.status.lock().health.lag_ms = lag.map(|l| l.as_millis() as u64);
+        self.publish_lag();
         self.apply_rung_cap();
         let last = self.services.packager.last_segment_at(&self.stream);
         let since = last.and_then(|t| t.elapsed().ok()).map_or(self.started.elapsed(), |s| s.min(self.started.elapsed()));
@@ -347,7 +369,7 @@ impl StreamActor {
     /// Holds the input while the pipeline has a backlog (video's or audio's), so
     /// back-pressure reaches ingest; the appsrcs' need-data signal says when there is room again (with a slow
     /// re-check as a safety net, should a level cross its bound without a signal).
-    pub(super) async fn wait_for_room(&self) -> Result<(), String> {
+    pub(super) async fn wait_for_room(&mut self) -> Result<(), String> {
         let Some(running) = &self.running else { return Ok(()) };
         let room = running.transcoder.room();
         let deadline = tokio::time::Instant::now() + STALL_LIMIT;
@@ -355,8 +377,13 @@ impl StreamActor {
             let asked = room.notified();
             tokio::pin!(asked);
             asked.as_mut().enable();
+            let Some(running) = &self.running else { return Ok(()) };
             if !running.transcoder.input_full() {
                 return Ok(());
+            }
+            self.held_back_at = Some(Instant::now());
+            if self.lag_published_at.elapsed() >= HEALTH_TICK {
+                self.publish_lag();
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(format!("transcoder stalled: no progress for {STALL_LIMIT:?}"));

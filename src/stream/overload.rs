@@ -1,7 +1,8 @@
 //! The host's safety net against overload. Every stream actor measures how far its
 //! pipeline's output (the end of its newest video segment) trails real time; when a
 //! stream falls further and further behind while this process is saturated (its CPU use
-//! near its share, or its cgroup throttled: [`crate::host::cpu`]), it cannot carry every
+//! near its share, its cgroup throttled, or the host's cores all busy with other work:
+//! [`crate::host::cpu`]), it cannot carry every
 //! ladder it admitted (a stream whose broadcaster's uplink is the limit is
 //! not counted: shedding rungs would not help it). Rather than letting every stream degrade
 //! together, the controller caps the rungs of the most recently admitted stream that has
@@ -66,9 +67,11 @@ impl Load {
     }
 }
 
-/// Whether a reading shows the process using all it may.
+/// Whether a reading shows the process unable to have more CPU: it uses its whole share,
+/// its cgroup hits its quota, or the host's cores are all busy (other work takes what the
+/// share would allow).
 pub fn saturated(cpu: &CpuUse) -> bool {
-    cpu.utilisation() >= CPU_SATURATED || cpu.throttled >= THROTTLED
+    cpu.utilisation() >= CPU_SATURATED || cpu.throttled >= THROTTLED || cpu.host >= CPU_SATURATED
 }
 
 /// Which stream sheds a rung now: the most recently admitted one with more than one rung,
@@ -104,7 +107,9 @@ pub async fn run(registry: Arc<StreamRegistry>, mut meter: CpuMeter, transcode: 
                 let status = status.lock();
                 let planned = status.plan.as_ref().map_or(0, |p| p.rungs.len());
                 let rungs = status.health.rung_cap.map_or(planned, |cap| cap.min(planned));
-                let uplink_bound = status.uplink.as_ref().is_some_and(|u| u.uplink_bound);
+                // A connection that looks uplink-bound while the pipeline holds it back is the
+                // host's lag, not the broadcaster's.
+                let uplink_bound = status.uplink.as_ref().is_some_and(|u| u.uplink_bound) && !status.health.held_back;
                 let lag = status.health.lag_ms.map(Duration::from_millis).filter(|_| !uplink_bound);
                 let shedding = rungs < planned;
                 Load { admitted: *admitted, rungs, lag, previous_lag: previous.get(admitted).copied(), shedding }
@@ -136,7 +141,7 @@ pub async fn run(registry: Arc<StreamRegistry>, mut meter: CpuMeter, transcode: 
         }
         tracing::warn!(
             %stream, rungs = cap, cpu_cores = %format!("{:.2}", cpu.cores), cpu_share_cores = %format!("{:.2}", cpu.share),
-            throttled_percent = (cpu.throttled * 100.0).round(), worst_lag_ms = worst.as_millis() as u64,
+            throttled_percent = (cpu.throttled * 100.0).round(), host_cpu_percent = (cpu.host * 100.0).round(), worst_lag_ms = worst.as_millis() as u64,
             "host overloaded: a stream's output trails real time and this process uses its whole CPU share; shedding the top rungs of the most recently admitted stream"
         );
         last_shed = Some(Instant::now());
@@ -171,11 +176,13 @@ mod tests {
 
     #[test]
     fn saturation_is_use_against_this_process_share_or_throttling() {
-        let reading = |cores: f64, share: f64, throttled: f64| CpuUse { cores, share, throttled };
+        let reading = |cores: f64, share: f64, throttled: f64| CpuUse { cores, share, throttled, host: 0.5 };
         assert!(saturated(&reading(0.9, 1.0, 0.0)), "0.9 of a 1-core quota");
         assert!(!saturated(&reading(0.9, 4.0, 0.0)), "the same use with 4 cores to spare");
         assert!(!saturated(&reading(3.0, 64.0, 0.0)), "3 cores of a 64-core host");
         assert!(saturated(&reading(3.5, 4.0, 0.0)), "4-core quota on a 64-core host, 3.5 used");
         assert!(saturated(&reading(0.6, 1.0, 0.5)), "throttled in half the periods: bursts hit the quota");
+        let busy_host = CpuUse { host: 0.95, ..reading(1.5, 2.0, 0.0) };
+        assert!(saturated(&busy_host), "other work holds the cores the share would allow");
     }
 }

@@ -62,6 +62,9 @@ pub struct StreamHealth {
     pub reanchors: u32,
     /// How far the pipeline's output (its newest video segment) trails its input.
     pub lag_ms: Option<u64>,
+    /// The pipeline held the broadcaster back (its input queue full) within the last few
+    /// seconds: a slow read of the socket is then the transcoder's doing, not the uplink's.
+    pub held_back: bool,
     /// Most rungs this stream may have, set when the host sheds load.
     pub rung_cap: Option<usize>,
     /// Rungs shed because the host was overloaded.
