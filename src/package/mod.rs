@@ -62,7 +62,7 @@
 //!   republish ends their playback; VLC 3.0 stays at least 6 s behind live; dashdemux2
 //!   1.22.0 buffers 30 s before it plays (DASH gives it no recommended threshold).
 
-pub mod fragment;
+
 pub mod mpd;
 pub mod timeline;
 
