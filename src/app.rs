@@ -27,12 +27,14 @@ use crate::auth::peer::{self, PeerClient, PeerGuard, PeerStats};
 use crate::auth::replication::{self, PeerKeys};
 use crate::cluster::upstreams::{LiveUpstreams, OriginUpstreams};
 use crate::cluster::{self, ClusterPlacement, Membership, HEALTH_PATH};
-use crate::config::{Config, Role};
+use crate::config::Config;
+use crate::cluster::config::Role;
 use crate::http::{self, HttpState, HttpStats};
 use crate::ingest;
 use crate::ingest::limits::IngestStats;
 use crate::ingest::relay::{Placement, Standalone};
-use crate::metrics::{self, Audience, Instruments};
+use crate::audience::Audience;
+use crate::metrics::{self, Instruments};
 use crate::package::mpd::MpdTiming;
 use crate::package::Packager;
 use crate::store::Store;
@@ -117,7 +119,7 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
     let ingest_stats = Arc::new(IngestStats::default());
     // One stream key store for publish checks, the admin API, health answers and replication.
     let key_store = Arc::new(KeyStore::open(&config.auth.data_dir).context("opening the stream key store")?);
-    let auth = Arc::new(PublishAuth::start(&config, Arc::clone(&key_store)).await.context("starting publish authentication")?);
+    let auth = Arc::new(PublishAuth::start(&config.auth, config.ingest.keys.clone(), &config.cluster, Arc::clone(&key_store)).await.context("starting publish authentication")?);
     let http_stats = Arc::new(HttpStats::default());
     let peer_guard = PeerGuard::from_config(&config.cluster, Arc::clone(&peer_stats));
     let (node, tier) = node_router(&config, &roles, membership.clone(), Arc::clone(&registry), store, &instruments, &audience, &key_store, peer_guard)?;

@@ -209,7 +209,7 @@ fn main() -> anyhow::Result<()> {
                 .cluster
                 .nodes
                 .iter()
-                .filter(|n| n.roles.contains(&rackcast::config::Role::Live))
+                .filter(|n| n.roles.contains(&rackcast::cluster::config::Role::Live))
                 .map(|n| n.id.clone())
                 .collect();
             anyhow::ensure!(!live.is_empty(), "the config lists no node with the live role (cluster.nodes)");

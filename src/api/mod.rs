@@ -206,7 +206,8 @@ mod tests {
 
     use super::*;
     use crate::auth::PublishAuth;
-    use crate::metrics::{Audience, Instruments};
+    use crate::audience::Audience;
+    use crate::metrics::Instruments;
     use crate::package::Packager;
     use crate::package::mpd::MpdTiming;
 

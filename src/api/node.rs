@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::{ApiError, ApiResult, ApiState, ErrorBody};
 use crate::cluster::Ring;
-use crate::config::Role;
+use crate::cluster::config::Role;
 use crate::host::HostSnapshot;
 use crate::media::StreamId;
 use crate::tier::TierMetrics;
@@ -127,7 +127,7 @@ pub async fn cluster(State(api): State<Arc<ApiState>>) -> Json<ClusterInfo> {
         None => vec![Member {
             id: cluster.node_id.clone(),
             roles: cluster.roles(),
-            region: crate::config::DEFAULT_REGION.to_owned(),
+            region: crate::cluster::config::DEFAULT_REGION.to_owned(),
             rtmp: api.config.ingest.listen.to_string(),
             http: api.config.http.listen.to_string(),
             up: true,

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use super::access::Principal;
 use super::{ApiError, ApiResult, ApiState, ErrorBody};
 use crate::media::StreamId;
-use crate::metrics::audience::AudienceFigures;
+use crate::audience::AudienceFigures;
 use crate::stream::status::StreamStatus;
 
 /// Longest an admin's stop may hold a stream.

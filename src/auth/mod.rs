@@ -77,14 +77,19 @@ impl PublishAuth {
     /// The node's publish authentication: the config's keys and token secret, the node's
     /// key store, federation nodes exempt from the attempt limit. Logs whether publishing
     /// is open.
-    pub async fn start(config: &crate::config::Config, store: Arc<KeyStore>) -> anyhow::Result<Self> {
-        let nodes = config.cluster.nodes.iter().flat_map(|n| [n.rtmp.ip(), n.http.ip()]).collect();
-        let mut auth = Self::new(&config.auth, config.ingest.keys.clone(), Some(store), nodes);
-        auth.node_id = config.cluster.node_id.clone();
-        if !config.auth.publish_webhook.is_empty() {
-            let hook = webhook::PublishWebhook::new(&config.auth.publish_webhook, config.auth.publish_webhook_timeout, config.auth.publish_webhook_cache)
+    pub async fn start(
+        config: &AuthConfig,
+        config_keys: BTreeMap<String, String>,
+        cluster: &crate::cluster::config::ClusterConfig,
+        store: Arc<KeyStore>,
+    ) -> anyhow::Result<Self> {
+        let nodes = cluster.nodes.iter().flat_map(|n| [n.rtmp.ip(), n.http.ip()]).collect();
+        let mut auth = Self::new(config, config_keys, Some(store), nodes);
+        auth.node_id = cluster.node_id.clone();
+        if !config.publish_webhook.is_empty() {
+            let hook = webhook::PublishWebhook::new(&config.publish_webhook, config.publish_webhook_timeout, config.publish_webhook_cache)
                 .map_err(|e| anyhow::anyhow!("building the publish webhook's HTTP client: {e}"))?;
-            tracing::info!(timeout = ?config.auth.publish_webhook_timeout, "every publish is also put to the publish webhook");
+            tracing::info!(timeout = ?config.publish_webhook_timeout, "every publish is also put to the publish webhook");
             auth.webhook = Some(hook);
         }
         if auth.is_open().await? {
@@ -93,7 +98,7 @@ impl PublishAuth {
                  (`rackcast keys add STREAM` creates a key)"
             );
         } else {
-            tracing::info!(data_dir = %config.auth.data_dir.display(), "publishing needs a stream key or a signed publish key");
+            tracing::info!(data_dir = %config.data_dir.display(), "publishing needs a stream key or a signed publish key");
         }
         Ok(auth)
     }

@@ -35,7 +35,7 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 
-use crate::config::ClusterConfig;
+use crate::cluster::config::ClusterConfig;
 use crate::http::Peer;
 use crate::warn_limiter::WarnLimiter;
 

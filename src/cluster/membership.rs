@@ -31,7 +31,9 @@ use tokio_util::task::TaskTracker;
 
 use super::ring::Ring;
 use crate::auth::peer::{PeerClient, PeerRequestError};
-use crate::config::{ClusterConfig, NodeConfig, Role};
+use crate::cluster::config::ClusterConfig;
+use crate::cluster::config::NodeConfig;
+use crate::cluster::config::Role;
 
 /// Path every node serves its [`HealthReport`] on.
 pub const HEALTH_PATH: &str = "/cluster/health";

@@ -3,6 +3,7 @@
 //! (`membership`). Ingest relays, origins and edges read [`MembershipView`]s; the HTTP
 //! server serves this node's [`health_body`] on [`HEALTH_PATH`] for the other nodes' probes.
 
+pub mod config;
 pub mod membership;
 pub mod placement;
 pub mod ring;

@@ -3,12 +3,12 @@
 //! healthy live node clockwise on the ring. Ingest asks this for every publish; relays ask
 //! again when their owner fails.
 
-use crate::config::Role;
+use crate::cluster::config::Role;
 use crate::ingest::relay::{Placement, RelayTarget, Route};
 use crate::media::StreamId;
 
 use super::{Membership, MembershipView};
-use crate::config::NodeConfig;
+use crate::cluster::config::NodeConfig;
 
 /// Healthy live nodes for a stream, best first: the node it is live on now (if any), then
 /// the ring's order. Used by ingest placement and by origins looking for the stream.
@@ -71,7 +71,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::config::ClusterConfig;
+    use crate::cluster::config::ClusterConfig;
 
     fn config() -> Arc<ClusterConfig> {
         let node = |id: &str, role: Role, port: u16| NodeConfig {

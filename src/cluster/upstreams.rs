@@ -5,7 +5,8 @@
 //! that cannot connect marks its node down at once; a slow or broken answer does not (one
 //! object's trouble is not the node's), the health probes stay the authority.
 
-use crate::config::{NodeConfig, Role};
+use crate::cluster::config::NodeConfig;
+use crate::cluster::config::Role;
 use crate::media::StreamId;
 use crate::tier::UpstreamResolver;
 

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use tower_http::cors::CorsLayer;
 
 use crate::media::StreamId;
-use crate::metrics::Audience;
+use crate::audience::Audience;
 use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
 use crate::store::{ManifestForm, ObjectKey, Part, Store};
 use crate::stream::StreamRegistry;

@@ -198,7 +198,7 @@ struct UplinkWatch {
 const UPLINK_REPORT_EVERY: Duration = Duration::from_millis(500);
 
 impl UplinkWatch {
-    fn new(catalogue: Vec<crate::config::RungConfig>) -> Self {
+    fn new(catalogue: Vec<crate::ladder::config::RungConfig>) -> Self {
         let now = Instant::now();
         Self { probe: UplinkProbe::new(ProbeConfig::default(), catalogue), started: now, last_report: now, bound: false }
     }

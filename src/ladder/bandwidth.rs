@@ -4,7 +4,7 @@
 //! The policy is stated in the `ladder` module header.
 
 use super::{LadderPlan, Rung, SourceFormat, plan};
-use crate::config::RungConfig;
+use crate::ladder::config::RungConfig;
 
 /// The top rung gets at most this share of the source's delivered bitrate: re-encoding at
 /// (or above) the source's own rate spends bits without adding picture.
@@ -109,7 +109,7 @@ fn within_budget(rungs: Vec<Rung>, budget: usize) -> Vec<Rung> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::default_rungs;
+    use crate::ladder::config::default_rungs;
     use proptest::prelude::*;
 
     const HD: SourceFormat = SourceFormat { width: 1920, height: 1080 };

@@ -30,12 +30,13 @@
 //! bitrate the current plan was made for, on one side, for the whole hold (3 s).
 
 mod bandwidth;
+pub mod config;
 mod replan;
 
 pub use bandwidth::{PlanInput, TOP_RUNG_SHARE, plan_for};
 pub use replan::{DEFAULT_HYSTERESIS_HOLD, DEFAULT_HYSTERESIS_RATIO, Hysteresis, Replanner};
 
-use crate::config::RungConfig;
+use crate::ladder::config::RungConfig;
 use crate::media::RenditionId;
 
 /// What the planner knows about the source picture.
@@ -118,7 +119,7 @@ pub fn plan(source: SourceFormat, catalogue: &[RungConfig]) -> LadderPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::default_rungs;
+    use crate::ladder::config::default_rungs;
     use proptest::prelude::*;
 
     fn heights(plan: &LadderPlan) -> Vec<u32> {

@@ -109,7 +109,7 @@ impl Replanner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::default_rungs;
+    use crate::ladder::config::default_rungs;
     use crate::ladder::{PlanInput, SourceFormat, plan_for};
     use proptest::prelude::*;
 

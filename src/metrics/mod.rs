@@ -16,7 +16,6 @@
 //! while it was watched through this node within the last minute: an ended stream's series
 //! go with it.
 
-pub mod audience;
 
 use std::sync::Arc;
 
@@ -27,6 +26,8 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::collector::Collector;
+
+use crate::audience::Audience;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -42,7 +43,6 @@ use crate::ingest::limits::IngestStats;
 use crate::package::Packager;
 use crate::stream::StreamRegistry;
 use crate::tier::TierState;
-pub use audience::Audience;
 
 pub const METRICS_PATH: &str = "/metrics";
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -335,7 +335,7 @@ impl NodeCollector {
             viewers.push((labels.clone(), figures.viewers as f64));
             delivered.push((labels, figures.delivered_bytes as f64));
         }
-        family(encoder, "stream_viewers", audience::VIEWER_HELP, MetricType::Gauge, &viewers)?;
+        family(encoder, "stream_viewers", crate::audience::VIEWER_HELP, MetricType::Gauge, &viewers)?;
         family(encoder, "stream_delivered_bytes", "Manifest and segment bytes this node served to viewers", MetricType::Counter, &delivered)?;
         let untracked = self.sources.audience.untracked.load(std::sync::atomic::Ordering::Relaxed) as f64;
         family(encoder, "audience_untracked", "Viewers or streams not counted because a tracking bound was reached", MetricType::Counter, &[(Vec::new(), untracked)])

@@ -63,6 +63,7 @@
 //!   1.22.0 buffers 30 s before it plays (DASH gives it no recommended threshold).
 
 
+pub mod config;
 pub mod mpd;
 pub mod timeline;
 

@@ -43,7 +43,7 @@ mod trace;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::config::RungConfig;
+use crate::ladder::config::RungConfig;
 
 pub use types::{ProbeSample, UplinkEstimate, recommended_height};
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::trace::{Encoder, Event, Replay, TICK, simulate, wire_bytes_between};
 use super::*;
-use crate::config::default_rungs;
+use crate::ladder::config::default_rungs;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

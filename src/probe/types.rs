@@ -2,7 +2,7 @@
 //! `ProbeSample` history the stats route serialises to JSON. Plain data; the arithmetic lives
 //! in `probe/mod.rs`.
 
-use crate::config::RungConfig;
+use crate::ladder::config::RungConfig;
 
 /// The probe's view of one publish at one instant. Rates are bit/s. `None` means "not
 /// measured yet" (too little time or media in the window), never zero.

@@ -1,14 +1,17 @@
-//! The stream actor: its state, its `select!` loop over ingest's packets, the pipeline's
+//! The stream actor: [`spawn`] starts it for a claimed stream and returns ingest's handle;
+//! its state, its `select!` loop over ingest's packets, the pipeline's
 //! bus, uplink estimates, a health tick and shutdown, and what each packet does (clock
 //! placement, Period cuts on discontinuities and codec changes, pacing, back-pressure).
 //! Plan policy lives in `plan.rs`, the pipeline session's lifecycle in `session.rs`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use gst::prelude::*;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::ladder::{Hysteresis, LadderPlan, Replanner, SourceFormat};
 use crate::media::{MediaPacket, SessionId, StreamId};
@@ -16,9 +19,11 @@ use crate::probe::UplinkEstimate;
 use crate::transcode::Transcoder;
 use crate::transcode::admission::Grant;
 use super::clock::{FrameRate, MediaClock, Placement};
-use super::handle::{StreamEnd, StreamServices};
-use super::registry::SharedStatus;
+use super::handle::{EndSignal, StreamEnd, StreamHandle, StreamServices};
+use super::registry::{PublishClaim, SharedStatus};
 
+/// Packets a stream may have in flight from ingest before ingest waits.
+const INPUT_CAPACITY: usize = 512;
 /// Safety-net re-check of the input queue while waiting for the appsrc's need-data.
 const ROOM_RECHECK: Duration = Duration::from_millis(200);
 /// A pipeline that takes no data for this long is declared stalled.
@@ -38,6 +43,32 @@ const HEALTH_TICK: Duration = Duration::from_secs(1);
 /// Audio for this long (media time) with no AVC sequence header before it starts an
 /// audio-only session (encoders send both sequence headers before any media).
 const AUDIO_ONLY_AFTER_MS: i32 = 1_000;
+
+/// Starts the actor for a claimed stream.
+pub fn spawn(claim: PublishClaim, services: StreamServices) -> StreamHandle {
+    let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
+    let (ended_tx, ended) = EndSignal::channel();
+    let (uplink, uplink_rx) = tokio::sync::watch::channel(None);
+    let stream = claim.stream().clone();
+    let span = tracing::info_span!("stream", stream = %stream);
+    let tracker = services.tracker.clone();
+    let status = Arc::clone(claim.status());
+    let handle_status = Arc::clone(&status);
+    tracker.spawn(
+        async move {
+            let actor = StreamActor::new(stream, services, status);
+            let end = actor.run(rx, uplink_rx).await;
+            match &end {
+                StreamEnd::Failed(reason) => tracing::error!("stream torn down: {reason}"),
+                other => tracing::info!(?other, "stream session ended"),
+            }
+            let _ = ended_tx.send(Some(end));
+            drop(claim);
+        }
+        .instrument(span),
+    );
+    StreamHandle { tx, uplink, status: handle_status, ended }
+}
 
 pub(super) struct Running {
     pub(super) transcoder: Transcoder,

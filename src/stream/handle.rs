@@ -1,25 +1,21 @@
 //! Ingest's side of a stream: the services every actor gets, the handle ingest sends
 //! packets and uplink estimates through (a bounded channel: back-pressure reaches the
-//! broadcaster's TCP window), the end signal ingest and the relay wait on, and [`spawn`],
-//! which starts the actor for a claimed stream.
+//! broadcaster's TCP window), and the end signal ingest and the relay wait on. The actor
+//! behind a handle is started by `actor::spawn`.
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::config::Config;
 use crate::media::MediaPacket;
 use crate::package::Packager;
 use crate::probe::UplinkEstimate;
 use crate::transcode::resources::Resources;
-use super::actor::StreamActor;
-use super::registry::{PublishClaim, SharedStatus};
+use super::registry::SharedStatus;
 
-/// Packets a stream may have in flight from ingest before ingest waits.
-const INPUT_CAPACITY: usize = 512;
 
 /// What every stream actor needs from the node.
 #[derive(Clone)]
@@ -74,10 +70,10 @@ impl EndSignal {
 
 /// Ingest's side of a stream actor. Dropping it ends the session.
 pub struct StreamHandle {
-    tx: mpsc::Sender<MediaPacket>,
-    uplink: tokio::sync::watch::Sender<Option<UplinkEstimate>>,
-    status: SharedStatus,
-    ended: EndSignal,
+    pub(super) tx: mpsc::Sender<MediaPacket>,
+    pub(super) uplink: tokio::sync::watch::Sender<Option<UplinkEstimate>>,
+    pub(super) status: SharedStatus,
+    pub(super) ended: EndSignal,
 }
 
 impl StreamHandle {
@@ -107,28 +103,3 @@ impl StreamHandle {
     }
 }
 
-/// Starts the actor for a claimed stream.
-pub fn spawn(claim: PublishClaim, services: StreamServices) -> StreamHandle {
-    let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
-    let (ended_tx, ended) = EndSignal::channel();
-    let (uplink, uplink_rx) = tokio::sync::watch::channel(None);
-    let stream = claim.stream().clone();
-    let span = tracing::info_span!("stream", stream = %stream);
-    let tracker = services.tracker.clone();
-    let status = Arc::clone(claim.status());
-    let handle_status = Arc::clone(&status);
-    tracker.spawn(
-        async move {
-            let actor = StreamActor::new(stream, services, status);
-            let end = actor.run(rx, uplink_rx).await;
-            match &end {
-                StreamEnd::Failed(reason) => tracing::error!("stream torn down: {reason}"),
-                other => tracing::info!(?other, "stream session ended"),
-            }
-            let _ = ended_tx.send(Some(end));
-            drop(claim);
-        }
-        .instrument(span),
-    );
-    StreamHandle { tx, uplink, status: handle_status, ended }
-}

@@ -7,8 +7,8 @@
 //! effect on the next source keyframe as a new Period that starts exactly where the last
 //! one ended. A failing stream is torn down alone.
 //!
-//! - `handle.rs`: what ingest holds ([`StreamHandle`], [`EndSignal`]) and [`spawn`];
-//! - `actor.rs`: the actor's loop and what each packet does;
+//! - `handle.rs`: what ingest holds ([`StreamHandle`], [`EndSignal`]);
+//! - `actor.rs`: [`spawn`], the actor's loop and what each packet does;
 //! - `plan.rs`: which ladder, and admission;
 //! - `session.rs`: starting, cutting and stopping pipeline sessions;
 //! - `clock.rs`, `registry.rs`, `status.rs`, `overload.rs`: media time, who publishes what,
@@ -23,5 +23,6 @@ pub mod registry;
 mod session;
 pub mod status;
 
-pub use handle::{spawn, EndSignal, StreamEnd, StreamHandle, StreamServices};
+pub use actor::spawn;
+pub use handle::{EndSignal, StreamEnd, StreamHandle, StreamServices};
 pub use registry::{AlreadyPublishing, PublishClaim, SharedStatus, StreamRegistry};

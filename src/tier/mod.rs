@@ -36,7 +36,7 @@ pub use prefetch::{NewestSegment, newest_segments};
 pub use proxy::CacheStatus;
 
 use crate::http::{Peer, note_viewer, path};
-use crate::metrics::Audience;
+use crate::audience::Audience;
 use crate::media::StreamId;
 use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
 use crate::store::ManifestForm;

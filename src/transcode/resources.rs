@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::admission::{Admission, Budgets};
 use super::backend::{installed_properties, Backend, Template, TemplateError, TemplateVars};
 use super::capability::{self, Capabilities, Device, Fallback, Selection};
-use crate::config::TranscodeConfig;
+use crate::transcode::config::TranscodeConfig;
 
 /// NVENC sessions a GeForce driver allows at once, system-wide (current drivers).
 pub const GEFORCE_NVENC_SESSIONS: u32 = 8;

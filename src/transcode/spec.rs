@@ -138,7 +138,7 @@ impl PipelineSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::default_rungs;
+    use crate::ladder::config::default_rungs;
     use crate::ladder::{plan, SourceFormat};
     use crate::transcode::backend::Backend;
 

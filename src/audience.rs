@@ -1,6 +1,7 @@
 //! Who watches what through this node: per stream, the distinct viewers seen recently and
 //! the bytes served. Fed by the viewer-facing handlers (live node and caching tier), read by
-//! `/metrics`.
+//! `/metrics` and the admin API; a module of its own so that http, tier and metrics all
+//! use it without importing each other.
 //!
 //! A **viewer** is a distinct (client address, User-Agent) pair that fetched the stream's
 //! manifest or a segment from this node within the last [`VIEWER_WINDOW`]. Behind a proxy

@@ -1,0 +1,93 @@
+//! The packager's configuration (`[package]`): segment duration, DVR window, manifest
+//! timing and the byte caps per fragment and per stream.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_DVR_WINDOW: Duration = Duration::from_secs(30);
+pub const DEFAULT_SEGMENT_DURATION: Duration = Duration::from_secs(1);
+pub const DEFAULT_PRESENTATION_DELAY: Duration = Duration::from_secs(1);
+pub const DEFAULT_MANIFEST_UPDATE_PERIOD: Duration = Duration::from_secs(1);
+/// A segment is finished about 0.9 to 2 s after its end (the transcoder's lag, reported as
+/// `health.lag_ms`).
+pub const DEFAULT_NUMBER_FORM_DELAY: Duration = Duration::from_secs(2);
+/// Past the DVR-window-sized lag a player tolerates; an uplink-bound publisher that lags
+/// for a few seconds keeps its Period.
+pub const DEFAULT_MAX_CLOCK_DRIFT: Duration = Duration::from_secs(15);
+/// A 1 s segment of the 1080p rung at 5 Mbit/s is about 640 KB, a 10 s one 6.4 MB.
+pub const DEFAULT_MAX_FRAGMENT_BYTES: usize = 16 * 1024 * 1024;
+/// The default ladder (10 Mbit/s with audio) fills a 30 s DVR window with about 38 MB:
+/// two and a half times that leaves room for encoder overshoot and a republish's Periods.
+pub const DEFAULT_MAX_STREAM_BYTES: u64 = 96 * 1024 * 1024;
+/// How much more than the configured ladder's nominal DVR window `max_stream_bytes` must
+/// hold, so that the byte cap never shortens the window of a stream that behaves.
+pub const STREAM_BYTES_HEADROOM: f64 = 1.5;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PackageConfig {
+    /// Target duration of every DASH segment.
+    #[serde(with = "humantime_serde")]
+    pub segment_duration: Duration,
+    /// How far back viewers can seek; older segments are evicted, and an ended stream is
+    /// removed this long after its broadcaster stopped.
+    #[serde(with = "humantime_serde")]
+    pub dvr_window: Duration,
+    /// MPD@suggestedPresentationDelay: how far behind the live edge players should sit.
+    #[serde(with = "humantime_serde")]
+    pub presentation_delay: Duration,
+    /// MPD@minimumUpdatePeriod: how often players re-fetch the manifest to learn of new
+    /// segments. Shorter means players see a new segment sooner, at one manifest request
+    /// per period per viewer (edges coalesce and cache them).
+    #[serde(with = "humantime_serde")]
+    pub manifest_update_period: Duration,
+    /// How long after its end `manifest-number.mpd` (the Number form, where players compute
+    /// segment numbers from the clock) says a segment is available: at least the time the
+    /// transcoder and packager take to finish one, or such players ask for it early (404).
+    #[serde(with = "humantime_serde")]
+    pub number_form_delay: Duration,
+    /// When a stream's media falls this far behind the wall clock (a stalled uplink, a
+    /// publisher that paused), the next keyframe starts a new Period anchored to now, so
+    /// the MPD's live edge matches what exists again.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_drift: Duration,
+    /// Largest CMAF fragment (one segment of one rendition, bytes) a muxer may produce; a
+    /// larger one is refused and ends its stream (logged, counted as
+    /// `rackcast_package_fragments_too_large`).
+    pub max_fragment_bytes: usize,
+    /// Most bytes one stream's segments may hold on this node: past it the oldest segments
+    /// leave the DVR window early (logged, counted as
+    /// `rackcast_package_segments_evicted_for_bytes`); the newest segment of each
+    /// rendition always stays. Must hold the whole ladder's DVR window with headroom.
+    pub max_stream_bytes: u64,
+}
+
+impl PackageConfig {
+    /// Bytes of a DVR window at `bits_per_second` (the whole ladder and the audio, at their
+    /// nominal bitrates).
+    pub fn nominal_window_bytes(&self, bits_per_second: u64) -> u64 {
+        (bits_per_second as f64 / 8.0 * self.dvr_window.as_secs_f64()) as u64
+    }
+
+    /// The byte caps the packager enforces.
+    pub fn byte_caps(&self) -> crate::package::ByteCaps {
+        crate::package::ByteCaps { max_fragment_bytes: self.max_fragment_bytes, max_stream_bytes: self.max_stream_bytes }
+    }
+}
+
+impl Default for PackageConfig {
+    fn default() -> Self {
+        Self {
+            segment_duration: DEFAULT_SEGMENT_DURATION,
+            dvr_window: DEFAULT_DVR_WINDOW,
+            presentation_delay: DEFAULT_PRESENTATION_DELAY,
+            manifest_update_period: DEFAULT_MANIFEST_UPDATE_PERIOD,
+            number_form_delay: DEFAULT_NUMBER_FORM_DELAY,
+            max_clock_drift: DEFAULT_MAX_CLOCK_DRIFT,
+            max_fragment_bytes: DEFAULT_MAX_FRAGMENT_BYTES,
+            max_stream_bytes: DEFAULT_MAX_STREAM_BYTES,
+        }
+    }
+}
+
