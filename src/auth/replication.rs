@@ -83,18 +83,7 @@ async fn pull(client: &PeerClient, peer: &PeerKeys) -> Result<Vec<KeyRecord>, St
     let body = tokio::time::timeout(PULL_TIMEOUT, client.get(&peer.id, peer.http, KEYS_PATH, MAX_RECORDS_BYTES))
         .await
         .map_err(|_| format!("no answer within {PULL_TIMEOUT:?}"))?
-        .map_err(|e| error_chain(&e))?;
+        .map_err(|e| crate::cluster::membership::with_causes(&e))?;
     serde_json::from_slice(&body).map_err(|e| e.to_string())
 }
 
-/// An error and its causes on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}

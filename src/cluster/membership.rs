@@ -18,7 +18,6 @@
 //! not the peer's own, for this probe, counts as a failed probe.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,7 +79,7 @@ pub enum ProbeError {
 
 /// The error and all its causes on one line: reqwest's top-level message alone hides
 /// whether the peer refused, reset or never resolved.
-fn with_causes(error: &ProbeError) -> String {
+pub fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(c) = cause {

@@ -508,16 +508,7 @@ mod tests {
     }
 
     fn video() -> RenditionInfo {
-        RenditionInfo {
-            id: RenditionId::parse("720p").unwrap(),
-            kind: TrackKind::Video,
-            bandwidth: 2_800_000,
-            width: 1280,
-            height: 720,
-            timescale: 90_000,
-            sample_rate: 0,
-            channels: 0,
-        }
+        timeline::tests::video("720p")
     }
 
     /// Segments the stream's Timeline MPD lists (0 while it has none).

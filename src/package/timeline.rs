@@ -333,7 +333,7 @@ impl StreamTimeline {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     pub(crate) fn video(id: &str) -> RenditionInfo {
