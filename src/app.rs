@@ -13,6 +13,8 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,12 +31,12 @@ use crate::cluster::upstreams::{LiveUpstreams, OriginUpstreams};
 use crate::cluster::{self, ClusterPlacement, Membership, HEALTH_PATH};
 use crate::config::Config;
 use crate::cluster::config::Role;
-use crate::http::{self, HttpState, HttpStats};
+use crate::http::{self, HttpEdgeMetrics, HttpState, LiveMetrics};
 use crate::ingest;
-use crate::ingest::limits::IngestStats;
+use crate::ingest::limits::IngestMetrics;
 use crate::ingest::relay::{Placement, Standalone};
 use crate::audience::Audience;
-use crate::metrics::{self, Instruments};
+use crate::metrics::{self, HttpRequests};
 use crate::package::mpd::MpdTiming;
 use crate::package::Packager;
 use crate::store::Store;
@@ -79,23 +81,28 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
         presentation_delay: config.package.presentation_delay,
         number_form_delay: config.package.number_form_delay,
     };
-    let instruments = Instruments::default();
+    // The node's one metrics registry: every part registers its own metrics below.
+    let mut metrics_registry = Registry::with_prefix("rackcast");
     let audience = Arc::new(Audience::default());
-    let packager = Arc::new(Packager::new(Arc::clone(&store), timing, instruments.production_lag.clone()).with_byte_caps(config.package.byte_caps()));
+    audience.register(&mut metrics_registry);
+    let packager = Arc::new(Packager::new(Arc::clone(&store), timing).with_byte_caps(config.package.byte_caps()));
+    packager.metrics().register(&mut metrics_registry);
     let tracker = TaskTracker::new();
     let services = StreamServices {
         config: Arc::clone(&config),
         packager: Arc::clone(&packager),
         transcode: Arc::clone(&resources),
-        instruments: instruments.clone(),
+        transcode_failures: Counter::default(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     };
+    metrics_registry.register("transcode_failures", "Streams ended by a pipeline error", services.transcode_failures.clone());
     let registry = StreamRegistry::new();
 
     let roles = config.cluster.roles();
     // Node-to-node HTTP is signed both ways (auth/peer.rs); refusals are counted here.
     let peer_stats = Arc::new(PeerStats::default());
+    peer_stats.register(&mut metrics_registry);
     let peer_client = PeerClient::new(
         cluster::peer_client().context("building the peer HTTP client")?,
         &config.cluster.relay_secret,
@@ -116,13 +123,21 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
             Err(e) => tracing::error!("overload control and cost calibration disabled: {e}"),
         }
     }
-    let ingest_stats = Arc::new(IngestStats::default());
+    let ingest_metrics = Arc::new(IngestMetrics::default());
+    ingest_metrics.register(&mut metrics_registry);
     // One stream key store for publish checks, the admin API, health answers and replication.
     let key_store = Arc::new(KeyStore::open(&config.auth.data_dir).context("opening the stream key store")?);
     let auth = Arc::new(PublishAuth::start(&config.auth, config.ingest.keys.clone(), &config.cluster, Arc::clone(&key_store)).await.context("starting publish authentication")?);
-    let http_stats = Arc::new(HttpStats::default());
+    auth.register(&mut metrics_registry);
+    let http_edge_metrics = Arc::new(HttpEdgeMetrics::default());
+    http_edge_metrics.register(&mut metrics_registry);
+    let live_metrics = Arc::new(LiveMetrics::default());
+    live_metrics.register(&mut metrics_registry);
     let peer_guard = PeerGuard::from_config(&config.cluster, Arc::clone(&peer_stats));
-    let (node, tier) = node_router(&config, &roles, membership.clone(), Arc::clone(&registry), store, &instruments, &audience, &key_store, peer_guard)?;
+    let (node, tier) = node_router(&config, &roles, membership.clone(), Arc::clone(&registry), store, live_metrics, &audience, &key_store, peer_guard)?;
+    if let Some(tier) = &tier {
+        tier.register(&mut metrics_registry);
+    }
     if let Some(m) = &membership {
         let peers = m.clone();
         let list = move || {
@@ -130,10 +145,11 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
         };
         tracker.spawn(replication::run(Arc::clone(&key_store), list, peer_client, shutdown.clone()));
     }
+    let logins = Arc::new(LoginGate::new(&config.auth));
+    logins.register(&mut metrics_registry);
+    let http_requests = HttpRequests::default();
+    http_requests.register(&mut metrics_registry);
     let sources = metrics::Sources {
-        ingest: Arc::clone(&ingest_stats),
-        http: Arc::clone(&http_stats),
-        max_connections: config.http.max_connections,
         tier,
         streams: Arc::clone(&registry),
         packager: Arc::clone(&packager),
@@ -141,8 +157,7 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
         auth: Arc::clone(&auth),
         transcode: resources,
         host,
-        logins: Arc::new(LoginGate::new(&config.auth)),
-        peers: peer_stats,
+        logins,
     };
     let api = ApiState::new(Arc::clone(&config), sources.clone(), Arc::clone(&key_store), membership).context("opening the admin store")?;
     if !crate::auth::db::blocking(&api.admin, AdminStore::any_user).await.context("reading the admin store")? {
@@ -151,13 +166,11 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
     let app = node
         .merge(api::router(Arc::new(api)))
         .merge(crate::console::router())
-        .merge(ingest_metrics_router(Arc::clone(&ingest_stats)))
-        .merge(http::server::metrics_router(Arc::clone(&http_stats), config.http.max_connections))
-        .merge(metrics::router(&instruments, sources))
-        .layer(axum::middleware::from_fn_with_state(instruments.clone(), metrics::count_requests));
-    tracker.spawn(ingest::serve(listeners.rtmp, registry, placement, services, ingest_stats, auth));
+        .merge(metrics::router(metrics_registry, sources))
+        .layer(axum::middleware::from_fn_with_state(http_requests, metrics::count_requests));
+    tracker.spawn(ingest::serve(listeners.rtmp, registry, placement, services, ingest_metrics, auth));
     // Every role serves HTTP through the same bounded edge (connection cap, time-outs).
-    tracker.spawn(http::serve(listeners.http, app, config.http.clone(), http_stats, shutdown.clone()));
+    tracker.spawn(http::serve(listeners.http, app, config.http.clone(), http_edge_metrics, shutdown.clone()));
     // The MPD renderer and the sweep, supervised (see package/mod.rs).
     tracker.spawn(packager.run(shutdown.clone()));
 
@@ -168,13 +181,6 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
         tracing::warn!("tasks still running after {SHUTDOWN_GRACE:?}; exiting anyway");
     }
     Ok(())
-}
-
-/// Counters of the RTMP edge (connections, refusals, time-outs, guard verdicts).
-pub const INGEST_METRICS_PATH: &str = "/ingest/metrics";
-
-fn ingest_metrics_router(stats: Arc<IngestStats>) -> Router {
-    Router::new().route(INGEST_METRICS_PATH, get(move || std::future::ready(Json(stats.snapshot()))))
 }
 
 /// The HTTP side of this node, from its roles: a live node serves its own store; an origin
@@ -188,14 +194,14 @@ fn node_router(
     membership: Option<Membership>,
     registry: Arc<StreamRegistry>,
     store: Arc<Store>,
-    instruments: &Instruments,
+    live_metrics: Arc<LiveMetrics>,
     audience: &Arc<Audience>,
     keys: &Arc<KeyStore>,
     peer_guard: Arc<PeerGuard>,
 ) -> anyhow::Result<(Router, Option<TierState>)> {
     let live = roles
         .contains(&Role::Live)
-        .then(|| http::router(HttpState::new(Arc::clone(&store), Arc::clone(&registry), Arc::clone(audience))));
+        .then(|| http::router(HttpState { store: Arc::clone(&store), registry: Arc::clone(&registry), metrics: live_metrics, audience: Arc::clone(audience) }));
     let resolver: Option<Arc<dyn UpstreamResolver>> = match (&membership, roles) {
         (Some(m), r) if r.contains(&Role::Origin) => Some(Arc::new(LiveUpstreams { membership: m.clone() })),
         (Some(m), r) if r.contains(&Role::Edge) => {
@@ -208,7 +214,7 @@ fn node_router(
         Some(resolver) => Some(
             TierState::new(config.tier.clone(), resolver)
                 .context("starting the caching tier")?
-                .observed_by(Arc::clone(audience), instruments.upstream_latency.clone()),
+                .observed_by(Arc::clone(audience)),
         ),
         None => None,
     };
@@ -222,7 +228,7 @@ fn node_router(
         get(move || {
             let streams = health_registry.streams().into_iter().map(|s| s.to_string()).collect();
             let mut body = cluster::health_body(&node_id, streams);
-            body.tier = health_tier.as_ref().and_then(|t| serde_json::to_value(t.metrics()).ok());
+            body.tier = health_tier.as_ref().and_then(|t| serde_json::to_value(t.counts()).ok());
             let keys = federated.then(|| Arc::clone(&health_keys));
             async move {
                 if let Some(keys) = keys {

@@ -18,6 +18,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 
 use crate::media::StreamId;
 
@@ -45,10 +47,16 @@ pub struct AudienceFigures {
 pub struct Audience {
     streams: Mutex<HashMap<StreamId, StreamAudience>>,
     /// Viewers or streams not tracked because a bound was reached.
-    pub untracked: std::sync::atomic::AtomicU64,
+    pub untracked: Counter,
 }
 
 impl Audience {
+    /// Registers the overflow counter; the per-stream figures are read at each scrape
+    /// ([`Audience::figures`]).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("audience_untracked", "Viewers or streams not counted because a tracking bound was reached", self.untracked.clone());
+    }
+
     /// A viewer fetched `bytes` of `stream` (a manifest or a segment).
     pub fn served(&self, stream: &StreamId, client: Option<IpAddr>, user_agent: Option<&str>, bytes: u64) {
         self.served_at(stream, client, user_agent, bytes, Instant::now());
@@ -60,7 +68,7 @@ impl Audience {
         let key = hasher.finish();
         let mut streams = self.streams.lock();
         if !streams.contains_key(stream) && streams.len() >= MAX_STREAMS {
-            self.untracked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.untracked.inc();
             return;
         }
         let entry = streams
@@ -71,7 +79,7 @@ impl Audience {
         if entry.viewers.len() >= MAX_VIEWERS_PER_STREAM && !entry.viewers.contains_key(&key) {
             entry.viewers.retain(|_, seen| now.duration_since(*seen) <= VIEWER_WINDOW);
             if entry.viewers.len() >= MAX_VIEWERS_PER_STREAM {
-                self.untracked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.untracked.inc();
                 return;
             }
         }

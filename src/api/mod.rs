@@ -207,7 +207,6 @@ mod tests {
     use super::*;
     use crate::auth::PublishAuth;
     use crate::audience::Audience;
-    use crate::metrics::Instruments;
     use crate::package::Packager;
     use crate::package::mpd::MpdTiming;
 
@@ -225,18 +224,14 @@ mod tests {
         crate::transcode::init().unwrap();
         let host = crate::host::HostTelemetry::start();
         let sources = Sources {
-            ingest: Arc::default(),
-            http: Arc::default(),
-            max_connections: 1,
             tier: None,
             streams: crate::stream::StreamRegistry::new(),
-            packager: Arc::new(Packager::new(Arc::new(crate::store::Store::new()), timing, Instruments::default().production_lag)),
+            packager: Arc::new(Packager::new(Arc::new(crate::store::Store::new()), timing)),
             audience: Arc::new(Audience::default()),
             auth: Arc::new(PublishAuth::new(&config.auth, BTreeMap::new(), None, HashSet::new())),
             transcode: Arc::new(crate::transcode::resources::Resources::start(&config.transcode, &host.snapshot()).unwrap()),
             host,
             logins: Arc::new(crate::auth::login::LoginGate::new(&config.auth)),
-            peers: Arc::default(),
         };
         let keys = Arc::new(KeyStore::open(data_dir).unwrap());
         Arc::new(ApiState::new(Arc::new(config), sources, keys, None).unwrap())

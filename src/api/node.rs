@@ -16,7 +16,7 @@ use crate::cluster::Ring;
 use crate::cluster::config::Role;
 use crate::host::HostSnapshot;
 use crate::media::StreamId;
-use crate::tier::TierMetrics;
+use crate::tier::TierCounts;
 
 #[derive(Serialize, ToSchema)]
 pub struct NodeInfo {
@@ -122,7 +122,7 @@ fn hit_ratio(counters: &serde_json::Value) -> Option<f64> {
 pub async fn cluster(State(api): State<Arc<ApiState>>) -> Json<ClusterInfo> {
     let cluster = &api.config.cluster;
     let own: Vec<String> = api.sources.streams.streams().iter().map(|s| s.to_string()).collect();
-    let own_tier = api.sources.tier.as_ref().and_then(|t| serde_json::to_value(t.metrics()).ok());
+    let own_tier = api.sources.tier.as_ref().and_then(|t| serde_json::to_value(t.counts()).ok());
     let members = match &api.membership {
         None => vec![Member {
             id: cluster.node_id.clone(),
@@ -208,7 +208,7 @@ pub struct TierInfo {
     /// `origin` or `edge`.
     pub role: String,
     #[schema(value_type = Object)]
-    pub counters: TierMetrics,
+    pub counters: TierCounts,
     /// (hits + coalesced) / requests, when there were requests.
     pub hit_ratio: Option<f64>,
 }
@@ -219,7 +219,7 @@ pub async fn tiers(State(api): State<Arc<ApiState>>) -> ApiResult<Json<TierInfo>
     let Some(tier) = &api.sources.tier else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "this node has no caching tier (it is neither origin nor edge)"));
     };
-    let counters = tier.metrics();
+    let counters = tier.counts();
     let roles = api.config.cluster.roles();
     let role = if roles.contains(&Role::Origin) { "origin" } else { "edge" };
     let hit_ratio = (counters.requests > 0).then(|| (counters.hits + counters.coalesced) as f64 / counters.requests as f64);

@@ -14,22 +14,25 @@
 //!   is answered 429 with `Retry-After` before any hashing, whoever sends it; sessions and
 //!   API tokens keep working.
 //!
-//! Each refusal is counted ([`LoginGate::snapshot`], in `/metrics`) and logged at most once
+//! Each refusal is counted ([`LoginMetrics`], in `/metrics`) and logged at most once
 //! a second per kind, so the flood costs neither memory nor the log.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
-use serde::Serialize;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AuthConfig;
 use super::admin::HashMemory;
+use crate::metrics::labels::Reason;
 use crate::warn_limiter::WarnLimiter;
 
 /// How long a login waits for a hash slot before it is answered 503.
@@ -67,10 +70,7 @@ pub struct LoginGate {
     failures: DefaultDirectRateLimiter,
     /// Until when the failure budget is spent (set when a failure finds it empty).
     spent_until: Mutex<Option<Instant>>,
-    refused_busy: AtomicU64,
-    refused_budget: AtomicU64,
-    refused_per_address: AtomicU64,
-    failed: AtomicU64,
+    metrics: LoginMetrics,
     busy_warnings: WarnLimiter,
     budget_warnings: WarnLimiter,
 }
@@ -81,6 +81,8 @@ pub struct HashSlot {
     _permit: OwnedSemaphorePermit,
     memory: HashMemory,
     pool: Arc<Mutex<Vec<HashMemory>>>,
+    /// The gate's count of checks running, lowered when the slot is given back.
+    hashing: Gauge,
 }
 
 impl HashSlot {
@@ -98,18 +100,26 @@ impl std::fmt::Debug for HashSlot {
 impl Drop for HashSlot {
     fn drop(&mut self) {
         self.pool.lock().push(std::mem::take(&mut self.memory));
+        self.hashing.dec();
     }
 }
 
-/// The gate's counters, for `/metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct LoginStats {
-    pub concurrency: usize,
-    pub hashing: usize,
-    pub failed: u64,
-    pub refused_busy: u64,
-    pub refused_budget: u64,
-    pub refused_per_address: u64,
+/// The gate's metrics (`rackcast_login_*`).
+#[derive(Debug, Default)]
+pub struct LoginMetrics {
+    /// Logins with a wrong username or password.
+    pub failed: Counter,
+    /// Logins refused before the password was checked, by limit: `per_address`,
+    /// `failure_budget`, `busy`.
+    pub refused: Family<Reason, Counter>,
+    /// Password checks running.
+    pub hashing: Gauge,
+}
+
+impl LoginMetrics {
+    fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&Reason { reason }).inc();
+    }
 }
 
 /// Password checks at once for `auth.login_hash_concurrency` (0: one per core).
@@ -132,10 +142,7 @@ impl LoginGate {
             memory: Arc::default(),
             failures: RateLimiter::direct(quota),
             spent_until: Mutex::new(None),
-            refused_busy: AtomicU64::new(0),
-            refused_budget: AtomicU64::new(0),
-            refused_per_address: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
+            metrics: LoginMetrics::default(),
             busy_warnings: WarnLimiter::default(),
             budget_warnings: WarnLimiter::default(),
         }
@@ -147,7 +154,7 @@ impl LoginGate {
     pub async fn slot(&self) -> Result<HashSlot, LoginRefusal> {
         self.budget_left()?;
         let Ok(Ok(permit)) = tokio::time::timeout(HASH_SLOT_WAIT, Arc::clone(&self.slots).acquire_owned()).await else {
-            self.refused_busy.fetch_add(1, Ordering::Relaxed);
+            self.metrics.refuse("busy");
             if let Some(held_back) = self.busy_warnings.allow() {
                 tracing::warn!(slots = self.concurrency, held_back, "login refused: every password check slot stayed busy for {HASH_SLOT_WAIT:?} (auth.login_hash_concurrency; at most one such line a second)");
             }
@@ -155,7 +162,8 @@ impl LoginGate {
         };
         self.budget_left()?;
         let memory = self.memory.lock().pop().unwrap_or_default();
-        Ok(HashSlot { _permit: permit, memory, pool: Arc::clone(&self.memory) })
+        self.metrics.hashing.inc();
+        Ok(HashSlot { _permit: permit, memory, pool: Arc::clone(&self.memory), hashing: self.metrics.hashing.clone() })
     }
 
     fn budget_left(&self) -> Result<(), LoginRefusal> {
@@ -164,7 +172,7 @@ impl LoginGate {
         if until <= now {
             return Ok(());
         }
-        self.refused_budget.fetch_add(1, Ordering::Relaxed);
+        self.metrics.refuse("failure_budget");
         if let Some(held_back) = self.budget_warnings.allow() {
             tracing::warn!(held_back, "login refused: the node's failed-login budget is spent (auth.failed_logins_per_minute; at most one such line a second)");
         }
@@ -174,7 +182,7 @@ impl LoginGate {
     /// Counts a failed login against the global budget; when the budget is empty, logins
     /// are refused until it has room for one more.
     pub fn record_failure(&self) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.failed.inc();
         if let Err(not_until) = self.failures.check() {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             let mut spent = self.spent_until.lock();
@@ -187,25 +195,25 @@ impl LoginGate {
 
     /// Counts a login refused by the per-address limit (`api::session`).
     pub fn record_per_address_refusal(&self) {
-        self.refused_per_address.fetch_add(1, Ordering::Relaxed);
+        self.metrics.refuse("per_address");
     }
 
-    pub fn snapshot(&self) -> LoginStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        LoginStats {
-            concurrency: self.concurrency,
-            hashing: self.concurrency - self.slots.available_permits().min(self.concurrency),
-            failed: get(&self.failed),
-            refused_busy: get(&self.refused_busy),
-            refused_budget: get(&self.refused_budget),
-            refused_per_address: get(&self.refused_per_address),
-        }
+    /// Registers the gate's metrics (`rackcast_login_*`).
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("login");
+        registry.register("failures", "Logins with a wrong username or password", self.metrics.failed.clone());
+        registry.register("refused", "Logins refused before the password was checked, by limit", self.metrics.refused.clone());
+        registry.register("password_checks", "Password checks running (at most auth.login_hash_concurrency)", self.metrics.hashing.clone());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refused(gate: &LoginGate, reason: &'static str) -> u64 {
+        gate.metrics.refused.get_or_create(&Reason { reason }).get()
+    }
 
     fn gate(concurrency: u32, per_minute: u32, burst: u32) -> LoginGate {
         LoginGate::new(&AuthConfig { login_hash_concurrency: concurrency, failed_logins_per_minute: per_minute, failed_login_burst: burst, ..AuthConfig::default() })
@@ -215,7 +223,7 @@ mod tests {
     async fn no_more_hashes_than_slots_and_the_rest_are_refused_in_time() {
         let gate = gate(2, 600, 100);
         let (a, b) = (gate.slot().await.unwrap(), gate.slot().await.unwrap());
-        assert_eq!(gate.snapshot().hashing, 2);
+        assert_eq!(gate.metrics.hashing.get(), 2);
         let started = std::time::Instant::now();
         assert_eq!(gate.slot().await.unwrap_err(), LoginRefusal::Busy);
         assert!(started.elapsed() >= HASH_SLOT_WAIT, "it waited for a slot first");
@@ -223,8 +231,7 @@ mod tests {
         drop(a);
         let _c = gate.slot().await.expect("a freed slot is taken");
         drop(b);
-        let stats = gate.snapshot();
-        assert_eq!((stats.concurrency, stats.hashing, stats.refused_busy), (2, 1, 1));
+        assert_eq!((gate.concurrency, gate.metrics.hashing.get(), refused(&gate, "busy")), (2, 1, 1));
     }
 
     #[tokio::test]
@@ -271,8 +278,7 @@ mod tests {
             }
             other => panic!("expected the budget to be spent, got {other:?}"),
         }
-        let stats = gate.snapshot();
-        assert_eq!((stats.failed, stats.refused_budget, stats.hashing), (4, 1, 0));
+        assert_eq!((gate.metrics.failed.get(), refused(&gate, "failure_budget"), gate.metrics.hashing.get()), (4, 1, 0));
     }
 
     #[test]

@@ -39,6 +39,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 
 use crate::ingest::key::{self, KeyError};
 use crate::media::StreamId;
@@ -68,7 +70,7 @@ pub struct PublishAuth {
     exempt: HashSet<IpAddr>,
     attempts: AtomicU64,
     /// Attempts refused by the rate limit.
-    pub rate_limited: AtomicU64,
+    pub rate_limited: Counter,
     pub webhook: Option<webhook::PublishWebhook>,
     node_id: String,
 }
@@ -103,6 +105,15 @@ impl PublishAuth {
         Ok(auth)
     }
 
+    /// Registers the publish checks' metrics: refusals by the attempt limit and, with a
+    /// webhook, its calls and verdicts.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("ingest_publish_rate_limited", "Publish attempts refused by the per-address limit", self.rate_limited.clone());
+        if let Some(hook) = &self.webhook {
+            hook.register(registry);
+        }
+    }
+
     /// `store` is `None` only where no data directory is wanted (tests of other parts).
     pub fn new(config: &AuthConfig, config_keys: BTreeMap<String, String>, store: Option<Arc<KeyStore>>, exempt: HashSet<IpAddr>) -> Self {
         let one = NonZeroU32::MIN;
@@ -115,7 +126,7 @@ impl PublishAuth {
             limiter: RateLimiter::keyed(quota),
             exempt,
             attempts: AtomicU64::new(0),
-            rate_limited: AtomicU64::new(0),
+            rate_limited: Counter::default(),
             webhook: None,
             node_id: String::new(),
         }
@@ -154,7 +165,7 @@ impl PublishAuth {
                 self.limiter.retain_recent();
             }
             if self.limiter.check_key(&peer).is_err() {
-                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                self.rate_limited.inc();
                 return Err(Refusal::RateLimited);
             }
         }
@@ -259,6 +270,6 @@ mod tests {
         for _ in 0..10 {
             assert!(a.resolve("s3cret", node).await.is_ok(), "federation nodes are exempt");
         }
-        assert_eq!(a.rate_limited.load(Ordering::Relaxed), 1);
+        assert_eq!(a.rate_limited.get(), 1);
     }
 }

@@ -23,7 +23,6 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
@@ -32,11 +31,14 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
-use serde::Serialize;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use sha2::Sha256;
 
 use crate::cluster::config::ClusterConfig;
 use crate::http::Peer;
+use crate::metrics::labels::Reason;
 use crate::warn_limiter::WarnLimiter;
 
 pub const TIME_HEADER: &str = "x-rackcast-time";
@@ -93,42 +95,34 @@ impl PeerAuthError {
 
 const REASONS: usize = 5;
 
-/// Refusals of node-to-node traffic on this node, read by `/metrics`.
+/// Refusals of node-to-node traffic on this node (`rackcast_cluster_*`).
 #[derive(Debug, Default)]
 pub struct PeerStats {
     /// Requests to `/cluster/*` refused, by [`PeerAuthError::reason`].
-    refused: [AtomicU64; REASONS],
+    refused: Family<Reason, Counter>,
     /// Answers from peers refused (unsigned, forged, replayed, stale).
-    pub answers_refused: AtomicU64,
+    answers_refused: Counter,
     warnings: [WarnLimiter; REASONS],
     answer_warnings: WarnLimiter,
 }
 
-#[derive(Debug, Serialize)]
-pub struct PeerStatsSnapshot {
-    pub refused: Vec<(&'static str, u64)>,
-    pub answers_refused: u64,
-}
-
 impl PeerStats {
-    pub fn snapshot(&self) -> PeerStatsSnapshot {
-        let labels = ["not_peer", "bad_signature", "stale", "replayed", "nonce_cache_full"];
-        PeerStatsSnapshot {
-            refused: labels.into_iter().zip(&self.refused).map(|(l, c)| (l, c.load(Ordering::Relaxed))).collect(),
-            answers_refused: self.answers_refused.load(Ordering::Relaxed),
-        }
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("cluster");
+        registry.register("requests_refused", "Requests to /cluster/* refused: not a peer, bad signature, stale, replayed", self.refused.clone());
+        registry.register("answers_refused", "Answers from peers refused (unsigned, forged, replayed, stale)", self.answers_refused.clone());
     }
 
     fn refuse_request(&self, error: PeerAuthError, address: Option<IpAddr>, path: &str) {
         let (reason, slot) = error.reason();
-        self.refused[slot].fetch_add(1, Ordering::Relaxed);
+        self.refused.get_or_create(&Reason { reason }).inc();
         if let Some(held_back) = self.warnings[slot].allow() {
             tracing::warn!(address = ?address, path, reason, held_back, "cluster request refused: {error} (at most one such line a second)");
         }
     }
 
     fn refuse_answer(&self, error: PeerAuthError, peer: &str, path: &str) {
-        self.answers_refused.fetch_add(1, Ordering::Relaxed);
+        self.answers_refused.inc();
         if let Some(held_back) = self.answer_warnings.allow() {
             tracing::warn!(peer, path, held_back, "answer from a peer refused: {error} (at most one such line a second)");
         }

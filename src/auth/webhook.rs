@@ -8,9 +8,10 @@
 //! [`CACHE_ENTRIES`]; failures are not. The key itself is never sent.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 use crate::media::StreamId;
@@ -52,16 +53,23 @@ pub struct PublishWebhook {
     url: String,
     client: reqwest::Client,
     cache: Option<moka::future::Cache<(StreamId, IpAddr), Result<(), WebhookRefusal>>>,
-    pub calls: AtomicU64,
-    pub refused: AtomicU64,
-    pub failures: AtomicU64,
+    calls: Counter,
+    refused: Counter,
+    failures: Counter,
 }
 
 impl PublishWebhook {
     pub fn new(url: &str, timeout: Duration, cache_for: Duration) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).redirect(reqwest::redirect::Policy::none()).build()?;
         let cache = (!cache_for.is_zero()).then(|| moka::future::Cache::builder().max_capacity(CACHE_ENTRIES).time_to_live(cache_for).build());
-        Ok(Self { url: url.to_owned(), client, cache, calls: AtomicU64::new(0), refused: AtomicU64::new(0), failures: AtomicU64::new(0) })
+        Ok(Self { url: url.to_owned(), client, cache, calls: Counter::default(), refused: Counter::default(), failures: Counter::default() })
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("publish_webhook");
+        registry.register("calls", "Publish webhook requests (cached answers not counted)", self.calls.clone());
+        registry.register("refused", "Publishes the webhook refused", self.refused.clone());
+        registry.register("failures", "Webhook requests that failed or timed out (publish refused)", self.failures.clone());
     }
 
     /// Whether `stream` may be published from `address` now.
@@ -72,18 +80,18 @@ impl PublishWebhook {
         {
             return answer;
         }
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.calls.inc();
         let request = PublishRequest { action: "publish", stream: stream.as_str(), address: address.to_string(), node };
         let answer = match self.ask(&request).await {
             Ok(answer) => answer,
             Err(reason) => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
+                self.failures.inc();
                 tracing::warn!(stream = %stream, %address, "publish webhook failed: {reason}");
                 return Err(WebhookRefusal::Unavailable(reason));
             }
         };
         if answer.is_err() {
-            self.refused.fetch_add(1, Ordering::Relaxed);
+            self.refused.inc();
         }
         if let Some(cache) = &self.cache {
             cache.insert(key, answer.clone()).await;

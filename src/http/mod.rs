@@ -11,11 +11,10 @@ pub mod path;
 pub mod server;
 
 pub use config::HttpConfig;
-pub use server::{HttpStats, serve};
+pub use server::{HttpEdgeMetrics, serve};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -23,6 +22,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use tower_http::cors::CorsLayer;
 
 use crate::media::StreamId;
@@ -46,14 +47,8 @@ pub const UNKNOWN_STREAM_CACHE: &str = "public, max-age=0, s-maxage=1";
 pub struct HttpState {
     pub store: Arc<Store>,
     pub registry: Arc<StreamRegistry>,
-    pub stats: Arc<LiveStats>,
+    pub metrics: Arc<LiveMetrics>,
     pub audience: Arc<Audience>,
-}
-
-impl HttpState {
-    pub fn new(store: Arc<Store>, registry: Arc<StreamRegistry>, audience: Arc<Audience>) -> Self {
-        Self { store, registry, stats: Arc::default(), audience }
-    }
 }
 
 /// The client's address, when the server recorded it (see `server.rs`).
@@ -65,20 +60,19 @@ pub fn note_viewer(audience: &Audience, stream: &StreamId, peer: &Peer, headers:
     audience.served(stream, peer.as_ref().map(|p| p.0.0.ip()), user_agent, bytes as u64);
 }
 
-/// What this node served from its own store (lower tiers count their upstream requests
-/// against these).
+/// What this node served from its own store (`rackcast_live_*`; lower tiers count their
+/// upstream requests against these).
 #[derive(Debug, Default)]
-pub struct LiveStats {
-    pub manifest_requests: AtomicU64,
-    pub object_requests: AtomicU64,
+pub struct LiveMetrics {
+    pub manifest_requests: Counter,
+    pub object_requests: Counter,
 }
 
-impl LiveStats {
-    pub fn snapshot(&self) -> serde_json::Value {
-        serde_json::json!({
-            "manifest_requests": self.manifest_requests.load(Ordering::Relaxed),
-            "object_requests": self.object_requests.load(Ordering::Relaxed),
-        })
+impl LiveMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("live");
+        registry.register("manifest_requests", "Manifest requests this node answered from its own store", self.manifest_requests.clone());
+        registry.register("object_requests", "Init and media segment requests this node answered from its own store", self.object_requests.clone());
     }
 }
 
@@ -91,7 +85,6 @@ pub fn router(state: HttpState) -> Router {
         .route("/live/{stream}/manifest-number.mpd", get(|s, p, peer, h| manifest(s, p, peer, h, ManifestForm::Number)))
         .route("/live/{stream}/{rendition}/{file}", get(object))
         .route(UTC_TIMING_PATH, get(clock))
-        .route("/metrics/live", get(live_metrics))
         .fallback(not_found)
         .layer(CorsLayer::permissive())
         .with_state(state)
@@ -175,34 +168,8 @@ fn no_store(json: Json<serde_json::Value>) -> Response {
     response
 }
 
-/// Request counters and, per live stream, the uplink estimate and the ladder in use.
-async fn live_metrics(State(state): State<HttpState>) -> Response {
-    let mut body = state.stats.snapshot();
-    let streams: serde_json::Map<String, serde_json::Value> = state
-        .registry
-        .streams()
-        .into_iter()
-        .filter_map(|id| {
-            let status = state.registry.status(&id)?;
-            let uplink = status.uplink.as_ref();
-            Some((
-                id.to_string(),
-                serde_json::json!({
-                    "throughput_bps": uplink.map(|u| u.throughput_bps),
-                    "source_bitrate_bps": uplink.and_then(|u| u.source_bitrate_bps),
-                    "uplink_bound": uplink.map(|u| u.uplink_bound),
-                    "rungs": status.plan.as_ref().map(crate::stream::status::describe),
-                    "plan_changes": status.plan_history.len(),
-                }),
-            ))
-        })
-        .collect();
-    body["streams"] = serde_json::Value::Object(streams);
-    no_store(Json(body))
-}
-
 async fn manifest(State(state): State<HttpState>, Path(stream): Path<String>, peer: Peer, headers: HeaderMap, form: ManifestForm) -> Response {
-    state.stats.manifest_requests.fetch_add(1, Ordering::Relaxed);
+    state.metrics.manifest_requests.inc();
     let stream = match path::stream(&stream) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
@@ -225,7 +192,7 @@ async fn object(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    state.stats.object_requests.fetch_add(1, Ordering::Relaxed);
+    state.metrics.object_requests.inc();
     let (stream, object) = match path::stream(&stream).and_then(|s| Ok((s, path::object(&rendition, &file)?))) {
         Ok(pair) => pair,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
@@ -292,7 +259,7 @@ mod tests {
             part: Part::Media(7),
         };
         store.put_object(&StreamId::parse("cam").unwrap(), key, Bytes::from_static(b"moof"));
-        router(HttpState::new(store, StreamRegistry::new(), Arc::default()))
+        router(HttpState { store, registry: StreamRegistry::new(), metrics: Arc::default(), audience: Arc::default() })
     }
 
     async fn get(uri: &str) -> Response {

@@ -2,8 +2,8 @@
 //! its roles. Owns the limits of the viewer-facing side as one layer in front of the
 //! routers: the connection cap (a semaphore; a connection over it is closed at accept),
 //! one watchdog per connection (header-read and idle time-outs), the request time-out,
-//! hyper's HTTP/1.1 settings (header size), graceful shutdown, and the counters served at
-//! [`METRICS_PATH`]. Handlers never see any of it.
+//! hyper's HTTP/1.1 settings (header size), graceful shutdown, and the edge's metrics
+//! ([`HttpEdgeMetrics`]). Handlers never see any of it.
 //!
 //! Why not `axum::serve`: it exposes none of hyper's settings and has no connection cap.
 //! Why a watchdog rather than hyper's `header_read_timeout`: hyper (1.12) starts that timer
@@ -24,14 +24,14 @@ use std::time::Duration;
 
 use crate::warn_limiter::WarnLimiter;
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -42,8 +42,6 @@ use tower::ServiceExt;
 
 use super::config::{HttpConfig, MIN_HEADER_BYTES};
 
-/// The edge's counters as JSON, on every node.
-pub const METRICS_PATH: &str = "/metrics/http";
 /// After shutdown is requested, connections get this long to finish their responses before
 /// they are dropped; under the app's 10 s grace, so the process still exits on time.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -51,77 +49,52 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Event counts since start, and the open connections now. Relaxed atomics: figures for
-/// humans and tests, not locks.
+/// The edge's metrics (`rackcast_http_edge_*`), registered once in the node's registry
+/// ([`HttpEdgeMetrics::register`]); the warnings of each limit are rate limited beside them.
 #[derive(Debug, Default)]
-pub struct HttpStats {
-    pub accepted: AtomicU64,
-    /// Connections open now (a gauge).
-    pub open: AtomicU64,
+pub struct HttpEdgeMetrics {
+    pub accepted: Counter,
+    /// Connections open now.
+    pub open: Gauge,
+    /// `http.max_connections`, set when serving starts.
+    pub max_connections: Gauge,
     /// Closed at accept because `max_connections` were open.
-    pub refused: AtomicU64,
+    pub refused: Counter,
     /// Closed because a request head did not arrive within `header_read_timeout`.
-    pub header_timeouts: AtomicU64,
+    pub header_timeouts: Counter,
     /// Closed after `idle_timeout` without a request in progress or a byte moved.
-    pub idle_closed: AtomicU64,
-    pub requests: AtomicU64,
+    pub idle_closed: Counter,
+    pub requests: Counter,
     /// Handlers that ran past `request_timeout` (answered 503).
-    pub request_timeouts: AtomicU64,
+    pub request_timeouts: Counter,
     /// Malformed or oversized request heads (hyper answered 400 / 431 and closed).
-    pub bad_requests: AtomicU64,
-    pub accept_errors: AtomicU64,
+    pub bad_requests: Counter,
+    pub accept_errors: Counter,
     warn_refused: WarnLimiter,
     warn_header: WarnLimiter,
     warn_request: WarnLimiter,
     warn_accept: WarnLimiter,
 }
 
-/// A snapshot of [`HttpStats`], served at [`METRICS_PATH`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HttpMetrics {
-    pub accepted: u64,
-    pub open: u64,
-    pub refused: u64,
-    pub header_timeouts: u64,
-    pub idle_closed: u64,
-    pub requests: u64,
-    pub request_timeouts: u64,
-    pub bad_requests: u64,
-    pub accept_errors: u64,
-    pub max_connections: u64,
-}
-
-impl HttpStats {
-    pub fn snapshot(&self, max_connections: usize) -> HttpMetrics {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        HttpMetrics {
-            accepted: get(&self.accepted),
-            open: get(&self.open),
-            refused: get(&self.refused),
-            header_timeouts: get(&self.header_timeouts),
-            idle_closed: get(&self.idle_closed),
-            requests: get(&self.requests),
-            request_timeouts: get(&self.request_timeouts),
-            bad_requests: get(&self.bad_requests),
-            accept_errors: get(&self.accept_errors),
-            max_connections: max_connections as u64,
+impl HttpEdgeMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("http_edge");
+        let counters = [
+            ("accepted", "HTTP connections accepted", &self.accepted),
+            ("refused", "HTTP connections closed at accept because http.max_connections were open", &self.refused),
+            ("header_timeouts", "HTTP connections closed because a request head did not arrive within http.header_read_timeout", &self.header_timeouts),
+            ("idle_closed", "HTTP connections closed after http.idle_timeout without a request or a byte moved", &self.idle_closed),
+            ("requests", "HTTP requests received", &self.requests),
+            ("request_timeouts", "HTTP requests answered 503 after http.request_timeout", &self.request_timeouts),
+            ("bad_requests", "Malformed or oversized HTTP request heads (answered 400 or 431, connection closed)", &self.bad_requests),
+            ("accept_errors", "Failed accepts (typically out of file descriptors)", &self.accept_errors),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
         }
+        registry.register("open", "HTTP connections open", self.open.clone());
+        registry.register("max_connections", "HTTP connections allowed at once (http.max_connections)", self.max_connections.clone());
     }
-}
-
-fn inc(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// `GET /metrics/http`: the counters as JSON.
-pub fn metrics_router(stats: Arc<HttpStats>, max_connections: usize) -> Router {
-    Router::new().route(METRICS_PATH, get(metrics)).with_state((stats, max_connections))
-}
-
-async fn metrics(State((stats, max)): State<(Arc<HttpStats>, usize)>) -> Response {
-    let mut response = axum::Json(stats.snapshot(max)).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 /// The time-outs one connection's watchdog enforces.
@@ -138,7 +111,7 @@ struct Shared {
     router: Router,
     builder: http1::Builder,
     limits: Limits,
-    stats: Arc<HttpStats>,
+    metrics: Arc<HttpEdgeMetrics>,
     shutdown: CancellationToken,
     /// Cancelled when the drain grace is over: connections still open are dropped.
     force: CancellationToken,
@@ -147,7 +120,7 @@ struct Shared {
 /// Serves `router` on `listener` within `config`'s limits until `shutdown` is cancelled;
 /// then stops accepting, lets open connections finish their responses (idle ones close at
 /// once) for up to [`DRAIN_GRACE`], and returns.
-pub async fn serve(listener: TcpListener, router: Router, config: HttpConfig, stats: Arc<HttpStats>, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, router: Router, config: HttpConfig, metrics: Arc<HttpEdgeMetrics>, shutdown: CancellationToken) {
     let mut builder = http1::Builder::new();
     builder
         .max_buf_size(config.max_header_bytes.max(MIN_HEADER_BYTES))
@@ -157,10 +130,11 @@ pub async fn serve(listener: TcpListener, router: Router, config: HttpConfig, st
         router,
         builder,
         limits: Limits { header: config.header_read_timeout, request: config.request_timeout, idle: config.idle_timeout },
-        stats: Arc::clone(&stats),
+        metrics: Arc::clone(&metrics),
         shutdown: shutdown.clone(),
         force: CancellationToken::new(),
     };
+    metrics.max_connections.set(i64::try_from(config.max_connections).unwrap_or(i64::MAX));
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let connections = TaskTracker::new();
     loop {
@@ -171,8 +145,8 @@ pub async fn serve(listener: TcpListener, router: Router, config: HttpConfig, st
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                inc(&stats.accept_errors);
-                if let Some(held) = stats.warn_accept.allow() {
+                metrics.accept_errors.inc();
+                if let Some(held) = metrics.warn_accept.allow() {
                     tracing::warn!(error = %e, held_back = held, "HTTP accept failed");
                 }
                 // Aborted handshakes are the client's business; anything else (EMFILE,
@@ -184,16 +158,16 @@ pub async fn serve(listener: TcpListener, router: Router, config: HttpConfig, st
             }
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            inc(&stats.refused);
-            if let Some(held) = stats.warn_refused.allow() {
+            metrics.refused.inc();
+            if let Some(held) = metrics.warn_refused.allow() {
                 tracing::warn!(%peer, max_connections = config.max_connections, held_back = held, "HTTP connection refused: at the connection cap");
             }
             // Closed without reading: a client over the cap gets no slot, not even for a 503.
             drop(stream);
             continue;
         };
-        inc(&stats.accepted);
-        inc(&stats.open);
+        metrics.accepted.inc();
+        metrics.open.inc();
         // Small responses (MPDs, the clock) go out at once instead of waiting for an ACK.
         let _ = stream.set_nodelay(true);
         connections.spawn(connection(stream, peer, permit, shared.clone()));
@@ -201,7 +175,7 @@ pub async fn serve(listener: TcpListener, router: Router, config: HttpConfig, st
     drop(listener);
     connections.close();
     if tokio::time::timeout(DRAIN_GRACE, connections.wait()).await.is_err() {
-        tracing::warn!(open = stats.open.load(Ordering::Relaxed), "HTTP connections still open after {DRAIN_GRACE:?}; dropping them");
+        tracing::warn!(open = metrics.open.get(), "HTTP connections still open after {DRAIN_GRACE:?}; dropping them");
         shared.force.cancel();
         connections.wait().await;
     }
@@ -218,37 +192,37 @@ enum Expired {
 /// connection task ends, a panic included.
 struct Slot {
     _permit: OwnedSemaphorePermit,
-    stats: Arc<HttpStats>,
+    metrics: Arc<HttpEdgeMetrics>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.open.dec();
     }
 }
 
 async fn connection(stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit, shared: Shared) {
-    let _slot = Slot { _permit: permit, stats: Arc::clone(&shared.stats) };
+    let _slot = Slot { _permit: permit, metrics: Arc::clone(&shared.metrics) };
     let watch = Arc::new(Watch::new());
     let io = TokioIo::new(Watched { inner: stream, watch: Arc::clone(&watch) });
     let service = {
-        let (watch, router, stats, limit) = (Arc::clone(&watch), shared.router.clone(), Arc::clone(&shared.stats), shared.limits.request);
+        let (watch, router, metrics, limit) = (Arc::clone(&watch), shared.router.clone(), Arc::clone(&shared.metrics), shared.limits.request);
         hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            inc(&stats.requests);
+            metrics.requests.inc();
             // Handlers that need the client's address take `ConnectInfo<SocketAddr>`.
             request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             let handler = HandlerGuard::start(Arc::clone(&watch));
             let path = request.uri().path().to_owned();
             let response = router.clone().oneshot(request);
-            let stats = Arc::clone(&stats);
+            let metrics = Arc::clone(&metrics);
             async move {
                 let _handler = handler;
                 match tokio::time::timeout(limit, response).await {
                     Ok(Ok(response)) => Ok::<_, Infallible>(response),
                     Ok(Err(never)) => match never {},
                     Err(_) => {
-                        inc(&stats.request_timeouts);
-                        if let Some(held) = stats.warn_request.allow() {
+                        metrics.request_timeouts.inc();
+                        if let Some(held) = metrics.warn_request.allow() {
                             tracing::warn!(%peer, path, timeout = ?limit, held_back = held, "HTTP request timed out");
                         }
                         Ok((StatusCode::SERVICE_UNAVAILABLE, [(header::CACHE_CONTROL, "no-store")], "request timed out\n").into_response())
@@ -266,7 +240,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphoreP
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     if e.is_parse() || e.is_parse_too_large() {
-                        inc(&shared.stats.bad_requests);
+                        shared.metrics.bad_requests.inc();
                     }
                     tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
                 }
@@ -281,14 +255,14 @@ async fn connection(stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphoreP
             _ = watch.changed.notified() => {}
             _ = tokio::time::sleep_until(deadline) => match watch.expired(&shared.limits) {
                 Some(Expired::Header) => {
-                    inc(&shared.stats.header_timeouts);
-                    if let Some(held) = shared.stats.warn_header.allow() {
+                    shared.metrics.header_timeouts.inc();
+                    if let Some(held) = shared.metrics.warn_header.allow() {
                         tracing::warn!(%peer, timeout = ?shared.limits.header, held_back = held, "HTTP connection closed: request head not received in time");
                     }
                     break;
                 }
                 Some(Expired::Idle) => {
-                    inc(&shared.stats.idle_closed);
+                    shared.metrics.idle_closed.inc();
                     tracing::debug!(%peer, "HTTP connection closed: idle");
                     break;
                 }
@@ -471,25 +445,25 @@ mod tests {
     #[tokio::test]
     async fn slow_handlers_get_503_long_heads_431_and_shutdown_returns() {
         let router = Router::new()
-            .route("/slow", get(|| async { tokio::time::sleep(Duration::from_secs(10)).await }))
-            .route("/fast", get(|| async { "fast" }));
+            .route("/slow", axum::routing::get(|| async { tokio::time::sleep(Duration::from_secs(10)).await }))
+            .route("/fast", axum::routing::get(|| async { "fast" }));
         let config = HttpConfig { request_timeout: Duration::from_millis(300), max_header_bytes: MIN_HEADER_BYTES, ..HttpConfig::default() };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let stats = Arc::new(HttpStats::default());
+        let metrics = Arc::new(HttpEdgeMetrics::default());
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, router, config, Arc::clone(&stats), shutdown.clone()));
+        let server = tokio::spawn(serve(listener, router, config, Arc::clone(&metrics), shutdown.clone()));
 
         let t0 = std::time::Instant::now();
         let slow = raw(addr, "GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
         assert!(slow.starts_with("HTTP/1.1 503"), "{slow}");
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
-        assert_eq!(stats.request_timeouts.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.request_timeouts.get(), 1);
 
         let long = format!("GET /fast HTTP/1.1\r\nHost: x\r\nX-Long: {}\r\n\r\n", "a".repeat(2 * MIN_HEADER_BYTES));
         let answer = raw(addr, &long).await;
         assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
-        assert_eq!(stats.bad_requests.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.bad_requests.get(), 1);
 
         let fast = raw(addr, "GET /fast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
         assert!(fast.starts_with("HTTP/1.1 200") && fast.ends_with("fast"), "{fast}");

@@ -5,83 +5,67 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use serde::Serialize;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use crate::warn_limiter::WarnLimiter;
 
-/// Counters of the RTMP edge, served as JSON by the node's metrics routes.
+/// The RTMP edge's metrics (`rackcast_ingest_*`), registered once in the node's registry
+/// ([`IngestMetrics::register`]) and recorded where each event happens.
 #[derive(Debug, Default)]
-pub struct IngestStats {
-    pub accepted: AtomicU64,
-    pub open: AtomicU64,
-    pub refused_global: AtomicU64,
-    pub refused_per_address: AtomicU64,
-    pub handshake_timeouts: AtomicU64,
-    pub publish_timeouts: AtomicU64,
-    pub idle_timeouts: AtomicU64,
+pub struct IngestMetrics {
+    pub accepted: Counter,
+    /// Connections open now.
+    pub open: Gauge,
+    pub refused_global: Counter,
+    pub refused_per_address: Counter,
+    pub handshake_timeouts: Counter,
+    pub publish_timeouts: Counter,
+    pub idle_timeouts: Counter,
     /// Connections closed by the chunk guard (oversized or malformed messages, AMF bombs).
-    pub guard_rejections: AtomicU64,
-    pub publishes_refused: AtomicU64,
-    pub relay_refused: AtomicU64,
+    pub guard_rejections: Counter,
+    pub publishes_refused: Counter,
+    pub relay_refused: Counter,
     /// Publishers closed because a new publish took their silent stream over.
-    pub takeovers: AtomicU64,
+    pub takeovers: Counter,
     /// Connections closed for an audio message over `ingest.max_audio_message` (also
     /// counted in `guard_rejections`).
-    pub audio_too_large: AtomicU64,
+    pub audio_too_large: Counter,
     /// Connections closed because a write to the broadcaster did not complete within
     /// `ingest.write_timeout`.
-    pub write_timeouts: AtomicU64,
+    pub write_timeouts: Counter,
     /// Publishes the broadcaster ended itself (closeStream / deleteStream).
-    pub unpublishes: AtomicU64,
+    pub unpublishes: Counter,
     refusal_warnings: WarnLimiter,
 }
 
-#[derive(Debug, Serialize)]
-pub struct IngestStatsSnapshot {
-    pub accepted: u64,
-    pub open: u64,
-    pub refused_global: u64,
-    pub refused_per_address: u64,
-    pub handshake_timeouts: u64,
-    pub publish_timeouts: u64,
-    pub idle_timeouts: u64,
-    pub guard_rejections: u64,
-    pub publishes_refused: u64,
-    pub relay_refused: u64,
-    pub takeovers: u64,
-    pub audio_too_large: u64,
-    pub write_timeouts: u64,
-    pub unpublishes: u64,
-}
-
-impl IngestStats {
-    pub fn snapshot(&self) -> IngestStatsSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        IngestStatsSnapshot {
-            accepted: get(&self.accepted),
-            open: get(&self.open),
-            refused_global: get(&self.refused_global),
-            refused_per_address: get(&self.refused_per_address),
-            handshake_timeouts: get(&self.handshake_timeouts),
-            publish_timeouts: get(&self.publish_timeouts),
-            idle_timeouts: get(&self.idle_timeouts),
-            guard_rejections: get(&self.guard_rejections),
-            publishes_refused: get(&self.publishes_refused),
-            relay_refused: get(&self.relay_refused),
-            takeovers: get(&self.takeovers),
-            audio_too_large: get(&self.audio_too_large),
-            write_timeouts: get(&self.write_timeouts),
-            unpublishes: get(&self.unpublishes),
+impl IngestMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("ingest");
+        let counters = [
+            ("accepted", "RTMP connections admitted", &self.accepted),
+            ("refused_global", "RTMP connections refused because ingest.max_connections were open", &self.refused_global),
+            ("refused_per_address", "RTMP connections refused by ingest.max_connections_per_address", &self.refused_per_address),
+            ("handshake_timeouts", "RTMP connections closed because the handshake did not complete in time", &self.handshake_timeouts),
+            ("publish_timeouts", "RTMP connections closed because no publish came in time", &self.publish_timeouts),
+            ("idle_timeouts", "RTMP connections closed after ingest.idle_timeout without media", &self.idle_timeouts),
+            ("guard_rejections", "RTMP connections closed by the chunk guard (oversized or malformed messages)", &self.guard_rejections),
+            ("publishes_refused", "Publishes refused (key, application or stream name)", &self.publishes_refused),
+            ("relay_refused", "Relayed publishes refused (not from a federation node, or a bad relay token)", &self.relay_refused),
+            ("takeovers", "Publishers closed because a new publish took their silent stream over", &self.takeovers),
+            ("audio_too_large", "RTMP connections closed for an audio message over ingest.max_audio_message", &self.audio_too_large),
+            ("write_timeouts", "RTMP connections closed because a write to the broadcaster timed out (ingest.write_timeout)", &self.write_timeouts),
+            ("unpublishes", "Publishes the broadcaster ended itself", &self.unpublishes),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
         }
+        registry.register("open", "RTMP connections open", self.open.clone());
     }
-}
-
-pub fn inc(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Why a connection was not admitted.
@@ -99,7 +83,7 @@ pub struct ConnectionLimits {
     max_per_address: usize,
     exempt: HashSet<IpAddr>,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
-    stats: Arc<IngestStats>,
+    metrics: Arc<IngestMetrics>,
 }
 
 /// Held by an admitted connection; dropping it frees its place.
@@ -109,8 +93,8 @@ pub struct ConnectionPermit {
 }
 
 impl ConnectionLimits {
-    pub fn new(max: usize, max_per_address: usize, exempt: HashSet<IpAddr>, stats: Arc<IngestStats>) -> Arc<Self> {
-        Arc::new(Self { max, max_per_address, exempt, open: Mutex::new((0, HashMap::new())), stats })
+    pub fn new(max: usize, max_per_address: usize, exempt: HashSet<IpAddr>, metrics: Arc<IngestMetrics>) -> Arc<Self> {
+        Arc::new(Self { max, max_per_address, exempt, open: Mutex::new((0, HashMap::new())), metrics })
     }
 
     pub fn admit(self: &Arc<Self>, address: IpAddr) -> Result<ConnectionPermit, Refusal> {
@@ -130,16 +114,16 @@ impl ConnectionLimits {
         };
         match refusal {
             None => {
-                inc(&self.stats.accepted);
-                self.stats.open.fetch_add(1, Ordering::Relaxed);
+                self.metrics.accepted.inc();
+                self.metrics.open.inc();
                 Ok(ConnectionPermit { limits: Arc::clone(self), address })
             }
             Some(refusal) => {
-                inc(match refusal {
-                    Refusal::Global(_) => &self.stats.refused_global,
-                    Refusal::PerAddress(_) => &self.stats.refused_per_address,
-                });
-                if let Some(held_back) = self.stats.refusal_warnings.allow() {
+                match refusal {
+                    Refusal::Global(_) => self.metrics.refused_global.inc(),
+                    Refusal::PerAddress(_) => self.metrics.refused_per_address.inc(),
+                };
+                if let Some(held_back) = self.metrics.refusal_warnings.allow() {
                     tracing::warn!(peer = %address, held_back, "RTMP connection refused: {refusal} (at most one such line a second)");
                 }
                 Err(refusal)
@@ -166,7 +150,7 @@ impl Drop for ConnectionPermit {
                 per_address.remove(&self.address);
             }
         }
-        self.limits.stats.open.fetch_sub(1, Ordering::Relaxed);
+        self.limits.metrics.open.dec();
     }
 }
 
@@ -188,11 +172,11 @@ mod tests {
 
     #[test]
     fn caps_count_and_release() {
-        let stats = Arc::new(IngestStats::default());
+        let metrics = Arc::new(IngestMetrics::default());
         let peer: IpAddr = "127.0.0.2".parse().unwrap();
         let other: IpAddr = "127.0.0.3".parse().unwrap();
         let relay: IpAddr = "127.0.0.9".parse().unwrap();
-        let limits = ConnectionLimits::new(4, 2, HashSet::from([relay]), Arc::clone(&stats));
+        let limits = ConnectionLimits::new(4, 2, HashSet::from([relay]), Arc::clone(&metrics));
         let a = limits.admit(peer).unwrap();
         let _b = limits.admit(peer).unwrap();
         assert_eq!(limits.admit(peer).err(), Some(Refusal::PerAddress(2)));
@@ -201,8 +185,8 @@ mod tests {
         assert_eq!(limits.admit(other).err(), Some(Refusal::Global(4)));
         drop(a);
         let _e = limits.admit(other).unwrap();
-        let s = stats.snapshot();
-        assert_eq!((s.accepted, s.open, s.refused_global, s.refused_per_address), (5, 4, 1, 1));
+        let m = &metrics;
+        assert_eq!((m.accepted.get(), m.open.get(), m.refused_global.get(), m.refused_per_address.get()), (5, 4, 1, 1));
     }
 
     #[test]

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use crate::stream::registry::PublisherLink;
 use crate::stream::{self, StreamHandle, StreamRegistry, StreamServices};
 use guard::{ChunkGuard, GuardError};
-use limits::{inc, quote, ConnectionLimits, ConnectionPermit, IngestStats};
+use limits::{quote, ConnectionLimits, ConnectionPermit, IngestMetrics};
 use relay::{Placement, RelayHandle, Route, RELAY_APP};
 
 /// Read buffer of a connection that is not publishing yet (commands are small).
@@ -90,14 +90,14 @@ pub async fn serve(
     registry: Arc<StreamRegistry>,
     placement: Arc<dyn Placement>,
     services: StreamServices,
-    stats: Arc<IngestStats>,
+    metrics: Arc<IngestMetrics>,
     auth: Arc<PublishAuth>,
 ) {
     let shutdown = services.shutdown.clone();
     let ingest = &services.config.ingest;
     let nodes: HashSet<IpAddr> =
         services.config.cluster.nodes.iter().flat_map(|n| [n.rtmp.ip(), n.http.ip()]).collect();
-    let limits = ConnectionLimits::new(ingest.max_connections, ingest.max_connections_per_address, nodes, Arc::clone(&stats));
+    let limits = ConnectionLimits::new(ingest.max_connections, ingest.max_connections_per_address, nodes, Arc::clone(&metrics));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -124,7 +124,7 @@ pub async fn serve(
             registry: Arc::clone(&registry),
             placement: Arc::clone(&placement),
             services: services.clone(),
-            stats: Arc::clone(&stats),
+            metrics: Arc::clone(&metrics),
             auth: Arc::clone(&auth),
             permit,
             from_relay: false,
@@ -134,13 +134,13 @@ pub async fn serve(
             published: false,
             unpublished: None,
         };
-        let stats = Arc::clone(&stats);
+        let metrics = Arc::clone(&metrics);
         services.tracker.spawn(
             async move {
                 match connection.run().await {
                     Ok(()) => tracing::info!("connection closed"),
                     Err(e) => {
-                        count(&stats, &e);
+                        count(&metrics, &e);
                         tracing::warn!("connection dropped: {e}");
                     }
                 }
@@ -151,22 +151,22 @@ pub async fn serve(
 }
 
 /// Counts why a connection was dropped.
-fn count(stats: &IngestStats, error: &IngestError) {
+fn count(metrics: &IngestMetrics, error: &IngestError) {
     let counter = match error {
-        IngestError::HandshakeTimeout(_) => &stats.handshake_timeouts,
-        IngestError::PublishTimeout(_) => &stats.publish_timeouts,
-        IngestError::Idle(_) => &stats.idle_timeouts,
-        IngestError::WriteTimeout(_) => &stats.write_timeouts,
+        IngestError::HandshakeTimeout(_) => &metrics.handshake_timeouts,
+        IngestError::PublishTimeout(_) => &metrics.publish_timeouts,
+        IngestError::Idle(_) => &metrics.idle_timeouts,
+        IngestError::WriteTimeout(_) => &metrics.write_timeouts,
         IngestError::Guard(GuardError::AudioTooLarge { .. }) => {
-            inc(&stats.audio_too_large);
-            &stats.guard_rejections
+            metrics.audio_too_large.inc();
+            &metrics.guard_rejections
         }
-        IngestError::Guard(_) => &stats.guard_rejections,
-        IngestError::RelayFromStranger(_) => &stats.relay_refused,
-        IngestError::PublishRefused(_) | IngestError::WrongApp(..) => &stats.publishes_refused,
+        IngestError::Guard(_) => &metrics.guard_rejections,
+        IngestError::RelayFromStranger(_) => &metrics.relay_refused,
+        IngestError::PublishRefused(_) | IngestError::WrongApp(..) => &metrics.publishes_refused,
         _ => return,
     };
-    inc(counter);
+    counter.inc();
 }
 
 /// Where a publishing connection's packets go.
@@ -233,7 +233,7 @@ struct Connection {
     registry: Arc<StreamRegistry>,
     placement: Arc<dyn Placement>,
     services: StreamServices,
-    stats: Arc<IngestStats>,
+    metrics: Arc<IngestMetrics>,
     auth: Arc<PublishAuth>,
     /// Its place under the connection limits; also says whether the peer is a node.
     permit: ConnectionPermit,
@@ -418,7 +418,7 @@ impl Connection {
             }
             ServerSessionEvent::PublishStreamFinished { .. } => {
                 if let Some(publishing) = self.publishing.take() {
-                    inc(&self.stats.unpublishes);
+                    self.metrics.unpublishes.inc();
                     tracing::info!(stream = %publishing.stream, "broadcaster unpublished");
                     // Dropping the sink ends the session; the connection may publish again.
                     self.publish_deadline = Some(tokio::time::Instant::now() + self.services.config.ingest.publish_timeout);
@@ -455,7 +455,7 @@ impl Connection {
         let ingest = &self.services.config.ingest;
         let stream = if self.from_relay {
             let name = token::verify(Purpose::Relay, stream_key, self.placement.relay_secret()).map_err(|e| {
-                inc(&self.stats.relay_refused);
+                self.metrics.relay_refused.inc();
                 format!("relayed publish refused: relay {e}")
             })?;
             StreamId::parse(name).map_err(|e| format!("invalid relayed stream name: {e}"))?
@@ -499,7 +499,7 @@ impl Connection {
                     .await
                     .map_err(|e| e.to_string())?;
                 if let Some(t) = takeover {
-                    inc(&self.stats.takeovers);
+                    self.metrics.takeovers.inc();
                     tracing::warn!(
                         stream = %stream,
                         previous = %t.previous.map_or_else(|| "?".to_owned(), |a| a.to_string()),

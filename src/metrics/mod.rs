@@ -1,21 +1,25 @@
-//! Prometheus exposition at `GET /metrics` (OpenMetrics text, through prometheus-client).
+//! Prometheus exposition at `GET /metrics` (OpenMetrics text, through prometheus-client),
+//! from the one registry each node builds at start (app.rs).
 //!
-//! Two kinds of series:
-//! - **Instruments** ([`Instruments`]) observed where things happen: HTTP requests by route
-//!   and status (the bounded HTTP edge), segment production lag (the packager), upstream
-//!   fetch latency (the caching tier), transcode failures (the stream actor).
-//! - **Read at scrape time** ([`Sources`]): the counters the other modules already keep
-//!   (RTMP edge, HTTP edge, caching tier, also served as JSON at `/ingest/metrics`,
-//!   `/metrics/http` and `/tier/metrics`), each live stream's status (uplink estimate,
-//!   rungs, lag, ingest bytes, segments), the audience ([`audience`]: viewers and delivered
-//!   bytes), admission (CPU and sessions against their budgets, the calibrated cost
-//!   scale) and the host (CPU, memory, load, this process's CPU share and use; per GPU
-//!   utilisation, encoder and decoder load, encoder sessions, memory, temperature: `host`).
+//! Every module owns its metrics and registers them in that registry: the RTMP edge
+//! (`IngestMetrics`), the HTTP edge (`HttpEdgeMetrics`), the live node's store
+//! (`LiveMetrics`), the caching tier (`TierMetrics`), the packager (`PackageMetrics`),
+//! publish checks, logins and node-to-node refusals (auth), the audience's overflow, and
+//! here the HTTP requests by route and status ([`HttpRequests`]). They are recorded where
+//! things happen; nothing keeps a second copy.
+//!
+//! What is state rather than events is read at scrape time ([`Sources`]): each live
+//! stream's status (uplink estimate, rungs, lag, ingest bytes, segments), the audience
+//! (viewers and delivered bytes), admission (CPU and sessions against their budgets, the
+//! calibrated cost scale) and the host (CPU, memory, load, this process's CPU share and
+//! use; per GPU utilisation, encoder and decoder load, encoder sessions, memory,
+//! temperature: `host`).
 //!
 //! Per-stream series exist while the stream is live on this node or, for the audience,
 //! while it was watched through this node within the last minute: an ended stream's series
 //! go with it.
 
+pub mod labels;
 
 use std::sync::Arc;
 
@@ -27,19 +31,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::collector::Collector;
 
-use crate::audience::Audience;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::audience::Audience;
 use crate::auth::PublishAuth;
 use crate::host::HostTelemetry;
-use crate::http::server::HttpStats;
-use crate::ingest::limits::IngestStats;
 use crate::package::Packager;
 use crate::stream::StreamRegistry;
 use crate::tier::TierState;
@@ -55,43 +56,27 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
-/// The instruments other modules observe into. Cheap to clone: every field is shared.
-#[derive(Debug, Clone)]
-pub struct Instruments {
-    pub http_requests: Family<HttpLabels, Counter>,
-    /// Seconds from a video segment's end (in presentation time) to when it was listed.
-    pub production_lag: Histogram,
-    /// Seconds an upstream fetch of the caching tier took, failures included.
-    pub upstream_latency: Histogram,
-    /// Streams ended by a pipeline error.
-    pub transcode_failures: Counter,
-}
+/// `rackcast_http_requests_total`: every answered request of the node's router, by route
+/// pattern and status. Cheap to clone: clones share the family.
+#[derive(Debug, Clone, Default)]
+pub struct HttpRequests(Family<HttpLabels, Counter>);
 
-impl Default for Instruments {
-    fn default() -> Self {
-        Self {
-            http_requests: Family::default(),
-            // 50 ms .. ~26 s.
-            production_lag: Histogram::new(exponential_buckets(0.05, 2.0, 10)),
-            // 1 ms .. ~4 s.
-            upstream_latency: Histogram::new(exponential_buckets(0.001, 2.0, 13)),
-            transcode_failures: Counter::default(),
-        }
+impl HttpRequests {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("http_requests", "HTTP requests answered, by route and status", self.0.clone());
     }
-}
 
-impl Instruments {
     /// Counts one answered HTTP request of `route` (see [`route_of`]).
-    pub fn http_request(&self, route: &'static str, status: u16) {
-        self.http_requests.get_or_create(&HttpLabels { route, status }).inc();
+    pub fn count(&self, route: &'static str, status: u16) {
+        self.0.get_or_create(&HttpLabels { route, status }).inc();
     }
 }
 
 /// Middleware: counts every answered request of the node's router by route and status.
-pub async fn count_requests(State(instruments): State<Instruments>, request: Request, next: Next) -> Response {
+pub async fn count_requests(State(requests): State<HttpRequests>, request: Request, next: Next) -> Response {
     let route = route_of(request.uri().path());
     let response = next.run(request).await;
-    instruments.http_request(route, response.status().as_u16());
+    requests.count(route, response.status().as_u16());
     response
 }
 
@@ -114,10 +99,6 @@ pub fn route_of(path: &str) -> &'static str {
         [Some("live"), Some(_), Some(_), Some(_), None] => "/live/:stream/:rendition/:file",
         [Some("time"), None, ..] => "/time",
         [Some("metrics"), None, ..] => METRICS_PATH,
-        [Some("metrics"), Some("http"), None, ..] => "/metrics/http",
-        [Some("metrics"), Some("live"), None, ..] => "/metrics/live",
-        [Some("ingest"), Some("metrics"), None, ..] => "/ingest/metrics",
-        [Some("tier"), Some("metrics"), None, ..] => "/tier/metrics",
         [Some("cluster"), Some("health"), None, ..] => "/cluster/health",
         [Some(""), None, ..] => "/",
         [Some("console"), Some(_), ..] => "/console/:file",
@@ -126,12 +107,9 @@ pub fn route_of(path: &str) -> &'static str {
     }
 }
 
-/// What the scrape reads from the rest of the node.
+/// The node's state the scrape reads (and the admin API with it).
 #[derive(Clone)]
 pub struct Sources {
-    pub ingest: Arc<IngestStats>,
-    pub http: Arc<HttpStats>,
-    pub max_connections: usize,
     pub tier: Option<TierState>,
     pub streams: Arc<StreamRegistry>,
     pub packager: Arc<Packager>,
@@ -141,25 +119,11 @@ pub struct Sources {
     pub host: Arc<HostTelemetry>,
     /// Bounds on logins (password checks at once, the failure budget); the API uses it.
     pub logins: Arc<crate::auth::login::LoginGate>,
-    /// Refused node-to-node requests and answers.
-    pub peers: Arc<crate::auth::peer::PeerStats>,
 }
 
-/// `GET /metrics` for this node.
-pub fn router(instruments: &Instruments, sources: Sources) -> Router {
-    let mut registry = Registry::with_prefix("rackcast");
-    registry.register("http_requests", "HTTP requests answered, by route and status", instruments.http_requests.clone());
-    registry.register(
-        "segment_production_lag_seconds",
-        "From a video segment's end in presentation time to when the MPD listed it",
-        instruments.production_lag.clone(),
-    );
-    registry.register(
-        "tier_upstream_fetch_seconds",
-        "Upstream fetches of the caching tier, failures included",
-        instruments.upstream_latency.clone(),
-    );
-    registry.register("transcode_failures", "Streams ended by a pipeline error", instruments.transcode_failures.clone());
+/// `GET /metrics` for this node: `registry` with what every module registered, and the
+/// state read at scrape time from `sources`.
+pub fn router(mut registry: Registry, sources: Sources) -> Router {
     registry.register_collector(Box::new(NodeCollector { sources }));
     let registry = Arc::new(registry);
     Router::new().route(
@@ -218,37 +182,8 @@ fn sample(kind: MetricType, value: f64, encoder: MetricEncoder) -> std::fmt::Res
     }
 }
 
-/// The fields of a serialisable counter snapshot as `{prefix}_{field}` families: counters,
-/// except the fields named in `gauges` (levels such as open connections).
-fn snapshot_families(encoder: &mut DescriptorEncoder, prefix: &str, what: &str, snapshot: serde_json::Value, gauges: &[&str]) -> std::fmt::Result {
-    let serde_json::Value::Object(fields) = snapshot else { return Ok(()) };
-    for (field, value) in fields {
-        let Some(value) = value.as_f64() else { continue };
-        let kind = if gauges.contains(&field.as_str()) { MetricType::Gauge } else { MetricType::Counter };
-        let help = format!("{what}: {}", field.replace('_', " "));
-        family(encoder, &format!("{prefix}_{field}"), &help, kind, &[(Vec::new(), value)])?;
-    }
-    Ok(())
-}
-
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let s = &self.sources;
-        snapshot_families(&mut encoder, "ingest", "RTMP edge", json(&s.ingest.snapshot()), &["open"])?;
-        let limited = s.auth.rate_limited.load(std::sync::atomic::Ordering::Relaxed) as f64;
-        family(&mut encoder, "ingest_publish_rate_limited", "Publish attempts refused by the per-address limit", MetricType::Counter, &[(Vec::new(), limited)])?;
-        if let Some(hook) = &s.auth.webhook {
-            let count = |c: &std::sync::atomic::AtomicU64| [(Vec::new(), c.load(std::sync::atomic::Ordering::Relaxed) as f64)];
-            family(&mut encoder, "publish_webhook_calls", "Publish webhook requests (cached answers not counted)", MetricType::Counter, &count(&hook.calls))?;
-            family(&mut encoder, "publish_webhook_refused", "Publishes the webhook refused", MetricType::Counter, &count(&hook.refused))?;
-            family(&mut encoder, "publish_webhook_failures", "Webhook requests that failed or timed out (publish refused)", MetricType::Counter, &count(&hook.failures))?;
-        }
-        self.encode_guards(&mut encoder)?;
-        snapshot_families(&mut encoder, "http_edge", "HTTP edge", json(&s.http.snapshot(s.max_connections)), &["open", "max_connections"])?;
-        snapshot_families(&mut encoder, "package", "packager byte caps", json(&s.packager.stats().snapshot()), &[])?;
-        if let Some(tier) = &s.tier {
-            snapshot_families(&mut encoder, "tier", "caching tier", json(&tier.metrics()), &["bytes_cached", "entries", "capacity_bytes"])?;
-        }
         self.encode_streams(&mut encoder)?;
         self.encode_audience(&mut encoder)?;
         self.encode_host(&mut encoder)
@@ -256,24 +191,10 @@ impl Collector for NodeCollector {
 }
 
 impl NodeCollector {
-    /// Logins and node-to-node requests refused at their limits.
-    fn encode_guards(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
-        use MetricType::{Counter, Gauge};
-        let logins = self.sources.logins.snapshot();
-        let reason = |r: &str, n: u64| (vec![("reason", r.to_owned())], n as f64);
-        family(encoder, "login_failures", "Logins with a wrong username or password", Counter, &[(vec![], logins.failed as f64)])?;
-        let refused = [reason("per_address", logins.refused_per_address), reason("failure_budget", logins.refused_budget), reason("busy", logins.refused_busy)];
-        family(encoder, "login_refused", "Logins refused before the password was checked, by limit", Counter, &refused)?;
-        family(encoder, "login_password_checks", "Password checks running (at most auth.login_hash_concurrency)", Gauge, &[(vec![], logins.hashing as f64)])?;
-        let peers = self.sources.peers.snapshot();
-        let refused: Vec<_> = peers.refused.iter().map(|(r, n)| reason(r, *n)).collect();
-        family(encoder, "cluster_requests_refused", "Requests to /cluster/* refused: not a peer, bad signature, stale, replayed", Counter, &refused)?;
-        family(encoder, "cluster_answers_refused", "Answers from peers refused (unsigned, forged, replayed, stale)", Counter, &[(vec![], peers.answers_refused as f64)])
-    }
-
     fn encode_streams(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let s = &self.sources;
-        let (mut uplink, mut rungs, mut lag, mut stalled, mut ingest, mut segments) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut uplink, mut source, mut uplink_bound, mut plans) = (vec![], vec![], vec![], vec![]);
+        let (mut rungs, mut lag, mut stalled, mut ingest, mut segments) = (vec![], vec![], vec![], vec![], vec![]);
         let mut sessions: std::collections::BTreeMap<&'static str, f64> =
             s.transcode.admission.selection().usable.iter().map(|u| (u.backend.name(), 0.0)).collect();
         for stream in s.streams.streams() {
@@ -281,7 +202,12 @@ impl NodeCollector {
             let labels = || vec![("stream", stream.to_string())];
             if let Some(estimate) = &status.uplink {
                 uplink.push((labels(), estimate.throughput_bps));
+                uplink_bound.push((labels(), f64::from(u8::from(estimate.uplink_bound))));
+                if let Some(bps) = estimate.source_bitrate_bps {
+                    source.push((labels(), bps));
+                }
             }
+            plans.push((labels(), status.plans as f64));
             let planned = status.plan.as_ref().map_or(0, |p| p.rungs.len());
             let running = status.health.rung_cap.map_or(planned, |cap| cap.min(planned));
             if let Some(choice) = &status.transcode {
@@ -299,14 +225,14 @@ impl NodeCollector {
         }
         use MetricType::{Counter, Gauge};
         family(encoder, "stream_uplink_bits_per_second", "The broadcaster's measured upload throughput", Gauge, &uplink)?;
+        family(encoder, "stream_source_bits_per_second", "The bitrate the broadcaster sends at, as measured", Gauge, &source)?;
+        family(encoder, "stream_uplink_bound", "1 while the broadcaster's uplink cannot carry its stream", Gauge, &uplink_bound)?;
+        family(encoder, "stream_plan_changes", "Ladder plans the stream has had", Counter, &plans)?;
         family(encoder, "stream_rungs", "Video renditions being encoded", Gauge, &rungs)?;
         family(encoder, "stream_lag_seconds", "How far the newest video segment trails real time", Gauge, &lag)?;
         family(encoder, "stream_stalled", "1 while the stream has produced no segment for 5 s", Gauge, &stalled)?;
         family(encoder, "stream_ingest_bytes", "Media bytes received from the broadcaster", Counter, &ingest)?;
         family(encoder, "stream_segments", "Media segments produced, every rendition", Counter, &segments)?;
-        let failures = s.packager.failures();
-        family(encoder, "mpd_render_failures", "Renders of one stream's MPD that panicked (that stream kept its last MPD)", Counter, &[(vec![], failures.render_failures as f64)])?;
-        family(encoder, "package_task_restarts", "MPD renderer or sweep loops that died and were started again", Counter, &[(vec![], failures.task_restarts as f64)])?;
         let sessions: Vec<_> = sessions.into_iter().map(|(backend, n)| (vec![("backend", backend.to_owned())], n)).collect();
         family(encoder, "encoder_sessions", "Video encoders running, by backend", Gauge, &sessions)?;
         let usage = s.transcode.admission.report();
@@ -336,9 +262,7 @@ impl NodeCollector {
             delivered.push((labels, figures.delivered_bytes as f64));
         }
         family(encoder, "stream_viewers", crate::audience::VIEWER_HELP, MetricType::Gauge, &viewers)?;
-        family(encoder, "stream_delivered_bytes", "Manifest and segment bytes this node served to viewers", MetricType::Counter, &delivered)?;
-        let untracked = self.sources.audience.untracked.load(std::sync::atomic::Ordering::Relaxed) as f64;
-        family(encoder, "audience_untracked", "Viewers or streams not counted because a tracking bound was reached", MetricType::Counter, &[(Vec::new(), untracked)])
+        family(encoder, "stream_delivered_bytes", "Manifest and segment bytes this node served to viewers", MetricType::Counter, &delivered)
     }
 
     fn encode_host(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
@@ -367,11 +291,6 @@ impl NodeCollector {
         family(encoder, "gpu_memory_total_bytes", "GPU memory installed", Gauge, &per_gpu(&|g| g.memory_total_bytes.map(|b| b as f64)))?;
         family(encoder, "gpu_temperature_celsius", "GPU temperature", Gauge, &per_gpu(&|g| g.temperature_celsius.map(f64::from)))
     }
-}
-
-/// A counter snapshot as the JSON object of numbers it serialises to.
-fn json(snapshot: &impl serde::Serialize) -> serde_json::Value {
-    serde_json::to_value(snapshot).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 //! whose stored objects pass `package.max_stream_bytes` has its DVR window shortened from
 //! the old end (the oldest segments, any rendition or Period, go first; the newest segment
 //! of each live rendition always stays, so the MPD never empties and the live edge goes
-//! on). Both are logged (at most one line a second) and counted ([`PackageStats`]).
+//! on). Both are logged (at most one line a second) and counted ([`PackageMetrics`]).
 //!
 //! One renderer and one sweep serve every stream, so neither may be stopped by one stream:
 //! each stream's render (and sweep step) runs under `catch_unwind`. A panic there is
@@ -71,12 +71,13 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -109,82 +110,78 @@ impl ByteCaps {
     pub const UNLIMITED: ByteCaps = ByteCaps { max_fragment_bytes: usize::MAX, max_stream_bytes: u64::MAX };
 }
 
-/// Counters of the byte caps, served in `/metrics` as `rackcast_package_*`.
-#[derive(Debug, Default)]
-pub struct PackageStats {
+/// The packager's metrics, registered once per node ([`PackageMetrics::register`]).
+#[derive(Debug)]
+pub struct PackageMetrics {
     /// Fragments refused over `package.max_fragment_bytes` (each ended its stream).
-    pub fragments_too_large: AtomicU64,
+    pub fragments_too_large: Counter,
     /// Segments dropped from a DVR window by `package.max_stream_bytes`.
-    pub segments_evicted_for_bytes: AtomicU64,
-    fragment_warnings: crate::warn_limiter::WarnLimiter,
-    eviction_warnings: crate::warn_limiter::WarnLimiter,
+    pub segments_evicted_for_bytes: Counter,
+    /// Renders and sweep steps of one stream that panicked (each left that stream's MPD as
+    /// it was).
+    pub render_failures: Counter,
+    /// Renderer or sweep loops that died and were started again.
+    pub task_restarts: Counter,
+    /// Seconds from a video segment's end (presentation time) to its listing.
+    pub production_lag: Histogram,
 }
 
-#[derive(Debug, serde::Serialize)]
-pub struct PackageStatsSnapshot {
-    pub fragments_too_large: u64,
-    pub segments_evicted_for_bytes: u64,
-}
-
-impl PackageStats {
-    pub fn snapshot(&self) -> PackageStatsSnapshot {
-        PackageStatsSnapshot {
-            fragments_too_large: self.fragments_too_large.load(Ordering::Relaxed),
-            segments_evicted_for_bytes: self.segments_evicted_for_bytes.load(Ordering::Relaxed),
+impl Default for PackageMetrics {
+    fn default() -> Self {
+        Self {
+            fragments_too_large: Counter::default(),
+            segments_evicted_for_bytes: Counter::default(),
+            render_failures: Counter::default(),
+            task_restarts: Counter::default(),
+            // 50 ms .. ~26 s.
+            production_lag: Histogram::new(exponential_buckets(0.05, 2.0, 10)),
         }
+    }
+}
+
+impl PackageMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("package_fragments_too_large", "Fragments refused over package.max_fragment_bytes (each ended its stream)", self.fragments_too_large.clone());
+        registry.register("package_segments_evicted_for_bytes", "Segments dropped from a DVR window by package.max_stream_bytes", self.segments_evicted_for_bytes.clone());
+        registry.register("mpd_render_failures", "Renders of one stream's MPD that panicked (that stream kept its last MPD)", self.render_failures.clone());
+        registry.register("package_task_restarts", "MPD renderer or sweep loops that died and were started again", self.task_restarts.clone());
+        registry.register("segment_production_lag_seconds", "From a video segment's end in presentation time to when the MPD listed it", self.production_lag.clone());
     }
 }
 
 pub struct Packager {
     store: Arc<Store>,
     timing: MpdTiming,
-    /// Seconds from a video segment's end (presentation time) to its listing.
-    production_lag: Histogram,
     timelines: RwLock<HashMap<StreamId, SharedTimeline>>,
     /// Streams whose MPD is older than their timeline.
     dirty: Mutex<HashSet<StreamId>>,
     wake: Notify,
     caps: ByteCaps,
-    stats: PackageStats,
-    /// Renders and sweep steps of one stream that panicked (each left that stream's MPD as
-    /// it was).
-    render_failures: AtomicU64,
-    /// Renderer or sweep loops that died and were started again.
-    task_restarts: AtomicU64,
+    metrics: PackageMetrics,
     /// One render failure logged a second, whatever the number of streams failing.
     failure_log: WarnLimiter,
+    fragment_warnings: WarnLimiter,
+    eviction_warnings: WarnLimiter,
     #[cfg(test)]
     hooks: tests::Hooks,
 }
 
-/// What went wrong in the packager's shared tasks, for `/metrics`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PackagerFailures {
-    pub render_failures: u64,
-    pub task_restarts: u64,
-}
-
 impl Packager {
-    pub fn new(store: Arc<Store>, timing: MpdTiming, production_lag: Histogram) -> Self {
+    pub fn new(store: Arc<Store>, timing: MpdTiming) -> Self {
         Self {
             store,
             timing,
-            production_lag,
             timelines: RwLock::new(HashMap::new()),
             dirty: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             caps: ByteCaps::UNLIMITED,
-            stats: PackageStats::default(),
-            render_failures: AtomicU64::new(0),
-            task_restarts: AtomicU64::new(0),
+            metrics: PackageMetrics::default(),
             failure_log: WarnLimiter::default(),
+            fragment_warnings: WarnLimiter::default(),
+            eviction_warnings: WarnLimiter::default(),
             #[cfg(test)]
             hooks: tests::Hooks::default(),
         }
-    }
-
-    pub fn failures(&self) -> PackagerFailures {
-        PackagerFailures { render_failures: self.render_failures.load(Ordering::Relaxed), task_restarts: self.task_restarts.load(Ordering::Relaxed) }
     }
 
     /// Bounds what the packager assembles and keeps (unbounded without).
@@ -198,15 +195,15 @@ impl Packager {
         self.caps.max_fragment_bytes
     }
 
-    pub fn stats(&self) -> &PackageStats {
-        &self.stats
+    pub fn metrics(&self) -> &PackageMetrics {
+        &self.metrics
     }
 
     /// A muxer produced an object over the fragment cap: counted and logged (at most once a
     /// second); the caller ends the stream.
     pub fn fragment_too_large(&self, stream: &StreamId, rendition: &RenditionId) {
-        self.stats.fragments_too_large.fetch_add(1, Ordering::Relaxed);
-        if let Some(held_back) = self.stats.fragment_warnings.allow() {
+        self.metrics.fragments_too_large.inc();
+        if let Some(held_back) = self.fragment_warnings.allow() {
             tracing::error!(
                 stream = %stream, rendition = %rendition, held_back,
                 limit = self.caps.max_fragment_bytes, "fragment over package.max_fragment_bytes refused; the stream ends"
@@ -252,7 +249,7 @@ impl Packager {
         if let Some(period) = period.filter(|p| p.track(rendition).is_some_and(|t| t.info.kind == TrackKind::Video)) {
             let media_end = Duration::from_nanos(segment.start_ns.saturating_add(segment.duration_ns));
             if let Some(end) = period.start.checked_add(media_end).and_then(|end| tl.availability_start.checked_add(end)) {
-                self.production_lag.observe(now.duration_since(end).unwrap_or_default().as_secs_f64());
+                self.metrics.production_lag.observe(now.duration_since(end).unwrap_or_default().as_secs_f64());
             }
         }
         // The object is stored before any MPD can name it (the renderer needs this lock).
@@ -282,8 +279,8 @@ impl Packager {
         if dropped == 0 {
             return;
         }
-        self.stats.segments_evicted_for_bytes.fetch_add(dropped, Ordering::Relaxed);
-        if let Some(held_back) = self.stats.eviction_warnings.allow() {
+        self.metrics.segments_evicted_for_bytes.inc_by(dropped);
+        if let Some(held_back) = self.eviction_warnings.allow() {
             tracing::warn!(
                 stream = %tl.stream, dropped, held_back, cap,
                 "stream over package.max_stream_bytes: its oldest segments left the DVR window early"
@@ -337,7 +334,7 @@ impl Packager {
         loop {
             match tokio::spawn(start(shutdown.clone())).await {
                 Err(e) if e.is_panic() => {
-                    self.task_restarts.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.task_restarts.inc();
                     tracing::error!(task = name, "{name} died: {}; starting it again", panic_message(e.into_panic().as_ref()));
                 }
                 // Returned (shutdown) or cancelled (the runtime is going).
@@ -388,7 +385,7 @@ impl Packager {
     /// Runs `work` for one stream; a panic in it is logged, counted and goes no further.
     fn contained(&self, stream: &StreamId, what: &str, work: impl FnOnce()) {
         if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(work)) {
-            self.render_failures.fetch_add(1, Ordering::Relaxed);
+            self.metrics.render_failures.inc();
             if let Some(held_back) = self.failure_log.allow() {
                 tracing::error!(
                     stream = %stream, held_back,
@@ -467,11 +464,10 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Instant;
 
     use super::*;
-    use crate::metrics::Instruments;
 
     /// Test-only faults: a stream whose render panics, and one death of the renderer loop.
     #[derive(Default)]
@@ -504,7 +500,7 @@ mod tests {
             presentation_delay: Duration::from_secs(1),
             number_form_delay: Duration::from_secs(2),
         };
-        Arc::new(Packager::new(Arc::new(Store::new()), timing, Instruments::default().production_lag))
+        Arc::new(Packager::new(Arc::new(Store::new()), timing))
     }
 
     fn video() -> RenditionInfo {
@@ -551,15 +547,15 @@ mod tests {
             segment(&p, &good, &session, n);
             wait_listed(&p, &good, n as usize + 1).await;
         }
-        assert!(p.failures().render_failures >= 1, "the panics were counted: {:?}", p.failures());
+        assert!(p.metrics().render_failures.get() >= 1, "the panics were counted: {:?}", p.metrics());
         assert_eq!(p.store.manifest(&bad, ManifestForm::Timeline), frozen, "the failing stream keeps its last MPD");
-        assert_eq!(p.failures().task_restarts, 0, "contained: the renderer loop never died");
+        assert_eq!(p.metrics().task_restarts.get(), 0, "contained: the renderer loop never died");
 
         // The loop itself dies once: it is started again and renders what changed meanwhile.
         p.hooks.panic_loop_once.store(true, Ordering::SeqCst);
         segment(&p, &good, &session, 4);
         wait_listed(&p, &good, 5).await;
-        assert_eq!(p.failures().task_restarts, 1, "the renderer was restarted once");
+        assert_eq!(p.metrics().task_restarts.get(), 1, "the renderer was restarted once");
         segment(&p, &good, &session, 5);
         wait_listed(&p, &good, 6).await;
 
@@ -586,7 +582,7 @@ mod byte_cap_tests {
             presentation_delay: Duration::from_secs(1),
             number_form_delay: Duration::from_secs(2),
         };
-        Packager::new(Arc::new(Store::new()), timing, Histogram::new([1.0].into_iter())).with_byte_caps(caps)
+        Packager::new(Arc::new(Store::new()), timing).with_byte_caps(caps)
     }
 
     fn rendition(id: &str, kind: TrackKind) -> RenditionInfo {
@@ -629,7 +625,7 @@ mod byte_cap_tests {
             p.add_segment(&other, &session, &video, segment(i, 1000));
         }
         assert_eq!(p.store.stream_bytes(&stream), 8_500);
-        assert_eq!(p.stats().snapshot().segments_evicted_for_bytes, 0);
+        assert_eq!(p.metrics().segments_evicted_for_bytes.get(), 0);
         // Two more of each: the oldest leave until the stream is under 9,000 bytes again.
         for i in 4..6 {
             p.add_segment(&stream, &session, &video, segment(i, 1000));
@@ -638,7 +634,7 @@ mod byte_cap_tests {
         assert_eq!(p.store.stream_bytes(&stream), 8_500);
         assert_eq!(listed(&p, &stream, "360p"), [3, 4, 5, 6]);
         assert_eq!(listed(&p, &stream, "audio"), [3, 4, 5, 6]);
-        assert_eq!(p.stats().snapshot().segments_evicted_for_bytes, 4);
+        assert_eq!(p.metrics().segments_evicted_for_bytes.get(), 4);
         // Gone from the store too, the init segment stays; the other stream is untouched.
         let key = |number| ObjectKey { rendition: video.clone(), session: session.clone(), part: Part::Media(number) };
         assert!(p.store.object(&stream, &key(2)).is_none() && p.store.object(&stream, &key(3)).is_some());

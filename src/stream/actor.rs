@@ -181,7 +181,7 @@ impl StreamActor {
                 },
                 Some(message) = bus_message => {
                     if let Some(reason) = bus_failure(&message) {
-                        self.services.instruments.transcode_failures.inc();
+                        self.services.transcode_failures.inc();
                         break StreamEnd::Failed(reason);
                     }
                 }

@@ -23,7 +23,8 @@ pub struct StreamServices {
     pub config: Arc<Config>,
     pub packager: Arc<Packager>,
     pub transcode: Arc<Resources>,
-    pub instruments: crate::metrics::Instruments,
+    /// Streams ended by a pipeline error (`rackcast_transcode_failures_total`).
+    pub transcode_failures: prometheus_client::metrics::counter::Counter,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }

@@ -19,8 +19,10 @@ pub struct StreamStatus {
     pub source: Option<(u32, u32)>,
     /// The ladder being produced now.
     pub plan: Option<LadderPlan>,
-    /// Every plan this publish has had, oldest first.
+    /// The last plans this stream has had (at most 32), oldest first.
     pub plan_history: Vec<PlanChange>,
+    /// Plans this stream has had in all.
+    pub plans: u64,
     /// The latest uplink estimate.
     pub uplink: Option<UplinkEstimate>,
     /// One estimate per second, most recent last.
@@ -115,6 +117,7 @@ impl StreamStatus {
         }
         self.session = Some(change.session.clone());
         self.plan_history.push(change);
+        self.plans += 1;
         self.plan = Some(plan);
     }
 }

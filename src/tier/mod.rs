@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod metrics;
 pub mod prefetch;
 pub mod proxy;
 
@@ -18,20 +19,20 @@ pub mod proxy;
 mod tests;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
-use prometheus_client::metrics::histogram::Histogram;
+use axum::Router;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tower_http::cors::CorsLayer;
 
 pub use cache::{CachedObject, Lifetimes, ObjectKind, TierCache};
 pub use error::TierError;
+pub use metrics::{TierCounts, TierMetrics};
 pub use prefetch::{NewestSegment, newest_segments};
 pub use proxy::CacheStatus;
 
@@ -45,8 +46,6 @@ use proxy::{Flights, ObjectRequest, Outcome};
 
 /// Response header saying how the response was produced: hit, miss or coalesced.
 pub const CACHE_STATUS_HEADER: HeaderName = HeaderName::from_static("x-cache-status");
-/// The tier's counters as JSON.
-pub const METRICS_PATH: &str = "/tier/metrics";
 
 pub const DEFAULT_CAPACITY_BYTES: u64 = 512 * 1024 * 1024;
 /// Segments are immutable; an hour outlives any DVR window, and the byte bound evicts first.
@@ -175,73 +174,17 @@ impl UpstreamResolver for StaticUpstreams {
     }
 }
 
-/// Event counts since start. Relaxed atomics: figures for humans and tests, not locks.
-#[derive(Debug, Default)]
-pub struct TierCounters {
-    pub requests: AtomicU64,
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub coalesced: AtomicU64,
-    pub bad_requests: AtomicU64,
-    /// HTTP requests sent upstream, one per attempt (a failover is two).
-    pub upstream_requests: AtomicU64,
-    /// Attempts that failed: refused, reset, timed out, too large, or answered other than
-    /// 200 / 404.
-    pub upstream_errors: AtomicU64,
-    /// Of those, attempts that could not connect (the only ones that mark a node down).
-    pub upstream_connect_failures: AtomicU64,
-    /// Of those, attempts that ran out of time (the node stays up; the request fails over).
-    pub upstream_timeouts: AtomicU64,
-    /// Of those, answers larger than `max_body_bytes`.
-    pub upstream_too_large: AtomicU64,
-    /// Answers passed on without being cached because the upstream's Cache-Control said so.
-    pub not_stored: AtomicU64,
-    /// Segments fetched by the prefetcher (not by a viewer).
-    pub prefetches: AtomicU64,
-    /// Upstream MPDs (or their Representations) the prefetcher skipped at one of its
-    /// bounds (prefetch.rs).
-    pub prefetch_limited: AtomicU64,
-}
-
-pub(crate) fn inc(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A snapshot of the counters and the cache's size, served at `/tier/metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TierMetrics {
-    pub requests: u64,
-    pub hits: u64,
-    pub misses: u64,
-    pub coalesced: u64,
-    pub bad_requests: u64,
-    pub upstream_requests: u64,
-    pub upstream_errors: u64,
-    pub upstream_connect_failures: u64,
-    pub upstream_timeouts: u64,
-    pub upstream_too_large: u64,
-    pub not_stored: u64,
-    pub prefetches: u64,
-    #[serde(default)]
-    pub prefetch_limited: u64,
-    /// Weighted bytes held (bodies plus per-entry overhead); moka updates it lazily.
-    pub bytes_cached: u64,
-    pub entries: u64,
-    pub capacity_bytes: u64,
-}
-
 /// Everything a tier's handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct TierState {
     pub cache: TierCache,
     pub upstream: Arc<dyn UpstreamResolver>,
     pub client: reqwest::Client,
-    pub counters: Arc<TierCounters>,
+    pub metrics: Arc<TierMetrics>,
     config: Arc<TierConfig>,
     renditions: Arc<RenditionTracker>,
     flights: Arc<Flights>,
     audience: Arc<Audience>,
-    upstream_latency: Histogram,
 }
 
 impl TierState {
@@ -261,47 +204,31 @@ impl TierState {
             cache,
             upstream,
             client,
-            counters: Arc::new(TierCounters::default()),
+            metrics: Arc::default(),
             config: Arc::new(config),
             renditions: Arc::new(RenditionTracker::new()),
             audience: Arc::default(),
-            upstream_latency: crate::metrics::Instruments::default().upstream_latency,
         })
     }
 
-    /// Reports this tier's viewers to `audience` and its upstream fetch times to
-    /// `upstream_latency` (the node's `/metrics`).
-    pub fn observed_by(mut self, audience: Arc<Audience>, upstream_latency: Histogram) -> Self {
+    /// Reports this tier's viewers to `audience`.
+    pub fn observed_by(mut self, audience: Arc<Audience>) -> Self {
         self.audience = audience;
-        self.upstream_latency = upstream_latency;
         self
+    }
+
+    /// Registers this tier's metrics in the node's registry.
+    pub fn register(&self, registry: &mut Registry) {
+        self.metrics.register(registry, self.cache.clone());
     }
 
     pub fn config(&self) -> &TierConfig {
         &self.config
     }
 
-    pub fn metrics(&self) -> TierMetrics {
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        TierMetrics {
-            requests: get(&c.requests),
-            hits: get(&c.hits),
-            misses: get(&c.misses),
-            coalesced: get(&c.coalesced),
-            bad_requests: get(&c.bad_requests),
-            upstream_requests: get(&c.upstream_requests),
-            upstream_errors: get(&c.upstream_errors),
-            upstream_connect_failures: get(&c.upstream_connect_failures),
-            upstream_timeouts: get(&c.upstream_timeouts),
-            upstream_too_large: get(&c.upstream_too_large),
-            not_stored: get(&c.not_stored),
-            prefetches: get(&c.prefetches),
-            prefetch_limited: get(&c.prefetch_limited),
-            bytes_cached: self.cache.weighted_size(),
-            entries: self.cache.entry_count(),
-            capacity_bytes: self.cache.capacity(),
-        }
+    /// The counters and the cache's size now.
+    pub fn counts(&self) -> TierCounts {
+        self.metrics.counts(&self.cache)
     }
 }
 
@@ -311,14 +238,13 @@ pub fn router(state: TierState) -> Router {
         .route("/live/{stream}/manifest-number.mpd", get(|s, p, peer, h| manifest(s, p, peer, h, ManifestForm::Number)))
         .route("/live/{stream}/{rendition}/{file}", get(object))
         .route(UTC_TIMING_PATH, get(crate::http::clock))
-        .route(METRICS_PATH, get(metrics))
         .fallback(not_found)
         .layer(CorsLayer::permissive())
         .with_state(state)
 }
 
 async fn manifest(State(state): State<TierState>, Path(stream): Path<String>, peer: Peer, headers: HeaderMap, form: ManifestForm) -> Response {
-    inc(&state.counters.requests);
+    state.metrics.requests.inc();
     let stream = match path::stream(&stream) {
         Ok(stream) => stream,
         Err(e) => return bad_request(&state, e.into()),
@@ -343,7 +269,7 @@ async fn object(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    inc(&state.counters.requests);
+    state.metrics.requests.inc();
     let (stream, object) = match path::stream(&stream).and_then(|s| Ok((s, path::object(&rendition, &file)?))) {
         Ok(pair) => pair,
         Err(e) => return bad_request(&state, e.into()),
@@ -362,18 +288,12 @@ async fn object(
     })
 }
 
-async fn metrics(State(state): State<TierState>) -> Response {
-    let mut response = Json(state.metrics()).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
 async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], "not found\n").into_response()
 }
 
 fn bad_request(state: &TierState, error: TierError) -> Response {
-    inc(&state.counters.bad_requests);
+    state.metrics.bad_requests.inc();
     error_response(&error, None)
 }
 

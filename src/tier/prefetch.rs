@@ -26,7 +26,7 @@ use parking_lot::RwLock;
 
 use super::cache::ObjectKind;
 use super::proxy::{ObjectRequest, Purpose};
-use super::{TierState, inc};
+use super::TierState;
 use crate::http::path;
 use crate::media::{RenditionId, StreamId};
 use crate::warn_limiter::WarnLimiter;
@@ -291,7 +291,7 @@ const MAX_PARSED_MPD: usize = 256 * 1024;
 impl TierState {
     /// A limit of the prefetcher was hit for `stream`: counted, and logged once a second.
     fn prefetch_limited(&self, stream: &StreamId, what: std::fmt::Arguments<'_>) {
-        inc(&self.counters.prefetch_limited);
+        self.metrics.prefetch_limited.inc();
         if let Some(held_back) = self.renditions.limit_log.allow() {
             tracing::warn!(stream = %stream, held_back, "prefetch bound: {what}");
         }

@@ -27,10 +27,11 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
 
+use super::TierState;
 use super::cache::{CachedObject, ObjectKind, shared_lifetime};
 use super::error::TierError;
-use super::{TierState, inc};
 use crate::http::{IMMUTABLE, MANIFEST_CACHE, MPD_CONTENT_TYPE, SEGMENT_CONTENT_TYPE};
 use crate::media::StreamId;
 
@@ -115,13 +116,13 @@ impl TierState {
     /// A viewer's request: cache, else the key's flight. Counts hit / miss / coalesced.
     pub(crate) async fn lookup(&self, request: ObjectRequest) -> Outcome {
         if let Some(object) = self.cache.get(&request.key).await {
-            inc(&self.counters.hits);
+            self.metrics.hits.inc();
             return (Ok(object), CacheStatus::Hit);
         }
         let (flight, started) = self.flight(request, Purpose::Viewer);
         let (result, fetched) = flight.await;
         let status = if started && fetched { CacheStatus::Miss } else { CacheStatus::Coalesced };
-        inc(if status == CacheStatus::Miss { &self.counters.misses } else { &self.counters.coalesced });
+        if status == CacheStatus::Miss { self.metrics.misses.inc() } else { self.metrics.coalesced.inc() };
         (result, status)
     }
 
@@ -171,7 +172,7 @@ impl TierState {
             match shared_lifetime(object.cache_control.as_ref(), ceiling) {
                 Some(lifetime) => Ok::<_, TierError>(Arc::new(CachedObject { lifetime: Some(lifetime), ..object })),
                 None => {
-                    inc(&self.counters.not_stored);
+                    self.metrics.not_stored.inc();
                     tracing::debug!(stream = %request.stream, path = %request.key, status = object.status.as_u16(), "upstream said not to store; passed on uncached");
                     *not_stored.lock() = Some(Arc::new(object));
                     Err(TierError::NotStored { stream: request.stream.clone(), path: request.key.to_string() })
@@ -184,7 +185,7 @@ impl TierState {
             return (Ok(object), fetched);
         }
         if purpose == Purpose::Prefetch && fetched && result.is_ok() {
-            inc(&self.counters.prefetches);
+            self.metrics.prefetches.inc();
             tracing::debug!(stream = %request.stream, path = %request.key, "prefetched");
         }
         (result.map(|entry| entry.into_value()), fetched)
@@ -226,7 +227,7 @@ impl TierState {
 
     async fn fetch_once(&self, request: &ObjectRequest, base: &str, budget: Duration, cache_negative: bool) -> Result<CachedObject, TierError> {
         let url = format!("{}{}", base.trim_end_matches('/'), request.key);
-        inc(&self.counters.upstream_requests);
+        self.metrics.upstream_requests.inc();
         let limit = self.config.max_body_bytes;
         let attempt = async {
             let response = self.client.get(&url).send().await.map_err(Attempt::Http)?;
@@ -241,28 +242,28 @@ impl TierState {
         let upstream = || base.to_owned();
         let started = Instant::now();
         let answer = tokio::time::timeout(budget, attempt).await;
-        self.upstream_latency.observe(started.elapsed().as_secs_f64());
+        self.metrics.upstream_fetch_seconds.observe(started.elapsed().as_secs_f64());
         let (status, content_type, cache_control, body) = match answer {
             Ok(Ok(answer)) => answer,
             Err(_) => {
-                self.count_failure(&self.counters.upstream_timeouts);
+                self.count_failure(&self.metrics.upstream_timeouts);
                 return Err(TierError::Timeout { stream: stream(), upstream: upstream(), after: budget });
             }
             Ok(Err(Attempt::TooLarge)) => {
-                self.count_failure(&self.counters.upstream_too_large);
+                self.count_failure(&self.metrics.upstream_too_large);
                 tracing::warn!(stream = %request.stream, upstream = %base, path = %request.key, limit, "upstream answer too large; not cached");
                 return Err(TierError::TooLarge { stream: stream(), upstream: upstream(), path: request.key.to_string(), limit });
             }
             Ok(Err(Attempt::Http(source))) if source.is_connect() => {
-                self.count_failure(&self.counters.upstream_connect_failures);
+                self.count_failure(&self.metrics.upstream_connect_failures);
                 return Err(TierError::Connect { stream: stream(), upstream: upstream(), source });
             }
             Ok(Err(Attempt::Http(source))) if source.is_timeout() => {
-                self.count_failure(&self.counters.upstream_timeouts);
+                self.count_failure(&self.metrics.upstream_timeouts);
                 return Err(TierError::Timeout { stream: stream(), upstream: upstream(), after: budget });
             }
             Ok(Err(Attempt::Http(source))) => {
-                inc(&self.counters.upstream_errors);
+                self.metrics.upstream_errors.inc();
                 return Err(TierError::Transport { stream: stream(), upstream: upstream(), source });
             }
         };
@@ -293,16 +294,16 @@ impl TierState {
             StatusCode::NOT_FOUND => Err(TierError::NotFound { stream: request.stream.clone(), path: request.key.to_string() }),
             other => {
                 tracing::warn!(stream = %request.stream, upstream = %base, path = %request.key, status = other.as_u16(), "upstream answered an error");
-                inc(&self.counters.upstream_errors);
+                self.metrics.upstream_errors.inc();
                 Err(TierError::UpstreamStatus { stream: request.stream.clone(), upstream: base.to_owned(), status: other.as_u16() })
             }
         }
     }
 
     /// Counts a failed attempt, in total and by kind.
-    fn count_failure(&self, kind: &std::sync::atomic::AtomicU64) {
-        inc(&self.counters.upstream_errors);
-        inc(kind);
+    fn count_failure(&self, kind: &Counter) {
+        self.metrics.upstream_errors.inc();
+        kind.inc();
     }
 }
 

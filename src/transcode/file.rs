@@ -200,7 +200,7 @@ pub fn run(input: &Path, out: &Path, config: &TranscodeConfig, resources: &Resou
         number_form_delay: Duration::ZERO,
     };
     let store = Arc::new(Store::new());
-    let packager = Arc::new(Packager::new(Arc::clone(&store), timing, prometheus_client::metrics::histogram::Histogram::new([1.0].into_iter())));
+    let packager = Arc::new(Packager::new(Arc::clone(&store), timing));
     let io = SessionIo::new(&plan, audio.as_ref().map(|(aac, asc)| (aac, asc.as_slice())), config.audio_bitrate);
     packager.begin_session(&stream, &session, io.renditions, Some(Duration::ZERO));
     let spec = PipelineSpec {
