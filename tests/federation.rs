@@ -48,15 +48,9 @@ fn video_rep(mpd: &dash_mpd_core::MPD) -> Option<dash_mpd_core::Representation> 
     video.representations.first().cloned()
 }
 
-fn metric(url: &str, field: &str) -> u64 {
-    get_json(url)[field].as_u64().unwrap_or_else(|| panic!("{url} has no {field}"))
-}
-
-/// One sample of a node's `/metrics`: the line `{series} {value}` (series with its labels).
-fn prometheus(base: &str, series: &str) -> f64 {
-    let text = get(&format!("{base}/metrics")).text().unwrap();
-    let line = text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).unwrap_or_else(|| panic!("no {series} in {base}/metrics"));
-    line.parse().unwrap()
+/// An unlabelled counter of the node at `base`.
+fn metric(base: &str, name: &str) -> u64 {
+    Metrics::scrape(base).count(name)
 }
 
 #[test]
@@ -104,11 +98,11 @@ fn federation_relays_caches_coalesces_and_fails_over() {
         segments(&stream, &rep).1.into_iter().find(|s| s.number > last + 1)
     });
     let origin = (2..4)
-        .find(|&i| metric(&format!("{}/tier/metrics", http(i)), "requests") > 0)
+        .find(|&i| metric(&http(i), "rackcast_tier_requests_total") > 0)
         .expect("one origin served the edge");
-    let live_before = metric(&format!("{}/metrics/live", http(1)), "object_requests");
-    let origin_before = metric(&format!("{}/tier/metrics", http(origin)), "upstream_requests");
-    let edge_before = metric(&format!("{}/tier/metrics", http(4)), "upstream_requests");
+    let live_before = metric(&http(1), "rackcast_live_object_requests_total");
+    let origin_before = metric(&http(origin), "rackcast_tier_upstream_requests_total");
+    let edge_before = metric(&http(4), "rackcast_tier_upstream_requests_total");
     let url = format!("{}{}", http(4), fresh.url);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let statuses: Vec<(u16, String, usize)> = runtime.block_on(async {
@@ -133,16 +127,16 @@ fn federation_relays_caches_coalesces_and_fails_over() {
     assert!(statuses.iter().all(|s| s.0 == 200 && s.2 == statuses[0].2), "every viewer got the segment");
     let misses = statuses.iter().filter(|s| s.1 == "miss").count();
     assert_eq!(misses, 1, "exactly one viewer request went upstream");
-    assert_eq!(metric(&format!("{}/tier/metrics", http(4)), "upstream_requests") - edge_before, 1, "edge -> origin");
-    assert_eq!(metric(&format!("{}/tier/metrics", http(origin)), "upstream_requests") - origin_before, 1, "origin -> live");
-    assert_eq!(metric(&format!("{}/metrics/live", http(1)), "object_requests") - live_before, 1, "live served it once");
+    assert_eq!(metric(&http(4), "rackcast_tier_upstream_requests_total") - edge_before, 1, "edge -> origin");
+    assert_eq!(metric(&http(origin), "rackcast_tier_upstream_requests_total") - origin_before, 1, "origin -> live");
+    assert_eq!(metric(&http(1), "rackcast_live_object_requests_total") - live_before, 1, "live served it once");
     // The edge's /metrics says the same as its JSON counters, and counts its one viewer (the
     // same address and no User-Agent for every request here).
-    let edge_requests = metric(&format!("{}/tier/metrics", http(4)), "requests");
-    assert_eq!(prometheus(&http(4), "rackcast_tier_requests_total"), edge_requests as f64);
-    assert!(prometheus(&http(4), "rackcast_tier_coalesced_total") + prometheus(&http(4), "rackcast_tier_hits_total") >= 999.0);
-    assert!(prometheus(&http(4), "rackcast_tier_upstream_fetch_seconds_count") >= 1.0);
-    assert_eq!(prometheus(&http(4), &format!("rackcast_stream_viewers{{stream=\"{stream}\"}}")), 1.0);
+    let edge_requests = metric(&http(4), "rackcast_tier_requests_total");
+    let edge = Metrics::scrape(&http(4));
+    assert!(edge.count("rackcast_tier_coalesced_total") + edge.count("rackcast_tier_hits_total") >= 999);
+    assert!(edge.count("rackcast_tier_upstream_fetch_seconds_count") >= 1);
+    assert_eq!(edge.value("rackcast_stream_viewers", &[("stream", &stream)]), 1.0);
     // The admin API of any node shows the whole federation: a live node sees the edge's
     // and the origins' tier counters (from their health answers) and where the stream is.
     let tiers = get_json(&format!("{}/api/v1/tiers", http(4)));
@@ -207,11 +201,11 @@ fn federation_relays_caches_coalesces_and_fails_over() {
     signal(running[origin].as_ref().unwrap().pid(), "KILL");
     drop(running[origin].take());
     let other = if origin == 2 { 3 } else { 2 };
-    let before = metric(&format!("{}/tier/metrics", http(other)), "upstream_requests");
+    let before = metric(&http(other), "rackcast_tier_upstream_requests_total");
     let moved = Instant::now();
     wait_until("the edge serving through the other origin", Duration::from_secs(10), || {
         let ok = get(&edge_mpd).status() == 200;
-        (ok && metric(&format!("{}/tier/metrics", http(other)), "upstream_requests") > before).then_some(())
+        (ok && metric(&http(other), "rackcast_tier_upstream_requests_total") > before).then_some(())
     });
     println!("origin failover: edge served through the other origin {:.2} s after SIGKILL", moved.elapsed().as_secs_f64());
     drop(publisher);

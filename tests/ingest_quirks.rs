@@ -156,7 +156,7 @@ fn a_silent_publisher_is_taken_over_by_a_new_publish_of_its_key() {
     let line = logs.lines().find(|l| l.contains("publisher taken over")).unwrap();
     assert!(line.contains("WARN") && line.contains("previous=127.0.0.1:") && line.contains("peer=127.0.0.1:"), "{line}");
     assert!(logs.contains("connection dropped: taken over by a new publish from 127.0.0.1:"), "the old connection says why");
-    assert_eq!(get_json(&app.url("/ingest/metrics"))["takeovers"], 1);
+    assert_eq!(app.metrics().count("rackcast_ingest_takeovers_total"), 1);
 
     // The stopped ffmpeg wakes up to a closed connection and exits; nothing else changes.
     signal(first.pid(), "CONT");
@@ -169,11 +169,11 @@ fn a_silent_publisher_is_taken_over_by_a_new_publish_of_its_key() {
         (session == second_session && newest >= before + 2).then_some(mpd)
     });
     assert_rungs_decode(&app, STREAM, &mpd);
-    assert_eq!(get_json(&app.url("/ingest/metrics"))["takeovers"], 1);
+    assert_eq!(app.metrics().count("rackcast_ingest_takeovers_total"), 1);
 
     // The key (a secret) and its query appear nowhere: logs, MPD, status, lists, metrics.
     let mut shown = app.logs();
-    for path in [format!("/live/{STREAM}/manifest.mpd"), format!("/live/{STREAM}"), "/live".into(), "/ingest/metrics".into()] {
+    for path in [format!("/live/{STREAM}/manifest.mpd"), format!("/live/{STREAM}"), "/live".into(), "/metrics".into()] {
         shown += &get(&app.url(&path)).text().unwrap();
     }
     for secret in ["s3cr3t", "t0ken"] {
@@ -227,7 +227,7 @@ fn a_relayed_publish_takes_over_a_silent_relay_at_the_owner() {
     );
     assert!(accepted < Duration::from_secs(2), "relayed publish accepted {accepted:?} after the second ffmpeg started");
     assert_rungs_decode(&b, &stream, &mpd);
-    assert_eq!(get_json(&format!("http://127.0.0.1:{}/ingest/metrics", ports[1].1))["takeovers"], 1);
+    assert_eq!(Metrics::scrape(&format!("http://127.0.0.1:{}", ports[1].1)).count("rackcast_ingest_takeovers_total"), 1);
     // The old relay's reconnect is refused (the new relay sends), and it gives up: its
     // broadcaster's connection on live-a is closed.
     a.wait_for_log("relay gave up", Duration::from_secs(10));
@@ -239,7 +239,7 @@ fn a_relayed_publish_takes_over_a_silent_relay_at_the_owner() {
     wait_until("the new relayed session to go on", Duration::from_secs(10), || {
         live_period(&b, &stream, 1, Some(&first_session)).filter(|(m, _)| newest(m) >= before + 2)
     });
-    assert_eq!(get_json(&format!("http://127.0.0.1:{}/ingest/metrics", ports[1].1))["takeovers"], 1);
+    assert_eq!(Metrics::scrape(&format!("http://127.0.0.1:{}", ports[1].1)).count("rackcast_ingest_takeovers_total"), 1);
     drop(second);
     eprintln!("relayed takeover test: {:.1} s", started.elapsed().as_secs_f64());
 }
@@ -256,7 +256,7 @@ const REPUBLISH_CONFIG: &str = "[ingest]\npublish_timeout = \"2s\"\n";
 fn an_encoder_unpublishes_and_publishes_again_on_the_same_connection() {
     let started = Instant::now();
     let app = Appliance::start(Some(REPUBLISH_CONFIG));
-    let counter = |name: &str| get_json(&app.url("/ingest/metrics"))[name].as_u64().unwrap();
+    let counter = |name: &str| app.metrics().count(&format!("rackcast_ingest_{name}_total"));
     let clip = flv::make("320x240", 6);
     let mut publisher = ScriptedPublisher::connect(&app.rtmp, "live", "again");
     publisher.play(&clip, 0).unwrap();

@@ -5,52 +5,12 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use prometheus_parse::{Scrape, Value};
 use support::*;
 
 const STREAM: &str = "metered";
 const CONFIG: &str = "[transcode]\nx264_preset = \"ultrafast\"\n";
-
-/// One scrape: (metric name, labels as `k=v` pairs sorted) -> value; histograms give
-/// their `_count` and `_sum` as separate samples.
-struct Metrics {
-    content_type: String,
-    samples: HashMap<(String, Vec<(String, String)>), f64>,
-}
-
-impl Metrics {
-    fn scrape(app: &Appliance) -> Self {
-        let response = get(&app.url("/metrics"));
-        assert_eq!(response.status(), 200);
-        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
-        let text = response.text().unwrap();
-        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("a Prometheus text document");
-        let mut samples = HashMap::new();
-        for sample in scrape.samples {
-            let mut labels: Vec<(String, String)> = sample.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            labels.sort();
-            let value = match sample.value {
-                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-                Value::Histogram(_) | Value::Summary(_) => continue,
-            };
-            samples.insert((sample.metric, labels), value);
-        }
-        Self { content_type, samples }
-    }
-
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let mut labels: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        labels.sort();
-        self.samples.get(&(name.to_owned(), labels)).copied()
-    }
-
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels).unwrap_or_else(|| panic!("no sample {name}{labels:?} in /metrics"))
-    }
-}
 
 fn route<'a>(pattern: &'a str, status: &'a str) -> [(&'static str, &'a str); 2] {
     [("route", pattern), ("status", status)]
@@ -74,7 +34,7 @@ fn metrics_reflect_a_known_publish_and_known_viewers_and_end_with_the_stream() {
         (segments(STREAM, &video.representations[0]).1.len() >= 3).then_some(mpd)
     });
 
-    let before = Metrics::scrape(&app);
+    let before = app.metrics();
     assert!(before.content_type.starts_with("application/openmetrics-text"), "{}", before.content_type);
     let mpd_route = "/live/:stream/manifest.mpd";
     let number_route = "/live/:stream/manifest-number.mpd";
@@ -96,7 +56,7 @@ fn metrics_reflect_a_known_publish_and_known_viewers_and_end_with_the_stream() {
     let missing = list[0].url.replace(&format!("-{}.m4s", list[0].number), "-999999.m4s");
     assert_eq!(get(&app.url(&missing)).status(), 404);
 
-    let after = Metrics::scrape(&app);
+    let after = app.metrics();
     let stream = [("stream", STREAM)];
     assert_eq!(count(&after, mpd_route) - count(&before, mpd_route), 3.0);
     assert_eq!(count(&after, number_route) - count(&before, number_route), 1.0);
@@ -117,7 +77,7 @@ fn metrics_reflect_a_known_publish_and_known_viewers_and_end_with_the_stream() {
     assert!(after.value("rackcast_transcode_cpu_budget_cores", &[]) >= after.value("rackcast_transcode_cpu_cores", &[]));
     let ingest = |m: &Metrics| m.value("rackcast_stream_ingest_bytes_total", &stream);
     std::thread::sleep(Duration::from_millis(500));
-    let later = Metrics::scrape(&app);
+    let later = app.metrics();
     assert!(ingest(&later) > ingest(&before) && ingest(&before) > 10_000.0, "ingest bytes grow: {} then {}", ingest(&before), ingest(&later));
     assert!(after.value("rackcast_stream_segments_total", &stream) >= 3.0 * (rungs + 1.0));
     assert!(after.get("rackcast_stream_uplink_bits_per_second", &stream).is_some_and(|bps| bps > 0.0));
@@ -138,7 +98,7 @@ fn metrics_reflect_a_known_publish_and_known_viewers_and_end_with_the_stream() {
         .map(|(i, _)| &dashboard[i..i + dashboard[i..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap()])
         .filter(|n| !n.starts_with("rackcast_tier_") && *n != "rackcast_")
         .collect();
-    let scraped: std::collections::BTreeSet<&str> = after.samples.keys().map(|(n, _)| n.as_str()).collect();
+    let scraped = after.names();
     let text = get(&app.url("/metrics")).text().unwrap();
     for name in names {
         let sampled = text.lines().any(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])));
@@ -149,10 +109,10 @@ fn metrics_reflect_a_known_publish_and_known_viewers_and_end_with_the_stream() {
     signal(publisher.pid(), "INT");
     publisher.wait(Duration::from_secs(10));
     wait_until("the stream's live series to go", Duration::from_secs(15), || {
-        let m = Metrics::scrape(&app);
+        let m = app.metrics();
         m.get("rackcast_stream_rungs", &stream).is_none().then_some(())
     });
-    let ended = Metrics::scrape(&app);
+    let ended = app.metrics();
     assert!(ended.get("rackcast_stream_ingest_bytes_total", &stream).is_none());
     assert_eq!(ended.value("rackcast_encoder_sessions", &[("backend", "software")]), 0.0);
     assert_eq!(ended.value("rackcast_transcode_cpu_cores", &[]), 0.0, "an ended stream gives its cores back");

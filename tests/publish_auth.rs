@@ -81,7 +81,6 @@ fn stream_keys_publish_their_streams_and_nothing_else_gets_in() {
         "/live/studio/manifest.mpd",
         "/live/other/manifest-number.mpd",
         "/metrics",
-        "/ingest/metrics",
         // The admin API (loopback, no admin user yet).
         "/api/v1/keys",
         "/api/v1/streams",

@@ -195,3 +195,26 @@ def table_row(label, cells, label_width, widths, sep=""):
     if isinstance(widths, int):
         widths = [widths] * len(cells)
     return "%-*s" % (label_width, label) + "".join(sep + "%*s" % (w, c) for w, c in zip(widths, cells))
+
+
+def metric_group(text, group):
+    """One group of a node's /metrics (Prometheus text) as {name: value}: the unlabelled
+    samples named rackcast_<group>_*, without that prefix and without a counter's _total
+    (the tier's "rackcast_tier_hits_total" is {"hits": ...} in group "tier")."""
+    prefix = "rackcast_%s_" % group
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(prefix):
+            continue
+        name, _, value = line.partition(" ")
+        if "{" in name:
+            continue
+        name = name[len(prefix):]
+        if name.endswith("_total"):
+            name = name[:-len("_total")]
+        try:
+            v = float(value.split()[0])
+        except (ValueError, IndexError):
+            continue
+        out[name] = int(v) if v.is_integer() else v
+    return out

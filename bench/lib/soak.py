@@ -84,6 +84,14 @@ class Http:
         self.conn = None
 
 
+def get_metrics(port, group):
+    """The node's /metrics group (common.metric_group), or {"_status", "_error"}."""
+    st, body = Http(port).get("/metrics")
+    if st != 200:
+        return {"_status": st, "_error": body if isinstance(body, str) else body[:200].decode(errors="replace")}
+    return common.metric_group(body.decode(errors="replace") if isinstance(body, bytes) else body, group)
+
+
 def get_json(port, path):
     st, body = Http(port).get(path)
     if st != 200:
@@ -344,7 +352,7 @@ class Cluster:
         end = time.monotonic() + timeout
         h = Http(self.http_port(nid), timeout=1.0)
         while time.monotonic() < end:
-            st, _ = h.get("/metrics/http")  # /cluster/health answers only peers' signed requests
+            st, _ = h.get("/metrics")  # /cluster/health answers only peers' signed requests
             if st == 200:
                 return True
             time.sleep(0.1)
@@ -589,7 +597,7 @@ def main():
             cluster.start(nid)
         for nid, _ in NODES:
             if not cluster.wait_healthy(nid):
-                raise RuntimeError("%s /metrics/http did not answer 200" % nid)
+                raise RuntimeError("%s /metrics did not answer 200" % nid)
         log("federation up: %s" % ", ".join("%s http=%d rtmp=%d" % (n, p["http"], p["rtmp"]) for n, p in cluster.ports.items()))
         pubs = Publishers(clip, out, cluster, streams)
         for s in streams:
@@ -618,7 +626,7 @@ def main():
                         if nid != "live-1":
                             # the tier cache fills by design (segment_ttl 1h, 512 MiB): keep
                             # its size next to the RSS so growth can be told apart from a leak
-                            tm = get_json(cluster.http_port(nid), "/tier/metrics")
+                            tm = get_metrics(cluster.http_port(nid), "tier")
                             smp["cache_kib"] = tm.get("bytes_cached", 0) // 1024 if "bytes_cached" in tm else None
                         rss.append(smp)
                 next_rss += a.rss_interval
@@ -638,7 +646,7 @@ def main():
                     fault(name, stream=victim, pid=p.pid, signal="SIGKILL")
                     restarts.append((now() + a.publisher_restart, "republish", victim))
                 elif name == "socket-burst":
-                    before = get_json(cluster.http_port("live-1"), "/ingest/metrics")
+                    before = get_metrics(cluster.http_port("live-1"), "ingest")
                     burst = SocketBurst(cluster.rtmp_port("live-1"), a.burst, a.burst_hold, a.burst_from)
                     burst.before = before
                     burst.thread.start()
@@ -666,7 +674,7 @@ def main():
                     fault("republished", stream=who, pid=pubs.procs[who].pid)
                 elif action == "burst-done":
                     burst.thread.join(10)
-                    after = get_json(cluster.http_port("live-1"), "/ingest/metrics")
+                    after = get_metrics(cluster.http_port("live-1"), "ingest")
                     delta = {k: after[k] - burst.before.get(k, 0) for k in after
                              if isinstance(after.get(k), int) and isinstance(burst.before.get(k), int)}
                     fault("socket-burst-done", result=burst.result, ingest_metrics_delta=delta)
@@ -686,8 +694,8 @@ def main():
         final = {}
         for nid, _ in NODES:
             port = cluster.http_port(nid)
-            final[nid] = {path: get_json(port, path) for path in
-                          ("/ingest/metrics", "/metrics/http", "/tier/metrics", "/api/v1/cluster", "/live")}
+            final[nid] = {group: get_metrics(port, group) for group in ("ingest", "http_edge", "tier")}
+            final[nid].update({path: get_json(port, path) for path in ("/api/v1/cluster", "/live")})
         final["streams"] = {s: get_json(cluster.http_port("live-1"), "/live/%s" % s) for s in streams}
         # stop: publishers first, then the nodes (SIGTERM; exit status recorded)
         for s, p in pubs.procs.items():
@@ -840,13 +848,13 @@ def render(r, a):
     for e in r["unexpected_exits"]:
         L.append("  t=%7.2f  UNEXPECTED EXIT        %s pid %s rc %s" % (e["t"], e["node"], e["pid"], e["rc"]))
     L.append("")
-    L.append("counters at the end (GET /ingest/metrics, /metrics/http, /tier/metrics):")
+    L.append("counters at the end (GET /metrics: rackcast_ingest_*, rackcast_http_edge_*, rackcast_tier_*):")
     for n in ("live-1", "origin-1", "edge-1"):
         fm = r["final_metrics"].get(n, {})
-        L.append("  %s ingest %s" % (n, json.dumps(fm.get("/ingest/metrics"))))
-        L.append("  %s http   %s" % (n, json.dumps(fm.get("/metrics/http"))))
+        L.append("  %s ingest %s" % (n, json.dumps(fm.get("ingest"))))
+        L.append("  %s http   %s" % (n, json.dumps(fm.get("http_edge"))))
         if n != "live-1":
-            L.append("  %s tier   %s" % (n, json.dumps(fm.get("/tier/metrics"))))
+            L.append("  %s tier   %s" % (n, json.dumps(fm.get("tier"))))
     for s, st in r["final_metrics"].get("streams", {}).items():
         health = st.get("status", {}).get("health") if isinstance(st.get("status"), dict) else st.get("_error")
         L.append("  stream %s health at the end: %s" % (s, json.dumps(health)))

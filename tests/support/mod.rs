@@ -271,11 +271,72 @@ pub fn free_port() -> u16 {
 }
 
 /// Waits until the node whose HTTP address is `http` (host:port) answers HTTP requests
-/// (its `/metrics/http`, which every role serves to anyone; `/cluster/health` answers only
+/// (its `/metrics`, which every role serves to anyone; `/cluster/health` answers only
 /// peers' signed requests).
 pub fn wait_serving(http: &str, within: Duration) {
-    let url = format!("http://{http}/metrics/http");
+    let url = format!("http://{http}/metrics");
     wait_until(&format!("{http} answering HTTP"), within, || client().get(&url).send().ok().filter(|r| r.status() == 200).map(drop));
+}
+
+/// One scrape of a node's `/metrics`, parsed as a Prometheus server parses it
+/// (prometheus-parse): (metric name, labels sorted) -> value; a histogram gives its
+/// `_count` and `_sum` samples.
+pub struct Metrics {
+    pub content_type: String,
+    samples: std::collections::HashMap<(String, Vec<(String, String)>), f64>,
+}
+
+impl Metrics {
+    /// `GET {base}/metrics`, where `base` is `http://host:port`.
+    pub fn scrape(base: &str) -> Self {
+        let response = get(&format!("{base}/metrics"));
+        assert_eq!(response.status(), 200, "{base}/metrics");
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        Self { content_type, ..Self::parse(&response.text().unwrap()) }
+    }
+
+    pub fn parse(text: &str) -> Self {
+        use prometheus_parse::{Scrape, Value};
+        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap_or_else(|e| panic!("not a Prometheus text document: {e}\n{text}"));
+        let mut samples = std::collections::HashMap::new();
+        for sample in scrape.samples {
+            let mut labels: Vec<(String, String)> = sample.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            labels.sort();
+            let value = match sample.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+                Value::Histogram(_) | Value::Summary(_) => continue,
+            };
+            samples.insert((sample.metric, labels), value);
+        }
+        Self { content_type: String::new(), samples }
+    }
+
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut labels: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        labels.sort();
+        self.samples.get(&(name.to_owned(), labels)).copied()
+    }
+
+    /// The sample `name{labels}`; panics if the scrape has none.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or_else(|| panic!("no sample {name}{labels:?} in /metrics"))
+    }
+
+    /// Every metric name sampled (a histogram's as its `_count` and `_sum`).
+    pub fn names(&self) -> std::collections::BTreeSet<&str> {
+        self.samples.keys().map(|(name, _)| name.as_str()).collect()
+    }
+
+    /// An unlabelled counter or gauge as a count; panics if the scrape has none.
+    pub fn count(&self, name: &str) -> u64 {
+        self.value(name, &[]) as u64
+    }
+}
+
+impl Appliance {
+    pub fn metrics(&self) -> Metrics {
+        Metrics::scrape(&self.url(""))
+    }
 }
 
 /// JSON from a GET.
