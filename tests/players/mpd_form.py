@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Rewrites a rackcast MPD (stdin) into a candidate form (stdout), to try an MPD change on
-every player of tests/players.rs without changing the appliance:
+every player of tests/it/players.rs without changing the appliance:
 
     FORM=atc,spd=2,msd=1 RACKCAST_PLAYERS_MPD_FILTER="python3 tests/players/mpd_form.py" \
-        cargo test --test players -- --nocapture
+        cargo test --test it players:: -- --nocapture
 
 (RACKCAST_PLAYERS_FORM=timeline|number gives every player the same one of the appliance's
 two manifest forms.) FORM is a comma list of

@@ -2,11 +2,10 @@
 //! (from the top) and then a refusal with its reason, while the admitted streams keep real
 //! time; an ended stream gives its cores back, and a reduced stream takes its whole ladder
 //! back.
-mod support;
 
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// One 720p30 ultrafast ladder (720p/480p/360p) is counted as about 0.52 cores and its
 /// 360p rung alone as 0.21: this budget takes one whole ladder, then one rung, then nothing.

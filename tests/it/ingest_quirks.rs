@@ -6,13 +6,11 @@
 //! stream's owner by another node. An encoder that unpublishes and publishes again on the
 //! same connection gets its second publish, and the unpublish is no publish time-out.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use dash_mpd_core::MPD;
-use support::flv::{self, ScriptedPublisher};
-use support::*;
+use crate::support::flv::{self, ScriptedPublisher};
+use crate::support::*;
 
 /// The stream's MPD once it is live in a Period other than `not`, with at least `count`
 /// video segments and an audio segment; with that Period's id.

@@ -2,12 +2,11 @@
 //! the live pipeline into a static DASH package that ffprobe decodes, a backend this host
 //! lacks refused with its reason, a template override that names a property the installed
 //! element lacks refused before anything runs, and the probe's account of this host.
-mod support;
 
 use std::process::{Command, Output};
 
 use dash_mpd_core as dash;
-use support::*;
+use crate::support::*;
 
 fn rackcast(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rackcast")).args(args).env("RUST_LOG", "warn").output().unwrap()

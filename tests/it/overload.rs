@@ -11,12 +11,10 @@
 //! RACKCAST_OVERLOAD_MAX_STREAMS=N (at most 6) lowers the ramp's bound, to see the branch
 //! a host takes when every ladder fits.
 
-mod support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// Most ladders published while waiting for overload: on a host where this many fit, the
 /// test checks that nothing is shed instead.

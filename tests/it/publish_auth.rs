@@ -6,12 +6,10 @@
 //! the publish webhook admits, refuses with its reason (remembered for a while) and, when
 //! it does not answer, refuses.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const CONFIG: &str = "[transcode]\nx264_preset = \"ultrafast\"\n";
 

@@ -4,13 +4,11 @@
 //! are closed at accept and counted, and the idle ones are closed at the idle time-out.
 //! No publisher is needed: `/time` and `/metrics` are served without a stream.
 
-mod support;
-
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Long enough that opening 2,000 connections and checking the cap (3-4 s on a loaded

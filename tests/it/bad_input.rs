@@ -3,13 +3,11 @@
 //! stream, and malformed HTTP paths. Each gets its exact outcome, and the live stream
 //! loses no segment inside its DVR window.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const CONFIG: &str = r#"
 [ingest]

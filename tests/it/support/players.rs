@@ -1,4 +1,4 @@
-//! Helpers for the player matrix (tests/players.rs): a recording HTTP proxy between each
+//! Helpers for the player matrix (tests/it/players.rs): a recording HTTP proxy between each
 //! player and a node, a page server for the browser players, player processes with
 //! time-stamped output, and an MPD watcher that checks the manifest's shape on every poll.
 
@@ -326,7 +326,6 @@ pub struct PlayerProcess {
     pub name: String,
     children: Vec<Child>,
     lines: Arc<Mutex<Vec<(Instant, String)>>>,
-    pub started: Instant,
     pub stopped: Option<Instant>,
 }
 
@@ -383,11 +382,7 @@ impl PlayerProcess {
             }
             children.push(child);
         }
-        Self { name: name.to_owned(), children, lines, started: Instant::now(), stopped: None }
-    }
-
-    pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(|c| c.id()).collect()
+        Self { name: name.to_owned(), children, lines, stopped: None }
     }
 
     /// SIGINT to each process group, then SIGKILL to what is left after `grace`.
@@ -407,15 +402,6 @@ impl PlayerProcess {
             }
         }
         thread::sleep(Duration::from_millis(100));
-    }
-
-    /// Whether any process of the player exited on its own before it was stopped.
-    pub fn exited_early(&mut self) -> Option<String> {
-        let stopped = self.stopped;
-        self.children.iter_mut().enumerate().find_map(|(i, c)| match c.try_wait() {
-            Ok(Some(status)) if stopped.is_none() => Some(format!("process {i} exited on its own: {status}")),
-            _ => None,
-        })
     }
 
     /// Lines printed before the player was stopped (what it printed while being shut down

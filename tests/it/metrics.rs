@@ -3,11 +3,9 @@
 //! request and byte counts match exactly what the test fetched, viewers are the distinct
 //! clients it used, and the stream's series go when it ends.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const STREAM: &str = "metered";
 const CONFIG: &str = "[transcode]\nx264_preset = \"ultrafast\"\n";

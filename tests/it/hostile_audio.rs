@@ -6,13 +6,11 @@
 //! `package.max_stream_bytes` loses its oldest segments (counted, live edge kept), and one
 //! whose audio fragments pass `package.max_fragment_bytes` is ended alone.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use support::flv::{self, ScriptedPublisher, Tag};
-use support::*;
+use crate::support::flv::{self, ScriptedPublisher, Tag};
+use crate::support::*;
 
 /// The listed video segment numbers of the stream's last Period.
 fn video_numbers(app: &Appliance, stream: &str) -> Vec<u64> {

@@ -5,12 +5,10 @@
 //! next node; an origin is killed and the edge moves to the other one. Stream keys made or
 //! revoked on one node reach the others.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use rackcast::cluster::Ring;
-use support::*;
+use crate::support::*;
 
 struct Node {
     id: &'static str,
@@ -284,9 +282,9 @@ fn one_streams_failures_stay_in_its_scope() {
     running[0].wait_for_log("relay gave up", Duration::from_secs(10));
 
     // 2. A stream whose pipeline cannot start on the owner (its AVC configuration is garbage).
-    let mut scripted = support::flv::ScriptedPublisher::connect(&rtmp(1), "live", &broken);
-    let garbage = support::flv::Tag { kind: 9, ts: 0, data: bytes::Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]) };
-    let keyframe = support::flv::Tag { kind: 9, ts: 0, data: bytes::Bytes::from_static(&[0x17, 1, 0, 0, 0, 0, 0, 0, 1, 0x65]) };
+    let mut scripted = crate::support::flv::ScriptedPublisher::connect(&rtmp(1), "live", &broken);
+    let garbage = crate::support::flv::Tag { kind: 9, ts: 0, data: bytes::Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]) };
+    let keyframe = crate::support::flv::Tag { kind: 9, ts: 0, data: bytes::Bytes::from_static(&[0x17, 1, 0, 0, 0, 0, 0, 0, 1, 0x65]) };
     let _ = scripted.send(&garbage, 0).and_then(|_| scripted.send(&keyframe, 0));
     running[1].wait_for_log("stream torn down: AVC decoder configuration is invalid", Duration::from_secs(10));
 
@@ -351,7 +349,7 @@ fn stream_keys_made_or_revoked_on_one_node_apply_on_every_node() {
     let (status, _) = Publisher::start(&format!("rtmp://127.0.0.1:{}/live/{key}", nodes[0].rtmp), 5, "320x180").wait(Duration::from_secs(20));
     assert!(!status.success(), "a key revoked on live-b is refused at live-a");
 
-    // The records route answers peers' signed requests only (tests/cluster_auth.rs has
+    // The records route answers peers' signed requests only (tests/it/cluster_auth.rs has
     // the rest), and carries digests, never the key.
     assert_eq!(get(&format!("{}/cluster/keys", http(0))).status(), 401, "unsigned, from a peer's address");
     for app in &running {

@@ -35,16 +35,14 @@
 //! with a loud message, unless RACKCAST_REQUIRE_PLAYERS is set. The npm modules come from
 //! tests/players/package-lock.json (`npm ci`, run here when node_modules is not current).
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::players::*;
-use support::*;
+use crate::support::players::*;
+use crate::support::*;
 
 const STREAM: &str = "matrix";
 const FPS: u64 = 30;

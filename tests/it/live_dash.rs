@@ -2,12 +2,10 @@
 //! Representation's segments are checked and decoded, then the broadcaster stops and
 //! publishes again under the same key.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const STREAM: &str = "studio-a";
 

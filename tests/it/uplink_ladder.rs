@@ -4,8 +4,6 @@
 //! rate-limited TCP relay is flagged uplink-bound with a recommendation that fits the link,
 //! while another stream on the appliance goes on unaffected.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,7 +11,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const CONFIG: &str = "[transcode]\nx264_preset = \"ultrafast\"\n";
 

@@ -2,12 +2,10 @@
 //! config that `rackcast run` refuses would leave a user, or a benchmark, with nothing
 //! running. `rackcast config --node` runs the same checks and agrees.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// The committed rackcast configs: TOML files under deploy/ and bench/, and bench
 /// templates (`*.toml.in`, whose `@NAME_PORT@` placeholders the benchmarks fill in).

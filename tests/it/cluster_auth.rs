@@ -5,8 +5,6 @@
 //! or changed on the way and merges nothing from it (a fake peer in the test plays the
 //! tampered node), and merges the same records once they come signed.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::time::Duration;
@@ -16,7 +14,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use rackcast::auth::peer::{self, NONCE_HEADER};
 use sha2::Digest as _;
-use support::*;
+use crate::support::*;
 
 const SECRET: &str = "cluster-auth-test-secret-0123";
 

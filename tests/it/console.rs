@@ -8,13 +8,11 @@
 //! Skipped (loudly) without the browsers or npm, unless RACKCAST_REQUIRE_PLAYERS is set
 //! (tests/run.sh, the README's test command, sets it).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "correct horse battery";

@@ -4,13 +4,11 @@
 //! appliance stays up, memory stays bounded, every refusal is counted, and the live
 //! stream loses no segment.
 
-mod support;
-
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use support::rtmp::*;
-use support::*;
+use crate::support::rtmp::*;
+use crate::support::*;
 
 const CONFIG: &str = r#"
 [ingest]

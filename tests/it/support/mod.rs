@@ -1,7 +1,6 @@
 //! Test harness: the real `rackcast` binary on 127.0.0.1 ports, real ffmpeg publishers,
 //! real HTTP, and ffprobe to decode what comes out. Every wait has a deadline and says
 //! what it waited for.
-#![allow(dead_code)]
 
 pub mod flv;
 pub mod players;

@@ -3,13 +3,11 @@
 //! new Period where the old media ended instead of freezing the stream, and a publisher
 //! that sends faster than real time is paced to real time.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::flv::{self, ScriptedPublisher};
-use support::*;
+use crate::support::flv::{self, ScriptedPublisher};
+use crate::support::*;
 
 /// (Period start in s, first video Representation's segments) for every Period.
 fn periods(app: &Appliance, stream: &str) -> Vec<(f64, Vec<SegmentRef>)> {

@@ -9,15 +9,13 @@
 //! OpenAPI 3.1 JSON Schema (python3-jsonschema), every `$ref` resolvable, equal to the
 //! committed docs/openapi.json and to what the binary serves.
 
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::{Value, json};
-use support::*;
+use crate::support::*;
 
 const PASSWORD: &str = "correct horse battery staple";
 /// A password typed into the name field of the login form (valid as a user name).
@@ -370,7 +368,7 @@ print(len(errors)); print(chr(10).join(errors[:20]))";
     let committed = std::fs::read_to_string(COMMITTED_OPENAPI).unwrap_or_default();
     assert!(
         committed.trim_end() == generated,
-        "docs/openapi.json differs from the API's handlers: run `RACKCAST_UPDATE_OPENAPI=1 cargo test --test admin_api openapi` and commit it"
+        "docs/openapi.json differs from the API's handlers: run `RACKCAST_UPDATE_OPENAPI=1 cargo test --test it admin_api::the_openapi` and commit it"
     );
 
     // The binary serves the same document, without credentials.

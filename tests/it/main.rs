@@ -1,0 +1,26 @@
+//! The integration tests: one test binary (linking GStreamer, SQLite and axum once, not
+//! once per area), one module per area. Each starts the real `rackcast` binary on
+//! 127.0.0.1 with real ffmpeg publishers and HTTP (the harness is `support`). Run one area
+//! with `cargo test --test it AREA::`, e.g. `cargo test --test it overload::`.
+
+mod support;
+
+mod admin_api;
+mod admission;
+mod bad_input;
+mod cluster_auth;
+mod console;
+mod federation;
+mod hostile_audio;
+mod hostile_rtmp;
+mod http_edge;
+mod ingest_quirks;
+mod live_dash;
+mod media_time;
+mod metrics;
+mod overload;
+mod players;
+mod publish_auth;
+mod shipped_configs;
+mod transcode_cli;
+mod uplink_ladder;
