@@ -42,7 +42,7 @@ pub struct HttpConfig {
     /// Address the viewer-facing HTTP server binds.
     pub listen: SocketAddr,
     /// Most connections open at once; the next one is closed at accept, logged (at most one
-    /// warning a second) and counted in `/metrics/http`.
+    /// warning a second) and counted (`rackcast_http_edge_*` in `/metrics`).
     pub max_connections: usize,
     /// Time from the first byte of a request head to its end; past it the connection is
     /// closed (slowloris).

@@ -13,7 +13,7 @@
 //! [`MAX_PARSED_MPD`] bytes is not parsed, an `S@r` over [`MAX_TIMELINE_REPEAT`] or a
 //! `%0Nd` width over [`MAX_TEMPLATE_WIDTH`] skips that Representation's prefetch, and the
 //! repeat count is never looped over. Each is logged (one line a second) and counted
-//! (`prefetch_limited` in `/tier/metrics`).
+//! (`rackcast_tier_prefetch_limited_total`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
