@@ -156,23 +156,57 @@ impl std::fmt::Debug for NodeCollector {
     }
 }
 
-type Labels = Vec<(&'static str, String)>;
+/// Labels of the per-stream series.
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct StreamLabel {
+    stream: String,
+}
 
-/// Writes one metric family: `name` (without the prefix or `_total`) and its samples.
-fn family(encoder: &mut DescriptorEncoder, name: &str, help: &str, kind: MetricType, samples: &[(Labels, f64)]) -> std::fmt::Result {
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct BackendLabel {
+    backend: &'static str,
+}
+
+/// Sessions admitted streams hold on one device of one backend, by `kind` (encode, decode).
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct DeviceSessionLabels {
+    backend: &'static str,
+    device: String,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct WindowLabel {
+    window: &'static str,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct GpuLabels {
+    gpu: String,
+    name: String,
+}
+
+/// Writes one labelled metric family, `name` without the prefix or `_total` (nothing when
+/// it has no samples).
+fn family<L: EncodeLabelSet>(encoder: &mut DescriptorEncoder, name: &str, help: &str, kind: MetricType, samples: &[(L, f64)]) -> std::fmt::Result {
     if samples.is_empty() {
         return Ok(());
     }
     let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
-    if let [(labels, value)] = samples
-        && labels.is_empty()
-    {
-        return sample(kind, *value, metric);
-    }
     for (labels, value) in samples {
         sample(kind, *value, metric.encode_family(labels)?)?;
     }
     Ok(())
+}
+
+/// Writes one unlabelled metric.
+fn single(encoder: &mut DescriptorEncoder, name: &str, help: &str, kind: MetricType, value: f64) -> std::fmt::Result {
+    sample(kind, value, encoder.encode_descriptor(name, help, None, kind)?)
 }
 
 fn sample(kind: MetricType, value: f64, encoder: MetricEncoder) -> std::fmt::Result {
@@ -199,7 +233,7 @@ impl NodeCollector {
             s.transcode.admission.selection().usable.iter().map(|u| (u.backend.name(), 0.0)).collect();
         for stream in s.streams.streams() {
             let Some(status) = s.streams.status(&stream) else { continue };
-            let labels = || vec![("stream", stream.to_string())];
+            let labels = || StreamLabel { stream: stream.to_string() };
             if let Some(estimate) = &status.uplink {
                 uplink.push((labels(), estimate.throughput_bps));
                 uplink_bound.push((labels(), f64::from(u8::from(estimate.uplink_bound))));
@@ -233,31 +267,31 @@ impl NodeCollector {
         family(encoder, "stream_stalled", "1 while the stream has produced no segment for 5 s", Gauge, &stalled)?;
         family(encoder, "stream_ingest_bytes", "Media bytes received from the broadcaster", Counter, &ingest)?;
         family(encoder, "stream_segments", "Media segments produced, every rendition", Counter, &segments)?;
-        let sessions: Vec<_> = sessions.into_iter().map(|(backend, n)| (vec![("backend", backend.to_owned())], n)).collect();
+        let sessions: Vec<_> = sessions.into_iter().map(|(backend, n)| (BackendLabel { backend }, n)).collect();
         family(encoder, "encoder_sessions", "Video encoders running, by backend", Gauge, &sessions)?;
         let usage = s.transcode.admission.report();
-        family(encoder, "transcode_cpu_cores", "CPU cores admitted streams are counted as using (CPU encoders and decoders)", Gauge, &[(vec![], usage.cpu_cores_used)])?;
-        family(encoder, "transcode_cpu_budget_cores", "CPU cores admission lets transcoding use (transcode.cpu_budget)", Gauge, &[(vec![], usage.cpu_cores_budget)])?;
-        family(encoder, "transcode_cost_scale", "What the CPU cost model's figures are multiplied by, as measured on this host", Gauge, &[(vec![], usage.cost_scale)])?;
+        single(encoder, "transcode_cpu_cores", "CPU cores admitted streams are counted as using (CPU encoders and decoders)", Gauge, usage.cpu_cores_used)?;
+        single(encoder, "transcode_cpu_budget_cores", "CPU cores admission lets transcoding use (transcode.cpu_budget)", Gauge, usage.cpu_cores_budget)?;
+        single(encoder, "transcode_cost_scale", "What the CPU cost model's figures are multiplied by, as measured on this host", Gauge, usage.cost_scale)?;
         if let Some(cores) = usage.cpu_cores_measured {
-            family(encoder, "process_cpu_cores", "CPU cores this process used over the last second", Gauge, &[(vec![], cores)])?;
+            single(encoder, "process_cpu_cores", "CPU cores this process used over the last second", Gauge, cores)?;
         }
         let device_sessions: Vec<_> = usage
             .devices
             .iter()
             .flat_map(|d| {
-                let labels = |kind: &str| vec![("backend", d.backend.name().to_owned()), ("device", d.device.clone()), ("kind", kind.to_owned())];
+                let labels = |kind| DeviceSessionLabels { backend: d.backend.name(), device: d.device.clone(), kind };
                 [(labels("encode"), f64::from(d.encoder_sessions)), (labels("decode"), f64::from(d.decoder_sessions))]
             })
             .collect();
         family(encoder, "transcode_device_sessions", "Encoder and decoder sessions admitted streams hold, by backend and device", Gauge, &device_sessions)?;
-        family(encoder, "transcode_admission_refusals", "Streams refused or given fewer rungs by admission", Counter, &[(vec![("outcome", "refused".to_owned())], usage.refused as f64), (vec![("outcome", "rungs_dropped".to_owned())], usage.reduced as f64)])
+        family(encoder, "transcode_admission_refusals", "Streams refused or given fewer rungs by admission", Counter, &[(OutcomeLabel { outcome: "refused" }, usage.refused as f64), (OutcomeLabel { outcome: "rungs_dropped" }, usage.reduced as f64)])
     }
 
     fn encode_audience(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let (mut viewers, mut delivered) = (vec![], vec![]);
         for (stream, figures) in self.sources.audience.figures() {
-            let labels = vec![("stream", stream.to_string())];
+            let labels = StreamLabel { stream: stream.to_string() };
             viewers.push((labels.clone(), figures.viewers as f64));
             delivered.push((labels, figures.delivered_bytes as f64));
         }
@@ -268,19 +302,23 @@ impl NodeCollector {
     fn encode_host(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let host = self.sources.host.snapshot();
         use MetricType::Gauge;
-        let one = |v: Option<f64>| v.map(|v| vec![(Vec::new(), v)]).unwrap_or_default();
-        family(encoder, "host_cpu_usage_ratio", "CPU busy, all cores, since the previous reading (0..1)", Gauge, &one(host.cpu_usage))?;
-        family(encoder, "process_cpu_share_cores", "CPU cores this process may use (its cgroup quota or affinity)", Gauge, &[(vec![], host.cpu_share.cores)])?;
-        family(encoder, "host_memory_used_bytes", "Memory in use", Gauge, &one(host.memory_used_bytes.map(|b| b as f64)))?;
-        family(encoder, "host_memory_total_bytes", "Memory installed", Gauge, &one(host.memory_total_bytes.map(|b| b as f64)))?;
+                if let Some(busy) = host.cpu_usage {
+            single(encoder, "host_cpu_usage_ratio", "CPU busy, all cores, since the previous reading (0..1)", Gauge, busy)?;
+        }
+        single(encoder, "process_cpu_share_cores", "CPU cores this process may use (its cgroup quota or affinity)", Gauge, host.cpu_share.cores)?;
+        if let Some(bytes) = host.memory_used_bytes {
+            single(encoder, "host_memory_used_bytes", "Memory in use", Gauge, bytes as f64)?;
+        }
+        if let Some(bytes) = host.memory_total_bytes {
+            single(encoder, "host_memory_total_bytes", "Memory installed", Gauge, bytes as f64)?;
+        }
         if let Some(load) = host.load_average {
-            let samples: Vec<(Labels, f64)> =
-                ["1m", "5m", "15m"].into_iter().zip(load).map(|(w, v)| (vec![("window", w.to_owned())], v)).collect();
+            let samples: Vec<_> = ["1m", "5m", "15m"].into_iter().zip(load).map(|(window, v)| (WindowLabel { window }, v)).collect();
             family(encoder, "host_load_average", "System load average", Gauge, &samples)?;
         }
         // Per GPU (absent without an NVIDIA driver); a figure the GPU does not report is skipped.
-        let per_gpu = |value: &dyn Fn(&crate::host::GpuSnapshot) -> Option<f64>| -> Vec<(Labels, f64)> {
-            host.gpus.iter().filter_map(|g| Some((vec![("gpu", g.index.to_string()), ("name", g.name.clone())], value(g)?))).collect()
+        let per_gpu = |value: &dyn Fn(&crate::host::GpuSnapshot) -> Option<f64>| -> Vec<(GpuLabels, f64)> {
+            host.gpus.iter().filter_map(|g| Some((GpuLabels { gpu: g.index.to_string(), name: g.name.clone() }, value(g)?))).collect()
         };
         let percent = |v: Option<u32>| v.map(|p| f64::from(p) / 100.0);
         family(encoder, "gpu_utilization_ratio", "GPU busy (0..1)", Gauge, &per_gpu(&|g| percent(g.utilization_percent)))?;
