@@ -32,7 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AuthConfig;
 use super::admin::HashMemory;
-use crate::metrics::labels::Reason;
+use crate::metrics::common::Reason;
 use crate::warn_limiter::WarnLimiter;
 
 /// How long a login waits for a hash slot before it is answered 503.

@@ -38,7 +38,7 @@ use sha2::Sha256;
 
 use crate::cluster::config::ClusterConfig;
 use crate::http::Peer;
-use crate::metrics::labels::Reason;
+use crate::metrics::common::Reason;
 use crate::warn_limiter::WarnLimiter;
 
 pub const TIME_HEADER: &str = "x-rackcast-time";

@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::warn_limiter::WarnLimiter;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -41,6 +40,8 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::config::{HttpConfig, MIN_HEADER_BYTES};
+use crate::metrics::common::register_counters;
+use crate::warn_limiter::WarnLimiter;
 
 /// After shutdown is requested, connections get this long to finish their responses before
 /// they are dropped; under the app's 10 s grace, so the process still exits on time.
@@ -79,19 +80,19 @@ pub struct HttpEdgeMetrics {
 impl HttpEdgeMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("http_edge");
-        let counters = [
-            ("accepted", "HTTP connections accepted", &self.accepted),
-            ("refused", "HTTP connections closed at accept because http.max_connections were open", &self.refused),
-            ("header_timeouts", "HTTP connections closed because a request head did not arrive within http.header_read_timeout", &self.header_timeouts),
-            ("idle_closed", "HTTP connections closed after http.idle_timeout without a request or a byte moved", &self.idle_closed),
-            ("requests", "HTTP requests received", &self.requests),
-            ("request_timeouts", "HTTP requests answered 503 after http.request_timeout", &self.request_timeouts),
-            ("bad_requests", "Malformed or oversized HTTP request heads (answered 400 or 431, connection closed)", &self.bad_requests),
-            ("accept_errors", "Failed accepts (typically out of file descriptors)", &self.accept_errors),
-        ];
-        for (name, help, counter) in counters {
-            registry.register(name, help, counter.clone());
-        }
+        register_counters(
+            registry,
+            &[
+                ("accepted", "HTTP connections accepted", &self.accepted),
+                ("refused", "HTTP connections closed at accept because http.max_connections were open", &self.refused),
+                ("header_timeouts", "HTTP connections closed because a request head did not arrive within http.header_read_timeout", &self.header_timeouts),
+                ("idle_closed", "HTTP connections closed after http.idle_timeout without a request or a byte moved", &self.idle_closed),
+                ("requests", "HTTP requests received", &self.requests),
+                ("request_timeouts", "HTTP requests answered 503 after http.request_timeout", &self.request_timeouts),
+                ("bad_requests", "Malformed or oversized HTTP request heads (answered 400 or 431, connection closed)", &self.bad_requests),
+                ("accept_errors", "Failed accepts (typically out of file descriptors)", &self.accept_errors),
+            ],
+        );
         registry.register("open", "HTTP connections open", self.open.clone());
         registry.register("max_connections", "HTTP connections allowed at once (http.max_connections)", self.max_connections.clone());
     }

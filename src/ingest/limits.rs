@@ -12,6 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::metrics::common::register_counters;
 use crate::warn_limiter::WarnLimiter;
 
 /// The RTMP edge's metrics (`rackcast_ingest_*`), registered once in the node's registry
@@ -46,24 +47,24 @@ pub struct IngestMetrics {
 impl IngestMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("ingest");
-        let counters = [
-            ("accepted", "RTMP connections admitted", &self.accepted),
-            ("refused_global", "RTMP connections refused because ingest.max_connections were open", &self.refused_global),
-            ("refused_per_address", "RTMP connections refused by ingest.max_connections_per_address", &self.refused_per_address),
-            ("handshake_timeouts", "RTMP connections closed because the handshake did not complete in time", &self.handshake_timeouts),
-            ("publish_timeouts", "RTMP connections closed because no publish came in time", &self.publish_timeouts),
-            ("idle_timeouts", "RTMP connections closed after ingest.idle_timeout without media", &self.idle_timeouts),
-            ("guard_rejections", "RTMP connections closed by the chunk guard (oversized or malformed messages)", &self.guard_rejections),
-            ("publishes_refused", "Publishes refused (key, application or stream name)", &self.publishes_refused),
-            ("relay_refused", "Relayed publishes refused (not from a federation node, or a bad relay token)", &self.relay_refused),
-            ("takeovers", "Publishers closed because a new publish took their silent stream over", &self.takeovers),
-            ("audio_too_large", "RTMP connections closed for an audio message over ingest.max_audio_message", &self.audio_too_large),
-            ("write_timeouts", "RTMP connections closed because a write to the broadcaster timed out (ingest.write_timeout)", &self.write_timeouts),
-            ("unpublishes", "Publishes the broadcaster ended itself", &self.unpublishes),
-        ];
-        for (name, help, counter) in counters {
-            registry.register(name, help, counter.clone());
-        }
+        register_counters(
+            registry,
+            &[
+                ("accepted", "RTMP connections admitted", &self.accepted),
+                ("refused_global", "RTMP connections refused because ingest.max_connections were open", &self.refused_global),
+                ("refused_per_address", "RTMP connections refused by ingest.max_connections_per_address", &self.refused_per_address),
+                ("handshake_timeouts", "RTMP connections closed because the handshake did not complete in time", &self.handshake_timeouts),
+                ("publish_timeouts", "RTMP connections closed because no publish came in time", &self.publish_timeouts),
+                ("idle_timeouts", "RTMP connections closed after ingest.idle_timeout without media", &self.idle_timeouts),
+                ("guard_rejections", "RTMP connections closed by the chunk guard (oversized or malformed messages)", &self.guard_rejections),
+                ("publishes_refused", "Publishes refused (key, application or stream name)", &self.publishes_refused),
+                ("relay_refused", "Relayed publishes refused (not from a federation node, or a bad relay token)", &self.relay_refused),
+                ("takeovers", "Publishers closed because a new publish took their silent stream over", &self.takeovers),
+                ("audio_too_large", "RTMP connections closed for an audio message over ingest.max_audio_message", &self.audio_too_large),
+                ("write_timeouts", "RTMP connections closed because a write to the broadcaster timed out (ingest.write_timeout)", &self.write_timeouts),
+                ("unpublishes", "Publishes the broadcaster ended itself", &self.unpublishes),
+            ],
+        );
         registry.register("open", "RTMP connections open", self.open.clone());
     }
 }

@@ -19,7 +19,7 @@
 //! while it was watched through this node within the last minute: an ended stream's series
 //! go with it.
 
-pub mod labels;
+pub mod common;
 
 use std::sync::Arc;
 

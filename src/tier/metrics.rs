@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 use super::cache::TierCache;
+use crate::metrics::common::register_counters;
 
 /// Recorded where each event happens; registered once per node ([`TierMetrics::register`]).
 #[derive(Debug)]
@@ -72,24 +73,24 @@ impl TierMetrics {
     /// Registers the counters, the fetch time and `cache`'s size.
     pub fn register(&self, registry: &mut Registry, cache: TierCache) {
         let registry = registry.sub_registry_with_prefix("tier");
-        let counters = [
-            ("requests", "Viewer requests the caching tier answered", &self.requests),
-            ("hits", "Requests answered from the cache", &self.hits),
-            ("misses", "Requests that fetched from upstream", &self.misses),
-            ("coalesced", "Requests that waited on another request's upstream fetch", &self.coalesced),
-            ("bad_requests", "Requests with a malformed path", &self.bad_requests),
-            ("upstream_requests", "HTTP requests sent upstream, one per attempt", &self.upstream_requests),
-            ("upstream_errors", "Upstream attempts that failed (refused, reset, timed out, too large, or an unexpected status)", &self.upstream_errors),
-            ("upstream_connect_failures", "Upstream attempts that could not connect (they mark the node down)", &self.upstream_connect_failures),
-            ("upstream_timeouts", "Upstream attempts that ran out of time (the request fails over)", &self.upstream_timeouts),
-            ("upstream_too_large", "Upstream answers larger than tier.max_body_bytes", &self.upstream_too_large),
-            ("not_stored", "Answers passed on without being cached because the upstream's Cache-Control said so", &self.not_stored),
-            ("prefetches", "Segments fetched by the prefetcher", &self.prefetches),
-            ("prefetch_limited", "Upstream MPDs or Representations the prefetcher skipped at one of its bounds", &self.prefetch_limited),
-        ];
-        for (name, help, counter) in counters {
-            registry.register(name, help, counter.clone());
-        }
+        register_counters(
+            registry,
+            &[
+                ("requests", "Viewer requests the caching tier answered", &self.requests),
+                ("hits", "Requests answered from the cache", &self.hits),
+                ("misses", "Requests that fetched from upstream", &self.misses),
+                ("coalesced", "Requests that waited on another request's upstream fetch", &self.coalesced),
+                ("bad_requests", "Requests with a malformed path", &self.bad_requests),
+                ("upstream_requests", "HTTP requests sent upstream, one per attempt", &self.upstream_requests),
+                ("upstream_errors", "Upstream attempts that failed (refused, reset, timed out, too large, or an unexpected status)", &self.upstream_errors),
+                ("upstream_connect_failures", "Upstream attempts that could not connect (they mark the node down)", &self.upstream_connect_failures),
+                ("upstream_timeouts", "Upstream attempts that ran out of time (the request fails over)", &self.upstream_timeouts),
+                ("upstream_too_large", "Upstream answers larger than tier.max_body_bytes", &self.upstream_too_large),
+                ("not_stored", "Answers passed on without being cached because the upstream's Cache-Control said so", &self.not_stored),
+                ("prefetches", "Segments fetched by the prefetcher", &self.prefetches),
+                ("prefetch_limited", "Upstream MPDs or Representations the prefetcher skipped at one of its bounds", &self.prefetch_limited),
+            ],
+        );
         registry.register("upstream_fetch_seconds", "Upstream fetches of the caching tier, failures included", self.upstream_fetch_seconds.clone());
         registry.register_collector(Box::new(CacheSize(cache)));
     }
