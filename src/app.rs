@@ -35,10 +35,9 @@ use crate::ingest::limits::IngestStats;
 use crate::ingest::relay::{Placement, Standalone};
 use crate::audience::Audience;
 use crate::metrics::{self, Instruments};
-use crate::package::mpd::MpdTiming;
 use crate::package::Packager;
 use crate::store::Store;
-use crate::stream::{StreamRegistry, StreamServices};
+use crate::stream::{StreamConfig, StreamRegistry, StreamServices};
 use crate::tier::{self, TierState, UpstreamResolver};
 use crate::transcode::{self, resources::Resources};
 
@@ -72,19 +71,19 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
 
     let config = Arc::new(config);
     let store = Arc::new(Store::new());
-    let timing = MpdTiming {
-        segment_duration: config.package.segment_duration,
-        update_period: config.package.manifest_update_period,
-        dvr_window: config.package.dvr_window,
-        presentation_delay: config.package.presentation_delay,
-        number_form_delay: config.package.number_form_delay,
-    };
+    let timing = config.package.mpd_timing();
     let instruments = Instruments::default();
     let audience = Arc::new(Audience::default());
     let packager = Arc::new(Packager::new(Arc::clone(&store), timing, instruments.production_lag.clone()).with_byte_caps(config.package.byte_caps()));
     let tracker = TaskTracker::new();
     let services = StreamServices {
-        config: Arc::clone(&config),
+        config: Arc::new(StreamConfig {
+            cluster: config.cluster.clone(),
+            ingest: config.ingest.clone(),
+            transcode: config.transcode.clone(),
+            ladder: config.ladder.clone(),
+            package: config.package.clone(),
+        }),
         packager: Arc::clone(&packager),
         transcode: Arc::clone(&resources),
         instruments: instruments.clone(),
