@@ -59,8 +59,9 @@ SUMMARY=$WORK/summary.tsv
 : > "$R"; : > "$INSPECT"; : > "$SUMMARY"
 START=$(date +%s)
 
-say() { printf '%s\n' "$*" >> "$R"; }
-fence() { say '```'; cat >> "$R"; say '```'; }
+# The report names the temp dir $WORK, not the host's path to it.
+say() { local line="$*"; printf '%s\n' "${line//"$WORK"/\$WORK}" >> "$R"; }
+fence() { say '```'; sed "s|$WORK|\$WORK|g" >> "$R"; say '```'; }
 # run a shell snippet, put command, output (head -n N) and exit status into the report
 show() { # N "command"
   local n=$1; shift

@@ -37,10 +37,9 @@ use crate::ingest::limits::IngestMetrics;
 use crate::ingest::relay::{Placement, Standalone};
 use crate::audience::Audience;
 use crate::metrics::{self, HttpRequests};
-use crate::package::mpd::MpdTiming;
 use crate::package::Packager;
 use crate::store::Store;
-use crate::stream::{StreamRegistry, StreamServices};
+use crate::stream::{StreamConfig, StreamRegistry, StreamServices};
 use crate::tier::{self, TierState, UpstreamResolver};
 use crate::transcode::{self, resources::Resources};
 
@@ -74,13 +73,7 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
 
     let config = Arc::new(config);
     let store = Arc::new(Store::new());
-    let timing = MpdTiming {
-        segment_duration: config.package.segment_duration,
-        update_period: config.package.manifest_update_period,
-        dvr_window: config.package.dvr_window,
-        presentation_delay: config.package.presentation_delay,
-        number_form_delay: config.package.number_form_delay,
-    };
+    let timing = config.package.mpd_timing();
     // The node's one metrics registry: every part registers its own metrics below.
     let mut metrics_registry = Registry::with_prefix("rackcast");
     let audience = Arc::new(Audience::default());
@@ -89,7 +82,13 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
     packager.metrics().register(&mut metrics_registry);
     let tracker = TaskTracker::new();
     let services = StreamServices {
-        config: Arc::clone(&config),
+        config: Arc::new(StreamConfig {
+            cluster: config.cluster.clone(),
+            ingest: config.ingest.clone(),
+            transcode: config.transcode.clone(),
+            ladder: config.ladder.clone(),
+            package: config.package.clone(),
+        }),
         packager: Arc::clone(&packager),
         transcode: Arc::clone(&resources),
         transcode_failures: Counter::default(),

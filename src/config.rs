@@ -1,24 +1,27 @@
 //! Typed appliance configuration. Every field has a documented, named default, so an
 //! appliance with no config file runs one node with every role and the software encoder.
-//! Each section's type, defaults and documentation live in the module that owns it
-//! (`cluster/config.rs`, `ingest/config.rs`, `http/config.rs`, `transcode/config.rs`,
+//! Each section's type, defaults, documentation and `validate()` live in the module that
+//! owns it (`cluster/config.rs`, `ingest/config.rs`, `http/config.rs`, `transcode/config.rs`,
 //! `ladder/config.rs`, `package/config.rs`, `tier`, `auth/config.rs`); this file assembles
-//! them, reads the file and runs `validate()` at start-up, which names the offending key.
-//! deploy/rackcast.toml mirrors the sections.
+//! them, reads the file, and at start-up runs each section's checks and then the few that
+//! span sections ([`Config::validate`]). Every error names the offending key
+//! (`crate::section::InvalidKey`). Only the wiring (app.rs, main.rs) and the admin API,
+//! which serves the whole effective config, import this file. deploy/rackcast.toml mirrors
+//! the sections.
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::AuthConfig;
-use crate::cluster::config::{ClusterConfig, Role, MIN_RELAY_SECRET_LEN};
-use crate::http::HttpConfig;
-use crate::ingest::IngestConfig;
+use crate::auth::config::AuthConfig;
+use crate::cluster::config::ClusterConfig;
+use crate::http::config::HttpConfig;
+use crate::ingest::config::IngestConfig;
 use crate::ladder::config::LadderConfig;
 use crate::package::config::{PackageConfig, STREAM_BYTES_HEADROOM};
+use crate::section::InvalidKey;
 use crate::tier::TierConfig;
-use crate::transcode::config::{TranscodeConfig, X264_PRESETS};
+use crate::transcode::config::TranscodeConfig;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -46,12 +49,8 @@ pub enum ConfigError {
     Read { path: String, source: std::io::Error },
     #[error("config file {path} is not valid: {source}")]
     Parse { path: String, source: Box<toml::de::Error> },
-    #[error("{key}: {reason}")]
-    Invalid { key: String, reason: String },
-}
-
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+    #[error(transparent)]
+    Invalid(#[from] InvalidKey),
 }
 
 impl Config {
@@ -95,108 +94,41 @@ impl Config {
         config
     }
 
+    /// Each section's own checks, then the checks that span sections.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.tier.validate().map_err(|e| invalid("tier", e.to_string()))?;
-        self.auth.validate().map_err(|(key, reason)| invalid(format!("auth.{key}"), reason))?;
-        self.http.validate().map_err(|e| invalid(format!("http.{}", e.key), e.reason))?;
-        let cluster = &self.cluster;
-        if !cluster.nodes.is_empty() {
-            if cluster.this_node().is_none() {
-                return Err(invalid("cluster.node_id", format!("{:?} is not one of cluster.nodes", cluster.node_id)));
-            }
-            let mut ids = std::collections::BTreeSet::new();
-            for (i, node) in cluster.nodes.iter().enumerate() {
-                if !ids.insert(node.id.as_str()) {
-                    return Err(invalid(format!("cluster.nodes[{i}].id"), format!("{:?} appears twice", node.id)));
-                }
-                if node.roles.is_empty() {
-                    return Err(invalid(format!("cluster.nodes[{i}].roles"), "needs at least one role"));
-                }
-            }
-            if cluster.relay_secret.chars().count() < MIN_RELAY_SECRET_LEN {
-                return Err(invalid(
-                    "cluster.relay_secret",
-                    format!("a federated node needs a relay secret of at least {MIN_RELAY_SECRET_LEN} characters (relay_secret or relay_secret_file), the same on every node"),
-                ));
-            }
-            if !cluster.nodes.iter().any(|n| n.roles.contains(&Role::Live)) {
-                return Err(invalid("cluster.nodes", "needs at least one node with the live role"));
-            }
-        }
-        if cluster.vnodes == 0 || cluster.vnodes > 4096 {
-            return Err(invalid("cluster.vnodes", "must be within 1..=4096"));
-        }
-        if cluster.health_timeout.is_zero() || cluster.health_timeout > cluster.health_interval * 4 {
-            return Err(invalid("cluster.health_timeout", "must be above zero and at most four health intervals"));
-        }
-        if cluster.fail_after == 0 || cluster.rise_after == 0 {
-            return Err(invalid("cluster.fail_after", "fail_after and rise_after must be at least 1"));
-        }
-        self.ingest.validate().map_err(|(key, reason)| invalid(format!("ingest.{key}"), reason))?;
-        if self.transcode.backends.is_empty() {
-            return Err(invalid("transcode.backends", "needs at least one backend (nvenc, nvdec-x264, vaapi, software)"));
-        }
-        if self.transcode.cpu_budget.is_some_and(|c| !(c > 0.0 && c <= 1024.0)) {
-            return Err(invalid("transcode.cpu_budget", "must be a number of cores above 0"));
-        }
-        if self.transcode.nvenc_sessions_per_gpu == Some(0) || self.transcode.nvdec_sessions_per_gpu == 0 || self.transcode.vaapi_sessions == 0 {
-            return Err(invalid("transcode", "session budgets must be at least 1"));
-        }
-        if !X264_PRESETS.contains(&self.transcode.x264_preset.as_str()) {
-            return Err(invalid("transcode.x264_preset", format!("must be one of {}", X264_PRESETS.join(", "))));
-        }
-        if !(32_000..=512_000).contains(&self.transcode.audio_bitrate) {
-            return Err(invalid("transcode.audio_bitrate", "must be between 32000 and 512000 bit/s"));
-        }
-        if self.transcode.rungs.is_empty() {
-            return Err(invalid("transcode.rungs", "needs at least one rung"));
-        }
-        for (i, rung) in self.transcode.rungs.iter().enumerate() {
-            if rung.height < 90 || rung.height > 4320 || rung.height % 2 != 0 {
-                return Err(invalid(format!("transcode.rungs[{i}].height"), "must be even and within 90..=4320"));
-            }
-            if rung.bitrate_kbps < 100 || rung.bitrate_kbps > 100_000 {
-                return Err(invalid(format!("transcode.rungs[{i}].bitrate_kbps"), "must be within 100..=100000"));
-            }
-        }
-        if !(0.05..=0.9).contains(&self.ladder.hysteresis_ratio) {
-            return Err(invalid("ladder.hysteresis_ratio", "must be within 0.05..=0.9"));
-        }
-        let seg = self.package.segment_duration;
-        if seg < Duration::from_millis(500) || seg > Duration::from_secs(10) {
-            return Err(invalid("package.segment_duration", "must be within 500ms..=10s"));
-        }
-        let update = self.package.manifest_update_period;
-        if update < Duration::from_millis(100) || update > seg * 10 {
-            return Err(invalid("package.manifest_update_period", "must be within 100ms and ten segment durations"));
-        }
+        self.tier.validate()?;
+        self.auth.validate()?;
+        self.http.validate()?;
+        self.cluster.validate()?;
+        self.ingest.validate()?;
+        self.transcode.validate()?;
+        self.ladder.validate()?;
+        self.package.validate()?;
+        Ok(self.validate_across_sections()?)
+    }
+
+    /// The checks no one section can make, each relating a key to another section's.
+    fn validate_across_sections(&self) -> Result<(), InvalidKey> {
+        // http x tier: a tier's handler waits up to tier.request_timeout; cutting it short
+        // would turn its 502 / 504 into the edge's 503.
         if self.http.request_timeout < self.tier.request_timeout {
-            // A tier's handler waits up to tier.request_timeout; cutting it short would turn
-            // its 502 / 504 into the edge's 503.
-            return Err(invalid("http.request_timeout", "must be at least tier.request_timeout"));
+            return Err(InvalidKey::new("http", "request_timeout", "must be at least tier.request_timeout"));
         }
-        if self.tier.negative_ttl >= seg {
-            // A remembered 404 must not hide a stream that starts for a whole segment.
-            return Err(invalid("tier.negative_ttl", "must be shorter than package.segment_duration"));
+        // tier x package: a remembered 404 must not hide a stream that starts for a whole
+        // segment.
+        if self.tier.negative_ttl >= self.package.segment_duration {
+            return Err(InvalidKey::new("tier", "negative_ttl", "must be shorter than package.segment_duration"));
         }
-        if self.package.number_form_delay > seg * 10 {
-            return Err(invalid("package.number_form_delay", "must be at most ten segment durations"));
-        }
-        if self.package.max_clock_drift < seg * 2 {
-            return Err(invalid("package.max_clock_drift", "must be at least two segment durations"));
-        }
-        if self.package.dvr_window < seg * 3 {
-            return Err(invalid("package.dvr_window", "must hold at least three segments"));
-        }
-        let fragment = self.package.max_fragment_bytes;
-        if !(1 << 20..=1 << 30).contains(&fragment) {
-            return Err(invalid("package.max_fragment_bytes", "must be within 1 MiB and 1 GiB"));
-        }
-        let window = self.package.nominal_window_bytes(self.transcode.nominal_bits_per_second());
-        let needed = window.max(4 * fragment as u64);
-        if (self.package.max_stream_bytes as f64) < needed as f64 * STREAM_BYTES_HEADROOM {
-            return Err(invalid(
-                "package.max_stream_bytes",
+        // package x transcode: the byte cap must hold the whole ladder's DVR window at the
+        // rungs' and the audio's bitrates, so that it never shortens the window of a stream
+        // that behaves.
+        let package = &self.package;
+        let window = package.nominal_window_bytes(self.transcode.nominal_bits_per_second());
+        let needed = window.max(4 * package.max_fragment_bytes as u64);
+        if (package.max_stream_bytes as f64) < needed as f64 * STREAM_BYTES_HEADROOM {
+            return Err(InvalidKey::new(
+                "package",
+                "max_stream_bytes",
                 format!(
                     "must be at least {} bytes: {STREAM_BYTES_HEADROOM} times the larger of the whole ladder's DVR window ({} bytes at the rungs' and audio's bitrates) and four max_fragment_bytes",
                     (needed as f64 * STREAM_BYTES_HEADROOM).ceil() as u64,
@@ -210,6 +142,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

@@ -19,6 +19,7 @@ pub mod media;
 pub mod metrics;
 pub mod package;
 pub mod probe;
+pub mod section;
 pub mod store;
 pub mod stream;
 pub mod tier;

@@ -208,19 +208,11 @@ mod tests {
     use crate::auth::PublishAuth;
     use crate::audience::Audience;
     use crate::package::Packager;
-    use crate::package::mpd::MpdTiming;
 
     fn state(data_dir: &std::path::Path) -> Arc<ApiState> {
         let mut config = Config::default();
         config.auth.data_dir = data_dir.to_owned();
-        let p = &config.package;
-        let timing = MpdTiming {
-            segment_duration: p.segment_duration,
-            update_period: p.manifest_update_period,
-            dvr_window: p.dvr_window,
-            presentation_delay: p.presentation_delay,
-            number_form_delay: p.number_form_delay,
-        };
+        let timing = config.package.mpd_timing();
         crate::transcode::init().unwrap();
         let host = crate::host::HostTelemetry::start();
         let sources = Sources {

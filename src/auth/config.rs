@@ -1,12 +1,17 @@
 //! `[auth]`: where the appliance keeps its state (stream keys, admin users, sessions, API
 //! tokens, the audit log), how hard publish and login attempts are limited, and how long
-//! an admin session lasts.
+//! an admin session lasts; with their defaults and checks.
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::section::InvalidKey;
+
+/// The section's table in the config file.
+const SECTION: &str = "auth";
 
 /// Publish attempts one address may make per minute while stream keys are required, and
 /// how many of them may come at once.
@@ -81,8 +86,9 @@ impl Default for AuthConfig {
 }
 
 impl AuthConfig {
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let invalid = |key: &str, reason: &str| Err((key.to_owned(), reason.to_owned()));
+    /// Checks every field; the error names the key (`auth.{key}`).
+    pub fn validate(&self) -> Result<(), InvalidKey> {
+        let invalid = |key: &str, reason: &str| Err(InvalidKey::new(SECTION, key, reason));
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must name a directory");
         }

@@ -2,14 +2,16 @@
 //! over the purpose, the stream name and the expiry, keyed with a shared secret. The
 //! receiver checks the signature in constant time, then the expiry against its own clock,
 //! so the secret itself never travels and a key seen once (in a capture, a log) is useless
-//! after it expires. Two purposes, each with its own secret and signing domain
-//! (node-to-node HTTP requests are signed per request instead: `peer.rs`):
+//! after it expires. The node signs for three purposes, each in its own signing domain, so
+//! a signature made for one is never valid for another; two of them share a secret:
 //!
-//! - **Relay**: a node that relays a publish to the stream's owner signs it with the
+//! - **Relay** (here): a node that relays a publish to the stream's owner signs it with the
 //!   federation's `cluster.relay_secret`; valid for [`RELAY_LIFETIME`].
-//! - **Publish**: automation gets a publish key for one stream, valid up to
-//!   [`PUBLISH_MAX_LIFETIME`], made with `auth.publish_token_secret` (`rackcast token`);
-//!   it fits in an RTMP URL (about 90 characters with the stream name).
+//! - **Node-to-node HTTP** (`peer.rs`): each request and answer is signed with the same
+//!   `cluster.relay_secret`, per request rather than as a token.
+//! - **Publish** (here): automation gets a publish key for one stream, valid up to
+//!   [`PUBLISH_MAX_LIFETIME`], made with its own secret, `auth.publish_token_secret`
+//!   (`rackcast token`); it fits in an RTMP URL (about 90 characters with the stream name).
 //!
 //! Clocks must agree within [`CLOCK_SKEW`] (run NTP).
 

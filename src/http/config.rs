@@ -1,12 +1,17 @@
 //! The HTTP edge's settings: where the viewer-facing server listens and the bounds every
 //! connection lives within (connection cap, header-read, request and idle time-outs, header
-//! size). Owned here so the server module owns its config; src/config.rs only composes it
-//! as `[http]`. The limits are enforced by `server.rs`.
+//! size), with their defaults and checks. Owned here so the server module owns its config;
+//! src/config.rs only composes it as `[http]`. The limits are enforced by `server.rs`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::section::InvalidKey;
+
+/// The section's table in the config file.
+const SECTION: &str = "http";
 
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
 /// Open connections beyond this are closed at accept. 10,000 viewers per appliance is well
@@ -73,17 +78,10 @@ impl Default for HttpConfig {
     }
 }
 
-/// An `[http]` value that cannot work; `key` is the field name under `http.`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("http.{key}: {reason}")]
-pub struct InvalidHttpConfig {
-    pub key: &'static str,
-    pub reason: String,
-}
-
 impl HttpConfig {
-    pub fn validate(&self) -> Result<(), InvalidHttpConfig> {
-        let invalid = |key, reason: &str| Err(InvalidHttpConfig { key, reason: reason.to_owned() });
+    /// Checks every field; the error names the key (`http.{key}`).
+    pub fn validate(&self) -> Result<(), InvalidKey> {
+        let invalid = |key: &str, reason: &str| Err(InvalidKey::new(SECTION, key, reason));
         if !(1..=1_000_000).contains(&self.max_connections) {
             return invalid("max_connections", "must be within 1..=1000000");
         }

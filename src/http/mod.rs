@@ -10,7 +10,6 @@ pub mod config;
 pub mod path;
 pub mod server;
 
-pub use config::HttpConfig;
 pub use server::{HttpEdgeMetrics, serve};
 
 use std::net::SocketAddr;

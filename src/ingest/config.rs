@@ -8,6 +8,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::media::StreamId;
+use crate::section::InvalidKey;
+
+/// The section's table in the config file.
+const SECTION: &str = "ingest";
 
 pub const DEFAULT_RTMP_LISTEN: &str = "0.0.0.0:1935";
 pub const DEFAULT_RTMP_APP: &str = "live";
@@ -99,9 +103,9 @@ impl Default for IngestConfig {
 }
 
 impl IngestConfig {
-    /// Checks every field; the error names the key (relative to `[ingest]`).
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let invalid = |key: &str, reason: &str| Err((key.to_owned(), reason.to_owned()));
+    /// Checks every field; the error names the key (`ingest.{key}`).
+    pub fn validate(&self) -> Result<(), InvalidKey> {
+        let invalid = |key: &str, reason: &str| Err(InvalidKey::new(SECTION, key, reason));
         if self.app.is_empty() || self.app.contains('/') {
             return invalid("app", "must be a non-empty name without '/'");
         }
@@ -126,7 +130,7 @@ impl IngestConfig {
         }
         // The key itself is a secret: the error names only the public stream name.
         for (key, stream) in &self.keys {
-            StreamId::parse(stream).map_err(|e| ("keys".to_owned(), format!("public name {stream:?}: {e}")))?;
+            StreamId::parse(stream).map_err(|e| InvalidKey::new(SECTION, "keys", format!("public name {stream:?}: {e}")))?;
             if key.is_empty() || key.contains('?') {
                 return invalid("keys", &format!("the key of {stream:?} must be non-empty and hold no '?' (a query is never part of a key)"));
             }
@@ -155,9 +159,9 @@ mod tests {
         assert_eq!(config.max_audio_message, 32 * 1024);
         assert_eq!(config.write_timeout, Duration::from_secs(5));
         let small: IngestConfig = toml::from_str("max_audio_message = 4096").unwrap();
-        assert_eq!(small.validate().unwrap_err().0, "max_audio_message");
+        assert_eq!(small.validate().unwrap_err().key, "max_audio_message");
         let zero: IngestConfig = toml::from_str("write_timeout = \"0s\"").unwrap();
-        assert_eq!(zero.validate().unwrap_err().0, "write_timeout");
+        assert_eq!(zero.validate().unwrap_err().key, "write_timeout");
     }
 
     #[test]
@@ -166,12 +170,12 @@ mod tests {
             toml::from_str("[keys]\n\"live_123_abc.DEF/room@x=y+z~\" = \"studio.1\"\n\"room/cam\" = \"room~cam\"\n").unwrap();
         config.validate().unwrap();
         config.keys.insert("s3cr3t?token=1".into(), "other".into());
-        let (key, reason) = config.validate().unwrap_err();
+        let InvalidKey { key, reason, .. } = config.validate().unwrap_err();
         assert_eq!(key, "keys");
         assert!(reason.contains("\"other\"") && !reason.contains("s3cr3t"), "{reason}");
         config.keys.clear();
         config.keys.insert("s3cr3t".into(), "../up".into());
-        let (_, reason) = config.validate().unwrap_err();
+        let reason = config.validate().unwrap_err().reason;
         assert!(!reason.contains("s3cr3t"), "{reason}");
     }
 }

@@ -18,7 +18,9 @@
 //!   length that shrinks below the bytes already received, a chunk on a stream never opened;
 //! - more than [`PRE_PUBLISH_BUDGET`] bytes before the peer asks to publish.
 //!
-//! Pure: bytes in, a verdict out. No I/O, no allocation beyond one command message.
+//! Pure: bytes in, a verdict out, no I/O. It keeps the first [`MAX_COMMAND_MESSAGE`] bytes
+//! of every message, media included (a copy of up to 64 KiB per audio or video message,
+//! dropped when the message is complete), and never more than that at once.
 
 use std::collections::HashMap;
 
@@ -105,7 +107,8 @@ pub struct ChunkGuard {
     /// Bytes of the message being assembled (rml_rtmp keeps one accumulator for every
     /// chunk stream, so the guard does too).
     received: u32,
-    /// Its first [`MAX_COMMAND_MESSAGE`] bytes, kept to inspect AMF before rml_rtmp does.
+    /// Its first [`MAX_COMMAND_MESSAGE`] bytes, whatever its type, kept to inspect AMF and
+    /// chunk sizes before rml_rtmp does.
     body: Vec<u8>,
     publish_requested: bool,
     total_bytes: u64,

@@ -8,7 +8,7 @@
 //! dropped alone. A connection may unpublish (closeStream / deleteStream) and publish
 //! again: the publish deadline runs only while it is not publishing.
 
-mod config;
+pub mod config;
 pub mod flv;
 #[cfg(test)]
 mod fuzz;
@@ -16,8 +16,6 @@ pub mod guard;
 pub mod key;
 pub mod limits;
 pub mod relay;
-
-pub use config::IngestConfig;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};

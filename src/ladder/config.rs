@@ -1,10 +1,13 @@
 //! The ladder's configuration (`[ladder]`): how the plan follows the broadcaster's measured
-//! bitrate (first measurement, hysteresis), and the rung catalogue the planner picks from
-//! (its entries, [`RungConfig`], are listed under `[[transcode.rungs]]`).
+//! bitrate (first measurement, hysteresis), with its defaults and checks, and the rung
+//! catalogue the planner picks from (its entries, [`RungConfig`], are listed and checked
+//! under `[[transcode.rungs]]`).
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::section::InvalidKey;
 
 /// One entry of the ladder catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +44,16 @@ pub struct LadderConfig {
     /// How long the bitrate must stay outside the band before the ladder follows.
     #[serde(with = "humantime_serde")]
     pub hysteresis_hold: Duration,
+}
+
+impl LadderConfig {
+    /// Checks every field; the error names the key (`ladder.{key}`).
+    pub fn validate(&self) -> Result<(), InvalidKey> {
+        if !(0.05..=0.9).contains(&self.hysteresis_ratio) {
+            return Err(InvalidKey::new("ladder", "hysteresis_ratio", "must be within 0.05..=0.9"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for LadderConfig {

@@ -1,9 +1,15 @@
 //! The packager's configuration (`[package]`): segment duration, DVR window, manifest
-//! timing and the byte caps per fragment and per stream.
+//! timing and the byte caps per fragment and per stream, with their defaults and checks.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use super::mpd::MpdTiming;
+use crate::section::InvalidKey;
+
+/// The section's table in the config file.
+const SECTION: &str = "package";
 
 pub const DEFAULT_DVR_WINDOW: Duration = Duration::from_secs(30);
 pub const DEFAULT_SEGMENT_DURATION: Duration = Duration::from_secs(1);
@@ -73,6 +79,45 @@ impl PackageConfig {
     /// The byte caps the packager enforces.
     pub fn byte_caps(&self) -> crate::package::ByteCaps {
         crate::package::ByteCaps { max_fragment_bytes: self.max_fragment_bytes, max_stream_bytes: self.max_stream_bytes }
+    }
+
+    /// The manifest-wide timing the MPD renderer follows.
+    pub fn mpd_timing(&self) -> MpdTiming {
+        MpdTiming {
+            segment_duration: self.segment_duration,
+            update_period: self.manifest_update_period,
+            dvr_window: self.dvr_window,
+            presentation_delay: self.presentation_delay,
+            number_form_delay: self.number_form_delay,
+        }
+    }
+
+    /// Checks every field against the others of the section; the error names the key
+    /// (`package.{key}`). `max_stream_bytes` depends on the ladder's bitrates too: src/config.rs
+    /// checks it.
+    pub fn validate(&self) -> Result<(), InvalidKey> {
+        let invalid = |key: &str, reason: &str| Err(InvalidKey::new(SECTION, key, reason));
+        let seg = self.segment_duration;
+        if seg < Duration::from_millis(500) || seg > Duration::from_secs(10) {
+            return invalid("segment_duration", "must be within 500ms..=10s");
+        }
+        let update = self.manifest_update_period;
+        if update < Duration::from_millis(100) || update > seg * 10 {
+            return invalid("manifest_update_period", "must be within 100ms and ten segment durations");
+        }
+        if self.number_form_delay > seg * 10 {
+            return invalid("number_form_delay", "must be at most ten segment durations");
+        }
+        if self.max_clock_drift < seg * 2 {
+            return invalid("max_clock_drift", "must be at least two segment durations");
+        }
+        if self.dvr_window < seg * 3 {
+            return invalid("dvr_window", "must hold at least three segments");
+        }
+        if !(1 << 20..=1 << 30).contains(&self.max_fragment_bytes) {
+            return invalid("max_fragment_bytes", "must be within 1 MiB and 1 GiB");
+        }
+        Ok(())
     }
 }
 

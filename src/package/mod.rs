@@ -493,14 +493,7 @@ mod tests {
     const WAIT: Duration = Duration::from_secs(10);
 
     fn packager() -> Arc<Packager> {
-        let timing = MpdTiming {
-            segment_duration: Duration::from_secs(1),
-            update_period: Duration::from_secs(1),
-            dvr_window: Duration::from_secs(30),
-            presentation_delay: Duration::from_secs(1),
-            number_form_delay: Duration::from_secs(2),
-        };
-        Arc::new(Packager::new(Arc::new(Store::new()), timing))
+        Arc::new(Packager::new(Arc::new(Store::new()), mpd::tests::TIMING))
     }
 
     fn video() -> RenditionInfo {
@@ -575,13 +568,7 @@ mod byte_cap_tests {
     use crate::media::TrackKind;
 
     fn packager(caps: ByteCaps) -> Packager {
-        let timing = MpdTiming {
-            segment_duration: Duration::from_secs(1),
-            update_period: Duration::from_secs(1),
-            dvr_window: Duration::from_secs(3600),
-            presentation_delay: Duration::from_secs(1),
-            number_form_delay: Duration::from_secs(2),
-        };
+        let timing = MpdTiming { dvr_window: Duration::from_secs(3600), ..mpd::tests::TIMING };
         Packager::new(Arc::new(Store::new()), timing).with_byte_caps(caps)
     }
 

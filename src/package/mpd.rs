@@ -291,12 +291,13 @@ fn representation(track: &Track, template: dash::SegmentTemplate) -> dash::Repre
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::media::{RenditionId, SessionId, StreamId};
     use crate::package::timeline::RenditionInfo;
 
-    const TIMING: MpdTiming = MpdTiming {
+    /// The package tests' manifest timing: 1 s segments and updates, a 30 s DVR window.
+    pub(in crate::package) const TIMING: MpdTiming = MpdTiming {
         segment_duration: Duration::from_secs(1),
         update_period: Duration::from_secs(1),
         dvr_window: Duration::from_secs(30),

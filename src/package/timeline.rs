@@ -317,7 +317,6 @@ impl StreamTimeline {
         self.ended_at.is_some_and(|ended| now.duration_since(ended).unwrap_or_default() > window)
     }
 
-    /// Where the newest video segment of the last Period ends, after availabilityStartTime.
     /// Where the newest Period's media ends after availabilityStartTime: its video
     /// segments' end, or its audio's for an audio-only source.
     pub fn media_end(&self) -> Option<Duration> {
@@ -484,14 +483,7 @@ pub(super) mod tests {
 
     #[test]
     fn zero_timescales_and_huge_times_do_not_panic() {
-        use crate::package::mpd::{self, ManifestForm, MpdTiming};
-        let timing = MpdTiming {
-            segment_duration: Duration::from_secs(1),
-            update_period: Duration::from_secs(1),
-            dvr_window: Duration::from_secs(30),
-            presentation_delay: Duration::from_secs(1),
-            number_form_delay: Duration::from_secs(2),
-        };
+        use crate::package::mpd::{self, ManifestForm};
         let s = SessionId::parse("s1").unwrap();
         let mut silent = video("audio");
         (silent.kind, silent.timescale) = (TrackKind::Audio, 0);
@@ -506,7 +498,7 @@ pub(super) mod tests {
                 assert!(tl.add_segment(&s, id, start, duration, at(1)).is_some());
             }
         }
-        let render = |tl: &StreamTimeline| ManifestForm::ALL.map(|form| mpd::render(tl, &timing, form).is_some());
+        let render = |tl: &StreamTimeline| ManifestForm::ALL.map(|form| mpd::render(tl, &mpd::tests::TIMING, form).is_some());
         assert_eq!(render(&tl), [true, true]);
         tl.media_end();
         tl.evict(Duration::from_secs(30), at(100));

@@ -1,5 +1,5 @@
-//! Ingest's side of a stream: the services every actor gets, the handle ingest sends
-//! packets and uplink estimates through (a bounded channel: back-pressure reaches the
+//! Ingest's side of a stream: the services every actor gets (with the config sections
+//! streams and ingest read), the handle ingest sends packets and uplink estimates through (a bounded channel: back-pressure reaches the
 //! broadcaster's TCP window), and the end signal ingest and the relay wait on. The actor
 //! behind a handle is started by `actor::spawn`.
 
@@ -9,18 +9,34 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::cluster::config::ClusterConfig;
+use crate::ingest::config::IngestConfig;
+use crate::ladder::config::LadderConfig;
 use crate::media::MediaPacket;
+use crate::package::config::PackageConfig;
 use crate::package::Packager;
 use crate::probe::UplinkEstimate;
+use crate::transcode::config::TranscodeConfig;
 use crate::transcode::resources::Resources;
 use super::registry::SharedStatus;
 
+/// The config sections a stream actor and an ingest connection read, copied from the
+/// node's config by the wiring (app.rs).
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// The federation's nodes: ingest takes relayed publishes from them, outside the
+    /// per-address connection limit.
+    pub cluster: ClusterConfig,
+    pub ingest: IngestConfig,
+    pub transcode: TranscodeConfig,
+    pub ladder: LadderConfig,
+    pub package: PackageConfig,
+}
 
 /// What every stream actor needs from the node.
 #[derive(Clone)]
 pub struct StreamServices {
-    pub config: Arc<Config>,
+    pub config: Arc<StreamConfig>,
     pub packager: Arc<Packager>,
     pub transcode: Arc<Resources>,
     /// Streams ended by a pipeline error (`rackcast_transcode_failures_total`).

@@ -7,7 +7,8 @@
 //! effect on the next source keyframe as a new Period that starts exactly where the last
 //! one ended. A failing stream is torn down alone.
 //!
-//! - `handle.rs`: what ingest holds ([`StreamHandle`], [`EndSignal`]);
+//! - `handle.rs`: what ingest holds ([`StreamHandle`], [`EndSignal`]) and what every actor
+//!   gets ([`StreamServices`], [`StreamConfig`]);
 //! - `actor.rs`: [`spawn`], the actor's loop and what each packet does;
 //! - `plan.rs`: which ladder, and admission;
 //! - `session.rs`: starting, cutting and stopping pipeline sessions;
@@ -24,5 +25,5 @@ mod session;
 pub mod status;
 
 pub use actor::spawn;
-pub use handle::{EndSignal, StreamEnd, StreamHandle, StreamServices};
+pub use handle::{EndSignal, StreamConfig, StreamEnd, StreamHandle, StreamServices};
 pub use registry::{AlreadyPublishing, PublishClaim, SharedStatus, StreamRegistry};

@@ -58,8 +58,8 @@ pub enum TierError {
     #[error("stream {stream}: fetch task failed: {reason}")]
     Task { stream: StreamId, reason: String },
     /// Start-up: a config value that cannot work, named by its key.
-    #[error("tier.{key}: {reason}")]
-    Config { key: &'static str, reason: String },
+    #[error(transparent)]
+    Config(#[from] crate::section::InvalidKey),
 }
 
 impl TierError {
@@ -74,7 +74,7 @@ impl TierError {
             | TierError::Transport { .. }
             | TierError::TooLarge { .. }
             | TierError::UpstreamStatus { .. } => StatusCode::BAD_GATEWAY,
-            TierError::Client(_) | TierError::Task { .. } | TierError::Config { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            TierError::Client(_) | TierError::Task { .. } | TierError::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

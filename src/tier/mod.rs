@@ -40,6 +40,7 @@ use crate::http::{Peer, note_viewer, path};
 use crate::audience::Audience;
 use crate::media::StreamId;
 use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
+use crate::section::InvalidKey;
 use crate::store::ManifestForm;
 use prefetch::RenditionTracker;
 use proxy::{Flights, ObjectRequest, Outcome};
@@ -122,8 +123,8 @@ impl Default for TierConfig {
 }
 
 impl TierConfig {
-    pub fn validate(&self) -> Result<(), TierError> {
-        let invalid = |key, reason: &str| Err(TierError::Config { key, reason: reason.to_owned() });
+    pub fn validate(&self) -> Result<(), InvalidKey> {
+        let invalid = |key, reason| Err(InvalidKey::new("tier", key, reason));
         if self.capacity_bytes < 1024 * 1024 {
             return invalid("capacity_bytes", "must be at least 1 MiB");
         }

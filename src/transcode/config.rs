@@ -1,5 +1,6 @@
 //! The transcode section (`[transcode]`): backends in preference order, fallback, the
-//! admission budgets, the x264 preset, the audio bitrate and the rung catalogue.
+//! admission budgets, the x264 preset, the audio bitrate and the rung catalogue, with their
+//! defaults and checks.
 
 use serde::{Deserialize, Serialize};
 
@@ -7,6 +8,10 @@ use super::admission::OverBudget;
 use super::backend::Backend;
 use super::capability::Fallback;
 use crate::ladder::config::{default_rungs, RungConfig};
+use crate::section::InvalidKey;
+
+/// The section's table in the config file.
+const SECTION: &str = "transcode";
 
 pub const DEFAULT_X264_PRESET: &str = "veryfast";
 pub const DEFAULT_AUDIO_BITRATE: u32 = 128_000;
@@ -58,6 +63,38 @@ impl TranscodeConfig {
     /// Every rung of the catalogue and the audio at their nominal bitrates, in bit/s.
     pub fn nominal_bits_per_second(&self) -> u64 {
         self.rungs.iter().map(|r| u64::from(r.bitrate_kbps) * 1000).sum::<u64>() + u64::from(self.audio_bitrate)
+    }
+
+    /// Checks every field and every rung; the error names the key (`transcode.{key}`).
+    pub fn validate(&self) -> Result<(), InvalidKey> {
+        let invalid = |key: &str, reason: &str| Err(InvalidKey::new(SECTION, key, reason));
+        if self.backends.is_empty() {
+            return invalid("backends", "needs at least one backend (nvenc, nvdec-x264, vaapi, software)");
+        }
+        if self.cpu_budget.is_some_and(|c| !(c > 0.0 && c <= 1024.0)) {
+            return invalid("cpu_budget", "must be a number of cores above 0");
+        }
+        if self.nvenc_sessions_per_gpu == Some(0) || self.nvdec_sessions_per_gpu == 0 || self.vaapi_sessions == 0 {
+            return invalid("", "session budgets must be at least 1");
+        }
+        if !X264_PRESETS.contains(&self.x264_preset.as_str()) {
+            return invalid("x264_preset", &format!("must be one of {}", X264_PRESETS.join(", ")));
+        }
+        if !(32_000..=512_000).contains(&self.audio_bitrate) {
+            return invalid("audio_bitrate", "must be between 32000 and 512000 bit/s");
+        }
+        if self.rungs.is_empty() {
+            return invalid("rungs", "needs at least one rung");
+        }
+        for (i, rung) in self.rungs.iter().enumerate() {
+            if rung.height < 90 || rung.height > 4320 || rung.height % 2 != 0 {
+                return invalid(&format!("rungs[{i}].height"), "must be even and within 90..=4320");
+            }
+            if rung.bitrate_kbps < 100 || rung.bitrate_kbps > 100_000 {
+                return invalid(&format!("rungs[{i}].bitrate_kbps"), "must be within 100..=100000");
+            }
+        }
+        Ok(())
     }
 }
 
