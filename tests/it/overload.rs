@@ -132,7 +132,7 @@ fn victim(line: &str, names: &[&str]) -> usize {
 
 #[test]
 fn overload_sheds_the_newest_streams_and_the_first_keeps_real_time() {
-    let _one = one_ladder_at_a_time();
+    let _host = host_to_itself();
     let dir = tempfile::tempdir().unwrap();
     let clip = clip(dir.path());
     // Admission would give later streams fewer rungs up front; opened wide here, it admits
@@ -196,7 +196,7 @@ fn overload_sheds_the_newest_streams_and_the_first_keeps_real_time() {
 
 #[test]
 fn under_a_one_core_quota_the_appliance_budgets_and_sheds_for_one_core() {
-    let _one = one_ladder_at_a_time();
+    let _host = host_to_itself();
     let quota = match CpuQuota::new("overload", 1.0) {
         Ok(quota) => quota,
         Err(why) => {

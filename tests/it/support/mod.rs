@@ -3,6 +3,7 @@
 //! what it waited for.
 
 pub mod flv;
+pub mod host;
 pub mod players;
 pub mod rtmp;
 
@@ -13,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use dash_mpd_core as dash;
+pub use host::{host_shared, host_to_itself};
 
 pub struct Appliance {
     child: Child,
@@ -23,6 +25,8 @@ pub struct Appliance {
     args: Vec<String>,
     /// The cgroup it runs in, when started under a CPU quota.
     procs: Option<std::path::PathBuf>,
+    /// This test's share of the host while the appliance runs.
+    _host: host::HostShare,
 }
 
 impl Appliance {
@@ -69,6 +73,7 @@ impl Appliance {
     }
 
     fn launch_in(dir: tempfile::TempDir, config: Option<&str>, args: Vec<String>, procs: Option<std::path::PathBuf>) -> Self {
+        let host = host_shared();
         let mut command = match &procs {
             // The shell moves itself into the cgroup, then becomes rackcast (same PID).
             Some(procs) => {
@@ -111,7 +116,7 @@ impl Appliance {
         let field = |name: &str| {
             ready.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))).unwrap().to_owned()
         };
-        Self { rtmp: field("rtmp"), http: field("http"), child, logs, dir, args, procs }
+        Self { rtmp: field("rtmp"), http: field("http"), child, logs, dir, args, procs, _host: host }
     }
 
     /// The appliance's data directory (its stream key store), for `rackcast keys`.
@@ -259,6 +264,8 @@ impl Drop for CpuQuota {
 
 /// Held by a test that transcodes a whole ladder: two such tests at once on a 2-core host
 /// fall behind real time, and the appliance rightly sheds rungs, which is not what they test.
+/// Take it before the test's first appliance. A test with the host to itself
+/// ([`host_to_itself`]) has no other ladder beside it and does not take this.
 pub fn one_ladder_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LADDER: Mutex<()> = Mutex::new(());
     LADDER.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
