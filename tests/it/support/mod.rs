@@ -271,10 +271,33 @@ pub fn one_ladder_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     LADDER.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A port that was free a moment ago (cluster configs must name every node's ports).
+/// A port that was free a moment ago (cluster configs must name every node's ports). It is
+/// below the kernel's ephemeral range, where connections' local ports and `:0` binds come
+/// from, so no test's connection takes it before its node binds it (or while a node is
+/// down before a restart); and it is handed out once in this binary.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768u16);
+    let first = ephemeral.saturating_sub(FREE_PORTS);
+    let mut next = NEXT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Test runs side by side on one machine start at different ports.
+    let mut port = next.unwrap_or(first + (std::process::id() % u32::from(FREE_PORTS)) as u16);
+    for _ in 0..FREE_PORTS {
+        let candidate = port;
+        port = if port + 1 >= ephemeral { first } else { port + 1 };
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            *next = Some(port);
+            return candidate;
+        }
+    }
+    panic!("no free port in {first}..{ephemeral}");
 }
+
+/// How many ports below the ephemeral range `free_port` hands out.
+const FREE_PORTS: u16 = 10_000;
 
 /// Waits until the node whose HTTP address is `http` (host:port) answers HTTP requests
 /// (its `/metrics/http`, which every role serves to anyone; `/cluster/health` answers only
