@@ -3,7 +3,8 @@
 # real ffmpeg publishers and HTTP on 127.0.0.1. Installs what it needs first (the build's
 # packages, the test tools, Rust through rustup if needed: deploy/install-deps.sh --test),
 # checks that installer (tests/install_deps_check.sh), and ends with one line totalling
-# every test binary's results.
+# every test binary's results: the library's and the binary's unit tests and the
+# integration tests, one binary (tests/it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./deploy/install-deps.sh --test

@@ -779,7 +779,7 @@ mod tests {
             ..ClusterConfig::default()
         };
         let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
-        // Its guard refuses our probes (401); tests/cluster_auth.rs has forged answers.
+        // Its guard refuses our probes (401); tests/it/cluster_auth.rs has forged answers.
         let mut membership = spawn(&config, client(), &tracker, shutdown.clone());
         wait_for(&mut membership, "l1 down", |v| !v.is_up("l1")).await;
         shutdown.cancel();

@@ -26,7 +26,7 @@
 //!
 //! # What players need from the MPD
 //!
-//! Measured with the player matrix in tests/players.rs (Debian 12 versions) and read from
+//! Measured with the player matrix in tests/it/players.rs (Debian 12 versions) and read from
 //! the players' sources. No single form serves every player, so each live stream has two
 //! (`mpd::ManifestForm`), listing the same segments under the same URLs:
 //!
@@ -57,10 +57,22 @@
 //!   covering a different second than video segment N, makes them re-fetch or stall.
 //! - **The real `maxSegmentDuration`.** Shaka starts maxSegmentDuration +
 //!   suggestedPresentationDelay behind the newest segment.
-//! - **Known player limits:** ffmpeg 5.1, dashdemux and dashdemux2 1.22.0, VLC 3.0 and
-//!   streamlink 5.2 never leave the first Period of a live MPD, so a re-plan or a
-//!   republish ends their playback; VLC 3.0 stays at least 6 s behind live; dashdemux2
-//!   1.22.0 buffers 30 s before it plays (DASH gives it no recommended threshold).
+//! - **Known player limits** (Debian 12 versions; the player matrix does not run these
+//!   checks for these players, `CANNOT_PASS` in tests/it/players.rs):
+//!   - ffmpeg 5.1 (dashdec) cannot follow a live Period change: its refresh fails when the
+//!     Representation count changes and it asks for numbers past the old Period's end.
+//!   - GStreamer 1.22.0 `playbin` (dashdemux) stays in the first Period of a live MPD,
+//!     asking for the number after its end.
+//!   - GStreamer 1.22.0 `playbin3` (dashdemux2) buffers 30 s before it plays (DASH gives it
+//!     no recommended threshold) and starts a segment or two further back; across a
+//!     Period change it asserts on the manifest update and stays in the old Period. The
+//!     matrix checks it only for errors and failed requests, and only without a Period
+//!     change.
+//!   - VLC 3.0 starts at least 6 s behind live, reports its own buffering adjustments as
+//!     errors, and never leaves the first Period of a live MPD.
+//!   - streamlink 5.2 reads only the first Period, so its playback ends there.
+//!
+//!   So a re-plan or a republish ends playback in all of them but dash.js and Shaka.
 
 
 pub mod config;

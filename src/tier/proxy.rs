@@ -97,6 +97,13 @@ impl Flights {
     fn shard(&self, key: &str) -> &FlightShard {
         &self.shards[(self.hasher.hash_one(key) % self.shards.len() as u64) as usize]
     }
+
+    /// How many requests wait on `key`'s flight now (the map holds one more handle), so a
+    /// test can wait for its viewers to have joined instead of sleeping.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self, key: &str) -> usize {
+        self.shard(key).lock().get(key).and_then(Shared::strong_count).map_or(0, |handles| handles - 1)
+    }
 }
 
 /// Removes a flight from the map when its task ends, panics included, so a later miss

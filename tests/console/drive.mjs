@@ -1,7 +1,7 @@
 // Drives the rackcast console in a real browser (puppeteer-core: Chromium over CDP, Firefox
 // over WebDriver BiDi) the way an admin would, and prints one JSON report on stdout:
 // {"checks": {name: true | "what went wrong"}, "page_errors": [...], "screenshots": [...]}.
-// tests/console.rs starts the appliance and a publisher, runs this, and asserts the report.
+// tests/it/console.rs starts the appliance and a publisher, runs this, and asserts the report.
 //
 //   node drive.mjs BASE_URL chrome|firefox EXECUTABLE OUT_DIR USER PASSWORD STREAM
 

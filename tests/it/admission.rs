@@ -39,7 +39,7 @@ fn segments(app: &Appliance) -> std::collections::HashMap<String, u64> {
 
 #[test]
 fn streams_beyond_the_cpu_budget_get_fewer_rungs_then_a_refusal_and_the_admitted_keep_real_time() {
-    let _one = one_ladder_at_a_time();
+    let _host = host_to_itself();
     let app = Appliance::start(Some(CONFIG));
     let node = get_json(&app.url("/api/v1/node"));
     assert_eq!(node["transcode_usage"]["cpu_cores_budget"].as_f64(), Some(0.8), "{node}");

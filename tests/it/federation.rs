@@ -187,9 +187,18 @@ fn federation_relays_caches_coalesces_and_fails_over() {
         (get(&format!("{}/live/{direct}/manifest.mpd", http(0))).status() == 200).then_some(())
     });
 
-    // The old owner comes back: streams that moved stay where they are (no flapping).
+    // The old owner comes back: streams that moved stay where they are (no flapping), also
+    // for a while after every other node sees it up again.
     running[1] = Some(Appliance::start_node(&config, "live-b"));
     wait_serving(&format!("127.0.0.1:{}", nodes[1].http), Duration::from_secs(10));
+    wait_until("live-b up again at every other node", Duration::from_secs(10), || {
+        (0..nodes.len()).filter(|&i| i != 1).all(|i| {
+            get_json(&format!("{}/api/v1/cluster", http(i)))["members"].as_array().is_some_and(|members| {
+                members.iter().any(|m| m["id"] == "live-b" && m["up"] == true)
+            })
+        })
+        .then_some(())
+    });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(get(&live_b_mpd).status(), 404, "the stream did not move back to live-b");
     let still = dash_mpd_core::parse(&get(&edge_mpd).text().unwrap()).unwrap();

@@ -176,9 +176,13 @@ fn idle_connections_are_capped_closed_when_idle_and_do_not_slow_requests() {
     assert!(times[times.len() - 1] < Duration::from_secs(1), "/time took {:?}", times[times.len() - 1]);
 
     // Over the cap: the server closes the newest connections at accept, and counts them.
-    // (A short pause first, so the server has let go of the /time connections.)
-    std::thread::sleep(Duration::from_millis(300));
-    let (before, _) = metrics(&app);
+    // First the server lets go of the /time connections (it holds the idle ones and the
+    // metrics request), then of the metrics request (not observable without another one:
+    // a short pause).
+    let before = wait_until("the server to let go of the /time connections", Duration::from_secs(5), || {
+        let (metrics, _) = metrics(&app);
+        (counter(&metrics, "open") == IDLE_CONNECTIONS as u64 + 1).then_some(metrics)
+    });
     std::thread::sleep(Duration::from_millis(300));
     let extra: Vec<TcpStream> = (0..EXTRA_CONNECTIONS)
         .map(|i| {

@@ -102,6 +102,24 @@ fn keys_with_a_dot_a_slash_and_a_query_publish_under_safe_names() {
     eprintln!("keys test: {:.1} s", started.elapsed().as_secs_f64());
 }
 
+/// `ingest.takeover_after` in this file's configs: how long a publisher must have sent
+/// nothing before a new publish of its key takes it over.
+const TAKEOVER_AFTER: Duration = Duration::from_secs(1);
+
+/// Waits until `app` has received no media of `stream` for `quiet` (the media bytes in its
+/// status unchanged that long): the publisher is silent as the appliance sees it.
+fn wait_silent(app: &Appliance, stream: &str, quiet: Duration) {
+    let received = || get_json(&app.url(&format!("/live/{stream}")))["status"]["ingest_bytes"].as_u64();
+    let (mut last, mut since) = (received(), Instant::now());
+    wait_until(&format!("no media of {stream} arriving for {quiet:?}"), quiet + Duration::from_secs(10), || {
+        let now = received();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+        (since.elapsed() >= quiet).then_some(())
+    });
+}
+
 /// The configured key: a slash (URL form `live/team/...`), a dot, '@', '=' and '+'.
 const SECRET_KEY: &str = "team/s3cr3t.k3y@x=y+z";
 const CONFIG: &str = r#"
@@ -129,7 +147,7 @@ fn a_silent_publisher_is_taken_over_by_a_new_publish_of_its_key() {
     // The first one's link dies without closing: stopped, its socket stays open.
     signal(first.pid(), "STOP");
     let stopped = Instant::now();
-    std::thread::sleep(Duration::from_secs(1)); // takeover_after
+    wait_silent(&app, STREAM, TAKEOVER_AFTER);
     let second_started = Instant::now();
     let second = Publisher::start(&url, 60, "640x360");
     app.wait_for_log("publisher taken over", Duration::from_secs(5));
@@ -210,7 +228,7 @@ fn a_relayed_publish_takes_over_a_silent_relay_at_the_owner() {
     a.wait_for_log("relaying to owner", Duration::from_secs(1));
 
     signal(first.pid(), "STOP");
-    std::thread::sleep(Duration::from_secs(1)); // takeover_after
+    wait_silent(&b, &stream, TAKEOVER_AFTER);
     let second_started = Instant::now();
     let second = Publisher::start(&url, 60, "640x360");
     b.wait_for_log("publisher taken over", Duration::from_secs(5));

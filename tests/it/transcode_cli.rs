@@ -9,6 +9,7 @@ use dash_mpd_core as dash;
 use crate::support::*;
 
 fn rackcast(args: &[&str]) -> Output {
+    let _host = host_shared();
     Command::new(env!("CARGO_BIN_EXE_rackcast")).args(args).env("RUST_LOG", "warn").output().unwrap()
 }
 

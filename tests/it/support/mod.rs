@@ -3,6 +3,7 @@
 //! what it waited for.
 
 pub mod flv;
+pub mod host;
 pub mod players;
 pub mod rtmp;
 
@@ -13,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use dash_mpd_core as dash;
+pub use host::{host_shared, host_to_itself};
 
 pub struct Appliance {
     child: Child,
@@ -23,6 +25,8 @@ pub struct Appliance {
     args: Vec<String>,
     /// The cgroup it runs in, when started under a CPU quota.
     procs: Option<std::path::PathBuf>,
+    /// This test's share of the host while the appliance runs.
+    _host: host::HostShare,
 }
 
 impl Appliance {
@@ -69,6 +73,7 @@ impl Appliance {
     }
 
     fn launch_in(dir: tempfile::TempDir, config: Option<&str>, args: Vec<String>, procs: Option<std::path::PathBuf>) -> Self {
+        let host = host_shared();
         let mut command = match &procs {
             // The shell moves itself into the cgroup, then becomes rackcast (same PID).
             Some(procs) => {
@@ -111,7 +116,7 @@ impl Appliance {
         let field = |name: &str| {
             ready.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))).unwrap().to_owned()
         };
-        Self { rtmp: field("rtmp"), http: field("http"), child, logs, dir, args, procs }
+        Self { rtmp: field("rtmp"), http: field("http"), child, logs, dir, args, procs, _host: host }
     }
 
     /// The appliance's data directory (its stream key store), for `rackcast keys`.
@@ -259,15 +264,40 @@ impl Drop for CpuQuota {
 
 /// Held by a test that transcodes a whole ladder: two such tests at once on a 2-core host
 /// fall behind real time, and the appliance rightly sheds rungs, which is not what they test.
+/// Take it before the test's first appliance. A test with the host to itself
+/// ([`host_to_itself`]) has no other ladder beside it and does not take this.
 pub fn one_ladder_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LADDER: Mutex<()> = Mutex::new(());
     LADDER.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A port that was free a moment ago (cluster configs must name every node's ports).
+/// A port that was free a moment ago (cluster configs must name every node's ports). It is
+/// below the kernel's ephemeral range, where connections' local ports and `:0` binds come
+/// from, so no test's connection takes it before its node binds it (or while a node is
+/// down before a restart); and it is handed out once in this binary.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768u16);
+    let first = ephemeral.saturating_sub(FREE_PORTS);
+    let mut next = NEXT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Test runs side by side on one machine start at different ports.
+    let mut port = next.unwrap_or(first + (std::process::id() % u32::from(FREE_PORTS)) as u16);
+    for _ in 0..FREE_PORTS {
+        let candidate = port;
+        port = if port + 1 >= ephemeral { first } else { port + 1 };
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            *next = Some(port);
+            return candidate;
+        }
+    }
+    panic!("no free port in {first}..{ephemeral}");
 }
+
+/// How many ports below the ephemeral range `free_port` hands out.
+const FREE_PORTS: u16 = 10_000;
 
 /// Waits until the node whose HTTP address is `http` (host:port) answers HTTP requests
 /// (its `/metrics`, which every role serves to anyone; `/cluster/health` answers only
