@@ -135,6 +135,9 @@ fn federation_relays_caches_coalesces_and_fails_over() {
     assert!(edge.count("rackcast_tier_coalesced_total") + edge.count("rackcast_tier_hits_total") >= 999);
     assert!(edge.count("rackcast_tier_upstream_fetch_seconds_count") >= 1);
     assert_eq!(edge.value("rackcast_stream_viewers", &[("stream", &stream)]), 1.0);
+    for name in dashboard_series().into_iter().filter(|n| n.starts_with("rackcast_tier_")) {
+        assert!(edge.has_series(&name), "the dashboard plots {name}, which the edge's /metrics lacks");
+    }
     // The admin API of any node shows the whole federation: a live node sees the edge's
     // and the origins' tier counters (from their health answers) and where the stream is.
     let tiers = get_json(&format!("{}/api/v1/tiers", http(4)));

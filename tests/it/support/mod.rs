@@ -356,10 +356,27 @@ impl Metrics {
         self.samples.keys().map(|(name, _)| name.as_str()).collect()
     }
 
+    /// Whether the scrape has `name` (a histogram's `_bucket` series by its `_count`).
+    pub fn has_series(&self, name: &str) -> bool {
+        let name = name.strip_suffix("_bucket").map_or_else(|| name.to_owned(), |histogram| format!("{histogram}_count"));
+        self.names().contains(name.as_str())
+    }
+
     /// An unlabelled counter or gauge as a count; panics if the scrape has none.
     pub fn count(&self, name: &str) -> u64 {
         self.value(name, &[]) as u64
     }
+}
+
+/// Every series the shipped Grafana dashboard (deploy/monitoring) plots.
+pub fn dashboard_series() -> std::collections::BTreeSet<String> {
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/monitoring/grafana-dashboard.json")).unwrap();
+    dashboard
+        .match_indices("rackcast_")
+        .map(|(i, _)| &dashboard[i..i + dashboard[i..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap()])
+        .filter(|name| *name != "rackcast_")
+        .map(str::to_owned)
+        .collect()
 }
 
 impl Appliance {
