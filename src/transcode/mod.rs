@@ -14,6 +14,7 @@ pub mod admission;
 pub mod backend;
 mod boundaries;
 pub mod capability;
+#[cfg(test)] mod chunks;
 pub mod config;
 pub mod file;
 pub mod fragment;
