@@ -3,6 +3,13 @@
 //! DELTA_UNIT: its pts/duration are the fragment's timing) followed by sample data, the last
 //! buffer flagged MARKER. Pure: it sees flags and bytes, not GStreamer types.
 //!
+//! With chunks (a muxer cut by `FMP4MuxSplitNow { chunk: true }`, see docs/low-latency.md),
+//! a fragment arrives as several chunks: the first opens with a fragment header, each
+//! further one with a chunk header (HEADER|DELTA_UNIT), and every chunk ends with MARKER.
+//! A chunked fragment is complete at the MARKER of the chunk that reaches the segment's end
+//! as decided upstream (`segment_end`), else at the next fragment header, else at
+//! [`FragmentAssembler::finish`] (end of stream).
+//!
 //! An object is never assembled beyond a byte cap (`package.max_fragment_bytes`): the
 //! buffer that would cross it drops what was gathered and is an error, and the rest of
 //! that fragment is discarded up to the next fragment header.
@@ -39,10 +46,28 @@ pub enum FragmentError {
     TooLarge { limit: usize },
 }
 
+/// The fragment being assembled.
+#[derive(Debug)]
+struct Open {
+    start_ns: u64,
+    duration_ns: u64,
+    bytes: BytesMut,
+    /// Where the current chunk ends (its header's pts + duration), when known.
+    chunk_end_ns: Option<u64>,
+}
+
+impl Open {
+    fn segment(self) -> MuxerOutput {
+        MuxerOutput::Segment(CmafSegment { start_ns: self.start_ns, duration_ns: self.duration_ns, bytes: self.bytes.freeze() })
+    }
+}
+
 #[derive(Debug)]
 pub struct FragmentAssembler {
     init_seen: bool,
-    current: Option<(u64, u64, BytesMut)>,
+    /// The muxer cuts fragments into chunks: a MARKER ends a chunk, not the fragment.
+    chunked: bool,
+    current: Option<Open>,
     /// The largest object assembled.
     limit: usize,
     /// The current fragment went over `limit`: its remaining buffers are dropped.
@@ -52,7 +77,17 @@ pub struct FragmentAssembler {
 impl FragmentAssembler {
     /// `limit`: the largest object (init or fragment) it assembles, in bytes.
     pub fn new(limit: usize) -> Self {
-        Self { init_seen: false, current: None, limit, discarding: false }
+        Self { init_seen: false, chunked: false, current: None, limit, discarding: false }
+    }
+
+    /// For a muxer that cuts its fragments into chunks (see the module header).
+    pub fn chunked(limit: usize) -> Self {
+        Self { chunked: true, ..Self::new(limit) }
+    }
+
+    /// End of stream: the fragment still open, if any (a chunked muxer's last one).
+    pub fn finish(&mut self) -> Option<MuxerOutput> {
+        self.current.take().map(Open::segment)
     }
 
     fn too_large(&mut self) -> FragmentError {
@@ -61,8 +96,10 @@ impl FragmentAssembler {
         FragmentError::TooLarge { limit: self.limit }
     }
 
-    /// Feeds one buffer; returns an object when one completes.
-    pub fn push(&mut self, meta: ChunkMeta, data: &[u8]) -> Result<Option<MuxerOutput>, FragmentError> {
+    /// Feeds one buffer; returns an object when one completes. `segment_end` gives, for a
+    /// fragment's start, where its segment ends as decided upstream, when that is known
+    /// (used only when chunked).
+    pub fn push(&mut self, meta: ChunkMeta, data: &[u8], segment_end: impl FnOnce(u64) -> Option<u64>) -> Result<Option<MuxerOutput>, FragmentError> {
         if meta.header && meta.discont && !self.init_seen {
             self.init_seen = true;
             if data.len() > self.limit {
@@ -70,27 +107,46 @@ impl FragmentAssembler {
             }
             return Ok(Some(MuxerOutput::Init(Bytes::copy_from_slice(data))));
         }
+        let chunk_end = |meta: &ChunkMeta| Some(meta.pts_ns? + meta.duration_ns?);
+        let mut completed = None;
         if meta.header && !meta.delta_unit {
             let start = meta.pts_ns.ok_or(FragmentError::Untimed)?;
+            // A chunked fragment whose end was not known upstream ends where the next begins.
+            completed = self.current.take().map(Open::segment);
             self.discarding = false;
             if data.len() > self.limit {
                 return Err(self.too_large());
             }
-            self.current = Some((start, meta.duration_ns.unwrap_or(0), BytesMut::from(data)));
+            let duration_ns = meta.duration_ns.unwrap_or(0);
+            self.current = Some(Open { start_ns: start, duration_ns, bytes: BytesMut::from(data), chunk_end_ns: chunk_end(&meta) });
         } else if self.discarding {
             return Ok(None);
         } else {
-            let (_, _, bytes) = self.current.as_mut().ok_or(FragmentError::DataWithoutHeader)?;
-            if bytes.len() + data.len() > self.limit {
+            let open = self.current.as_mut().ok_or(FragmentError::DataWithoutHeader)?;
+            if open.bytes.len() + data.len() > self.limit {
                 return Err(self.too_large());
             }
-            bytes.extend_from_slice(data);
+            open.bytes.extend_from_slice(data);
+            if meta.header {
+                // A chunk header: the fragment grows by this chunk.
+                open.chunk_end_ns = chunk_end(&meta);
+                if let Some(end) = open.chunk_end_ns {
+                    open.duration_ns = end.saturating_sub(open.start_ns);
+                }
+            }
         }
-        if meta.marker {
-            let (start_ns, duration_ns, bytes) = self.current.take().ok_or(FragmentError::DataWithoutHeader)?;
-            return Ok(Some(MuxerOutput::Segment(CmafSegment { start_ns, duration_ns, bytes: bytes.freeze() })));
+        if meta.marker && completed.is_none() {
+            let open = self.current.as_ref().ok_or(FragmentError::DataWithoutHeader)?;
+            let reaches_end = || match (segment_end(open.start_ns), open.chunk_end_ns) {
+                // Chunk ends are whole frames: within a millisecond is the boundary itself.
+                (Some(end), Some(chunk_end)) => chunk_end + 1_000_000 >= end,
+                _ => false,
+            };
+            if !self.chunked || reaches_end() {
+                return Ok(self.current.take().map(Open::segment));
+            }
         }
-        Ok(None)
+        Ok(completed)
     }
 }
 
@@ -114,13 +170,67 @@ mod tests {
         ChunkMeta { header, delta_unit, discont, marker, pts_ns: pts, duration_ns: Some(1_000) }
     }
 
+    impl FragmentAssembler {
+        fn push_simple(&mut self, meta: ChunkMeta, data: &[u8]) -> Result<Option<MuxerOutput>, FragmentError> {
+            self.push(meta, data, |_| None)
+        }
+    }
+
+    /// A header (fragment or chunk) at `pts` lasting `duration`.
+    fn header(fragment: bool, pts: u64, duration: u64) -> ChunkMeta {
+        ChunkMeta { header: true, delta_unit: !fragment, discont: false, marker: false, pts_ns: Some(pts), duration_ns: Some(duration) }
+    }
+
+    fn samples(marker: bool) -> ChunkMeta {
+        ChunkMeta { header: false, delta_unit: true, discont: false, marker, pts_ns: None, duration_ns: None }
+    }
+
+    fn segment(output: Option<MuxerOutput>) -> CmafSegment {
+        match output {
+            Some(MuxerOutput::Segment(segment)) => segment,
+            other => panic!("expected a segment, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn chunked_fragments_complete_at_the_chunk_that_reaches_the_boundary() {
+        const MS: u64 = 1_000_000;
+        let mut asm = FragmentAssembler::chunked(1 << 20);
+        let boundary = |start: u64| Some(start + 1_000 * MS);
+        asm.push(meta(true, false, true, false, Some(0)), b"ftyp", boundary).unwrap();
+        // Four chunks of 267, 233, 267, 233 ms (whole frames): only the last completes it.
+        let mut at = 0;
+        let mut output = None;
+        for (i, length) in [267 * MS, 233 * MS, 267 * MS, 233 * MS].into_iter().enumerate() {
+            assert!(output.is_none(), "completed after chunk {i}");
+            assert!(asm.push(header(i == 0, at, length), b"H", boundary).unwrap().is_none());
+            output = asm.push(samples(true), b"s", boundary).unwrap();
+            at += length;
+        }
+        let first = segment(output);
+        assert_eq!((&first.bytes[..], first.start_ns, first.duration_ns), (&b"HsHsHsHs"[..], 0, 1_000 * MS));
+
+        // The boundary not known: the segment ends where the next fragment begins, and the
+        // last one at the end of the stream.
+        asm.push(header(true, at, 500 * MS), b"A", |_| None).unwrap();
+        assert!(asm.push(samples(true), b"a", |_| None).unwrap().is_none());
+        assert!(asm.push(header(false, at + 500 * MS, 500 * MS), b"B", |_| None).unwrap().is_none());
+        assert!(asm.push(samples(true), b"b", |_| None).unwrap().is_none());
+        let second = segment(asm.push(header(true, at + 1_000 * MS, 300 * MS), b"C", |_| None).unwrap());
+        assert_eq!((&second.bytes[..], second.start_ns, second.duration_ns), (&b"AaBb"[..], at, 1_000 * MS));
+        assert!(asm.push(samples(true), b"c", |_| None).unwrap().is_none());
+        let last = segment(asm.finish());
+        assert_eq!((&last.bytes[..], last.duration_ns), (&b"Cc"[..], 300 * MS));
+        assert!(asm.finish().is_none());
+    }
+
     #[test]
     fn init_then_fragments() {
         let mut asm = FragmentAssembler::new(1 << 20);
-        assert!(matches!(asm.push(meta(true, false, true, false, Some(0)), b"ftyp").unwrap(), Some(MuxerOutput::Init(b)) if &b[..] == b"ftyp"));
-        assert!(asm.push(meta(true, false, false, false, Some(0)), b"moof").unwrap().is_none());
-        assert!(asm.push(meta(false, true, false, false, Some(0)), b"mdat").unwrap().is_none());
-        match asm.push(meta(false, true, false, true, Some(33)), b"tail").unwrap() {
+        assert!(matches!(asm.push_simple(meta(true, false, true, false, Some(0)), b"ftyp").unwrap(), Some(MuxerOutput::Init(b)) if &b[..] == b"ftyp"));
+        assert!(asm.push_simple(meta(true, false, false, false, Some(0)), b"moof").unwrap().is_none());
+        assert!(asm.push_simple(meta(false, true, false, false, Some(0)), b"mdat").unwrap().is_none());
+        match asm.push_simple(meta(false, true, false, true, Some(33)), b"tail").unwrap() {
             Some(MuxerOutput::Segment(seg)) => {
                 assert_eq!(&seg.bytes[..], b"moofmdattail");
                 assert_eq!((seg.start_ns, seg.duration_ns), (0, 1_000));
@@ -128,32 +238,32 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A header that is also the marker (a one-buffer fragment).
-        assert!(matches!(asm.push(meta(true, false, false, true, Some(5)), b"x").unwrap(), Some(MuxerOutput::Segment(s)) if s.start_ns == 5));
+        assert!(matches!(asm.push_simple(meta(true, false, false, true, Some(5)), b"x").unwrap(), Some(MuxerOutput::Segment(s)) if s.start_ns == 5));
     }
 
     #[test]
     fn a_fragment_over_the_cap_is_dropped_and_the_next_one_assembles() {
         let mut asm = FragmentAssembler::new(10);
-        asm.push(meta(true, false, true, false, Some(0)), b"ftyp").unwrap();
-        asm.push(meta(true, false, false, false, Some(0)), b"moof").unwrap();
-        asm.push(meta(false, true, false, false, Some(0)), b"mdat").unwrap();
+        asm.push_simple(meta(true, false, true, false, Some(0)), b"ftyp").unwrap();
+        asm.push_simple(meta(true, false, false, false, Some(0)), b"moof").unwrap();
+        asm.push_simple(meta(false, true, false, false, Some(0)), b"mdat").unwrap();
         // 12 bytes would be gathered: refused, and what was gathered is dropped at once.
-        assert_eq!(asm.push(meta(false, true, false, false, Some(0)), b"tail").unwrap_err(), FragmentError::TooLarge { limit: 10 });
+        assert_eq!(asm.push_simple(meta(false, true, false, false, Some(0)), b"tail").unwrap_err(), FragmentError::TooLarge { limit: 10 });
         assert!(asm.current.is_none());
         // The rest of that fragment, its marker included, is discarded quietly.
-        assert!(asm.push(meta(false, true, false, false, None), &[0; 1000]).unwrap().is_none());
-        assert!(asm.push(meta(false, true, false, true, None), b"end").unwrap().is_none());
+        assert!(asm.push_simple(meta(false, true, false, false, None), &[0; 1000]).unwrap().is_none());
+        assert!(asm.push_simple(meta(false, true, false, true, None), b"end").unwrap().is_none());
         // The next fragment is assembled again.
-        asm.push(meta(true, false, false, false, Some(1_000)), b"moof").unwrap();
-        assert!(matches!(asm.push(meta(false, true, false, true, None), b"mdat").unwrap(), Some(MuxerOutput::Segment(s)) if &s.bytes[..] == b"moofmdat"));
+        asm.push_simple(meta(true, false, false, false, Some(1_000)), b"moof").unwrap();
+        assert!(matches!(asm.push_simple(meta(false, true, false, true, None), b"mdat").unwrap(), Some(MuxerOutput::Segment(s)) if &s.bytes[..] == b"moofmdat"));
         // A single buffer over the cap.
-        assert!(asm.push(meta(true, false, false, true, Some(2_000)), &[0; 11]).is_err());
+        assert!(asm.push_simple(meta(true, false, false, true, Some(2_000)), &[0; 11]).is_err());
     }
 
     #[test]
     fn data_before_a_header_is_an_error() {
         let mut asm = FragmentAssembler::new(1 << 20);
-        assert_eq!(asm.push(meta(false, true, false, false, None), b"x").unwrap_err(), FragmentError::DataWithoutHeader);
+        assert_eq!(asm.push_simple(meta(false, true, false, false, None), b"x").unwrap_err(), FragmentError::DataWithoutHeader);
     }
 
     #[test]

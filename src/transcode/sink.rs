@@ -38,7 +38,7 @@ pub(super) fn attach_sink(sink: &AppSink, binding: SinkBinding, output: SessionO
                             .map(|pts| segment.as_ref().and_then(|s| s.to_running_time(pts)).unwrap_or(pts).nseconds()),
                         duration_ns: buffer.duration().map(|t| t.nseconds()),
                     };
-                    match assembler.push(meta, &map) {
+                    match assembler.push(meta, &map, |start| boundaries.after(start)) {
                         Ok(Some(MuxerOutput::Init(bytes))) => {
                             let codecs = match kind {
                                 TrackKind::Video => avc_codecs(&bytes),
