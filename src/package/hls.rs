@@ -22,10 +22,13 @@
 //! (`timeline::Dropped`); the window only ever loses segments from its front, so every segment keeps
 //! its sequence numbers across reloads and Period changes.
 //!
-//! A rendition missing from the newest Period (a re-plan dropped it) gets `EXT-X-ENDLIST`
-//! after its last segment, as does every playlist of an ended stream: its players stop
-//! instead of waiting for segments that never come, and the multivariant no longer offers
-//! it. Its playlist goes when its last segment leaves the window.
+//! A rendition missing from the newest Period (a re-plan or a republish dropped it) gets
+//! `EXT-X-ENDLIST` after its last segment: its players stop instead of waiting for
+//! segments that never come, and the multivariant no longer offers it. Its playlist goes
+//! when its last segment leaves the window. An ended stream's playlists get no
+//! `EXT-X-ENDLIST`: broadcasters reconnect, and a player that keeps reloading follows the
+//! republish across its discontinuity (where a DASH player stops at the static MPD); once
+//! the stream is forgotten (a DVR window after its end) they answer 404.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -140,8 +143,7 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId) -> Option<
             let _ = writeln!(out, "#EXTINF:{:.3},\n{session}-{}.m4s", seconds(segment.duration, track).as_secs_f64(), segment.number);
         }
     }
-    let in_newest = timeline.periods.last().is_some_and(|p| p.track(rendition).is_some());
-    if !timeline.is_live() || !in_newest {
+    if timeline.periods.last().is_some_and(|p| p.track(rendition).is_none()) {
         out.push_str("#EXT-X-ENDLIST\n");
     }
     Some(out)
@@ -263,9 +265,9 @@ mod tests {
         assert_eq!(lines(video, "#EXT-X-TARGETDURATION:"), ["2"]);
         assert_eq!(lines(video, "#EXTINF:").last().unwrap(), "1.600,");
 
-        // Ended: every playlist says so.
+        // Ended: the playlists wait for a republish.
         tl.end_session(&s, at(6000));
-        assert!(render(&tl).iter().filter(|(p, _)| **p != Playlist::Multivariant).all(|(_, m)| m.ends_with("#EXT-X-ENDLIST\n")));
+        assert!(render(&tl).values().all(|m| !m.contains("#EXT-X-ENDLIST")));
     }
 
     #[test]
