@@ -1,4 +1,5 @@
-//! The viewer-facing HTTP server (axum): live manifests and segments from the local store,
+//! The viewer-facing HTTP server (axum): live manifests (MPDs and HLS playlists) and
+//! segments from the local store,
 //! the list of streams, and a clock for players. The same paths on every tier; caching
 //! headers say what may be cached: segments forever (their URLs are never reused),
 //! manifests for at most a second, a 404 for a stream this node does not have briefly, and
@@ -33,6 +34,7 @@ use crate::store::{Lookup, ManifestForm, ObjectKey, Part, Store};
 use crate::stream::StreamRegistry;
 
 pub const MPD_CONTENT_TYPE: &str = "application/dash+xml";
+pub const HLS_CONTENT_TYPE: &str = "application/vnd.apple.mpegurl";
 pub const SEGMENT_CONTENT_TYPE: &str = "video/iso.segment";
 /// Segments and init segments: their URLs name one byte string forever.
 pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -85,6 +87,10 @@ impl LiveMetrics {
     }
 }
 
+/// The HLS playlists' routes (the same on every tier; see `store::Playlist`).
+pub const MULTIVARIANT_ROUTE: &str = "/live/{stream}/master.m3u8";
+pub const MEDIA_PLAYLIST_ROUTE: &str = "/live/{stream}/{rendition}/media.m3u8";
+
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/live", get(list_streams))
@@ -92,6 +98,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/live/{stream}/uplink", get(uplink))
         .route("/live/{stream}/manifest.mpd", get(|s, p, peer, h| manifest(s, p, peer, h, ManifestForm::Timeline)))
         .route("/live/{stream}/manifest-number.mpd", get(|s, p, peer, h| manifest(s, p, peer, h, ManifestForm::Number)))
+        .route(MULTIVARIANT_ROUTE, get(multivariant))
+        .route(MEDIA_PLAYLIST_ROUTE, get(media_playlist))
         .route("/live/{stream}/{rendition}/{file}", get(object))
         .route(UTC_TIMING_PATH, get(clock))
         .fallback(not_found)
@@ -183,15 +191,39 @@ async fn manifest(State(state): State<HttpState>, Path(stream): Path<String>, pe
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    match state.store.manifest(&stream, form) {
-        Some(mpd) => {
-            let mpd = with_clock_origin(&mpd, viewer_origin(&headers).as_deref());
-            note_viewer(&state.audience, &stream, &peer, &headers, mpd.len());
-            bytes_response(mpd, MPD_CONTENT_TYPE, MANIFEST_CACHE)
+    let mpd = state.store.manifest(&stream, form).map(|mpd| with_clock_origin(&mpd, viewer_origin(&headers).as_deref()));
+    serve_manifest(&state, &stream, mpd, MPD_CONTENT_TYPE, &peer, &headers)
+}
+
+async fn multivariant(State(state): State<HttpState>, Path(stream): Path<String>, peer: Peer, headers: HeaderMap) -> Response {
+    playlist(state, &stream, None, peer, headers)
+}
+
+async fn media_playlist(State(state): State<HttpState>, Path((stream, rendition)): Path<(String, String)>, peer: Peer, headers: HeaderMap) -> Response {
+    playlist(state, &stream, Some(&rendition), peer, headers)
+}
+
+/// The multivariant playlist, or the media playlist of `rendition`.
+fn playlist(state: HttpState, stream: &str, rendition: Option<&str>, peer: Peer, headers: HeaderMap) -> Response {
+    state.metrics.manifest_requests.inc();
+    let (stream, playlist) = match path::playlist(stream, rendition) {
+        Ok(pair) => pair,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let body = state.store.playlist(&stream, &playlist);
+    serve_manifest(&state, &stream, body, HLS_CONTENT_TYPE, &peer, &headers)
+}
+
+/// A manifest of `stream` as found in the store: 200, or which 404.
+fn serve_manifest(state: &HttpState, stream: &StreamId, body: Option<Bytes>, content_type: &'static str, peer: &Peer, headers: &HeaderMap) -> Response {
+    match body {
+        Some(body) => {
+            note_viewer(&state.audience, stream, peer, headers, body.len());
+            bytes_response(body, content_type, MANIFEST_CACHE)
         }
         // Playable in a moment: nobody may remember this answer.
-        None if state.store.contains_stream(&stream) => error(StatusCode::NOT_FOUND, "stream has no playable segment yet\n"),
-        None => unknown_stream(&stream),
+        None if state.store.contains_stream(stream) => error(StatusCode::NOT_FOUND, "stream has no playable segment yet\n"),
+        None => unknown_stream(stream),
     }
 }
 
@@ -294,6 +326,7 @@ mod tests {
             ("/live/nope/manifest-number.mpd", StatusCode::NOT_FOUND),
             ("/live/cam/manifest-other.mpd", StatusCode::NOT_FOUND),
             ("/live/cam/720p/abc-x.m4s", StatusCode::BAD_REQUEST),
+            ("/live/cam/7%20p/media.m3u8", StatusCode::BAD_REQUEST),
             ("/live/%2e%2e/manifest.mpd", StatusCode::BAD_REQUEST),
             ("/live/cam/..%2F..%2Fetc/passwd", StatusCode::BAD_REQUEST),
             ("/live/cam/720p/..%2Fabc-7.m4s", StatusCode::BAD_REQUEST),
@@ -309,7 +342,11 @@ mod tests {
             ("/live/cam/720p/abc-8.m4s", "no-store"),
             ("/live/cam/manifest.mpd", "no-store"),
             ("/live/cam/manifest-number.mpd", "no-store"),
+            ("/live/cam/master.m3u8", "no-store"),
+            ("/live/cam/720p/media.m3u8", "no-store"),
             ("/live/nope/720p/abc-8.m4s", UNKNOWN_STREAM_CACHE),
+            ("/live/nope/master.m3u8", UNKNOWN_STREAM_CACHE),
+            ("/live/nope/720p/media.m3u8", UNKNOWN_STREAM_CACHE),
             ("/live/nope/manifest.mpd", UNKNOWN_STREAM_CACHE),
         ] {
             let response = get(uri).await;

@@ -2,7 +2,7 @@
 //! as an identifier, so no form of traversal or encoding trick reaches the store.
 
 use crate::media::{IdError, RenditionId, SessionId, StreamId};
-use crate::store::Part;
+use crate::store::{Part, Playlist};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectPath {
@@ -21,6 +21,15 @@ pub enum PathError {
 
 pub fn stream(raw: &str) -> Result<StreamId, PathError> {
     Ok(StreamId::parse(raw)?)
+}
+
+/// `{stream}`, and `{rendition}` for a media playlist (the multivariant without).
+pub fn playlist(stream: &str, rendition: Option<&str>) -> Result<(StreamId, Playlist), PathError> {
+    let playlist = match rendition {
+        Some(rendition) => Playlist::Media(RenditionId::parse(rendition)?),
+        None => Playlist::Multivariant,
+    };
+    Ok((StreamId::parse(stream)?, playlist))
 }
 
 /// `{rendition}` and `init-{session}.mp4` or `{session}-{number}.m4s`.

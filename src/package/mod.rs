@@ -1,6 +1,7 @@
 //! The packager: takes the objects the muxers cut for every rendition of a session, keeps
 //! each stream's segment timeline (Periods, DVR window), writes segments into the store and
-//! then the manifest that names them. One `Packager` serves every stream on the node.
+//! then the manifests that name them: the MPDs (mpd.rs) and the HLS playlists (hls.rs),
+//! rendered together from the one timeline. One `Packager` serves every stream on the node.
 //!
 //! Each stream's timeline has its own lock. Segments arrive on GStreamer's streaming
 //! threads, one per rendition, nearly together: they only store the object, extend the
@@ -76,6 +77,7 @@
 
 
 pub mod config;
+pub mod hls;
 pub mod mpd;
 pub mod timeline;
 
@@ -458,6 +460,7 @@ impl Packager {
         #[cfg(test)]
         self.hooks.before_render(&tl.stream);
         let manifests = ManifestForm::ALL.map(|form| mpd::render(tl, &self.timing, form).map(Bytes::from));
+        let playlists = hls::render(tl).into_iter().map(|(playlist, text)| (playlist, Bytes::from(text))).collect();
         let current = tl.periods.last();
         let summary = StreamSummary {
             stream: tl.stream.clone(),
@@ -465,7 +468,7 @@ impl Packager {
             session: current.map(|p| p.session.clone()),
             renditions: current.map(|p| p.tracks.iter().map(|t| t.info.id.clone()).collect()).unwrap_or_default(),
         };
-        self.store.set_manifests(&tl.stream, manifests, summary);
+        self.store.set_manifests(&tl.stream, manifests, playlists, summary);
     }
 }
 

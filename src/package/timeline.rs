@@ -1,13 +1,13 @@
 //! The segment timeline of one stream: Periods (one per publish session), their renditions
 //! and the segments each holds inside the DVR window. Pure data: the packager mutates it as
-//! the muxers cut segments, the MPD renderer reads it.
+//! the muxers cut segments, the MPD and HLS renderers read it.
 //!
 //! Media times are ticks of a track's timescale; they become `Duration`s in integers
 //! ([`media_duration`]) and are added with checked arithmetic, so no time a muxer or a
 //! broadcaster's configuration produces (a zero timescale, a tick count near `u64::MAX`)
 //! can panic here: the renderer and the sweep serve every stream on the node.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use crate::media::{RenditionId, SessionId, StreamId, TrackKind};
@@ -102,6 +102,25 @@ pub struct Evicted {
     pub number: Option<u64>,
 }
 
+/// What one rendition has lost from the front of the window since the stream appeared,
+/// every Period together: HLS numbers a media playlist's segments and discontinuities by
+/// these counts (see the hls module).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Segments evicted.
+    pub segments: u64,
+    /// Periods whose last segment of the rendition was evicted.
+    pub periods: u64,
+}
+
+impl Dropped {
+    /// Counts one evicted segment of a track that `emptied` or not.
+    fn note(&mut self, emptied: bool) {
+        self.segments += 1;
+        self.periods += u64::from(emptied);
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StreamTimeline {
     pub stream: StreamId,
@@ -117,12 +136,15 @@ pub struct StreamTimeline {
     pub last_segment_at: Option<SystemTime>,
     /// Segments added since the stream appeared, every rendition and Period.
     pub segments_added: u64,
+    /// Per rendition (bounded by the renditions the stream's ladders had), what left the
+    /// window.
+    pub dropped: HashMap<RenditionId, Dropped>,
 }
 
 impl StreamTimeline {
     pub fn new(stream: StreamId, segment_duration: Duration, now: SystemTime) -> Self {
         assert!(!segment_duration.is_zero(), "segment duration must be positive");
-        Self { stream, availability_start: now, segment_duration, periods: Vec::new(), ended_at: None, published: now, last_segment_at: None, segments_added: 0 }
+        Self { stream, availability_start: now, segment_duration, periods: Vec::new(), ended_at: None, published: now, last_segment_at: None, segments_added: 0, dropped: HashMap::new() }
     }
 
     /// Opens a Period for a new session, closing the one before it. A re-plan passes
@@ -260,6 +282,7 @@ impl StreamTimeline {
                         number: Some(first.number),
                     });
                     track.segments.pop_front();
+                    self.dropped.entry(track.info.id.clone()).or_default().note(track.segments.is_empty());
                 }
             }
         }
@@ -303,6 +326,7 @@ impl StreamTimeline {
         let period = &mut self.periods[p];
         let track = &mut period.tracks[t];
         let first = track.segments.pop_front().expect("chosen for its first segment");
+        self.dropped.entry(track.info.id.clone()).or_default().note(track.segments.is_empty());
         let mut evicted = vec![Evicted { session: period.session.clone(), rendition: track.info.id.clone(), number: Some(first.number) }];
         self.published = now;
         if Some(p) != live_index && period.tracks.iter().all(|t| t.segments.is_empty()) {

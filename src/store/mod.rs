@@ -1,4 +1,5 @@
-//! The in-memory segment store: every stream's current manifest and the bytes of its init
+//! The in-memory segment store: every stream's current manifests (the MPDs and the HLS
+//! playlists) and the bytes of its init
 //! and media segments, addressed exactly as the URL paths address them. The packager writes
 //! (objects first, then the manifest that names them); HTTP handlers only read. Each stream
 //! has its own lock: one stream's writes never wait on another's, and the map's own lock
@@ -63,6 +64,32 @@ impl ManifestForm {
     }
 }
 
+/// An HLS playlist of a live stream (rendered by `package::hls` from the same timeline as
+/// the MPDs, naming the same segment objects).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Playlist {
+    /// `master.m3u8`: the renditions and their media playlists.
+    Multivariant,
+    /// `{rendition}/media.m3u8`: one rendition's segments.
+    Media(RenditionId),
+}
+
+impl Playlist {
+    /// The multivariant playlist's file name, under `/live/{stream}/`.
+    pub const MULTIVARIANT_FILE: &'static str = "master.m3u8";
+    /// A media playlist's file name, under `/live/{stream}/{rendition}/`.
+    pub const MEDIA_FILE: &'static str = "media.m3u8";
+
+    /// The playlist's path under `/live/{stream}/` (the multivariant names the media
+    /// playlists by it).
+    pub fn relative_path(&self) -> String {
+        match self {
+            Playlist::Multivariant => Self::MULTIVARIANT_FILE.to_owned(),
+            Playlist::Media(rendition) => format!("{rendition}/{}", Self::MEDIA_FILE),
+        }
+    }
+}
+
 /// What `GET /live` shows of a stream.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StreamSummary {
@@ -76,6 +103,8 @@ pub struct StreamSummary {
 #[derive(Default)]
 struct StreamObjects {
     manifests: [Option<Bytes>; 2],
+    /// The stream's HLS playlists: the multivariant and one per rendition in the timeline.
+    playlists: HashMap<Playlist, Bytes>,
     summary: Option<StreamSummary>,
     objects: HashMap<ObjectKey, Bytes>,
     /// The bytes of every object in `objects`.
@@ -174,11 +203,12 @@ impl Store {
     }
 
     /// Replaces the stream's manifests, one per [`ManifestForm`] (in `ManifestForm::ALL`
-    /// order), and its summary.
-    pub fn set_manifests(&self, stream: &StreamId, manifests: [Option<Bytes>; 2], summary: StreamSummary) {
+    /// order), its HLS playlists and its summary.
+    pub fn set_manifests(&self, stream: &StreamId, manifests: [Option<Bytes>; 2], playlists: HashMap<Playlist, Bytes>, summary: StreamSummary) {
         let entry = self.entry(stream);
         let mut entry = entry.objects.write();
         entry.manifests = manifests;
+        entry.playlists = playlists;
         entry.summary = Some(summary);
     }
 
@@ -188,6 +218,10 @@ impl Store {
 
     pub fn manifest(&self, stream: &StreamId, form: ManifestForm) -> Option<Bytes> {
         self.existing(stream)?.objects.read().manifests[form.index()].clone()
+    }
+
+    pub fn playlist(&self, stream: &StreamId, playlist: &Playlist) -> Option<Bytes> {
+        self.existing(stream)?.objects.read().playlists.get(playlist).cloned()
     }
 
     pub fn object(&self, stream: &StreamId, key: &ObjectKey) -> Option<Bytes> {

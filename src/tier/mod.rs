@@ -1,6 +1,7 @@
 //! The origin / edge caching tier: an axum router that serves the live node's paths
-//! (`/live/{stream}/manifest.mpd` and `manifest-number.mpd`, `/live/{stream}/{rendition}/{file}`,
-//! `/time`) from an
+//! (`/live/{stream}/manifest.mpd` and `manifest-number.mpd`, the HLS playlists
+//! `/live/{stream}/master.m3u8` and `/live/{stream}/{rendition}/media.m3u8` (manifests too:
+//! same lifetime), `/live/{stream}/{rendition}/{file}`, `/time`) from an
 //! in-memory cache filled from the next tier up, with every concurrent miss for one object
 //! coalesced into one upstream request (docs/design.md, Federation).
 //!
@@ -36,7 +37,7 @@ pub use metrics::{TierCounts, TierMetrics};
 pub use prefetch::{NewestSegment, newest_segments};
 pub use proxy::CacheStatus;
 
-use crate::http::{Peer, note_viewer, path};
+use crate::http::{MEDIA_PLAYLIST_ROUTE, MULTIVARIANT_ROUTE, Peer, note_viewer, path};
 use crate::audience::Audience;
 use crate::media::StreamId;
 use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
@@ -237,6 +238,8 @@ pub fn router(state: TierState) -> Router {
     Router::new()
         .route("/live/{stream}/manifest.mpd", get(|s, p, peer, h| manifest(s, p, peer, h, ManifestForm::Timeline)))
         .route("/live/{stream}/manifest-number.mpd", get(|s, p, peer, h| manifest(s, p, peer, h, ManifestForm::Number)))
+        .route(MULTIVARIANT_ROUTE, get(multivariant))
+        .route(MEDIA_PLAYLIST_ROUTE, get(media_playlist))
         .route("/live/{stream}/{rendition}/{file}", get(object))
         .route(UTC_TIMING_PATH, get(crate::http::clock))
         .fallback(not_found)
@@ -251,14 +254,47 @@ async fn manifest(State(state): State<TierState>, Path(stream): Path<String>, pe
         Err(e) => return bad_request(&state, e.into()),
     };
     let key = Arc::from(format!("/live/{stream}/{}", form.file_name()));
-    let outcome = state.lookup(ObjectRequest { stream: stream.clone(), key, kind: ObjectKind::Manifest }).await;
     // The cached MPD names the upstream's clock; this viewer asked this node.
     let origin = crate::http::viewer_origin(&headers);
+    serve_manifest(state, stream, key, peer, headers, |body| with_clock_origin(body, origin.as_deref())).await
+}
+
+async fn multivariant(State(state): State<TierState>, Path(stream): Path<String>, peer: Peer, headers: HeaderMap) -> Response {
+    playlist(state, &stream, None, peer, headers).await
+}
+
+async fn media_playlist(State(state): State<TierState>, Path((stream, rendition)): Path<(String, String)>, peer: Peer, headers: HeaderMap) -> Response {
+    playlist(state, &stream, Some(&rendition), peer, headers).await
+}
+
+/// An HLS playlist: a manifest, cached and coalesced like the MPDs, served as it came.
+async fn playlist(state: TierState, stream: &str, rendition: Option<&str>, peer: Peer, headers: HeaderMap) -> Response {
+    state.metrics.requests.inc();
+    let (stream, playlist) = match path::playlist(stream, rendition) {
+        Ok(pair) => pair,
+        Err(e) => return bad_request(&state, e.into()),
+    };
+    // Validated identifiers, so the key is the canonical path.
+    let key = Arc::from(format!("/live/{stream}/{}", playlist.relative_path()));
+    serve_manifest(state, stream, key, peer, headers, bytes::Bytes::clone).await
+}
+
+/// The manifest at `key` through the cache, its body passed through `rewrite` for this
+/// viewer when it is one.
+async fn serve_manifest(
+    state: TierState,
+    stream: StreamId,
+    key: Arc<str>,
+    peer: Peer,
+    headers: HeaderMap,
+    rewrite: impl FnOnce(&bytes::Bytes) -> bytes::Bytes,
+) -> Response {
+    let outcome = state.lookup(ObjectRequest { stream: stream.clone(), key, kind: ObjectKind::Manifest }).await;
     respond_with_body(outcome, |status, body| {
         if status != StatusCode::OK {
             return body.clone();
         }
-        let body = with_clock_origin(body, origin.as_deref());
+        let body = rewrite(body);
         note_viewer(&state.audience, &stream, &peer, &headers, body.len());
         body
     })

@@ -32,7 +32,7 @@ use prometheus_client::metrics::counter::Counter;
 use super::TierState;
 use super::cache::{CachedObject, ObjectKind, shared_lifetime};
 use super::error::TierError;
-use crate::http::{IMMUTABLE, MANIFEST_CACHE, MPD_CONTENT_TYPE, SEGMENT_CONTENT_TYPE};
+use crate::http::{HLS_CONTENT_TYPE, IMMUTABLE, MANIFEST_CACHE, MPD_CONTENT_TYPE, SEGMENT_CONTENT_TYPE};
 use crate::media::StreamId;
 
 /// One object a viewer or the prefetcher wants, by its path (the same on every tier).
@@ -43,6 +43,13 @@ pub(crate) struct ObjectRequest {
     pub key: Arc<str>,
     /// `Manifest` or `Segment`; `Negative` is only ever the kind of a cached 404.
     pub kind: ObjectKind,
+}
+
+impl ObjectRequest {
+    /// An HLS playlist (a manifest that is not an MPD).
+    fn is_playlist(&self) -> bool {
+        self.key.ends_with(".m3u8")
+    }
 }
 
 /// How a response was produced, sent as `x-cache-status`.
@@ -169,7 +176,8 @@ impl TierState {
         let init = async {
             fetched.store(true, Ordering::Relaxed);
             let object = self.fetch_upstream(&request, purpose == Purpose::Viewer).await?;
-            if self.config.prefetch && object.kind == ObjectKind::Manifest {
+            // Prefetch reads MPDs; the HLS playlists list the same segments.
+            if self.config.prefetch && object.kind == ObjectKind::Manifest && !request.is_playlist() {
                 // Before the new MPD is in the cache, so no viewer of this tier can hold it
                 // before the prefetches of its newest segments are in flight: a viewer racing
                 // a prefetch joins its flight, never makes a second upstream request.
@@ -280,6 +288,7 @@ impl TierState {
                 // The live node always sends both headers; the fallbacks keep a foreign
                 // upstream from producing a response without them.
                 let (default_type, default_cache) = match request.kind {
+                    ObjectKind::Manifest if request.is_playlist() => (HLS_CONTENT_TYPE, MANIFEST_CACHE),
                     ObjectKind::Manifest => (MPD_CONTENT_TYPE, MANIFEST_CACHE),
                     _ => (SEGMENT_CONTENT_TYPE, IMMUTABLE),
                 };

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::http::{IMMUTABLE, MANIFEST_CACHE, MPD_CONTENT_TYPE, SEGMENT_CONTENT_TYPE};
+use crate::http::{HLS_CONTENT_TYPE, IMMUTABLE, MANIFEST_CACHE, MPD_CONTENT_TYPE, SEGMENT_CONTENT_TYPE};
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
@@ -108,6 +108,9 @@ async fn upstream_handler(State(state): State<Arc<UpstreamState>>, uri: Uri) -> 
     match body {
         Some(body) if path.ends_with(".mpd") => {
             (StatusCode::OK, [(header::CONTENT_TYPE, MPD_CONTENT_TYPE), (header::CACHE_CONTROL, MANIFEST_CACHE)], body).into_response()
+        }
+        Some(body) if path.ends_with(".m3u8") => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, HLS_CONTENT_TYPE), (header::CACHE_CONTROL, MANIFEST_CACHE)], body).into_response()
         }
         Some(body) => (StatusCode::OK, [(header::CONTENT_TYPE, SEGMENT_CONTENT_TYPE), (header::CACHE_CONTROL, IMMUTABLE)], body).into_response(),
         None => (StatusCode::NOT_FOUND, [(header::CACHE_CONTROL, not_found_cache)], "no such object\n").into_response(),
@@ -455,6 +458,32 @@ async fn manifests_expire_segments_stay_and_bytes_are_bounded() {
     assert!(cache.weighted_size() <= cache.capacity());
     assert!(cache.entry_count() > 0 && cache.entry_count() < 100);
     assert!(cache.contains("/live/cam/720p/abc-99.m4s"), "LRU keeps the newest segment");
+}
+
+#[tokio::test]
+async fn hls_playlists_are_coalesced_manifests() {
+    let upstream = Upstream::start().await;
+    let (master, media) = ("/live/cam/master.m3u8", "/live/cam/720p/media.m3u8");
+    upstream.put(master, "#EXTM3U\n");
+    upstream.put(media, "#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:4\n");
+    upstream.delay(media, Duration::from_millis(100));
+    let config = TierConfig { manifest_ttl: Duration::from_millis(200), prefetch: true, ..TierConfig::default() };
+    let (_tier, base) = start_tier(config, vec![upstream.base()]).await;
+    let client = client();
+
+    // Concurrent misses for a media playlist make one upstream request.
+    let url = format!("{base}{media}");
+    let answers = join_all((0..10).map(|_| get(&client, &url))).await;
+    assert!(answers.iter().all(|a| a.status == StatusCode::OK && a.body.as_ref() == b"#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:4\n"));
+    assert_eq!(upstream.count(media), 1);
+    let response = client.get(format!("{base}{master}")).send().await.unwrap();
+    assert_eq!(response.headers()[header::CONTENT_TYPE], HLS_CONTENT_TYPE);
+    assert_eq!(response.headers()[header::CACHE_CONTROL], MANIFEST_CACHE);
+    assert_eq!(get(&client, &format!("{base}{master}")).await.cache, "hit");
+    // A manifest's lifetime, not a segment's.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&client, &format!("{base}{master}")).await.cache, "miss", "playlist expired");
+    assert_eq!(get(&client, &format!("{base}/live/cam/7%20p/media.m3u8")).await.status, StatusCode::BAD_REQUEST);
 }
 
 fn mpd_listing(last: u64) -> String {

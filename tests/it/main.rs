@@ -13,6 +13,7 @@ mod console;
 mod federation;
 mod hostile_audio;
 mod hostile_rtmp;
+mod hls;
 mod http_edge;
 mod ingest_quirks;
 mod live_dash;

@@ -170,6 +170,7 @@ function Preview({ stream, rungs }) {
       </select></label>
       <span class="badge ${state === 'playing' ? 'ok' : state.startsWith('player error') ? 'bad' : ''}" data-player-state=${state}>${state}</span>
       <a href=${`/live/${encodeURIComponent(stream)}/manifest.mpd`} target="_blank" rel="noopener">MPD</a>
+      <a href=${`/live/${encodeURIComponent(stream)}/master.m3u8`} target="_blank" rel="noopener">HLS</a>
     </div>
   </div>`;
 }

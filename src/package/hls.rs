@@ -1,0 +1,330 @@
+//! HLS rendering: a pure function from a stream's timeline to its playlists (RFC 8216,
+//! version 7 for fMP4), next to the MPDs of mpd.rs and naming the same objects, so a
+//! segment is packaged once and served to DASH and HLS players alike. The packager renders
+//! them on every change, with the MPDs, into the store ([`Playlist`]).
+//!
+//! - **Multivariant** (`/live/{stream}/master.m3u8`): one `EXT-X-STREAM-INF` per video
+//!   rendition with the audio as its own rendition group (`AUDIO="audio"`), or the audio
+//!   alone for an audio-only source. It lists the renditions of the newest Period that has
+//!   a playable one: a re-plan or republish changes what it offers.
+//! - **Media** (`/live/{stream}/{rendition}/media.m3u8`): the rendition's segments in the
+//!   DVR window, every Period that has the rendition, each Period opened by
+//!   `EXT-X-DISCONTINUITY` (but the first listed), its own `EXT-X-MAP` (the session's init
+//!   segment) and `EXT-X-PROGRAM-DATE-TIME` (availabilityStartTime + the Period's start +
+//!   the segment's media time: the wall clock the MPD's timeline gives the same segment).
+//!   URIs are relative: `init-{session}.mp4` and `{session}-{number}.m4s`, the MPD's.
+//!
+//! Numbering: segment numbers cannot be media sequence numbers. They jump where a Period
+//! starts later on the grid, and a re-plan's first number can repeat the previous Period's
+//! last, while HLS numbers the listed segments one after another. So the media sequence of
+//! the first listed segment is the count of the rendition's segments evicted since the
+//! stream appeared, and the discontinuity sequence the count of its Periods evicted
+//! (`timeline::Dropped`); the window only ever loses segments from its front, so every segment keeps
+//! its sequence numbers across reloads and Period changes.
+//!
+//! A rendition missing from the newest Period (a re-plan or a republish dropped it) gets
+//! `EXT-X-ENDLIST` after its last segment: its players stop instead of waiting for
+//! segments that never come, and the multivariant no longer offers it. Its playlist goes
+//! when its last segment leaves the window. An ended stream's playlists get no
+//! `EXT-X-ENDLIST`: broadcasters reconnect, and a player that keeps reloading follows the
+//! republish across its discontinuity (where a DASH player stops at the static MPD); once
+//! the stream is forgotten (a DVR window after its end) they answer 404.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use super::timeline::{Period, StreamTimeline, Track, media_duration};
+use crate::media::{RenditionId, TrackKind};
+pub use crate::store::Playlist;
+
+/// fMP4 segments (`EXT-X-MAP` in a media playlist without I-frames only) need version 6;
+/// 7 is what Apple's tools write for CMAF.
+const VERSION: u32 = 7;
+/// The audio rendition group's id.
+const AUDIO_GROUP: &str = "audio";
+
+/// Every playlist of the stream, or none while no rendition is playable yet.
+pub fn render(timeline: &StreamTimeline) -> HashMap<Playlist, String> {
+    let mut playlists = HashMap::new();
+    let Some(multivariant) = multivariant(timeline) else { return playlists };
+    playlists.insert(Playlist::Multivariant, multivariant);
+    let mut renditions: Vec<&RenditionId> = timeline.periods.iter().flat_map(|p| p.tracks.iter().map(|t| &t.info.id)).collect();
+    renditions.sort();
+    renditions.dedup();
+    for id in renditions {
+        if let Some(media) = media_playlist(timeline, id) {
+            playlists.insert(Playlist::Media(id.clone()), media);
+        }
+    }
+    playlists
+}
+
+/// The multivariant playlist over the newest Period with a playable rendition.
+fn multivariant(timeline: &StreamTimeline) -> Option<String> {
+    let period = timeline.periods.iter().rev().find(|p| p.tracks.iter().any(Track::is_playable))?;
+    let playable = |kind| period.tracks.iter().filter(move |t| t.info.kind == kind && t.is_playable());
+    let mut out = format!("#EXTM3U\n#EXT-X-VERSION:{VERSION}\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    let audio: Vec<&Track> = playable(TrackKind::Audio).collect();
+    let video: Vec<&Track> = playable(TrackKind::Video).collect();
+    if video.is_empty() {
+        for track in audio {
+            stream_inf(&mut out, track, None);
+        }
+        return Some(out);
+    }
+    for (index, track) in audio.iter().enumerate() {
+        let default = if index == 0 { "YES" } else { "NO" };
+        let _ = writeln!(
+            out,
+            "#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"{AUDIO_GROUP}\",NAME=\"{id}\",DEFAULT={default},AUTOSELECT=YES,CHANNELS=\"{channels}\",URI=\"{uri}\"",
+            id = track.info.id,
+            channels = track.info.channels,
+            uri = Playlist::Media(track.info.id.clone()).relative_path(),
+        );
+    }
+    // Every variant plays with the group's richest audio.
+    let audio = audio.into_iter().max_by_key(|t| t.info.bandwidth);
+    for track in video {
+        stream_inf(&mut out, track, audio);
+    }
+    Some(out)
+}
+
+/// One variant: `track`, with `audio` as its audio group when it has one.
+fn stream_inf(out: &mut String, track: &Track, audio: Option<&Track>) {
+    let info = &track.info;
+    let bandwidth = u64::from(info.bandwidth) + audio.map_or(0, |a| u64::from(a.info.bandwidth));
+    let codecs: Vec<&str> = [Some(track), audio].into_iter().flatten().filter_map(|t| t.codecs.as_deref()).collect();
+    let _ = write!(out, "#EXT-X-STREAM-INF:BANDWIDTH={bandwidth},CODECS=\"{}\"", codecs.join(","));
+    if info.kind == TrackKind::Video {
+        let _ = write!(out, ",RESOLUTION={}x{}", info.width, info.height);
+    }
+    if audio.is_some() {
+        let _ = write!(out, ",AUDIO=\"{AUDIO_GROUP}\"");
+    }
+    let _ = writeln!(out, "\n{}", Playlist::Media(info.id.clone()).relative_path());
+}
+
+/// The media playlist of `rendition`, or `None` when no Period holds a segment of it.
+fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId) -> Option<String> {
+    let listed: Vec<(&Period, &Track)> = timeline
+        .periods
+        .iter()
+        .filter_map(|p| p.track(rendition).filter(|t| !t.segments.is_empty()).map(|t| (p, t)))
+        .collect();
+    if listed.is_empty() {
+        return None;
+    }
+    let seconds = |ticks: u64, track: &Track| media_duration(ticks, track.info.timescale).unwrap_or_default();
+    // No listed EXTINF, rounded to the nearest second, may exceed the target duration.
+    let longest = listed.iter().flat_map(|(_, t)| t.segments.iter().map(|s| seconds(s.duration, t))).max().unwrap_or_default();
+    let target = rounded_secs(longest).max(timeline.segment_duration.as_secs() + u64::from(timeline.segment_duration.subsec_nanos() > 0));
+    let dropped = timeline.dropped.get(rendition).copied().unwrap_or_default();
+
+    let mut out = format!(
+        "#EXTM3U\n#EXT-X-VERSION:{VERSION}\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-DISCONTINUITY-SEQUENCE:{}\n",
+        dropped.segments, dropped.periods
+    );
+    for (index, (period, track)) in listed.iter().enumerate() {
+        let session = period.session.as_str();
+        if index > 0 {
+            out.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        let _ = writeln!(out, "#EXT-X-MAP:URI=\"init-{session}.mp4\"");
+        let first = track.segments.front().expect("listed tracks have segments");
+        let wall = timeline.availability_start.checked_add(period.start).and_then(|t| t.checked_add(seconds(first.time, track)));
+        if let Some(wall) = wall.and_then(date_time) {
+            let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", wall.to_rfc3339_opts(SecondsFormat::Millis, true));
+        }
+        for segment in &track.segments {
+            let _ = writeln!(out, "#EXTINF:{:.3},\n{session}-{}.m4s", seconds(segment.duration, track).as_secs_f64(), segment.number);
+        }
+    }
+    if timeline.periods.last().is_some_and(|p| p.track(rendition).is_none()) {
+        out.push_str("#EXT-X-ENDLIST\n");
+    }
+    Some(out)
+}
+
+/// Whole seconds, rounded to the nearest (RFC 8216's rule for EXTINF against the target).
+fn rounded_secs(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() >= 500_000_000)
+}
+
+/// The wall clock as a UTC date, `None` past what a date can hold.
+fn date_time(t: SystemTime) -> Option<DateTime<Utc>> {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    DateTime::from_timestamp(i64::try_from(since.as_secs()).ok()?, since.subsec_nanos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{SessionId, StreamId};
+    use crate::package::timeline::RenditionInfo;
+
+    fn at(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_000 + ms)
+    }
+
+    fn info(id: &str, kind: TrackKind, bandwidth: u32) -> RenditionInfo {
+        let video = kind == TrackKind::Video;
+        RenditionInfo {
+            id: RenditionId::parse(id).unwrap(),
+            kind,
+            bandwidth,
+            width: if video { 1280 } else { 0 },
+            height: if video { 720 } else { 0 },
+            timescale: if video { 90_000 } else { 48_000 },
+            sample_rate: 48_000,
+            channels: 2,
+        }
+    }
+
+    fn id(id: &str) -> RenditionId {
+        RenditionId::parse(id).unwrap()
+    }
+
+    /// A session of `renditions` starting at `at_ms`, with `segments` 1 s segments.
+    fn session(tl: &mut StreamTimeline, name: &str, renditions: &[(&str, TrackKind)], at_ms: u64, segments: u64) -> SessionId {
+        let s = SessionId::parse(name).unwrap();
+        let infos = renditions.iter().map(|(r, k)| info(r, *k, if *k == TrackKind::Video { 2_000_000 } else { 128_000 })).collect();
+        tl.begin_period(s.clone(), infos, None, at(at_ms));
+        for (r, kind) in renditions {
+            let codecs = if *kind == TrackKind::Video { "avc1.64001F" } else { "mp4a.40.2" };
+            tl.set_codecs(&s, &id(r), codecs.into(), at(at_ms));
+            for i in 0..segments {
+                tl.add_segment(&s, &id(r), i * 1_000_000_000, 1_000_000_000, at(at_ms + 1000 * (i + 1)));
+            }
+        }
+        s
+    }
+
+    fn lines(text: &str, prefix: &str) -> Vec<String> {
+        text.lines().filter(|l| l.starts_with(prefix)).map(|l| l[prefix.len()..].to_owned()).collect()
+    }
+
+    #[test]
+    fn nothing_playable_renders_nothing() {
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        assert!(render(&tl).is_empty());
+        session(&mut tl, "s1", &[("720p", TrackKind::Video)], 0, 0);
+        assert!(render(&tl).is_empty());
+    }
+
+    #[test]
+    fn multivariant_offers_each_video_rendition_with_the_audio_group() {
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        session(&mut tl, "s1", &[("720p", TrackKind::Video), ("360p", TrackKind::Video), ("audio", TrackKind::Audio)], 0, 2);
+        let playlists = render(&tl);
+        assert_eq!(playlists.len(), 4, "the multivariant and three media playlists");
+        let master = &playlists[&Playlist::Multivariant];
+        assert!(master.starts_with("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n"), "{master}");
+        assert_eq!(
+            lines(master, "#EXT-X-MEDIA:"),
+            ["TYPE=AUDIO,GROUP-ID=\"audio\",NAME=\"audio\",DEFAULT=YES,AUTOSELECT=YES,CHANNELS=\"2\",URI=\"audio/media.m3u8\""]
+        );
+        assert_eq!(
+            lines(master, "#EXT-X-STREAM-INF:"),
+            [
+                "BANDWIDTH=2128000,CODECS=\"avc1.64001F,mp4a.40.2\",RESOLUTION=1280x720,AUDIO=\"audio\"",
+                "BANDWIDTH=2128000,CODECS=\"avc1.64001F,mp4a.40.2\",RESOLUTION=1280x720,AUDIO=\"audio\"",
+            ]
+        );
+        assert_eq!(lines(master, "720p/"), ["media.m3u8"]);
+        assert_eq!(lines(master, "360p/"), ["media.m3u8"]);
+
+        // An audio-only source: the audio is the one variant.
+        let mut radio = StreamTimeline::new(StreamId::parse("radio").unwrap(), Duration::from_secs(1), at(0));
+        session(&mut radio, "s1", &[("audio", TrackKind::Audio)], 0, 2);
+        let master = &render(&radio)[&Playlist::Multivariant];
+        assert_eq!(lines(master, "#EXT-X-STREAM-INF:"), ["BANDWIDTH=128000,CODECS=\"mp4a.40.2\""]);
+        assert!(!master.contains("#EXT-X-MEDIA:"), "{master}");
+        assert_eq!(lines(master, "audio/"), ["media.m3u8"]);
+    }
+
+    #[test]
+    fn media_playlist_names_the_mpds_objects_with_wall_clock_times() {
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        session(&mut tl, "abc", &[("720p", TrackKind::Video), ("audio", TrackKind::Audio)], 0, 3);
+        let playlists = render(&tl);
+        let video = &playlists[&Playlist::Media(id("720p"))];
+        let expected = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-DISCONTINUITY-SEQUENCE:0\n\
+            #EXT-X-MAP:URI=\"init-abc.mp4\"\n#EXT-X-PROGRAM-DATE-TIME:2027-01-15T08:00:00.000Z\n\
+            #EXTINF:1.000,\nabc-1.m4s\n#EXTINF:1.000,\nabc-2.m4s\n#EXTINF:1.000,\nabc-3.m4s\n";
+        assert_eq!(video, expected);
+        assert_eq!(date_time(at(0)).unwrap().to_rfc3339_opts(SecondsFormat::Millis, true), "2027-01-15T08:00:00.000Z");
+
+        // A longer segment raises the target duration to its rounded length.
+        let s = tl.periods[0].session.clone();
+        tl.add_segment(&s, &id("720p"), 3_000_000_000, 1_600_000_000, at(5000));
+        let video = &render(&tl)[&Playlist::Media(id("720p"))];
+        assert_eq!(lines(video, "#EXT-X-TARGETDURATION:"), ["2"]);
+        assert_eq!(lines(video, "#EXTINF:").last().unwrap(), "1.600,");
+
+        // Ended: the playlists wait for a republish.
+        tl.end_session(&s, at(6000));
+        assert!(render(&tl).values().all(|m| !m.contains("#EXT-X-ENDLIST")));
+    }
+
+    #[test]
+    fn periods_are_discontinuities_and_sequences_survive_eviction() {
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        let s1 = session(&mut tl, "s1", &[("720p", TrackKind::Video), ("480p", TrackKind::Video)], 0, 3);
+        tl.end_session(&s1, at(3000));
+        // A republish 5.5 s in, without the 480p rung: its numbers start at 7 on the grid.
+        session(&mut tl, "s2", &[("720p", TrackKind::Video)], 5500, 3);
+        let playlists = render(&tl);
+        let video = &playlists[&Playlist::Media(id("720p"))];
+        assert_eq!(lines(video, "#EXT-X-MAP:URI="), ["\"init-s1.mp4\"", "\"init-s2.mp4\""]);
+        assert_eq!(video.matches("#EXT-X-DISCONTINUITY\n").count(), 1);
+        assert_eq!(
+            lines(video, "#EXT-X-PROGRAM-DATE-TIME:"),
+            ["2027-01-15T08:00:00.000Z", "2027-01-15T08:00:06.000Z"],
+            "the second Period starts on the grid at 6 s"
+        );
+        let uris: Vec<&str> = video.lines().filter(|l| l.ends_with(".m4s")).collect();
+        assert_eq!(uris, ["s1-1.m4s", "s1-2.m4s", "s1-3.m4s", "s2-7.m4s", "s2-8.m4s", "s2-9.m4s"]);
+        assert!(!video.contains("#EXT-X-ENDLIST"));
+        // 480p is not in the newest Period: its playlist ends, the multivariant drops it.
+        assert!(playlists[&Playlist::Media(id("480p"))].ends_with("s1-3.m4s\n#EXT-X-ENDLIST\n"));
+        assert!(!playlists[&Playlist::Multivariant].contains("480p"));
+
+        // The window moves past the first Period's first two segments, then all of it.
+        let evicted = tl.evict(Duration::from_secs(30), at(32_500));
+        assert_eq!(evicted.len(), 4);
+        let video = &render(&tl)[&Playlist::Media(id("720p"))];
+        assert_eq!(lines(video, "#EXT-X-MEDIA-SEQUENCE:"), ["2"]);
+        assert_eq!(lines(video, "#EXT-X-DISCONTINUITY-SEQUENCE:"), ["0"]);
+        assert!(video.contains("#EXT-X-PROGRAM-DATE-TIME:2027-01-15T08:00:02.000Z\n#EXTINF:1.000,\ns1-3.m4s"), "{video}");
+        tl.evict(Duration::from_secs(30), at(33_500));
+        let playlists = render(&tl);
+        let video = &playlists[&Playlist::Media(id("720p"))];
+        assert_eq!(lines(video, "#EXT-X-MEDIA-SEQUENCE:"), ["3"], "s2-7 keeps the sequence number 3 it had");
+        assert_eq!(lines(video, "#EXT-X-DISCONTINUITY-SEQUENCE:"), ["1"], "the discontinuity left with the Period");
+        assert!(!video.contains("#EXT-X-DISCONTINUITY\n"));
+        assert_eq!(lines(video, "#EXT-X-MAP:URI="), ["\"init-s2.mp4\""]);
+        assert!(!playlists.contains_key(&Playlist::Media(id("480p"))), "gone with its last segment");
+    }
+
+    #[test]
+    fn zero_timescales_and_huge_times_do_not_panic() {
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        let s = SessionId::parse("s1").unwrap();
+        let mut silent = info("audio", TrackKind::Audio, 1);
+        silent.timescale = 0;
+        let mut huge = info("huge", TrackKind::Video, 1);
+        huge.timescale = u32::MAX;
+        tl.begin_period(s.clone(), vec![silent, huge], None, at(0));
+        for r in ["audio", "huge"] {
+            tl.set_codecs(&s, &id(r), "x".into(), at(0));
+            for (start, duration) in [(0, 1_000_000_000), (u64::MAX - 5, u64::MAX), (u64::MAX, 0)] {
+                tl.add_segment(&s, &id(r), start, duration, at(1));
+            }
+        }
+        assert_eq!(render(&tl).len(), 3);
+    }
+}

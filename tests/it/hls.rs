@@ -1,0 +1,249 @@
+//! HLS from the DASH packaging: the multivariant and media playlists name the very segment
+//! objects the MPD names, number them contiguously across reloads, carry wall-clock times,
+//! decode through ffprobe, and ffmpeg's HLS reader follows a republish across its
+//! discontinuity. Parsed with a small strict reader of the tags rackcast writes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::support::{Appliance, Publisher, fetch_mpd, get, get_bytes, one_ladder_at_a_time, segments, wait_until};
+
+const STREAM: &str = "hlscam";
+const CONFIG: &str = "[transcode]\nx264_preset = \"ultrafast\"\n";
+
+/// One media segment of a media playlist.
+#[derive(Debug, Clone)]
+struct Segment {
+    sequence: u64,
+    discontinuity_sequence: u64,
+    /// Path under the stream's base (`720p/abc-7.m4s` resolved to `/live/...`).
+    url: String,
+    map: String,
+    seconds: f64,
+    date: Option<SystemTime>,
+}
+
+#[derive(Debug)]
+struct MediaPlaylist {
+    target: u64,
+    segments: Vec<Segment>,
+    discontinuities: usize,
+    ended: bool,
+}
+
+/// Parses a media playlist at `/live/{STREAM}/{rendition}/media.m3u8`; panics on anything
+/// outside RFC 8216's grammar for the tags it knows, or a segment without EXTINF or MAP.
+fn parse_media(text: &str, rendition: &str) -> MediaPlaylist {
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("#EXTM3U"), "{text}");
+    let base = format!("/live/{STREAM}/{rendition}/");
+    let (mut target, mut sequence, mut discontinuity_sequence) = (None, None, 0);
+    let (mut map, mut seconds, mut date) = (None::<String>, None::<f64>, None);
+    let (mut segments, mut discontinuities, mut ended) = (Vec::new(), 0, false);
+    let number = |v: &str| v.parse::<u64>().unwrap_or_else(|_| panic!("not a decimal-integer: {v:?} in\n{text}"));
+    for line in lines {
+        if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
+            target = Some(number(v));
+        } else if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+            sequence = Some(number(v));
+        } else if let Some(v) = line.strip_prefix("#EXT-X-DISCONTINUITY-SEQUENCE:") {
+            discontinuity_sequence = number(v);
+        } else if line == "#EXT-X-VERSION:7" {
+        } else if line == "#EXT-X-DISCONTINUITY" {
+            assert!(!segments.is_empty(), "a discontinuity before the first segment:\n{text}");
+            discontinuities += 1;
+            discontinuity_sequence += 1;
+        } else if let Some(v) = line.strip_prefix("#EXT-X-MAP:URI=") {
+            map = Some(base.clone() + v.trim_matches('"'));
+        } else if let Some(v) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
+            let t = chrono::DateTime::parse_from_rfc3339(v).unwrap_or_else(|e| panic!("{v}: {e}"));
+            date = Some(SystemTime::from(t));
+        } else if let Some(v) = line.strip_prefix("#EXTINF:") {
+            let v = v.strip_suffix(',').unwrap_or_else(|| panic!("EXTINF without a comma: {line}"));
+            seconds = Some(v.parse().unwrap_or_else(|_| panic!("EXTINF {v:?}")));
+        } else if line == "#EXT-X-ENDLIST" {
+            ended = true;
+        } else if line.starts_with('#') {
+            panic!("unexpected tag {line:?} in\n{text}");
+        } else {
+            let sequence = sequence.as_mut().expect("EXT-X-MEDIA-SEQUENCE before the segments");
+            let previous_date = segments.last().and_then(|s: &Segment| s.date.map(|d| d + Duration::from_secs_f64(s.seconds)));
+            segments.push(Segment {
+                sequence: *sequence,
+                discontinuity_sequence,
+                url: base.clone() + line,
+                map: map.clone().expect("EXT-X-MAP before the first segment"),
+                seconds: seconds.take().expect("EXTINF before each segment"),
+                // A segment without its own date follows the one before it.
+                date: date.take().or(previous_date),
+            });
+            *sequence += 1;
+        }
+    }
+    MediaPlaylist { target: target.expect("EXT-X-TARGETDURATION"), segments, discontinuities, ended }
+}
+
+fn fetch_text(app: &Appliance, path: &str) -> Option<String> {
+    let response = get(&app.url(path));
+    if response.status() != 200 {
+        return None;
+    }
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    assert_eq!(content_type, "application/vnd.apple.mpegurl", "{path}");
+    assert_eq!(response.headers()["cache-control"], "public, max-age=0, s-maxage=1", "{path}");
+    Some(response.text().unwrap())
+}
+
+fn media(app: &Appliance, rendition: &str) -> Option<MediaPlaylist> {
+    fetch_text(app, &format!("/live/{STREAM}/{rendition}/media.m3u8")).map(|text| parse_media(&text, rendition))
+}
+
+/// A child process killed when dropped, with its stderr collected.
+struct Reader {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Reader {
+    fn start(program: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        let pipe = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Self { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The media segments ffmpeg opened, by session id (`Opening '.../{session}-{n}.m4s'`).
+fn sessions_opened(stderr: &str) -> BTreeSet<String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.split("Opening '").nth(1)?.split('\'').next())
+        .filter(|url| url.ends_with(".m4s"))
+        .filter_map(|url| url.rsplit('/').next()?.rsplit_once('-').map(|(session, _)| session.to_owned()))
+        .collect()
+}
+
+#[test]
+fn hls_names_the_dash_segments_and_follows_a_republish() {
+    let _ladder = one_ladder_at_a_time();
+    let app = Appliance::start(Some(CONFIG));
+    let url = app.publish_url("live", STREAM);
+    let first = Publisher::start(&url, 10, "640x360");
+
+    // The multivariant: each video rendition with the audio group.
+    let playlist = |r: &str| media(&app, r).filter(|m| m.segments.len() >= 4);
+    wait_until("4 segments in the 360p media playlist", Duration::from_secs(25), || playlist("360p"));
+    let master = fetch_text(&app, &format!("/live/{STREAM}/master.m3u8")).unwrap();
+    assert!(master.starts_with("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n"), "{master}");
+    // The test tone is mono.
+    assert!(master.contains("#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",NAME=\"audio\",DEFAULT=YES,AUTOSELECT=YES,CHANNELS=\"1\",URI=\"audio/media.m3u8\"\n"), "{master}");
+    let variants: Vec<(&str, &str)> = master.lines().zip(master.lines().skip(1)).filter(|(tag, _)| tag.starts_with("#EXT-X-STREAM-INF:")).collect();
+    assert_eq!(variants.len(), 1, "one rung at a 360p source: {master}");
+    let (inf, uri) = variants[0];
+    assert!(inf.contains("CODECS=\"avc1.") && inf.contains(",mp4a.40.2\"") && inf.contains("RESOLUTION=640x360") && inf.contains("AUDIO=\"audio\""), "{inf}");
+    assert_eq!(uri, "360p/media.m3u8");
+
+    // Each media playlist lists the MPD's segments: same URLs, same durations, same init.
+    let mpd = fetch_mpd(&app, STREAM).unwrap();
+    let now = SystemTime::now();
+    let mut before: HashMap<String, MediaPlaylist> = HashMap::new();
+    for rep in mpd.periods.last().unwrap().adaptations.iter().flat_map(|a| &a.representations) {
+        let rendition = rep.id.clone().unwrap();
+        let (init, dash) = segments(STREAM, rep);
+        let hls = media(&app, &rendition).unwrap();
+        assert!(!hls.ended && hls.discontinuities == 0);
+        let by_url: HashMap<&str, f64> = dash.iter().map(|s| (s.url.as_str(), s.duration as f64 / s.timescale as f64)).collect();
+        for segment in &hls.segments {
+            assert_eq!(segment.map, init, "{rendition}: the MPD's init segment");
+            assert!((segment.seconds.round() as u64) <= hls.target, "{rendition}: EXTINF {} over TARGETDURATION {}", segment.seconds, hls.target);
+            if let Some(seconds) = by_url.get(segment.url.as_str()) {
+                assert!((seconds - segment.seconds).abs() < 0.001, "{rendition} {}: EXTINF {} vs the MPD's {seconds}", segment.url, segment.seconds);
+            }
+            assert!(!get_bytes(&app.url(&segment.url)).is_empty());
+        }
+        let listed_by_both = hls.segments.iter().filter(|s| by_url.contains_key(s.url.as_str())).count();
+        assert!(listed_by_both + 2 >= hls.segments.len(), "{rendition}: the MPD lists the playlist's segments");
+        let total: f64 = hls.segments.iter().map(|s| s.seconds).sum();
+        assert!((total - hls.segments.len() as f64).abs() < 0.2 * hls.segments.len() as f64, "{rendition}: {total} s in {} segments", hls.segments.len());
+        // The newest segment ended a moment ago, by its wall-clock date.
+        let last = hls.segments.last().unwrap();
+        let end = last.date.expect("a date on every segment") + Duration::from_secs_f64(last.seconds);
+        let age = now.duration_since(end).unwrap_or_else(|e| panic!("{rendition}: the newest segment ends {:?} in the future", e.duration()));
+        assert!(age < Duration::from_secs(5), "{rendition}: the newest segment ended {age:?} ago");
+        before.insert(rendition, hls);
+    }
+    assert_eq!(before.len(), 2, "360p and audio");
+
+    // ffprobe plays the stream through the multivariant.
+    let probe = Command::new("timeout")
+        .args(["20", "ffprobe", "-v", "error", "-show_entries", "stream=codec_name,width,height", "-of", "csv=p=0"])
+        .arg(app.url(&format!("/live/{STREAM}/master.m3u8")))
+        .output()
+        .unwrap();
+    let streams = String::from_utf8_lossy(&probe.stdout);
+    assert!(probe.status.success() && streams.contains("h264,640,360") && streams.contains("aac"), "{streams}\n{}", String::from_utf8_lossy(&probe.stderr));
+
+    // ffmpeg reads the video playlist from here on, through the republish.
+    let media_url = app.url(&format!("/live/{STREAM}/360p/media.m3u8"));
+    let reader = Reader::start("ffmpeg", &["-hide_banner", "-loglevel", "verbose", "-i", &media_url, "-t", "30", "-c", "copy", "-f", "null", "-"]);
+
+    // The same segment keeps its media sequence number on every reload.
+    let after = playlist("360p").unwrap();
+    let sequences = |m: &MediaPlaylist| m.segments.iter().map(|s| (s.url.clone(), s.sequence)).collect::<HashMap<_, _>>();
+    let (old, new) = (sequences(&before["360p"]), sequences(&after));
+    assert!(old.iter().filter(|(url, _)| new.contains_key(*url)).all(|(url, n)| new[url] == *n), "{old:?} vs {new:?}");
+    assert!(after.segments.last().unwrap().sequence >= before["360p"].segments.last().unwrap().sequence);
+
+    // The broadcaster stops and publishes again under the same key: a new Period.
+    let (status, log) = first.wait(Duration::from_secs(20));
+    assert!(status.success(), "{log}");
+    let session_of = |m: &MediaPlaylist| m.segments.last().unwrap().url.rsplit('/').next().unwrap().rsplit_once('-').unwrap().0.to_owned();
+    let first_session = session_of(&playlist("360p").unwrap());
+    let _second = Publisher::start(&url, 12, "640x360");
+    let crossed = wait_until("the republish in the 360p media playlist", Duration::from_secs(20), || {
+        media(&app, "360p").filter(|m| m.discontinuities == 1 && session_of(m) != first_session && m.segments.last().unwrap().map.contains(&session_of(m)))
+    });
+    let maps: BTreeSet<&str> = crossed.segments.iter().map(|s| s.map.as_str()).collect();
+    assert_eq!(maps.len(), 2, "a new EXT-X-MAP after the discontinuity");
+    let sessions: Vec<String> = crossed.segments.iter().map(|s| s.url.rsplit('/').next().unwrap().rsplit_once('-').unwrap().0.to_owned()).collect();
+    let boundary = sessions.iter().position(|s| *s != first_session).unwrap();
+    let (last_old, first_new) = (&crossed.segments[boundary - 1], &crossed.segments[boundary]);
+    assert_eq!(first_new.sequence, last_old.sequence + 1, "media sequence numbers go on across the Period change");
+    assert_eq!(first_new.discontinuity_sequence, last_old.discontinuity_sequence + 1);
+    assert!(first_new.date.is_some() && first_new.date >= last_old.date, "a date after the discontinuity");
+    for segment in &crossed.segments {
+        if let Some(seq) = old.get(&segment.url) {
+            assert_eq!(segment.sequence, *seq, "{} renumbered across the Period change", segment.url);
+        }
+    }
+
+    // ffmpeg went on into the new session's segments.
+    let second_session = sessions.last().unwrap().clone();
+    let started = Instant::now();
+    while !sessions_opened(&reader.stderr()).contains(&second_session) {
+        assert!(started.elapsed() < Duration::from_secs(20), "ffmpeg did not read session {second_session}'s segments:\n{}", reader.stderr());
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(sessions_opened(&reader.stderr()).contains(&first_session), "{}", reader.stderr());
+}
