@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::support::{Appliance, Publisher, fetch_mpd, get, get_bytes, one_ladder_at_a_time, segments, wait_until};
+use crate::support::{Appliance, Publisher, fetch_mpd, get, get_bytes, one_ladder_at_a_time, output_within, segments, wait_until};
 
 const STREAM: &str = "hlscam";
 const CONFIG: &str = "[transcode]\nx264_preset = \"ultrafast\"\n";
@@ -196,11 +196,12 @@ fn hls_names_the_dash_segments_and_follows_a_republish() {
     assert_eq!(before.len(), 2, "360p and audio");
 
     // ffprobe plays the stream through the multivariant.
-    let probe = Command::new("timeout")
-        .args(["20", "ffprobe", "-v", "error", "-show_entries", "stream=codec_name,width,height", "-of", "csv=p=0"])
-        .arg(app.url(&format!("/live/{STREAM}/master.m3u8")))
-        .output()
-        .unwrap();
+    let probe = output_within(
+        Command::new("ffprobe")
+            .args(["-v", "error", "-show_entries", "stream=codec_name,width,height", "-of", "csv=p=0"])
+            .arg(app.url(&format!("/live/{STREAM}/master.m3u8"))),
+        Duration::from_secs(20),
+    );
     let streams = String::from_utf8_lossy(&probe.stdout);
     assert!(probe.status.success() && streams.contains("h264,640,360") && streams.contains("aac"), "{streams}\n{}", String::from_utf8_lossy(&probe.stderr));
 

@@ -278,27 +278,13 @@ fn ffmpeg_records_a_live_stream_older_than_its_dvr_window_without_a_404() {
     let before = segment_404s(&app);
     let out = tempfile::Builder::new().suffix(".mp4").tempfile().unwrap();
     let url = app.url(&format!("/live/{READER_STREAM}/manifest-number.mpd"));
-    let mut recorder = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", &url, "-t", "20", "-c", "copy"])
-        .arg(out.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     // 20 s of media read in real time, and time to start; a reader stuck on 404s never ends.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = recorder.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = recorder.kill();
-            let _ = recorder.wait();
-            panic!("ffmpeg had not recorded 20 s after 60 s (stuck on missing segments?)");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "ffmpeg exited with {status}");
+    let recorded = output_within(
+        Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", &url, "-t", "20", "-c", "copy"]).arg(out.path()),
+        Duration::from_secs(60),
+    );
+    let status = recorded.status;
+    assert!(status.success(), "ffmpeg exited with {status}: {}", String::from_utf8_lossy(&recorded.stderr));
     assert_eq!(segment_404s(&app) - before, 0.0, "no segment request of the recording was answered 404");
 
     let probe = Command::new("ffprobe")

@@ -385,6 +385,36 @@ impl Appliance {
     }
 }
 
+/// Runs `command` to its end, its output captured; kills it and fails the test if it runs
+/// past `within` (a reader stuck on a live stream never ends on its own).
+pub fn output_within(command: &mut Command, within: Duration) -> std::process::Output {
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("the program starts");
+    let (mut stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out = thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut bytes);
+        bytes
+    });
+    let err = thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut bytes);
+        bytes
+    });
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} still ran after {within:?}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    std::process::Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
 /// JSON from a GET.
 pub fn get_json(url: &str) -> serde_json::Value {
     serde_json::from_str(&get(url).text().unwrap()).unwrap_or_else(|e| panic!("{url}: {e}"))
