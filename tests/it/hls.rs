@@ -4,13 +4,12 @@
 //! discontinuity. Parsed with a small strict reader of the tags rackcast writes.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::support::{Appliance, Publisher, fetch_mpd, get, get_bytes, one_ladder_at_a_time, output_within, segments, wait_until};
+use crate::support::{Appliance, Publisher, collect_stderr, fetch_mpd, get, get_bytes, one_ladder_at_a_time, output_within, segments, wait_until};
 
 const STREAM: &str = "hlscam";
 const CONFIG: &str = "[transcode]\nx264_preset = \"ultrafast\"\n";
@@ -111,14 +110,7 @@ struct Reader {
 impl Reader {
     fn start(program: &str, args: &[&str]) -> Self {
         let mut child = Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        let pipe = child.stderr.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
+        let stderr = collect_stderr(&mut child);
         Self { child, stderr }
     }
 

@@ -385,6 +385,19 @@ impl Appliance {
     }
 }
 
+/// What a child started with `stderr(Stdio::piped())` prints there, gathered as it comes.
+pub fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&stderr);
+    let pipe = child.stderr.take().expect("stderr piped");
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    stderr
+}
+
 /// Runs `command` to its end, its output captured; kills it and fails the test if it runs
 /// past `within` (a reader stuck on a live stream never ends on its own).
 pub fn output_within(command: &mut Command, within: Duration) -> std::process::Output {
@@ -472,14 +485,7 @@ impl Publisher {
             .stderr(Stdio::piped())
             .spawn()
             .expect("ffmpeg starts");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        let pipe = child.stderr.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
+        let stderr = collect_stderr(&mut child);
         Self { child, stderr }
     }
 
