@@ -95,7 +95,7 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     };
-    metrics_registry.register("transcode_failures", "Streams ended by a pipeline error", services.transcode_failures.clone());
+    services.register(&mut metrics_registry);
     let registry = StreamRegistry::new();
 
     let roles = config.cluster.roles();

@@ -45,6 +45,13 @@ pub struct StreamServices {
     pub shutdown: CancellationToken,
 }
 
+impl StreamServices {
+    /// Registers the stream actors' metrics in the node's registry.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register("transcode_failures", "Streams ended by a pipeline error", self.transcode_failures.clone());
+    }
+}
+
 /// Why a stream's session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamEnd {
