@@ -15,7 +15,6 @@ pub use server::{HttpEdgeMetrics, serve};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -30,7 +29,7 @@ use tower_http::cors::CorsLayer;
 use crate::media::StreamId;
 use crate::audience::Audience;
 use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
-use crate::store::{Lookup, ManifestForm, ObjectKey, Part, Store};
+use crate::store::{ManifestForm, ObjectKey, Part, Store};
 use crate::stream::StreamRegistry;
 
 pub const MPD_CONTENT_TYPE: &str = "application/dash+xml";
@@ -51,16 +50,7 @@ pub struct HttpState {
     pub registry: Arc<StreamRegistry>,
     pub metrics: Arc<LiveMetrics>,
     pub audience: Arc<Audience>,
-    /// How long a request for the next media segment of a rendition waits for it
-    /// ([`NEXT_SEGMENT_WAIT_SEGMENTS`] segment durations).
-    pub next_segment_wait: Duration,
 }
-
-/// A request for the segment after the newest waits this many segment durations for it:
-/// the next segment is due one segment duration after the newest, plus the production lag.
-/// Kept under a caching tier's `request_timeout` (2 s) at the default 1 s segments, so a
-/// tier's fetch through an origin ends before its own time-out.
-pub const NEXT_SEGMENT_WAIT_SEGMENTS: f64 = 1.5;
 
 /// The client's address, when the server recorded it (see `server.rs`).
 pub type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
@@ -244,17 +234,15 @@ async fn object(
         (Part::Init, _) => "video/mp4",
     };
     let key = ObjectKey { rendition: object.rendition, session: object.session, part: object.part };
-    // The next segment of a rendition waits for it (store module header); anything else
-    // that is missing is answered at once.
-    match state.store.object_or_next(&stream, &key, state.next_segment_wait).await {
-        Lookup::Found(bytes) => {
+    match state.store.object(&stream, &key) {
+        Some(bytes) => {
             note_viewer(&state.audience, &stream, &peer, &headers, bytes.len());
             bytes_response(bytes, content_type, IMMUTABLE)
         }
-        // A cached 404 would hide a segment written a moment later from every viewer
-        // behind that cache for the cache's lifetime.
-        Lookup::Missing => error(StatusCode::NOT_FOUND, "no such segment\n"),
-        Lookup::UnknownStream => unknown_stream(&stream),
+        // Players poll for the newest segment just before it is written: a cached 404 would
+        // hide it from every viewer behind that cache for the cache's lifetime.
+        None if state.store.contains_stream(&stream) => error(StatusCode::NOT_FOUND, "no such segment\n"),
+        None => unknown_stream(&stream),
     }
 }
 
@@ -302,7 +290,7 @@ mod tests {
             part: Part::Media(7),
         };
         store.put_object(&StreamId::parse("cam").unwrap(), key, Bytes::from_static(b"moof"));
-        router(HttpState { store, registry: StreamRegistry::new(), metrics: Arc::default(), audience: Arc::default(), next_segment_wait: Duration::from_millis(100) })
+        router(HttpState { store, registry: StreamRegistry::new(), metrics: Arc::default(), audience: Arc::default() })
     }
 
     async fn get(uri: &str) -> Response {

@@ -6,21 +6,12 @@
 //! is held only to find or add a stream. Each stream counts the bytes it holds: the
 //! packager keeps that under `package.max_stream_bytes` by dropping the oldest segments of
 //! its DVR window (the store itself holds whatever it is given and never chooses).
-//!
-//! A reader may wait for the **next** media segment of a rendition, the one after the
-//! newest stored ([`Store::object_or_next`]): players that derive segment numbers from the
-//! clock, or read faster than real time, ask for it just before it is written. Each stream
-//! wakes its waiters when an object arrives (a `Notify`, outside the lock); a waiter holds
-//! no lock and nothing another reader needs, and gives up at its deadline. Anything
-//! further ahead is answered "missing" at once, so no client can park requests on future
-//! numbers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
-use tokio::sync::Notify;
 
 use crate::media::{RenditionId, SessionId, StreamId};
 
@@ -109,8 +100,6 @@ struct StreamObjects {
     objects: HashMap<ObjectKey, Bytes>,
     /// The bytes of every object in `objects`.
     bytes: u64,
-    /// The newest media segment number stored of each (session, rendition).
-    newest: HashMap<(SessionId, RenditionId), u64>,
 }
 
 impl StreamObjects {
@@ -119,33 +108,11 @@ impl StreamObjects {
             self.bytes -= gone.len() as u64;
         }
     }
-
-    /// Whether `key` is the media segment right after the newest stored of its rendition.
-    fn is_next(&self, key: &ObjectKey) -> bool {
-        let Part::Media(number) = key.part else { return false };
-        self.newest.get(&(key.session.clone(), key.rendition.clone())).is_some_and(|newest| newest.checked_add(1) == Some(number))
-    }
-}
-
-#[derive(Default)]
-struct StreamEntry {
-    objects: RwLock<StreamObjects>,
-    /// Woken whenever an object of the stream is stored.
-    arrived: Notify,
-}
-
-/// What [`Store::object_or_next`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
-    Found(Bytes),
-    /// The stream exists; the object does not (or did not arrive in time).
-    Missing,
-    UnknownStream,
 }
 
 #[derive(Default)]
 pub struct Store {
-    streams: RwLock<HashMap<StreamId, Arc<StreamEntry>>>,
+    streams: RwLock<HashMap<StreamId, Arc<RwLock<StreamObjects>>>>,
 }
 
 impl Store {
@@ -154,37 +121,30 @@ impl Store {
     }
 
     /// The stream's entry, created when missing.
-    fn entry(&self, stream: &StreamId) -> Arc<StreamEntry> {
+    fn entry(&self, stream: &StreamId) -> Arc<RwLock<StreamObjects>> {
         if let Some(entry) = self.streams.read().get(stream) {
             return Arc::clone(entry);
         }
         Arc::clone(self.streams.write().entry(stream.clone()).or_default())
     }
 
-    fn existing(&self, stream: &StreamId) -> Option<Arc<StreamEntry>> {
+    fn existing(&self, stream: &StreamId) -> Option<Arc<RwLock<StreamObjects>>> {
         self.streams.read().get(stream).cloned()
     }
 
     pub fn put_object(&self, stream: &StreamId, key: ObjectKey, bytes: Bytes) {
         let entry = self.entry(stream);
-        {
-            let mut objects = entry.objects.write();
-            objects.bytes += bytes.len() as u64;
-            if let Part::Media(number) = key.part {
-                let newest = objects.newest.entry((key.session.clone(), key.rendition.clone())).or_insert(number);
-                *newest = (*newest).max(number);
-            }
-            if let Some(replaced) = objects.objects.insert(key, bytes) {
-                objects.bytes -= replaced.len() as u64;
-            }
+        let mut entry = entry.write();
+        entry.bytes += bytes.len() as u64;
+        if let Some(replaced) = entry.objects.insert(key, bytes) {
+            entry.bytes -= replaced.len() as u64;
         }
-        entry.arrived.notify_waiters();
     }
 
     /// Removes a media object, or every object of a (session, rendition) when `part` is None.
     pub fn remove_objects(&self, stream: &StreamId, session: &SessionId, rendition: &RenditionId, part: Option<Part>) {
         let Some(entry) = self.existing(stream) else { return };
-        let mut entry = entry.objects.write();
+        let mut entry = entry.write();
         match part {
             Some(part) => entry.remove(&ObjectKey { rendition: rendition.clone(), session: session.clone(), part }),
             None => {
@@ -192,21 +152,20 @@ impl Store {
                 for key in &gone {
                     entry.remove(key);
                 }
-                entry.newest.remove(&(session.clone(), rendition.clone()));
             }
         }
     }
 
     /// The bytes of every object the stream holds (init and media segments).
     pub fn stream_bytes(&self, stream: &StreamId) -> u64 {
-        self.existing(stream).map_or(0, |e| e.objects.read().bytes)
+        self.existing(stream).map_or(0, |e| e.read().bytes)
     }
 
     /// Replaces the stream's manifests, one per [`ManifestForm`] (in `ManifestForm::ALL`
     /// order), its HLS playlists and its summary.
     pub fn set_manifests(&self, stream: &StreamId, manifests: [Option<Bytes>; 2], playlists: HashMap<Playlist, Bytes>, summary: StreamSummary) {
         let entry = self.entry(stream);
-        let mut entry = entry.objects.write();
+        let mut entry = entry.write();
         entry.manifests = manifests;
         entry.playlists = playlists;
         entry.summary = Some(summary);
@@ -217,45 +176,20 @@ impl Store {
     }
 
     pub fn manifest(&self, stream: &StreamId, form: ManifestForm) -> Option<Bytes> {
-        self.existing(stream)?.objects.read().manifests[form.index()].clone()
+        self.existing(stream)?.read().manifests[form.index()].clone()
     }
 
     pub fn playlist(&self, stream: &StreamId, playlist: &Playlist) -> Option<Bytes> {
-        self.existing(stream)?.objects.read().playlists.get(playlist).cloned()
+        self.existing(stream)?.read().playlists.get(playlist).cloned()
     }
 
     pub fn object(&self, stream: &StreamId, key: &ObjectKey) -> Option<Bytes> {
-        self.existing(stream)?.objects.read().objects.get(key).cloned()
-    }
-
-    /// The object, or, when it is the next media segment of its rendition (see the module
-    /// header), the object once it arrives within `wait`.
-    pub async fn object_or_next(&self, stream: &StreamId, key: &ObjectKey, wait: std::time::Duration) -> Lookup {
-        let Some(entry) = self.existing(stream) else { return Lookup::UnknownStream };
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            // Registered before the check, so an object stored in between still wakes it.
-            let arrived = entry.arrived.notified();
-            tokio::pin!(arrived);
-            arrived.as_mut().enable();
-            {
-                let objects = entry.objects.read();
-                if let Some(bytes) = objects.objects.get(key) {
-                    return Lookup::Found(bytes.clone());
-                }
-                if !objects.is_next(key) {
-                    return Lookup::Missing;
-                }
-            }
-            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return Lookup::Missing;
-            }
-        }
+        self.existing(stream)?.read().objects.get(key).cloned()
     }
 
     /// The keys of every object the stream holds.
     pub fn object_keys(&self, stream: &StreamId) -> Vec<ObjectKey> {
-        self.existing(stream).map(|e| e.objects.read().objects.keys().cloned().collect()).unwrap_or_default()
+        self.existing(stream).map(|e| e.read().objects.keys().cloned().collect()).unwrap_or_default()
     }
 
     pub fn contains_stream(&self, stream: &StreamId) -> bool {
@@ -264,7 +198,7 @@ impl Store {
 
     pub fn streams(&self) -> Vec<StreamSummary> {
         let entries: Vec<_> = self.streams.read().values().cloned().collect();
-        let mut list: Vec<_> = entries.iter().filter_map(|s| s.objects.read().summary.clone()).collect();
+        let mut list: Vec<_> = entries.iter().filter_map(|s| s.read().summary.clone()).collect();
         list.sort_by(|a, b| a.stream.cmp(&b.stream));
         list
     }
@@ -295,43 +229,5 @@ mod tests {
         store.remove_objects(&cam, &s, &r, None);
         assert_eq!(store.stream_bytes(&cam), 0);
         assert_eq!(store.stream_bytes(&StreamId::parse("nobody").unwrap()), 0);
-    }
-
-    #[tokio::test]
-    async fn only_the_next_segment_is_waited_for() {
-        let store = Arc::new(Store::new());
-        let cam = StreamId::parse("cam").unwrap();
-        let (s, r) = (SessionId::parse("s1").unwrap(), RenditionId::parse("720p").unwrap());
-        let key = |part| ObjectKey { rendition: r.clone(), session: s.clone(), part };
-        let wait = std::time::Duration::from_secs(5);
-        let nobody = StreamId::parse("nobody").unwrap();
-        assert_eq!(store.object_or_next(&nobody, &key(Part::Media(1)), wait).await, Lookup::UnknownStream);
-        store.put_object(&cam, key(Part::Init), Bytes::from_static(b"init"));
-        // No media yet: nothing is "next", so nothing waits.
-        assert_eq!(store.object_or_next(&cam, &key(Part::Media(1)), wait).await, Lookup::Missing);
-        store.put_object(&cam, key(Part::Media(7)), Bytes::from_static(b"seven"));
-        assert_eq!(store.object_or_next(&cam, &key(Part::Media(7)), wait).await, Lookup::Found(Bytes::from_static(b"seven")));
-
-        // Two ahead, another session or the init segment: answered at once.
-        let started = tokio::time::Instant::now();
-        assert_eq!(store.object_or_next(&cam, &key(Part::Media(9)), wait).await, Lookup::Missing);
-        let other = ObjectKey { rendition: r.clone(), session: SessionId::parse("s2").unwrap(), part: Part::Media(8) };
-        assert_eq!(store.object_or_next(&cam, &other, wait).await, Lookup::Missing);
-        assert!(started.elapsed() < wait, "none of them waited");
-
-        // The next one waits and gets the segment when it is stored.
-        let waiter = tokio::spawn({
-            let (store, cam, eight) = (Arc::clone(&store), cam.clone(), key(Part::Media(8)));
-            async move { store.object_or_next(&cam, &eight, wait).await }
-        });
-        tokio::task::yield_now().await;
-        store.put_object(&cam, key(Part::Media(8)), Bytes::from_static(b"eight"));
-        assert_eq!(waiter.await.unwrap(), Lookup::Found(Bytes::from_static(b"eight")));
-
-        // Not stored within the wait: missing.
-        assert_eq!(store.object_or_next(&cam, &key(Part::Media(9)), std::time::Duration::from_millis(50)).await, Lookup::Missing);
-        // The rendition's objects removed: nothing is next any more.
-        store.remove_objects(&cam, &s, &r, None);
-        assert_eq!(store.object_or_next(&cam, &key(Part::Media(9)), wait).await, Lookup::Missing);
     }
 }
