@@ -7,6 +7,10 @@
 //! packager keeps that under `package.max_stream_bytes` by dropping the oldest segments of
 //! its DVR window (the store itself holds whatever it is given and never chooses).
 
+pub mod growing;
+
+pub use growing::GrowingBody;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
