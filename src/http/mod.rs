@@ -4,6 +4,9 @@
 //! headers say what may be cached: segments forever (their URLs are never reused),
 //! manifests for at most a second, a 404 for a stream this node does not have briefly, and
 //! a 404 for a missing segment of a stream it has never (it may be written a moment later).
+//! A segment still being encoded (low latency) is answered at once and streamed chunk by
+//! chunk as the muxer cuts it (chunked transfer, no Content-Length), ending when it is
+//! complete; the bytes are the same a later request gets whole, so it is as immutable.
 //! config.rs holds `[http]`; server.rs is the bounded accept loop every node serves
 //! through (connection cap, time-outs); path.rs parses request paths.
 
@@ -29,7 +32,7 @@ use tower_http::cors::CorsLayer;
 use crate::media::StreamId;
 use crate::audience::Audience;
 use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
-use crate::store::{ManifestForm, ObjectKey, Part, Store};
+use crate::store::{ManifestForm, ObjectKey, Part, Store, Stored};
 use crate::stream::StreamRegistry;
 
 pub const MPD_CONTENT_TYPE: &str = "application/dash+xml";
@@ -76,6 +79,11 @@ impl LiveMetrics {
         registry.register("object_requests", "Init and media segment requests this node answered from its own store", self.object_requests.clone());
     }
 }
+
+/// Longest a viewer of a segment being encoded waits for its next chunk: chunks come every
+/// `package.chunk_duration`, so this means the pipeline stopped without saying so; the
+/// response is cut off (not ended as if complete) and the player asks again.
+pub const GROWING_STALL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The HLS playlists' routes (the same on every tier; see `store::Playlist`).
 pub const MULTIVARIANT_ROUTE: &str = "/live/{stream}/master.m3u8";
@@ -234,10 +242,16 @@ async fn object(
         (Part::Init, _) => "video/mp4",
     };
     let key = ObjectKey { rendition: object.rendition, session: object.session, part: object.part };
-    match state.store.object(&stream, &key) {
-        Some(bytes) => {
+    match state.store.object_or_growing(&stream, &key) {
+        Some(Stored::Complete(bytes)) => {
             note_viewer(&state.audience, &stream, &peer, &headers, bytes.len());
             bytes_response(bytes, content_type, IMMUTABLE)
+        }
+        Some(Stored::Growing(body)) => {
+            // Counted with what it holds now; the rest follows within the segment.
+            note_viewer(&state.audience, &stream, &peer, &headers, body.len());
+            let headers = [(header::CONTENT_TYPE, HeaderValue::from_static(content_type)), (header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE))];
+            (StatusCode::OK, headers, axum::body::Body::from_stream(body.reader(GROWING_STALL))).into_response()
         }
         // Players poll for the newest segment just before it is written: a cached 404 would
         // hide it from every viewer behind that cache for the cache's lifetime.

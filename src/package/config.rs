@@ -26,6 +26,9 @@ pub const DEFAULT_MAX_FRAGMENT_BYTES: usize = 16 * 1024 * 1024;
 /// The default ladder (10 Mbit/s with audio) fills a 30 s DVR window with about 38 MB:
 /// two and a half times that leaves room for encoder overshoot and a republish's Periods.
 pub const DEFAULT_MAX_STREAM_BYTES: u64 = 96 * 1024 * 1024;
+/// Low-latency chunks: 6 frames at 30 fps, 5 at 25, 12 at 60, so a 1 s segment is five
+/// chunks of whole frames at every common frame rate (docs/low-latency.md).
+pub const DEFAULT_CHUNK_DURATION: Duration = Duration::from_millis(200);
 /// How much more than the configured ladder's nominal DVR window `max_stream_bytes` must
 /// hold, so that the byte cap never shortens the window of a stream that behaves.
 pub const STREAM_BYTES_HEADROOM: f64 = 1.5;
@@ -67,6 +70,15 @@ pub struct PackageConfig {
     /// `rackcast_package_segments_evicted_for_bytes`); the newest segment of each
     /// rendition always stays. Must hold the whole ladder's DVR window with headroom.
     pub max_stream_bytes: u64,
+    /// Produce every segment as CMAF chunks of `chunk_duration` and serve a segment while
+    /// it is being encoded, each chunk as it is cut (chunked transfer), through every tier.
+    /// Players that follow the low-latency signals then play about a second behind live.
+    /// Off: segments appear whole, once complete.
+    pub low_latency: bool,
+    /// Duration of one chunk with `low_latency` (whole frames: the first frame at or after
+    /// each multiple of it into the segment starts a chunk).
+    #[serde(with = "humantime_serde")]
+    pub chunk_duration: Duration,
 }
 
 impl PackageConfig {
@@ -79,6 +91,11 @@ impl PackageConfig {
     /// The byte caps the packager enforces.
     pub fn byte_caps(&self) -> crate::package::ByteCaps {
         crate::package::ByteCaps { max_fragment_bytes: self.max_fragment_bytes, max_stream_bytes: self.max_stream_bytes }
+    }
+
+    /// The chunk duration when segments are produced in chunks (`low_latency`), else None.
+    pub fn chunks(&self) -> Option<Duration> {
+        self.low_latency.then_some(self.chunk_duration)
     }
 
     /// The manifest-wide timing the MPD renderer follows.
@@ -114,6 +131,9 @@ impl PackageConfig {
         if self.dvr_window < seg * 3 {
             return invalid("dvr_window", "must hold at least three segments");
         }
+        if self.chunk_duration < Duration::from_millis(50) || self.chunk_duration * 2 > seg {
+            return invalid("chunk_duration", "must be within 50ms and half a segment");
+        }
         if !(1 << 20..=1 << 30).contains(&self.max_fragment_bytes) {
             return invalid("max_fragment_bytes", "must be within 1 MiB and 1 GiB");
         }
@@ -132,6 +152,8 @@ impl Default for PackageConfig {
             max_clock_drift: DEFAULT_MAX_CLOCK_DRIFT,
             max_fragment_bytes: DEFAULT_MAX_FRAGMENT_BYTES,
             max_stream_bytes: DEFAULT_MAX_STREAM_BYTES,
+            low_latency: true,
+            chunk_duration: DEFAULT_CHUNK_DURATION,
         }
     }
 }

@@ -240,6 +240,8 @@ impl Packager {
             ),
         };
         let mut tl = timeline.lock();
+        // Segments the previous session was still encoding will never be complete.
+        self.store.abandon_growing(stream, |other| other != session);
         let period_start = tl.begin_period(session.clone(), renditions, start, now);
         self.contained(stream, "rendering the MPD", || self.evict_and_publish(&mut tl, now));
         period_start
@@ -251,6 +253,17 @@ impl Packager {
         self.store.put_object(stream, key, bytes);
         timeline.lock().set_codecs(session, rendition, codecs, SystemTime::now());
         self.mark_dirty(stream);
+    }
+
+    /// A chunk of the rendition's segment being encoded (low latency): appended to the
+    /// segment's growing object, under the number the segment will have once complete.
+    /// Chunks come in order, and every chunk of a segment before the segment itself.
+    pub fn add_chunk(&self, stream: &StreamId, session: &SessionId, rendition: &RenditionId, chunk: Bytes) -> Option<u64> {
+        let timeline = self.timeline(stream)?;
+        let number = timeline.lock().next_number(session, rendition)?;
+        let key = ObjectKey { rendition: rendition.clone(), session: session.clone(), part: Part::Media(number) };
+        self.store.append_chunk(stream, key, chunk);
+        Some(number)
     }
 
     /// Stores a finished segment and publishes it in the manifest; returns its number.
@@ -415,6 +428,7 @@ impl Packager {
         let Some(timeline) = self.timeline(stream) else { return };
         let now = SystemTime::now();
         let mut tl = timeline.lock();
+        self.store.abandon_growing(stream, |other| other == session);
         tl.end_session(session, now);
         self.contained(stream, "rendering the MPD", || self.evict_and_publish(&mut tl, now));
     }

@@ -248,6 +248,11 @@ impl StreamTimeline {
         Some(number)
     }
 
+    /// The number the rendition's next segment will get (the one being encoded).
+    pub fn next_number(&self, session: &SessionId, rendition: &RenditionId) -> Option<u64> {
+        Some(self.periods.iter().rev().find(|p| &p.session == session)?.track(rendition)?.next_number)
+    }
+
     /// Drops what fell out of the DVR window: segments whose end is older than `window`
     /// before `now`, or more than `window` of media behind the newest segment (a publisher
     /// ahead of the clock cannot grow the window), and then Periods with nothing left

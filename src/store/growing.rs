@@ -76,12 +76,10 @@ impl GrowingBody {
         self.progress.send_modify(|p| p.chunks = count);
     }
 
-    /// The body is complete: readers finish with what they have read. Returns the whole
-    /// body (one copy, made once here for the store or cache that keeps it).
-    pub fn seal(&self) -> Bytes {
-        let bytes = self.concat();
+    /// The body is complete: readers finish with what they have read. (Its bytes, for a
+    /// store or cache that keeps them whole: [`Self::concat`].)
+    pub fn seal(&self) {
         self.end(End::Sealed);
-        bytes
     }
 
     /// The body will never be complete: readers end with [`ReadError::Abandoned`].
@@ -200,7 +198,8 @@ mod tests {
         // A late reader gets everything so far at once.
         let late: Vec<Bytes> = body.reader(STALL).take(3).map(Result::unwrap).collect().await;
         assert_eq!(late, ["styp", "moof", "mdat"]);
-        assert_eq!(body.seal(), "stypmoofmdat");
+        assert_eq!(body.concat(), "stypmoofmdat");
+        body.seal();
         assert_eq!(early.next().await.unwrap().unwrap(), "mdat");
         assert!(early.next().await.is_none(), "a sealed body ends its readers");
         // Pushes after the end are ignored.

@@ -6,6 +6,13 @@
 //! is held only to find or add a stream. Each stream counts the bytes it holds: the
 //! packager keeps that under `package.max_stream_bytes` by dropping the oldest segments of
 //! its DVR window (the store itself holds whatever it is given and never chooses).
+//!
+//! A segment still being encoded (low latency) is a [`GrowingBody`] under the key it will
+//! have once complete: the packager appends each chunk as the muxer cuts it, and
+//! [`Store::put_object`] replaces it with the complete bytes and seals it, so a reader that
+//! started on the growing body finishes with the same bytes a later reader gets whole. A
+//! growing body is bounded by the muxer's fragment cap, not counted in the stream's bytes,
+//! and abandoned (its readers cut off) when its session ends or its rendition is evicted.
 
 pub mod growing;
 
@@ -85,6 +92,14 @@ impl Playlist {
     }
 }
 
+/// An object as the store holds it.
+#[derive(Debug, Clone)]
+pub enum Stored {
+    Complete(Bytes),
+    /// A segment being encoded: read it as it grows.
+    Growing(Arc<GrowingBody>),
+}
+
 /// What `GET /live` shows of a stream.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StreamSummary {
@@ -104,12 +119,25 @@ struct StreamObjects {
     objects: HashMap<ObjectKey, Bytes>,
     /// The bytes of every object in `objects`.
     bytes: u64,
+    /// Segments being encoded, each under the key it will have once complete.
+    growing: HashMap<ObjectKey, Arc<GrowingBody>>,
 }
 
 impl StreamObjects {
     fn remove(&mut self, key: &ObjectKey) {
         if let Some(gone) = self.objects.remove(key) {
             self.bytes -= gone.len() as u64;
+        }
+        if let Some(gone) = self.growing.remove(key) {
+            gone.abandon();
+        }
+    }
+}
+
+impl Drop for StreamObjects {
+    fn drop(&mut self) {
+        for body in self.growing.values() {
+            body.abandon();
         }
     }
 }
@@ -136,13 +164,38 @@ impl Store {
         self.streams.read().get(stream).cloned()
     }
 
+    /// Stores a complete object; a growing body under its key is sealed and replaced.
     pub fn put_object(&self, stream: &StreamId, key: ObjectKey, bytes: Bytes) {
         let entry = self.entry(stream);
         let mut entry = entry.write();
         entry.bytes += bytes.len() as u64;
+        if let Some(growing) = entry.growing.remove(&key) {
+            growing.seal();
+        }
         if let Some(replaced) = entry.objects.insert(key, bytes) {
             entry.bytes -= replaced.len() as u64;
         }
+    }
+
+    /// Appends a chunk to the segment being encoded under `key`, which starts growing with
+    /// its first chunk.
+    pub fn append_chunk(&self, stream: &StreamId, key: ObjectKey, chunk: Bytes) {
+        let entry = self.entry(stream);
+        let body = Arc::clone(entry.write().growing.entry(key).or_insert_with(GrowingBody::new));
+        body.push(chunk);
+    }
+
+    /// Abandons the growing segments of the sessions `ended` picks (a session that ended,
+    /// or was replaced, will not complete them).
+    pub fn abandon_growing(&self, stream: &StreamId, ended: impl Fn(&SessionId) -> bool) {
+        let Some(entry) = self.existing(stream) else { return };
+        entry.write().growing.retain(|key, body| {
+            let abandoned = ended(&key.session);
+            if abandoned {
+                body.abandon();
+            }
+            !abandoned
+        });
     }
 
     /// Removes a media object, or every object of a (session, rendition) when `part` is None.
@@ -152,7 +205,8 @@ impl Store {
         match part {
             Some(part) => entry.remove(&ObjectKey { rendition: rendition.clone(), session: session.clone(), part }),
             None => {
-                let gone: Vec<ObjectKey> = entry.objects.keys().filter(|k| &k.session == session && &k.rendition == rendition).cloned().collect();
+                let gone: Vec<ObjectKey> =
+                    entry.objects.keys().chain(entry.growing.keys()).filter(|k| &k.session == session && &k.rendition == rendition).cloned().collect();
                 for key in &gone {
                     entry.remove(key);
                 }
@@ -187,8 +241,19 @@ impl Store {
         self.existing(stream)?.read().playlists.get(playlist).cloned()
     }
 
+    /// A complete object.
     pub fn object(&self, stream: &StreamId, key: &ObjectKey) -> Option<Bytes> {
         self.existing(stream)?.read().objects.get(key).cloned()
+    }
+
+    /// A complete object, else a segment being encoded under that key.
+    pub fn object_or_growing(&self, stream: &StreamId, key: &ObjectKey) -> Option<Stored> {
+        let entry = self.existing(stream)?;
+        let entry = entry.read();
+        match entry.objects.get(key) {
+            Some(bytes) => Some(Stored::Complete(bytes.clone())),
+            None => entry.growing.get(key).cloned().map(Stored::Growing),
+        }
     }
 
     /// The keys of every object the stream holds.
@@ -233,5 +298,30 @@ mod tests {
         store.remove_objects(&cam, &s, &r, None);
         assert_eq!(store.stream_bytes(&cam), 0);
         assert_eq!(store.stream_bytes(&StreamId::parse("nobody").unwrap()), 0);
+    }
+
+    #[test]
+    fn a_growing_segment_is_sealed_when_stored_whole_and_abandoned_with_its_session() {
+        let store = Store::new();
+        let cam = StreamId::parse("cam").unwrap();
+        let (old, new) = (SessionId::parse("s1").unwrap(), SessionId::parse("s2").unwrap());
+        let key = |session: &SessionId, n| ObjectKey { rendition: RenditionId::parse("720p").unwrap(), session: session.clone(), part: Part::Media(n) };
+        store.append_chunk(&cam, key(&old, 4), Bytes::from_static(b"moof1"));
+        store.append_chunk(&cam, key(&old, 4), Bytes::from_static(b"moof2"));
+        let Some(Stored::Growing(body)) = store.object_or_growing(&cam, &key(&old, 4)) else { panic!("not growing") };
+        assert_eq!((body.concat(), store.object(&cam, &key(&old, 4)), store.stream_bytes(&cam)), (Bytes::from_static(b"moof1moof2"), None, 0));
+        store.put_object(&cam, key(&old, 4), body.concat());
+        assert_eq!(body.ended(), Some(growing::End::Sealed));
+        assert!(matches!(store.object_or_growing(&cam, &key(&old, 4)), Some(Stored::Complete(b)) if b == "moof1moof2"));
+        // The next segments of both sessions grow; the old session ends.
+        store.append_chunk(&cam, key(&old, 5), Bytes::from_static(b"x"));
+        store.append_chunk(&cam, key(&new, 1), Bytes::from_static(b"y"));
+        let Some(Stored::Growing(left)) = store.object_or_growing(&cam, &key(&old, 5)) else { panic!() };
+        store.abandon_growing(&cam, |session| session != &new);
+        assert_eq!(left.ended(), Some(growing::End::Abandoned));
+        assert!(store.object_or_growing(&cam, &key(&old, 5)).is_none());
+        let Some(Stored::Growing(current)) = store.object_or_growing(&cam, &key(&new, 1)) else { panic!() };
+        store.remove_stream(&cam);
+        assert_eq!(current.ended(), Some(growing::End::Abandoned), "a removed stream cuts its readers off");
     }
 }

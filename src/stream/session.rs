@@ -106,6 +106,7 @@ impl StreamActor {
             source_height: format.map_or(0, |f| f.height),
             audio: io.audio_plan,
             segment_duration: config.package.segment_duration,
+            chunk_duration: config.package.chunks(),
         };
         let (renditions, sinks, audio_caps) = (io.renditions, io.sinks, io.audio_caps);
         let packager = Arc::clone(&self.services.packager);

@@ -167,9 +167,13 @@ impl AudioCuts {
 /// frame that `AudioCuts` picks: a split-now event travels in order with the audio, just
 /// ahead of that frame. Without video (`video` is `None`) the cuts follow the segment grid.
 /// Every cut is recorded in `cuts`: an audio segment's listed duration runs to the next.
+///
+/// With `chunk` set, a chunk split is sent as well before the first frame at or after each
+/// multiple of `chunk` into the segment ([`ChunkGrid`]).
 pub(super) fn cut_audio_segments(
     pipeline: &gst::Pipeline,
     interval: Duration,
+    chunk: Option<Duration>,
     video: Option<Arc<Boundaries>>,
     cuts_made: Arc<Boundaries>,
 ) -> Result<(), TranscodeError> {
@@ -179,26 +183,130 @@ pub(super) fn cut_audio_segments(
         .first()
         .and_then(|sink| sink.peer())
         .ok_or_else(|| TranscodeError::NoElement(format!("{AUDIO_MUX}'s upstream pad")))?;
-    let cuts = std::sync::Mutex::new(AudioCuts::new(interval));
+    let cuts = std::sync::Mutex::new((AudioCuts::new(interval), chunk.map(ChunkGrid::new)));
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
         let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
         let Some(pts) = buffer.pts() else { return gst::PadProbeReturn::Ok };
         let running_time = running_time(pad, pts);
         // AAC-LC at 48 kHz when the parser left no duration.
         let duration = buffer.duration().map_or(21_333_333, |d| d.nseconds());
-        let opens = cuts.lock().is_ok_and(|mut cuts| {
-            cuts.opens_segment(running_time.nseconds(), duration, |grid| match video.as_ref().map(|b| b.wait_at_or_after(grid, VIDEO_DECISION_WAIT)) {
-                None | Some(Decision::TimedOut) => Some(grid),
-                Some(Decision::At(boundary)) => Some(boundary),
-                Some(Decision::Ended) => None,
-            })
+        let Ok(mut cuts) = cuts.lock() else { return gst::PadProbeReturn::Ok };
+        let (cuts, grid) = &mut *cuts;
+        let opens = cuts.opens_segment(running_time.nseconds(), duration, |grid| match video.as_ref().map(|b| b.wait_at_or_after(grid, VIDEO_DECISION_WAIT)) {
+            None | Some(Decision::TimedOut) => Some(grid),
+            Some(Decision::At(boundary)) => Some(boundary),
+            Some(Decision::Ended) => None,
         });
         if opens {
             cuts_made.record(running_time.nseconds());
-            let split = gst::event::CustomDownstream::builder(gst::Structure::builder("FMP4MuxSplitNow").field("chunk", false).build()).build();
-            if !pad.push_event(split) {
-                tracing::warn!("audio segment cut at {running_time} was not delivered");
-            }
+        }
+        let split = match grid.as_mut() {
+            Some(grid) => grid.split_before(running_time.nseconds(), opens),
+            None => opens.then_some(Split::Fragment),
+        };
+        if let Some(split) = split {
+            split.send(pad, running_time, "audio");
+        }
+        gst::PadProbeReturn::Ok
+    });
+    Ok(())
+}
+
+/// A cut asked of a muxer in manual-split mode, sent as a `FMP4MuxSplitNow` event just
+/// ahead of the frame that starts the new fragment or chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Split {
+    /// A new fragment: a new segment.
+    Fragment,
+    /// A new chunk of the current fragment.
+    Chunk,
+}
+
+impl Split {
+    fn send(self, pad: &gst::Pad, at: gst::ClockTime, track: &str) {
+        let chunk = self == Split::Chunk;
+        let event = gst::event::CustomDownstream::builder(gst::Structure::builder("FMP4MuxSplitNow").field("chunk", chunk).build()).build();
+        if !pad.push_event(event) {
+            tracing::warn!("{track} {self:?} split at {at} was not delivered");
+        }
+    }
+}
+
+/// Where a segment's chunks start: the first frame at or after each multiple of the chunk
+/// duration into the segment, so every rendition (and the audio) cuts on the same grid,
+/// restarted at every segment boundary. Pure: the caller says which frame opens a segment.
+#[derive(Debug)]
+pub(super) struct ChunkGrid {
+    chunk_ns: u64,
+    /// Where the next chunk starts; None before the first segment.
+    next_ns: Option<u64>,
+}
+
+impl ChunkGrid {
+    /// Half a millisecond of tolerance for rounded timestamps.
+    const TOLERANCE_NS: u64 = 500_000;
+
+    pub(super) fn new(chunk: Duration) -> Self {
+        Self { chunk_ns: u64::try_from(chunk.as_nanos()).unwrap_or(u64::MAX), next_ns: None }
+    }
+
+    /// A grid whose chunks never come due: fragment splits only.
+    fn whole_segments() -> Self {
+        Self { chunk_ns: u64::MAX, next_ns: None }
+    }
+
+    /// The split to ask for before the frame at `at_ns` (running time) that opens a segment
+    /// when `opens_segment`: none before the very first frame (the muxer's first fragment
+    /// starts there anyway), a fragment at every later segment start, a chunk at the first
+    /// frame at or after each grid time inside a segment.
+    pub(super) fn split_before(&mut self, at_ns: u64, opens_segment: bool) -> Option<Split> {
+        if opens_segment || self.next_ns.is_none() {
+            let first = self.next_ns.is_none();
+            self.next_ns = Some(at_ns.saturating_add(self.chunk_ns));
+            return (!first).then_some(Split::Fragment);
+        }
+        let next = self.next_ns.as_mut()?;
+        if at_ns + Self::TOLERANCE_NS < *next {
+            return None;
+        }
+        while *next <= at_ns + Self::TOLERANCE_NS {
+            *next = next.saturating_add(self.chunk_ns);
+        }
+        Some(Split::Chunk)
+    }
+}
+
+/// Asks one video rung's muxer (in manual-split mode) for a new fragment before each
+/// keyframe at or past the next segment boundary that the keyframe schedule recorded, and,
+/// with `chunk`, for a new chunk on the [`ChunkGrid`]. The probe sits on the muxer's input,
+/// after the encoder: it sees the encoded frames in decode order, and an extra keyframe
+/// the encoder chose (a scene cut) starts no segment.
+pub(super) fn split_video_fragments(pipeline: &gst::Pipeline, mux_name: &str, chunk: Option<Duration>, boundaries: Arc<Boundaries>) -> Result<(), TranscodeError> {
+    let mux = pipeline.by_name(mux_name).ok_or_else(|| TranscodeError::NoElement(mux_name.into()))?;
+    let pad = mux
+        .sink_pads()
+        .first()
+        .and_then(|sink| sink.peer())
+        .ok_or_else(|| TranscodeError::NoElement(format!("{mux_name}'s upstream pad")))?;
+    // The grid, and where the current segment started.
+    let state = std::sync::Mutex::new((chunk.map_or_else(ChunkGrid::whole_segments, ChunkGrid::new), None::<u64>));
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
+        let Some(pts) = buffer.pts() else { return gst::PadProbeReturn::Ok };
+        let at = running_time(pad, pts);
+        let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+        let Ok(mut state) = state.lock() else { return gst::PadProbeReturn::Ok };
+        let (grid, segment_start) = &mut *state;
+        let opens = keyframe
+            && match *segment_start {
+                None => true,
+                Some(start) => boundaries.after(start).is_some_and(|next| at.nseconds() + ChunkGrid::TOLERANCE_NS >= next),
+            };
+        if opens {
+            *segment_start = Some(at.nseconds());
+        }
+        if let Some(split) = grid.split_before(at.nseconds(), opens) {
+            split.send(pad, at, "video");
         }
         gst::PadProbeReturn::Ok
     });
@@ -290,6 +398,28 @@ mod tests {
             let gap = audio.abs_diff(video_ms * 1_000_000);
             assert!(gap <= FRAME_NS / 2, "audio cut at {audio} ns, video at {video_ms} ms");
         }
+    }
+
+    #[test]
+    fn chunks_start_on_a_grid_restarted_at_every_segment() {
+        const MS: u64 = 1_000_000;
+        let mut grid = ChunkGrid::new(Duration::from_millis(200));
+        // 30 fps frames (33.3 ms); segments open at 0, 1000 and 2034 ms (a dropped frame).
+        let frames: Vec<u64> = (0..60).map(|i| i * 1_000 * MS / 30).chain((61..75).map(|i| i * 1_000 * MS / 30 + MS)).collect();
+        let mut cuts = Vec::new();
+        for at in frames {
+            let opens = [0, 1_000 * MS, 2_034 * MS].iter().any(|b| b.abs_diff(at) < MS);
+            if let Some(split) = grid.split_before(at, opens) {
+                cuts.push((split, (at + MS / 2) / MS));
+            }
+        }
+        let chunk = |ms: &[u64]| ms.iter().map(|ms| (Split::Chunk, *ms)).collect::<Vec<_>>();
+        let mut expected = chunk(&[200, 400, 600, 800]);
+        expected.push((Split::Fragment, 1_000));
+        expected.extend(chunk(&[1_200, 1_400, 1_600, 1_800]));
+        expected.push((Split::Fragment, 2_034));
+        expected.extend(chunk(&[2_234, 2_434]));
+        assert_eq!(cuts, expected);
     }
 
     #[test]

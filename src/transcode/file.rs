@@ -213,6 +213,8 @@ pub fn run(input: &Path, out: &Path, config: &TranscodeConfig, resources: &Resou
         source_height: format.height,
         audio: io.audio_plan,
         segment_duration,
+        // A file is packaged whole: nobody reads its segments while they are encoded.
+        chunk_duration: None,
     };
     let output = SessionOutput { packager: Arc::clone(&packager), stream: stream.clone(), session: session.clone() };
     let transcoder = Transcoder::start(&spec, Some(crate::transcode::avc_caps(&avcc)), io.audio_caps, io.sinks, output).map_err(|e| e.to_string())?;

@@ -6,9 +6,10 @@
 //! With chunks (a muxer cut by `FMP4MuxSplitNow { chunk: true }`, see docs/low-latency.md),
 //! a fragment arrives as several chunks: the first opens with a fragment header, each
 //! further one with a chunk header (HEADER|DELTA_UNIT), and every chunk ends with MARKER.
-//! A chunked fragment is complete at the MARKER of the chunk that reaches the segment's end
-//! as decided upstream (`segment_end`), else at the next fragment header, else at
-//! [`FragmentAssembler::finish`] (end of stream).
+//! Each chunk is passed on as it completes (its MARKER), for the segment being served while
+//! it grows; the fragment as a whole is complete at the MARKER of the chunk that reaches the
+//! segment's end as decided upstream (`segment_end`), else at the next fragment header,
+//! else at [`FragmentAssembler::finish`] (end of stream).
 //!
 //! An object is never assembled beyond a byte cap (`package.max_fragment_bytes`): the
 //! buffer that would cross it drops what was gathered and is an error, and the rest of
@@ -29,10 +30,13 @@ pub struct ChunkMeta {
     pub duration_ns: Option<u64>,
 }
 
-/// A complete object out of the muxer.
+/// A complete object, or a complete chunk of one, out of the muxer.
 #[derive(Debug, Clone)]
 pub enum MuxerOutput {
     Init(Bytes),
+    /// One chunk of the segment that starts at `segment_start_ns` (only when chunked); the
+    /// chunks of a segment, concatenated, are its `Segment` bytes.
+    Chunk { segment_start_ns: u64, bytes: Bytes },
     Segment(CmafSegment),
 }
 
@@ -54,6 +58,8 @@ struct Open {
     bytes: BytesMut,
     /// Where the current chunk ends (its header's pts + duration), when known.
     chunk_end_ns: Option<u64>,
+    /// Where the current chunk starts in `bytes`.
+    chunk_from: usize,
 }
 
 impl Open {
@@ -96,16 +102,17 @@ impl FragmentAssembler {
         FragmentError::TooLarge { limit: self.limit }
     }
 
-    /// Feeds one buffer; returns an object when one completes. `segment_end` gives, for a
-    /// fragment's start, where its segment ends as decided upstream, when that is known
-    /// (used only when chunked).
-    pub fn push(&mut self, meta: ChunkMeta, data: &[u8], segment_end: impl FnOnce(u64) -> Option<u64>) -> Result<Option<MuxerOutput>, FragmentError> {
+    /// Feeds one buffer; returns what it completes, in order: the init segment, a
+    /// fragment that ended where this one begins, a chunk (when chunked), a fragment.
+    /// `segment_end` gives, for a fragment's start, where its segment ends as decided
+    /// upstream, when that is known (used only when chunked).
+    pub fn push(&mut self, meta: ChunkMeta, data: &[u8], segment_end: impl FnOnce(u64) -> Option<u64>) -> Result<Vec<MuxerOutput>, FragmentError> {
         if meta.header && meta.discont && !self.init_seen {
             self.init_seen = true;
             if data.len() > self.limit {
                 return Err(FragmentError::TooLarge { limit: self.limit });
             }
-            return Ok(Some(MuxerOutput::Init(Bytes::copy_from_slice(data))));
+            return Ok(vec![MuxerOutput::Init(Bytes::copy_from_slice(data))]);
         }
         let chunk_end = |meta: &ChunkMeta| Some(meta.pts_ns? + meta.duration_ns?);
         let mut completed = None;
@@ -118,9 +125,9 @@ impl FragmentAssembler {
                 return Err(self.too_large());
             }
             let duration_ns = meta.duration_ns.unwrap_or(0);
-            self.current = Some(Open { start_ns: start, duration_ns, bytes: BytesMut::from(data), chunk_end_ns: chunk_end(&meta) });
+            self.current = Some(Open { start_ns: start, duration_ns, bytes: BytesMut::from(data), chunk_end_ns: chunk_end(&meta), chunk_from: 0 });
         } else if self.discarding {
-            return Ok(None);
+            return Ok(Vec::new());
         } else {
             let open = self.current.as_mut().ok_or(FragmentError::DataWithoutHeader)?;
             if open.bytes.len() + data.len() > self.limit {
@@ -129,24 +136,29 @@ impl FragmentAssembler {
             open.bytes.extend_from_slice(data);
             if meta.header {
                 // A chunk header: the fragment grows by this chunk.
+                open.chunk_from = open.bytes.len() - data.len();
                 open.chunk_end_ns = chunk_end(&meta);
                 if let Some(end) = open.chunk_end_ns {
                     open.duration_ns = end.saturating_sub(open.start_ns);
                 }
             }
         }
-        if meta.marker && completed.is_none() {
+        let mut outputs: Vec<MuxerOutput> = completed.into_iter().collect();
+        if meta.marker {
             let open = self.current.as_ref().ok_or(FragmentError::DataWithoutHeader)?;
+            if self.chunked {
+                outputs.push(MuxerOutput::Chunk { segment_start_ns: open.start_ns, bytes: Bytes::copy_from_slice(&open.bytes[open.chunk_from..]) });
+            }
             let reaches_end = || match (segment_end(open.start_ns), open.chunk_end_ns) {
                 // Chunk ends are whole frames: within a millisecond is the boundary itself.
                 (Some(end), Some(chunk_end)) => chunk_end + 1_000_000 >= end,
                 _ => false,
             };
             if !self.chunked || reaches_end() {
-                return Ok(self.current.take().map(Open::segment));
+                outputs.extend(self.current.take().map(Open::segment));
             }
         }
-        Ok(completed)
+        Ok(outputs)
     }
 }
 
@@ -171,9 +183,25 @@ mod tests {
     }
 
     impl FragmentAssembler {
+        /// Unchunked: at most one output a buffer.
         fn push_simple(&mut self, meta: ChunkMeta, data: &[u8]) -> Result<Option<MuxerOutput>, FragmentError> {
-            self.push(meta, data, |_| None)
+            let mut outputs = self.push(meta, data, |_| None)?;
+            assert!(outputs.len() <= 1, "{outputs:?}");
+            Ok(outputs.pop())
         }
+    }
+
+    /// The chunks among `outputs`, and the segment that ends them, if any.
+    fn chunks_and_segment(outputs: Vec<MuxerOutput>) -> (Vec<Bytes>, Option<CmafSegment>) {
+        let (mut chunks, mut segment) = (Vec::new(), None);
+        for output in outputs {
+            match output {
+                MuxerOutput::Chunk { bytes, .. } => chunks.push(bytes),
+                MuxerOutput::Segment(s) => segment = Some(s),
+                MuxerOutput::Init(_) => panic!("init segment out of place"),
+            }
+        }
+        (chunks, segment)
     }
 
     /// A header (fragment or chunk) at `pts` lasting `duration`.
@@ -185,7 +213,7 @@ mod tests {
         ChunkMeta { header: false, delta_unit: true, discont: false, marker, pts_ns: None, duration_ns: None }
     }
 
-    fn segment(output: Option<MuxerOutput>) -> CmafSegment {
+    fn segment_of(output: Option<MuxerOutput>) -> CmafSegment {
         match output {
             Some(MuxerOutput::Segment(segment)) => segment,
             other => panic!("expected a segment, got {other:?}"),
@@ -193,33 +221,39 @@ mod tests {
     }
 
     #[test]
-    fn chunked_fragments_complete_at_the_chunk_that_reaches_the_boundary() {
+    fn chunked_fragments_pass_on_each_chunk_and_complete_at_the_boundary() {
         const MS: u64 = 1_000_000;
         let mut asm = FragmentAssembler::chunked(1 << 20);
         let boundary = |start: u64| Some(start + 1_000 * MS);
-        asm.push(meta(true, false, true, false, Some(0)), b"ftyp", boundary).unwrap();
-        // Four chunks of 267, 233, 267, 233 ms (whole frames): only the last completes it.
+        assert!(matches!(&asm.push(meta(true, false, true, false, Some(0)), b"ftyp", boundary).unwrap()[..], [MuxerOutput::Init(_)]));
+        // Four chunks of 267, 233, 267, 233 ms (whole frames): each passed on at its marker,
+        // only the last completes the segment.
         let mut at = 0;
-        let mut output = None;
+        let mut segment = None;
         for (i, length) in [267 * MS, 233 * MS, 267 * MS, 233 * MS].into_iter().enumerate() {
-            assert!(output.is_none(), "completed after chunk {i}");
-            assert!(asm.push(header(i == 0, at, length), b"H", boundary).unwrap().is_none());
-            output = asm.push(samples(true), b"s", boundary).unwrap();
+            assert!(segment.is_none(), "completed after chunk {i}");
+            assert!(asm.push(header(i == 0, at, length), b"H", boundary).unwrap().is_empty());
+            assert!(asm.push(samples(false), b"s", boundary).unwrap().is_empty());
+            let (chunks, completed) = chunks_and_segment(asm.push(samples(true), b"t", boundary).unwrap());
+            assert_eq!(chunks, ["Hst"], "chunk {i}");
+            segment = completed;
             at += length;
         }
-        let first = segment(output);
-        assert_eq!((&first.bytes[..], first.start_ns, first.duration_ns), (&b"HsHsHsHs"[..], 0, 1_000 * MS));
+        let first = segment.unwrap();
+        assert_eq!((&first.bytes[..], first.start_ns, first.duration_ns), (&b"HstHstHstHst"[..], 0, 1_000 * MS));
 
         // The boundary not known: the segment ends where the next fragment begins, and the
         // last one at the end of the stream.
         asm.push(header(true, at, 500 * MS), b"A", |_| None).unwrap();
-        assert!(asm.push(samples(true), b"a", |_| None).unwrap().is_none());
-        assert!(asm.push(header(false, at + 500 * MS, 500 * MS), b"B", |_| None).unwrap().is_none());
-        assert!(asm.push(samples(true), b"b", |_| None).unwrap().is_none());
-        let second = segment(asm.push(header(true, at + 1_000 * MS, 300 * MS), b"C", |_| None).unwrap());
+        assert_eq!(chunks_and_segment(asm.push(samples(true), b"a", |_| None).unwrap()).0, ["Aa"]);
+        assert!(asm.push(header(false, at + 500 * MS, 500 * MS), b"B", |_| None).unwrap().is_empty());
+        assert_eq!(chunks_and_segment(asm.push(samples(true), b"b", |_| None).unwrap()).0, ["Bb"]);
+        let (chunks, second) = chunks_and_segment(asm.push(header(true, at + 1_000 * MS, 300 * MS), b"C", |_| None).unwrap());
+        let second = second.unwrap();
+        assert!(chunks.is_empty());
         assert_eq!((&second.bytes[..], second.start_ns, second.duration_ns), (&b"AaBb"[..], at, 1_000 * MS));
-        assert!(asm.push(samples(true), b"c", |_| None).unwrap().is_none());
-        let last = segment(asm.finish());
+        assert!(matches!(&asm.push(samples(true), b"c", |_| None).unwrap()[..], [MuxerOutput::Chunk { segment_start_ns, .. }] if *segment_start_ns == at + 1_000 * MS));
+        let last = segment_of(asm.finish());
         assert_eq!((&last.bytes[..], last.duration_ns), (&b"Cc"[..], 300 * MS));
         assert!(asm.finish().is_none());
     }

@@ -12,7 +12,7 @@ use gst_app::{AppSink, AppSrc};
 
 use crate::media::{RenditionId, TrackKind};
 use super::TranscodeError;
-use super::boundaries::{cut_audio_segments, force_keyframes_at_boundaries, Boundaries};
+use super::boundaries::{cut_audio_segments, force_keyframes_at_boundaries, split_video_fragments, Boundaries};
 use super::io::{SessionOutput, SinkBinding};
 use super::sink::attach_sink;
 use super::spec::{self, PipelineSpec, AUDIO_SINK, AUDIO_SRC, VIDEO_SRC};
@@ -89,7 +89,7 @@ impl Transcoder {
         }
         if audio_src.is_some() {
             let video = video_src.as_ref().map(|_| Arc::clone(&boundaries));
-            cut_audio_segments(&pipeline, spec.segment_duration, video, Arc::clone(&audio_cuts))?;
+            cut_audio_segments(&pipeline, spec.segment_duration, spec.chunk_duration, video, Arc::clone(&audio_cuts))?;
         }
         for binding in sinks {
             let name = match binding.kind {
@@ -100,8 +100,14 @@ impl Transcoder {
                 .by_name(&name)
                 .and_then(|e| e.downcast::<AppSink>().ok())
                 .ok_or_else(|| TranscodeError::NoElement(name.clone()))?;
-            let cuts = if binding.kind == TrackKind::Video { &boundaries } else { &audio_cuts };
-            attach_sink(&sink, binding, output.clone(), Arc::clone(cuts));
+            let cuts = match binding.kind {
+                TrackKind::Video => {
+                    split_video_fragments(&pipeline, &spec::video_mux_name(binding.rendition.as_str()), spec.chunk_duration, Arc::clone(&boundaries))?;
+                    &boundaries
+                }
+                TrackKind::Audio => &audio_cuts,
+            };
+            attach_sink(&sink, binding, output.clone(), Arc::clone(cuts), spec.chunk_duration.is_some());
         }
         pipeline.set_state(gst::State::Playing).map_err(|e| TranscodeError::Start(e.to_string()))?;
         Ok(Self { pipeline, video_src, audio_src, audio_frame, room, boundaries })

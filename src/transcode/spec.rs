@@ -36,6 +36,8 @@ pub struct PipelineSpec {
     pub source_height: u32,
     pub audio: AudioPlan,
     pub segment_duration: Duration,
+    /// Low latency: every segment is cut into chunks of this duration.
+    pub chunk_duration: Option<Duration>,
 }
 
 pub const VIDEO_SRC: &str = "video_src";
@@ -69,6 +71,11 @@ pub fn video_sink_name(rendition: &str) -> String {
     format!("sink_{rendition}")
 }
 
+/// A video rung's muxer: cut by split-now events (`boundaries::split_video_fragments`).
+pub fn video_mux_name(rendition: &str) -> String {
+    format!("mux_{rendition}")
+}
+
 impl PipelineSpec {
     /// True when the source has video (an audio-only source, as radio stations send, has
     /// an empty ladder).
@@ -77,10 +84,15 @@ impl PipelineSpec {
     }
 
     pub fn describe(&self) -> Result<String, TemplateError> {
-        let fragment_ns = self.segment_duration.as_nanos();
         // Keyframes are forced upstream of the tee at segment boundaries (see
-        // `KeyframeSchedule`), so the muxers must not ask each encoder on their own.
-        let mux = format!("cmafmux fragment-duration={fragment_ns} send-force-keyunit=false");
+        // `KeyframeSchedule`), so the muxers must not ask each encoder on their own; they
+        // cut fragments and chunks only where split-now events say (`boundaries`). In that
+        // mode the durations only set the latency the muxer reports.
+        let durations = match self.chunk_duration {
+            Some(chunk) => format!("fragment-duration={} chunk-duration={}", self.segment_duration.as_nanos(), chunk.as_nanos()),
+            None => format!("fragment-duration={}", self.segment_duration.as_nanos()),
+        };
+        let mux = |name: &str| format!("cmafmux name={name} manual-split=true {durations} send-force-keyunit=false");
         let sink = |name: &str| format!("appsink name={name} sync=false async=false buffer-list=true");
         let queue_ns = VIDEO_QUEUE_TIME.as_nanos();
         let (device, gpu) = self.device.template_values();
@@ -110,6 +122,7 @@ impl PipelineSpec {
                  ! video/x-h264,stream-format=avc,alignment=au ! {mux} ! {sink}",
                 scale = chain.scale,
                 encode = chain.encode,
+                mux = mux(&video_mux_name(rung.id.as_str())),
                 sink = sink(&video_sink_name(rung.id.as_str())),
             ));
         }
@@ -127,7 +140,8 @@ impl PipelineSpec {
             let (max_bytes, max_ns) = (AUDIO_QUEUE_BYTES * AUDIO_QUEUE_HARD_FACTOR, AUDIO_QUEUE_TIME.as_nanos() * u128::from(AUDIO_QUEUE_HARD_FACTOR));
             parts.push(format!(
                 "appsrc name={AUDIO_SRC} format=time max-bytes={max_bytes} max-time={max_ns} min-percent=50 leaky-type=upstream ! {chain} \
-                 ! cmafmux name={AUDIO_MUX} manual-split=true send-force-keyunit=false ! {}",
+                 ! {} ! {}",
+                mux(AUDIO_MUX),
                 sink(AUDIO_SINK)
             ));
         }
@@ -153,14 +167,17 @@ mod tests {
             source_height: 720,
             audio,
             segment_duration: Duration::from_secs(1),
+            chunk_duration: Some(Duration::from_millis(200)),
         }
     }
 
     #[test]
     fn one_muxer_and_sink_per_rendition() {
         let text = spec(AudioPlan::Copy).describe().unwrap();
-        assert_eq!(text.matches("cmafmux fragment-duration=1000000000 send-force-keyunit=false").count(), 3);
-        assert!(text.contains("cmafmux name=mux_audio manual-split=true send-force-keyunit=false"), "{text}");
+        let muxers = "manual-split=true fragment-duration=1000000000 chunk-duration=200000000 send-force-keyunit=false";
+        for name in ["mux_720p", "mux_480p", "mux_360p", "mux_audio"] {
+            assert!(text.contains(&format!("cmafmux name={name} {muxers}")), "{name} in {text}");
+        }
         assert_eq!(text.matches("avdec_h264").count(), 1, "decode once");
         assert_eq!(text.matches("videoconvertscale").count(), 3, "one scale-and-convert pass per rung");
         for name in ["sink_720p", "sink_480p", "sink_360p", "sink_audio"] {

@@ -17,6 +17,7 @@ mod hls;
 mod http_edge;
 mod ingest_quirks;
 mod live_dash;
+mod low_latency;
 mod media_time;
 mod metrics;
 mod overload;
