@@ -200,7 +200,15 @@ fn node_router(
 ) -> anyhow::Result<(Router, Option<TierState>)> {
     let live = roles
         .contains(&Role::Live)
-        .then(|| http::router(HttpState { store: Arc::clone(&store), registry: Arc::clone(&registry), metrics: live_metrics, audience: Arc::clone(audience) }));
+        .then(|| {
+            http::router(HttpState {
+                store: Arc::clone(&store),
+                registry: Arc::clone(&registry),
+                metrics: live_metrics,
+                audience: Arc::clone(audience),
+                next_segment_wait: http::next_segment_wait(config.package.segment_duration),
+            })
+        });
     let resolver: Option<Arc<dyn UpstreamResolver>> = match (&membership, roles) {
         (Some(m), r) if r.contains(&Role::Origin) => Some(Arc::new(LiveUpstreams { membership: m.clone() })),
         (Some(m), r) if r.contains(&Role::Edge) => {

@@ -32,7 +32,7 @@ use tower_http::cors::CorsLayer;
 use crate::media::StreamId;
 use crate::audience::Audience;
 use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
-use crate::store::{ManifestForm, ObjectKey, Part, Store, Stored};
+use crate::store::{Lookup, ManifestForm, ObjectKey, Part, Store, Stored};
 use crate::stream::StreamRegistry;
 
 pub const MPD_CONTENT_TYPE: &str = "application/dash+xml";
@@ -53,7 +53,21 @@ pub struct HttpState {
     pub registry: Arc<StreamRegistry>,
     pub metrics: Arc<LiveMetrics>,
     pub audience: Arc<Audience>,
+    /// How long a request for the next media segment of a rendition waits for it to
+    /// appear ([`next_segment_wait`]).
+    pub next_segment_wait: std::time::Duration,
 }
+
+/// How long a request for the segment after a rendition's newest waits for it: one segment
+/// duration (it is due by then, or its first chunk is), plus half of one for the
+/// transcoder's jitter, but never past [`NEXT_SEGMENT_WAIT_MAX`].
+pub fn next_segment_wait(segment_duration: std::time::Duration) -> std::time::Duration {
+    segment_duration.mul_f64(1.5).min(NEXT_SEGMENT_WAIT_MAX)
+}
+
+/// Under a caching tier's default `request_timeout` (2 s), so that a tier's fetch of a
+/// segment that does not come ends with this node's 404, not with its own time-out.
+pub const NEXT_SEGMENT_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// The client's address, when the server recorded it (see `server.rs`).
 pub type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
@@ -96,6 +110,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/live/{stream}/uplink", get(uplink))
         .route("/live/{stream}/manifest.mpd", get(|s, p, peer, h| manifest(s, p, peer, h, ManifestForm::Timeline)))
         .route("/live/{stream}/manifest-number.mpd", get(|s, p, peer, h| manifest(s, p, peer, h, ManifestForm::Number)))
+        .route("/live/{stream}/manifest-ll.mpd", get(|s, p, peer, h| manifest(s, p, peer, h, ManifestForm::LowLatency)))
         .route(MULTIVARIANT_ROUTE, get(multivariant))
         .route(MEDIA_PLAYLIST_ROUTE, get(media_playlist))
         .route("/live/{stream}/{rendition}/{file}", get(object))
@@ -242,21 +257,23 @@ async fn object(
         (Part::Init, _) => "video/mp4",
     };
     let key = ObjectKey { rendition: object.rendition, session: object.session, part: object.part };
-    match state.store.object_or_growing(&stream, &key) {
-        Some(Stored::Complete(bytes)) => {
+    // The next segment of a rendition is waited for (store module header); anything else
+    // that is missing is answered at once.
+    match state.store.object_or_next(&stream, &key, state.next_segment_wait).await {
+        Lookup::Found(Stored::Complete(bytes)) => {
             note_viewer(&state.audience, &stream, &peer, &headers, bytes.len());
             bytes_response(bytes, content_type, IMMUTABLE)
         }
-        Some(Stored::Growing(body)) => {
+        Lookup::Found(Stored::Growing(body)) => {
             // Counted with what it holds now; the rest follows within the segment.
             note_viewer(&state.audience, &stream, &peer, &headers, body.len());
             let headers = [(header::CONTENT_TYPE, HeaderValue::from_static(content_type)), (header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE))];
             (StatusCode::OK, headers, axum::body::Body::from_stream(body.reader(GROWING_STALL))).into_response()
         }
-        // Players poll for the newest segment just before it is written: a cached 404 would
-        // hide it from every viewer behind that cache for the cache's lifetime.
-        None if state.store.contains_stream(&stream) => error(StatusCode::NOT_FOUND, "no such segment\n"),
-        None => unknown_stream(&stream),
+        // A cached 404 would hide a segment written a moment later from every viewer behind
+        // that cache for the cache's lifetime.
+        Lookup::Missing => error(StatusCode::NOT_FOUND, "no such segment\n"),
+        Lookup::UnknownStream => unknown_stream(&stream),
     }
 }
 
@@ -304,7 +321,7 @@ mod tests {
             part: Part::Media(7),
         };
         store.put_object(&StreamId::parse("cam").unwrap(), key, Bytes::from_static(b"moof"));
-        router(HttpState { store, registry: StreamRegistry::new(), metrics: Arc::default(), audience: Arc::default() })
+        router(HttpState { store, registry: StreamRegistry::new(), metrics: Arc::default(), audience: Arc::default(), next_segment_wait: std::time::Duration::from_millis(100) })
     }
 
     async fn get(uri: &str) -> Response {
@@ -326,6 +343,7 @@ mod tests {
             ("/live/cam/720p/abc-8.m4s", StatusCode::NOT_FOUND),
             ("/live/nope/manifest.mpd", StatusCode::NOT_FOUND),
             ("/live/nope/manifest-number.mpd", StatusCode::NOT_FOUND),
+            ("/live/nope/manifest-ll.mpd", StatusCode::NOT_FOUND),
             ("/live/cam/manifest-other.mpd", StatusCode::NOT_FOUND),
             ("/live/cam/720p/abc-x.m4s", StatusCode::BAD_REQUEST),
             ("/live/cam/7%20p/media.m3u8", StatusCode::BAD_REQUEST),

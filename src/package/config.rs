@@ -106,6 +106,7 @@ impl PackageConfig {
             dvr_window: self.dvr_window,
             presentation_delay: self.presentation_delay,
             number_form_delay: self.number_form_delay,
+            chunk_duration: self.chunks(),
         }
     }
 

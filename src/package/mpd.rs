@@ -9,6 +9,33 @@
 //! session is a Period whose segment URLs carry the session id, so a URL never names two
 //! byte strings. An ended stream becomes `static`, rebased to start at zero, and is the
 //! same document in both forms.
+//!
+//! # Low latency (`package.low_latency`)
+//!
+//! Segments are then served while they are encoded, chunk by chunk, and a third form,
+//! `manifest-ll.mpd` (for dash.js and Shaka), is a low-latency MPD after the DASH-IF
+//! low-latency guidelines (without low latency it is the Timeline form's document):
+//!
+//! - **`$Number$` with `SegmentTemplate@duration`**, not a SegmentTimeline. A timeline can
+//!   only list a segment once its duration is known, i.e. once it is complete; a player
+//!   that must fetch a segment while it is encoded has to learn of it from the clock. So
+//!   the MPD changes only at Period changes, and a player never waits on an MPD update to
+//!   find the next segment (DVB-DASH recommends the same for low latency). Numbers are on
+//!   the grid from availabilityStartTime, as in the Number form.
+//! - **`availabilityTimeOffset` = segment duration − chunk duration** with
+//!   `availabilityTimeComplete="false"`: segment N may be requested once its first chunk
+//!   exists, and arrives as it is encoded. A request just before that waits for it on the
+//!   live node (`store::Store::object_or_next`) instead of a 404.
+//! - **`ServiceDescription`**: the latency to hold (target one segment plus one chunk,
+//!   within half and three times that) and the playback rates (0.96..1.04) a player may use
+//!   to hold it; dash.js switches its low-latency mode on from these signals.
+//! - **`ProducerReferenceTime`** per AdaptationSet: presentation time 0 of the Period is
+//!   the wall-clock time its session's media started at ingest (availabilityStartTime plus
+//!   Period@start), so players measure latency against the broadcaster's clock.
+//!
+//! The other two forms are unchanged: the Timeline form lists complete segments, the
+//! Number form still announces them `number_form_delay` late, so players reading those
+//! keep fetching complete segments.
 
 use std::time::{Duration, SystemTime};
 
@@ -30,7 +57,24 @@ pub struct MpdTiming {
     /// How long after its end the Number form says a segment is available: the time the
     /// transcoder and packager take, so that clock-driven players never ask early.
     pub number_form_delay: Duration,
+    /// Low latency: segments are served while encoded, in chunks of this duration; the
+    /// Timeline form becomes the low-latency MPD (module header).
+    pub chunk_duration: Option<Duration>,
 }
+
+/// How a Period's segments are addressed in one rendering.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Addressing {
+    /// Every segment listed with its real time and duration.
+    Timeline,
+    /// `$Number$` from the clock, announced this late.
+    Number { delay: Duration },
+    /// `$Number$` from the clock, each segment available once its first chunk is.
+    LowLatency { chunk: Duration },
+}
+
+/// ServiceDescription's playback rates: ±4 %, the DASH-IF reference player's default.
+const PLAYBACK_RATE: (f64, f64) = (0.96, 1.04);
 
 const PROFILES: &str = "urn:mpeg:dash:profile:isoff-live:2011,urn:mpeg:dash:profile:cmaf:2019";
 const AUDIO_CHANNELS_SCHEME: &str = "urn:mpeg:dash:23003:3:audio_channel_configuration:2011";
@@ -62,7 +106,12 @@ fn utc(t: SystemTime) -> DateTime<Utc> {
 pub fn render(timeline: &StreamTimeline, timing: &MpdTiming, form: ManifestForm) -> Option<String> {
     let live = timeline.is_live();
     // Only a live presentation is addressed by the clock; a static one lists its segments.
-    let form = if live { form } else { ManifestForm::Timeline };
+    let addressing = match (live, form, timing.chunk_duration) {
+        (false, ..) => Addressing::Timeline,
+        (true, ManifestForm::Timeline, _) | (true, ManifestForm::LowLatency, None) => Addressing::Timeline,
+        (true, ManifestForm::LowLatency, Some(chunk)) => Addressing::LowLatency { chunk },
+        (true, ManifestForm::Number, _) => Addressing::Number { delay: timing.number_form_delay },
+    };
     // A static presentation starts at its first retained media; a dynamic one keeps every
     // Period@start fixed across updates, as players require.
     let offsets: Vec<Duration> = timeline.periods.iter().map(|p| if live { Duration::ZERO } else { first_media_offset(p) }).collect();
@@ -71,7 +120,13 @@ pub fn render(timeline: &StreamTimeline, timing: &MpdTiming, form: ManifestForm)
     let mut periods = Vec::new();
     let mut end = Duration::ZERO;
     for (period, offset) in timeline.periods.iter().zip(&offsets) {
-        let adaptations = adaptation_sets(period, *offset, form, timeline.segment_duration);
+        let mut adaptations = adaptation_sets(period, *offset, addressing, timeline.segment_duration);
+        if let Addressing::LowLatency { .. } = addressing {
+            let media_start = timeline.availability_start + period.start;
+            for set in &mut adaptations {
+                set.ProducerReferenceTime = vec![producer_reference_time(media_start)];
+            }
+        }
         if adaptations.is_empty() {
             continue;
         }
@@ -99,8 +154,14 @@ pub fn render(timeline: &StreamTimeline, timing: &MpdTiming, form: ManifestForm)
     };
     if live {
         mpd.mpdtype = Some("dynamic".into());
-        let delay = if form == ManifestForm::Number { timing.number_form_delay } else { Duration::ZERO };
+        let delay = match addressing {
+            Addressing::Number { delay } => delay,
+            _ => Duration::ZERO,
+        };
         mpd.availabilityStartTime = Some(utc(timeline.availability_start + delay));
+        if let Addressing::LowLatency { chunk } = addressing {
+            mpd.ServiceDescription = vec![service_description(timing.segment_duration + chunk)];
+        }
         mpd.minimumUpdatePeriod = Some(timing.update_period);
         mpd.timeShiftBufferDepth = Some(timing.dvr_window);
         mpd.suggestedPresentationDelay = Some(timing.presentation_delay);
@@ -114,6 +175,30 @@ pub fn render(timeline: &StreamTimeline, timing: &MpdTiming, form: ManifestForm)
         mpd.mediaPresentationDuration = Some(end);
     }
     Some(format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{}", without_unused_namespaces(&mpd.to_string())))
+}
+
+/// The latency a low-latency player should hold (`target`), and how it may get there.
+fn service_description(target: Duration) -> dash::ServiceDescription {
+    let ms = |d: Duration| d.as_millis() as f64;
+    dash::ServiceDescription {
+        id: Some("0".into()),
+        Latency: vec![dash::Latency { target: Some(ms(target)), min: Some(ms(target / 2)), max: Some(ms(target * 3)), referenceId: Some("0".into()) }],
+        PlaybackRate: vec![dash::PlaybackRate { min: Some(PLAYBACK_RATE.0), max: Some(PLAYBACK_RATE.1) }],
+        ..Default::default()
+    }
+}
+
+/// Presentation time 0 of a Period (no presentationTimeOffset in live Periods) is the wall
+/// clock at `media_start`, by the same clock as the MPD's UTCTiming.
+fn producer_reference_time(media_start: SystemTime) -> dash::ProducerReferenceTime {
+    dash::ProducerReferenceTime {
+        id: Some("0".into()),
+        presentationTime: Some(0),
+        prtType: Some("encoder".into()),
+        wallClockTime: Some(utc(media_start)),
+        UTCTiming: Some(dash::UTCTiming { schemeIdUri: UTC_TIMING_SCHEME.into(), value: Some(UTC_TIMING_PATH.into()), ..Default::default() }),
+        ..Default::default()
+    }
 }
 
 /// Drops the root element's declarations of namespace prefixes the document never uses.
@@ -134,22 +219,25 @@ fn without_unused_namespaces(xml: &str) -> String {
     root + body
 }
 
-/// The MPD as served to one viewer: its UTCTiming clock URL made absolute for `origin`
-/// (`http://host:port`, already validated by the caller). A tier passes its own origin, so
-/// the URL it received from upstream is replaced as well. `None` leaves the document as is.
+/// The MPD as served to one viewer: its UTCTiming clock URLs (the MPD's, and those inside
+/// ProducerReferenceTime) made absolute for `origin` (`http://host:port`, already validated
+/// by the caller). A tier passes its own origin, so the URL it received from upstream is
+/// replaced as well. `None` leaves the document as is.
 pub fn with_clock_origin(mpd: &bytes::Bytes, origin: Option<&str>) -> bytes::Bytes {
-    let unchanged = || mpd.clone();
-    let (Some(origin), Ok(text)) = (origin, std::str::from_utf8(mpd)) else { return unchanged() };
+    let (Some(origin), Ok(text)) = (origin, std::str::from_utf8(mpd)) else { return mpd.clone() };
     let element = format!("<UTCTiming schemeIdUri=\"{UTC_TIMING_SCHEME}\" value=\"");
-    let Some(start) = text.find(&element).map(|i| i + element.len()) else { return unchanged() };
-    let Some(len) = text[start..].find('"') else { return unchanged() };
-    let value = &text[start..start + len];
-    let path_at = value.find("://").and_then(|i| value[i + 3..].find('/').map(|p| i + 3 + p)).unwrap_or(0);
-    let mut out = String::with_capacity(text.len() + origin.len());
-    out.push_str(&text[..start]);
-    out.push_str(origin);
-    out.push_str(&value[path_at..]);
-    out.push_str(&text[start + len..]);
+    let mut out = String::with_capacity(text.len() + 2 * origin.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(&element).map(|i| i + element.len()) {
+        let Some(len) = rest[start..].find('"') else { break };
+        let value = &rest[start..start + len];
+        let path_at = value.find("://").and_then(|i| value[i + 3..].find('/').map(|p| i + 3 + p)).unwrap_or(0);
+        out.push_str(&rest[..start]);
+        out.push_str(origin);
+        out.push_str(&value[path_at..]);
+        rest = &rest[start + len..];
+    }
+    out.push_str(rest);
     bytes::Bytes::from(out)
 }
 
@@ -176,7 +264,7 @@ fn first_media_offset(period: &Period) -> Duration {
         .unwrap_or_default()
 }
 
-fn adaptation_sets(period: &Period, offset: Duration, form: ManifestForm, segment_duration: Duration) -> Vec<dash::AdaptationSet> {
+fn adaptation_sets(period: &Period, offset: Duration, addressing: Addressing, segment_duration: Duration) -> Vec<dash::AdaptationSet> {
     let mut sets = Vec::new();
     for (index, kind) in [TrackKind::Video, TrackKind::Audio].into_iter().enumerate() {
         let tracks: Vec<&Track> = period.tracks.iter().filter(|t| t.info.kind == kind && t.is_playable()).collect();
@@ -186,9 +274,13 @@ fn adaptation_sets(period: &Period, offset: Duration, form: ManifestForm, segmen
         let representations = tracks
             .iter()
             .map(|t| {
-                let template = match form {
-                    ManifestForm::Timeline => timeline_template(t, period.session.as_str(), offset),
-                    ManifestForm::Number => number_template(t, period, segment_duration),
+                let template = match addressing {
+                    Addressing::Timeline => timeline_template(t, period.session.as_str(), offset),
+                    Addressing::Number { .. } => number_template(t, period, segment_duration),
+                    Addressing::LowLatency { chunk } => dash::SegmentTemplate {
+                        availabilityTimeOffset: Some(segment_duration.saturating_sub(chunk).as_secs_f64()),
+                        ..number_template(t, period, segment_duration)
+                    },
                 };
                 representation(t, template)
             })
@@ -303,6 +395,7 @@ pub(super) mod tests {
         dvr_window: Duration::from_secs(30),
         presentation_delay: Duration::from_secs(1),
         number_form_delay: Duration::from_secs(2),
+        chunk_duration: None,
     };
 
     fn at(ms: u64) -> SystemTime {
@@ -443,6 +536,37 @@ pub(super) mod tests {
         // An ended stream lists its segments in either form.
         tl.end_session(&s2, at(7000));
         assert_eq!(render(&tl, &TIMING, ManifestForm::Number), render(&tl, &TIMING, ManifestForm::Timeline));
+    }
+
+    #[test]
+    fn the_low_latency_form_is_a_chunked_number_form() {
+        let (tl, _) = timeline();
+        let low_latency = MpdTiming { chunk_duration: Some(Duration::from_millis(200)), ..TIMING };
+        let xml = render(&tl, &low_latency, ManifestForm::LowLatency).unwrap();
+        assert!(!xml.contains("SegmentTimeline"), "{xml}");
+        let mpd = dash::parse(&xml).expect(&xml);
+        assert_eq!(mpd.availabilityStartTime, Some(utc(at(0))), "no announcement delay: {xml}");
+        for (set, timescale) in [(0, 90_000), (1, 48_000)] {
+            let adaptation = &mpd.periods[0].adaptations[set];
+            let template = adaptation.representations[0].SegmentTemplate.clone().unwrap();
+            assert_eq!((template.duration, template.startNumber), (Some(f64::from(timescale)), Some(1)));
+            // Requested once the first 200 ms chunk exists, delivered as it is encoded.
+            assert_eq!((template.availabilityTimeOffset, template.availabilityTimeComplete), (Some(0.8), Some(false)));
+            let prt = &adaptation.ProducerReferenceTime[0];
+            assert_eq!((prt.presentationTime, prt.wallClockTime), (Some(0), Some(utc(at(0)))), "Period start is the ingest wall clock");
+        }
+        let service = &mpd.ServiceDescription[0];
+        assert_eq!((service.Latency[0].target, service.Latency[0].min, service.Latency[0].max), (Some(1200.0), Some(600.0), Some(3600.0)));
+        assert_eq!((service.PlaybackRate[0].min, service.PlaybackRate[0].max), (Some(0.96), Some(1.04)));
+        // Every clock URL is made absolute, the ProducerReferenceTime's too.
+        let served = with_clock_origin(&bytes::Bytes::from(xml.clone()), Some("http://edge.example"));
+        let served = std::str::from_utf8(&served).unwrap();
+        assert_eq!(served.matches("value=\"http://edge.example/time\"").count(), 3, "{served}");
+        // The other forms are unchanged; without low latency the form is the Timeline's.
+        for form in [ManifestForm::Number, ManifestForm::Timeline] {
+            assert_eq!(render(&tl, &low_latency, form), render(&tl, &TIMING, form));
+        }
+        assert_eq!(render(&tl, &TIMING, ManifestForm::LowLatency), render(&tl, &TIMING, ManifestForm::Timeline));
     }
 
     #[test]

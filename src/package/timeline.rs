@@ -527,8 +527,9 @@ pub(super) mod tests {
                 assert!(tl.add_segment(&s, id, start, duration, at(1)).is_some());
             }
         }
-        let render = |tl: &StreamTimeline| ManifestForm::ALL.map(|form| mpd::render(tl, &mpd::tests::TIMING, form).is_some());
-        assert_eq!(render(&tl), [true, true]);
+        let timing = mpd::MpdTiming { chunk_duration: Some(Duration::from_millis(200)), ..mpd::tests::TIMING };
+        let render = |tl: &StreamTimeline| ManifestForm::ALL.map(|form| mpd::render(tl, &timing, form).is_some());
+        assert_eq!(render(&tl), [true; 3]);
         tl.media_end();
         tl.evict(Duration::from_secs(30), at(100));
         tl.end_session(&s, at(101));

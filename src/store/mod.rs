@@ -13,6 +13,14 @@
 //! started on the growing body finishes with the same bytes a later reader gets whole. A
 //! growing body is bounded by the muxer's fragment cap, not counted in the stream's bytes,
 //! and abandoned (its readers cut off) when its session ends or its rendition is evicted.
+//!
+//! A reader may wait for the **next** media segment of a rendition, the one after the
+//! newest the store has, growing or complete ([`Store::object_or_next`]): players that
+//! derive segment numbers from the clock, or read faster than real time, ask for it just
+//! before its first chunk exists. Each stream wakes its waiters when a segment appears (a
+//! `Notify`, outside the lock); a waiter holds no lock and nothing another reader needs,
+//! and gives up at its deadline. Anything further ahead is answered "missing" at once, so
+//! no client can park requests on future numbers.
 
 pub mod growing;
 
@@ -23,6 +31,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
+use tokio::sync::Notify;
 
 use crate::media::{RenditionId, SessionId, StreamId};
 
@@ -41,7 +50,7 @@ pub struct ObjectKey {
     pub part: Part,
 }
 
-/// The two forms of a live stream's manifest, each at its own path. They list the same
+/// The three forms of a live stream's manifest, each at its own path. They name the same
 /// segments under the same URLs; see the package module for which player needs which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ManifestForm {
@@ -49,15 +58,19 @@ pub enum ManifestForm {
     Timeline,
     /// `manifest-number.mpd`: SegmentTemplate@duration and `$Number$`, no timeline.
     Number,
+    /// `manifest-ll.mpd`: low-latency DASH, segments fetched while they are encoded (the
+    /// Timeline form's document when `package.low_latency` is off).
+    LowLatency,
 }
 
 impl ManifestForm {
-    pub const ALL: [ManifestForm; 2] = [ManifestForm::Timeline, ManifestForm::Number];
+    pub const ALL: [ManifestForm; 3] = [ManifestForm::Timeline, ManifestForm::Number, ManifestForm::LowLatency];
 
     pub fn file_name(self) -> &'static str {
         match self {
             ManifestForm::Timeline => "manifest.mpd",
             ManifestForm::Number => "manifest-number.mpd",
+            ManifestForm::LowLatency => "manifest-ll.mpd",
         }
     }
 
@@ -100,6 +113,15 @@ pub enum Stored {
     Growing(Arc<GrowingBody>),
 }
 
+/// What [`Store::object_or_next`] found.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Found(Stored),
+    /// The stream exists; the object does not (or did not appear in time).
+    Missing,
+    UnknownStream,
+}
+
 /// What `GET /live` shows of a stream.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StreamSummary {
@@ -112,7 +134,7 @@ pub struct StreamSummary {
 
 #[derive(Default)]
 struct StreamObjects {
-    manifests: [Option<Bytes>; 2],
+    manifests: [Option<Bytes>; 3],
     /// The stream's HLS playlists: the multivariant and one per rendition in the timeline.
     playlists: HashMap<Playlist, Bytes>,
     summary: Option<StreamSummary>,
@@ -121,9 +143,34 @@ struct StreamObjects {
     bytes: u64,
     /// Segments being encoded, each under the key it will have once complete.
     growing: HashMap<ObjectKey, Arc<GrowingBody>>,
+    /// The newest media segment number of each (session, rendition), growing or complete.
+    newest: HashMap<(SessionId, RenditionId), u64>,
+    /// Woken whenever a media segment of the stream appears.
+    arrived: Arc<Notify>,
 }
 
 impl StreamObjects {
+    fn lookup(&self, key: &ObjectKey) -> Option<Stored> {
+        match self.objects.get(key) {
+            Some(bytes) => Some(Stored::Complete(bytes.clone())),
+            None => self.growing.get(key).cloned().map(Stored::Growing),
+        }
+    }
+
+    /// A media segment appeared under `key`: the newest of its rendition, maybe.
+    fn appeared(&mut self, key: &ObjectKey) {
+        let Part::Media(number) = key.part else { return };
+        let newest = self.newest.entry((key.session.clone(), key.rendition.clone())).or_insert(number);
+        *newest = (*newest).max(number);
+        self.arrived.notify_waiters();
+    }
+
+    /// Whether `key` is the media segment right after the newest of its rendition.
+    fn is_next(&self, key: &ObjectKey) -> bool {
+        let Part::Media(number) = key.part else { return false };
+        self.newest.get(&(key.session.clone(), key.rendition.clone())).is_some_and(|newest| newest.checked_add(1) == Some(number))
+    }
+
     fn remove(&mut self, key: &ObjectKey) {
         if let Some(gone) = self.objects.remove(key) {
             self.bytes -= gone.len() as u64;
@@ -172,6 +219,7 @@ impl Store {
         if let Some(growing) = entry.growing.remove(&key) {
             growing.seal();
         }
+        entry.appeared(&key);
         if let Some(replaced) = entry.objects.insert(key, bytes) {
             entry.bytes -= replaced.len() as u64;
         }
@@ -181,8 +229,15 @@ impl Store {
     /// its first chunk.
     pub fn append_chunk(&self, stream: &StreamId, key: ObjectKey, chunk: Bytes) {
         let entry = self.entry(stream);
-        let body = Arc::clone(entry.write().growing.entry(key).or_insert_with(GrowingBody::new));
+        let mut entry = entry.write();
+        if let Some(body) = entry.growing.get(&key) {
+            body.push(chunk);
+            return;
+        }
+        let body = GrowingBody::new();
         body.push(chunk);
+        entry.appeared(&key);
+        entry.growing.insert(key, body);
     }
 
     /// Abandons the growing segments of the sessions `ended` picks (a session that ended,
@@ -210,6 +265,7 @@ impl Store {
                 for key in &gone {
                     entry.remove(key);
                 }
+                entry.newest.remove(&(session.clone(), rendition.clone()));
             }
         }
     }
@@ -221,7 +277,7 @@ impl Store {
 
     /// Replaces the stream's manifests, one per [`ManifestForm`] (in `ManifestForm::ALL`
     /// order), its HLS playlists and its summary.
-    pub fn set_manifests(&self, stream: &StreamId, manifests: [Option<Bytes>; 2], playlists: HashMap<Playlist, Bytes>, summary: StreamSummary) {
+    pub fn set_manifests(&self, stream: &StreamId, manifests: [Option<Bytes>; 3], playlists: HashMap<Playlist, Bytes>, summary: StreamSummary) {
         let entry = self.entry(stream);
         let mut entry = entry.write();
         entry.manifests = manifests;
@@ -248,11 +304,32 @@ impl Store {
 
     /// A complete object, else a segment being encoded under that key.
     pub fn object_or_growing(&self, stream: &StreamId, key: &ObjectKey) -> Option<Stored> {
-        let entry = self.existing(stream)?;
-        let entry = entry.read();
-        match entry.objects.get(key) {
-            Some(bytes) => Some(Stored::Complete(bytes.clone())),
-            None => entry.growing.get(key).cloned().map(Stored::Growing),
+        self.existing(stream)?.read().lookup(key)
+    }
+
+    /// Like [`Self::object_or_growing`], but the next media segment of a rendition (module
+    /// header) is waited for, up to `wait`.
+    pub async fn object_or_next(&self, stream: &StreamId, key: &ObjectKey, wait: std::time::Duration) -> Lookup {
+        let Some(entry) = self.existing(stream) else { return Lookup::UnknownStream };
+        let deadline = tokio::time::Instant::now() + wait;
+        let arrived_signal = Arc::clone(&entry.read().arrived);
+        loop {
+            // Registered before the check, so a segment stored in between still wakes it.
+            let arrived = arrived_signal.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            {
+                let objects = entry.read();
+                if let Some(found) = objects.lookup(key) {
+                    return Lookup::Found(found);
+                }
+                if !objects.is_next(key) {
+                    return Lookup::Missing;
+                }
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return Lookup::Missing;
+            }
         }
     }
 
@@ -298,6 +375,35 @@ mod tests {
         store.remove_objects(&cam, &s, &r, None);
         assert_eq!(store.stream_bytes(&cam), 0);
         assert_eq!(store.stream_bytes(&StreamId::parse("nobody").unwrap()), 0);
+    }
+
+    #[tokio::test]
+    async fn only_the_next_segment_of_a_rendition_is_waited_for() {
+        let store = Arc::new(Store::new());
+        let (cam, nobody) = (StreamId::parse("cam").unwrap(), StreamId::parse("nobody").unwrap());
+        let key = |part| ObjectKey { rendition: RenditionId::parse("720p").unwrap(), session: SessionId::parse("s1").unwrap(), part };
+        let wait = std::time::Duration::from_secs(5);
+        assert!(matches!(store.object_or_next(&nobody, &key(Part::Media(1)), wait).await, Lookup::UnknownStream));
+        store.put_object(&cam, key(Part::Init), Bytes::from_static(b"init"));
+        // No media yet: nothing is "next", so nothing waits.
+        assert!(matches!(store.object_or_next(&cam, &key(Part::Media(1)), wait).await, Lookup::Missing));
+        store.put_object(&cam, key(Part::Media(7)), Bytes::from_static(b"seven"));
+        assert!(matches!(store.object_or_next(&cam, &key(Part::Media(7)), wait).await, Lookup::Found(Stored::Complete(_))));
+        // Two ahead: refused at once.
+        let started = std::time::Instant::now();
+        assert!(matches!(store.object_or_next(&cam, &key(Part::Media(9)), wait).await, Lookup::Missing));
+        assert!(started.elapsed() < wait);
+        // The next one waits for its first chunk.
+        let writer = Arc::clone(&store);
+        let (c, k) = (cam.clone(), key(Part::Media(8)));
+        let first_chunk = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            writer.append_chunk(&c, k, Bytes::from_static(b"chunk"));
+        });
+        assert!(matches!(store.object_or_next(&cam, &key(Part::Media(8)), wait).await, Lookup::Found(Stored::Growing(_))));
+        first_chunk.await.unwrap();
+        // And gives up at its deadline.
+        assert!(matches!(store.object_or_next(&cam, &key(Part::Media(9)), std::time::Duration::from_millis(20)).await, Lookup::Missing));
     }
 
     #[test]

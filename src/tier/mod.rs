@@ -1,5 +1,5 @@
 //! The origin / edge caching tier: an axum router that serves the live node's paths
-//! (`/live/{stream}/manifest.mpd` and `manifest-number.mpd`, the HLS playlists
+//! (`/live/{stream}/manifest.mpd`, `manifest-number.mpd` and `manifest-ll.mpd`, the HLS playlists
 //! `/live/{stream}/master.m3u8` and `/live/{stream}/{rendition}/media.m3u8` (manifests too:
 //! same lifetime), `/live/{stream}/{rendition}/{file}`, `/time`) from an
 //! in-memory cache filled from the next tier up, with every concurrent miss for one object
@@ -238,6 +238,7 @@ pub fn router(state: TierState) -> Router {
     Router::new()
         .route("/live/{stream}/manifest.mpd", get(|s, p, peer, h| manifest(s, p, peer, h, ManifestForm::Timeline)))
         .route("/live/{stream}/manifest-number.mpd", get(|s, p, peer, h| manifest(s, p, peer, h, ManifestForm::Number)))
+        .route("/live/{stream}/manifest-ll.mpd", get(|s, p, peer, h| manifest(s, p, peer, h, ManifestForm::LowLatency)))
         .route(MULTIVARIANT_ROUTE, get(multivariant))
         .route(MEDIA_PLAYLIST_ROUTE, get(media_playlist))
         .route("/live/{stream}/{rendition}/{file}", get(object))

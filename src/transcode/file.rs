@@ -198,6 +198,7 @@ pub fn run(input: &Path, out: &Path, config: &TranscodeConfig, resources: &Resou
         dvr_window: Duration::from_secs(30 * 24 * 3600),
         presentation_delay: Duration::from_secs(2),
         number_form_delay: Duration::ZERO,
+        chunk_duration: None,
     };
     let store = Arc::new(Store::new());
     let packager = Arc::new(Packager::new(Arc::clone(&store), timing));

@@ -1,10 +1,13 @@
 //! Low latency on the live node: a segment still being encoded is served at once and
 //! arrives chunk by chunk (one `moof` per chunk, spread over the segment's media time, not
 //! in one burst), and its bytes are exactly those of the complete segment served later.
-//! With `package.low_latency = false` segments appear only whole.
+//! The low-latency MPD (`manifest-ll.mpd`) validates against the MPEG-DASH schema with its
+//! low-latency attributes, and the node waits for the next segment of a rendition instead
+//! of a 404, while a request further ahead is refused at once. With
+//! `package.low_latency = false` segments appear only whole.
 
 use std::io::Read;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::support::{Appliance, Publisher, fetch_mpd, get, get_bytes, one_ladder_at_a_time, probe, segments, wait_until};
 
@@ -54,20 +57,33 @@ impl GrowingRead {
     }
 }
 
-/// Requests the segment after the newest one the MPD lists, until the node serves it (its
-/// first chunk exists), and reads it to the end as it arrives.
-fn read_next_segment(app: &Appliance, rendition: &str) -> (String, u64, GrowingRead) {
+/// Requests the segment after the newest one the MPD lists until the node serves it, and
+/// reads it to the end as it arrives. With `growing`, a segment already complete (the MPD
+/// can list a segment late, while its renditions line up) is passed over for the next.
+/// Also returns the wall-clock time at which the segment's media starts, by the MPD.
+fn read_next_segment(app: &Appliance, rendition: &str, growing: bool) -> (String, u64, GrowingRead, SystemTime) {
     let mpd = fetch_mpd(app, STREAM).expect("MPD");
-    let rep = mpd.periods.last().unwrap().adaptations.iter().flat_map(|a| &a.representations).find(|r| r.id.as_deref() == Some(rendition)).expect("rendition");
+    let period = mpd.periods.last().unwrap();
+    let rep = period.adaptations.iter().flat_map(|a| &a.representations).find(|r| r.id.as_deref() == Some(rendition)).expect("rendition");
     let (init, listed) = segments(STREAM, rep);
     let newest = listed.last().unwrap();
-    let next = newest.number + 1;
-    let url = newest.url.replace(&format!("-{}.m4s", newest.number), &format!("-{next}.m4s"));
+    let mut next = newest.number + 1;
+    let ast = SystemTime::UNIX_EPOCH + Duration::from_millis(mpd.availabilityStartTime.unwrap().timestamp_millis() as u64);
+    let segment_url = |n: u64| newest.url.replace(&format!("-{}.m4s", newest.number), &format!("-{n}.m4s"));
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let mut response = wait_until(&format!("segment {next} of {rendition} to start"), Duration::from_secs(5), || {
-        let response = http.get(app.url(&url)).send().unwrap();
-        (response.status() == 200).then_some(response)
+    let mut response = wait_until(&format!("a segment of {rendition} after {}", newest.number), Duration::from_secs(5), || {
+        let response = http.get(app.url(&segment_url(next))).send().unwrap();
+        match response.status().as_u16() {
+            200 if growing && response.content_length().is_some() => {
+                next += 1;
+                None
+            }
+            200 => Some(response),
+            _ => None,
+        }
     });
+    let url = segment_url(next);
+    let starts = ast + period.start.unwrap_or_default() + Duration::from_secs_f64((newest.time + newest.duration) as f64 / newest.timescale as f64 + (next - newest.number - 1) as f64);
     let chunked = response.content_length().is_none();
     let mut reads = Vec::new();
     let mut buffer = vec![0; 64 * 1024];
@@ -77,8 +93,12 @@ fn read_next_segment(app: &Appliance, rendition: &str) -> (String, u64, GrowingR
             break;
         }
         reads.push((Instant::now(), buffer[..n].to_vec()));
+        if reads.len() == 1 {
+            let lag = SystemTime::now().duration_since(starts).map(|d| d.as_millis() as i64).unwrap_or_else(|e| -(e.duration().as_millis() as i64));
+            println!("{rendition} segment {next}: first bytes {lag} ms after its media start by the MPD's clock");
+        }
     }
-    (format!("{init}|{url}"), next, GrowingRead { reads, chunked })
+    (format!("{init}|{url}"), next, GrowingRead { reads, chunked }, starts)
 }
 
 #[test]
@@ -92,7 +112,7 @@ fn a_segment_being_encoded_streams_chunk_by_chunk_and_equals_the_complete_segmen
     assert!(ids.iter().any(|id| id == "audio"), "{ids:?}");
 
     for rendition in &ids {
-        let (urls, number, read) = read_next_segment(&app, rendition);
+        let (urls, number, read, _) = read_next_segment(&app, rendition, true);
         let (init_url, url) = urls.split_once('|').unwrap();
         assert!(read.chunked, "{rendition} segment {number}: a segment being encoded has no Content-Length");
         let arrivals = read.moof_arrivals();
@@ -118,6 +138,33 @@ fn a_segment_being_encoded_streams_chunk_by_chunk_and_equals_the_complete_segmen
             assert!(frames[0].1 && frames.len() >= 25, "{rendition} segment {number} starts on a keyframe and holds a second: {} frames", frames.len());
         }
     }
+    // The next segment is waited for; one further ahead is refused at once.
+    let (_, current, _, _) = read_next_segment(&app, "audio", true);
+    let next = |n: u64| {
+        let mpd = fetch_mpd(&app, STREAM).unwrap();
+        let rep = mpd.periods.last().unwrap().adaptations.iter().flat_map(|a| &a.representations).find(|r| r.id.as_deref() == Some("audio")).cloned().unwrap();
+        let newest = segments(STREAM, &rep).1.last().cloned().unwrap();
+        app.url(&newest.url.replace(&format!("-{}.m4s", newest.number), &format!("-{n}.m4s")))
+    };
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let started = Instant::now();
+    let ahead = http.get(next(current + 2)).send().unwrap();
+    assert_eq!(ahead.status(), 404, "two segments ahead of the live edge");
+    assert!(started.elapsed() < Duration::from_millis(1500), "refused at once, not after the next-segment wait: {:?}", started.elapsed());
+    let waited = http.get(next(current + 1)).send().unwrap();
+    assert_eq!(waited.status(), 200, "the next segment was waited for");
+    assert_eq!(boxes(&waited.bytes().unwrap()).iter().filter(|b| *b == "moof").count(), CHUNKS_PER_SEGMENT);
+
+    // The low-latency MPD: valid MPEG-DASH with its low-latency attributes.
+    let text = get(&app.url(&format!("/live/{STREAM}/manifest-ll.mpd"))).text().unwrap();
+    for needle in ["availabilityTimeOffset=\"0.8\"", "availabilityTimeComplete=\"false\"", "<ServiceDescription", "<ProducerReferenceTime"] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &text).unwrap();
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schema/DASH-MPD.xsd");
+    let check = std::process::Command::new("xmllint").args(["--nonet", "--noout", "--schema", schema]).arg(file.path()).output().expect("xmllint runs");
+    assert!(check.status.success(), "{}\n{text}", String::from_utf8_lossy(&check.stderr));
     assert!(publisher.is_running(), "the publisher kept going");
 }
 
@@ -127,7 +174,7 @@ fn without_low_latency_segments_appear_only_whole() {
     let app = Appliance::start(Some(&format!("{CONFIG}[package]\nlow_latency = false\n")));
     let _publisher = Publisher::start(&app.publish_url("live", STREAM), 20, "640x360");
     wait_until("three listed segments", Duration::from_secs(30), || fetch_mpd(&app, STREAM).filter(|m| m.periods.iter().any(|p| p.adaptations.iter().any(|a| a.representations.iter().any(|r| segments(STREAM, r).1.len() >= 3)))));
-    let (_, number, read) = read_next_segment(&app, "audio");
+    let (_, number, read, _) = read_next_segment(&app, "audio", false);
     assert!(!read.chunked, "segment {number} was served before it was complete");
     let bytes = read.bytes();
     assert_eq!(boxes(&bytes).iter().filter(|b| *b == "moof").count(), 1, "one fragment, no chunks: {:?}", boxes(&bytes));
