@@ -167,6 +167,16 @@ impl Flights {
     pub(crate) fn waiting(&self, key: &str) -> usize {
         self.shard(key).lock().get(key).and_then(Shared::strong_count).map_or(0, |handles| handles - 1)
     }
+
+    /// The body `key`'s flight relays, once its head is in, so a test can read it as the
+    /// tier receives it.
+    #[cfg(test)]
+    pub(crate) fn growing(&self, key: &str) -> Option<Arc<GrowingBody>> {
+        match self.shard(key).lock().get(key)?.peek()? {
+            (Ok(Answer::Growing(growing)), _) => Some(growing.body.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// Removes a flight from the map when its task ends, panics included, so a later miss
