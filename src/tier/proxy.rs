@@ -7,14 +7,17 @@
 //! upstream's status and headers are known ([`Answer`]); the flight stays registered until
 //! its body is complete and in the cache (the task stores before it unregisters), so a
 //! later miss finds one or the other and one object costs one upstream request per tier.
+//! A new flight looks in the cache before going upstream (the previous one may have landed
+//! between a viewer's cache miss and its joining), then stores with a plain insert: the
+//! flight map already lets only one fetch per key run.
 //!
 //! Live relay: the live node answers a GET for a segment still being encoded at once,
 //! chunked (no Content-Length), with each CMAF chunk as the muxer cuts it. Such an answer
 //! (a 200 segment without a length) is relayed while it arrives: the fetch task pushes each
 //! upstream chunk into a [`GrowingBody`] and every waiter, including one that joins late,
 //! reads it from the first byte and then follows the live tail, so a viewer two tiers down
-//! gets a chunk ~one loopback hop after the live node sends it instead of a segment
-//! duration later. The model is pingora's cache, which serves an object still being written
+//! gets each chunk one relay hop per tier after the live node sends it, not a whole
+//! segment later. The model is pingora's cache, which serves an object still being written
 //! to its readers through a watch of the bytes written so far. Answers with a length
 //! (complete segments, manifests, 404s) are read whole within the fetch budget as before:
 //! manifests must be whole before they are rewritten per viewer or parsed for prefetch,
