@@ -45,6 +45,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -141,12 +142,14 @@ pub(crate) type Outcome = (FetchResult, CacheStatus);
 /// A fetch in progress as its waiters see it: its answer's head (or error), and whether it
 /// went upstream (false when the cache already held the object).
 type Flight = Shared<BoxFuture<'static, (FetchResult, bool)>>;
-type FlightShard = Mutex<HashMap<Arc<str>, Flight>>;
+/// Each flight with its id, so a task unregisters its own flight and never a successor.
+type FlightShard = Mutex<HashMap<Arc<str>, (u64, Flight)>>;
 
 /// Fetches in progress, sharded like the cache so one hot key's lock meets only its shard.
 pub(crate) struct Flights {
     shards: Box<[FlightShard]>,
     hasher: RandomState,
+    next_id: AtomicU64,
     /// One warning a second about relayed bodies abandoned mid-stream.
     abandon_log: WarnLimiter,
 }
@@ -156,6 +159,7 @@ impl Flights {
         Self {
             shards: (0..shards.max(1)).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
+            next_id: AtomicU64::new(0),
             abandon_log: WarnLimiter::default(),
         }
     }
@@ -168,30 +172,32 @@ impl Flights {
     /// test can wait for its viewers to have joined instead of sleeping.
     #[cfg(test)]
     pub(crate) fn waiting(&self, key: &str) -> usize {
-        self.shard(key).lock().get(key).and_then(Shared::strong_count).map_or(0, |handles| handles - 1)
+        self.shard(key).lock().get(key).and_then(|(_, flight)| flight.strong_count()).map_or(0, |handles| handles - 1)
     }
 
-    /// The body `key`'s flight relays, once its head is in, so a test can read it as the
-    /// tier receives it.
-    #[cfg(test)]
-    pub(crate) fn growing(&self, key: &str) -> Option<Arc<GrowingBody>> {
-        match self.shard(key).lock().get(key)?.peek()? {
-            (Ok(Answer::Growing(growing)), _) => Some(growing.body.clone()),
-            _ => None,
-        }
-    }
 }
 
 /// Removes a flight from the map when its task ends, panics included, so a later miss
 /// starts a new fetch instead of joining a dead one.
 struct Landing {
-    state: TierState,
+    flights: Arc<Flights>,
     key: Arc<str>,
+    id: u64,
+}
+
+impl Landing {
+    /// Unregisters this flight, if it is still the key's.
+    fn unregister(&self) {
+        let mut flights = self.flights.shard(&self.key).lock();
+        if flights.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            flights.remove(&self.key);
+        }
+    }
 }
 
 impl Drop for Landing {
     fn drop(&mut self) {
-        self.state.flights.shard(&self.key).lock().remove(&self.key);
+        self.unregister();
     }
 }
 
@@ -229,17 +235,16 @@ impl TierState {
     /// has registered it.
     pub(crate) fn flight(&self, request: ObjectRequest, purpose: Purpose) -> (Flight, bool) {
         let mut flights = self.flights.shard(&request.key).lock();
-        if let Some(flight) = flights.get(&request.key) {
+        if let Some((_, flight)) = flights.get(&request.key) {
             return (flight.clone(), false);
         }
         let key = request.key.clone();
         let stream = request.stream.clone();
-        let landing = Landing { state: self.clone(), key: key.clone() };
+        let id = self.flights.next_id.fetch_add(1, Ordering::Relaxed);
+        let landing = Landing { flights: self.flights.clone(), key: key.clone(), id };
         let (answer, answered) = oneshot::channel();
-        tokio::spawn(async move {
-            let _landing = landing;
-            _landing.state.fly(request, purpose, answer).await;
-        });
+        let state = self.clone();
+        tokio::spawn(async move { state.fly(request, purpose, answer, landing).await });
         let flight = async move {
             answered.await.unwrap_or_else(|_| {
                 let reason = "the fetch task ended without an answer (panic or shutdown)".to_owned();
@@ -248,14 +253,14 @@ impl TierState {
         }
         .boxed()
         .shared();
-        flights.insert(key, flight.clone());
+        flights.insert(key, (id, flight.clone()));
         (flight, true)
     }
 
     /// One flight's task: answers its waiters through `answer` as soon as the head is known,
     /// then, for a relayed body, pumps it to the end. Whatever is stored is in the cache
-    /// before this returns (and the flight is unregistered).
-    async fn fly(&self, request: ObjectRequest, purpose: Purpose, answer: oneshot::Sender<(FetchResult, bool)>) {
+    /// before `landing` is dropped (and the flight unregistered).
+    async fn fly(&self, request: ObjectRequest, purpose: Purpose, answer: oneshot::Sender<(FetchResult, bool)>, landing: Landing) {
         // A flight that ended just before this one was registered left its object in the
         // cache (it stores before it unregisters): that, not the upstream.
         if let Some(object) = self.cache.get(&request.key).await {
@@ -265,12 +270,11 @@ impl TierState {
         let result = match self.fetch_upstream(&request, purpose == Purpose::Viewer).await {
             Ok(Fetched::Complete(object)) => Ok(Answer::Complete(self.keep(&request, purpose, object).await)),
             Ok(Fetched::Growing { head, upstream, response }) => {
-                let body = GrowingBody::new();
-                let growing = Arc::new(Growing { head: head.clone(), body: body.clone() });
+                let growing = Arc::new(Growing { head, body: GrowingBody::new() });
                 // Waiters that hung up meanwhile leave nothing to tell; the relay still fills
                 // the cache for the next.
-                let _ = answer.send((Ok(Answer::Growing(growing)), true));
-                self.relay(&request, purpose, head, &upstream, response, &body).await;
+                let _ = answer.send((Ok(Answer::Growing(growing.clone())), true));
+                self.relay(&request, purpose, &upstream, response, &growing, &landing).await;
                 return;
             }
             Err(e) => Err(Arc::new(e)),
@@ -306,7 +310,8 @@ impl TierState {
     /// Relays a growing answer into `body` as it arrives: each chunk within `chunk_timeout`,
     /// at most `max_body_bytes` in all. Complete: sealed (its readers end) and kept. Else
     /// abandoned (its readers' responses are cut off), counted, logged, not cached.
-    async fn relay(&self, request: &ObjectRequest, purpose: Purpose, head: Head, upstream: &str, mut response: reqwest::Response, body: &GrowingBody) {
+    async fn relay(&self, request: &ObjectRequest, purpose: Purpose, upstream: &str, mut response: reqwest::Response, growing: &Growing, landing: &Landing) {
+        let body = &growing.body;
         let (limit, stall) = (self.config.max_body_bytes, self.config.chunk_timeout);
         let mut total = 0u64;
         let failure = loop {
@@ -321,7 +326,7 @@ impl TierState {
                 }
                 Ok(Ok(None)) => {
                     tracing::debug!(stream = %request.stream, upstream, path = %request.key, bytes = total, "relayed");
-                    let object = CachedObject { head, body: body.seal(), lifetime: None };
+                    let object = CachedObject { head: growing.head.clone(), body: body.seal(), lifetime: None };
                     self.keep(request, purpose, object).await;
                     return;
                 }
@@ -335,6 +340,9 @@ impl TierState {
                 }
             }
         };
+        // Unregistered first: a viewer arriving from now on starts a new fetch instead of
+        // joining a body that ends in an error.
+        landing.unregister();
         body.abandon();
         self.metrics.upstream_abandoned.inc();
         if let Some(held_back) = self.flights.abandon_log.allow() {
