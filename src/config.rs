@@ -192,6 +192,11 @@ mod tests {
         assert!(err.starts_with("http.request_timeout"), "{err}");
 
         let mut config = Config::default();
+        config.tier.chunk_timeout = Duration::ZERO;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("tier.chunk_timeout"), "{err}");
+
+        let mut config = Config::default();
         config.http.idle_timeout = Duration::ZERO;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.starts_with("http.idle_timeout"), "{err}");

@@ -32,13 +32,21 @@ pub enum ObjectKind {
     Negative,
 }
 
-/// One cached upstream answer (200 or 404), shared by every response that serves it.
+/// An upstream answer's status and the headers a tier passes on: known as soon as the
+/// upstream answers, before its body is complete.
 #[derive(Debug, Clone)]
-pub struct CachedObject {
+pub struct Head {
     pub kind: ObjectKind,
     pub status: StatusCode,
     pub content_type: Option<HeaderValue>,
     pub cache_control: Option<HeaderValue>,
+}
+
+/// One complete upstream answer (200 or 404), shared by every response that serves it.
+/// Only complete answers are ever cached; one still arriving lives in its flight (proxy.rs).
+#[derive(Debug, Clone)]
+pub struct CachedObject {
+    pub head: Head,
     pub body: Bytes,
     /// A lifetime shorter than its kind's, from the upstream's `Cache-Control`.
     pub lifetime: Option<Duration>,
@@ -70,7 +78,7 @@ impl Lifetimes {
 
     /// How long `object` lives: its kind's lifetime, or less if its upstream said so.
     pub fn of_object(&self, object: &CachedObject) -> Duration {
-        let kind = self.of(object.kind);
+        let kind = self.of(object.head.kind);
         object.lifetime.map_or(kind, |upstream| upstream.min(kind))
     }
 }
@@ -119,7 +127,7 @@ impl Expiry<Arc<str>, Arc<CachedObject>> for KindExpiry {
     }
 }
 
-pub(crate) type Shard = Cache<Arc<str>, Arc<CachedObject>>;
+type Shard = Cache<Arc<str>, Arc<CachedObject>>;
 
 /// Cheap to clone: clones share the shards.
 #[derive(Clone)]
@@ -151,7 +159,7 @@ impl TierCache {
         Self { shards, hasher: RandomState::new(), capacity: per_shard * count as u64, lifetimes }
     }
 
-    pub(crate) fn shard(&self, key: &str) -> &Shard {
+    fn shard(&self, key: &str) -> &Shard {
         let index = self.hasher.hash_one(key) % self.shards.len() as u64;
         &self.shards[index as usize]
     }
@@ -177,9 +185,10 @@ impl TierCache {
         self.shard(key).contains_key(key)
     }
 
-    #[cfg(test)]
-    pub async fn insert(&self, key: &str, object: CachedObject) {
-        self.shard(key).insert(Arc::from(key), Arc::new(object)).await;
+    /// Stores a complete answer (proxy.rs calls it before the answer's flight ends, so a
+    /// later miss finds one or the other).
+    pub(crate) async fn insert(&self, key: Arc<str>, object: Arc<CachedObject>) {
+        self.shard(&key).insert(key, object).await;
     }
 
     /// Weighted bytes held (bodies plus overhead). moka updates it lazily; call

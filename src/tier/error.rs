@@ -40,6 +40,10 @@ pub enum TierError {
     /// Upstream: no complete answer within the fetch budget.
     #[error("stream {stream}: upstream {upstream} gave no answer within {after:?}")]
     Timeout { stream: StreamId, upstream: String, after: Duration },
+    /// Upstream: a relayed body (one still being produced) stopped arriving for
+    /// `tier.chunk_timeout`. Its viewers already had the head; they are cut off.
+    #[error("stream {stream}: upstream {upstream} sent nothing more of {path} for {after:?}")]
+    Stalled { stream: StreamId, upstream: String, path: String, after: Duration },
     /// Upstream: the answer's body is larger than `tier.max_body_bytes` (by its
     /// Content-Length or as it arrived).
     #[error("stream {stream}: upstream {upstream} sent more than {limit} bytes for {path}")]
@@ -68,7 +72,7 @@ impl TierError {
         match self {
             TierError::BadPath(_) => StatusCode::BAD_REQUEST,
             TierError::NotFound { .. } | TierError::NotStored { .. } => StatusCode::NOT_FOUND,
-            TierError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            TierError::Timeout { .. } | TierError::Stalled { .. } => StatusCode::GATEWAY_TIMEOUT,
             TierError::NoUpstream { .. }
             | TierError::Connect { .. }
             | TierError::Transport { .. }
@@ -82,7 +86,12 @@ impl TierError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            TierError::Connect { .. } | TierError::Transport { .. } | TierError::Timeout { .. } | TierError::UpstreamStatus { .. } | TierError::Task { .. }
+            TierError::Connect { .. }
+                | TierError::Transport { .. }
+                | TierError::Timeout { .. }
+                | TierError::Stalled { .. }
+                | TierError::UpstreamStatus { .. }
+                | TierError::Task { .. }
         )
     }
 }

@@ -1,5 +1,5 @@
 //! The caching tier's metrics (`rackcast_tier_*`): request and upstream counters and the
-//! upstream fetch time, recorded by the handlers (mod.rs), the flights (proxy.rs) and the
+//! upstream fetch time (to the answer's head for a relayed body), recorded by the handlers (mod.rs), the flights (proxy.rs) and the
 //! prefetcher; the cache's size, read when scraped. [`TierCounts`] is the same figures as
 //! one value, for the admin API and the health answers peers read.
 
@@ -36,6 +36,10 @@ pub struct TierMetrics {
     pub upstream_timeouts: Counter,
     /// Of those, answers larger than `max_body_bytes`.
     pub upstream_too_large: Counter,
+    /// Relayed bodies (answers still being produced upstream) abandoned mid-stream: the
+    /// upstream broke off, stalled past `chunk_timeout` or went over `max_body_bytes`
+    /// (those also count above). Their viewers were cut off; nothing was cached.
+    pub upstream_abandoned: Counter,
     /// Answers passed on without being cached because the upstream's Cache-Control said so.
     pub not_stored: Counter,
     /// Segments fetched by the prefetcher (not by a viewer).
@@ -43,7 +47,7 @@ pub struct TierMetrics {
     /// Upstream MPDs (or their Representations) the prefetcher skipped at one of its
     /// bounds (prefetch.rs).
     pub prefetch_limited: Counter,
-    /// Seconds an upstream fetch took, failures included.
+    /// Seconds an upstream fetch took, failures included (to the head for a relayed body).
     pub upstream_fetch_seconds: Histogram,
 }
 
@@ -60,6 +64,7 @@ impl Default for TierMetrics {
             upstream_connect_failures: Counter::default(),
             upstream_timeouts: Counter::default(),
             upstream_too_large: Counter::default(),
+            upstream_abandoned: Counter::default(),
             not_stored: Counter::default(),
             prefetches: Counter::default(),
             prefetch_limited: Counter::default(),
@@ -86,6 +91,7 @@ impl TierMetrics {
                 ("upstream_connect_failures", "Upstream attempts that could not connect (they mark the node down)", &self.upstream_connect_failures),
                 ("upstream_timeouts", "Upstream attempts that ran out of time (the request fails over)", &self.upstream_timeouts),
                 ("upstream_too_large", "Upstream answers larger than tier.max_body_bytes", &self.upstream_too_large),
+                ("upstream_abandoned", "Relayed upstream bodies abandoned mid-stream (broken off, stalled or too large); viewers cut off, nothing cached", &self.upstream_abandoned),
                 ("not_stored", "Answers passed on without being cached because the upstream's Cache-Control said so", &self.not_stored),
                 ("prefetches", "Segments fetched by the prefetcher", &self.prefetches),
                 ("prefetch_limited", "Upstream MPDs or Representations the prefetcher skipped at one of its bounds", &self.prefetch_limited),
@@ -108,6 +114,7 @@ impl TierMetrics {
             upstream_connect_failures: self.upstream_connect_failures.get(),
             upstream_timeouts: self.upstream_timeouts.get(),
             upstream_too_large: self.upstream_too_large.get(),
+            upstream_abandoned: self.upstream_abandoned.get(),
             not_stored: self.not_stored.get(),
             prefetches: self.prefetches.get(),
             prefetch_limited: self.prefetch_limited.get(),
@@ -132,6 +139,9 @@ pub struct TierCounts {
     pub upstream_connect_failures: u64,
     pub upstream_timeouts: u64,
     pub upstream_too_large: u64,
+    /// Older peers do not report it.
+    #[serde(default)]
+    pub upstream_abandoned: u64,
     pub not_stored: u64,
     pub prefetches: u64,
     #[serde(default)]

@@ -5,10 +5,19 @@
 //! in-memory cache filled from the next tier up, with every concurrent miss for one object
 //! coalesced into one upstream request (docs/design.md, Federation).
 //!
+//! A segment the live node is still encoding comes down chunked, one CMAF chunk at a time;
+//! every tier relays it live: each waiting viewer gets the head as soon as the upstream
+//! answers and each chunk as it arrives, a viewer arriving later gets what has arrived and
+//! then the live tail, and the cache gets the segment once it is complete (proxy.rs; the
+//! model is pingora's cache, which serves partial writes to readers through a watch of the
+//! bytes written). A relay the upstream abandons cuts its viewers' responses off, so a
+//! player never takes a truncated segment for a whole one. Hits on complete objects are
+//! served with a Content-Length.
+//!
 //! Who talks to it: app wiring builds a `TierState` with an `UpstreamResolver` (the cluster
 //! ring: the stream's origin for an edge, the stream's live node for an origin) and serves
 //! `router`. Files: cache.rs (sharded byte-bounded cache, lifetimes), proxy.rs (flights:
-//! coalescing, upstream fetch, failover), prefetch.rs (newest-segment prefetch), error.rs.
+//! coalescing, upstream fetch, failover, live relay), prefetch.rs (newest-segment prefetch), error.rs.
 
 pub mod cache;
 pub mod error;
@@ -22,16 +31,19 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tower_http::cors::CorsLayer;
 
-pub use cache::{CachedObject, Lifetimes, ObjectKind, TierCache};
+pub use cache::{CachedObject, Head, Lifetimes, ObjectKind, TierCache};
 pub use error::TierError;
 pub use metrics::{TierCounts, TierMetrics};
 pub use prefetch::{NewestSegment, newest_segments};
@@ -43,8 +55,9 @@ use crate::media::StreamId;
 use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
 use crate::section::InvalidKey;
 use crate::store::ManifestForm;
+use crate::store::growing::ReadError;
 use prefetch::RenditionTracker;
-use proxy::{Flights, ObjectRequest, Outcome};
+use proxy::{Answer, Flights, ObjectRequest, Outcome};
 
 /// Response header saying how the response was produced: hit, miss or coalesced.
 pub const CACHE_STATUS_HEADER: HeaderName = HeaderName::from_static("x-cache-status");
@@ -60,8 +73,12 @@ pub const DEFAULT_MANIFEST_TTL: Duration = Duration::from_millis(500);
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_millis(200);
 /// Loopback and LAN peers connect in well under a millisecond; 300 ms means the peer is gone.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
-/// Whole budget of one fetch, over all upstreams tried: the longest a waiter can wait.
+/// Whole budget of one fetch, over all upstreams tried: the longest a waiter can wait for
+/// an answer's head (and for the whole of an answer with a length).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// The live node sends a segment's CMAF chunks ~200 ms apart (a keyframe-aligned first one
+/// may take a segment duration, 1 s); 2 s without a byte means the segment will not finish.
+pub const DEFAULT_CHUNK_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_PREFETCH_WINDOW: Duration = Duration::from_secs(10);
 /// A 1 s segment of a 5 Mb/s top rung is ~650 KB and an MPD a few KB; 32 MiB leaves room
 /// for 4K at high bitrates and longer segments, and stops a broken or hostile upstream
@@ -93,11 +110,17 @@ pub struct TierConfig {
     /// TCP connect timeout to an upstream; past it the next upstream is tried.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Total time for one fetch, across every upstream tried; then 504.
+    /// Time for one fetch to get an answer's head, across every upstream tried (and, for an
+    /// answer with a Content-Length, its whole body); then 504.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Longest wait for the next chunk of a body relayed while the upstream produces it (a
+    /// segment still being encoded), and each viewer's wait for the next chunk of it; past
+    /// it the body is abandoned, its viewers are cut off and nothing is cached.
+    #[serde(with = "humantime_serde")]
+    pub chunk_timeout: Duration,
     /// Largest upstream answer body in bytes; a larger one (by Content-Length, or counted
-    /// as it arrives) is a 502 and is not cached.
+    /// as it arrives) is a 502, or cut off if it was being relayed, and is not cached.
     pub max_body_bytes: u64,
     /// Fetch the newest segments of requested renditions when a new MPD arrives.
     pub prefetch: bool,
@@ -116,6 +139,7 @@ impl Default for TierConfig {
             negative_ttl: DEFAULT_NEGATIVE_TTL,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            chunk_timeout: DEFAULT_CHUNK_TIMEOUT,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             prefetch: false,
             prefetch_window: DEFAULT_PREFETCH_WINDOW,
@@ -135,6 +159,7 @@ impl TierConfig {
             ("negative_ttl", self.negative_ttl),
             ("connect_timeout", self.connect_timeout),
             ("request_timeout", self.request_timeout),
+            ("chunk_timeout", self.chunk_timeout),
         ] {
             if value.is_zero() {
                 return invalid(key, "must be more than zero");
@@ -277,7 +302,7 @@ async fn playlist(state: TierState, stream: &str, rendition: Option<&str>, peer:
     };
     // Validated identifiers, so the key is the canonical path.
     let key = Arc::from(format!("/live/{stream}/{}", playlist.relative_path()));
-    serve_manifest(state, stream, key, peer, headers, bytes::Bytes::clone).await
+    serve_manifest(state, stream, key, peer, headers, Bytes::clone).await
 }
 
 /// The manifest at `key` through the cache, its body passed through `rewrite` for this
@@ -288,17 +313,11 @@ async fn serve_manifest(
     key: Arc<str>,
     peer: Peer,
     headers: HeaderMap,
-    rewrite: impl FnOnce(&bytes::Bytes) -> bytes::Bytes,
+    rewrite: impl FnOnce(&Bytes) -> Bytes,
 ) -> Response {
     let outcome = state.lookup(ObjectRequest { stream: stream.clone(), key, kind: ObjectKind::Manifest }).await;
-    respond_with_body(outcome, |status, body| {
-        if status != StatusCode::OK {
-            return body.clone();
-        }
-        let body = rewrite(body);
-        note_viewer(&state.audience, &stream, &peer, &headers, body.len());
-        body
-    })
+    let stall = state.config.chunk_timeout;
+    respond(outcome, stall, rewrite, move |bytes| note_viewer(&state.audience, &stream, &peer, &headers, bytes))
 }
 
 async fn object(
@@ -318,12 +337,8 @@ async fn object(
     // Validated identifiers, so the key is the canonical path and holds no traversal.
     let key = Arc::from(format!("/live/{stream}/{rendition}/{file}"));
     let outcome = state.lookup(ObjectRequest { stream: stream.clone(), key, kind: ObjectKind::Segment }).await;
-    respond_with_body(outcome, |status, body| {
-        if status == StatusCode::OK {
-            note_viewer(&state.audience, &stream, &peer, &headers, body.len());
-        }
-        body.clone()
-    })
+    let stall = state.config.chunk_timeout;
+    respond(outcome, stall, Bytes::clone, move |bytes| note_viewer(&state.audience, &stream, &peer, &headers, bytes))
 }
 
 async fn not_found() -> Response {
@@ -335,23 +350,70 @@ fn bad_request(state: &TierState, error: TierError) -> Response {
     error_response(&error, None)
 }
 
-/// The answer to a lookup, its body passed through `body` first (with its status), and its
-/// cache status in a header.
-fn respond_with_body((result, status): Outcome, body: impl FnOnce(StatusCode, &bytes::Bytes) -> bytes::Bytes) -> Response {
-    match result {
-        Ok(object) => {
-            let mut response = (object.status, body(object.status, &object.body)).into_response();
-            let headers = response.headers_mut();
-            if let Some(value) = &object.content_type {
-                headers.insert(header::CONTENT_TYPE, value.clone());
-            }
-            if let Some(value) = &object.cache_control {
-                headers.insert(header::CACHE_CONTROL, value.clone());
-            }
-            headers.insert(CACHE_STATUS_HEADER, HeaderValue::from_static(status.as_str()));
-            response
+/// The answer to a lookup, with its headers and its cache status in a header. A complete
+/// 200's body is passed through `rewrite` and credited to the viewer (`delivered`, with its
+/// length) at once; a growing one is relayed chunk by chunk, each within `stall`, and
+/// credited with the bytes sent when the response ends, however it ends.
+fn respond(
+    (result, status): Outcome,
+    stall: Duration,
+    rewrite: impl FnOnce(&Bytes) -> Bytes,
+    delivered: impl FnOnce(usize) + Send + 'static,
+) -> Response {
+    let answer = match result {
+        Ok(answer) => answer,
+        Err(error) => return error_response(&error, Some(status)),
+    };
+    let mut response = match &answer {
+        Answer::Complete(object) if object.head.status == StatusCode::OK => {
+            let body = rewrite(&object.body);
+            delivered(body.len());
+            (StatusCode::OK, body).into_response()
         }
-        Err(error) => error_response(&error, Some(status)),
+        Answer::Complete(object) => (object.head.status, object.body.clone()).into_response(),
+        // Only 200 segments grow (proxy.rs), so there is nothing to rewrite.
+        Answer::Growing(growing) => (growing.head.status, relayed(growing.body.reader(stall), delivered)).into_response(),
+    };
+    let head = answer.head();
+    let headers = response.headers_mut();
+    if let Some(value) = &head.content_type {
+        headers.insert(header::CONTENT_TYPE, value.clone());
+    }
+    if let Some(value) = &head.cache_control {
+        headers.insert(header::CACHE_CONTROL, value.clone());
+    }
+    headers.insert(CACHE_STATUS_HEADER, HeaderValue::from_static(status.as_str()));
+    response
+}
+
+/// A growing body as a response body, sent chunked. A reader's error (the body was
+/// abandoned, or stalled) is returned from the stream, so hyper cuts the response off
+/// instead of ending it as if complete.
+fn relayed(reader: impl Stream<Item = Result<Bytes, ReadError>> + Send + 'static, delivered: impl FnOnce(usize) + Send + 'static) -> Body {
+    let mut sent = Sent { bytes: 0, delivered: Some(delivered) };
+    Body::from_stream(reader.inspect(move |chunk| sent.count(chunk)))
+}
+
+/// Bytes of a relayed response sent so far; reported when the response body is dropped
+/// (complete, cut off, or the viewer gone).
+struct Sent<F: FnOnce(usize)> {
+    bytes: usize,
+    delivered: Option<F>,
+}
+
+impl<F: FnOnce(usize)> Sent<F> {
+    fn count(&mut self, chunk: &Result<Bytes, ReadError>) {
+        if let Ok(chunk) = chunk {
+            self.bytes += chunk.len();
+        }
+    }
+}
+
+impl<F: FnOnce(usize)> Drop for Sent<F> {
+    fn drop(&mut self) {
+        if let Some(delivered) = self.delivered.take() {
+            delivered(self.bytes);
+        }
     }
 }
 

@@ -13,11 +13,16 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 
 use super::*;
 use crate::http::{HLS_CONTENT_TYPE, IMMUTABLE, MANIFEST_CACHE, MPD_CONTENT_TYPE, SEGMENT_CONTENT_TYPE};
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+/// Held by each test that runs 1,000 viewers, so two never share the cores: one's figures
+/// (and the relative bounds some assert) would measure the other.
+static THOUSAND_VIEWERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[derive(Default)]
 struct UpstreamState {
@@ -35,6 +40,22 @@ struct UpstreamState {
     not_found_cache: Mutex<Option<&'static str>>,
     /// Paths whose bodies are sent chunked, without a Content-Length.
     chunked: Mutex<std::collections::HashSet<String>>,
+    /// Paths answered at once, 200 and chunked, with what the test feeds (one request
+    /// each): the live node's answer for a segment still being encoded.
+    live: Mutex<HashMap<String, mpsc::Receiver<Result<Bytes, std::io::Error>>>>,
+}
+
+/// The test's end of a live answer: each `send` is one chunk on the wire; `break_off`
+/// aborts the response (no terminating chunk); dropping it ends the body.
+struct Feed(mpsc::Sender<Result<Bytes, std::io::Error>>);
+
+impl Feed {
+    async fn send(&self, chunk: &Bytes) {
+        self.0.send(Ok(chunk.clone())).await.expect("the upstream reads its feed");
+    }
+    async fn break_off(self) {
+        let _ = self.0.send(Err(std::io::Error::other("encoder gone"))).await;
+    }
 }
 
 struct Upstream {
@@ -81,6 +102,11 @@ impl Upstream {
     fn chunked(&self, path: &str) {
         self.state.chunked.lock().insert(path.to_owned());
     }
+    fn live(&self, path: &str) -> Feed {
+        let (feed, chunks) = mpsc::channel(16);
+        self.state.live.lock().insert(path.to_owned(), chunks);
+        Feed(feed)
+    }
 }
 
 async fn upstream_handler(State(state): State<Arc<UpstreamState>>, uri: Uri) -> Response {
@@ -95,6 +121,11 @@ async fn upstream_handler(State(state): State<Arc<UpstreamState>>, uri: Uri) -> 
         let _ = gate.wait_for(|open| *open).await;
     }
     state.answered.lock().insert(path.clone(), Instant::now());
+    let feed = state.live.lock().remove(&path);
+    if let Some(mut feed) = feed {
+        let body = axum::body::Body::from_stream(futures_util::stream::poll_fn(move |cx| feed.poll_recv(cx)));
+        return (StatusCode::OK, [(header::CONTENT_TYPE, SEGMENT_CONTENT_TYPE), (header::CACHE_CONTROL, IMMUTABLE)], body).into_response();
+    }
     if let Some(status) = *state.fail.lock() {
         return (status, "upstream failure\n").into_response();
     }
@@ -249,6 +280,7 @@ fn spread(times: impl Iterator<Item = Instant>, since: Instant) -> [Duration; 3]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_misses_make_one_upstream_request() {
+    let _alone = THOUSAND_VIEWERS.lock().await;
     const VIEWERS: usize = 1000;
     const DELAY: Duration = Duration::from_millis(300);
     let upstream = Upstream::start().await;
@@ -449,9 +481,9 @@ async fn manifests_expire_segments_stay_and_bytes_are_bounded() {
     let cache = TierCache::new(1024 * 1024, 2, lifetimes);
     let body = Bytes::from(vec![7u8; 64 * 1024]);
     for n in 0..100 {
-        let object =
-            CachedObject { kind: ObjectKind::Segment, status: StatusCode::OK, content_type: None, cache_control: None, body: body.clone(), lifetime: None };
-        cache.insert(&format!("/live/cam/720p/abc-{n}.m4s"), object).await;
+        let head = Head { kind: ObjectKind::Segment, status: StatusCode::OK, content_type: None, cache_control: None };
+        let object = CachedObject { head, body: body.clone(), lifetime: None };
+        cache.insert(Arc::from(format!("/live/cam/720p/abc-{n}.m4s")), Arc::new(object)).await;
     }
     cache.run_pending_tasks().await;
     println!("byte bound {} B: {} B held in {} entries after inserting 100 x 64 KiB", cache.capacity(), cache.weighted_size(), cache.entry_count());
@@ -658,7 +690,9 @@ async fn a_slow_or_reset_object_fails_over_for_that_request_only() {
 async fn an_oversize_answer_is_a_502_and_not_cached() {
     const LIMIT: u64 = 64 * 1024;
     let upstream = Upstream::start().await;
-    let (declared, chunked, fits) = ("/live/cam/720p/abc-1.m4s", "/live/cam/720p/abc-2.m4s", "/live/cam/720p/abc-3.m4s");
+    // A chunked manifest is read whole, so it is refused by its running total before any
+    // viewer sees it; a chunked segment is relayed (a_relayed_body_over_the_limit_is_cut_off).
+    let (declared, chunked, fits) = ("/live/cam/720p/abc-1.m4s", "/live/cam/manifest.mpd", "/live/cam/720p/abc-3.m4s");
     upstream.put(declared, vec![1u8; LIMIT as usize + 1]);
     upstream.put(chunked, vec![2u8; 3 * LIMIT as usize]);
     upstream.chunked(chunked);
@@ -676,7 +710,7 @@ async fn an_oversize_answer_is_a_502_and_not_cached() {
         assert_eq!(upstream.count(path), 2, "{path}: the oversize answer was not cached");
     }
     let got = get(&client, &format!("{base}{fits}")).await;
-    assert_eq!((got.status, got.body.len() as u64), (StatusCode::OK, LIMIT), "a body of exactly the limit passes");
+    assert_eq!((got.status, got.body.len() as u64), (StatusCode::OK, LIMIT), "a relayed body of exactly the limit passes");
     let metrics = tier.counts();
     assert_eq!((metrics.upstream_too_large, metrics.upstream_errors), (4, 4));
 }
@@ -720,4 +754,295 @@ async fn prefetch_records_only_what_upstream_lists_and_caps_its_mpd() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(upstream.state.counts.lock().values().sum::<u64>(), requests_before + 1, "only the MPD was fetched");
     assert_eq!(tier.counts().prefetches, 0);
+}
+
+/// One viewer of a relayed segment, reading as the bytes arrive.
+struct LiveViewer {
+    /// Bytes received so far.
+    progress: watch::Receiver<usize>,
+    done: tokio::task::JoinHandle<Relayed>,
+}
+
+/// What a viewer of a relayed segment got.
+#[derive(Debug)]
+struct Relayed {
+    status: StatusCode,
+    cache: String,
+    content_length: Option<String>,
+    body: Vec<u8>,
+    /// The body ended with an error (cut off), not as complete.
+    cut_off: bool,
+    /// When the end of each chunk boundary in `marks` arrived.
+    reached: Vec<Instant>,
+}
+
+impl LiveViewer {
+    /// A GET of `url`; `marks` are byte offsets whose arrival times are recorded.
+    fn start(client: &reqwest::Client, url: &str, marks: Vec<usize>) -> Self {
+        let (progress_tx, progress) = watch::channel(0);
+        let (client, url) = (client.clone(), url.to_owned());
+        let done = tokio::spawn(async move {
+            let mut response = client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+            let header = |name| response.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_owned);
+            let (cache, content_length) = (header(CACHE_STATUS_HEADER).unwrap_or_default(), header(header::CONTENT_LENGTH));
+            let status = response.status();
+            let (mut body, mut reached) = (Vec::new(), Vec::new());
+            let cut_off = loop {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => {
+                        body.extend_from_slice(&chunk);
+                        let now = Instant::now();
+                        while marks.get(reached.len()).is_some_and(|&mark| body.len() >= mark) {
+                            reached.push(now);
+                        }
+                        progress_tx.send_replace(body.len());
+                    }
+                    Ok(None) => break false,
+                    Err(_) => break true,
+                }
+            };
+            Relayed { status, cache, content_length, body, cut_off, reached }
+        });
+        Self { progress, done }
+    }
+
+    async fn result(self) -> Relayed {
+        within("a viewer's response", self.done).await.expect("viewer task")
+    }
+}
+
+/// Waits until every viewer has received at least `bytes`.
+async fn all_reached(viewers: &mut [LiveViewer], bytes: usize) {
+    within("viewers to receive the chunks sent", async {
+        for viewer in viewers.iter_mut() {
+            viewer.progress.wait_for(|&got| got >= bytes).await.expect("viewer alive");
+        }
+    })
+    .await;
+}
+
+/// Starts `count` viewers of `path` and holds the upstream's answer until all of them wait
+/// on the tier's flight, so every one is a miss or coalesced, never a hit.
+async fn viewers_waiting(tier: &TierState, upstream: &Upstream, base: &str, path: &str, count: usize, marks: &[usize]) -> Vec<LiveViewer> {
+    viewers_waiting_on(&client(), tier, upstream, base, path, count, marks).await
+}
+
+async fn viewers_waiting_on(
+    client: &reqwest::Client,
+    tier: &TierState,
+    upstream: &Upstream,
+    base: &str,
+    path: &str,
+    count: usize,
+    marks: &[usize],
+) -> Vec<LiveViewer> {
+    let open = upstream.gate(path);
+    let viewers: Vec<LiveViewer> = (0..count).map(|_| LiveViewer::start(client, &format!("{base}{path}"), marks.to_vec())).collect();
+    within("the viewers to wait on the flight", async {
+        while tier.flights.waiting(path) < count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    open.send_replace(true);
+    viewers
+}
+
+/// `count` chunks of `size` bytes, each distinct.
+fn cmaf_chunks(count: usize, size: usize) -> Vec<Bytes> {
+    (0..count).map(|n| Bytes::from((0..size).map(|i| ((i * 7 + n * 31) % 251) as u8).collect::<Vec<u8>>())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_growing_segment_is_relayed_chunk_by_chunk_to_every_viewer() {
+    const VIEWERS: usize = 50;
+    const CHUNK: usize = 8 * 1024;
+    let upstream = Upstream::start().await;
+    let path = "/live/cam/720p/abc-1.m4s";
+    let feed = upstream.live(path);
+    let (tier, base) = start_tier(TierConfig::default(), vec![upstream.base()]).await;
+    let chunks = cmaf_chunks(5, CHUNK);
+    let whole: Vec<u8> = chunks.concat();
+
+    let mut viewers = viewers_waiting(&tier, &upstream, &base, path, VIEWERS, &[]).await;
+    // Each chunk reaches every viewer before the upstream sends the next: nothing waits for
+    // the whole segment.
+    for (n, chunk) in chunks[..3].iter().enumerate() {
+        feed.send(chunk).await;
+        all_reached(&mut viewers, (n + 1) * CHUNK).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A viewer arriving now gets the three chunks at once, then the live tail.
+    let late = LiveViewer::start(&client(), &format!("{base}{path}"), Vec::new());
+    viewers.push(late);
+    all_reached(&mut viewers, 3 * CHUNK).await;
+    for chunk in &chunks[3..] {
+        feed.send(chunk).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(feed);
+
+    let mut statuses: HashMap<String, usize> = HashMap::new();
+    for viewer in viewers {
+        let got = viewer.result().await;
+        assert_eq!((got.status, got.cut_off, got.content_length.as_deref()), (StatusCode::OK, false, None), "relayed chunked, ended complete");
+        assert!(got.body == whole, "every viewer gets exactly the segment");
+        *statuses.entry(got.cache).or_default() += 1;
+    }
+    assert_eq!(statuses.get("miss"), Some(&1), "{statuses:?}");
+    assert_eq!(statuses.get("coalesced"), Some(&VIEWERS), "the late viewer joined the same flight: {statuses:?}");
+    assert_eq!(upstream.count(path), 1, "one upstream request for every viewer");
+
+    // Complete, it is in the cache: a hit, with its length.
+    let hit = client().get(format!("{base}{path}")).send().await.unwrap();
+    assert_eq!(hit.headers()[header::CONTENT_LENGTH], whole.len().to_string().as_str());
+    assert_eq!(hit.headers()[CACHE_STATUS_HEADER], "hit");
+    assert_eq!(hit.headers()[header::CONTENT_TYPE], SEGMENT_CONTENT_TYPE);
+    assert!(hit.bytes().await.unwrap() == whole);
+    assert_eq!(upstream.count(path), 1);
+    let counts = tier.counts();
+    assert_eq!((counts.misses, counts.coalesced, counts.hits, counts.upstream_abandoned), (1, VIEWERS as u64, 1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_breaks_off_mid_body_cuts_its_viewers_off() {
+    let upstream = Upstream::start().await;
+    let path = "/live/cam/720p/abc-2.m4s";
+    let feed = upstream.live(path);
+    let (tier, base) = start_tier(TierConfig::default(), vec![upstream.base()]).await;
+    let chunk = cmaf_chunks(1, 4096).remove(0);
+
+    let mut viewers = viewers_waiting(&tier, &upstream, &base, path, 10, &[]).await;
+    feed.send(&chunk).await;
+    all_reached(&mut viewers, chunk.len()).await;
+    feed.break_off().await;
+    for viewer in viewers {
+        let got = viewer.result().await;
+        assert_eq!((got.status, got.cut_off, got.body.len()), (StatusCode::OK, true, chunk.len()), "cut off after the first chunk, not ended as complete");
+    }
+    let counts = tier.counts();
+    assert_eq!((counts.upstream_abandoned, counts.upstream_errors), (1, 1));
+    assert!(!tier.cache.contains(path), "nothing cached");
+
+    // The next request goes upstream again (here the segment is complete by now).
+    upstream.put(path, "segment 2");
+    let again = get(&client(), &format!("{base}{path}")).await;
+    assert_eq!((again.status, again.cache.as_str(), again.body.as_ref()), (StatusCode::OK, "miss", b"segment 2".as_ref()));
+    assert_eq!(upstream.count(path), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_body_over_the_limit_is_cut_off() {
+    const LIMIT: usize = 64 * 1024;
+    let upstream = Upstream::start().await;
+    let path = "/live/cam/720p/abc-3.m4s";
+    let feed = upstream.live(path);
+    let config = TierConfig { max_body_bytes: LIMIT as u64, ..TierConfig::default() };
+    let (tier, base) = start_tier(config, vec![upstream.base()]).await;
+    let chunks = cmaf_chunks(2, 40 * 1024);
+
+    let mut viewers = viewers_waiting(&tier, &upstream, &base, path, 5, &[]).await;
+    feed.send(&chunks[0]).await;
+    all_reached(&mut viewers, chunks[0].len()).await;
+    // 80 KiB in all: over the limit in the middle of the body.
+    feed.send(&chunks[1]).await;
+    for viewer in viewers {
+        let got = viewer.result().await;
+        assert_eq!((got.status, got.cut_off, got.body.len()), (StatusCode::OK, true, chunks[0].len()), "cut off, the chunk over the limit not relayed");
+    }
+    drop(feed);
+    let counts = tier.counts();
+    assert_eq!((counts.upstream_abandoned, counts.upstream_too_large, counts.upstream_errors), (1, 1, 1));
+    assert!(!tier.cache.contains(path), "nothing cached");
+    upstream.put(path, "fits");
+    assert_eq!(get(&client(), &format!("{base}{path}")).await.cache, "miss");
+    assert_eq!(upstream.count(path), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stalls_mid_body_is_abandoned() {
+    let upstream = Upstream::start().await;
+    let path = "/live/cam/720p/abc-4.m4s";
+    let feed = upstream.live(path);
+    let chunk_timeout = Duration::from_millis(300);
+    let config = TierConfig { chunk_timeout, ..TierConfig::default() };
+    let (tier, base) = start_tier(config, vec![upstream.base()]).await;
+    let chunk = cmaf_chunks(1, 4096).remove(0);
+
+    let mut viewers = viewers_waiting(&tier, &upstream, &base, path, 5, &[]).await;
+    feed.send(&chunk).await;
+    all_reached(&mut viewers, chunk.len()).await;
+    // The feed stays open and sends nothing more.
+    for viewer in viewers {
+        let got = viewer.result().await;
+        assert_eq!((got.status, got.cut_off, got.body.len()), (StatusCode::OK, true, chunk.len()));
+    }
+    let counts = tier.counts();
+    assert_eq!((counts.upstream_abandoned, counts.upstream_timeouts, counts.upstream_errors), (1, 1, 1));
+    assert!(!tier.cache.contains(path), "nothing cached");
+    drop(feed);
+}
+
+/// A measurement, not a test of speed: prints how long each relayed chunk takes from the
+/// upstream handing it to its HTTP server to each of 1,000 concurrent viewers having it:
+/// the upstream-to-tier hop (one connection), the relay and the tier-to-viewer hop, on
+/// loopback, every party on this machine's cores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_delay_to_a_thousand_viewers_measured() {
+    let _alone = THOUSAND_VIEWERS.lock().await;
+    const VIEWERS: usize = 1000;
+    const CHUNKS: usize = 5;
+    const CHUNK: usize = 16 * 1024;
+    let upstream = Upstream::start().await;
+    let path = "/live/cam/720p/abc-5.m4s";
+    let feed = upstream.live(path);
+    let (tier, base) = start_tier(TierConfig::default(), vec![upstream.base()]).await;
+    let chunks = cmaf_chunks(CHUNKS, CHUNK);
+    let marks: Vec<usize> = (1..=CHUNKS).map(|n| n * CHUNK).collect();
+    // Open the viewers' connections first: the figure wanted is the relay's, not that of
+    // 1,000 handshakes.
+    let client = client();
+    let warm = "/live/cam/720p/abc-0.m4s";
+    upstream.put(warm, chunks[0].clone());
+    burst(&client, &format!("{base}{warm}"), &chunks[0], VIEWERS).await;
+    let coalesced_before = tier.counts().coalesced;
+
+    let mut viewers = viewers_waiting_on(&client, &tier, &upstream, &base, path, VIEWERS, &marks).await;
+    // The viewers have their heads before the first chunk is sent.
+    within("the viewers' heads", async {
+        while tier.counts().coalesced - coalesced_before < VIEWERS as u64 - 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let mut sent = Vec::new();
+    for (n, chunk) in chunks.iter().enumerate() {
+        sent.push(Instant::now());
+        feed.send(chunk).await;
+        all_reached(&mut viewers, (n + 1) * CHUNK).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(feed);
+    let (mut first, mut later) = (Vec::new(), Vec::new());
+    for viewer in viewers {
+        let got = viewer.result().await;
+        assert!(got.status == StatusCode::OK && !got.cut_off && got.body.len() == CHUNKS * CHUNK);
+        for (n, (reached, sent)) in got.reached.iter().zip(&sent).enumerate() {
+            let delay = reached.saturating_duration_since(*sent);
+            if n == 0 { first.push(delay) } else { later.push(delay) }
+        }
+    }
+    first.sort();
+    later.sort();
+    println!(
+        "MEASUREMENT relay to {VIEWERS} viewers, {CHUNKS} chunks x {} KiB, upstream sends the chunk -> viewer has it: \
+         first chunk p50 {:.1?} p99 {:.1?}; later chunks p50 {:.1?} p99 {:.1?} max {:.1?}",
+        CHUNK / 1024,
+        percentile(&first, 0.5),
+        percentile(&first, 0.99),
+        percentile(&later, 0.5),
+        percentile(&later, 0.99),
+        later[later.len() - 1]
+    );
+    assert_eq!(upstream.count(path), 1);
 }
