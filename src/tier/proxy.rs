@@ -326,7 +326,8 @@ impl TierState {
                 }
                 Ok(Ok(None)) => {
                     tracing::debug!(stream = %request.stream, upstream, path = %request.key, bytes = total, "relayed");
-                    let object = CachedObject { head: growing.head.clone(), body: body.seal(), lifetime: None };
+                    let object = CachedObject { head: growing.head.clone(), body: body.concat(), lifetime: None };
+                    body.seal();
                     self.keep(request, purpose, object).await;
                     return;
                 }
