@@ -163,6 +163,19 @@ pub struct CmafSegment {
     pub bytes: Bytes,
 }
 
+/// One chunk of a CMAF media segment being encoded (low latency), as cut by the muxer.
+/// Times are on the session's running-time clock.
+#[derive(Debug, Clone)]
+pub struct CmafChunk {
+    pub segment_start_ns: u64,
+    pub start_ns: u64,
+    /// Where the chunk ends, when the muxer said.
+    pub end_ns: Option<u64>,
+    /// The segment's first chunk (a video chunk that opens with its keyframe).
+    pub first: bool,
+    pub bytes: Bytes,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

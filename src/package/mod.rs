@@ -95,11 +95,11 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::media::{CmafSegment, RenditionId, SessionId, StreamId, TrackKind};
+use crate::media::{CmafChunk, CmafSegment, RenditionId, SessionId, StreamId, TrackKind};
 use crate::store::{ManifestForm, ObjectKey, Part, Store, StreamSummary};
 use crate::warn_limiter::WarnLimiter;
 use mpd::MpdTiming;
-use timeline::{RenditionInfo, StreamTimeline};
+use timeline::{PartTiming, RenditionInfo, StreamTimeline};
 
 /// How long the renderer waits after a change for the other renditions' segments.
 const RENDER_COALESCE: Duration = Duration::from_millis(5);
@@ -256,13 +256,19 @@ impl Packager {
     }
 
     /// A chunk of the rendition's segment being encoded (low latency): appended to the
-    /// segment's growing object, under the number the segment will have once complete.
-    /// Chunks come in order, and every chunk of a segment before the segment itself.
-    pub fn add_chunk(&self, stream: &StreamId, session: &SessionId, rendition: &RenditionId, chunk: Bytes) -> Option<u64> {
+    /// segment's growing object, under the number the segment will have once complete, and
+    /// listed as a part of it (HLS). Chunks come in order, and every chunk of a segment
+    /// before the segment itself. `independent`: it decodes without the chunks before it.
+    pub fn add_chunk(&self, stream: &StreamId, session: &SessionId, rendition: &RenditionId, chunk: CmafChunk, independent: bool) -> Option<u64> {
         let timeline = self.timeline(stream)?;
-        let number = timeline.lock().next_number(session, rendition)?;
+        let mut tl = timeline.lock();
+        let part = PartTiming { segment_start_ns: chunk.segment_start_ns, start_ns: chunk.start_ns, end_ns: chunk.end_ns, length: chunk.bytes.len() as u64, independent };
+        let number = tl.add_part(session, rendition, part)?;
+        // In the store before any playlist can name it (the renderer needs this lock).
         let key = ObjectKey { rendition: rendition.clone(), session: session.clone(), part: Part::Media(number) };
-        self.store.append_chunk(stream, key, chunk);
+        self.store.append_chunk(stream, key, chunk.bytes);
+        drop(tl);
+        self.mark_dirty(stream);
         Some(number)
     }
 

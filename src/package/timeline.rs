@@ -38,12 +38,50 @@ pub struct SegmentEntry {
     pub duration: u64,
 }
 
+/// One chunk of a segment as LL-HLS lists it: an `EXT-X-PART`, a byte range of the
+/// segment's object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartEntry {
+    /// In timescale ticks.
+    pub duration: u64,
+    pub offset: u64,
+    pub length: u64,
+    /// Decodes without the parts before it (a keyframe first, or audio).
+    pub independent: bool,
+}
+
+/// The parts of one recent segment (growing or complete).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentParts {
+    pub number: u64,
+    pub parts: Vec<PartEntry>,
+    /// The segment is complete (listed in `segments`): no part will follow.
+    pub complete: bool,
+}
+
+/// A chunk as the packager hands it to the timeline (running time, nanoseconds).
+#[derive(Debug, Clone, Copy)]
+pub struct PartTiming {
+    pub segment_start_ns: u64,
+    pub start_ns: u64,
+    pub end_ns: Option<u64>,
+    pub length: u64,
+    pub independent: bool,
+}
+
+/// Segments whose parts a track keeps: LL-HLS lists parts of the segments within the last
+/// three target durations, and of the one being encoded.
+pub const PARTS_KEPT: usize = 4;
+
 #[derive(Debug, Clone)]
 pub struct Track {
     pub info: RenditionInfo,
     /// RFC 6381 codecs string, known once the init segment is out.
     pub codecs: Option<String>,
     pub segments: VecDeque<SegmentEntry>,
+    /// With low latency: the parts of the newest segments ([`PARTS_KEPT`]), the one being
+    /// encoded last while it grows.
+    pub parts: VecDeque<SegmentParts>,
     next_number: u64,
 }
 
@@ -170,7 +208,7 @@ impl StreamTimeline {
         }
         let tracks = renditions
             .into_iter()
-            .map(|info| Track { info, codecs: None, segments: VecDeque::new(), next_number: first_number })
+            .map(|info| Track { info, codecs: None, segments: VecDeque::new(), parts: VecDeque::new(), next_number: first_number })
             .collect();
         self.periods.push(Period { session, start, first_number, tracks, duration: None });
         self.ended_at = None;
@@ -242,15 +280,38 @@ impl StreamTimeline {
         let number = track.next_number;
         track.next_number += 1;
         track.segments.push_back(SegmentEntry { number, time, duration: end.saturating_sub(time).max(1) });
+        if let Some(parts) = track.parts.back_mut().filter(|s| s.number == number) {
+            parts.complete = true;
+        }
         self.published = now;
         self.last_segment_at = Some(now);
         self.segments_added += 1;
         Some(number)
     }
 
-    /// The number the rendition's next segment will get (the one being encoded).
-    pub fn next_number(&self, session: &SessionId, rendition: &RenditionId) -> Option<u64> {
-        Some(self.periods.iter().rev().find(|p| &p.session == session)?.track(rendition)?.next_number)
+    /// A chunk of the rendition's segment being encoded: a part of the segment that will get
+    /// the next number, which is returned.
+    pub fn add_part(&mut self, session: &SessionId, rendition: &RenditionId, part: PartTiming) -> Option<u64> {
+        let track = self.track_mut(session, rendition)?;
+        let scale = u128::from(track.info.timescale);
+        let ticks = |ns: u64| u64::try_from(u128::from(ns) * scale / 1_000_000_000).unwrap_or(u64::MAX);
+        let number = track.next_number;
+        if track.parts.back().is_none_or(|s| s.number != number) {
+            track.parts.push_back(SegmentParts { number, parts: Vec::new(), complete: false });
+            while track.parts.len() > PARTS_KEPT {
+                track.parts.pop_front();
+            }
+        }
+        let segment = track.parts.back_mut()?;
+        let offset = segment.parts.last().map_or(0, |p| p.offset + p.length);
+        // A part's duration runs from the segment's start through its end, less the parts
+        // before it, so the parts add up to the segment without rounding gaps.
+        let start = ticks(part.segment_start_ns);
+        let end = ticks(part.end_ns.unwrap_or(part.start_ns).max(part.start_ns));
+        let before: u64 = segment.parts.iter().map(|p| p.duration).sum();
+        let duration = end.saturating_sub(start).saturating_sub(before).max(1);
+        segment.parts.push(PartEntry { duration, offset, length: part.length, independent: part.independent });
+        Some(number)
     }
 
     /// Drops what fell out of the DVR window: segments whose end is older than `window`
@@ -562,4 +623,41 @@ pub(super) mod tests {
         assert_eq!(tl.periods.len(), 1);
         assert_eq!(tl.periods[0].session, s2);
     }
+
+    #[test]
+    fn parts_are_byte_ranges_that_add_up_to_their_segment() {
+        let s = SessionId::parse("s1").unwrap();
+        let id = RenditionId::parse("720p").unwrap();
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        tl.begin_period(s.clone(), vec![video("720p")], None, at(0));
+        const MS: u64 = 1_000_000;
+        let part = |segment: u64, start: u64, end: u64, length: u64| PartTiming {
+            segment_start_ns: segment * MS,
+            start_ns: start * MS,
+            end_ns: Some(end * MS),
+            length,
+            independent: start == segment,
+        };
+        for segment in 0..6u64 {
+            let base = segment * 1000;
+            for (i, (start, end)) in [(0, 200), (200, 400), (400, 600), (600, 800), (800, 1000)].into_iter().enumerate() {
+                assert_eq!(tl.add_part(&s, &id, part(base, base + start, base + end, 100 + i as u64)), Some(segment + 1));
+            }
+            let track = &tl.periods[0].tracks[0];
+            assert!(!track.parts.back().unwrap().complete, "growing until the segment is added");
+            assert_eq!(tl.add_segment(&s, &id, base * MS, 1000 * MS, at(base + 1000)), Some(segment + 1));
+        }
+        let track = &tl.periods[0].tracks[0];
+        // The newest four segments' parts are kept, complete.
+        assert_eq!(track.parts.iter().map(|p| (p.number, p.complete)).collect::<Vec<_>>(), [(3, true), (4, true), (5, true), (6, true)]);
+        let newest = &track.parts.back().unwrap().parts;
+        assert_eq!(newest.iter().map(|p| (p.duration, p.offset, p.length, p.independent)).collect::<Vec<_>>(), [
+            (18_000, 0, 100, true),
+            (18_000, 100, 101, false),
+            (18_000, 201, 102, false),
+            (18_000, 303, 103, false),
+            (18_000, 406, 104, false),
+        ]);
+    }
+
 }

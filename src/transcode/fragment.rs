@@ -17,7 +17,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::media::CmafSegment;
+use crate::media::{CmafChunk, CmafSegment};
 
 /// The flags and timing of one muxer output buffer.
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,9 +34,9 @@ pub struct ChunkMeta {
 #[derive(Debug, Clone)]
 pub enum MuxerOutput {
     Init(Bytes),
-    /// One chunk of the segment that starts at `segment_start_ns` (only when chunked); the
-    /// chunks of a segment, concatenated, are its `Segment` bytes.
-    Chunk { segment_start_ns: u64, bytes: Bytes },
+    /// One chunk of a segment (only when chunked); the chunks of a segment, concatenated,
+    /// are its `Segment` bytes.
+    Chunk(CmafChunk),
     Segment(CmafSegment),
 }
 
@@ -58,8 +58,9 @@ struct Open {
     bytes: BytesMut,
     /// Where the current chunk ends (its header's pts + duration), when known.
     chunk_end_ns: Option<u64>,
-    /// Where the current chunk starts in `bytes`.
+    /// Where the current chunk starts in `bytes`, and in running time.
     chunk_from: usize,
+    chunk_start_ns: u64,
 }
 
 impl Open {
@@ -125,7 +126,7 @@ impl FragmentAssembler {
                 return Err(self.too_large());
             }
             let duration_ns = meta.duration_ns.unwrap_or(0);
-            self.current = Some(Open { start_ns: start, duration_ns, bytes: BytesMut::from(data), chunk_end_ns: chunk_end(&meta), chunk_from: 0 });
+            self.current = Some(Open { start_ns: start, duration_ns, bytes: BytesMut::from(data), chunk_end_ns: chunk_end(&meta), chunk_from: 0, chunk_start_ns: start });
         } else if self.discarding {
             return Ok(Vec::new());
         } else {
@@ -137,6 +138,7 @@ impl FragmentAssembler {
             if meta.header {
                 // A chunk header: the fragment grows by this chunk.
                 open.chunk_from = open.bytes.len() - data.len();
+                open.chunk_start_ns = meta.pts_ns.unwrap_or(open.chunk_start_ns);
                 open.chunk_end_ns = chunk_end(&meta);
                 if let Some(end) = open.chunk_end_ns {
                     open.duration_ns = end.saturating_sub(open.start_ns);
@@ -147,7 +149,13 @@ impl FragmentAssembler {
         if meta.marker {
             let open = self.current.as_ref().ok_or(FragmentError::DataWithoutHeader)?;
             if self.chunked {
-                outputs.push(MuxerOutput::Chunk { segment_start_ns: open.start_ns, bytes: Bytes::copy_from_slice(&open.bytes[open.chunk_from..]) });
+                outputs.push(MuxerOutput::Chunk(CmafChunk {
+                    segment_start_ns: open.start_ns,
+                    start_ns: open.chunk_start_ns,
+                    end_ns: open.chunk_end_ns,
+                    first: open.chunk_from == 0,
+                    bytes: Bytes::copy_from_slice(&open.bytes[open.chunk_from..]),
+                }));
             }
             let reaches_end = || match (segment_end(open.start_ns), open.chunk_end_ns) {
                 // Chunk ends are whole frames: within a millisecond is the boundary itself.
@@ -196,7 +204,7 @@ mod tests {
         let (mut chunks, mut segment) = (Vec::new(), None);
         for output in outputs {
             match output {
-                MuxerOutput::Chunk { bytes, .. } => chunks.push(bytes),
+                MuxerOutput::Chunk(chunk) => chunks.push(chunk.bytes),
                 MuxerOutput::Segment(s) => segment = Some(s),
                 MuxerOutput::Init(_) => panic!("init segment out of place"),
             }
@@ -234,7 +242,10 @@ mod tests {
             assert!(segment.is_none(), "completed after chunk {i}");
             assert!(asm.push(header(i == 0, at, length), b"H", boundary).unwrap().is_empty());
             assert!(asm.push(samples(false), b"s", boundary).unwrap().is_empty());
-            let (chunks, completed) = chunks_and_segment(asm.push(samples(true), b"t", boundary).unwrap());
+            let outputs = asm.push(samples(true), b"t", boundary).unwrap();
+            let MuxerOutput::Chunk(chunk) = &outputs[0] else { panic!("a chunk first: {outputs:?}") };
+            assert_eq!((chunk.start_ns, chunk.end_ns, chunk.first), (at, Some(at + length), i == 0), "chunk {i}");
+            let (chunks, completed) = chunks_and_segment(outputs);
             assert_eq!(chunks, ["Hst"], "chunk {i}");
             segment = completed;
             at += length;
@@ -252,7 +263,8 @@ mod tests {
         let second = second.unwrap();
         assert!(chunks.is_empty());
         assert_eq!((&second.bytes[..], second.start_ns, second.duration_ns), (&b"AaBb"[..], at, 1_000 * MS));
-        assert!(matches!(&asm.push(samples(true), b"c", |_| None).unwrap()[..], [MuxerOutput::Chunk { segment_start_ns, .. }] if *segment_start_ns == at + 1_000 * MS));
+        let MuxerOutput::Chunk(chunk) = asm.push(samples(true), b"c", |_| None).unwrap().remove(0) else { panic!("a chunk") };
+        assert_eq!((chunk.segment_start_ns, chunk.start_ns, chunk.end_ns, chunk.first), (at + 1_000 * MS, at + 1_000 * MS, Some(at + 1_300 * MS), true));
         let last = segment_of(asm.finish());
         assert_eq!((&last.bytes[..], last.duration_ns), (&b"Cc"[..], 300 * MS));
         assert!(asm.finish().is_none());

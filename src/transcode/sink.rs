@@ -98,8 +98,10 @@ impl RenditionSink {
                 };
                 packager.add_init(stream, session, rendition, bytes, codecs);
             }
-            MuxerOutput::Chunk { bytes, .. } => {
-                packager.add_chunk(stream, session, rendition, bytes);
+            MuxerOutput::Chunk(chunk) => {
+                // Every AAC frame decodes alone; a video chunk only from its keyframe.
+                let independent = chunk.first || self.binding.kind == TrackKind::Audio;
+                packager.add_chunk(stream, session, rendition, chunk, independent);
             }
             MuxerOutput::Segment(mut segment) => {
                 // The next segment's start was decided before the muxer could cut this one;
