@@ -4,12 +4,14 @@
 //! The low-latency MPD (`manifest-ll.mpd`) validates against the MPEG-DASH schema with its
 //! low-latency attributes, and the node waits for the next segment of a rendition instead
 //! of a 404, while a request further ahead is refused at once. With
-//! `package.low_latency = false` segments appear only whole.
+//! `package.low_latency = false` segments appear only whole. Through a live → origin → edge
+//! federation, 1,000 viewers of a segment being encoded get its chunks as they come, for
+//! one request per tier.
 
 use std::io::Read;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::support::{Appliance, Publisher, fetch_mpd, get, get_bytes, one_ladder_at_a_time, probe, segments, wait_until};
+use crate::support::{Appliance, Metrics, Publisher, SegmentRef, fetch_mpd, free_port, get, get_bytes, one_ladder_at_a_time, probe, segments, wait_serving, wait_until};
 
 const STREAM: &str = "llcam";
 const CONFIG: &str = "[transcode]\nx264_preset = \"ultrafast\"\n";
@@ -178,4 +180,101 @@ fn without_low_latency_segments_appear_only_whole() {
     assert!(!read.chunked, "segment {number} was served before it was complete");
     let bytes = read.bytes();
     assert_eq!(boxes(&bytes).iter().filter(|b| *b == "moof").count(), 1, "one fragment, no chunks: {:?}", boxes(&bytes));
+}
+
+/// Chunk arrival of one viewer: when each `moof` had fully arrived, and the whole body.
+async fn read_chunks(client: &reqwest::Client, url: &str) -> (u16, String, Vec<Instant>, Vec<u8>) {
+    let mut response = client.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    let cache = response.headers().get("x-cache-status").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let (mut body, mut arrivals) = (Vec::new(), Vec::new());
+    while let Some(bytes) = response.chunk().await.unwrap_or_else(|e| panic!("{url}: {e}")) {
+        body.extend_from_slice(&bytes);
+        let moofs = boxes(&body).iter().filter(|b| *b == "moof").count();
+        arrivals.resize(moofs, Instant::now());
+    }
+    (status, cache, arrivals, body)
+}
+
+#[test]
+fn a_thousand_edge_viewers_of_a_segment_being_encoded_get_its_chunks_through_one_request_per_tier() {
+    let _ladder = one_ladder_at_a_time();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let mut config = String::from(CONFIG);
+    config += "[cluster]\nhealth_interval = \"200ms\"\nhealth_timeout = \"150ms\"\nfail_after = 2\nrise_after = 2\nrelay_secret = \"low-latency-test-secret-0123\"\n";
+    for ((id, role), (rtmp, http)) in [("live-a", "live"), ("origin-1", "origin"), ("edge-1", "edge")].iter().zip(&ports) {
+        config += &format!("\n[[cluster.nodes]]\nid = \"{id}\"\nroles = [\"{role}\"]\nregion = \"eu\"\nrtmp = \"127.0.0.1:{rtmp}\"\nhttp = \"127.0.0.1:{http}\"\n");
+    }
+    let nodes: Vec<Appliance> = ["live-a", "origin-1", "edge-1"].iter().map(|id| Appliance::start_node(&config, id)).collect();
+    let http: Vec<String> = ports.iter().map(|(_, http)| format!("http://127.0.0.1:{http}")).collect();
+    for base in &http {
+        wait_serving(base.trim_start_matches("http://"), Duration::from_secs(10));
+    }
+    let _publisher = Publisher::start(&format!("rtmp://127.0.0.1:{}/live/{STREAM}", ports[0].0), 40, "640x360");
+    let newest_at = |base: &str| -> Option<SegmentRef> {
+        let response = get(&format!("{base}/live/{STREAM}/manifest.mpd"));
+        let mpd = (response.status() == 200).then(|| dash_mpd_core::parse(&response.text().unwrap()).unwrap())?;
+        let period = mpd.periods.last()?;
+        let rep = period.adaptations.iter().find(|a| a.contentType.as_deref() == Some("video"))?.representations.first()?;
+        segments(STREAM, rep).1.last().cloned()
+    };
+    wait_until("segments at the edge", Duration::from_secs(30), || newest_at(&http[2]).filter(|s| s.number >= 3));
+
+    // The moment the live node lists a new segment, the next one has just started.
+    let listed = newest_at(&http[0]).unwrap();
+    let fresh = wait_until("a newly listed segment", Duration::from_secs(5), || newest_at(&http[0]).filter(|s| s.number > listed.number));
+    let target = fresh.url.replace(&format!("-{}.m4s", fresh.number), &format!("-{}.m4s", fresh.number + 1));
+    let live_before = Metrics::scrape(&http[0]).count("rackcast_live_object_requests_total");
+    let origin_before = Metrics::scrape(&http[1]).count("rackcast_tier_upstream_requests_total");
+    let edge_before = Metrics::scrape(&http[2]).count("rackcast_tier_upstream_requests_total");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (reference, viewers) = runtime.block_on(async {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(1100).timeout(Duration::from_secs(10)).build().unwrap();
+        // One reader at the live node itself: when each chunk left the node that made it.
+        let reference = tokio::spawn({
+            let (client, url) = (client.clone(), format!("{}{target}", http[0]));
+            async move { read_chunks(&client, &url).await }
+        });
+        let tasks: Vec<_> = (0..1000)
+            .map(|_| {
+                let (client, url) = (client.clone(), format!("{}{target}", http[2]));
+                tokio::spawn(async move { read_chunks(&client, &url).await })
+            })
+            .collect();
+        let mut viewers = Vec::new();
+        for task in tasks {
+            viewers.push(task.await.unwrap());
+        }
+        (reference.await.unwrap(), viewers)
+    });
+    let complete = get_bytes(&format!("{}{target}", http[2]));
+    assert_eq!(reference.0, 200);
+    assert!(reference.2.len() >= 3, "the segment was still being encoded when asked for: {} chunks arrived at once", reference.2.len());
+    for (status, _, arrivals, body) in &viewers {
+        assert_eq!(*status, 200);
+        assert!(body == &complete, "every viewer got the complete segment's bytes ({} of {})", body.len(), complete.len());
+        assert_eq!(arrivals.len(), CHUNKS_PER_SEGMENT);
+    }
+    assert_eq!(viewers.iter().filter(|v| v.1 == "miss").count(), 1, "exactly one viewer request went upstream");
+    assert_eq!(Metrics::scrape(&http[2]).count("rackcast_tier_upstream_requests_total") - edge_before, 1, "edge -> origin");
+    assert_eq!(Metrics::scrape(&http[1]).count("rackcast_tier_upstream_requests_total") - origin_before, 1, "origin -> live");
+    // The reference reader and the origin's one request.
+    assert_eq!(Metrics::scrape(&http[0]).count("rackcast_live_object_requests_total") - live_before, 2, "live served it once to the tiers");
+
+    // How far behind the live node's own reader each edge viewer got each chunk (two tier
+    // hops and the fan-out to 1,000), chunks after the first (the first includes the wait
+    // for the request chain to reach the live node).
+    let mut delays: Vec<u128> = viewers
+        .iter()
+        .flat_map(|v| v.2.iter().zip(&reference.2).skip(1).map(|(at, made)| at.saturating_duration_since(*made).as_millis()))
+        .collect();
+    delays.sort_unstable();
+    let spread = reference.2.last().unwrap().duration_since(reference.2[0]);
+    println!(
+        "edge relay: 1,000 viewers, {} chunks over {spread:?} at the live node; viewer chunk delay behind the live node: median {} ms, p99 {} ms",
+        reference.2.len(),
+        delays[delays.len() / 2],
+        delays[delays.len() * 99 / 100]
+    );
+    drop(nodes);
 }
