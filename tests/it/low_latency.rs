@@ -278,3 +278,85 @@ fn a_thousand_edge_viewers_of_a_segment_being_encoded_get_its_chunks_through_one
     );
     drop(nodes);
 }
+
+/// The browser players' view of the low-latency MPD, from their page's reports.
+#[derive(Debug, Default)]
+struct BrowserRun {
+    frames: u64,
+    errors: Vec<String>,
+    /// `waiting` events after the first two seconds of playback.
+    stalls: usize,
+    /// The player's own latency estimates over the run's last 20 s, sorted.
+    latencies: Vec<f64>,
+}
+
+#[test]
+fn dashjs_and_shaka_play_the_low_latency_mpd_near_the_live_edge() {
+    use crate::support::not_run;
+    use crate::support::players::{PageServer, PlayerProcess, player_command};
+    let have = |program: &str| std::process::Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().is_ok_and(|o| o.status.success());
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|p| have(p)) else {
+        assert!(std::env::var_os("RACKCAST_REQUIRE_PLAYERS").is_none(), "RACKCAST_REQUIRE_PLAYERS is set but chromium is missing");
+        not_run("the low-latency browser players need chromium (tests/run.sh installs it)");
+        return;
+    };
+    const WATCH: Duration = Duration::from_secs(40);
+    let _ladder = one_ladder_at_a_time();
+    let app = Appliance::start(Some(CONFIG));
+    let _publisher = Publisher::start(&app.publish_url("live", STREAM), 60, "640x360");
+    let mpd = app.url(&format!("/live/{STREAM}/manifest-ll.mpd"));
+    wait_until("the low-latency MPD with video", Duration::from_secs(30), || {
+        let response = get(&mpd);
+        (response.status() == 200 && response.text().unwrap().contains("contentType=\"video\"")).then_some(())
+    });
+    let page = PageServer::start();
+    let profile = tempfile::tempdir().unwrap();
+    let mut browser = player_command(chromium);
+    browser
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .args(["--autoplay-policy=no-user-gesture-required", "--window-size=800,600"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("http://127.0.0.1:{}/player.html?dashjs={mpd}&shaka={mpd}", page.port));
+    let mut process = PlayerProcess::start("chromium", vec![browser]);
+    let started = Instant::now();
+    std::thread::sleep(WATCH);
+    process.stop(Duration::from_secs(3));
+    let reports = page.reports();
+
+    let mut runs = Vec::new();
+    for player in ["dashjs", "shaka"] {
+        let mine: Vec<_> = reports.iter().filter(|r| r.value["player"] == player).collect();
+        let mut run = BrowserRun::default();
+        let playing = mine.iter().find(|r| r.value["ev"] == "playing").map(|r| r.at);
+        for report in &mine {
+            match report.value["ev"].as_str() {
+                Some("error") => run.errors.push(report.value["detail"].to_string()),
+                Some("waiting") if playing.is_some_and(|p| report.at > p + Duration::from_secs(2)) => run.stalls += 1,
+                Some("sample") => {
+                    run.frames = run.frames.max(report.value["frames"].as_u64().unwrap_or(0));
+                    if report.at + Duration::from_secs(20) >= started + WATCH {
+                        run.latencies.extend(report.value["latency"].as_f64());
+                    }
+                }
+                _ => {}
+            }
+        }
+        run.latencies.sort_by(f64::total_cmp);
+        let median = run.latencies.get(run.latencies.len() / 2).copied();
+        println!("{player} on manifest-ll.mpd: {} frames, {} stalls after start-up, median latency over the last 20 s {median:?} s ({} samples), errors {:?}", run.frames, run.stalls, run.latencies.len(), run.errors);
+        runs.push((player, run));
+    }
+    for (player, run) in &runs {
+        assert!(run.errors.is_empty(), "{player}: {:?}", run.errors);
+        // Played most of the time it was watched (30 fps source).
+        assert!(run.frames >= 20 * 30, "{player} decoded {} frames in {WATCH:?}", run.frames);
+        assert!(!run.latencies.is_empty(), "{player} reported no live latency");
+    }
+    // dash.js holds the latency the MPD's ServiceDescription asks for (1.2 s, within 0.6 to
+    // 3.6 s; Shaka does not take it without its low-latency mode, so it is only printed).
+    let dashjs = &runs[0].1;
+    let median = dashjs.latencies[dashjs.latencies.len() / 2];
+    assert!((0.6..=3.6).contains(&median), "dash.js median latency {median} s is outside the MPD's ServiceDescription");
+    assert_eq!(dashjs.stalls, 0, "dash.js stalled after start-up");
+}
