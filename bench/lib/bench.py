@@ -143,6 +143,10 @@ class ServerHandle:
     def publish_url(self, relay_port, key):
         return "rtmp://127.0.0.1:%d/live/%s" % (relay_port, key)
 
+    def player_mpd_url(self, key):
+        """The MPD dash.js is given: the one a user would give it."""
+        return self.mpd_url(key)
+
 
 class Rackcast(ServerHandle):
     name = "rackcast"
@@ -177,7 +181,12 @@ class Rackcast(ServerHandle):
         return True
 
     def mpd_url(self, key):
+        # The pollers read a SegmentTimeline: when each complete segment was listed.
         return "http://127.0.0.1:%d/live/%s/manifest.mpd" % (self.http_port, key)
+
+    def player_mpd_url(self, key):
+        # dash.js gets the low-latency MPD (segments fetched while they are encoded).
+        return "http://127.0.0.1:%d/live/%s/manifest-ll.mpd" % (self.http_port, key)
 
     def stop(self):
         stop(self.proc, signal.SIGTERM, 10)
@@ -334,7 +343,7 @@ def run_server(srv, a, outdir, page_port, page_log, player, suffix=""):
                     TEMPDIRS.append(udd)
                     from urllib.parse import quote
                     purl = "http://127.0.0.1:%d/index.html?tag=%s&mpd=%s" % (
-                        page_port, quote(srv.name), quote(mpd_url, safe=""))
+                        page_port, quote(srv.name), quote(srv.player_mpd_url(key), safe=""))
                     res["player_url"] = purl
                     chrome = spawn(chromium_cmd(purl, udd, page_port, a.player_clock == "local"),
                                    new_session=True,
