@@ -17,6 +17,17 @@ use super::io::{SessionOutput, SinkBinding};
 use super::sink::attach_sink;
 use super::spec::{self, PipelineSpec, AUDIO_SINK, AUDIO_SRC, VIDEO_SRC};
 
+/// Tags a frame with the wall-clock time it arrived (a `timestamp/x-unix` reference
+/// timestamp). It travels with the frame through decode, scale and encode, and the muxer
+/// writes it as the `prft` box of the chunk the frame starts: players can tell how far
+/// behind the broadcaster they play.
+fn mark_ingest_time(buffer: &mut gst::BufferRef) {
+    static UNIX: std::sync::OnceLock<gst::Caps> = std::sync::OnceLock::new();
+    let caps = UNIX.get_or_init(|| gst::Caps::builder("timestamp/x-unix").build());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    gst::ReferenceTimestampMeta::add(buffer, caps, gst::ClockTime::from_nseconds(now.as_nanos() as u64), gst::ClockTime::NONE);
+}
+
 /// A running pipeline for one session. Clones are handles to the same pipeline (for a
 /// blocking call on another thread).
 #[derive(Clone)]
@@ -156,6 +167,7 @@ impl Transcoder {
             if !keyframe {
                 buffer.set_flags(gst::BufferFlags::DELTA_UNIT);
             }
+            mark_ingest_time(buffer);
         }
         src.push_buffer(buffer).map(|_| ()).map_err(|e| TranscodeError::Push(format!("video: {e:?}")))
     }
@@ -189,6 +201,7 @@ impl Transcoder {
         frame.set_pts(gst::ClockTime::from_mseconds(pts_ms));
         // Its duration, so that the muxer knows where the last frame of a stream ends.
         frame.set_duration(self.audio_frame);
+        mark_ingest_time(frame);
         src.push_buffer(buffer).map(|_| ()).map_err(|e| TranscodeError::Push(format!("audio: {e:?}")))
     }
 

@@ -134,6 +134,13 @@ fn a_segment_being_encoded_streams_chunk_by_chunk_and_equals_the_complete_segmen
         let complete = complete.bytes().unwrap().to_vec();
         assert!(complete == read.bytes(), "{rendition} segment {number}: streamed {} bytes, complete {} bytes", read.bytes().len(), complete.len());
         assert_eq!(boxes(&complete).iter().filter(|b| *b == "styp").count(), 1, "one styp per segment: {:?}", boxes(&complete));
+        // Every chunk says when its first frame reached the node (NTP time in its prft).
+        assert_eq!(boxes(&complete).iter().filter(|b| *b == "prft").count(), CHUNKS_PER_SEGMENT, "a prft per chunk: {:?}", boxes(&complete));
+        let prft = complete.windows(4).position(|w| w == b"prft").unwrap() + 4;
+        let ntp_seconds = u32::from_be_bytes(complete[prft + 8..prft + 12].try_into().unwrap()) as u64;
+        let ingest = SystemTime::UNIX_EPOCH + Duration::from_secs(ntp_seconds - 2_208_988_800);
+        let age = SystemTime::now().duration_since(ingest).unwrap_or_else(|e| panic!("prft {:?} in the future", e.duration()));
+        assert!(age < Duration::from_secs(30), "prft says the chunk's first frame arrived {age:?} ago");
         if rendition != "audio" {
             let (codec, _, _, frames) = probe(&get_bytes(&app.url(init_url)), &complete);
             assert_eq!(codec, "h264");
