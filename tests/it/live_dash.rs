@@ -3,6 +3,7 @@
 //! publishes again under the same key.
 
 use std::collections::HashMap;
+use std::process::Command;
 use std::time::Duration;
 
 use crate::support::*;
@@ -239,4 +240,76 @@ fn portrait_sources_get_rungs_by_their_short_side() {
     // The provisional ladder was already right: the first measurement re-planned nothing.
     // (A host too loaded to keep up may still shed rungs; that is a different re-plan.)
     assert!(!app.logs().contains("re-plan at the next keyframe reason=initial measurement"), "{}", app.logs());
+}
+
+const READER_STREAM: &str = "recorded";
+/// A 4 s DVR window, so the stream is older than it well before the reader starts.
+const READER_CONFIG: &str = "[transcode]\nx264_preset = \"ultrafast\"\n[package]\ndvr_window = \"4s\"\n";
+
+/// 404s answered for segments so far.
+fn segment_404s(app: &Appliance) -> f64 {
+    app.metrics().get("rackcast_http_requests_total", &[("route", "/live/:stream/:rendition/:file"), ("status", "404")]).unwrap_or(0.0)
+}
+
+/// ffmpeg without `-re` (as `ffmpeg -i URL -c copy out.mp4` records or restreams) reads
+/// faster than real time and asks for the next segment before it is written: the server
+/// waits for that segment instead of answering 404, so the recording holds the 20 s asked
+/// for; a segment further ahead is still refused at once.
+#[test]
+fn ffmpeg_records_a_live_stream_older_than_its_dvr_window_without_a_404() {
+    let app = Appliance::start(Some(READER_CONFIG));
+    let _publisher = Publisher::start(&app.publish_url("live", READER_STREAM), 60, "640x360");
+    let period = wait_until("a stream older than its 4 s DVR window", Duration::from_secs(30), || {
+        let period = fetch_mpd(&app, READER_STREAM)?.periods.last()?.clone();
+        let video = period.adaptations.iter().find(|a| a.contentType.as_deref() == Some("video"))?;
+        (segments(READER_STREAM, &video.representations[0]).1.first()?.number > 4).then_some(period)
+    });
+
+    // Further ahead than the next segment (the store may be a segment ahead of the MPD
+    // read here): 404 at once, no request parked on a future number.
+    let video = period.adaptations.iter().find(|a| a.contentType.as_deref() == Some("video")).unwrap();
+    let (_, listed) = segments(READER_STREAM, &video.representations[0]);
+    let newest = listed.last().unwrap();
+    let ahead = newest.url.replace(&format!("-{}.m4s", newest.number), &format!("-{}.m4s", newest.number + 4));
+    let asked = std::time::Instant::now();
+    assert_eq!(get(&app.url(&ahead)).status(), 404, "{ahead}");
+    assert!(asked.elapsed() < Duration::from_millis(500), "a segment four ahead was refused after {:?}", asked.elapsed());
+
+    let before = segment_404s(&app);
+    let out = tempfile::Builder::new().suffix(".mp4").tempfile().unwrap();
+    let url = app.url(&format!("/live/{READER_STREAM}/manifest-number.mpd"));
+    let mut recorder = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", &url, "-t", "20", "-c", "copy"])
+        .arg(out.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // 20 s of media read in real time, and time to start; a reader stuck on 404s never ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = recorder.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = recorder.kill();
+            let _ = recorder.wait();
+            panic!("ffmpeg had not recorded 20 s after 60 s (stuck on missing segments?)");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "ffmpeg exited with {status}");
+    assert_eq!(segment_404s(&app) - before, 0.0, "no segment request of the recording was answered 404");
+
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets:format=duration", "-of", "default=nw=1"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&probe.stdout);
+    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix('=')?.parse::<f64>().ok());
+    let (frames, duration) = (field("nb_read_packets").unwrap_or(0.0), field("duration").unwrap_or(0.0));
+    println!("recorded {duration:.2} s, {frames} video frames");
+    assert!((19.0..=21.0).contains(&duration), "the recording holds {duration} s, not the 20 s asked for ({text})");
+    assert!(frames >= 19.0 * 30.0, "{frames} video frames in 20 s at 30 fps");
 }
