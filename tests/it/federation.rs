@@ -300,13 +300,14 @@ fn one_streams_failures_stay_in_its_scope() {
     let _ = scripted.send(&garbage, 0).and_then(|_| scripted.send(&keyframe, 0));
     running[1].wait_for_log("stream torn down: AVC decoder configuration is invalid", Duration::from_secs(10));
 
-    // 3. A viewer asks the edge for a segment before it exists: the live node's 404 is
-    //    no-store, so the edge does not keep it and serves the segment once it is there.
+    // 3. A viewer asks the edge for a segment long before it exists (the next one would be
+    //    waited for): the live node's 404 is no-store, so the edge does not keep it and
+    //    serves the segment once it is there.
     let rep = video_rep(&dash_mpd_core::parse(&get(&edge_mpd).text().unwrap()).unwrap()).unwrap();
     let newest = segments(&watched, &rep).1.last().unwrap().clone();
-    let future = newest.url.replace(&format!("-{}.m4s", newest.number), &format!("-{}.m4s", newest.number + 2));
+    let future = newest.url.replace(&format!("-{}.m4s", newest.number), &format!("-{}.m4s", newest.number + 4));
     assert_eq!(get(&format!("{}{future}", http(3))).status(), 404, "not produced yet");
-    wait_until("the early segment served once it exists", Duration::from_secs(6), || {
+    wait_until("the early segment served once it exists", Duration::from_secs(8), || {
         (get(&format!("{}{future}", http(3))).status() == 200).then_some(())
     });
 
