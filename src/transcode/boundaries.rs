@@ -177,12 +177,7 @@ pub(super) fn cut_audio_segments(
     video: Option<Arc<Boundaries>>,
     cuts_made: Arc<Boundaries>,
 ) -> Result<(), TranscodeError> {
-    let mux = pipeline.by_name(AUDIO_MUX).ok_or_else(|| TranscodeError::NoElement(AUDIO_MUX.into()))?;
-    let pad = mux
-        .sink_pads()
-        .first()
-        .and_then(|sink| sink.peer())
-        .ok_or_else(|| TranscodeError::NoElement(format!("{AUDIO_MUX}'s upstream pad")))?;
+    let pad = muxer_input(pipeline, AUDIO_MUX)?;
     let cuts = std::sync::Mutex::new((AudioCuts::new(interval), chunk.map(ChunkGrid::new)));
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
         let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
@@ -282,12 +277,7 @@ impl ChunkGrid {
 /// after the encoder: it sees the encoded frames in decode order, and an extra keyframe
 /// the encoder chose (a scene cut) starts no segment.
 pub(super) fn split_video_fragments(pipeline: &gst::Pipeline, mux_name: &str, chunk: Option<Duration>, boundaries: Arc<Boundaries>) -> Result<(), TranscodeError> {
-    let mux = pipeline.by_name(mux_name).ok_or_else(|| TranscodeError::NoElement(mux_name.into()))?;
-    let pad = mux
-        .sink_pads()
-        .first()
-        .and_then(|sink| sink.peer())
-        .ok_or_else(|| TranscodeError::NoElement(format!("{mux_name}'s upstream pad")))?;
+    let pad = muxer_input(pipeline, mux_name)?;
     // The grid, and where the current segment started.
     let state = std::sync::Mutex::new((chunk.map_or_else(ChunkGrid::whole_segments, ChunkGrid::new), None::<u64>));
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
@@ -311,6 +301,16 @@ pub(super) fn split_video_fragments(pipeline: &gst::Pipeline, mux_name: &str, ch
         gst::PadProbeReturn::Ok
     });
     Ok(())
+}
+
+/// The pad that feeds the muxer named `mux_name`: split-now events pushed there travel in
+/// order with the frames.
+fn muxer_input(pipeline: &gst::Pipeline, mux_name: &str) -> Result<gst::Pad, TranscodeError> {
+    let mux = pipeline.by_name(mux_name).ok_or_else(|| TranscodeError::NoElement(mux_name.into()))?;
+    mux.sink_pads()
+        .first()
+        .and_then(|sink| sink.peer())
+        .ok_or_else(|| TranscodeError::NoElement(format!("{mux_name}'s upstream pad")))
 }
 
 /// `pts` on the running-time clock of the segment that `pad` carries.
