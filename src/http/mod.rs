@@ -23,8 +23,10 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::body::Body;
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tower_http::cors::CorsLayer;
@@ -32,6 +34,7 @@ use tower_http::cors::CorsLayer;
 use crate::media::StreamId;
 use crate::audience::Audience;
 use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
+use crate::store::growing::ReadError;
 use crate::store::{Lookup, ManifestForm, ObjectKey, Part, Store, Stored};
 use crate::stream::StreamRegistry;
 
@@ -265,15 +268,47 @@ async fn object(
             bytes_response(bytes, content_type, IMMUTABLE)
         }
         Lookup::Found(Stored::Growing(body)) => {
-            // Counted with what it holds now; the rest follows within the segment.
-            note_viewer(&state.audience, &stream, &peer, &headers, body.len());
+            let audience = Arc::clone(&state.audience);
+            let delivered = move |bytes| note_viewer(&audience, &stream, &peer, &headers, bytes);
             let headers = [(header::CONTENT_TYPE, HeaderValue::from_static(content_type)), (header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE))];
-            (StatusCode::OK, headers, axum::body::Body::from_stream(body.reader(GROWING_STALL))).into_response()
+            (StatusCode::OK, headers, streamed_body(body.reader(GROWING_STALL), delivered)).into_response()
         }
         // A cached 404 would hide a segment written a moment later from every viewer behind
         // that cache for the cache's lifetime.
         Lookup::Missing => error(StatusCode::NOT_FOUND, "no such segment\n"),
         Lookup::UnknownStream => unknown_stream(&stream),
+    }
+}
+
+/// A growing body as a response body, sent chunked (the live node's segments being
+/// encoded, and a tier's relays). A reader's error (the body was abandoned, or stalled) is
+/// returned from the stream, so hyper cuts the response off instead of ending it as if
+/// complete. `delivered` is told the bytes sent when the response ends, however it ends.
+pub fn streamed_body(reader: impl Stream<Item = Result<Bytes, ReadError>> + Send + 'static, delivered: impl FnOnce(usize) + Send + 'static) -> Body {
+    let mut sent = Sent { bytes: 0, delivered: Some(delivered) };
+    Body::from_stream(reader.inspect(move |chunk| sent.count(chunk)))
+}
+
+/// Bytes of a relayed response sent so far; reported when the response body is dropped
+/// (complete, cut off, or the viewer gone).
+struct Sent<F: FnOnce(usize)> {
+    bytes: usize,
+    delivered: Option<F>,
+}
+
+impl<F: FnOnce(usize)> Sent<F> {
+    fn count(&mut self, chunk: &Result<Bytes, ReadError>) {
+        if let Ok(chunk) = chunk {
+            self.bytes += chunk.len();
+        }
+    }
+}
+
+impl<F: FnOnce(usize)> Drop for Sent<F> {
+    fn drop(&mut self) {
+        if let Some(delivered) = self.delivered.take() {
+            delivered(self.bytes);
+        }
     }
 }
 

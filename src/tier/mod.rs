@@ -31,14 +31,12 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tower_http::cors::CorsLayer;
@@ -49,13 +47,12 @@ pub use metrics::{TierCounts, TierMetrics};
 pub use prefetch::{NewestSegment, newest_segments};
 pub use proxy::CacheStatus;
 
-use crate::http::{MEDIA_PLAYLIST_ROUTE, MULTIVARIANT_ROUTE, Peer, note_viewer, path};
+use crate::http::{MEDIA_PLAYLIST_ROUTE, MULTIVARIANT_ROUTE, Peer, note_viewer, path, streamed_body};
 use crate::audience::Audience;
 use crate::media::StreamId;
 use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
 use crate::section::InvalidKey;
 use crate::store::ManifestForm;
-use crate::store::growing::ReadError;
 use prefetch::RenditionTracker;
 use proxy::{Answer, Flights, ObjectRequest, Outcome};
 
@@ -372,7 +369,7 @@ fn respond(
         }
         Answer::Complete(object) => (object.head.status, object.body.clone()).into_response(),
         // Only 200 segments grow (proxy.rs), so there is nothing to rewrite.
-        Answer::Growing(growing) => (growing.head.status, relayed(growing.body.reader(stall), delivered)).into_response(),
+        Answer::Growing(growing) => (growing.head.status, streamed_body(growing.body.reader(stall), delivered)).into_response(),
     };
     let head = answer.head();
     let headers = response.headers_mut();
@@ -384,37 +381,6 @@ fn respond(
     }
     headers.insert(CACHE_STATUS_HEADER, HeaderValue::from_static(status.as_str()));
     response
-}
-
-/// A growing body as a response body, sent chunked. A reader's error (the body was
-/// abandoned, or stalled) is returned from the stream, so hyper cuts the response off
-/// instead of ending it as if complete.
-fn relayed(reader: impl Stream<Item = Result<Bytes, ReadError>> + Send + 'static, delivered: impl FnOnce(usize) + Send + 'static) -> Body {
-    let mut sent = Sent { bytes: 0, delivered: Some(delivered) };
-    Body::from_stream(reader.inspect(move |chunk| sent.count(chunk)))
-}
-
-/// Bytes of a relayed response sent so far; reported when the response body is dropped
-/// (complete, cut off, or the viewer gone).
-struct Sent<F: FnOnce(usize)> {
-    bytes: usize,
-    delivered: Option<F>,
-}
-
-impl<F: FnOnce(usize)> Sent<F> {
-    fn count(&mut self, chunk: &Result<Bytes, ReadError>) {
-        if let Ok(chunk) = chunk {
-            self.bytes += chunk.len();
-        }
-    }
-}
-
-impl<F: FnOnce(usize)> Drop for Sent<F> {
-    fn drop(&mut self) {
-        if let Some(delivered) = self.delivered.take() {
-            delivered(self.bytes);
-        }
-    }
 }
 
 /// The one place a `TierError` becomes a response.
