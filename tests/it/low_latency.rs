@@ -59,33 +59,8 @@ impl GrowingRead {
     }
 }
 
-/// Requests the segment after the newest one the MPD lists until the node serves it, and
-/// reads it to the end as it arrives. With `growing`, a segment already complete (the MPD
-/// can list a segment late, while its renditions line up) is passed over for the next.
-/// Also returns the wall-clock time at which the segment's media starts, by the MPD.
-fn read_next_segment(app: &Appliance, rendition: &str, growing: bool) -> (String, u64, GrowingRead, SystemTime) {
-    let mpd = fetch_mpd(app, STREAM).expect("MPD");
-    let period = mpd.periods.last().unwrap();
-    let rep = period.adaptations.iter().flat_map(|a| &a.representations).find(|r| r.id.as_deref() == Some(rendition)).expect("rendition");
-    let (init, listed) = segments(STREAM, rep);
-    let newest = listed.last().unwrap();
-    let mut next = newest.number + 1;
-    let ast = SystemTime::UNIX_EPOCH + Duration::from_millis(mpd.availabilityStartTime.unwrap().timestamp_millis() as u64);
-    let segment_url = |n: u64| newest.url.replace(&format!("-{}.m4s", newest.number), &format!("-{n}.m4s"));
-    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let mut response = wait_until(&format!("a segment of {rendition} after {}", newest.number), Duration::from_secs(5), || {
-        let response = http.get(app.url(&segment_url(next))).send().unwrap();
-        match response.status().as_u16() {
-            200 if growing && response.content_length().is_some() => {
-                next += 1;
-                None
-            }
-            200 => Some(response),
-            _ => None,
-        }
-    });
-    let url = segment_url(next);
-    let starts = ast + period.start.unwrap_or_default() + Duration::from_secs_f64((newest.time + newest.duration) as f64 / newest.timescale as f64 + (next - newest.number - 1) as f64);
+/// Reads a segment to its end as it arrives.
+fn read_segment(mut response: reqwest::blocking::Response, url: &str) -> GrowingRead {
     let chunked = response.content_length().is_none();
     let mut reads = Vec::new();
     let mut buffer = vec![0; 64 * 1024];
@@ -95,12 +70,49 @@ fn read_next_segment(app: &Appliance, rendition: &str, growing: bool) -> (String
             break;
         }
         reads.push((Instant::now(), buffer[..n].to_vec()));
-        if reads.len() == 1 {
-            let lag = SystemTime::now().duration_since(starts).map(|d| d.as_millis() as i64).unwrap_or_else(|e| -(e.duration().as_millis() as i64));
-            println!("{rendition} segment {next}: first bytes {lag} ms after its media start by the MPD's clock");
-        }
     }
-    (format!("{init}|{url}"), next, GrowingRead { reads, chunked }, starts)
+    GrowingRead { reads, chunked }
+}
+
+/// Requests the segment after the newest one the MPD lists until the node serves it, and
+/// reads it to the end as it arrives. With `growing`, a segment already complete, or joined
+/// after its second chunk (the MPD can list a segment late, while its renditions line up),
+/// is passed over for the next, which the node waits for. Also returns the wall-clock time
+/// at which the segment's media starts, by the MPD.
+fn read_next_segment(app: &Appliance, rendition: &str, growing: bool) -> (String, u64, GrowingRead, SystemTime) {
+    let mpd = fetch_mpd(app, STREAM).expect("MPD");
+    let period = mpd.periods.last().unwrap();
+    let rep = period.adaptations.iter().flat_map(|a| &a.representations).find(|r| r.id.as_deref() == Some(rendition)).expect("rendition");
+    let (init, listed) = segments(STREAM, rep);
+    let newest = listed.last().unwrap();
+    let ast = SystemTime::UNIX_EPOCH + Duration::from_millis(mpd.availabilityStartTime.unwrap().timestamp_millis() as u64);
+    let segment_url = |n: u64| newest.url.replace(&format!("-{}.m4s", newest.number), &format!("-{n}.m4s"));
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let mut next = newest.number + 1;
+    wait_until(&format!("a segment of {rendition} after {} read from its start", newest.number), Duration::from_secs(8), || {
+        let url = segment_url(next);
+        let response = http.get(app.url(&url)).send().unwrap();
+        if response.status() != 200 {
+            return None;
+        }
+        if growing && response.content_length().is_some() {
+            next += 1;
+            return None;
+        }
+        let (asked, asked_at) = (SystemTime::now(), Instant::now());
+        let read = read_segment(response, &url);
+        let arrivals = read.moof_arrivals();
+        // Two chunks at once: they were there before the request.
+        if growing && arrivals.len() >= 2 && arrivals[1].duration_since(arrivals[0]) < Duration::from_millis(50) {
+            next += 1;
+            return None;
+        }
+        let starts = ast + period.start.unwrap_or_default() + Duration::from_secs_f64((newest.time + newest.duration) as f64 / newest.timescale as f64 + (next - newest.number - 1) as f64);
+        let first_bytes = asked + read.reads[0].0.duration_since(asked_at);
+        let lag = first_bytes.duration_since(starts).map(|d| d.as_millis() as i64).unwrap_or_else(|e| -(e.duration().as_millis() as i64));
+        println!("{rendition} segment {next}: first bytes {lag} ms after its media start by the MPD's clock");
+        Some((format!("{init}|{url}"), next, read, starts))
+    })
 }
 
 #[test]
@@ -157,7 +169,8 @@ fn a_segment_being_encoded_streams_chunk_by_chunk_and_equals_the_complete_segmen
     };
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let started = Instant::now();
-    let ahead = http.get(next(current + 2)).send().unwrap();
+    // (`current` is complete; the one after it may have started already.)
+    let ahead = http.get(next(current + 3)).send().unwrap();
     assert_eq!(ahead.status(), 404, "two segments ahead of the live edge");
     assert!(started.elapsed() < Duration::from_millis(1500), "refused at once, not after the next-segment wait: {:?}", started.elapsed());
     let waited = http.get(next(current + 1)).send().unwrap();
