@@ -16,9 +16,11 @@ use super::io::{SessionOutput, SinkBinding};
 /// every segment into chunks.
 pub(super) fn attach_sink(sink: &AppSink, binding: SinkBinding, output: SessionOutput, boundaries: Arc<Boundaries>, chunked: bool) {
     let limit = output.packager.max_fragment_bytes();
-    let assembler = Arc::new(Mutex::new(if chunked { FragmentAssembler::chunked(limit) } else { FragmentAssembler::new(limit) }));
-    let rendition_sink = Arc::new(RenditionSink { binding, output, boundaries });
-    let (span, at_eos, eos_span, at_end) = (tracing::Span::current(), Arc::clone(&assembler), tracing::Span::current(), Arc::clone(&rendition_sink));
+    let assembler = Mutex::new(if chunked { FragmentAssembler::chunked(limit) } else { FragmentAssembler::new(limit) });
+    let rendition_sink = Arc::new(RenditionSink { binding, output, boundaries, assembler });
+    let at_eos = Arc::clone(&rendition_sink);
+    let span = tracing::Span::current();
+    let eos_span = span.clone();
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
@@ -27,7 +29,7 @@ pub(super) fn attach_sink(sink: &AppSink, binding: SinkBinding, output: SessionO
                 // Encoders offset their timestamps (x264 starts at 1000 h): the timeline
                 // uses running time, as the muxer's tfdt does.
                 let segment = sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>()).cloned();
-                let mut assembler = assembler.lock().map_err(|_| gst::FlowError::Error)?;
+                let mut assembler = rendition_sink.assembler.lock().map_err(|_| gst::FlowError::Error)?;
                 let mut handle = |buffer: &gst::BufferRef| -> Result<(), gst::FlowError> {
                     let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
                     let flags = buffer.flags();
@@ -66,20 +68,22 @@ pub(super) fn attach_sink(sink: &AppSink, binding: SinkBinding, output: SessionO
             .eos(move |_| {
                 // A chunked muxer's last segment ends with the stream.
                 let _guard = eos_span.enter();
-                let last = at_eos.lock().ok().and_then(|mut assembler| assembler.finish());
+                let last = at_eos.assembler.lock().ok().and_then(|mut assembler| assembler.finish());
                 if let Some(last) = last {
-                    let _ = at_end.deliver(last);
+                    let _ = at_eos.deliver(last);
                 }
             })
             .build(),
     );
 }
 
-/// Where one rendition's muxer output goes.
+/// One rendition's muxer output: reassembled, and where it goes.
 struct RenditionSink {
     binding: SinkBinding,
     output: SessionOutput,
     boundaries: Arc<Boundaries>,
+    /// Taken by the streaming thread for each sample, and once at EOS.
+    assembler: Mutex<FragmentAssembler>,
 }
 
 impl RenditionSink {
