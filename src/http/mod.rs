@@ -223,7 +223,7 @@ fn playlist(state: HttpState, stream: &str, rendition: Option<&str>, peer: Peer,
         Ok(pair) => pair,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    let body = state.store.playlist(&stream, &playlist);
+    let body = state.store.playlist(&stream, &playlist).map(|p| p.text);
     serve_manifest(&state, &stream, body, HLS_CONTENT_TYPE, &peer, &headers)
 }
 
