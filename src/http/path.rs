@@ -1,5 +1,8 @@
 //! Parsing of viewer request paths into store addresses. Pure; every element is validated
-//! as an identifier, so no form of traversal or encoding trick reaches the store.
+//! as an identifier, so no form of traversal or encoding trick reaches the store. Also a
+//! media playlist's query: an LL-HLS blocking reload (`_HLS_msn`, `_HLS_part`), the one
+//! query any path takes; every other parameter is refused, so the query space a tier
+//! keys its cache by stays bounded.
 
 use crate::media::{IdError, RenditionId, SessionId, StreamId};
 use crate::store::{Part, Playlist};
@@ -17,6 +20,53 @@ pub enum PathError {
     Id(#[from] IdError),
     #[error("{0:?} is neither init-{{session}}.mp4 nor {{session}}-{{number}}.m4s")]
     FileName(String),
+    #[error("bad playlist query {0:?}: only _HLS_msn=N and _HLS_part=N (with _HLS_msn)")]
+    Query(String),
+}
+
+/// An LL-HLS blocking playlist reload: answer once the playlist holds segment `msn` (part
+/// `part` of it) or later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockingReload {
+    pub msn: u64,
+    pub part: Option<u64>,
+}
+
+impl BlockingReload {
+    /// The query that asks for it, in one canonical form (a tier's cache key and upstream
+    /// request).
+    pub fn query(&self) -> String {
+        match self.part {
+            Some(part) => format!("_HLS_msn={}&_HLS_part={part}", self.msn),
+            None => format!("_HLS_msn={}", self.msn),
+        }
+    }
+}
+
+/// A media playlist's query: none, or a blocking reload.
+pub fn blocking_reload(query: Option<&str>) -> Result<Option<BlockingReload>, PathError> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else { return Ok(None) };
+    let bad = || PathError::Query(query.chars().take(80).collect());
+    let number = |value: &str| match value.len() {
+        1..=19 if value.bytes().all(|b| b.is_ascii_digit()) => value.parse::<u64>().map_err(|_| bad()),
+        _ => Err(bad()),
+    };
+    let (mut msn, mut part) = (None, None);
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').ok_or_else(bad)?;
+        let slot = match name {
+            "_HLS_msn" => &mut msn,
+            "_HLS_part" => &mut part,
+            _ => return Err(bad()),
+        };
+        if slot.replace(number(value)?).is_some() {
+            return Err(bad());
+        }
+    }
+    match msn {
+        Some(msn) => Ok(Some(BlockingReload { msn, part })),
+        None => Err(bad()),
+    }
 }
 
 pub fn stream(raw: &str) -> Result<StreamId, PathError> {
@@ -52,6 +102,18 @@ pub fn object(rendition: &str, file: &str) -> Result<ObjectPath, PathError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn blocking_reload_queries() {
+        assert_eq!(blocking_reload(None), Ok(None));
+        assert_eq!(blocking_reload(Some("")), Ok(None));
+        assert_eq!(blocking_reload(Some("_HLS_msn=12")), Ok(Some(BlockingReload { msn: 12, part: None })));
+        let both = blocking_reload(Some("_HLS_part=3&_HLS_msn=12")).unwrap().unwrap();
+        assert_eq!((both, both.query().as_str()), (BlockingReload { msn: 12, part: Some(3) }, "_HLS_msn=12&_HLS_part=3"));
+        for bad in ["_HLS_part=1", "_HLS_msn=-1", "_HLS_msn=1&_HLS_msn=2", "_HLS_msn=1&t=5", "_HLS_msn", "_HLS_msn=99999999999999999999", "_HLS_msn=+1", "_HLS_msn=1&_HLS_skip=YES"] {
+            assert!(blocking_reload(Some(bad)).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn init_and_media_names() {
