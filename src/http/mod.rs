@@ -304,14 +304,14 @@ async fn object(
         Lookup::Found(Stored::Complete(bytes)) => {
             note_viewer(&state.audience, &stream, &peer, &headers, bytes.len());
             match range {
-                Some(range) => complete_range(bytes, range, content_type),
+                Some(range) => complete_range(bytes, range, HeaderValue::from_static(content_type)),
                 None => bytes_response(bytes, content_type, IMMUTABLE),
             }
         }
         Lookup::Found(Stored::Growing(body)) if range.is_some() => {
             let range = range.expect("checked");
             note_viewer(&state.audience, &stream, &peer, &headers, 0);
-            growing_range(body, range, content_type, state.next_segment_wait).await
+            growing_range(body, range, HeaderValue::from_static(content_type), state.next_segment_wait, GROWING_STALL).await
         }
         Lookup::Found(Stored::Growing(body)) => {
             // Counted with what it holds now; the rest follows within the segment.
@@ -327,7 +327,7 @@ async fn object(
 }
 
 /// `range` of a complete object: 206 with those bytes, or 416 past its end.
-pub fn complete_range(bytes: Bytes, range: ByteRange, content_type: &'static str) -> Response {
+pub fn complete_range(bytes: Bytes, range: ByteRange, content_type: HeaderValue) -> Response {
     let len = bytes.len() as u64;
     if range.first() >= len {
         let headers = [(header::CONTENT_RANGE, format!("bytes */{len}")), (header::CACHE_CONTROL, "no-store".into())];
@@ -335,7 +335,7 @@ pub fn complete_range(bytes: Bytes, range: ByteRange, content_type: &'static str
     }
     let end = range.end_within(len);
     let headers = [
-        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+        (header::CONTENT_TYPE, content_type),
         (header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE)),
         (header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {}-{}/{len}", range.first(), end - 1)).expect("ascii")),
     ];
@@ -346,9 +346,10 @@ pub fn complete_range(bytes: Bytes, range: ByteRange, content_type: &'static str
 /// (`first-last`) is answered once all its bytes exist, whole, never trickled; a hint
 /// (`first-`) once byte `first` is the next to come, streaming from there as the segment
 /// grows (chunked, no `Content-Range`: its last byte is not known yet; RFC 9110 has no
-/// form for that, and players that follow hints read to the end). Either waits up to
-/// `wait`, then 503; a segment completed meanwhile answers as a complete one does.
-pub async fn growing_range(body: std::sync::Arc<GrowingBody>, range: ByteRange, content_type: &'static str, wait: std::time::Duration) -> Response {
+/// form for that, and players that follow hints read to the end), each chunk within
+/// `stall`. Either waits up to `wait`, then 503; a segment completed meanwhile answers as
+/// a complete one does. Tiers answer ranges of a relayed body with it too.
+pub async fn growing_range(body: Arc<GrowingBody>, range: ByteRange, content_type: HeaderValue, wait: std::time::Duration, stall: std::time::Duration) -> Response {
     let needed = match range {
         ByteRange::Closed { last, .. } => last.saturating_add(1),
         ByteRange::From(first) => first,
@@ -366,15 +367,15 @@ pub async fn growing_range(body: std::sync::Arc<GrowingBody>, range: ByteRange, 
             let bytes = body.concat();
             let end = range.end_within(bytes.len() as u64);
             let headers = [
-                (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+                (header::CONTENT_TYPE, content_type),
                 (header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE)),
                 (header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {first}-{}/*", end - 1)).expect("ascii")),
             ];
             (StatusCode::PARTIAL_CONTENT, headers, bytes.slice(first as usize..end as usize)).into_response()
         }
         ByteRange::From(_) => {
-            let headers = [(header::CONTENT_TYPE, HeaderValue::from_static(content_type)), (header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE))];
-            (StatusCode::PARTIAL_CONTENT, headers, axum::body::Body::from_stream(skip_bytes(body.reader(GROWING_STALL), first))).into_response()
+            let headers = [(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE))];
+            (StatusCode::PARTIAL_CONTENT, headers, axum::body::Body::from_stream(skip_bytes(body.reader(stall), first))).into_response()
         }
     }
 }
