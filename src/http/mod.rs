@@ -7,6 +7,14 @@
 //! A segment still being encoded (low latency) is answered at once and streamed chunk by
 //! chunk as the muxer cuts it (chunked transfer, no Content-Length), ending when it is
 //! complete; the bytes are the same a later request gets whole, so it is as immutable.
+//!
+//! LL-HLS: a segment answers a `Range` request (range.rs) with 206 and those bytes: a part
+//! of a growing segment once all its bytes exist (never trickled), an open-ended preload
+//! hint at once, streaming from its offset as the segment grows; 416 past the end of a
+//! complete one ([`complete_range`], [`growing_range`]). A media playlist with
+//! `?_HLS_msn=M[&_HLS_part=P]` (path.rs) is a blocking reload: answered once the playlist
+//! holds that part or later (`Store::playlist_when`), 400 more than two segments ahead,
+//! 503 after three target durations; cacheable by URL for [`BLOCKING_PLAYLIST_CACHE`].
 //! config.rs holds `[http]`; server.rs is the bounded accept loop every node serves
 //! through (connection cap, time-outs); path.rs parses request paths.
 

@@ -29,6 +29,39 @@
 //! `EXT-X-ENDLIST`: broadcasters reconnect, and a player that keeps reloading follows the
 //! republish across its discontinuity (where a DASH player stops at the static MPD); once
 //! the stream is forgotten (a DVR window after its end) they answer 404.
+//!
+//! **LL-HLS** (RFC 8216bis, with `package.low_latency`: the packager passes the chunk
+//! duration). Each CMAF chunk the muxer cuts is a part (`timeline::PartEntry`): a byte
+//! range of its segment's one URL, so parts and segments are the same stored bytes and a
+//! plain HLS player, which ignores the LL tags, plays the same playlist.
+//!
+//! - `EXT-X-PART:DURATION=..,URI="{session}-{n}.m4s",BYTERANGE="len@offset"` (with
+//!   `INDEPENDENT=YES` on a part that starts with a keyframe, or audio) for every part of
+//!   the complete segments that start within the last three target durations, before each
+//!   segment's `EXTINF`; then the segment being encoded, listed by its parts only (after
+//!   the last complete segment), until it is complete. Parts of a segment are numbered
+//!   from 0 in order, so (media sequence, part index) names one part on every reload.
+//! - `EXT-X-PRELOAD-HINT:TYPE=PART,URI=..,BYTERANGE-START=` the next part's first byte:
+//!   the end of the growing segment's parts, or 0 of the next segment. No length: the
+//!   live node streams an open-ended range as the segment grows (http module). None once
+//!   the stream ended, or while the live Period's first segment is incomplete.
+//! - `EXT-X-PART-INF:PART-TARGET=`: parts are whole frames on a `chunk_duration` grid
+//!   (the first frame at or after each multiple of it starts a part), so a part can last
+//!   up to a frame longer (208.3 ms at 24 fps on a 200 ms grid), and the last part of a
+//!   segment ends where the keyframe of the next one falls. The target is therefore the
+//!   configured chunk duration or the longest part any listed track has had
+//!   (`Track::longest_part`, in exact timescale ticks), whichever is longer, rounded up to
+//!   the millisecond: every listed part is within it. It rises only when a longer part
+//!   appears, which the first segment's parts (listed before any playlist exists) settle.
+//! - `EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=` three part targets (the
+//!   spec's recommendation; at least two).
+//! - `EXT-X-VERSION` stays 7: byte ranges need 4 and fMP4's `EXT-X-MAP` 6; the LL tags
+//!   need no higher version (only `EXT-X-SKIP`, not used, needs 9).
+//!
+//! Each media playlist comes with its [`PlaylistPosition`] (the last complete segment's
+//! media sequence number, the parts of the next), which the store keeps beside the text
+//! for blocking reloads (`_HLS_msn`/`_HLS_part`, the http module). Not written:
+//! `EXT-X-SKIP` (delta playlists) and `EXT-X-RENDITION-REPORT`.
 
 use std::collections::HashMap;
 use std::fmt::Write;

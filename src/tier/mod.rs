@@ -14,6 +14,13 @@
 //! player never takes a truncated segment for a whole one. Hits on complete objects are
 //! served with a Content-Length.
 //!
+//! LL-HLS: a blocking playlist reload (`media.m3u8?_HLS_msn=..&_HLS_part=..`, validated,
+//! nothing else accepted) is its own cache key with its canonical query, coalesced like
+//! any miss and forwarded upstream, which holds it; its fetch budget is `request_timeout`
+//! plus [`BLOCKING_RELOAD_WAIT_MAX`], and the live node's 400/503 are passed on. A `Range`
+//! request for a segment is never sent upstream: the whole segment is fetched (or relayed)
+//! and cached as for any viewer, and the range served from it as the live node does.
+//!
 //! Who talks to it: app wiring builds a `TierState` with an `UpstreamResolver` (the cluster
 //! ring: the stream's origin for an edge, the stream's live node for an origin) and serves
 //! `router`. Files: cache.rs (sharded byte-bounded cache, lifetimes), proxy.rs (flights:
