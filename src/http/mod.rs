@@ -98,6 +98,11 @@ pub fn note_viewer(audience: &Audience, stream: &StreamId, peer: &Peer, headers:
 pub struct LiveMetrics {
     pub manifest_requests: Counter,
     pub object_requests: Counter,
+    /// LL-HLS blocking playlist reloads answered 503: the playlist did not get there in
+    /// three target durations (the stream stalled or ended).
+    pub blocking_reload_timeouts: Counter,
+    /// Byte-range requests of a growing segment answered 503: the bytes did not come in time.
+    pub range_wait_timeouts: Counter,
 }
 
 impl LiveMetrics {
@@ -105,6 +110,8 @@ impl LiveMetrics {
         let registry = registry.sub_registry_with_prefix("live");
         registry.register("manifest_requests", "Manifest requests this node answered from its own store", self.manifest_requests.clone());
         registry.register("object_requests", "Init and media segment requests this node answered from its own store", self.object_requests.clone());
+        registry.register("blocking_reload_timeouts", "LL-HLS blocking playlist reloads answered 503 after three target durations", self.blocking_reload_timeouts.clone());
+        registry.register("range_wait_timeouts", "Byte ranges of a segment being encoded answered 503: the bytes did not come in time", self.range_wait_timeouts.clone());
     }
 }
 
@@ -256,6 +263,7 @@ async fn blocking_playlist(state: HttpState, stream: &str, rendition: &str, relo
         }
         PlaylistLookup::TooFar => error(StatusCode::BAD_REQUEST, "_HLS_msn is more than two segments past the playlist's last\n"),
         PlaylistLookup::TimedOut => {
+            state.metrics.blocking_reload_timeouts.inc();
             tracing::debug!(stream = %stream, ?reload, "blocking playlist reload timed out");
             error(StatusCode::SERVICE_UNAVAILABLE, "the playlist did not reach _HLS_msn/_HLS_part in three target durations\n")
         }
@@ -310,7 +318,8 @@ async fn object(
     // that is missing is answered at once.
     match state.store.object_or_next(&stream, &key, state.next_segment_wait).await {
         Lookup::Found(Stored::Complete(bytes)) => {
-            note_viewer(&state.audience, &stream, &peer, &headers, bytes.len());
+            let served = range.map_or(bytes.len() as u64, |r| r.end_within(bytes.len() as u64).saturating_sub(r.first()));
+            note_viewer(&state.audience, &stream, &peer, &headers, served as usize);
             match range {
                 Some(range) => complete_range(bytes, range, HeaderValue::from_static(content_type)),
                 None => bytes_response(bytes, content_type, IMMUTABLE),
@@ -318,8 +327,14 @@ async fn object(
         }
         Lookup::Found(Stored::Growing(body)) if range.is_some() => {
             let range = range.expect("checked");
-            note_viewer(&state.audience, &stream, &peer, &headers, 0);
-            growing_range(body, range, HeaderValue::from_static(content_type), state.next_segment_wait, GROWING_STALL).await
+            // A part's length; a hint's bytes are not known yet.
+            note_viewer(&state.audience, &stream, &peer, &headers, range.known_len() as usize);
+            let response = growing_range(body, range, HeaderValue::from_static(content_type), state.next_segment_wait, GROWING_STALL).await;
+            if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+                state.metrics.range_wait_timeouts.inc();
+                tracing::debug!(stream = %stream, ?range, "a byte range of a growing segment did not arrive in time");
+            }
+            response
         }
         Lookup::Found(Stored::Growing(body)) => {
             // Counted with what it holds now; the rest follows within the segment.
@@ -452,8 +467,10 @@ mod tests {
         router(HttpState { store, registry: StreamRegistry::new(), metrics: Arc::default(), audience: Arc::default(), next_segment_wait: std::time::Duration::from_millis(100) })
     }
 
-    fn serving(store: &Arc<Store>) -> Router {
-        router(HttpState { store: Arc::clone(store), registry: StreamRegistry::new(), metrics: Arc::default(), audience: Arc::default(), next_segment_wait: std::time::Duration::from_millis(500) })
+    fn serving(store: &Arc<Store>) -> (Router, Arc<LiveMetrics>) {
+        let metrics = Arc::new(LiveMetrics::default());
+        let state = HttpState { store: Arc::clone(store), registry: StreamRegistry::new(), metrics: Arc::clone(&metrics), audience: Arc::default(), next_segment_wait: std::time::Duration::from_millis(500) };
+        (router(state), metrics)
     }
 
     async fn send(app: &Router, uri: &str, range: Option<&str>) -> (StatusCode, HeaderMap, Bytes) {
@@ -475,7 +492,7 @@ mod tests {
         let store = Arc::new(Store::new());
         let cam = StreamId::parse("cam").unwrap();
         store.put_object(&cam, key(7), Bytes::from_static(b"0123456789"));
-        let app = serving(&store);
+        let (app, metrics) = serving(&store);
         let (status, headers, body) = send(&app, "/live/cam/720p/abc-7.m4s", Some("bytes=2-4")).await;
         assert_eq!((status, headers[header::CONTENT_RANGE].to_str().unwrap(), &body[..]), (StatusCode::PARTIAL_CONTENT, "bytes 2-4/10", &b"234"[..]));
         assert_eq!(headers[header::CACHE_CONTROL], IMMUTABLE);
@@ -509,6 +526,7 @@ mod tests {
         // Bytes that never come: 503 after the wait while it grows, 416 once complete.
         store.append_chunk(&cam, key(9), Bytes::from_static(b"x"));
         assert_eq!(send(&app, "/live/cam/720p/abc-9.m4s", Some("bytes=5-9")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(metrics.range_wait_timeouts.get(), 1);
         assert_eq!(send(&app, "/live/cam/720p/abc-8.m4s", Some("bytes=8-9")).await.0, StatusCode::RANGE_NOT_SATISFIABLE);
         // A hint at the start of the next segment waits for it.
         let next = tokio::spawn({
@@ -535,7 +553,7 @@ mod tests {
             store.set_manifests(&cam, [None, None, None], playlists, summary);
         };
         publish("one part", 1);
-        let app = serving(&store);
+        let (app, metrics) = serving(&store);
         let url = |query: &str| format!("/live/cam/720p/media.m3u8?{query}");
         let (status, headers, body) = send(&app, &url("_HLS_msn=5&_HLS_part=0"), None).await;
         assert_eq!((status, &body[..], headers[header::CACHE_CONTROL].to_str().unwrap()), (StatusCode::OK, &b"one part"[..], BLOCKING_PLAYLIST_CACHE));
@@ -551,6 +569,7 @@ mod tests {
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"two parts"[..]));
         assert_eq!(send(&app, &url("_HLS_msn=7"), None).await.0, StatusCode::BAD_REQUEST, "three past the last");
         assert_eq!(send(&app, &url("_HLS_msn=6"), None).await.0, StatusCode::SERVICE_UNAVAILABLE, "after three target durations");
+        assert_eq!(metrics.blocking_reload_timeouts.get(), 1);
         assert_eq!(send(&app, &url("_HLS_part=1"), None).await.0, StatusCode::BAD_REQUEST);
         assert_eq!(send(&app, &url("other=1"), None).await.0, StatusCode::BAD_REQUEST);
         assert_eq!(send(&app, "/live/nope/720p/media.m3u8?_HLS_msn=1", None).await.0, StatusCode::NOT_FOUND);

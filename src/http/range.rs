@@ -22,6 +22,14 @@ impl ByteRange {
         }
     }
 
+    /// The bytes a closed range asks for; 0 for an open one (not known until it ends).
+    pub fn known_len(self) -> u64 {
+        match self {
+            ByteRange::Closed { first, last } => last - first + 1,
+            ByteRange::From(_) => 0,
+        }
+    }
+
     /// The byte after the range within an object of `len` bytes (the range is clipped to it).
     pub fn end_within(self, len: u64) -> u64 {
         match self {

@@ -370,8 +370,9 @@ async fn object(
     let outcome = state.lookup(ObjectRequest { stream: stream.clone(), key, kind: ObjectKind::Segment }).await;
     let stall = state.config.chunk_timeout;
     if let Some(range) = range {
-        note_viewer(&state.audience, &stream, &peer, &headers, 0);
-        return respond_range(outcome, range, stall).await;
+        // A part's length; a hint's bytes are not known yet.
+        note_viewer(&state.audience, &stream, &peer, &headers, range.known_len() as usize);
+        return respond_range(outcome, range, stall, &state.metrics, &stream).await;
     }
     respond(outcome, stall, Bytes::clone, move |bytes| note_viewer(&state.audience, &stream, &peer, &headers, bytes))
 }
@@ -426,7 +427,8 @@ fn respond(
 /// the range served from it as the live node does: from a complete object at once, from a
 /// relayed body once it holds the range's bytes (waiting up to `stall`), a hint streaming
 /// from its offset (`http::growing_range`).
-async fn respond_range((result, status): Outcome, range: ByteRange, stall: Duration) -> Response {
+/// One that does not arrive in time is counted and logged.
+async fn respond_range((result, status): Outcome, range: ByteRange, stall: Duration, metrics: &TierMetrics, stream: &StreamId) -> Response {
     let answer = match result {
         Ok(answer) => answer,
         Err(error) => return error_response(&error, Some(status)),
@@ -441,7 +443,14 @@ async fn respond_range((result, status): Outcome, range: ByteRange, stall: Durat
             }
             response
         }
-        Answer::Growing(growing) => crate::http::growing_range(Arc::clone(&growing.body), range, content_type, stall, stall).await,
+        Answer::Growing(growing) => {
+            let response = crate::http::growing_range(Arc::clone(&growing.body), range, content_type, stall, stall).await;
+            if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+                metrics.range_wait_timeouts.inc();
+                tracing::debug!(stream = %stream, ?range, "a byte range of a relayed segment did not arrive in time");
+            }
+            response
+        }
     };
     response.headers_mut().insert(CACHE_STATUS_HEADER, HeaderValue::from_static(status.as_str()));
     response
