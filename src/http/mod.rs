@@ -7,11 +7,20 @@
 //! A segment still being encoded (low latency) is answered at once and streamed chunk by
 //! chunk as the muxer cuts it (chunked transfer, no Content-Length), ending when it is
 //! complete; the bytes are the same a later request gets whole, so it is as immutable.
+//!
+//! LL-HLS: a segment answers a `Range` request (range.rs) with 206 and those bytes: a part
+//! of a growing segment once all its bytes exist (never trickled), an open-ended preload
+//! hint at once, streaming from its offset as the segment grows; 416 past the end of a
+//! complete one ([`complete_range`], [`growing_range`]). A media playlist with
+//! `?_HLS_msn=M[&_HLS_part=P]` (path.rs) is a blocking reload: answered once the playlist
+//! holds that part or later (`Store::playlist_when`), 400 more than two segments ahead,
+//! 503 after three target durations; cacheable by URL for [`BLOCKING_PLAYLIST_CACHE`].
 //! config.rs holds `[http]`; server.rs is the bounded accept loop every node serves
 //! through (connection cap, time-outs); path.rs parses request paths.
 
 pub mod config;
 pub mod path;
+pub mod range;
 pub mod server;
 
 pub use server::{HttpEdgeMetrics, serve};
@@ -19,7 +28,7 @@ pub use server::{HttpEdgeMetrics, serve};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -35,7 +44,8 @@ use crate::media::StreamId;
 use crate::audience::Audience;
 use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
 use crate::store::growing::ReadError;
-use crate::store::{Lookup, ManifestForm, ObjectKey, Part, Store, Stored};
+use crate::store::{GrowingBody, Lookup, ManifestForm, ObjectKey, Part, PlaylistLookup, Store, Stored};
+use range::ByteRange;
 use crate::stream::StreamRegistry;
 
 pub const MPD_CONTENT_TYPE: &str = "application/dash+xml";
@@ -45,6 +55,10 @@ pub const SEGMENT_CONTENT_TYPE: &str = "video/iso.segment";
 pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// Manifests: players re-fetch every update period; shared caches may hold one a second.
 pub const MANIFEST_CACHE: &str = "public, max-age=0, s-maxage=1";
+/// A blocking playlist reload's answer (LL-HLS): it holds what its URL's query asked for
+/// whenever it is served, so caches may keep it by URL; a second (the shortest `max-age`
+/// there is, about five part targets) keeps a cache from serving a playlist far behind.
+pub const BLOCKING_PLAYLIST_CACHE: &str = "public, max-age=1";
 /// A 404 for a stream this node does not have: players must ask again, shared caches may
 /// remember it briefly (a tier caps it at its `negative_ttl`), so a flood of requests for
 /// an unknown stream stops at the edge. A stream that starts is visible within that cap.
@@ -87,6 +101,11 @@ pub fn note_viewer(audience: &Audience, stream: &StreamId, peer: &Peer, headers:
 pub struct LiveMetrics {
     pub manifest_requests: Counter,
     pub object_requests: Counter,
+    /// LL-HLS blocking playlist reloads answered 503: the playlist did not get there in
+    /// three target durations (the stream stalled or ended).
+    pub blocking_reload_timeouts: Counter,
+    /// Byte-range requests of a growing segment answered 503: the bytes did not come in time.
+    pub range_wait_timeouts: Counter,
 }
 
 impl LiveMetrics {
@@ -94,6 +113,8 @@ impl LiveMetrics {
         let registry = registry.sub_registry_with_prefix("live");
         registry.register("manifest_requests", "Manifest requests this node answered from its own store", self.manifest_requests.clone());
         registry.register("object_requests", "Init and media segment requests this node answered from its own store", self.object_requests.clone());
+        registry.register("blocking_reload_timeouts", "LL-HLS blocking playlist reloads answered 503 after three target durations", self.blocking_reload_timeouts.clone());
+        registry.register("range_wait_timeouts", "Byte ranges of a segment being encoded answered 503: the bytes did not come in time", self.range_wait_timeouts.clone());
     }
 }
 
@@ -215,8 +236,43 @@ async fn multivariant(State(state): State<HttpState>, Path(stream): Path<String>
     playlist(state, &stream, None, peer, headers)
 }
 
-async fn media_playlist(State(state): State<HttpState>, Path((stream, rendition)): Path<(String, String)>, peer: Peer, headers: HeaderMap) -> Response {
-    playlist(state, &stream, Some(&rendition), peer, headers)
+async fn media_playlist(
+    State(state): State<HttpState>,
+    Path((stream, rendition)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
+    match path::blocking_reload(query.as_deref()) {
+        Ok(None) => playlist(state, &stream, Some(&rendition), peer, headers),
+        Ok(Some(reload)) => blocking_playlist(state, &stream, &rendition, reload, peer, headers).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
+}
+
+/// An LL-HLS blocking reload: the media playlist once it holds what `reload` asks for
+/// (RFC 8216bis 6.2.5.2): 400 for a segment more than two past the playlist's last, 503
+/// when it is not there within three target durations (`Store::playlist_when`).
+async fn blocking_playlist(state: HttpState, stream: &str, rendition: &str, reload: path::BlockingReload, peer: Peer, headers: HeaderMap) -> Response {
+    state.metrics.manifest_requests.inc();
+    let (stream, playlist) = match path::playlist(stream, Some(rendition)) {
+        Ok(pair) => pair,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    match state.store.playlist_when(&stream, &playlist, reload.msn, reload.part).await {
+        PlaylistLookup::Found(found) => {
+            note_viewer(&state.audience, &stream, &peer, &headers, found.text.len());
+            bytes_response(found.text, HLS_CONTENT_TYPE, BLOCKING_PLAYLIST_CACHE)
+        }
+        PlaylistLookup::TooFar => error(StatusCode::BAD_REQUEST, "_HLS_msn is more than two segments past the playlist's last\n"),
+        PlaylistLookup::TimedOut => {
+            state.metrics.blocking_reload_timeouts.inc();
+            tracing::debug!(stream = %stream, ?reload, "blocking playlist reload timed out");
+            error(StatusCode::SERVICE_UNAVAILABLE, "the playlist did not reach _HLS_msn/_HLS_part in three target durations\n")
+        }
+        PlaylistLookup::Missing => error(StatusCode::NOT_FOUND, "stream has no playable segment yet\n"),
+        PlaylistLookup::UnknownStream => unknown_stream(&stream),
+    }
 }
 
 /// The multivariant playlist, or the media playlist of `rendition`.
@@ -226,7 +282,7 @@ fn playlist(state: HttpState, stream: &str, rendition: Option<&str>, peer: Peer,
         Ok(pair) => pair,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    let body = state.store.playlist(&stream, &playlist);
+    let body = state.store.playlist(&stream, &playlist).map(|p| p.text);
     serve_manifest(&state, &stream, body, HLS_CONTENT_TYPE, &peer, &headers)
 }
 
@@ -260,12 +316,28 @@ async fn object(
         (Part::Init, _) => "video/mp4",
     };
     let key = ObjectKey { rendition: object.rendition, session: object.session, part: object.part };
+    let range = range::parse(headers.get(header::RANGE));
     // The next segment of a rendition is waited for (store module header); anything else
     // that is missing is answered at once.
     match state.store.object_or_next(&stream, &key, state.next_segment_wait).await {
         Lookup::Found(Stored::Complete(bytes)) => {
-            note_viewer(&state.audience, &stream, &peer, &headers, bytes.len());
-            bytes_response(bytes, content_type, IMMUTABLE)
+            let served = range.map_or(bytes.len() as u64, |r| r.end_within(bytes.len() as u64).saturating_sub(r.first()));
+            note_viewer(&state.audience, &stream, &peer, &headers, served as usize);
+            match range {
+                Some(range) => complete_range(bytes, range, HeaderValue::from_static(content_type)),
+                None => bytes_response(bytes, content_type, IMMUTABLE),
+            }
+        }
+        Lookup::Found(Stored::Growing(body)) if range.is_some() => {
+            let range = range.expect("checked");
+            // A part's length; a hint's bytes are not known yet.
+            note_viewer(&state.audience, &stream, &peer, &headers, range.known_len() as usize);
+            let response = growing_range(body, range, HeaderValue::from_static(content_type), state.next_segment_wait, GROWING_STALL).await;
+            if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+                state.metrics.range_wait_timeouts.inc();
+                tracing::debug!(stream = %stream, ?range, "a byte range of a growing segment did not arrive in time");
+            }
+            response
         }
         Lookup::Found(Stored::Growing(body)) => {
             let audience = Arc::clone(&state.audience);
@@ -310,6 +382,77 @@ impl<F: FnOnce(usize)> Drop for Sent<F> {
             delivered(self.bytes);
         }
     }
+}
+
+/// `range` of a complete object: 206 with those bytes, or 416 past its end.
+pub fn complete_range(bytes: Bytes, range: ByteRange, content_type: HeaderValue) -> Response {
+    let len = bytes.len() as u64;
+    if range.first() >= len {
+        let headers = [(header::CONTENT_RANGE, format!("bytes */{len}")), (header::CACHE_CONTROL, "no-store".into())];
+        return (StatusCode::RANGE_NOT_SATISFIABLE, headers).into_response();
+    }
+    let end = range.end_within(len);
+    let headers = [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE)),
+        (header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {}-{}/{len}", range.first(), end - 1)).expect("ascii")),
+    ];
+    (StatusCode::PARTIAL_CONTENT, headers, bytes.slice(range.first() as usize..end as usize)).into_response()
+}
+
+/// `range` of a segment being encoded (LL-HLS parts and preload hints). A part
+/// (`first-last`) is answered once all its bytes exist, whole, never trickled; a hint
+/// (`first-`) once byte `first` is the next to come, streaming from there as the segment
+/// grows (chunked, no `Content-Range`: its last byte is not known yet; RFC 9110 has no
+/// form for that, and players that follow hints read to the end), each chunk within
+/// `stall`. Either waits up to `wait`, then 503; a segment completed meanwhile answers as
+/// a complete one does. Tiers answer ranges of a relayed body with it too.
+pub async fn growing_range(body: Arc<GrowingBody>, range: ByteRange, content_type: HeaderValue, wait: std::time::Duration, stall: std::time::Duration) -> Response {
+    let needed = match range {
+        ByteRange::Closed { last, .. } => last.saturating_add(1),
+        ByteRange::From(first) => first,
+    };
+    let arrived = body.wait_for_len(usize::try_from(needed).unwrap_or(usize::MAX), wait).await;
+    match body.ended() {
+        Some(crate::store::growing::End::Sealed) => return complete_range(body.concat(), range, content_type),
+        Some(crate::store::growing::End::Abandoned) => return error(StatusCode::NOT_FOUND, "the segment was abandoned\n"),
+        None if !arrived => return error(StatusCode::SERVICE_UNAVAILABLE, "those bytes of the segment do not exist yet\n"),
+        None => {}
+    }
+    let first = range.first();
+    match range {
+        ByteRange::Closed { .. } => {
+            let bytes = body.concat();
+            let end = range.end_within(bytes.len() as u64);
+            let headers = [
+                (header::CONTENT_TYPE, content_type),
+                (header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE)),
+                (header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {first}-{}/*", end - 1)).expect("ascii")),
+            ];
+            (StatusCode::PARTIAL_CONTENT, headers, bytes.slice(first as usize..end as usize)).into_response()
+        }
+        ByteRange::From(_) => {
+            let headers = [(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE))];
+            (StatusCode::PARTIAL_CONTENT, headers, axum::body::Body::from_stream(skip_bytes(body.reader(stall), first))).into_response()
+        }
+    }
+}
+
+/// `stream` without its first `skip` bytes.
+fn skip_bytes<E>(stream: impl futures_util::Stream<Item = Result<Bytes, E>>, mut skip: u64) -> impl futures_util::Stream<Item = Result<Bytes, E>> {
+    use futures_util::StreamExt;
+    stream.filter_map(move |item| {
+        let out = match item {
+            Ok(mut chunk) if skip > 0 => {
+                let dropped = usize::try_from(skip).unwrap_or(usize::MAX).min(chunk.len());
+                skip -= dropped as u64;
+                let rest = chunk.split_off(dropped);
+                (!rest.is_empty()).then_some(Ok(rest))
+            }
+            other => Some(other),
+        };
+        std::future::ready(out)
+    })
 }
 
 /// `scheme://host[:port]` the viewer addressed (its Host header, and `X-Forwarded-Proto:
@@ -357,6 +500,114 @@ mod tests {
         };
         store.put_object(&StreamId::parse("cam").unwrap(), key, Bytes::from_static(b"moof"));
         router(HttpState { store, registry: StreamRegistry::new(), metrics: Arc::default(), audience: Arc::default(), next_segment_wait: std::time::Duration::from_millis(100) })
+    }
+
+    fn serving(store: &Arc<Store>) -> (Router, Arc<LiveMetrics>) {
+        let metrics = Arc::new(LiveMetrics::default());
+        let state = HttpState { store: Arc::clone(store), registry: StreamRegistry::new(), metrics: Arc::clone(&metrics), audience: Arc::default(), next_segment_wait: std::time::Duration::from_millis(500) };
+        (router(state), metrics)
+    }
+
+    async fn send(app: &Router, uri: &str, range: Option<&str>) -> (StatusCode, HeaderMap, Bytes) {
+        let mut request = Request::get(uri);
+        if let Some(range) = range {
+            request = request.header(header::RANGE, range);
+        }
+        let response = app.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        let (parts, body) = response.into_parts();
+        (parts.status, parts.headers, axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default())
+    }
+
+    fn key(n: u64) -> ObjectKey {
+        ObjectKey { rendition: RenditionId::parse("720p").unwrap(), session: SessionId::parse("abc").unwrap(), part: Part::Media(n) }
+    }
+
+    #[tokio::test]
+    async fn byte_ranges_of_complete_and_growing_segments() {
+        let store = Arc::new(Store::new());
+        let cam = StreamId::parse("cam").unwrap();
+        store.put_object(&cam, key(7), Bytes::from_static(b"0123456789"));
+        let (app, metrics) = serving(&store);
+        let (status, headers, body) = send(&app, "/live/cam/720p/abc-7.m4s", Some("bytes=2-4")).await;
+        assert_eq!((status, headers[header::CONTENT_RANGE].to_str().unwrap(), &body[..]), (StatusCode::PARTIAL_CONTENT, "bytes 2-4/10", &b"234"[..]));
+        assert_eq!(headers[header::CACHE_CONTROL], IMMUTABLE);
+        let (status, headers, body) = send(&app, "/live/cam/720p/abc-7.m4s", Some("bytes=8-20")).await;
+        assert_eq!((status, headers[header::CONTENT_RANGE].to_str().unwrap(), &body[..]), (StatusCode::PARTIAL_CONTENT, "bytes 8-9/10", &b"89"[..]));
+        let (status, headers, _) = send(&app, "/live/cam/720p/abc-7.m4s", Some("bytes=10-")).await;
+        assert_eq!((status, headers[header::CONTENT_RANGE].to_str().unwrap()), (StatusCode::RANGE_NOT_SATISFIABLE, "bytes */10"));
+
+        // The next segment grows: a part is answered once all its bytes exist.
+        store.append_chunk(&cam, key(8), Bytes::from_static(b"abc"));
+        let (status, headers, body) = send(&app, "/live/cam/720p/abc-8.m4s", Some("bytes=0-2")).await;
+        assert_eq!((status, headers[header::CONTENT_RANGE].to_str().unwrap(), &body[..]), (StatusCode::PARTIAL_CONTENT, "bytes 0-2/*", &b"abc"[..]));
+        let part = tokio::spawn({
+            let app = app.clone();
+            async move { send(&app, "/live/cam/720p/abc-8.m4s", Some("bytes=3-5")).await }
+        });
+        // A hint streams from its first byte as the segment grows, to its end.
+        let hint = tokio::spawn({
+            let app = app.clone();
+            async move { send(&app, "/live/cam/720p/abc-8.m4s", Some("bytes=1-")).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        assert!(!part.is_finished(), "a part is not answered before its last byte exists");
+        store.append_chunk(&cam, key(8), Bytes::from_static(b"def"));
+        let (status, _, body) = part.await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::PARTIAL_CONTENT, &b"def"[..]));
+        store.append_chunk(&cam, key(8), Bytes::from_static(b"gh"));
+        store.put_object(&cam, key(8), Bytes::from_static(b"abcdefgh"));
+        let (status, _, body) = hint.await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::PARTIAL_CONTENT, &b"bcdefgh"[..]));
+        // Bytes that never come: 503 after the wait while it grows, 416 once complete.
+        store.append_chunk(&cam, key(9), Bytes::from_static(b"x"));
+        assert_eq!(send(&app, "/live/cam/720p/abc-9.m4s", Some("bytes=5-9")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(metrics.range_wait_timeouts.get(), 1);
+        assert_eq!(send(&app, "/live/cam/720p/abc-8.m4s", Some("bytes=8-9")).await.0, StatusCode::RANGE_NOT_SATISFIABLE);
+        // A hint at the start of the next segment waits for it.
+        let next = tokio::spawn({
+            let app = app.clone();
+            async move { send(&app, "/live/cam/720p/abc-10.m4s", Some("bytes=0-")).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        store.put_object(&cam, key(9), Bytes::from_static(b"x"));
+        store.append_chunk(&cam, key(10), Bytes::from_static(b"ten"));
+        store.put_object(&cam, key(10), Bytes::from_static(b"ten"));
+        let (status, _, body) = next.await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::PARTIAL_CONTENT, &b"ten"[..]));
+    }
+
+    #[tokio::test]
+    async fn blocking_reload_waits_for_the_part_refuses_far_ahead_and_times_out() {
+        use crate::store::{Playlist, PlaylistPosition, PlaylistText, StreamSummary};
+        let store = Arc::new(Store::new());
+        let cam = StreamId::parse("cam").unwrap();
+        let publish = |text: &'static str, next_parts| {
+            let position = PlaylistPosition { last_msn: 4, next_parts, ended: false, target_duration: std::time::Duration::from_millis(100), part_target: None };
+            let playlists = [(Playlist::Media(RenditionId::parse("720p").unwrap()), PlaylistText { text: Bytes::from_static(text.as_bytes()), position: Some(position) })].into();
+            let summary = StreamSummary { stream: cam.clone(), live: true, session: None, renditions: Vec::new() };
+            store.set_manifests(&cam, [None, None, None], playlists, summary);
+        };
+        publish("one part", 1);
+        let (app, metrics) = serving(&store);
+        let url = |query: &str| format!("/live/cam/720p/media.m3u8?{query}");
+        let (status, headers, body) = send(&app, &url("_HLS_msn=5&_HLS_part=0"), None).await;
+        assert_eq!((status, &body[..], headers[header::CACHE_CONTROL].to_str().unwrap()), (StatusCode::OK, &b"one part"[..], BLOCKING_PLAYLIST_CACHE));
+        assert_eq!(send(&app, &url("_HLS_msn=4"), None).await.0, StatusCode::OK);
+        let waiting = tokio::spawn({
+            let (app, url) = (app.clone(), url("_HLS_msn=5&_HLS_part=1"));
+            async move { send(&app, &url, None).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        publish("two parts", 2);
+        let (status, _, body) = waiting.await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"two parts"[..]));
+        assert_eq!(send(&app, &url("_HLS_msn=7"), None).await.0, StatusCode::BAD_REQUEST, "three past the last");
+        assert_eq!(send(&app, &url("_HLS_msn=6"), None).await.0, StatusCode::SERVICE_UNAVAILABLE, "after three target durations");
+        assert_eq!(metrics.blocking_reload_timeouts.get(), 1);
+        assert_eq!(send(&app, &url("_HLS_part=1"), None).await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(send(&app, &url("nocache=1"), None).await.0, StatusCode::OK, "other parameters are ignored");
+        assert_eq!(send(&app, "/live/nope/720p/media.m3u8?_HLS_msn=1", None).await.0, StatusCode::NOT_FOUND);
     }
 
     async fn get(uri: &str) -> Response {

@@ -1,5 +1,9 @@
 //! Parsing of viewer request paths into store addresses. Pure; every element is validated
-//! as an identifier, so no form of traversal or encoding trick reaches the store.
+//! as an identifier, so no form of traversal or encoding trick reaches the store. Also a
+//! media playlist's query: an LL-HLS blocking reload (`_HLS_msn`, `_HLS_part`), the one
+//! query any path acts on. Other parameters (a player's cache-buster, a token for a CDN in
+//! front) are ignored: a tier keys its cache by the canonical blocking-reload query alone,
+//! so that key space stays bounded.
 
 use crate::media::{IdError, RenditionId, SessionId, StreamId};
 use crate::store::{Part, Playlist};
@@ -17,6 +21,54 @@ pub enum PathError {
     Id(#[from] IdError),
     #[error("{0:?} is neither init-{{session}}.mp4 nor {{session}}-{{number}}.m4s")]
     FileName(String),
+    #[error("bad playlist query {0:?}: _HLS_msn=N, optionally with _HLS_part=N, once each")]
+    Query(String),
+}
+
+/// An LL-HLS blocking playlist reload: answer once the playlist holds segment `msn` (part
+/// `part` of it) or later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockingReload {
+    pub msn: u64,
+    pub part: Option<u64>,
+}
+
+impl BlockingReload {
+    /// The query that asks for it, in one canonical form (a tier's cache key and upstream
+    /// request).
+    pub fn query(&self) -> String {
+        match self.part {
+            Some(part) => format!("_HLS_msn={}&_HLS_part={part}", self.msn),
+            None => format!("_HLS_msn={}", self.msn),
+        }
+    }
+}
+
+/// A media playlist's query: a blocking reload, or none (other parameters are ignored).
+pub fn blocking_reload(query: Option<&str>) -> Result<Option<BlockingReload>, PathError> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else { return Ok(None) };
+    let bad = || PathError::Query(query.chars().take(80).collect());
+    let number = |value: &str| match value.len() {
+        1..=19 if value.bytes().all(|b| b.is_ascii_digit()) => value.parse::<u64>().map_err(|_| bad()),
+        _ => Err(bad()),
+    };
+    let (mut msn, mut part) = (None, None);
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match name {
+            "_HLS_msn" => &mut msn,
+            "_HLS_part" => &mut part,
+            _ => continue,
+        };
+        if slot.replace(number(value)?).is_some() {
+            return Err(bad());
+        }
+    }
+    match (msn, part) {
+        (Some(msn), part) => Ok(Some(BlockingReload { msn, part })),
+        (None, Some(_)) => Err(bad()),
+        (None, None) => Ok(None),
+    }
 }
 
 pub fn stream(raw: &str) -> Result<StreamId, PathError> {
@@ -52,6 +104,21 @@ pub fn object(rendition: &str, file: &str) -> Result<ObjectPath, PathError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn blocking_reload_queries() {
+        assert_eq!(blocking_reload(None), Ok(None));
+        assert_eq!(blocking_reload(Some("")), Ok(None));
+        assert_eq!(blocking_reload(Some("_HLS_msn=12")), Ok(Some(BlockingReload { msn: 12, part: None })));
+        let both = blocking_reload(Some("_HLS_part=3&_HLS_msn=12")).unwrap().unwrap();
+        assert_eq!((both, both.query().as_str()), (BlockingReload { msn: 12, part: Some(3) }, "_HLS_msn=12&_HLS_part=3"));
+        for bad in ["_HLS_part=1", "_HLS_msn=-1", "_HLS_msn=1&_HLS_msn=2", "_HLS_msn", "_HLS_msn=99999999999999999999", "_HLS_msn=+1"] {
+            assert!(blocking_reload(Some(bad)).is_err(), "{bad}");
+        }
+        // Other parameters are ignored, so the canonical query (a tier's key) stays bounded.
+        assert_eq!(blocking_reload(Some("t=5&_HLS_msn=1&_HLS_skip=YES")), Ok(Some(BlockingReload { msn: 1, part: None })));
+        assert_eq!(blocking_reload(Some("nocache=123&token")), Ok(None));
+    }
 
     #[test]
     fn init_and_media_names() {

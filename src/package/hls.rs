@@ -29,33 +29,74 @@
 //! `EXT-X-ENDLIST`: broadcasters reconnect, and a player that keeps reloading follows the
 //! republish across its discontinuity (where a DASH player stops at the static MPD); once
 //! the stream is forgotten (a DVR window after its end) they answer 404.
+//!
+//! **LL-HLS** (RFC 8216bis, with `package.low_latency`: the packager passes the chunk
+//! duration). Each CMAF chunk the muxer cuts is a part (`timeline::PartEntry`): a byte
+//! range of its segment's one URL, so parts and segments are the same stored bytes and a
+//! plain HLS player, which ignores the LL tags, plays the same playlist.
+//!
+//! - `EXT-X-PART:DURATION=..,URI="{session}-{n}.m4s",BYTERANGE="len@offset"` (with
+//!   `INDEPENDENT=YES` on a part that starts with a keyframe, or audio) for every part of
+//!   the complete segments that start within the last three target durations, before each
+//!   segment's `EXTINF`; then the segment being encoded, listed by its parts only (after
+//!   the last complete segment), until it is complete. Parts of a segment are numbered
+//!   from 0 in order, so (media sequence, part index) names one part on every reload.
+//! - `EXT-X-PRELOAD-HINT:TYPE=PART,URI=..,BYTERANGE-START=` the next part's first byte:
+//!   the end of the growing segment's parts, or 0 of the next segment. No length: the
+//!   live node streams an open-ended range as the segment grows (http module). None once
+//!   the stream ended, or while the live Period's first segment is incomplete.
+//! - `EXT-X-PART-INF:PART-TARGET=`: parts are whole frames on a `chunk_duration` grid
+//!   (the first frame at or after each multiple of it starts a part), so a part can last
+//!   up to a frame longer (208.3 ms at 24 fps on a 200 ms grid), and the last part of a
+//!   segment ends where the keyframe of the next one falls. The target is therefore the
+//!   configured chunk duration or the longest part any listed track has had
+//!   (`Track::longest_part`, in exact timescale ticks), whichever is longer, rounded up to
+//!   the millisecond: every listed part is within it. It rises only when a longer part
+//!   appears, which the first segment's parts (listed before any playlist exists) settle.
+//! - `EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=` three part targets (the
+//!   spec's recommendation; at least two).
+//! - `EXT-X-VERSION` stays 7: byte ranges need 4 and fMP4's `EXT-X-MAP` 6; the LL tags
+//!   need no higher version (only `EXT-X-SKIP`, not used, needs 9).
+//!
+//! Each media playlist comes with its [`PlaylistPosition`] (the last complete segment's
+//! media sequence number, the parts of the next), which the store keeps beside the text
+//! for blocking reloads (`_HLS_msn`/`_HLS_part`, the http module). Not written:
+//! `EXT-X-SKIP` (delta playlists) and `EXT-X-RENDITION-REPORT`.
 
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::timeline::{Period, StreamTimeline, Track, media_duration};
 use crate::media::{RenditionId, TrackKind};
-pub use crate::store::Playlist;
+pub use crate::store::{Playlist, PlaylistPosition, PlaylistText};
 
 /// fMP4 segments (`EXT-X-MAP` in a media playlist without I-frames only) need version 6;
 /// 7 is what Apple's tools write for CMAF.
 const VERSION: u32 = 7;
+/// `PART-HOLD-BACK` in part targets: the spec's minimum is two, three is what it
+/// recommends (a player then stays three parts behind the newest).
+const PART_HOLD_BACK_TARGETS: u32 = 3;
+/// Complete segments whose parts are listed: those within this many target durations of
+/// the end (RFC 8216bis 4.4.4.9; `timeline::PARTS_KEPT` keeps enough for 1 s segments).
+const PARTS_LISTED_TARGETS: u64 = 3;
 /// The audio rendition group's id.
 const AUDIO_GROUP: &str = "audio";
 
-/// Every playlist of the stream, or none while no rendition is playable yet.
-pub fn render(timeline: &StreamTimeline) -> HashMap<Playlist, String> {
+/// Every playlist of the stream, or none while no rendition is playable yet. `chunk`: the
+/// part duration with low latency (`MpdTiming::chunk_duration`); LL-HLS tags with it.
+pub fn render(timeline: &StreamTimeline, chunk: Option<Duration>) -> HashMap<Playlist, PlaylistText> {
     let mut playlists = HashMap::new();
     let Some(multivariant) = multivariant(timeline) else { return playlists };
-    playlists.insert(Playlist::Multivariant, multivariant);
+    playlists.insert(Playlist::Multivariant, PlaylistText { text: Bytes::from(multivariant), position: None });
     let mut renditions: Vec<&RenditionId> = timeline.periods.iter().flat_map(|p| p.tracks.iter().map(|t| &t.info.id)).collect();
     renditions.sort();
     renditions.dedup();
     for id in renditions {
-        if let Some(media) = media_playlist(timeline, id) {
+        if let Some(media) = media_playlist(timeline, id, chunk) {
             playlists.insert(Playlist::Media(id.clone()), media);
         }
     }
@@ -109,7 +150,8 @@ fn stream_inf(out: &mut String, track: &Track, audio: Option<&Track>) {
 }
 
 /// The media playlist of `rendition`, or `None` when no Period holds a segment of it.
-fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId) -> Option<String> {
+/// `chunk`: the configured part duration with low latency (module header, LL-HLS).
+fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Option<Duration>) -> Option<PlaylistText> {
     let listed: Vec<(&Period, &Track)> = timeline
         .periods
         .iter()
@@ -123,11 +165,25 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId) -> Option<
     let longest = listed.iter().flat_map(|(_, t)| t.segments.iter().map(|s| seconds(s.duration, t))).max().unwrap_or_default();
     let target = rounded_secs(longest).max(timeline.segment_duration.as_secs() + u64::from(timeline.segment_duration.subsec_nanos() > 0));
     let dropped = timeline.dropped.get(rendition).copied().unwrap_or_default();
+    let ended = timeline.periods.last().is_some_and(|p| p.track(rendition).is_none());
+    // Low latency: the part target covers the configured chunk and every part the listed
+    // tracks have had, rounded up to the millisecond.
+    let part_target = chunk.map(|chunk| {
+        let longest = listed.iter().map(|(_, t)| seconds(t.longest_part, t)).max().unwrap_or_default().max(chunk);
+        Duration::from_millis(u64::try_from(longest.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX))
+    });
 
-    let mut out = format!(
-        "#EXTM3U\n#EXT-X-VERSION:{VERSION}\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-DISCONTINUITY-SEQUENCE:{}\n",
-        dropped.segments, dropped.periods
-    );
+    let mut out = format!("#EXTM3U\n#EXT-X-VERSION:{VERSION}\n#EXT-X-TARGETDURATION:{target}\n");
+    if let Some(part_target) = part_target {
+        let _ = writeln!(
+            out,
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={}\n#EXT-X-PART-INF:PART-TARGET={}",
+            millis(part_target * PART_HOLD_BACK_TARGETS),
+            millis(part_target)
+        );
+    }
+    let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-DISCONTINUITY-SEQUENCE:{}", dropped.segments, dropped.periods);
+    let mut listed_segments = 0u64;
     for (index, (period, track)) in listed.iter().enumerate() {
         let session = period.session.as_str();
         if index > 0 {
@@ -139,14 +195,84 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId) -> Option<
         if let Some(wall) = wall.and_then(date_time) {
             let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", wall.to_rfc3339_opts(SecondsFormat::Millis, true));
         }
-        for segment in &track.segments {
+        // Parts of the segments that start within the last three target durations.
+        let recent = recent_segments(track, Duration::from_secs(target * PARTS_LISTED_TARGETS));
+        for (n, segment) in track.segments.iter().enumerate() {
+            if part_target.is_some() && n >= track.segments.len() - recent {
+                write_parts(&mut out, track, session, segment.number);
+            }
             let _ = writeln!(out, "#EXTINF:{:.3},\n{session}-{}.m4s", seconds(segment.duration, track).as_secs_f64(), segment.number);
         }
+        listed_segments += track.segments.len() as u64;
     }
-    if timeline.periods.last().is_some_and(|p| p.track(rendition).is_none()) {
+    let last_msn = (dropped.segments + listed_segments).saturating_sub(1);
+    let mut next_parts = 0;
+    if ended {
         out.push_str("#EXT-X-ENDLIST\n");
+    } else if part_target.is_some() && timeline.is_live() {
+        // The live edge: the segment being encoded, listed by its parts, and a hint for the
+        // part after them. Only after the live Period's own segments: a republish's first
+        // segment is listed once it is complete.
+        let (period, track) = listed.last().expect("not empty");
+        let live = timeline.periods.last().is_some_and(|p| p.session == period.session);
+        let newest = track.segments.back().expect("listed tracks have segments").number;
+        if live {
+            let session = period.session.as_str();
+            let growing = track.parts.back().filter(|p| p.number == newest + 1 && !p.complete);
+            let (number, offset) = match growing {
+                Some(segment) => {
+                    write_parts(&mut out, track, session, segment.number);
+                    next_parts = segment.parts.len() as u64;
+                    (segment.number, segment.parts.last().map_or(0, |p| p.offset + p.length))
+                }
+                None => (newest + 1, 0),
+            };
+            let _ = writeln!(out, "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{session}-{number}.m4s\",BYTERANGE-START={offset}");
+        }
     }
-    Some(out)
+    let position = PlaylistPosition {
+        last_msn,
+        next_parts,
+        ended,
+        target_duration: Duration::from_secs(target),
+        part_target,
+    };
+    Some(PlaylistText { text: Bytes::from(out), position: Some(position) })
+}
+
+/// How many of `track`'s newest segments start within `span` of its last segment's end.
+fn recent_segments(track: &Track, span: Duration) -> usize {
+    let mut covered = Duration::ZERO;
+    let mut count = 0;
+    for segment in track.segments.iter().rev() {
+        if covered >= span {
+            break;
+        }
+        covered += media_duration(segment.duration, track.info.timescale).unwrap_or_default();
+        count += 1;
+    }
+    count
+}
+
+/// The `EXT-X-PART` lines of segment `number` of `track`, for the parts the track kept.
+fn write_parts(out: &mut String, track: &Track, session: &str, number: u64) {
+    let Some(segment) = track.parts.iter().find(|p| p.number == number) else { return };
+    for part in &segment.parts {
+        let duration = media_duration(part.duration, track.info.timescale).unwrap_or_default();
+        let independent = if part.independent { ",INDEPENDENT=YES" } else { "" };
+        let _ = writeln!(
+            out,
+            "#EXT-X-PART:DURATION={:.3},URI=\"{session}-{number}.m4s\",BYTERANGE=\"{}@{}\"{independent}",
+            duration.as_secs_f64(),
+            part.length,
+            part.offset
+        );
+    }
+}
+
+/// Seconds with three decimals (milliseconds are exact: the part target is whole ms).
+fn millis(duration: Duration) -> String {
+    format!("{}.{:03}", duration.as_secs(), duration.subsec_millis())
 }
 
 /// Whole seconds, rounded to the nearest (RFC 8216's rule for EXTINF against the target).
@@ -164,7 +290,7 @@ fn date_time(t: SystemTime) -> Option<DateTime<Utc>> {
 mod tests {
     use super::*;
     use crate::media::{SessionId, StreamId};
-    use crate::package::timeline::RenditionInfo;
+    use crate::package::timeline::{PartTiming, RenditionInfo};
 
     fn at(ms: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_000 + ms)
@@ -203,6 +329,11 @@ mod tests {
         s
     }
 
+    /// The playlists' texts, without low latency.
+    fn texts(tl: &StreamTimeline) -> HashMap<Playlist, String> {
+        render(tl, None).into_iter().map(|(p, t)| (p, String::from_utf8(t.text.to_vec()).unwrap())).collect()
+    }
+
     fn lines(text: &str, prefix: &str) -> Vec<String> {
         text.lines().filter(|l| l.starts_with(prefix)).map(|l| l[prefix.len()..].to_owned()).collect()
     }
@@ -210,16 +341,16 @@ mod tests {
     #[test]
     fn nothing_playable_renders_nothing() {
         let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
-        assert!(render(&tl).is_empty());
+        assert!(texts(&tl).is_empty());
         session(&mut tl, "s1", &[("720p", TrackKind::Video)], 0, 0);
-        assert!(render(&tl).is_empty());
+        assert!(texts(&tl).is_empty());
     }
 
     #[test]
     fn multivariant_offers_each_video_rendition_with_the_audio_group() {
         let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
         session(&mut tl, "s1", &[("720p", TrackKind::Video), ("360p", TrackKind::Video), ("audio", TrackKind::Audio)], 0, 2);
-        let playlists = render(&tl);
+        let playlists = texts(&tl);
         assert_eq!(playlists.len(), 4, "the multivariant and three media playlists");
         let master = &playlists[&Playlist::Multivariant];
         assert!(master.starts_with("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n"), "{master}");
@@ -240,7 +371,7 @@ mod tests {
         // An audio-only source: the audio is the one variant.
         let mut radio = StreamTimeline::new(StreamId::parse("radio").unwrap(), Duration::from_secs(1), at(0));
         session(&mut radio, "s1", &[("audio", TrackKind::Audio)], 0, 2);
-        let master = &render(&radio)[&Playlist::Multivariant];
+        let master = &texts(&radio)[&Playlist::Multivariant];
         assert_eq!(lines(master, "#EXT-X-STREAM-INF:"), ["BANDWIDTH=128000,CODECS=\"mp4a.40.2\""]);
         assert!(!master.contains("#EXT-X-MEDIA:"), "{master}");
         assert_eq!(lines(master, "audio/"), ["media.m3u8"]);
@@ -250,7 +381,7 @@ mod tests {
     fn media_playlist_names_the_mpds_objects_with_wall_clock_times() {
         let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
         session(&mut tl, "abc", &[("720p", TrackKind::Video), ("audio", TrackKind::Audio)], 0, 3);
-        let playlists = render(&tl);
+        let playlists = texts(&tl);
         let video = &playlists[&Playlist::Media(id("720p"))];
         let expected = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-DISCONTINUITY-SEQUENCE:0\n\
             #EXT-X-MAP:URI=\"init-abc.mp4\"\n#EXT-X-PROGRAM-DATE-TIME:2027-01-15T08:00:00.000Z\n\
@@ -261,13 +392,13 @@ mod tests {
         // A longer segment raises the target duration to its rounded length.
         let s = tl.periods[0].session.clone();
         tl.add_segment(&s, &id("720p"), 3_000_000_000, 1_600_000_000, at(5000));
-        let video = &render(&tl)[&Playlist::Media(id("720p"))];
+        let video = &texts(&tl)[&Playlist::Media(id("720p"))];
         assert_eq!(lines(video, "#EXT-X-TARGETDURATION:"), ["2"]);
         assert_eq!(lines(video, "#EXTINF:").last().unwrap(), "1.600,");
 
         // Ended: the playlists wait for a republish.
         tl.end_session(&s, at(6000));
-        assert!(render(&tl).values().all(|m| !m.contains("#EXT-X-ENDLIST")));
+        assert!(texts(&tl).values().all(|m| !m.contains("#EXT-X-ENDLIST")));
     }
 
     #[test]
@@ -277,7 +408,7 @@ mod tests {
         tl.end_session(&s1, at(3000));
         // A republish 5.5 s in, without the 480p rung: its numbers start at 7 on the grid.
         session(&mut tl, "s2", &[("720p", TrackKind::Video)], 5500, 3);
-        let playlists = render(&tl);
+        let playlists = texts(&tl);
         let video = &playlists[&Playlist::Media(id("720p"))];
         assert_eq!(lines(video, "#EXT-X-MAP:URI="), ["\"init-s1.mp4\"", "\"init-s2.mp4\""]);
         assert_eq!(video.matches("#EXT-X-DISCONTINUITY\n").count(), 1);
@@ -296,18 +427,83 @@ mod tests {
         // The window moves past the first Period's first two segments, then all of it.
         let evicted = tl.evict(Duration::from_secs(30), at(32_500));
         assert_eq!(evicted.len(), 4);
-        let video = &render(&tl)[&Playlist::Media(id("720p"))];
+        let video = &texts(&tl)[&Playlist::Media(id("720p"))];
         assert_eq!(lines(video, "#EXT-X-MEDIA-SEQUENCE:"), ["2"]);
         assert_eq!(lines(video, "#EXT-X-DISCONTINUITY-SEQUENCE:"), ["0"]);
         assert!(video.contains("#EXT-X-PROGRAM-DATE-TIME:2027-01-15T08:00:02.000Z\n#EXTINF:1.000,\ns1-3.m4s"), "{video}");
         tl.evict(Duration::from_secs(30), at(33_500));
-        let playlists = render(&tl);
+        let playlists = texts(&tl);
         let video = &playlists[&Playlist::Media(id("720p"))];
         assert_eq!(lines(video, "#EXT-X-MEDIA-SEQUENCE:"), ["3"], "s2-7 keeps the sequence number 3 it had");
         assert_eq!(lines(video, "#EXT-X-DISCONTINUITY-SEQUENCE:"), ["1"], "the discontinuity left with the Period");
         assert!(!video.contains("#EXT-X-DISCONTINUITY\n"));
         assert_eq!(lines(video, "#EXT-X-MAP:URI="), ["\"init-s2.mp4\""]);
         assert!(!playlists.contains_key(&Playlist::Media(id("480p"))), "gone with its last segment");
+    }
+
+    /// Adds the parts of a 1 s segment (`cuts` in ms into it, 24 fps frames: parts a frame
+    /// longer than 200 ms), part `k` `100 + k` bytes long.
+    fn add_parts(tl: &mut StreamTimeline, s: &SessionId, r: &RenditionId, segment: u64, parts: std::ops::Range<usize>) {
+        const CUTS: [u64; 6] = [0, 208_333_333, 416_666_667, 625_000_000, 833_333_333, 1_000_000_000];
+        let start = segment * 1_000_000_000;
+        for k in parts {
+            let part = PartTiming { segment_start_ns: start, start_ns: start + CUTS[k], end_ns: Some(start + CUTS[k + 1]), length: 100 + k as u64, independent: k == 0 };
+            tl.add_part(s, r, part).unwrap();
+        }
+    }
+
+    #[test]
+    fn low_latency_lists_parts_a_preload_hint_and_blocking_reload() {
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        let s = session(&mut tl, "abc", &[("720p", TrackKind::Video)], 0, 0);
+        let r = id("720p");
+        for segment in 0..5 {
+            add_parts(&mut tl, &s, &r, segment, 0..5);
+            tl.add_segment(&s, &r, segment * 1_000_000_000, 1_000_000_000, at(1000 * (segment + 1)));
+        }
+        add_parts(&mut tl, &s, &r, 5, 0..2);
+        let chunk = Some(Duration::from_millis(200));
+        let rendered = &render(&tl, chunk)[&Playlist::Media(r.clone())];
+        let video = std::str::from_utf8(&rendered.text).unwrap();
+        // Parts are whole frames: a 208.333 ms part sets a part target rounded up.
+        assert!(video.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.627\n#EXT-X-PART-INF:PART-TARGET=0.209\n"), "{video}");
+        let parts = lines(video, "#EXT-X-PART:");
+        for part in &parts {
+            let duration: f64 = part.strip_prefix("DURATION=").unwrap().split(',').next().unwrap().parse().unwrap();
+            assert!(duration <= 0.209, "{part}");
+        }
+        // The last three target durations' segments (3, 4, 5) and the growing 6, in order.
+        let uris: Vec<&str> = parts.iter().map(|p| p.split("URI=\"").nth(1).unwrap().split('"').next().unwrap()).collect();
+        assert_eq!(uris, [["abc-3.m4s"; 5], ["abc-4.m4s"; 5], ["abc-5.m4s"; 5]].concat().into_iter().chain(["abc-6.m4s"; 2]).collect::<Vec<_>>());
+        assert_eq!(parts[0], "DURATION=0.208,URI=\"abc-3.m4s\",BYTERANGE=\"100@0\",INDEPENDENT=YES");
+        assert_eq!(parts[1], "DURATION=0.208,URI=\"abc-3.m4s\",BYTERANGE=\"101@100\"");
+        assert_eq!(parts[4], "DURATION=0.167,URI=\"abc-3.m4s\",BYTERANGE=\"104@406\"");
+        // Parts before their segment; the growing one after the last segment, then the hint.
+        assert!(video.contains("BYTERANGE=\"104@406\"\n#EXTINF:1.000,\nabc-3.m4s\n"), "{video}");
+        assert!(video.ends_with(
+            "abc-5.m4s\n#EXT-X-PART:DURATION=0.208,URI=\"abc-6.m4s\",BYTERANGE=\"100@0\",INDEPENDENT=YES\n\
+             #EXT-X-PART:DURATION=0.208,URI=\"abc-6.m4s\",BYTERANGE=\"101@100\"\n\
+             #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"abc-6.m4s\",BYTERANGE-START=201\n"
+        ), "{video}");
+        let position = rendered.position.unwrap();
+        assert_eq!((position.last_msn, position.next_parts, position.part_target), (4, 2, Some(Duration::from_millis(209))));
+        assert!(position.holds(4, None) && position.holds(5, Some(1)) && position.holds(3, Some(9)));
+        assert!(!position.holds(5, None) && !position.holds(5, Some(2)) && !position.holds(6, Some(0)));
+
+        // Complete: the hint names the start of the next segment.
+        add_parts(&mut tl, &s, &r, 5, 2..5);
+        tl.add_segment(&s, &r, 5_000_000_000, 1_000_000_000, at(6000));
+        let rendered = &render(&tl, chunk)[&Playlist::Media(r.clone())];
+        let video = std::str::from_utf8(&rendered.text).unwrap();
+        assert!(video.ends_with("abc-6.m4s\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"abc-7.m4s\",BYTERANGE-START=0\n"), "{video}");
+        assert_eq!(lines(video, "#EXT-X-PART:").len(), 15, "segments 4, 5 and 6");
+        assert_eq!((rendered.position.unwrap().last_msn, rendered.position.unwrap().next_parts), (5, 0));
+
+        // Without low latency the playlist is plain; an ended stream gets no hint.
+        assert!(!texts(&tl)[&Playlist::Media(r.clone())].contains("#EXT-X-PART"));
+        tl.end_session(&s, at(7000));
+        let video = String::from_utf8(render(&tl, chunk)[&Playlist::Media(r)].text.to_vec()).unwrap();
+        assert!(!video.contains("PRELOAD-HINT") && video.contains("#EXT-X-PART:"), "{video}");
     }
 
     #[test]
@@ -325,6 +521,6 @@ mod tests {
                 tl.add_segment(&s, &id(r), start, duration, at(1));
             }
         }
-        assert_eq!(render(&tl).len(), 3);
+        assert_eq!(texts(&tl).len(), 3);
     }
 }

@@ -480,7 +480,7 @@ impl Packager {
         #[cfg(test)]
         self.hooks.before_render(&tl.stream);
         let manifests = ManifestForm::ALL.map(|form| mpd::render(tl, &self.timing, form).map(Bytes::from));
-        let playlists = hls::render(tl).into_iter().map(|(playlist, text)| (playlist, Bytes::from(text))).collect();
+        let playlists = hls::render(tl, self.timing.chunk_duration);
         let current = tl.periods.last();
         let summary = StreamSummary {
             stream: tl.stream.clone(),

@@ -82,6 +82,8 @@ pub struct Track {
     /// With low latency: the parts of the newest segments ([`PARTS_KEPT`]), the one being
     /// encoded last while it grows.
     pub parts: VecDeque<SegmentParts>,
+    /// The longest part the track has had (ticks): LL-HLS's part target covers it.
+    pub longest_part: u64,
     next_number: u64,
 }
 
@@ -208,7 +210,7 @@ impl StreamTimeline {
         }
         let tracks = renditions
             .into_iter()
-            .map(|info| Track { info, codecs: None, segments: VecDeque::new(), parts: VecDeque::new(), next_number: first_number })
+            .map(|info| Track { info, codecs: None, segments: VecDeque::new(), parts: VecDeque::new(), longest_part: 0, next_number: first_number })
             .collect();
         self.periods.push(Period { session, start, first_number, tracks, duration: None });
         self.ended_at = None;
@@ -311,6 +313,7 @@ impl StreamTimeline {
         let before: u64 = segment.parts.iter().map(|p| p.duration).sum();
         let duration = end.saturating_sub(start).saturating_sub(before).max(1);
         segment.parts.push(PartEntry { duration, offset, length: part.length, independent: part.independent });
+        track.longest_part = track.longest_part.max(duration);
         Some(number)
     }
 

@@ -122,6 +122,25 @@ impl GrowingBody {
         }
     }
 
+    /// Waits, up to `wait`, until the body holds at least `len` bytes or has ended; true
+    /// when either happened.
+    pub async fn wait_for_len(&self, len: usize, wait: Duration) -> bool {
+        let mut progress = self.progress.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Marked seen before the check, so an append in between wakes the wait below.
+            let ended = progress.borrow_and_update().end.is_some();
+            if ended || self.len() >= len {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, progress.changed()).await {
+                Ok(Ok(())) => {}
+                // The sender lives in `self`: never dropped while borrowed.
+                Ok(Err(_)) | Err(_) => return false,
+            }
+        }
+    }
+
     /// The chunks from index `from` on, and whether the body has ended (then no more come).
     fn chunks_from(&self, from: usize) -> (Vec<Bytes>, Option<End>) {
         let chunks = self.chunks.lock();
@@ -205,6 +224,23 @@ mod tests {
         // Pushes after the end are ignored.
         body.push(Bytes::from_static(b"more"));
         assert_eq!(body.concat(), "stypmoofmdat");
+    }
+
+    #[tokio::test]
+    async fn waiting_for_bytes_ends_when_they_arrive_the_body_ends_or_time_is_up() {
+        let body = GrowingBody::new();
+        body.push(Bytes::from_static(b"styp"));
+        assert!(body.wait_for_len(4, STALL).await);
+        assert!(!body.wait_for_len(5, Duration::from_millis(20)).await);
+        let writer = Arc::clone(&body);
+        let pushed = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            writer.push(Bytes::from_static(b"moof"));
+        });
+        assert!(body.wait_for_len(8, STALL).await);
+        pushed.await.unwrap();
+        body.seal();
+        assert!(body.wait_for_len(100, STALL).await, "an ended body answers at once");
     }
 
     #[tokio::test]

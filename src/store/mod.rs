@@ -21,6 +21,13 @@
 //! `Notify`, outside the lock); a waiter holds no lock and nothing another reader needs,
 //! and gives up at its deadline. Anything further ahead is answered "missing" at once, so
 //! no client can park requests on future numbers.
+//!
+//! Media playlists are kept with their [`PlaylistPosition`] (the newest segment and part
+//! they list), so that an LL-HLS blocking reload ([`Store::playlist_when`]) waits for the
+//! one that holds what it asked for: each stream wakes its playlist waiters whenever the
+//! packager publishes (a second `Notify`, outside the lock), and a waiter holds no lock
+//! and gives up at its deadline. A request more than two segments ahead is refused at
+//! once (RFC 8216bis 6.2.5.2), so no client can park requests far ahead either.
 
 pub mod growing;
 
@@ -105,6 +112,53 @@ impl Playlist {
     }
 }
 
+/// What a media playlist lists at its live edge, in its own numbering (media sequence
+/// numbers and part indexes): what a blocking reload waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlaylistPosition {
+    /// The media sequence number of the last complete segment listed.
+    pub last_msn: u64,
+    /// Parts listed of the segment after it (being encoded; 0 when none is listed).
+    pub next_parts: u64,
+    /// `EXT-X-ENDLIST`: nothing more will be listed.
+    pub ended: bool,
+    /// `EXT-X-TARGETDURATION` (a blocking reload waits at most three).
+    pub target_duration: std::time::Duration,
+    /// `EXT-X-PART-INF:PART-TARGET`, with low latency.
+    pub part_target: Option<std::time::Duration>,
+}
+
+impl PlaylistPosition {
+    /// Whether the playlist holds segment `msn` (complete), or part `part` of it, or
+    /// anything later (RFC 8216bis 6.2.5.2).
+    pub fn holds(&self, msn: u64, part: Option<u64>) -> bool {
+        if self.ended || self.last_msn >= msn {
+            return true;
+        }
+        part.is_some_and(|part| self.last_msn.checked_add(1) == Some(msn) && self.next_parts > part)
+    }
+}
+
+/// A rendered playlist: its text, and for a media playlist what it lists at its live edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaylistText {
+    pub text: Bytes,
+    pub position: Option<PlaylistPosition>,
+}
+
+/// What [`Store::playlist_when`] found.
+#[derive(Debug, Clone)]
+pub enum PlaylistLookup {
+    Found(PlaylistText),
+    /// The request is more than two segments past the playlist's last (answer 400).
+    TooFar,
+    /// Not there within three target durations (answer 503).
+    TimedOut,
+    /// The stream exists; the playlist does not.
+    Missing,
+    UnknownStream,
+}
+
 /// An object as the store holds it.
 #[derive(Debug, Clone)]
 pub enum Stored {
@@ -136,7 +190,9 @@ pub struct StreamSummary {
 struct StreamObjects {
     manifests: [Option<Bytes>; 3],
     /// The stream's HLS playlists: the multivariant and one per rendition in the timeline.
-    playlists: HashMap<Playlist, Bytes>,
+    playlists: HashMap<Playlist, PlaylistText>,
+    /// Woken whenever the packager publishes the stream's playlists.
+    published: Arc<Notify>,
     summary: Option<StreamSummary>,
     objects: HashMap<ObjectKey, Bytes>,
     /// The bytes of every object in `objects`.
@@ -277,12 +333,13 @@ impl Store {
 
     /// Replaces the stream's manifests, one per [`ManifestForm`] (in `ManifestForm::ALL`
     /// order), its HLS playlists and its summary.
-    pub fn set_manifests(&self, stream: &StreamId, manifests: [Option<Bytes>; 3], playlists: HashMap<Playlist, Bytes>, summary: StreamSummary) {
+    pub fn set_manifests(&self, stream: &StreamId, manifests: [Option<Bytes>; 3], playlists: HashMap<Playlist, PlaylistText>, summary: StreamSummary) {
         let entry = self.entry(stream);
         let mut entry = entry.write();
         entry.manifests = manifests;
         entry.playlists = playlists;
         entry.summary = Some(summary);
+        entry.published.notify_waiters();
     }
 
     pub fn remove_stream(&self, stream: &StreamId) {
@@ -293,8 +350,38 @@ impl Store {
         self.existing(stream)?.read().manifests[form.index()].clone()
     }
 
-    pub fn playlist(&self, stream: &StreamId, playlist: &Playlist) -> Option<Bytes> {
+    pub fn playlist(&self, stream: &StreamId, playlist: &Playlist) -> Option<PlaylistText> {
         self.existing(stream)?.read().playlists.get(playlist).cloned()
+    }
+
+    /// A blocking reload (module header): the playlist once it holds segment `msn` (part
+    /// `part` of it) or later, waiting up to three of its target durations.
+    pub async fn playlist_when(&self, stream: &StreamId, playlist: &Playlist, msn: u64, part: Option<u64>) -> PlaylistLookup {
+        let Some(entry) = self.existing(stream) else { return PlaylistLookup::UnknownStream };
+        let published = Arc::clone(&entry.read().published);
+        let mut deadline = None;
+        loop {
+            // Registered before the check, so a publish in between still wakes it.
+            let changed = published.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let wait = {
+                let objects = entry.read();
+                let Some(found) = objects.playlists.get(playlist) else { return PlaylistLookup::Missing };
+                let Some(position) = found.position else { return PlaylistLookup::Found(found.clone()) };
+                if position.holds(msn, part) {
+                    return PlaylistLookup::Found(found.clone());
+                }
+                if msn > position.last_msn.saturating_add(2) {
+                    return PlaylistLookup::TooFar;
+                }
+                position.target_duration * 3
+            };
+            let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return PlaylistLookup::TimedOut;
+            }
+        }
     }
 
     /// A complete object.

@@ -25,6 +25,8 @@ pub struct TierMetrics {
     pub misses: Counter,
     pub coalesced: Counter,
     pub bad_requests: Counter,
+    /// Byte ranges of a relayed segment answered 503: the bytes did not arrive in time.
+    pub range_wait_timeouts: Counter,
     /// HTTP requests sent upstream, one per attempt (a failover is two).
     pub upstream_requests: Counter,
     /// Attempts that failed: refused, reset, timed out, too large, or answered other than
@@ -59,6 +61,7 @@ impl Default for TierMetrics {
             misses: Counter::default(),
             coalesced: Counter::default(),
             bad_requests: Counter::default(),
+            range_wait_timeouts: Counter::default(),
             upstream_requests: Counter::default(),
             upstream_errors: Counter::default(),
             upstream_connect_failures: Counter::default(),
@@ -86,6 +89,7 @@ impl TierMetrics {
                 ("misses", "Requests that fetched from upstream", &self.misses),
                 ("coalesced", "Requests that waited on another request's upstream fetch", &self.coalesced),
                 ("bad_requests", "Requests with a malformed path", &self.bad_requests),
+                ("range_wait_timeouts", "Byte ranges of a relayed segment answered 503: the bytes did not arrive in time", &self.range_wait_timeouts),
                 ("upstream_requests", "HTTP requests sent upstream, one per attempt", &self.upstream_requests),
                 ("upstream_errors", "Upstream attempts that failed (refused, reset, timed out, too large, or an unexpected status)", &self.upstream_errors),
                 ("upstream_connect_failures", "Upstream attempts that could not connect (they mark the node down)", &self.upstream_connect_failures),

@@ -14,6 +14,13 @@
 //! player never takes a truncated segment for a whole one. Hits on complete objects are
 //! served with a Content-Length.
 //!
+//! LL-HLS: a blocking playlist reload (`media.m3u8?_HLS_msn=..&_HLS_part=..`, validated,
+//! nothing else accepted) is its own cache key with its canonical query, coalesced like
+//! any miss and forwarded upstream, which holds it; its fetch budget is `request_timeout`
+//! plus [`BLOCKING_RELOAD_WAIT_MAX`], and the live node's 400/503 are passed on. A `Range`
+//! request for a segment is never sent upstream: the whole segment is fetched (or relayed)
+//! and cached as for any viewer, and the range served from it as the live node does.
+//!
 //! Who talks to it: app wiring builds a `TierState` with an `UpstreamResolver` (the cluster
 //! ring: the stream's origin for an edge, the stream's live node for an origin) and serves
 //! `router`. Files: cache.rs (sharded byte-bounded cache, lifetimes), proxy.rs (flights:
@@ -31,7 +38,7 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -47,6 +54,7 @@ pub use metrics::{TierCounts, TierMetrics};
 pub use prefetch::{NewestSegment, newest_segments};
 pub use proxy::CacheStatus;
 
+use crate::http::range::ByteRange;
 use crate::http::{MEDIA_PLAYLIST_ROUTE, MULTIVARIANT_ROUTE, Peer, note_viewer, path, streamed_body};
 use crate::audience::Audience;
 use crate::media::StreamId;
@@ -76,6 +84,13 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The live node sends a segment's CMAF chunks ~200 ms apart (a keyframe-aligned first one
 /// may take a segment duration, 1 s); 2 s without a byte means the segment will not finish.
 pub const DEFAULT_CHUNK_TIMEOUT: Duration = Duration::from_secs(2);
+/// What a blocking playlist reload (LL-HLS `_HLS_msn`) adds to a fetch's
+/// `request_timeout`: the live node holds one up to three target durations before its 503
+/// (3 s for 1 s segments, more than the default 2 s budget), and `package.segment_duration`
+/// may be up to 10 s, so up to 33 s with a rounded-up target. The tier's own wait is then
+/// the upstream's: it answers (the playlist, or the 503) well inside this, which only
+/// bounds an upstream that hangs.
+pub const BLOCKING_RELOAD_WAIT_MAX: Duration = Duration::from_secs(33);
 pub const DEFAULT_PREFETCH_WINDOW: Duration = Duration::from_secs(10);
 /// A 1 s segment of a 5 Mb/s top rung is ~650 KB and an MPD a few KB; 32 MiB leaves room
 /// for 4K at high bitrates and longer segments, and stops a broken or hostile upstream
@@ -283,22 +298,37 @@ async fn manifest(State(state): State<TierState>, Path(stream): Path<String>, pe
 }
 
 async fn multivariant(State(state): State<TierState>, Path(stream): Path<String>, peer: Peer, headers: HeaderMap) -> Response {
-    playlist(state, &stream, None, peer, headers).await
+    playlist(state, &stream, None, None, peer, headers).await
 }
 
-async fn media_playlist(State(state): State<TierState>, Path((stream, rendition)): Path<(String, String)>, peer: Peer, headers: HeaderMap) -> Response {
-    playlist(state, &stream, Some(&rendition), peer, headers).await
+async fn media_playlist(
+    State(state): State<TierState>,
+    Path((stream, rendition)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
+    match path::blocking_reload(query.as_deref()) {
+        Ok(reload) => playlist(state, &stream, Some(&rendition), reload, peer, headers).await,
+        Err(e) => {
+            state.metrics.requests.inc();
+            bad_request(&state, e.into())
+        }
+    }
 }
 
-/// An HLS playlist: a manifest, cached and coalesced like the MPDs, served as it came.
-async fn playlist(state: TierState, stream: &str, rendition: Option<&str>, peer: Peer, headers: HeaderMap) -> Response {
+/// An HLS playlist: a manifest, cached and coalesced like the MPDs, served as it came. A
+/// blocking reload (`reload`) is its own key, with its canonical query, fetched upstream
+/// with it: the upstream holds it until the playlist has what it asks for.
+async fn playlist(state: TierState, stream: &str, rendition: Option<&str>, reload: Option<path::BlockingReload>, peer: Peer, headers: HeaderMap) -> Response {
     state.metrics.requests.inc();
     let (stream, playlist) = match path::playlist(stream, rendition) {
         Ok(pair) => pair,
         Err(e) => return bad_request(&state, e.into()),
     };
-    // Validated identifiers, so the key is the canonical path.
-    let key = Arc::from(format!("/live/{stream}/{}", playlist.relative_path()));
+    // Validated identifiers and numbers, so the key is the canonical path (and query).
+    let query = reload.map(|r| format!("?{}", r.query())).unwrap_or_default();
+    let key = Arc::from(format!("/live/{stream}/{}{query}", playlist.relative_path()));
     serve_manifest(state, stream, key, peer, headers, Bytes::clone).await
 }
 
@@ -333,8 +363,14 @@ async fn object(
     }
     // Validated identifiers, so the key is the canonical path and holds no traversal.
     let key = Arc::from(format!("/live/{stream}/{rendition}/{file}"));
+    let range = crate::http::range::parse(headers.get(header::RANGE));
     let outcome = state.lookup(ObjectRequest { stream: stream.clone(), key, kind: ObjectKind::Segment }).await;
     let stall = state.config.chunk_timeout;
+    if let Some(range) = range {
+        // A part's length; a hint's bytes are not known yet.
+        note_viewer(&state.audience, &stream, &peer, &headers, range.known_len() as usize);
+        return respond_range(outcome, range, stall, &state.metrics, &stream).await;
+    }
     respond(outcome, stall, Bytes::clone, move |bytes| note_viewer(&state.audience, &stream, &peer, &headers, bytes))
 }
 
@@ -380,6 +416,40 @@ fn respond(
         headers.insert(header::CACHE_CONTROL, value.clone());
     }
     headers.insert(CACHE_STATUS_HEADER, HeaderValue::from_static(status.as_str()));
+    response
+}
+
+/// A byte range (LL-HLS parts and preload hints) of the answer to a lookup: the whole
+/// object is fetched and cached as for any viewer (the range is never sent upstream), and
+/// the range served from it as the live node does: from a complete object at once, from a
+/// relayed body once it holds the range's bytes (waiting up to `stall`), a hint streaming
+/// from its offset (`http::growing_range`).
+/// One that does not arrive in time is counted and logged.
+async fn respond_range((result, status): Outcome, range: ByteRange, stall: Duration, metrics: &TierMetrics, stream: &StreamId) -> Response {
+    let answer = match result {
+        Ok(answer) => answer,
+        Err(error) => return error_response(&error, Some(status)),
+    };
+    let content_type = answer.head().content_type.clone().unwrap_or(HeaderValue::from_static(crate::http::SEGMENT_CONTENT_TYPE));
+    let mut response = match &answer {
+        Answer::Complete(object) if object.head.status == StatusCode::OK => crate::http::complete_range(object.body.clone(), range, content_type),
+        Answer::Complete(object) => {
+            let mut response = (object.head.status, object.body.clone()).into_response();
+            if let Some(value) = &object.head.cache_control {
+                response.headers_mut().insert(header::CACHE_CONTROL, value.clone());
+            }
+            response
+        }
+        Answer::Growing(growing) => {
+            let response = crate::http::growing_range(Arc::clone(&growing.body), range, content_type, stall, stall).await;
+            if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+                metrics.range_wait_timeouts.inc();
+                tracing::debug!(stream = %stream, ?range, "a byte range of a relayed segment did not arrive in time");
+            }
+            response
+        }
+    };
+    response.headers_mut().insert(CACHE_STATUS_HEADER, HeaderValue::from_static(status.as_str()));
     response
 }
 

@@ -25,7 +25,8 @@
 //! objects: a relayed body is cached when sealed, never while it grows.
 //!
 //! Bounds: `request_timeout` bounds the wait for an answer's head (over every upstream
-//! tried), and the whole of an answer read whole. Failover happens only before the head:
+//! tried), and the whole of an answer read whole; a blocking playlist reload gets
+//! `BLOCKING_RELOAD_WAIT_MAX` more, the longest the live node may hold it. Failover happens only before the head:
 //! once a relayed body's first byte may have reached a viewer, a failure abandons the body
 //! (its readers' responses are cut off, not ended as if complete), nothing is cached and
 //! the next miss asks upstream again. A relayed body is bounded by `chunk_timeout` (the
@@ -68,7 +69,9 @@ use crate::warn_limiter::WarnLimiter;
 #[derive(Debug, Clone)]
 pub(crate) struct ObjectRequest {
     pub stream: StreamId,
-    /// The request path, e.g. `/live/cam/720p/abc-7.m4s`; also the cache key.
+    /// The request path, e.g. `/live/cam/720p/abc-7.m4s`; also the cache key. A blocking
+    /// playlist reload's carries its canonical query (`?_HLS_msn=..&_HLS_part=..`), so it
+    /// is keyed, coalesced and forwarded upstream with it.
     pub key: Arc<str>,
     /// `Manifest` or `Segment`; `Negative` is only ever the kind of a cached 404.
     pub kind: ObjectKind,
@@ -77,7 +80,18 @@ pub(crate) struct ObjectRequest {
 impl ObjectRequest {
     /// An HLS playlist (a manifest that is not an MPD).
     fn is_playlist(&self) -> bool {
-        self.key.ends_with(".m3u8")
+        self.key.split('?').next().is_some_and(|path| path.ends_with(".m3u8"))
+    }
+
+    /// An LL-HLS blocking playlist reload (the upstream holds it until the playlist changes).
+    fn is_blocking_reload(&self) -> bool {
+        self.is_playlist() && self.key.contains('?')
+    }
+
+    /// The live node's refusal of a blocking reload (400: too far ahead; 503: not there in
+    /// three target durations): an answer for the viewer, not an upstream failure.
+    fn is_refused_reload(&self, status: StatusCode) -> bool {
+        self.is_blocking_reload() && matches!(status, StatusCode::BAD_REQUEST | StatusCode::SERVICE_UNAVAILABLE)
     }
 }
 
@@ -360,7 +374,8 @@ impl TierState {
     /// another upstream would ask the same live node.
     async fn fetch_upstream(&self, request: &ObjectRequest, cache_negative: bool) -> Result<Fetched, TierError> {
         let upstreams = self.upstream.upstreams(&request.stream);
-        let deadline = Instant::now() + self.config.request_timeout;
+        let extra = if request.is_blocking_reload() { super::BLOCKING_RELOAD_WAIT_MAX } else { Duration::ZERO };
+        let deadline = Instant::now() + self.config.request_timeout + extra;
         let mut last_error = None;
         for (i, base) in upstreams.iter().enumerate() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -399,7 +414,7 @@ impl TierState {
             // response closes that connection.
             let payload = if status == StatusCode::OK && request.kind == ObjectKind::Segment && response.content_length().is_none() {
                 Payload::Arriving(response)
-            } else if status == StatusCode::OK || status == StatusCode::NOT_FOUND {
+            } else if status == StatusCode::OK || status == StatusCode::NOT_FOUND || request.is_refused_reload(status) {
                 Payload::Whole(read_body(response, limit).await?)
             } else {
                 Payload::Whole(Bytes::new())
@@ -456,6 +471,12 @@ impl TierState {
                 Ok(Fetched::Complete(CachedObject { head, body, lifetime: None }))
             }
             StatusCode::NOT_FOUND => Err(TierError::NotFound { stream: request.stream.clone(), path: request.key.to_string() }),
+            refused if request.is_refused_reload(refused) => {
+                // The live node's answer to this viewer's query, passed on (uncached: it
+                // says no-store).
+                let head = Head { kind: request.kind, status: refused, content_type, cache_control };
+                Ok(Fetched::Complete(CachedObject { head, body, lifetime: None }))
+            }
             other => {
                 tracing::warn!(stream = %request.stream, upstream = %base, path = %request.key, status = other.as_u16(), "upstream answered an error");
                 self.metrics.upstream_errors.inc();

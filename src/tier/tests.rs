@@ -1046,3 +1046,106 @@ async fn relay_delay_to_a_thousand_viewers_measured() {
     );
     assert_eq!(upstream.count(path), 1);
 }
+
+/// The live node's own router over `store`, on a port: the upstream LL-HLS tests need.
+async fn live_node(store: &Arc<crate::store::Store>) -> (String, Arc<crate::http::LiveMetrics>) {
+    let metrics = Arc::new(crate::http::LiveMetrics::default());
+    let state = crate::http::HttpState {
+        store: Arc::clone(store),
+        registry: crate::stream::StreamRegistry::new(),
+        metrics: Arc::clone(&metrics),
+        audience: Arc::default(),
+        next_segment_wait: Duration::from_millis(500),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = crate::http::router(state);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), metrics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_reloads_reach_upstream_coalesced_past_the_request_timeout() {
+    use crate::store::{Playlist, PlaylistPosition, PlaylistText, Store, StreamSummary};
+    let store = Arc::new(Store::new());
+    let cam = StreamId::parse("cam").unwrap();
+    let publish = |text: &'static str, last_msn| {
+        let position = PlaylistPosition { last_msn, next_parts: 0, ended: false, target_duration: Duration::from_secs(1), part_target: None };
+        let playlists = [(Playlist::Media(crate::media::RenditionId::parse("720p").unwrap()), PlaylistText { text: Bytes::from_static(text.as_bytes()), position: Some(position) })].into();
+        let summary = StreamSummary { stream: cam.clone(), live: true, session: None, renditions: Vec::new() };
+        store.set_manifests(&cam, [None, None, None], playlists, summary);
+    };
+    publish("four", 4);
+    let (upstream, live) = live_node(&store).await;
+    let (_tier, base) = start_tier(TierConfig::default(), vec![upstream]).await;
+    let client = client();
+    let url = |query: &str| format!("{base}/live/cam/720p/media.m3u8{query}");
+
+    // Ten viewers block on the next segment; the live node holds one request past the
+    // tier's 2 s request_timeout, and answers them all when the playlist has it.
+    let started = Instant::now();
+    let waiting: Vec<_> = (0..10).map(|_| tokio::spawn({
+        let (client, url) = (client.clone(), url("?_HLS_part=0&_HLS_msn=5"));
+        async move { get(&client, &url).await }
+    })).collect();
+    tokio::time::sleep(DEFAULT_REQUEST_TIMEOUT + Duration::from_millis(300)).await;
+    publish("five", 5);
+    let answers = within("the blocking reloads", join_all(waiting)).await;
+    println!("blocking reload through the tier answered after {:?}", started.elapsed());
+    assert!(answers.iter().all(|a| matches!(a, Ok(g) if g.status == StatusCode::OK && g.body.as_ref() == b"five")));
+    assert_eq!(live.manifest_requests.get(), 1, "one upstream request for ten viewers");
+    let caches: Vec<&str> = answers.iter().map(|a| a.as_ref().unwrap().cache.as_str()).collect();
+    assert_eq!(caches.iter().filter(|c| **c == "miss").count(), 1, "{caches:?}");
+
+    // Refusals pass through uncached; other parameters never reach upstream.
+    assert_eq!(get(&client, &url("?_HLS_msn=9")).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(get(&client, &url("?_HLS_msn=9")).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(live.manifest_requests.get(), 3);
+    for bad in ["?_HLS_part=1", "?_HLS_msn=five"] {
+        assert_eq!(get(&client, &url(bad)).await.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    assert_eq!(live.manifest_requests.get(), 3);
+    // Without a blocking-reload query (other parameters are ignored), the plain playlist.
+    assert_eq!(get(&client, &url("")).await.body.as_ref(), b"five");
+    assert_eq!(get(&client, &url("?nocache=42")).await.body.as_ref(), b"five");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_ranges_are_served_from_the_cached_or_relayed_segment() {
+    use crate::store::{ObjectKey, Part, Store};
+    let store = Arc::new(Store::new());
+    let cam = StreamId::parse("cam").unwrap();
+    let key = |n| ObjectKey { rendition: crate::media::RenditionId::parse("720p").unwrap(), session: crate::media::SessionId::parse("abc").unwrap(), part: Part::Media(n) };
+    store.put_object(&cam, key(7), Bytes::from_static(b"0123456789"));
+    let (upstream, live) = live_node(&store).await;
+    let (_tier, base) = start_tier(TierConfig::default(), vec![upstream]).await;
+    let client = client();
+    let ranged = |path: &str, range: &'static str| {
+        let request = client.get(format!("{base}/live/cam/720p/{path}")).header(header::RANGE, range);
+        async move {
+            let response = request.send().await.unwrap();
+            let (status, content_range) = (response.status(), response.headers().get(header::CONTENT_RANGE).map(|v| v.to_str().unwrap().to_owned()));
+            (status, content_range, response.bytes().await.unwrap())
+        }
+    };
+    let (status, content_range, body) = ranged("abc-7.m4s", "bytes=2-4").await;
+    assert_eq!((status, content_range.as_deref(), body.as_ref()), (StatusCode::PARTIAL_CONTENT, Some("bytes 2-4/10"), &b"234"[..]));
+    assert_eq!(ranged("abc-7.m4s", "bytes=10-").await.0, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(ranged("abc-7.m4s", "bytes=7-").await.2.as_ref(), b"789");
+    assert_eq!(live.object_requests.get(), 1, "the whole segment fetched once, then cached");
+
+    // A growing segment: a part once its bytes have been relayed, a hint to the end.
+    store.append_chunk(&cam, key(8), Bytes::from_static(b"abc"));
+    let part = tokio::spawn(ranged("abc-8.m4s", "bytes=3-5"));
+    let hint = tokio::spawn(ranged("abc-8.m4s", "bytes=3-"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!part.is_finished(), "a part is not answered before its last byte arrives");
+    store.append_chunk(&cam, key(8), Bytes::from_static(b"def"));
+    let (status, _, body) = within("the part", part).await.unwrap();
+    assert_eq!((status, body.as_ref()), (StatusCode::PARTIAL_CONTENT, &b"def"[..]));
+    store.append_chunk(&cam, key(8), Bytes::from_static(b"gh"));
+    store.put_object(&cam, key(8), Bytes::from_static(b"abcdefgh"));
+    let (status, _, body) = within("the hint", hint).await.unwrap();
+    assert_eq!((status, body.as_ref()), (StatusCode::PARTIAL_CONTENT, &b"defgh"[..]));
+    assert_eq!(live.object_requests.get(), 2, "one relay for both");
+}

@@ -1,7 +1,8 @@
 //! HLS from the DASH packaging: the multivariant and media playlists name the very segment
 //! objects the MPD names, number them contiguously across reloads, carry wall-clock times,
 //! decode through ffprobe, and ffmpeg's HLS reader follows a republish across its
-//! discontinuity. Parsed with a small strict reader of the tags rackcast writes.
+//! discontinuity. Parsed with a small strict reader of the tags rackcast writes (the
+//! LL-HLS ones too: ll_hls.rs shares it).
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::{Child, Command, Stdio};
@@ -16,36 +17,100 @@ const CONFIG: &str = "[transcode]\nx264_preset = \"ultrafast\"\n";
 
 /// One media segment of a media playlist.
 #[derive(Debug, Clone)]
-struct Segment {
-    sequence: u64,
-    discontinuity_sequence: u64,
+pub(crate) struct Segment {
+    pub sequence: u64,
+    pub discontinuity_sequence: u64,
     /// Path under the stream's base (`720p/abc-7.m4s` resolved to `/live/...`).
-    url: String,
-    map: String,
-    seconds: f64,
-    date: Option<SystemTime>,
+    pub url: String,
+    pub map: String,
+    pub seconds: f64,
+    pub date: Option<SystemTime>,
+}
+
+/// One LL-HLS part (`EXT-X-PART`): a byte range of its segment.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PartLine {
+    /// The media sequence number of its segment, and its index in it.
+    pub msn: u64,
+    pub index: u64,
+    pub url: String,
+    pub seconds: f64,
+    pub offset: u64,
+    pub length: u64,
+    pub independent: bool,
 }
 
 #[derive(Debug)]
-struct MediaPlaylist {
-    target: u64,
-    segments: Vec<Segment>,
-    discontinuities: usize,
-    ended: bool,
+pub(crate) struct MediaPlaylist {
+    pub target: u64,
+    pub segments: Vec<Segment>,
+    pub discontinuities: usize,
+    pub ended: bool,
+    /// LL-HLS: `EXT-X-SERVER-CONTROL`'s attributes, the part target, the parts (of complete
+    /// segments and of the one being encoded, last) and the preload hint (URL, start).
+    pub server_control: Option<String>,
+    pub part_target: Option<f64>,
+    pub parts: Vec<PartLine>,
+    pub hint: Option<(String, u64)>,
 }
 
-/// Parses a media playlist at `/live/{STREAM}/{rendition}/media.m3u8`; panics on anything
-/// outside RFC 8216's grammar for the tags it knows, or a segment without EXTINF or MAP.
+/// The attributes of a tag, `NAME=value` (quotes removed), in order.
+fn attributes(list: &str) -> Vec<(&str, &str)> {
+    list.split(',').map(|a| a.split_once('=').unwrap_or_else(|| panic!("attribute without a value: {a:?} in {list:?}"))).map(|(k, v)| (k, v.trim_matches('"'))).collect()
+}
+
+/// Parses a media playlist at `/live/{STREAM}/{rendition}/media.m3u8`.
 fn parse_media(text: &str, rendition: &str) -> MediaPlaylist {
+    parse_media_of(STREAM, text, rendition)
+}
+
+/// Parses a media playlist at `/live/{stream}/{rendition}/media.m3u8`; panics on anything
+/// outside RFC 8216bis's grammar for the tags it knows, a segment without EXTINF or MAP, a
+/// part longer than the part target, or parts whose byte ranges do not follow each other
+/// from the start of their segment.
+pub(crate) fn parse_media_of(stream: &str, text: &str, rendition: &str) -> MediaPlaylist {
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("#EXTM3U"), "{text}");
-    let base = format!("/live/{STREAM}/{rendition}/");
+    let base = format!("/live/{stream}/{rendition}/");
     let (mut target, mut sequence, mut discontinuity_sequence) = (None, None, 0);
     let (mut map, mut seconds, mut date) = (None::<String>, None::<f64>, None);
     let (mut segments, mut discontinuities, mut ended) = (Vec::new(), 0, false);
+    let (mut server_control, mut part_target, mut parts, mut hint) = (None, None::<f64>, Vec::<PartLine>::new(), None);
+    // Parts of the segment not listed yet (the next URI line, or the one being encoded).
+    let mut pending = 0u64;
     let number = |v: &str| v.parse::<u64>().unwrap_or_else(|_| panic!("not a decimal-integer: {v:?} in\n{text}"));
     for line in lines {
-        if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
+        if let Some(v) = line.strip_prefix("#EXT-X-SERVER-CONTROL:") {
+            server_control = Some(v.to_owned());
+        } else if let Some(v) = line.strip_prefix("#EXT-X-PART-INF:PART-TARGET=") {
+            part_target = Some(v.parse().unwrap_or_else(|_| panic!("PART-TARGET {v:?}")));
+        } else if let Some(v) = line.strip_prefix("#EXT-X-PART:") {
+            let attrs = attributes(v);
+            let get = |name: &str| attrs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+            let part_seconds: f64 = get("DURATION").expect("DURATION").parse().unwrap();
+            let target = part_target.expect("EXT-X-PART-INF before the parts");
+            assert!(part_seconds <= target, "a part of {part_seconds} s over PART-TARGET {target}:\n{text}");
+            let (length, offset) = get("BYTERANGE").expect("BYTERANGE").split_once('@').expect("len@offset");
+            let url = base.clone() + get("URI").expect("URI");
+            let expected_offset = parts.last().filter(|p| pending > 0 && p.url == url).map_or(0, |p| p.offset + p.length);
+            let offset = number(offset);
+            assert_eq!(offset, expected_offset, "parts follow each other in their segment:\n{text}");
+            let independent = match get("INDEPENDENT") {
+                None => false,
+                Some("YES") => true,
+                Some(other) => panic!("INDEPENDENT={other}"),
+            };
+            assert!(attrs.iter().all(|(k, _)| ["DURATION", "URI", "BYTERANGE", "INDEPENDENT"].contains(k)), "{line}");
+            let msn = *sequence.as_ref().expect("EXT-X-MEDIA-SEQUENCE before the parts");
+            parts.push(PartLine { msn, index: pending, url, seconds: part_seconds, offset, length: number(length), independent });
+            pending += 1;
+        } else if let Some(v) = line.strip_prefix("#EXT-X-PRELOAD-HINT:") {
+            let attrs = attributes(v);
+            assert_eq!(attrs.len(), 3, "{line}");
+            assert_eq!(attrs[0], ("TYPE", "PART"), "{line}");
+            let (("URI", uri), ("BYTERANGE-START", start)) = (attrs[1], attrs[2]) else { panic!("{line}") };
+            hint = Some((base.clone() + uri, number(start)));
+        } else if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
             target = Some(number(v));
         } else if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
             sequence = Some(number(v));
@@ -69,12 +134,18 @@ fn parse_media(text: &str, rendition: &str) -> MediaPlaylist {
         } else if line.starts_with('#') {
             panic!("unexpected tag {line:?} in\n{text}");
         } else {
+            assert!(hint.is_none(), "a segment after the preload hint:\n{text}");
+            let url = base.clone() + line;
+            if pending > 0 {
+                assert_eq!(parts.last().unwrap().url, url, "parts of another segment before {line}:\n{text}");
+                pending = 0;
+            }
             let sequence = sequence.as_mut().expect("EXT-X-MEDIA-SEQUENCE before the segments");
             let previous_date = segments.last().and_then(|s: &Segment| s.date.map(|d| d + Duration::from_secs_f64(s.seconds)));
             segments.push(Segment {
                 sequence: *sequence,
                 discontinuity_sequence,
-                url: base.clone() + line,
+                url,
                 map: map.clone().expect("EXT-X-MAP before the first segment"),
                 seconds: seconds.take().expect("EXTINF before each segment"),
                 // A segment without its own date follows the one before it.
@@ -83,7 +154,7 @@ fn parse_media(text: &str, rendition: &str) -> MediaPlaylist {
             *sequence += 1;
         }
     }
-    MediaPlaylist { target: target.expect("EXT-X-TARGETDURATION"), segments, discontinuities, ended }
+    MediaPlaylist { target: target.expect("EXT-X-TARGETDURATION"), segments, discontinuities, ended, server_control, part_target, parts, hint }
 }
 
 fn fetch_text(app: &Appliance, path: &str) -> Option<String> {

@@ -14,6 +14,7 @@ mod federation;
 mod hostile_audio;
 mod hostile_rtmp;
 mod hls;
+mod ll_hls;
 mod http_edge;
 mod ingest_quirks;
 mod live_dash;
