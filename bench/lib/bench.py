@@ -479,8 +479,17 @@ def analyse(name, relay_log, poll_log, page_log, sampler, t_ff_end, a):
     fr_pts = pts
     fr_last = [f["last"] for f in frames]
     per_seg = []
+    first_bytes = []
     for e in segs:
         end_ms = mpd_seconds(e, e["t"] + e["d"]) * 1000.0 + off
+        # First bytes: from the segment's first frame crossing the relay to the poller's
+        # first 200. The poller always has a request out for the next segment; a server
+        # that waits for it (rackcast) answers at its first chunk, one that 404s (nginx)
+        # once it is complete. Only segments that were asked for before they existed.
+        o = ok200.get(e["url"])
+        j = bisect.bisect_left(fr_pts, mpd_seconds(e, e["t"]) * 1000.0 + off - 0.5)
+        if o and j < len(fr_pts) and o["wall"] <= publish_end and fr_last[j] < o["wall"] and (o["saw_404"] or o.get("waited_ms", 0) > 20):
+            first_bytes.append((o["wall"] - fr_last[j]) * 1000.0)
         i = bisect.bisect_left(fr_pts, end_ms - 0.5) - 1  # last frame with pts < end
         o = ok200.get(e["url"])
         row = {"n": e["n"], "t": e["t"], "d": e["d"], "url": e["url"].rsplit("/", 1)[-1],
@@ -516,6 +525,8 @@ def analyse(name, relay_log, poll_log, page_log, sampler, t_ff_end, a):
     if any(l < 0 for l in lags):
         W.append("%d segments were downloadable before their last frame crossed the relay "
                  "(negative lag): timeline mapping or chunked delivery?" % sum(l < 0 for l in lags))
+    r["first_bytes_ms_median"] = pct(first_bytes, 50)
+    r["first_bytes_ms_p95"] = pct(first_bytes, 95)
     r["lag_ms_median"] = pct(lags, 50)
     r["lag_ms_p95"] = pct(lags, 95)
     r["mpd_listing_lag_ms_median"] = pct(mlags, 50)
@@ -600,6 +611,8 @@ PLAYER_KEYS = ("player", "dashjs_latency_s_median", "dashjs_latency_s_p95",
                "playback_wire_latency_s_median", "playback_wire_latency_s_p95")
 
 ROWS = [
+    ("segment first bytes lag median ms", "first_bytes_ms_median", "%.0f"),
+    ("segment first bytes lag p95 ms", "first_bytes_ms_p95", "%.0f"),
     ("segment availability lag median ms", "lag_ms_median", "%.0f"),
     ("segment availability lag p95 ms", "lag_ms_p95", "%.0f"),
     ("segments measured", "segments_measured", "%d"),

@@ -15,7 +15,7 @@ Writes JSON lines to --log:
   {"ev":"mpd_first","wall":W}
   {"ev":"mpd_info", ...first video representation description...}  (on change)
   {"ev":"listed","url","n","t","d","timescale","pto","period_start","period_id","wall"}
-  {"ev":"seg200","url","wall","saw_404":bool,"predicted":bool,"bytes":N}
+  {"ev":"seg200","url","wall","saw_404":bool,"predicted":bool,"bytes":N (0: segments are not read),"waited_ms":held}
   {"ev":"init200","url","wall","saw_404":bool}
   {"ev":"error","what",...}
 """
@@ -43,8 +43,10 @@ class Client:
     def __init__(self):
         self.conns = {}
 
-    def get(self, url, timeout=2.0):
-        """Return (status, t_status, body_len). Raises on transport errors."""
+    def get(self, url, timeout=2.0, read_body=True):
+        """Return (status, t_status, body). Raises on transport errors. Without
+        read_body the connection is closed once the status arrives (a segment still being
+        encoded would otherwise hold the poller for the rest of it)."""
         u = urlsplit(url)
         key = u.netloc
         path = u.path + ("?" + u.query if u.query else "")
@@ -57,6 +59,10 @@ class Client:
                 conn.request("GET", path, headers={"Cache-Control": "no-cache"})
                 resp = conn.getresponse()
                 t_status = time.monotonic()
+                if not read_body:
+                    conn.close()
+                    self.conns.pop(key, None)
+                    return resp.status, t_status, b""
                 body = resp.read()
                 if resp.will_close:
                     conn.close()
@@ -74,14 +80,16 @@ class Client:
 
 
 
-def poll_pending(cli, emit, table, what, ok_event, extra, err_count):
+def poll_pending(cli, emit, table, what, ok_event, extra, err_count, read_body=True):
     """GETs every URL of `table` not yet downloadable; records the first 200 (with `extra`
-    fields from its state) or that a 404 was seen. Returns the updated error count."""
+    fields from its state, and how long the server held the request: `waited_ms`) or that a
+    404 was seen. Returns the updated error count."""
     for url, st in list(table.items()):
         if st["ok"]:
             continue
         try:
-            status, ts, body = cli.get(url)
+            asked = time.monotonic()
+            status, ts, body = cli.get(url, read_body=read_body)
         except Exception as e:
             err_count += 1
             if err_count < 20:
@@ -90,7 +98,7 @@ def poll_pending(cli, emit, table, what, ok_event, extra, err_count):
         if status == 200:
             st["ok"] = True
             emit({"ev": ok_event, "url": url, "wall": ts, "saw_404": st["saw_404"], **extra(st),
-                  "bytes": len(body)})
+                  "bytes": len(body), "waited_ms": round((ts - asked) * 1000.0, 1)})
         else:
             st["saw_404"] = True
     return err_count
@@ -127,7 +135,7 @@ def main():
         err_count = poll_pending(cli, emit, init, "init", "init200", lambda st: {}, err_count)
         err_count = poll_pending(cli, emit, segs, "segment", "seg200",
                                  lambda st: {"predicted": st["predicted"], "listed_before": st["listed"]},
-                                 err_count)
+                                 err_count, read_body=False)
         # 2. the MPD, at its own (slower) cadence
         status, body = None, b""
         if time.monotonic() >= next_mpd:
