@@ -320,6 +320,12 @@ fn dashjs_and_shaka_play_the_low_latency_mpd_near_the_live_edge() {
         not_run("the low-latency browser players need chromium (tests/run.sh installs it)");
         return;
     };
+    let required = std::env::var_os("RACKCAST_REQUIRE_PLAYERS").is_some();
+    if let Err(e) = crate::support::ensure_npm_modules(&crate::support::players::players_dir(), &["dashjs", "shaka-player"]) {
+        assert!(!required, "RACKCAST_REQUIRE_PLAYERS is set but the npm modules cannot be installed: {e}");
+        not_run(&format!("the low-latency browser players cannot install their npm modules: {e}"));
+        return;
+    }
     const WATCH: Duration = Duration::from_secs(40);
     // A player's latency depends on the stream keeping real time: no other appliance runs
     // beside this one (as for the other tests that measure the host).

@@ -524,6 +524,9 @@ impl Drop for Publisher {
 /// `npm ci` in `dir` (a folder of tests/ with a package-lock.json) unless its node_modules
 /// already holds the locked versions of `modules`.
 pub fn ensure_npm_modules(dir: &std::path::Path, modules: &[&str]) -> Result<(), String> {
+    // Two tests of this binary may need the same modules at once: one `npm ci` at a time.
+    static NPM: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = NPM.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let lock: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("package-lock.json")).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
