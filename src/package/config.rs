@@ -153,7 +153,9 @@ impl Default for PackageConfig {
             max_clock_drift: DEFAULT_MAX_CLOCK_DRIFT,
             max_fragment_bytes: DEFAULT_MAX_FRAGMENT_BYTES,
             max_stream_bytes: DEFAULT_MAX_STREAM_BYTES,
-            low_latency: true,
+            // Off until every player check of low latency passes (hls.js, the desktop
+            // players on LL-HLS); `low_latency = true` turns it on.
+            low_latency: false,
             chunk_duration: DEFAULT_CHUNK_DURATION,
         }
     }

@@ -15,7 +15,7 @@ use crate::hls::{MediaPlaylist, PartLine, parse_media_of};
 use crate::support::{Appliance, Publisher, get, get_bytes, one_ladder_at_a_time, output_within, wait_until};
 
 const STREAM: &str = "llhlscam";
-const CONFIG: &str = "[transcode]\nx264_preset = \"ultrafast\"\n";
+const CONFIG: &str = "[transcode]\nx264_preset = \"ultrafast\"\n[package]\nlow_latency = true\n";
 const RENDITION: &str = "360p";
 /// What the node answers a blocking reload with (`http::BLOCKING_PLAYLIST_CACHE`).
 const BLOCKING_CACHE: &str = "public, max-age=1";
