@@ -7,8 +7,9 @@
 //! threads, one per rendition, nearly together: they only store the object, extend the
 //! timeline and mark the stream dirty. The renderer task ([`Packager::run_renderer`])
 //! renders each dirty stream's MPD once per change, off the streaming threads, after a
-//! short coalescing pause that gathers a segment's renditions into one render. Session
-//! starts and ends, which viewers must see at once, render inline.
+//! short coalescing pause that gathers a segment's renditions into one render. A chunk
+//! (low latency) changes only the HLS playlists, which list parts: it re-renders those
+//! alone. Session starts and ends, which viewers must see at once, render inline.
 //!
 //! Bytes are bounded as well as time ([`ByteCaps`]): a muxer's fragment over
 //! `package.max_fragment_bytes` is refused by the assembler and ends its stream; a stream
@@ -81,7 +82,7 @@ pub mod hls;
 pub mod mpd;
 pub mod timeline;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -168,7 +169,10 @@ pub struct Packager {
     timing: MpdTiming,
     timelines: RwLock<HashMap<StreamId, SharedTimeline>>,
     /// Streams whose MPD is older than their timeline.
-    dirty: Mutex<HashSet<StreamId>>,
+    /// Streams whose manifests are older than their timeline: `true` when the timeline
+    /// changed (every manifest is rendered), `false` when only parts of a segment being
+    /// encoded were added (only the HLS playlists list those; the MPDs stay as they are).
+    dirty: Mutex<HashMap<StreamId, bool>>,
     wake: Notify,
     caps: ByteCaps,
     metrics: PackageMetrics,
@@ -186,7 +190,7 @@ impl Packager {
             store,
             timing,
             timelines: RwLock::new(HashMap::new()),
-            dirty: Mutex::new(HashSet::new()),
+            dirty: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             caps: ByteCaps::UNLIMITED,
             metrics: PackageMetrics::default(),
@@ -268,7 +272,7 @@ impl Packager {
         let key = ObjectKey { rendition: rendition.clone(), session: session.clone(), part: Part::Media(number) };
         self.store.append_chunk(stream, key, chunk.bytes);
         drop(tl);
-        self.mark_dirty(stream);
+        self.mark_parts_dirty(stream);
         Some(number)
     }
 
@@ -338,7 +342,14 @@ impl Packager {
     }
 
     fn mark_dirty(&self, stream: &StreamId) {
-        self.dirty.lock().insert(stream.clone());
+        self.dirty.lock().insert(stream.clone(), true);
+        self.wake.notify_one();
+    }
+
+    /// Only a part was added: the playlists are rendered again, not the MPDs (module
+    /// header). Five parts a second per rendition would otherwise re-render every MPD.
+    fn mark_parts_dirty(&self, stream: &StreamId) {
+        self.dirty.lock().entry(stream.clone()).or_insert(false);
         self.wake.notify_one();
     }
 
@@ -393,11 +404,14 @@ impl Packager {
             tokio::time::sleep(RENDER_COALESCE).await;
             #[cfg(test)]
             self.hooks.before_loop_step();
-            let dirty: Vec<StreamId> = self.dirty.lock().drain().collect();
+            let dirty: Vec<(StreamId, bool)> = self.dirty.lock().drain().collect();
             let now = SystemTime::now();
-            for stream in dirty {
-                if let Some(timeline) = self.timeline(&stream) {
+            for (stream, timeline_changed) in dirty {
+                let Some(timeline) = self.timeline(&stream) else { continue };
+                if timeline_changed {
                     self.contained(&stream, "rendering the MPD", || self.evict_and_publish(&mut timeline.lock(), now));
+                } else {
+                    self.contained(&stream, "rendering the playlists", || self.publish_playlists(&timeline.lock()));
                 }
             }
         }
@@ -473,6 +487,11 @@ impl Packager {
             self.store.remove_objects(&tl.stream, &gone.session, &gone.rendition, gone.number.map(Part::Media));
         }
         !evicted.is_empty()
+    }
+
+    /// Renders the timeline's HLS playlists into the store, leaving its MPDs as they are.
+    fn publish_playlists(&self, tl: &StreamTimeline) {
+        self.store.set_playlists(&tl.stream, hls::render(tl, self.timing.chunk_duration));
     }
 
     /// Renders the timeline's manifests into the store.

@@ -99,12 +99,8 @@ impl GrowingBody {
     }
 
     /// The bytes appended so far.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.chunks.lock().iter().map(Bytes::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.progress.borrow().chunks == 0
     }
 
     /// Every chunk so far, concatenated.

@@ -342,6 +342,14 @@ impl Store {
         entry.published.notify_waiters();
     }
 
+    /// Replaces the stream's HLS playlists only (a part was added; the MPDs are unchanged).
+    pub fn set_playlists(&self, stream: &StreamId, playlists: HashMap<Playlist, PlaylistText>) {
+        let entry = self.entry(stream);
+        let mut entry = entry.write();
+        entry.playlists = playlists;
+        entry.published.notify_waiters();
+    }
+
     pub fn remove_stream(&self, stream: &StreamId) {
         self.streams.write().remove(stream);
     }
@@ -389,13 +397,8 @@ impl Store {
         self.existing(stream)?.read().objects.get(key).cloned()
     }
 
-    /// A complete object, else a segment being encoded under that key.
-    pub fn object_or_growing(&self, stream: &StreamId, key: &ObjectKey) -> Option<Stored> {
-        self.existing(stream)?.read().lookup(key)
-    }
-
-    /// Like [`Self::object_or_growing`], but the next media segment of a rendition (module
-    /// header) is waited for, up to `wait`.
+    /// A complete object, else a segment being encoded under that key; the next media
+    /// segment of a rendition (module header) is waited for, up to `wait`.
     pub async fn object_or_next(&self, stream: &StreamId, key: &ObjectKey, wait: std::time::Duration) -> Lookup {
         let Some(entry) = self.existing(stream) else { return Lookup::UnknownStream };
         let deadline = tokio::time::Instant::now() + wait;
@@ -493,6 +496,11 @@ mod tests {
         assert!(matches!(store.object_or_next(&cam, &key(Part::Media(9)), std::time::Duration::from_millis(20)).await, Lookup::Missing));
     }
 
+    /// What the store holds under `key`, growing or complete, without waiting.
+    fn stored(store: &Store, stream: &StreamId, key: &ObjectKey) -> Option<Stored> {
+        store.existing(stream)?.read().lookup(key)
+    }
+
     #[test]
     fn a_growing_segment_is_sealed_when_stored_whole_and_abandoned_with_its_session() {
         let store = Store::new();
@@ -501,19 +509,19 @@ mod tests {
         let key = |session: &SessionId, n| ObjectKey { rendition: RenditionId::parse("720p").unwrap(), session: session.clone(), part: Part::Media(n) };
         store.append_chunk(&cam, key(&old, 4), Bytes::from_static(b"moof1"));
         store.append_chunk(&cam, key(&old, 4), Bytes::from_static(b"moof2"));
-        let Some(Stored::Growing(body)) = store.object_or_growing(&cam, &key(&old, 4)) else { panic!("not growing") };
+        let Some(Stored::Growing(body)) = stored(&store, &cam, &key(&old, 4)) else { panic!("not growing") };
         assert_eq!((body.concat(), store.object(&cam, &key(&old, 4)), store.stream_bytes(&cam)), (Bytes::from_static(b"moof1moof2"), None, 0));
         store.put_object(&cam, key(&old, 4), body.concat());
         assert_eq!(body.ended(), Some(growing::End::Sealed));
-        assert!(matches!(store.object_or_growing(&cam, &key(&old, 4)), Some(Stored::Complete(b)) if b == "moof1moof2"));
+        assert!(matches!(stored(&store, &cam, &key(&old, 4)), Some(Stored::Complete(b)) if b == "moof1moof2"));
         // The next segments of both sessions grow; the old session ends.
         store.append_chunk(&cam, key(&old, 5), Bytes::from_static(b"x"));
         store.append_chunk(&cam, key(&new, 1), Bytes::from_static(b"y"));
-        let Some(Stored::Growing(left)) = store.object_or_growing(&cam, &key(&old, 5)) else { panic!() };
+        let Some(Stored::Growing(left)) = stored(&store, &cam, &key(&old, 5)) else { panic!() };
         store.abandon_growing(&cam, |session| session != &new);
         assert_eq!(left.ended(), Some(growing::End::Abandoned));
-        assert!(store.object_or_growing(&cam, &key(&old, 5)).is_none());
-        let Some(Stored::Growing(current)) = store.object_or_growing(&cam, &key(&new, 1)) else { panic!() };
+        assert!(stored(&store, &cam, &key(&old, 5)).is_none());
+        let Some(Stored::Growing(current)) = stored(&store, &cam, &key(&new, 1)) else { panic!() };
         store.remove_stream(&cam);
         assert_eq!(current.ended(), Some(growing::End::Abandoned), "a removed stream cuts its readers off");
     }
