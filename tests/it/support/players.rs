@@ -298,7 +298,8 @@ impl PageServer {
                 _ => path
                     .strip_prefix("/lib/dashjs/")
                     .map(|f| dir.join("node_modules/dashjs/dist/modern/umd").join(f))
-                    .or_else(|| path.strip_prefix("/lib/shaka/").map(|f| dir.join("node_modules/shaka-player/dist").join(f))),
+                    .or_else(|| path.strip_prefix("/lib/shaka/").map(|f| dir.join("node_modules/shaka-player/dist").join(f)))
+                    .or_else(|| path.strip_prefix("/lib/hlsjs/").map(|f| dir.join("node_modules/hls.js/dist").join(f))),
             };
             let kind = if path.ends_with(".html") { "text/html" } else { "text/javascript" };
             match file.filter(|_| !path.contains("..")).and_then(|f| std::fs::read(f).ok()) {
