@@ -169,7 +169,7 @@ for p in $(sed -n 's/^ARG VA_DRIVERS="\(.*\)"$/\1/p' "$containerfile"); do
 done
 grep -q '^USER 10001:10001$' <<<"$runtime_stage" || fail "$containerfile: runtime stage does not run as 10001:10001 (the manifests' runAsUser/runAsGroup)"
 grep -q '^ENTRYPOINT \["/usr/local/bin/rackcast"\]$' <<<"$runtime_stage" || fail "$containerfile: ENTRYPOINT is not the binary"
-ok "image: ${#runtime[@]} runtime packages cover the $linked libraries the binary links; no -dev or build tool; Containerfile stages"
+ok "image: ${#runtime[@]} runtime packages cover the libraries the binary links ($linked links through $(echo "${!sys_module[@]}" | wc -w) pkg-config modules); no -dev or build tool; Containerfile stages"
 
 # 5. No secret committed.
 secret_dir=deploy/kubernetes/base/secrets
