@@ -7,7 +7,13 @@
 #                                   certificates, and a Rust toolchain at least as new as
 #                                   Cargo.toml's rust-version (through rustup when cargo is
 #                                   missing or too old, e.g. Debian's own rustc 1.63)
-#   deploy/install-deps.sh --test   also the tools the test suite spawns (tests/run.sh)
+#   deploy/install-deps.sh --test   also the tools the test suite spawns (tests/run.sh), and
+#                                   kubernetes-validate in a venv (k8s_venv below) for
+#                                   tests/kubernetes_check.sh
+#   deploy/install-deps.sh --runtime  only what the built binary needs to run (the
+#                                   container image's runtime stage): the list below
+#                                   without build tools, each -dev package replaced by
+#                                   its shared library; no Rust
 #
 # rustup installs into ~/.cargo/bin, which this script cannot add to its caller's PATH:
 # deploy/run.sh and tests/run.sh source ~/.cargo/env themselves; in a shell, run
@@ -30,6 +36,17 @@ packages=(
   gstreamer1.0-plugins-ugly gstreamer1.0-libav ffmpeg
 )
 
+# What only the build needs (the C toolchain and pkg-config for the -sys crates' build
+# scripts, curl for rustup), and the shared library each -dev package above links the
+# binary against: runtime_packages (--runtime, deploy/kubernetes/Containerfile) is
+# `packages` without the first, with the second in place of the -dev packages.
+# tests/kubernetes_check.sh checks both against the libraries pkg-config names.
+build_only=(gcc libc6-dev make pkg-config curl)
+declare -A dev_runtime=(
+  [libglib2.0-dev]=libglib2.0-0 [libgstreamer1.0-dev]=libgstreamer1.0-0
+  [libgstreamer-plugins-base1.0-dev]=libgstreamer-plugins-base1.0-0
+)
+
 # Test-only tools (the player matrix and the console test): xmllint (validates MPDs
 # against tests/schema/), python3-jsonschema (validates the OpenAPI document against the
 # OpenAPI 3.1 schema in tests/schema/), cvlc, streamlink, headless chromium (dash.js) and firefox-esr
@@ -42,11 +59,21 @@ packages=(
 #   setpriv --reuid=nobody --regid=nogroup --clear-groups --reset-env \
 #     cvlc --play-and-exit --vout=dummy --aout=dummy URL
 # --reset-env gives it nobody's HOME; without it VLC warns that /root/.config is unreadable.
-test_packages=(libxml2-utils python3-jsonschema vlc-bin vlc-plugin-base streamlink chromium firefox-esr nodejs npm)
+# tests/kubernetes_check.sh: kubectl (renders the kustomizations; Debian's kubernetes-client
+# is kubectl 1.20), yamllint, python3-venv (the venv that kubernetes-validate goes into).
+test_packages=(libxml2-utils python3-jsonschema vlc-bin vlc-plugin-base streamlink chromium firefox-esr nodejs npm
+  kubernetes-client yamllint python3-venv)
 
 # A package counts as present when dpkg has it installed or, for these, when its command
 # is on PATH: NodeSource's nodejs package ships npm and conflicts with Debian's npm.
-declare -A present_as_command=([nodejs]=node [npm]=npm)
+# kubectl may come from elsewhere than Debian (a newer one from the Kubernetes project's
+# repository or a cloud SDK): any kubectl on PATH will do.
+declare -A present_as_command=([nodejs]=node [npm]=npm [kubernetes-client]=kubectl)
+
+# kubernetes-validate (PyPI; Kubernetes JSON schemas up to 1.31, the checks use 1.30), in
+# a venv of its own: Debian packages neither it nor its schemas.
+k8s_validate_version=1.31.0
+k8s_venv() { echo "${RACKCAST_K8S_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/rackcast/k8s-venv}"; }
 
 # version_ge A B: true when dotted version A >= B, compared numerically field by field; a
 # missing field counts as 0 and a suffix is ignored (1.95.0-beta.1 -> 1.95.0).
@@ -127,15 +154,50 @@ ensure_rust() {
   echo "install-deps: Rust $(rustc_version) is in ${cargo_env%/env}/bin; to use cargo in this shell run: . \"$cargo_env\"" >&2
 }
 
+# The runtime list: `packages` without build_only, -dev packages as their libraries.
+runtime_packages() {
+  local p
+  for p in "${packages[@]}"; do
+    if [[ " ${build_only[*]} " == *" $p "* ]]; then
+      continue
+    elif [[ "$p" == *-dev ]]; then
+      [ -n "${dev_runtime[$p]:-}" ] || { echo "install-deps: no runtime package for $p in dev_runtime" >&2; return 1; }
+      echo "${dev_runtime[$p]}"
+    else
+      echo "$p"
+    fi
+  done
+}
+
+# The venv with kubernetes-validate: no network when the pinned version is there.
+ensure_k8s_validate() {
+  local venv py
+  venv=$(k8s_venv)
+  [ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" = "$k8s_validate_version" ] && return 0
+  echo "install-deps: installing kubernetes-validate $k8s_validate_version into $venv" >&2
+  py=/usr/bin/python3
+  [ -x "$py" ] || py=python3
+  mkdir -p "$(dirname "$venv")"
+  "$py" -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$k8s_validate_version"
+}
+
 main() {
-  local want=("${packages[@]}")
+  local want=("${packages[@]}") runtime
   case "${1:-}" in
     "") ;;
     --test) want+=("${test_packages[@]}") ;;
-    *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+    --runtime)
+      runtime=$(runtime_packages)
+      mapfile -t want <<<"$runtime"
+      install_packages "${want[@]}"
+      return
+      ;;
+    *) echo "usage: $0 [--test | --runtime]" >&2; exit 2 ;;
   esac
   install_packages "${want[@]}"
   ensure_rust
+  if [ "${1:-}" = --test ]; then ensure_k8s_validate; fi
 }
 
 # Sourcing the script (tests/install_deps_check.sh does) defines the lists and functions only.

@@ -64,15 +64,19 @@ declare -A program_package=(
   [node]=nodejs [npm]=npm [firefox-esr]=firefox-esr
   # python3 with the jsonschema module (the OpenAPI document's validation).
   [python3]=python3-jsonschema
+  # tests/kubernetes_check.sh (its venv's kubernetes-validate is checked with --installed).
+  [kubectl]=kubernetes-client [yamllint]=yamllint [python3 -m venv]=python3-venv
   # Essential on every Debian system (apt will not remove them): nothing to install.
   [sh]=essential [id]=essential [chown]=essential [setpriv]=essential
 )
 player_matrix=(gst-launch-1.0 cvlc streamlink chromium firefox-esr xmllint node npm)
+# What tests/kubernetes_check.sh runs besides python3.
+kubernetes_check_tools=(kubectl yamllint "python3 -m venv")
 programs=()
 while read -r program; do programs+=("$program"); done < <(
   grep -rhoE 'Command::new\("[^"]+"\)' tests src | sed 's/.*("\(.*\)")/\1/' | sort -u)
 ((${#programs[@]} >= 2)) || fail "found only ${#programs[@]} programs spawned in tests/ and src/"
-programs+=("${player_matrix[@]}")
+programs+=("${player_matrix[@]}" "${kubernetes_check_tools[@]}")
 test_need=()
 for program in "${programs[@]}"; do
   if [ -z "${program_package[$program]:-}" ]; then
@@ -159,8 +163,13 @@ default $rust_want" ] || fail "old rustup default: rustup called as '$(cat "$stu
 # With --installed: the programs are there (after install-deps.sh --test).
 if [ "${1:-}" = --installed ]; then
   for program in "${programs[@]}"; do
+    if [ "$program" = "python3 -m venv" ]; then
+      continue # used once, by install-deps.sh; the venv it made is checked below
+    fi
     command -v "$program" >/dev/null || fail "$program is not on PATH after deploy/install-deps.sh --test"
   done
+  [ "$("$(k8s_venv)/bin/kubernetes-validate" --version 2>/dev/null)" = "$k8s_validate_version" ] ||
+    fail "no kubernetes-validate $k8s_validate_version in $(k8s_venv) after deploy/install-deps.sh --test"
   for m in "${modules[@]}"; do
     pkg-config --exists "$m" || fail "pkg-config does not find $m"
   done

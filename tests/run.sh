@@ -12,6 +12,9 @@ cd "$(dirname "$0")/.."
 if [ -f "${CARGO_HOME:-$HOME/.cargo}/env" ]; then . "${CARGO_HOME:-$HOME/.cargo}/env"; fi
 # The package lists and the Rust branch of install-deps.sh (offline, < 1 s).
 ./tests/install_deps_check.sh --installed
+# deploy/kubernetes: renders, schema validation, yamllint, the image's packages, no
+# committed secret (offline, a few seconds; no cargo).
+./tests/kubernetes_check.sh
 # The suite builds from scratch on CI: incremental compilation only adds work there.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 # Everything the browser and player tests need is installed above: they must run, not skip.
