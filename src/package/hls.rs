@@ -22,10 +22,15 @@
 //! (`timeline::Dropped`); the window only ever loses segments from its front, so every segment keeps
 //! its sequence numbers across reloads and Period changes.
 //!
-//! A rendition missing from the newest Period (a re-plan or a republish dropped it) gets
-//! `EXT-X-ENDLIST` after its last segment: its players stop instead of waiting for
-//! segments that never come, and the multivariant no longer offers it. Its playlist goes
-//! when its last segment leaves the window. An ended stream's playlists get no
+//! A rendition missing from a later Period (a re-plan or a republish dropped its rung) goes
+//! on in that Period with a stand-in (`StreamTimeline::carrier`: the tallest video rung not
+//! taller than it, else the shortest; the audio), behind the discontinuity, its URIs
+//! `../{stand-in}/...`: an HLS player follows one media playlist and does not reload the
+//! multivariant, so without a stand-in it would stop where a DASH player moves on to the
+//! new Period's Representations. The multivariant offers new players only the newest
+//! Period's renditions. The stand-in's evicted segments count for the playlists it stands
+//! in for, so their sequence numbers hold. A rendition gets `EXT-X-ENDLIST` only when the
+//! newest Period has nothing of its kind. An ended stream's playlists get no
 //! `EXT-X-ENDLIST`: broadcasters reconnect, and a player that keeps reloading follows the
 //! republish across its discontinuity (where a DASH player stops at the static MPD); once
 //! the stream is forgotten (a DVR window after its end) they answer 404.
@@ -92,9 +97,9 @@ pub fn render(timeline: &StreamTimeline, chunk: Option<Duration>) -> HashMap<Pla
     let mut playlists = HashMap::new();
     let Some(multivariant) = multivariant(timeline) else { return playlists };
     playlists.insert(Playlist::Multivariant, PlaylistText { text: Bytes::from(multivariant), position: None });
-    let mut renditions: Vec<&RenditionId> = timeline.periods.iter().flat_map(|p| p.tracks.iter().map(|t| &t.info.id)).collect();
+    // Every rendition the stream has had: one a re-plan dropped goes on with a stand-in.
+    let mut renditions: Vec<&RenditionId> = timeline.seen.keys().collect();
     renditions.sort();
-    renditions.dedup();
     for id in renditions {
         if let Some(media) = media_playlist(timeline, id, chunk) {
             playlists.insert(Playlist::Media(id.clone()), media);
@@ -152,10 +157,8 @@ fn stream_inf(out: &mut String, track: &Track, audio: Option<&Track>) {
 /// The media playlist of `rendition`, or `None` when no Period holds a segment of it.
 /// `chunk`: the configured part duration with low latency (module header, LL-HLS).
 fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Option<Duration>) -> Option<PlaylistText> {
-    let listed: Vec<(&Period, &Track)> = timeline
-        .periods
-        .iter()
-        .filter_map(|p| p.track(rendition).filter(|t| !t.segments.is_empty()).map(|t| (p, t)))
+    let listed: Vec<(&Period, &Track)> = (0..timeline.periods.len())
+        .filter_map(|i| timeline.carrier(i, rendition).filter(|t| !t.segments.is_empty()).map(|t| (&timeline.periods[i], t)))
         .collect();
     if listed.is_empty() {
         return None;
@@ -165,7 +168,7 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Opt
     let longest = listed.iter().flat_map(|(_, t)| t.segments.iter().map(|s| seconds(s.duration, t))).max().unwrap_or_default();
     let target = rounded_secs(longest).max(timeline.segment_duration.as_secs() + u64::from(timeline.segment_duration.subsec_nanos() > 0));
     let dropped = timeline.dropped.get(rendition).copied().unwrap_or_default();
-    let ended = timeline.periods.last().is_some_and(|p| p.track(rendition).is_none());
+    let ended = timeline.periods.len().checked_sub(1).is_some_and(|last| timeline.carrier(last, rendition).is_none());
     // Low latency: the part target covers the configured chunk and every part the listed
     // tracks have had, rounded up to the millisecond.
     let part_target = chunk.map(|chunk| {
@@ -185,11 +188,11 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Opt
     let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-DISCONTINUITY-SEQUENCE:{}", dropped.segments, dropped.periods);
     let mut listed_segments = 0u64;
     for (index, (period, track)) in listed.iter().enumerate() {
-        let session = period.session.as_str();
+        let (dir, session) = (stand_in_dir(track, rendition), period.session.as_str());
         if index > 0 {
             out.push_str("#EXT-X-DISCONTINUITY\n");
         }
-        let _ = writeln!(out, "#EXT-X-MAP:URI=\"init-{session}.mp4\"");
+        let _ = writeln!(out, "#EXT-X-MAP:URI=\"{dir}init-{session}.mp4\"");
         let first = track.segments.front().expect("listed tracks have segments");
         let wall = timeline.availability_start.checked_add(period.start).and_then(|t| t.checked_add(seconds(first.time, track)));
         if let Some(wall) = wall.and_then(date_time) {
@@ -199,9 +202,9 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Opt
         let recent = recent_segments(track, Duration::from_secs(target * PARTS_LISTED_TARGETS));
         for (n, segment) in track.segments.iter().enumerate() {
             if part_target.is_some() && n >= track.segments.len() - recent {
-                write_parts(&mut out, track, session, segment.number);
+                write_parts(&mut out, track, &dir, session, segment.number);
             }
-            let _ = writeln!(out, "#EXTINF:{:.3},\n{session}-{}.m4s", seconds(segment.duration, track).as_secs_f64(), segment.number);
+            let _ = writeln!(out, "#EXTINF:{:.3},\n{dir}{session}-{}.m4s", seconds(segment.duration, track).as_secs_f64(), segment.number);
         }
         listed_segments += track.segments.len() as u64;
     }
@@ -217,17 +220,17 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Opt
         let live = timeline.periods.last().is_some_and(|p| p.session == period.session);
         let newest = track.segments.back().expect("listed tracks have segments").number;
         if live {
-            let session = period.session.as_str();
+            let (dir, session) = (stand_in_dir(track, rendition), period.session.as_str());
             let growing = track.parts.back().filter(|p| p.number == newest + 1 && !p.complete);
             let (number, offset) = match growing {
                 Some(segment) => {
-                    write_parts(&mut out, track, session, segment.number);
+                    write_parts(&mut out, track, &dir, session, segment.number);
                     next_parts = segment.parts.len() as u64;
                     (segment.number, segment.parts.last().map_or(0, |p| p.offset + p.length))
                 }
                 None => (newest + 1, 0),
             };
-            let _ = writeln!(out, "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{session}-{number}.m4s\",BYTERANGE-START={offset}");
+            let _ = writeln!(out, "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{dir}{session}-{number}.m4s\",BYTERANGE-START={offset}");
         }
     }
     let position = PlaylistPosition {
@@ -254,15 +257,22 @@ fn recent_segments(track: &Track, span: Duration) -> usize {
     count
 }
 
-/// The `EXT-X-PART` lines of segment `number` of `track`, for the parts the track kept.
-fn write_parts(out: &mut String, track: &Track, session: &str, number: u64) {
+/// Where `track`'s objects are from `rendition`'s playlist: beside it, or the stand-in's
+/// directory (`../{id}/`) when `track` carries the playlist in a Period without it.
+fn stand_in_dir(track: &Track, rendition: &RenditionId) -> String {
+    if &track.info.id == rendition { String::new() } else { format!("../{}/", track.info.id) }
+}
+
+/// The `EXT-X-PART` lines of segment `number` of `track` (its objects under `dir`), for the
+/// parts the track kept.
+fn write_parts(out: &mut String, track: &Track, dir: &str, session: &str, number: u64) {
     let Some(segment) = track.parts.iter().find(|p| p.number == number) else { return };
     for part in &segment.parts {
         let duration = media_duration(part.duration, track.info.timescale).unwrap_or_default();
         let independent = if part.independent { ",INDEPENDENT=YES" } else { "" };
         let _ = writeln!(
             out,
-            "#EXT-X-PART:DURATION={:.3},URI=\"{session}-{number}.m4s\",BYTERANGE=\"{}@{}\"{independent}",
+            "#EXT-X-PART:DURATION={:.3},URI=\"{dir}{session}-{number}.m4s\",BYTERANGE=\"{}@{}\"{independent}",
             duration.as_secs_f64(),
             part.length,
             part.offset
@@ -420,8 +430,13 @@ mod tests {
         let uris: Vec<&str> = video.lines().filter(|l| l.ends_with(".m4s")).collect();
         assert_eq!(uris, ["s1-1.m4s", "s1-2.m4s", "s1-3.m4s", "s2-7.m4s", "s2-8.m4s", "s2-9.m4s"]);
         assert!(!video.contains("#EXT-X-ENDLIST"));
-        // 480p is not in the newest Period: its playlist ends, the multivariant drops it.
-        assert!(playlists[&Playlist::Media(id("480p"))].ends_with("s1-3.m4s\n#EXT-X-ENDLIST\n"));
+        // 480p is not in the newest Period: the multivariant drops it, and its playlist
+        // goes on through the discontinuity with the stand-in (720p, the only video).
+        let dropped_rung = &playlists[&Playlist::Media(id("480p"))];
+        let uris: Vec<&str> = dropped_rung.lines().filter(|l| l.ends_with(".m4s")).collect();
+        assert_eq!(uris, ["s1-1.m4s", "s1-2.m4s", "s1-3.m4s", "../720p/s2-7.m4s", "../720p/s2-8.m4s", "../720p/s2-9.m4s"]);
+        assert_eq!(lines(dropped_rung, "#EXT-X-MAP:URI="), ["\"init-s1.mp4\"", "\"../720p/init-s2.mp4\""]);
+        assert!(!dropped_rung.contains("#EXT-X-ENDLIST"));
         assert!(!playlists[&Playlist::Multivariant].contains("480p"));
 
         // The window moves past the first Period's first two segments, then all of it.
@@ -431,6 +446,7 @@ mod tests {
         assert_eq!(lines(video, "#EXT-X-MEDIA-SEQUENCE:"), ["2"]);
         assert_eq!(lines(video, "#EXT-X-DISCONTINUITY-SEQUENCE:"), ["0"]);
         assert!(video.contains("#EXT-X-PROGRAM-DATE-TIME:2027-01-15T08:00:02.000Z\n#EXTINF:1.000,\ns1-3.m4s"), "{video}");
+        assert_eq!(lines(&texts(&tl)[&Playlist::Media(id("480p"))], "#EXT-X-MEDIA-SEQUENCE:"), ["2"]);
         tl.evict(Duration::from_secs(30), at(33_500));
         let playlists = texts(&tl);
         let video = &playlists[&Playlist::Media(id("720p"))];
@@ -438,7 +454,43 @@ mod tests {
         assert_eq!(lines(video, "#EXT-X-DISCONTINUITY-SEQUENCE:"), ["1"], "the discontinuity left with the Period");
         assert!(!video.contains("#EXT-X-DISCONTINUITY\n"));
         assert_eq!(lines(video, "#EXT-X-MAP:URI="), ["\"init-s2.mp4\""]);
-        assert!(!playlists.contains_key(&Playlist::Media(id("480p"))), "gone with its last segment");
+        // The stand-in's segments keep their sequence numbers in the dropped rung's playlist
+        // once its own Period has left the window too.
+        let dropped_rung = &playlists[&Playlist::Media(id("480p"))];
+        assert_eq!(lines(dropped_rung, "#EXT-X-MEDIA-SEQUENCE:"), ["3"]);
+        assert_eq!(lines(dropped_rung, "#EXT-X-DISCONTINUITY-SEQUENCE:"), ["1"]);
+        assert_eq!(dropped_rung.lines().filter(|l| l.ends_with(".m4s")).collect::<Vec<_>>(), ["../720p/s2-7.m4s", "../720p/s2-8.m4s", "../720p/s2-9.m4s"]);
+        // One more segment of the stand-in leaves: both playlists move on by one.
+        let playlists = {
+            tl.evict(Duration::from_secs(30), at(37_500));
+            texts(&tl)
+        };
+        assert_eq!(lines(&playlists[&Playlist::Media(id("720p"))], "#EXT-X-MEDIA-SEQUENCE:"), ["4"]);
+        assert_eq!(lines(&playlists[&Playlist::Media(id("480p"))], "#EXT-X-MEDIA-SEQUENCE:"), ["4"]);
+    }
+
+    #[test]
+    fn a_dropped_rung_goes_on_with_the_tallest_rung_not_taller() {
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        let rungs = |heights: &[u32]| -> Vec<RenditionInfo> {
+            heights.iter().map(|h| RenditionInfo { height: *h, ..info(&format!("{h}p"), TrackKind::Video, 1_000_000) }).chain([info("audio", TrackKind::Audio, 128_000)]).collect()
+        };
+        let s1 = SessionId::parse("s1").unwrap();
+        tl.begin_period(s1.clone(), rungs(&[720, 480, 240]), None, at(0));
+        let s2 = SessionId::parse("s2").unwrap();
+        // A re-plan keeps 360p and 240p (a rung the first plan did not have).
+        tl.begin_period(s2.clone(), rungs(&[360, 240]), Some(Duration::from_secs(3)), at(3000));
+        let carrier = |r: &str| tl.carrier(1, &id(r)).map(|t| t.info.id.to_string());
+        assert_eq!(carrier("720p").as_deref(), Some("360p"));
+        assert_eq!(carrier("480p").as_deref(), Some("360p"));
+        assert_eq!(carrier("240p").as_deref(), Some("240p"));
+        assert_eq!(carrier("audio").as_deref(), Some("audio"));
+        // 360p appeared only in the second Period: nothing carries it in the first.
+        assert!(tl.carrier(0, &id("360p")).is_none());
+        // A rung taller than every later one is carried by the shortest.
+        let s3 = SessionId::parse("s3").unwrap();
+        tl.begin_period(s3, rungs(&[1080]), Some(Duration::from_secs(6)), at(6000));
+        assert_eq!(tl.carrier(2, &id("240p")).map(|t| t.info.id.to_string()).as_deref(), Some("1080p"));
     }
 
     /// Adds the parts of a 1 s segment (`cuts` in ms into it, 24 fps frames: parts a frame

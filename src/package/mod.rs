@@ -74,7 +74,12 @@
 //!     errors, and never leaves the first Period of a live MPD.
 //!   - streamlink 5.2 reads only the first Period, so its playback ends there.
 //!
-//!   So a re-plan or a republish ends playback in all of them but dash.js and Shaka.
+//!   So a re-plan or a republish ends their DASH playback in all of them but dash.js and
+//!   Shaka. On HLS (`master.m3u8`, a Period change is a discontinuity and a dropped rung
+//!   goes on with a stand-in, see the hls module) ffmpeg, GStreamer `playbin3`
+//!   (hlsdemux2), VLC and hls.js play on across it; ffmpeg 5.1 warns "DTS out of order"
+//!   once there (it keeps its timestamps across a discontinuity, and a new Period's media
+//!   starts at 0), and VLC 3.0 starts at least 6 s behind live there too.
 
 
 pub mod config;

@@ -179,12 +179,15 @@ pub struct StreamTimeline {
     /// Per rendition (bounded by the renditions the stream's ladders had), what left the
     /// window.
     pub dropped: HashMap<RenditionId, Dropped>,
+    /// Every rendition the stream has had (bounded the same way): a rendition's HLS media
+    /// playlist goes on through Periods without it ([`StreamTimeline::carrier`]).
+    pub seen: HashMap<RenditionId, RenditionInfo>,
 }
 
 impl StreamTimeline {
     pub fn new(stream: StreamId, segment_duration: Duration, now: SystemTime) -> Self {
         assert!(!segment_duration.is_zero(), "segment duration must be positive");
-        Self { stream, availability_start: now, segment_duration, periods: Vec::new(), ended_at: None, published: now, last_segment_at: None, segments_added: 0, dropped: HashMap::new() }
+        Self { stream, availability_start: now, segment_duration, periods: Vec::new(), ended_at: None, published: now, last_segment_at: None, segments_added: 0, dropped: HashMap::new(), seen: HashMap::new() }
     }
 
     /// Opens a Period for a new session, closing the one before it. A re-plan passes
@@ -208,6 +211,9 @@ impl StreamTimeline {
         for info in renditions.iter().filter(|r| r.timescale == 0) {
             tracing::error!(stream = %self.stream, rendition = %info.id, "rendition with a zero timescale: its segments have no times");
         }
+        for info in &renditions {
+            self.seen.insert(info.id.clone(), info.clone());
+        }
         let tracks = renditions
             .into_iter()
             .map(|info| Track { info, codecs: None, segments: VecDeque::new(), parts: VecDeque::new(), longest_part: 0, next_number: first_number })
@@ -216,6 +222,55 @@ impl StreamTimeline {
         self.ended_at = None;
         self.published = now;
         start
+    }
+
+    /// The track that carries `rendition`'s HLS media playlist in Period `index`: its own;
+    /// or, in a Period made without it (a re-plan dropped the rung) after it appeared, a
+    /// stand-in of its kind: the tallest video track not taller than it, else the shortest;
+    /// the first audio track. A player that follows the playlist goes on through the
+    /// discontinuity into what the stream now has, as a DASH player moves to the new
+    /// Period's Representations. `None` before the rendition appeared, or in a Period
+    /// without its kind.
+    pub fn carrier(&self, index: usize, rendition: &RenditionId) -> Option<&Track> {
+        let period = self.periods.get(index)?;
+        if let Some(own) = period.track(rendition) {
+            return Some(own);
+        }
+        let info = self.seen.get(rendition)?;
+        let appeared = self.dropped.contains_key(rendition) || self.periods[..index].iter().any(|p| p.track(rendition).is_some());
+        if !appeared {
+            return None;
+        }
+        let mut same_kind = period.tracks.iter().filter(|t| t.info.kind == info.kind);
+        match info.kind {
+            TrackKind::Video => {
+                let not_taller = same_kind.clone().filter(|t| t.info.height <= info.height).max_by_key(|t| t.info.height);
+                not_taller.or_else(|| same_kind.min_by_key(|t| t.info.height))
+            }
+            TrackKind::Audio => same_kind.next(),
+        }
+    }
+
+    /// For Period `index`: the renditions each of its tracks stands in for (by track id),
+    /// whose playlists lose a segment when that track does.
+    fn stand_ins(&self, index: usize) -> HashMap<RenditionId, Vec<RenditionId>> {
+        let mut riders: HashMap<RenditionId, Vec<RenditionId>> = HashMap::new();
+        let Some(period) = self.periods.get(index) else { return riders };
+        for rendition in self.seen.keys().filter(|r| period.track(r).is_none()) {
+            if let Some(track) = self.carrier(index, rendition) {
+                riders.entry(track.info.id.clone()).or_default().push(rendition.clone());
+            }
+        }
+        riders
+    }
+
+    /// Counts a segment of track `id` evicted (its track `emptied` or not) for its own
+    /// playlist and the playlists it stands in for (`riders`).
+    fn note_dropped(&mut self, id: &RenditionId, riders: &HashMap<RenditionId, Vec<RenditionId>>, emptied: bool) {
+        self.dropped.entry(id.clone()).or_default().note(emptied);
+        for rider in riders.get(id).into_iter().flatten() {
+            self.dropped.entry(rider.clone()).or_default().note(emptied);
+        }
     }
 
     /// `at`, rounded up to a whole number of segment durations.
@@ -333,6 +388,8 @@ impl StreamTimeline {
         let Some(horizon) = by_clock.max(by_media) else { return Vec::new() };
         let mut evicted = Vec::new();
         let live_index = self.periods.len().checked_sub(1).filter(|_| self.ended_at.is_none());
+        let riders: Vec<_> = (0..self.periods.len()).map(|index| self.stand_ins(index)).collect();
+        let mut notes = Vec::new();
         for (index, period) in self.periods.iter_mut().enumerate() {
             let period_start = ast.checked_add(period.start);
             for track in &mut period.tracks {
@@ -351,9 +408,12 @@ impl StreamTimeline {
                         number: Some(first.number),
                     });
                     track.segments.pop_front();
-                    self.dropped.entry(track.info.id.clone()).or_default().note(track.segments.is_empty());
+                    notes.push((index, track.info.id.clone(), track.segments.is_empty()));
                 }
             }
+        }
+        for (index, id, emptied) in notes {
+            self.note_dropped(&id, &riders[index], emptied);
         }
         let before = self.periods.len();
         let mut index = 0;
@@ -392,13 +452,14 @@ impl StreamTimeline {
             })
             .min();
         let Some((_, p, t)) = oldest else { return Vec::new() };
-        let period = &mut self.periods[p];
-        let track = &mut period.tracks[t];
+        let riders = self.stand_ins(p);
+        let track = &mut self.periods[p].tracks[t];
         let first = track.segments.pop_front().expect("chosen for its first segment");
-        self.dropped.entry(track.info.id.clone()).or_default().note(track.segments.is_empty());
-        let mut evicted = vec![Evicted { session: period.session.clone(), rendition: track.info.id.clone(), number: Some(first.number) }];
+        let (id, emptied) = (track.info.id.clone(), track.segments.is_empty());
+        self.note_dropped(&id, &riders, emptied);
+        let mut evicted = vec![Evicted { session: self.periods[p].session.clone(), rendition: id, number: Some(first.number) }];
         self.published = now;
-        if Some(p) != live_index && period.tracks.iter().all(|t| t.segments.is_empty()) {
+        if Some(p) != live_index && self.periods[p].tracks.iter().all(|t| t.segments.is_empty()) {
             let gone = self.periods.remove(p);
             evicted.extend(gone.tracks.iter().map(|t| Evicted { session: gone.session.clone(), rendition: t.info.id.clone(), number: None }));
         }

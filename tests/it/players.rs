@@ -6,7 +6,9 @@
 //! `playbin3` (dashdemux2) into synchronised fakesinks, VLC (`--vout stats`), streamlink
 //! piped into ffmpeg, and dash.js and Shaka Player in one headless Chromium page. The
 //! browser players read `manifest.mpd` (SegmentTimeline), the others `manifest-number.mpd`
-//! (SegmentTemplate@duration), as the README tells their users to.
+//! (SegmentTemplate@duration), as the README tells their users to. On HLS
+//! (`master.m3u8`, the same segments): ffmpeg, `playbin3` (hlsdemux2), VLC and hls.js (in
+//! the same page), where a Period change is an `EXT-X-DISCONTINUITY`.
 //!
 //! A three-node federation (live, origin, edge) with a short DVR window and a cheap
 //! 320x180 ladder. Phases, players of a phase run concurrently:
@@ -93,6 +95,9 @@ const CANNOT_PASS: &[(Player, Scope, Check, &str)] = &[
     (Player::Ffmpeg, Scope::PeriodChange, Check::NoErrors, "dashdec cannot follow a live Period change"),
     (Player::Ffmpeg, Scope::PeriodChange, Check::NoFailedRequests, "dashdec cannot follow a live Period change"),
     (Player::Ffmpeg, Scope::PeriodChange, Check::FollowsPeriodChange, "dashdec cannot follow a live Period change"),
+    // ffmpeg 5.1's HLS reader follows the discontinuity but keeps its timestamps: the new
+    // Period's media starts at 0 and it warns "DTS ... out of order" once per stream.
+    (Player::FfmpegHls, Scope::PeriodChange, Check::NoErrors, "ffmpeg 5.1's HLS reader warns where a discontinuity resets timestamps"),
     // dashdemux (GStreamer 1.22.0) stays in the first Period of a live MPD, asking for the
     // number after its end.
     (Player::Playbin, Scope::PeriodChange, Check::NoFailedRequests, "dashdemux 1.22 stays in the first Period of a live MPD"),
@@ -109,7 +114,9 @@ const CANNOT_PASS: &[(Player, Scope, Check, &str)] = &[
     // VLC 3.0: live delay is max(suggestedPresentationDelay, 6 s, minBufferTime)
     // (BufferingLogic::getLiveDelay); it never leaves the first Period of a live MPD.
     (Player::Vlc, Scope::EveryPhase, Check::StartsAtTheLiveEdge, "VLC 3.0 starts at least 6 s behind live"),
+    (Player::VlcHls, Scope::EveryPhase, Check::StartsAtTheLiveEdge, "VLC 3.0 starts at least 6 s behind live"),
     (Player::Vlc, Scope::EveryPhase, Check::NoErrors, "VLC 3.0 reports its own buffering adjustments as errors"),
+    (Player::VlcHls, Scope::EveryPhase, Check::NoErrors, "VLC 3.0 reports its own buffering adjustments as errors"),
     (Player::Vlc, Scope::PeriodChange, Check::NoFailedRequests, "VLC 3.0 never leaves the first Period of a live MPD"),
     (Player::Vlc, Scope::PeriodChange, Check::FollowsPeriodChange, "VLC 3.0 never leaves the first Period of a live MPD"),
     // streamlink 5.2 reads periods[0] only (stream/dash.py), so its playback ends where the
@@ -145,10 +152,26 @@ enum Player {
     Streamlink,
     DashJs,
     Shaka,
+    /// The same programs on the HLS playlists (`master.m3u8`).
+    FfmpegHls,
+    PlaybinHls,
+    VlcHls,
+    HlsJs,
 }
 
-const PLAYERS: [Player; 7] =
-    [Player::Ffmpeg, Player::Playbin, Player::Playbin3, Player::Vlc, Player::Streamlink, Player::DashJs, Player::Shaka];
+const PLAYERS: [Player; 11] = [
+    Player::Ffmpeg,
+    Player::Playbin,
+    Player::Playbin3,
+    Player::Vlc,
+    Player::Streamlink,
+    Player::DashJs,
+    Player::Shaka,
+    Player::FfmpegHls,
+    Player::PlaybinHls,
+    Player::VlcHls,
+    Player::HlsJs,
+];
 
 impl Player {
     fn name(self) -> &'static str {
@@ -160,6 +183,10 @@ impl Player {
             Player::Streamlink => "streamlink",
             Player::DashJs => "dash.js",
             Player::Shaka => "shaka",
+            Player::FfmpegHls => "ffmpeg-hls",
+            Player::PlaybinHls => "gst-playbin3-hls",
+            Player::VlcHls => "vlc-hls",
+            Player::HlsJs => "hls.js",
         }
     }
 
@@ -169,17 +196,22 @@ impl Player {
         match self {
             Player::DashJs => Some("dashjs"),
             Player::Shaka => Some("shaka"),
+            Player::HlsJs => Some("hlsjs"),
             _ => None,
         }
     }
 }
 
 impl Player {
-    /// The manifest this player is given. Players that compute segment numbers from the
-    /// clock and cannot use a sliding SegmentTimeline (ffmpeg's dashdec, GStreamer 1.22's
-    /// dashdemux, VLC 3.0, streamlink 5.2) get the Number form; the browser players the
-    /// Timeline form. RACKCAST_PLAYERS_FORM=timeline|number gives every player one form.
+    /// The manifest this player is given. HLS players get the multivariant playlist.
+    /// DASH players that compute segment numbers from the clock and cannot use a sliding
+    /// SegmentTimeline (ffmpeg's dashdec, GStreamer 1.22's dashdemux, VLC 3.0, streamlink
+    /// 5.2) get the Number form; the browser players the Timeline form.
+    /// RACKCAST_PLAYERS_FORM=timeline|number gives every DASH player one form.
     fn manifest(self) -> &'static str {
+        if self.hls() {
+            return "master.m3u8";
+        }
         match std::env::var("RACKCAST_PLAYERS_FORM").as_deref() {
             Ok("timeline") => return "manifest.mpd",
             Ok("number") => return "manifest-number.mpd",
@@ -189,6 +221,10 @@ impl Player {
             Player::DashJs | Player::Shaka => "manifest.mpd",
             _ => "manifest-number.mpd",
         }
+    }
+
+    fn hls(self) -> bool {
+        matches!(self, Player::FfmpegHls | Player::PlaybinHls | Player::VlcHls | Player::HlsJs)
     }
 }
 
@@ -288,15 +324,19 @@ fn start_phase(name: &'static str, upstream: &str, page: &PageServer, period_cha
     let mut processes = Vec::new();
     let mut dirs = Vec::new();
 
-    if runs(Player::Ffmpeg) {
+    for player in [Player::Ffmpeg, Player::FfmpegHls].into_iter().filter(|&p| runs(p)) {
         let mut ffmpeg = player_command("ffmpeg");
         ffmpeg
-            .args(["-hide_banner", "-nostdin", "-loglevel", "level+warning", "-re", "-i", &mpd(Player::Ffmpeg)])
+            .args(["-hide_banner", "-nostdin", "-loglevel", "level+warning", "-re", "-i", &mpd(player)])
             .args(["-map", "0:v:0", "-map", "0:a:0", "-f", "null", "-progress", "pipe:1", "-nostats", "-"]);
-        processes.push((vec![Player::Ffmpeg], PlayerProcess::start("ffmpeg", vec![ffmpeg])));
+        processes.push((vec![player], PlayerProcess::start(player.name(), vec![ffmpeg])));
     }
 
-    for (player, element) in [(Player::Playbin, "playbin"), (Player::Playbin3, "playbin3")].into_iter().filter(|(p, _)| runs(*p)) {
+    // On HLS, playbin3 with hlsdemux2: playbin falls back to the legacy hlsdemux (hlsdemux2
+    // refuses a context that is not streams-aware), which stops fetching segments through
+    // the re-plan phase (not yet understood).
+    let gst_players = [(Player::Playbin, "playbin"), (Player::Playbin3, "playbin3"), (Player::PlaybinHls, "playbin3")];
+    for (player, element) in gst_players.into_iter().filter(|(p, _)| runs(*p)) {
         let mut gst = player_command("gst-launch-1.0");
         if player == Player::Playbin {
             // playbin (not playbin3) works with the legacy dashdemux only: GStreamer 1.22
@@ -313,7 +353,7 @@ fn start_phase(name: &'static str, upstream: &str, page: &PageServer, period_cha
         processes.push((vec![player], PlayerProcess::start(player.name(), vec![gst])));
     }
 
-    if runs(Player::Vlc) {
+    for player in [Player::Vlc, Player::VlcHls].into_iter().filter(|&p| runs(p)) {
         // VLC refuses to run as root (a compile-time check in its main); the supported way
         // is an unprivileged user, so as root it runs as nobody, with its own HOME.
         let home = tempfile::tempdir().unwrap();
@@ -327,9 +367,9 @@ fn start_phase(name: &'static str, upstream: &str, page: &PageServer, period_cha
         };
         vlc.env("HOME", home.path())
             .args(["-I", "dummy", "-vv", "--no-dbus", "--vout", "stats", "--aout", "adummy", "--no-video-title-show"])
-            .arg(mpd(Player::Vlc));
+            .arg(mpd(player));
         dirs.push(home);
-        processes.push((vec![Player::Vlc], PlayerProcess::start("vlc", vec![vlc])));
+        processes.push((vec![player], PlayerProcess::start(player.name(), vec![vlc])));
     }
 
     if runs(Player::Streamlink) {
@@ -342,7 +382,8 @@ fn start_phase(name: &'static str, upstream: &str, page: &PageServer, period_cha
         processes.push((vec![Player::Streamlink], PlayerProcess::start("streamlink", vec![streamlink, decode])));
     }
 
-    // dash.js and Shaka in one Chromium page.
+    // dash.js, Shaka and hls.js in one Chromium page, each through its own proxy (its own
+    // host and port, so none waits for another's connections).
     let in_browser: Vec<(Player, &str)> = players.iter().filter_map(|&p| Some((p, p.page_name()?))).collect();
     if !in_browser.is_empty() {
         let profile = tempfile::tempdir().unwrap();
@@ -391,9 +432,13 @@ fn judge_output(player: Player, lines: &[String], page: &[Report], since: Instan
     let mut errors = Vec::new();
     let mut notes = Vec::new();
     let frames = match player {
-        Player::Ffmpeg | Player::Streamlink => {
+        Player::Ffmpeg | Player::FfmpegHls | Player::Streamlink => {
             for l in lines {
-                let error = l.contains("[error]") || l.contains("[fatal]") || l.contains("[warning]");
+                // ffmpeg 5.1's HLS reader opens the init section again after every playlist
+                // reload (hls.c compares the parsed playlist's init-section pointers, which
+                // each reload replaces) and the mp4 demuxer warns about the moov it has seen.
+                let init_again = player == Player::FfmpegHls && l.contains("Found duplicated MOOV Atom");
+                let error = (l.contains("[error]") || l.contains("[fatal]") || l.contains("[warning]")) && !init_again;
                 let streamlink_error = l.contains("[error]")
                     || l.starts_with("error:")
                     || l.contains("][warning]")
@@ -405,7 +450,7 @@ fn judge_output(player: Player, lines: &[String], page: &[Report], since: Instan
             }
             last_number(lines, "frame=")
         }
-        Player::Playbin | Player::Playbin3 => {
+        Player::Playbin | Player::Playbin3 | Player::PlaybinHls => {
             for l in lines {
                 if l.starts_with("ERROR:") || l.starts_with("WARNING:") || l.contains(" ERROR ") {
                     errors.push(l.clone());
@@ -415,7 +460,7 @@ fn judge_output(player: Player, lines: &[String], page: &[Report], since: Instan
             }
             lines.iter().filter(|l| l.contains("vsink: last-message = chain")).count() as u64
         }
-        Player::Vlc => {
+        Player::Vlc | Player::VlcHls => {
             for l in lines {
                 // Environment, not stream: no D-Bus session or hotkey interface here.
                 let environment = l.contains("interface error: no suitable interface module")
@@ -428,7 +473,7 @@ fn judge_output(player: Player, lines: &[String], page: &[Report], since: Instan
             }
             lines.iter().filter(|l| l.contains("VOUT got")).count() as u64
         }
-        Player::DashJs | Player::Shaka => {
+        Player::DashJs | Player::Shaka | Player::HlsJs => {
             let name = player.page_name();
             let mine: Vec<&Report> = page.iter().filter(|r| r.at >= since && r.at <= until && r.value["player"].as_str() == name).collect();
             for r in &mine {
@@ -504,7 +549,8 @@ fn judge(phase: &Phase, page: &PageServer, watcher: &MpdWatcher, new_period: Opt
                 }
             };
             if let Some(session) = new_period {
-                let followed = media.iter().filter(|(h, s)| s.session == session && h.status == 200).count();
+                // 206: ffmpeg asks for every object with a Range header.
+                let followed = media.iter().filter(|(h, s)| s.session == session && matches!(h.status, 200 | 206)).count();
                 if followed == 0 {
                     failed(Check::FollowsPeriodChange, format!("fetched nothing from the new Period {session} (did not follow the Period change)"));
                 }
@@ -525,7 +571,7 @@ fn every_real_client_plays_live_through_an_edge_and_across_a_period_change() {
         not_run(&format!("the player matrix needs {missing:?} (tests/run.sh installs them)"));
         return;
     }
-    if let Err(e) = ensure_npm_modules(&players_dir(), &["dashjs", "shaka-player"]) {
+    if let Err(e) = ensure_npm_modules(&players_dir(), &["dashjs", "shaka-player", "hls.js"]) {
         assert!(!required, "RACKCAST_REQUIRE_PLAYERS is set but the npm modules cannot be installed: {e}");
         not_run(&format!("the player matrix cannot install its npm modules: {e}"));
         return;
