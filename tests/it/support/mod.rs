@@ -175,6 +175,11 @@ impl Appliance {
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self, within: Duration) -> ExitStatus {
         signal(self.child.id(), "TERM");
+        self.wait_exit(within)
+    }
+
+    /// Waits for the process to exit (after a signal sent with [`signal`]).
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
