@@ -108,7 +108,7 @@ pub async fn run(mut config: Config, listeners: Listeners, stop: CancellationTok
     let peer_stats = Arc::new(PeerStats::default());
     peer_stats.register(&mut metrics_registry);
     let peer_client = PeerClient::new(
-        cluster::peer_client().context("building the peer HTTP client")?,
+        cluster::peer_client(Some(config.http.listen.ip()).filter(|ip| !ip.is_unspecified())).context("building the peer HTTP client")?,
         &config.cluster.relay_secret,
         Arc::clone(&peer_stats),
     );

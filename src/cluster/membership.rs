@@ -108,9 +108,11 @@ pub fn with_causes(error: &dyn std::error::Error) -> String {
 
 /// A client fit for probes and other peer traffic: no proxy from the environment, since
 /// peers are on the appliance network and an `HTTP_PROXY` meant for the outside world
-/// would otherwise swallow every probe.
-pub fn peer_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder().no_proxy().build()
+/// would otherwise swallow every probe. Requests leave from `local` when given (the
+/// node's HTTP address, when it listens on one): peers admit members' addresses only, so
+/// a node on one of several addresses of a host must ask from that one.
+pub fn peer_client(local: Option<IpAddr>) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder().no_proxy().local_address(local).build()
 }
 
 /// The IP addresses of the federation's members (static nodes' `rtmp` and `http`, or the
@@ -852,7 +854,7 @@ mod tests {
     const SECRET: &str = "membership-test-secret-0123";
 
     fn client() -> PeerClient {
-        PeerClient::new(peer_client().unwrap(), SECRET, Arc::default())
+        PeerClient::new(peer_client(None).unwrap(), SECRET, Arc::default())
     }
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]

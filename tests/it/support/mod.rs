@@ -2,6 +2,7 @@
 //! real HTTP, and ffprobe to decode what comes out. Every wait has a deadline and says
 //! what it waited for.
 
+pub mod dns;
 pub mod flv;
 pub mod host;
 pub mod players;
