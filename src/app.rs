@@ -1,12 +1,12 @@
 //! Wires one appliance together in flow order and owns its lifetime: binds the listeners,
 //! picks the encoder, starts federation membership (when peers are configured), ingest,
 //! the admin API, HTTP for this node's roles (through the bounded edge in http/server.rs) and
-//! housekeeping, and on shutdown stops accepting, lets every stream drain its pipeline,
-//! and waits for every task.
+//! housekeeping. On shutdown it first answers 503 on `/ready` (http/probes.rs), then stops
+//! taking publishes, lets every stream drain its pipeline and waits for every task (at most
+//! `cluster.drain_grace`), and only then closes HTTP, which serves until that point.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::{Request, State};
@@ -28,9 +28,12 @@ use crate::auth::login::LoginGate;
 use crate::auth::peer::{self, PeerClient, PeerGuard, PeerStats};
 use crate::auth::replication::{self, PeerKeys};
 use crate::cluster::upstreams::{LiveUpstreams, OriginUpstreams};
-use crate::cluster::{self, ClusterPlacement, Membership, HEALTH_PATH};
+use crate::cluster::config::{NodeConfig, DEFAULT_REGION};
+use crate::cluster::discovery::DiscoveryMetrics;
+use crate::cluster::{self, ClusterPlacement, MemberAddresses, Membership, HEALTH_PATH};
 use crate::config::Config;
 use crate::cluster::config::Role;
+use crate::http::probes::{self, Readiness};
 use crate::http::{self, HttpEdgeMetrics, HttpState, LiveMetrics};
 use crate::ingest;
 use crate::ingest::limits::IngestMetrics;
@@ -42,9 +45,6 @@ use crate::store::Store;
 use crate::stream::{StreamConfig, StreamRegistry, StreamServices};
 use crate::tier::{self, TierState, UpstreamResolver};
 use crate::transcode::{self, resources::Resources};
-
-/// Longest wait for tasks to finish after shutdown is requested.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Listeners bound before the appliance starts, so callers (and tests) can bind port 0.
 pub struct Listeners {
@@ -61,8 +61,13 @@ impl Listeners {
     }
 }
 
-/// Runs the appliance until `shutdown` is cancelled.
-pub async fn run(mut config: Config, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs the appliance until `stop` is cancelled, then drains and returns.
+pub async fn run(mut config: Config, listeners: Listeners, stop: CancellationToken) -> anyhow::Result<()> {
+    // Every task stops on `shutdown`, cancelled only after /ready turned 503; HTTP on
+    // `http_stop`, after the other tasks.
+    let shutdown = CancellationToken::new();
+    let http_stop = CancellationToken::new();
+    let readiness = Arc::new(Readiness::default());
     config.validate().context("invalid configuration")?;
     // The addresses actually bound (port 0 picks one), as the API reports them.
     config.ingest.listen = listeners.rtmp.local_addr().context("reading the RTMP address")?;
@@ -103,11 +108,29 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
     let peer_stats = Arc::new(PeerStats::default());
     peer_stats.register(&mut metrics_registry);
     let peer_client = PeerClient::new(
-        cluster::peer_client().context("building the peer HTTP client")?,
+        cluster::peer_client(Some(config.http.listen.ip()).filter(|ip| !ip.is_unspecified())).context("building the peer HTTP client")?,
         &config.cluster.relay_secret,
         Arc::clone(&peer_stats),
     );
-    let membership = (!config.cluster.nodes.is_empty()).then(|| cluster::spawn(&config.cluster, peer_client.clone(), &tracker, shutdown.clone()));
+    // The members' addresses, which the peer-request guard admits: the static nodes', or
+    // the discovered ones as membership learns them.
+    let member_addresses = MemberAddresses::of(&config.cluster);
+    let me = config.cluster.this_node().cloned().unwrap_or_else(|| NodeConfig {
+        id: config.cluster.node_id.clone(),
+        roles: roles.clone(),
+        region: DEFAULT_REGION.to_owned(),
+        rtmp: config.ingest.listen,
+        http: config.http.listen,
+    });
+    let membership = config
+        .cluster
+        .federated()
+        .then(|| cluster::spawn(&config.cluster, me, Arc::clone(&member_addresses), peer_client.clone(), &tracker, shutdown.clone()));
+    if let (Some(m), Some(discovery)) = (&membership, &config.cluster.discovery) {
+        let metrics = Arc::new(DiscoveryMetrics::default());
+        metrics.register(&mut metrics_registry);
+        tracker.spawn(cluster::discovery::run(discovery.clone(), m.clone(), metrics, shutdown.clone()));
+    }
     let placement: Arc<dyn Placement> = match &membership {
         Some(m) => Arc::new(ClusterPlacement::new(m.clone(), config.cluster.relay_secret.clone())),
         None => Arc::new(Standalone),
@@ -126,13 +149,13 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
     ingest_metrics.register(&mut metrics_registry);
     // One stream key store for publish checks, the admin API, health answers and replication.
     let key_store = Arc::new(KeyStore::open(&config.auth.data_dir).context("opening the stream key store")?);
-    let auth = Arc::new(PublishAuth::start(&config.auth, config.ingest.keys.clone(), &config.cluster, Arc::clone(&key_store)).await.context("starting publish authentication")?);
+    let auth = Arc::new(PublishAuth::start(&config.auth, config.ingest.keys.clone(), &config.cluster, Arc::clone(&member_addresses), Arc::clone(&key_store)).await.context("starting publish authentication")?);
     auth.register(&mut metrics_registry);
     let http_edge_metrics = Arc::new(HttpEdgeMetrics::default());
     http_edge_metrics.register(&mut metrics_registry);
     let live_metrics = Arc::new(LiveMetrics::default());
     live_metrics.register(&mut metrics_registry);
-    let peer_guard = PeerGuard::from_config(&config.cluster, Arc::clone(&peer_stats));
+    let peer_guard = PeerGuard::new(&config.cluster.node_id, &config.cluster.relay_secret, Arc::clone(&member_addresses), Arc::clone(&peer_stats));
     let (node, tier) = node_router(&config, &roles, membership.clone(), Arc::clone(&registry), store, live_metrics, &audience, &key_store, peer_guard)?;
     if let Some(tier) = &tier {
         tier.register(&mut metrics_registry);
@@ -158,7 +181,7 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
         host,
         logins,
     };
-    let api = ApiState::new(Arc::clone(&config), sources.clone(), Arc::clone(&key_store), membership).context("opening the admin store")?;
+    let api = ApiState::new(Arc::clone(&config), sources.clone(), Arc::clone(&key_store), membership.clone()).context("opening the admin store")?;
     if !crate::auth::db::blocking(&api.admin, AdminStore::any_user).await.context("reading the admin store")? {
         tracing::warn!("no admin user exists: the API answers only loopback clients until `rackcast admin add-user NAME` creates one");
     }
@@ -166,19 +189,40 @@ pub async fn run(mut config: Config, listeners: Listeners, shutdown: Cancellatio
         .merge(api::router(Arc::new(api)))
         .merge(crate::console::router())
         .merge(metrics::router(metrics_registry, sources))
+        .merge(probes::router(Arc::clone(&readiness)))
         .layer(axum::middleware::from_fn_with_state(http_requests, metrics::count_requests));
-    tracker.spawn(ingest::serve(listeners.rtmp, registry, placement, services, ingest_metrics, auth));
+    tracker.spawn(ingest::serve(listeners.rtmp, registry, placement, services, ingest_metrics, auth, member_addresses));
     // Every role serves HTTP through the same bounded edge (connection cap, time-outs).
-    tracker.spawn(http::serve(listeners.http, app, config.http.clone(), http_edge_metrics, shutdown.clone()));
+    let http = tokio::spawn(http::serve(listeners.http, app, config.http.clone(), http_edge_metrics, http_stop.clone()));
     // The MPD renderer and the sweep, supervised (see package/mod.rs).
     tracker.spawn(packager.run(shutdown.clone()));
-
-    shutdown.cancelled().await;
-    tracing::info!("shutting down: draining streams");
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-        tracing::warn!("tasks still running after {SHUTDOWN_GRACE:?}; exiting anyway");
+    // Ready once serving, and in a federation once the first discovery round is in.
+    match &membership {
+        Some(m) => {
+            let (m, readiness) = (m.clone(), Arc::clone(&readiness));
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    () = m.settled() => readiness.serving(),
+                    () = shutdown.cancelled() => {}
+                }
+            });
+        }
+        None => readiness.serving(),
     }
+
+    stop.cancelled().await;
+    readiness.draining();
+    tracing::info!("shutting down: /ready answers 503; draining streams");
+    shutdown.cancel();
+    tracker.close();
+    let grace = config.cluster.drain_grace;
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("tasks still running after cluster.drain_grace ({grace:?}); exiting anyway");
+    }
+    http_stop.cancel();
+    // The HTTP edge bounds its own drain (http/server.rs).
+    http.await.context("the HTTP server task")?;
     Ok(())
 }
 

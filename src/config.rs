@@ -53,6 +53,14 @@ pub enum ConfigError {
     Invalid(#[from] InvalidKey),
 }
 
+/// The first line of a secret file (trimmed), relative to the config file at `config` so
+/// that a config and its secrets can move together.
+fn read_secret(config: &Path, file: &Path) -> Result<String, ConfigError> {
+    let file = config.parent().unwrap_or(Path::new(".")).join(file);
+    let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read { path: file.display().to_string(), source })?;
+    Ok(text.lines().next().unwrap_or_default().trim().to_owned())
+}
+
 impl Config {
     /// Reads a TOML file. Call `validate()` once command-line overrides are applied.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -61,11 +69,16 @@ impl Config {
         let mut config: Config =
             toml::from_str(&text).map_err(|source| ConfigError::Parse { path: shown, source: Box::new(source) })?;
         if let Some(file) = &config.cluster.relay_secret_file {
-            // Relative to the config file, so a config and its secret can move together.
-            let file = path.parent().unwrap_or(Path::new(".")).join(file);
-            let text = std::fs::read_to_string(&file)
-                .map_err(|source| ConfigError::Read { path: file.display().to_string(), source })?;
-            config.cluster.relay_secret = text.lines().next().unwrap_or_default().trim().to_owned();
+            config.cluster.relay_secret = read_secret(path, file)?;
+        }
+        if let Some(file) = &config.auth.publish_token_secret_file {
+            if !config.auth.publish_token_secret.is_empty() {
+                return Err(InvalidKey::new("auth", "publish_token_secret_file", "set either publish_token_secret or publish_token_secret_file, not both").into());
+            }
+            config.auth.publish_token_secret = read_secret(path, file)?;
+            if config.auth.publish_token_secret.is_empty() {
+                return Err(InvalidKey::new("auth", "publish_token_secret_file", format!("the first line of {} is empty", file.display())).into());
+            }
         }
         Ok(config)
     }
@@ -177,6 +190,31 @@ mod tests {
         let shown = toml::to_string(&config.redacted()).unwrap();
         assert!(!shown.contains("the-relay-secret-value") && !shown.contains("studio-key-secret"), "{shown}");
         assert!(shown.contains("studio"), "{shown}");
+    }
+
+    #[test]
+    fn secret_files_give_their_first_line_and_the_token_secret_is_set_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "publish-token-secret-0123\nignored\n").unwrap();
+        std::fs::write(dir.path().join("empty"), "\n").unwrap();
+        let load = |text: &str| {
+            let path = dir.path().join("rackcast.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(&path)
+        };
+        let config = load("[auth]\npublish_token_secret_file = \"token\"\n").unwrap();
+        assert_eq!(config.auth.publish_token_secret, "publish-token-secret-0123");
+        config.validate().unwrap();
+        let shown = toml::to_string(&config.redacted()).unwrap();
+        assert!(!shown.contains("publish-token-secret-0123"), "{shown}");
+
+        let both = "[auth]\npublish_token_secret = \"inline-secret-0123456\"\npublish_token_secret_file = \"token\"\n";
+        let err = load(both).unwrap_err().to_string();
+        assert!(err.starts_with("auth.publish_token_secret_file: set either"), "{err}");
+        let err = load("[auth]\npublish_token_secret_file = \"empty\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("auth.publish_token_secret_file: the first line"), "{err}");
+        let err = load("[auth]\npublish_token_secret_file = \"missing\"\n").unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use rackcast::app::{self, Listeners};
+use rackcast::cluster::config::Role;
 use rackcast::config::Config;
 use rackcast::transcode::backend::Backend;
 
@@ -39,6 +40,11 @@ enum Command {
         /// Override auth.data_dir (where the stream key store lives).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// This node's role (live, origin, edge); repeat for several. Overrides its
+        /// entry's roles in cluster.nodes; with cluster.discovery, the node's roles
+        /// (default: all three).
+        #[arg(long = "role", value_parser = parse_role)]
+        roles: Vec<Role>,
     },
     /// Create, list and revoke stream keys (works while the appliance runs). Once a key
     /// exists, every publish needs one.
@@ -120,6 +126,10 @@ enum Command {
     },
 }
 
+fn parse_role(name: &str) -> Result<Role, String> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned())).map_err(|_| "one of live, origin, edge".to_owned())
+}
+
 fn parse_backend(name: &str) -> Result<Backend, String> {
     serde_json::from_value(serde_json::Value::String(name.to_owned())).map_err(|_| "one of nvenc, nvdec-x264, vaapi, software".to_owned())
 }
@@ -145,12 +155,30 @@ enum AdminAction {
     DeleteUser { name: String },
 }
 
+/// The command line's overrides of a node's config (`run`; `config` takes `node` alone).
+#[derive(Default)]
+struct Overrides {
+    node: Option<String>,
+    rtmp: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    roles: Vec<Role>,
+}
+
 /// The configuration `run` (and `config`) uses: the file or the embedded default, this
 /// node's entry of a cluster config, the command line's overrides, validated.
-fn node_config(path: Option<&PathBuf>, node: Option<String>, rtmp: Option<SocketAddr>, http: Option<SocketAddr>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
+fn node_config(path: Option<&PathBuf>, overrides: Overrides) -> anyhow::Result<Config> {
+    let Overrides { node, rtmp, http, data_dir, roles } = overrides;
     let mut config = with_data_dir(load(path)?, data_dir);
     if let Some(node) = node {
         config.cluster.node_id = node;
+    }
+    if config.cluster.discovery.is_some() && config.cluster.node_id == rackcast::cluster::config::DEFAULT_NODE_ID {
+        // With discovery a node is its hostname (a pod's name), unless the config names it.
+        config.cluster.node_id = hostname().context("reading the hostname for cluster.node_id (cluster.discovery)")?;
+    }
+    if !roles.is_empty() {
+        config.cluster.set_roles(&roles);
     }
     if let Some(entry) = config.cluster.this_node() {
         config.ingest.listen = entry.rtmp;
@@ -164,6 +192,10 @@ fn node_config(path: Option<&PathBuf>, node: Option<String>, rtmp: Option<Socket
     }
     config.validate()?;
     Ok(config)
+}
+
+fn hostname() -> std::io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_owned())
 }
 
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -209,7 +241,7 @@ fn main() -> anyhow::Result<()> {
                 .cluster
                 .nodes
                 .iter()
-                .filter(|n| n.roles.contains(&rackcast::cluster::config::Role::Live))
+                .filter(|n| n.roles.contains(&Role::Live))
                 .map(|n| n.id.clone())
                 .collect();
             anyhow::ensure!(!live.is_empty(), "the config lists no node with the live role (cluster.nodes)");
@@ -239,7 +271,7 @@ fn main() -> anyhow::Result<()> {
             transcode(&input, &out, config)
         }
         Command::Config { config, node } => {
-            let config = node_config(config.as_ref(), node, None, None, None)?;
+            let config = node_config(config.as_ref(), Overrides { node, ..Overrides::default() })?;
             print!("{}", toml::to_string_pretty(&config.redacted())?);
             Ok(())
         }
@@ -256,8 +288,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Keys { action, config, data_dir } => keys(action, &with_data_dir(load(config.as_ref())?, data_dir)),
         Command::Admin { action, config, data_dir } => admin(action, &with_data_dir(load(config.as_ref())?, data_dir)),
-        Command::Run { config, rtmp, http, node, data_dir } => {
-            let config = node_config(config.as_ref(), node, rtmp, http, data_dir)?;
+        Command::Run { config, rtmp, http, node, data_dir, roles } => {
+            let config = node_config(config.as_ref(), Overrides { node, rtmp, http, data_dir, roles })?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async move {
                 let listeners = Listeners::bind(config.ingest.listen, config.http.listen).await?;
@@ -475,4 +507,41 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
     }
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn run_roles(args: &[&str]) -> Result<Vec<Role>, clap::Error> {
+        let cli = Cli::try_parse_from(["rackcast", "run"].iter().chain(args))?;
+        match cli.command {
+            Command::Run { roles, .. } => Ok(roles),
+            _ => unreachable!("parsed as run"),
+        }
+    }
+
+    #[test]
+    fn role_is_repeatable_and_names_a_role() {
+        assert_eq!(run_roles(&[]).unwrap(), []);
+        assert_eq!(run_roles(&["--role", "edge"]).unwrap(), [Role::Edge]);
+        assert_eq!(run_roles(&["--role", "live", "--role", "origin"]).unwrap(), [Role::Live, Role::Origin]);
+        let err = run_roles(&["--role", "viewer"]).unwrap_err().to_string();
+        assert!(err.contains("one of live, origin, edge"), "{err}");
+    }
+
+    #[test]
+    fn role_overrides_this_nodes_entry() {
+        let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/federation.toml"));
+        let node = || Some("live-1".to_owned());
+        let config = node_config(Some(&path), Overrides { node: node(), ..Overrides::default() }).unwrap();
+        assert_eq!(config.cluster.roles(), [Role::Live]);
+        let config = node_config(Some(&path), Overrides { node: node(), roles: vec![Role::Origin, Role::Live, Role::Origin], ..Overrides::default() }).unwrap();
+        assert_eq!(config.cluster.roles(), [Role::Live, Role::Origin]);
+        assert_eq!(config.cluster.this_node().unwrap().roles, [Role::Live, Role::Origin], "its own entry agrees");
+        let alone = node_config(None, Overrides { roles: vec![Role::Edge], ..Overrides::default() }).unwrap();
+        assert_eq!(alone.cluster.roles(), [Role::Edge]);
+    }
 }

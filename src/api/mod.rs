@@ -196,7 +196,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashSet};
+    use std::collections::BTreeMap;
     use std::net::SocketAddr;
 
     use axum::body::Body;
@@ -220,7 +220,7 @@ mod tests {
             streams: crate::stream::StreamRegistry::new(),
             packager: Arc::new(Packager::new(Arc::new(crate::store::Store::new()), timing)),
             audience: Arc::new(Audience::default()),
-            auth: Arc::new(PublishAuth::new(&config.auth, BTreeMap::new(), None, HashSet::new())),
+            auth: Arc::new(PublishAuth::new(&config.auth, BTreeMap::new(), None, Arc::default())),
             transcode: Arc::new(crate::transcode::resources::Resources::start(&config.transcode, &host.snapshot()).unwrap()),
             host,
             logins: Arc::new(crate::auth::login::LoginGate::new(&config.auth)),

@@ -3,6 +3,7 @@
 //! federation as this node sees it (members, health, who holds which stream, the ring) and
 //! its caching tier's counters.
 
+use crate::cluster::Source;
 use std::sync::Arc;
 
 use axum::Json;
@@ -101,6 +102,9 @@ pub struct Member {
     pub region: String,
     pub rtmp: String,
     pub http: String,
+    /// Where this node learned of it: `static` (cluster.nodes) or `dns:NAME`
+    /// (cluster.discovery).
+    pub source: String,
     /// Healthy as this node's probes see it (this node always is).
     pub up: bool,
     /// Streams it is the live server of (its last health answer; this node's own live list).
@@ -130,6 +134,7 @@ pub async fn cluster(State(api): State<Arc<ApiState>>) -> Json<ClusterInfo> {
             region: crate::cluster::config::DEFAULT_REGION.to_owned(),
             rtmp: api.config.ingest.listen.to_string(),
             http: api.config.http.listen.to_string(),
+            source: Source::Static.to_string(),
             up: true,
             streams: own,
             tier_hit_ratio: own_tier.as_ref().and_then(hit_ratio),
@@ -138,10 +143,10 @@ pub async fn cluster(State(api): State<Arc<ApiState>>) -> Json<ClusterInfo> {
         Some(membership) => {
             let view = membership.view();
             let mut tiers = membership.peer_tiers();
-            cluster
-                .nodes
+            view.members()
                 .iter()
-                .map(|n| {
+                .map(|m| {
+                    let n = &m.node;
                     let tier = if n.id == cluster.node_id { own_tier.clone() } else { tiers.remove(&n.id) };
                     Member {
                         id: n.id.clone(),
@@ -149,6 +154,7 @@ pub async fn cluster(State(api): State<Arc<ApiState>>) -> Json<ClusterInfo> {
                         region: n.region.clone(),
                         rtmp: n.rtmp.to_string(),
                         http: n.http.to_string(),
+                        source: m.source.to_string(),
                         up: view.is_up(&n.id),
                         streams: if n.id == cluster.node_id { own.clone() } else { view.streams_of(&n.id) },
                         tier_hit_ratio: tier.as_ref().and_then(hit_ratio),

@@ -43,6 +43,10 @@ pub struct AuthConfig {
     /// characters; empty: no publish tokens. Setting it requires a key or token for
     /// every publish.
     pub publish_token_secret: String,
+    /// File holding the publish token secret (its first line), instead of
+    /// `publish_token_secret` (set one of the two); relative to the config file. Never
+    /// printed: `rackcast config` shows the secret redacted.
+    pub publish_token_secret_file: Option<PathBuf>,
     pub login_attempts_per_minute: u32,
     pub login_attempt_burst: u32,
     /// Failed logins per minute from all addresses together (burst `failed_login_burst`);
@@ -72,6 +76,7 @@ impl Default for AuthConfig {
             publish_attempts_per_minute: DEFAULT_PUBLISH_ATTEMPTS_PER_MINUTE,
             publish_attempt_burst: DEFAULT_PUBLISH_ATTEMPT_BURST,
             publish_token_secret: String::new(),
+            publish_token_secret_file: None,
             login_attempts_per_minute: DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE,
             login_attempt_burst: DEFAULT_LOGIN_ATTEMPT_BURST,
             failed_logins_per_minute: DEFAULT_FAILED_LOGINS_PER_MINUTE,

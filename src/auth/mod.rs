@@ -32,7 +32,7 @@ pub mod replication;
 pub mod token;
 pub mod webhook;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -42,6 +42,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
+use crate::cluster::MemberAddresses;
 use crate::ingest::key::{self, KeyError};
 use crate::media::StreamId;
 pub use config::AuthConfig;
@@ -67,7 +68,7 @@ pub struct PublishAuth {
     token_secret: Option<String>,
     store: Option<Arc<KeyStore>>,
     limiter: DefaultKeyedRateLimiter<IpAddr>,
-    exempt: HashSet<IpAddr>,
+    exempt: Arc<MemberAddresses>,
     attempts: AtomicU64,
     /// Attempts refused by the rate limit.
     pub rate_limited: Counter,
@@ -83,10 +84,10 @@ impl PublishAuth {
         config: &AuthConfig,
         config_keys: BTreeMap<String, String>,
         cluster: &crate::cluster::config::ClusterConfig,
+        members: Arc<MemberAddresses>,
         store: Arc<KeyStore>,
     ) -> anyhow::Result<Self> {
-        let nodes = cluster.nodes.iter().flat_map(|n| [n.rtmp.ip(), n.http.ip()]).collect();
-        let mut auth = Self::new(config, config_keys, Some(store), nodes);
+        let mut auth = Self::new(config, config_keys, Some(store), members);
         auth.node_id = cluster.node_id.clone();
         if !config.publish_webhook.is_empty() {
             let hook = webhook::PublishWebhook::new(&config.publish_webhook, config.publish_webhook_timeout, config.publish_webhook_cache)
@@ -115,7 +116,7 @@ impl PublishAuth {
     }
 
     /// `store` is `None` only where no data directory is wanted (tests of other parts).
-    pub fn new(config: &AuthConfig, config_keys: BTreeMap<String, String>, store: Option<Arc<KeyStore>>, exempt: HashSet<IpAddr>) -> Self {
+    pub fn new(config: &AuthConfig, config_keys: BTreeMap<String, String>, store: Option<Arc<KeyStore>>, exempt: Arc<MemberAddresses>) -> Self {
         let one = NonZeroU32::MIN;
         let quota = Quota::per_minute(NonZeroU32::new(config.publish_attempts_per_minute).unwrap_or(one))
             .allow_burst(NonZeroU32::new(config.publish_attempt_burst).unwrap_or(one));
@@ -160,7 +161,7 @@ impl PublishAuth {
         if self.is_open().await? {
             return Ok(key::open_name(key)?);
         }
-        if !self.exempt.contains(&peer) {
+        if !self.exempt.contains(peer) {
             if self.attempts.fetch_add(1, Ordering::Relaxed) % LIMITER_SWEEP_EVERY == 0 {
                 self.limiter.retain_recent();
             }
@@ -203,12 +204,14 @@ impl PublishAuth {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn auth(config_keys: &[(&str, &str)], store: Option<Arc<KeyStore>>, per_minute: u32, burst: u32) -> PublishAuth {
         let config = AuthConfig { publish_attempts_per_minute: per_minute, publish_attempt_burst: burst, ..AuthConfig::default() };
         let keys = config_keys.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        PublishAuth::new(&config, keys, store, HashSet::from(["10.0.0.9".parse().unwrap()]))
+        PublishAuth::new(&config, keys, store, Arc::new(MemberAddresses::from(HashSet::from(["10.0.0.9".parse().unwrap()]))))
     }
 
     const PEER: &str = "192.0.2.1";
@@ -245,7 +248,7 @@ mod tests {
     async fn signed_publish_keys_publish_until_they_expire() {
         let secret = "a-publish-token-secret";
         let config = AuthConfig { publish_token_secret: secret.into(), ..AuthConfig::default() };
-        let a = PublishAuth::new(&config, BTreeMap::new(), None, HashSet::new());
+        let a = PublishAuth::new(&config, BTreeMap::new(), None, Arc::default());
         let peer: IpAddr = PEER.parse().unwrap();
         assert!(!a.is_open().await.unwrap(), "a token secret requires a key or token");
         let key = token::sign(token::Purpose::Publish, "room/cam", secret, std::time::Duration::from_secs(60));

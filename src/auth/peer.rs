@@ -1,8 +1,9 @@
 //! Node-to-node HTTP (`/cluster/*`: health probes, stream key replication): who may ask,
 //! and which answers a node believes.
 //!
-//! - **Who may ask**: only the configured nodes' addresses (their `rtmp` and `http`
-//!   addresses, as for the `_relay` RTMP app); anyone else gets 403 ([`guard`]).
+//! - **Who may ask**: only the members' addresses (the configured nodes' `rtmp` and `http`
+//!   addresses, or the addresses discovery found: [`MemberAddresses`], kept current by
+//!   membership); anyone else gets 403 ([`guard`]).
 //! - **Requests** carry an HMAC-SHA256, keyed with `cluster.relay_secret`, over the node
 //!   they are for, the method, the path, the body, the time they were made and a random
 //!   nonce ([`TIME_HEADER`], [`NONCE_HEADER`], [`SIGNATURE_HEADER`]). The receiver checks
@@ -14,13 +15,17 @@
 //! - **Answers** carry an HMAC over the answering node's id, the request's nonce, the
 //!   status, the time and the body, so an answer is bound to the one request it answers:
 //!   an old answer replayed, an answer from another node, or a body changed on the way is
-//!   refused by the asking node ([`PeerClient`]), logged and counted.
+//!   refused by the asking node ([`PeerClient`]), logged and counted. Every answer names
+//!   its node in [`NODE_HEADER`].
+//! - **A peer whose id is not known yet** (found through DNS): its health is asked with a
+//!   request signed for [`ANY_NODE`], which the guard accepts on [`HEALTH_PATH`] only; the
+//!   answer is checked against the id it names ([`PeerClient::get_unknown`]), so a node
+//!   learns a peer's id only from an answer signed with the federation's secret.
 //!
 //! Requests and answers sign in separate domains, so one is never valid as the other. The
 //! secret never travels. Clocks must agree within [`CLOCK_SKEW`] (run NTP). Plain HTTP: the
 //! content is readable on the appliance network, but not forgeable or replayable.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,7 +41,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use sha2::Sha256;
 
-use crate::cluster::config::ClusterConfig;
+use crate::cluster::HEALTH_PATH;
+use crate::cluster::membership::MemberAddresses;
 use crate::http::Peer;
 use crate::metrics::common::Reason;
 use crate::warn_limiter::WarnLimiter;
@@ -44,6 +50,10 @@ use crate::warn_limiter::WarnLimiter;
 pub const TIME_HEADER: &str = "x-rackcast-time";
 pub const NONCE_HEADER: &str = "x-rackcast-nonce";
 pub const SIGNATURE_HEADER: &str = "x-rackcast-signature";
+/// The answering node's id, on every signed answer.
+pub const NODE_HEADER: &str = "x-rackcast-node";
+/// The target a request for a node of unknown id is signed for (health probes only).
+pub const ANY_NODE: &str = "";
 /// How far a signed request's or answer's time may be from this node's clock, either way;
 /// also how long after that time its nonce is remembered.
 pub const CLOCK_SKEW: Duration = super::token::CLOCK_SKEW;
@@ -273,19 +283,14 @@ impl NonceCache {
 pub struct PeerGuard {
     node_id: String,
     secret: String,
-    peers: HashSet<IpAddr>,
+    peers: Arc<MemberAddresses>,
     nonces: NonceCache,
     stats: Arc<PeerStats>,
 }
 
 impl PeerGuard {
-    /// For this node of `cluster`: its peers are every configured node's addresses.
-    pub fn from_config(cluster: &ClusterConfig, stats: Arc<PeerStats>) -> Arc<Self> {
-        let peers = cluster.nodes.iter().flat_map(|n| [n.rtmp.ip(), n.http.ip()]).collect();
-        Self::new(&cluster.node_id, &cluster.relay_secret, peers, stats)
-    }
-
-    pub fn new(node_id: &str, secret: &str, peers: HashSet<IpAddr>, stats: Arc<PeerStats>) -> Arc<Self> {
+    /// For node `node_id`: its peers are the members' addresses, as they are when asked.
+    pub fn new(node_id: &str, secret: &str, peers: Arc<MemberAddresses>, stats: Arc<PeerStats>) -> Arc<Self> {
         Arc::new(Self { node_id: node_id.to_owned(), secret: secret.to_owned(), peers, nonces: NonceCache::default(), stats })
     }
 
@@ -301,13 +306,18 @@ pub async fn guard(State(guard): State<Arc<PeerGuard>>, peer: Peer, request: Req
     let (parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
     // No secret (a node alone) means no peer, whoever asks.
-    if guard.secret.is_empty() || !address.is_some_and(|a| guard.peers.contains(&a)) {
+    if guard.secret.is_empty() || !address.is_some_and(|a| guard.peers.contains(a)) {
         return guard.refuse(StatusCode::FORBIDDEN, PeerAuthError::NotPeer, address, &path);
     }
     let Ok(body) = axum::body::to_bytes(body, MAX_REQUEST_BYTES).await else {
         return guard.refuse(StatusCode::PAYLOAD_TOO_LARGE, PeerAuthError::Malformed, address, &path);
     };
-    let checked = verify_request(&guard.secret, &guard.node_id, parts.method.as_str(), &path, &parts.headers, &body, unix_now());
+    let verify = |target: &str| verify_request(&guard.secret, target, parts.method.as_str(), &path, &parts.headers, &body, unix_now());
+    let checked = match verify(&guard.node_id) {
+        // A health probe from a node that does not know this one's id yet.
+        Err(PeerAuthError::BadSignature) if parts.uri.path() == HEALTH_PATH => verify(ANY_NODE),
+        checked => checked,
+    };
     let signed = match checked {
         Ok(signed) => signed,
         Err(e) => return guard.refuse(StatusCode::UNAUTHORIZED, e, address, &path),
@@ -326,6 +336,9 @@ pub async fn guard(State(guard): State<Arc<PeerGuard>>, peer: Peer, request: Req
         }
     };
     parts.headers.extend(sign_response(&guard.secret, &guard.node_id, &signed.nonce, parts.status.as_u16(), &body));
+    if let Ok(id) = HeaderValue::from_str(&guard.node_id) {
+        parts.headers.insert(NODE_HEADER, id);
+    }
     Response::from_parts(parts, Body::from(body))
 }
 
@@ -359,7 +372,18 @@ impl PeerClient {
     /// `GET path` from node `peer` at `address`, signed; the body (at most `max_bytes`)
     /// once its answer's signature checks out. The caller bounds the time.
     pub async fn get(&self, peer: &str, address: SocketAddr, path: &str, max_bytes: usize) -> Result<Bytes, PeerRequestError> {
-        let (headers, nonce) = sign_request(&self.secret, peer, "GET", path, b"");
+        self.fetch(Some(peer), address, path, max_bytes).await.map(|(_, body)| body)
+    }
+
+    /// `GET path` from the node at `address` whose id is not known: signed for
+    /// [`ANY_NODE`] (peers accept that on [`HEALTH_PATH`] only); its id (from
+    /// [`NODE_HEADER`], checked by the answer's signature) and the body.
+    pub async fn get_unknown(&self, address: SocketAddr, path: &str, max_bytes: usize) -> Result<(String, Bytes), PeerRequestError> {
+        self.fetch(None, address, path, max_bytes).await
+    }
+
+    async fn fetch(&self, expected: Option<&str>, address: SocketAddr, path: &str, max_bytes: usize) -> Result<(String, Bytes), PeerRequestError> {
+        let (headers, nonce) = sign_request(&self.secret, expected.unwrap_or(ANY_NODE), "GET", path, b"");
         let mut response =
             self.http.get(format!("http://{address}{path}")).headers(headers).send().await.map_err(PeerRequestError::Request)?;
         let status = response.status();
@@ -373,11 +397,13 @@ impl PeerClient {
             }
             body.extend_from_slice(&chunk);
         }
-        if let Err(e) = verify_response(&self.secret, peer, &nonce, status.as_u16(), response.headers(), &body, unix_now()) {
-            self.stats.refuse_answer(e, peer, path);
+        let named = response.headers().get(NODE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let peer = expected.unwrap_or(named).to_owned();
+        if let Err(e) = verify_response(&self.secret, &peer, &nonce, status.as_u16(), response.headers(), &body, unix_now()) {
+            self.stats.refuse_answer(e, &address.to_string(), path);
             return Err(PeerRequestError::Refused(e));
         }
-        Ok(body.into())
+        Ok((peer, body.into()))
     }
 }
 

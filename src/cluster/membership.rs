@@ -1,27 +1,43 @@
-//! Who is up in the federation, learned by active health probes against the static peer
-//! list (like Varnish's shard director or nginx's upstream checks: no consensus). One probe
-//! task per peer asks `GET http://{peer.http}/cluster/health` every `health_interval`; a
-//! peer goes down after `fail_after` consecutive failures and comes back after `rise_after`
-//! consecutive successes. Each change publishes a new immutable [`MembershipView`] on a
-//! watch channel; relays, origins and edges read views and never block the probes.
+//! Who is up in the federation, learned by active health probes (like Varnish's shard
+//! director or nginx's upstream checks: no consensus). The peers are the static
+//! `cluster.nodes`, or the addresses `[cluster.discovery]` resolves (discovery.rs calls
+//! [`Membership::set_discovered`] after every round). One probe task per peer asks
+//! `GET http://{peer.http}/cluster/health` every `health_interval`; a peer goes down after
+//! `fail_after` consecutive failures and comes back after `rise_after` consecutive
+//! successes. Each change publishes a new immutable [`MembershipView`] on a watch channel;
+//! relays, origins and edges read views and never block the probes.
 //!
-//! Every peer starts up, so a fresh cluster routes at once instead of waiting
-//! `rise_after` intervals; a peer that is really gone is out after `fail_after` probes, and
-//! a caller that sees a peer fail first (a broken relay connection) marks it down at once
-//! with [`Membership::mark_down`]. This node is always up in its own view: it cannot probe
-//! itself, and if it is dead nobody reads its view.
+//! Static peers start up, so a fresh cluster routes at once instead of waiting `rise_after`
+//! intervals; a peer that is really gone is out after `fail_after` probes, and a caller that
+//! sees a peer fail first (a broken relay connection) marks it down at once with
+//! [`Membership::mark_down`]. This node is always up in its own view: if it is dead nobody
+//! reads its view.
+//!
+//! **Discovered peers and the ring.** The ring is keyed by node ids, as with static nodes,
+//! so that a node keeps its ring position when its address changes (a Kubernetes pod that
+//! comes back under its name with a new IP). A discovered address has no id until it
+//! answers: its probes are signed for any node (`auth::peer::ANY_NODE`) and the answer,
+//! signed by the peer under the id it names, gives the id. So a discovered peer starts
+//! down and joins the view (and the ring) after `rise_after` good probes, under the id its
+//! answers carry; every node that resolves the same answer and reaches the same peers
+//! builds the same ring. An address that leaves the DNS answer leaves the view at once
+//! (its probe task stops); one that answers with this node's own id is this node (its own
+//! address in the answer) and is not probed again. Two addresses answering with one id:
+//! the first keeps it, the other is not a member until its id differs.
 //!
 //! The health answer also says which streams the peer publishes live, so an origin can find
 //! a stream that stayed on the node that took it over after its ring owner came back.
 //!
 //! Probes and answers are signed with the relay secret (`auth::peer`): an answer that is
-//! not the peer's own, for this probe, counts as a failed probe.
+//! not the peer's own, for this probe, counts as a failed probe. [`MemberAddresses`] is
+//! the set of members' IP addresses the peer-request guard admits, kept current here.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
@@ -92,26 +108,82 @@ pub fn with_causes(error: &dyn std::error::Error) -> String {
 
 /// A client fit for probes and other peer traffic: no proxy from the environment, since
 /// peers are on the appliance network and an `HTTP_PROXY` meant for the outside world
-/// would otherwise swallow every probe.
-pub fn peer_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder().no_proxy().build()
+/// would otherwise swallow every probe. Requests leave from `local` when given (the
+/// node's HTTP address, when it listens on one): peers admit members' addresses only, so
+/// a node on one of several addresses of a host must ask from that one.
+pub fn peer_client(local: Option<IpAddr>) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder().no_proxy().local_address(local).build()
 }
 
-/// An immutable snapshot of the federation: the config's nodes, which are up, and what the
-/// healthy peers publish. Cheap to share (`Arc`), built once per change.
+/// The IP addresses of the federation's members (static nodes' `rtmp` and `http`, or the
+/// discovered addresses), read by the peer-request guard on every `/cluster/*` request.
+#[derive(Debug, Default)]
+pub struct MemberAddresses(RwLock<HashSet<IpAddr>>);
+
+impl MemberAddresses {
+    /// The static nodes' addresses (none when discovery finds them).
+    pub fn of(config: &ClusterConfig) -> Arc<Self> {
+        Arc::new(Self::from(config.nodes.iter().flat_map(|n| [n.rtmp.ip(), n.http.ip()]).collect::<HashSet<_>>()))
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.read().contains(&ip)
+    }
+
+    fn replace(&self, ips: HashSet<IpAddr>) {
+        *self.0.write() = ips;
+    }
+}
+
+impl From<HashSet<IpAddr>> for MemberAddresses {
+    fn from(ips: HashSet<IpAddr>) -> Self {
+        Self(RwLock::new(ips))
+    }
+}
+
+/// Where a member came from: the config's `nodes`, or a DNS name of `[cluster.discovery]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Static,
+    Dns(String),
+}
+
+impl std::fmt::Display for Source {
+    /// `static` or `dns:NAME`, as the API and console show it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Static => f.write_str("static"),
+            Source::Dns(name) => write!(f, "dns:{name}"),
+        }
+    }
+}
+
+/// One node of a view: its id, roles and addresses, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub node: NodeConfig,
+    pub source: Source,
+}
+
+/// An immutable snapshot of the federation: its members (this node among them), which are
+/// up, and what the healthy peers publish. Cheap to share (`Arc`), built once per change.
 pub struct MembershipView {
-    config: Arc<ClusterConfig>,
+    node_id: String,
+    /// Static nodes in config order, or this node then the discovered peers by id.
+    members: Vec<Member>,
     /// Healthy node ids, this node always among them.
     up: BTreeSet<String>,
     /// Streams each healthy peer reported in its last good probe.
     streams: BTreeMap<String, BTreeSet<String>>,
-    /// Built with the view, shared with the next view while the healthy set is unchanged.
+    /// Built with the view, shared with the next view while the members and the healthy
+    /// set are unchanged.
     live_ring: Arc<Ring>,
 }
 
 impl MembershipView {
-    /// A view with the given healthy nodes and reported streams (this node is always up).
-    /// Membership builds views itself; this is for planners and tests that need one.
+    /// A view of `config`'s static nodes with the given healthy nodes and reported streams
+    /// (this node is always up). Membership builds views itself; this is for planners and
+    /// tests that need one.
     pub fn new(
         config: Arc<ClusterConfig>,
         up: impl IntoIterator<Item = String>,
@@ -120,49 +192,60 @@ impl MembershipView {
         let mut up: BTreeSet<String> = up.into_iter().collect();
         up.insert(config.node_id.clone());
         let streams = streams.into_iter().map(|(node, s)| (node, s.into_iter().collect())).collect();
-        Self::build(config, up, streams, None)
+        let members = config.nodes.iter().map(|n| Member { node: n.clone(), source: Source::Static }).collect();
+        Self::build(&config, members, up, streams, None)
     }
 
     fn build(
-        config: Arc<ClusterConfig>,
+        config: &ClusterConfig,
+        members: Vec<Member>,
         up: BTreeSet<String>,
         streams: BTreeMap<String, BTreeSet<String>>,
         ring: Option<Arc<Ring>>,
     ) -> Self {
         let live_ring = ring.unwrap_or_else(|| {
-            let live: Vec<String> = if config.nodes.is_empty() {
+            let live: Vec<String> = if config.federated() {
+                members
+                    .iter()
+                    .filter(|m| up.contains(&m.node.id) && m.node.roles.contains(&Role::Live))
+                    .map(|m| m.node.id.clone())
+                    .collect()
+            } else {
                 // Alone: this node has every role.
                 vec![config.node_id.clone()]
-            } else {
-                config
-                    .nodes
-                    .iter()
-                    .filter(|n| up.contains(&n.id) && n.roles.contains(&Role::Live))
-                    .map(|n| n.id.clone())
-                    .collect()
             };
             Arc::new(Ring::new(live, config.vnodes))
         });
-        Self { config, up, streams, live_ring }
+        Self { node_id: config.node_id.clone(), members, up, streams, live_ring }
     }
 
     /// This node's id.
     pub fn node_id(&self) -> &str {
-        &self.config.node_id
+        &self.node_id
     }
 
     pub fn is_up(&self, id: &str) -> bool {
         self.up.contains(id)
     }
 
-    /// A node of the config by id, up or not (check [`Self::is_up`] before using it).
+    /// A member by id, up or not (check [`Self::is_up`] before using it).
     pub fn node(&self, id: &str) -> Option<&NodeConfig> {
-        self.config.nodes.iter().find(|n| n.id == id)
+        self.member(id).map(|m| &m.node)
     }
 
-    /// The healthy nodes of the config, in config order.
+    /// A member by id, with where it came from.
+    pub fn member(&self, id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.node.id == id)
+    }
+
+    /// Every member, up or not, in view order.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The healthy members, in view order.
     pub fn healthy(&self) -> impl Iterator<Item = &NodeConfig> {
-        self.config.nodes.iter().filter(|n| self.up.contains(&n.id))
+        self.members.iter().map(|m| &m.node).filter(|n| self.up.contains(&n.id))
     }
 
     /// Streams a healthy peer reported live in its last good probe.
@@ -179,7 +262,7 @@ impl MembershipView {
     }
 
     /// Healthy origins of `region`, or every healthy origin when that region has none up,
-    /// in config order. Empty when no origin is up (or the node runs alone).
+    /// in view order. Empty when no origin is up (or the node runs alone).
     pub fn origins_for(&self, region: &str) -> Vec<&NodeConfig> {
         let origins: Vec<&NodeConfig> = self.healthy().filter(|n| n.roles.contains(&Role::Origin)).collect();
         let local: Vec<&NodeConfig> = origins.iter().copied().filter(|n| n.region == region).collect();
@@ -199,10 +282,10 @@ impl MembershipView {
 }
 
 impl std::fmt::Debug for MembershipView {
-    // The config and the ring's points would drown what changes between views.
+    // The members and the ring's points would drown what changes between views.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MembershipView")
-            .field("node_id", &self.config.node_id)
+            .field("node_id", &self.node_id)
             .field("up", &self.up)
             .field("live_ring", &self.live_ring.nodes().collect::<Vec<_>>())
             .field("streams", &self.streams)
@@ -229,6 +312,11 @@ impl PeerHealth {
         Self { up: true, streak: 0 }
     }
 
+    /// A discovered peer: down until `rise_after` good probes.
+    fn joining() -> Self {
+        Self { up: false, streak: 0 }
+    }
+
     fn record(&mut self, ok: bool, fail_after: u32, rise_after: u32) -> Option<Transition> {
         if ok == self.up {
             self.streak = 0;
@@ -253,30 +341,99 @@ impl PeerHealth {
     }
 }
 
+/// One peer, by its HTTP address. A static peer's id is known from the start; a
+/// discovered one's comes from its answers.
 struct PeerState {
+    id: Option<String>,
+    roles: Vec<Role>,
+    region: String,
+    rtmp: SocketAddr,
+    source: Source,
     health: PeerHealth,
     streams: BTreeSet<String>,
     /// Tier counters and key store fingerprint from the last good probe (not part of
     /// views: the counters change constantly).
     tier: Option<serde_json::Value>,
     keys: Option<String>,
+    /// Stops its probe task (when it leaves the DNS answer).
+    stop: CancellationToken,
+}
+
+impl PeerState {
+    fn member(&self, http: SocketAddr) -> Option<Member> {
+        let node = NodeConfig { id: self.id.clone()?, roles: self.roles.clone(), region: self.region.clone(), rtmp: self.rtmp, http };
+        Some(Member { node, source: self.source.clone() })
+    }
+}
+
+/// A discovered node: its roles and the DNS name that listed it first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub roles: Vec<Role>,
+    pub name: String,
+}
+
+#[derive(Default)]
+struct Peers {
+    by_http: BTreeMap<SocketAddr, PeerState>,
+    /// Addresses that answered with this node's own id.
+    own: BTreeSet<SocketAddr>,
+}
+
+impl Peers {
+    fn by_id(&mut self, id: &str) -> Option<&mut PeerState> {
+        self.by_http.values_mut().find(|s| s.id.as_deref() == Some(id))
+    }
 }
 
 struct Shared {
     config: Arc<ClusterConfig>,
+    /// This node as a member (its entry, or its roles and listen addresses).
+    me: Member,
     /// Every peer but this node. Views are published while this lock is held, so they go
     /// out in the order the changes happened.
-    peers: Mutex<BTreeMap<String, PeerState>>,
+    peers: Mutex<Peers>,
     tx: watch::Sender<Arc<MembershipView>>,
+    addresses: Arc<MemberAddresses>,
+    /// Whether the first view with discovered peers is out (static: from the start).
+    settled: watch::Sender<bool>,
+    client: PeerClient,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
 }
 
 impl Shared {
-    fn record(&self, peer: &str, result: Result<HealthReport, ProbeError>) {
+    fn record(&self, http: SocketAddr, result: Result<HealthReport, ProbeError>) {
         let config = &self.config;
         let mut peers = self.peers.lock();
-        let Some(state) = peers.get_mut(peer) else { return };
+        if let Ok(report) = &result {
+            if report.id == config.node_id {
+                // Our own address in the DNS answer.
+                if let Some(state) = peers.by_http.remove(&http) {
+                    state.stop.cancel();
+                    tracing::info!(address = %http, "discovery: this node's own address");
+                }
+                peers.own.insert(http);
+                return;
+            }
+            let taken = peers.by_http.iter().any(|(a, s)| *a != http && s.id.as_deref() == Some(report.id.as_str()));
+            if taken {
+                tracing::warn!(address = %http, id = %report.id, "discovered peer answers with the id of another member's address; not a member");
+                return;
+            }
+        }
+        let Some(state) = peers.by_http.get_mut(&http) else { return };
+        let mut changed = false;
+        if let Ok(report) = &result
+            && state.id.as_deref() != Some(report.id.as_str())
+        {
+            tracing::info!(address = %http, id = %report.id, "discovered peer named itself");
+            state.id = Some(report.id.clone());
+            changed = true;
+        }
+        let peer = state.id.clone().unwrap_or_else(|| http.to_string());
         let transition = state.health.record(result.is_ok(), config.fail_after, config.rise_after);
-        let mut changed = transition.is_some();
+        changed |= transition.is_some();
         match (&result, transition) {
             (Ok(report), _) => {
                 state.tier = report.tier.clone();
@@ -306,7 +463,7 @@ impl Shared {
 
     fn mark_down(&self, peer: &str) -> bool {
         let mut peers = self.peers.lock();
-        let Some(state) = peers.get_mut(peer) else {
+        let Some(state) = peers.by_id(peer) else {
             // Unknown ids and this node itself: nothing to mark.
             tracing::debug!(peer, "mark_down ignored: not a peer");
             return false;
@@ -320,20 +477,91 @@ impl Shared {
         true
     }
 
-    fn publish(&self, peers: &BTreeMap<String, PeerState>) {
-        let mut up: BTreeSet<String> = peers.iter().filter(|(_, s)| s.health.up).map(|(id, _)| id.clone()).collect();
-        up.insert(self.config.node_id.clone());
-        let streams = peers
-            .iter()
-            .filter(|(_, s)| s.health.up && !s.streams.is_empty())
-            .map(|(id, s)| (id.clone(), s.streams.clone()))
-            .collect();
-        // Only a change of the healthy set changes the ring; stream reports alone reuse it.
+    /// The discovered nodes are now `found` (by HTTP address): new ones start their probes
+    /// (down until they answer), gone ones stop theirs and leave the view.
+    fn set_discovered(self: &Arc<Self>, found: BTreeMap<SocketAddr, Found>, rtmp_port: u16) {
+        let mut peers = self.peers.lock();
+        let mut changed = false;
+        let gone: Vec<SocketAddr> = peers.by_http.keys().filter(|a| !found.contains_key(a)).copied().collect();
+        for http in gone {
+            if let Some(state) = peers.by_http.remove(&http) {
+                state.stop.cancel();
+                tracing::info!(address = %http, id = ?state.id, "peer left the DNS answer");
+                changed = true;
+            }
+        }
+        peers.own.retain(|a| found.contains_key(a));
+        for (http, found) in &found {
+            if peers.own.contains(http) {
+                continue;
+            }
+            if let Some(state) = peers.by_http.get_mut(http) {
+                if state.roles != found.roles {
+                    state.roles.clone_from(&found.roles);
+                    changed = true;
+                }
+                continue;
+            }
+            tracing::info!(address = %http, roles = ?found.roles, name = %found.name, "peer found in DNS; probing it");
+            let stop = self.shutdown.child_token();
+            peers.by_http.insert(
+                *http,
+                PeerState {
+                    id: None,
+                    roles: found.roles.clone(),
+                    region: super::config::DEFAULT_REGION.to_owned(),
+                    rtmp: SocketAddr::new(http.ip(), rtmp_port),
+                    source: Source::Dns(found.name.clone()),
+                    health: PeerHealth::joining(),
+                    streams: BTreeSet::new(),
+                    tier: None,
+                    keys: None,
+                    stop: stop.clone(),
+                },
+            );
+            self.tracker.spawn(probe_loop(Arc::clone(self), *http, None, stop));
+        }
+        self.addresses.replace(found.keys().map(SocketAddr::ip).collect());
+        if changed || !*self.settled.borrow() {
+            self.publish(&peers);
+        }
+        self.settled.send_replace(true);
+    }
+
+    fn publish(&self, peers: &Peers) {
+        let mut members = vec![];
+        let mut discovered = vec![];
+        let mut up: BTreeSet<String> = BTreeSet::from([self.config.node_id.clone()]);
+        let mut streams = BTreeMap::new();
+        for (http, state) in &peers.by_http {
+            let Some(member) = state.member(*http) else { continue };
+            if state.health.up {
+                up.insert(member.node.id.clone());
+                if !state.streams.is_empty() {
+                    streams.insert(member.node.id.clone(), state.streams.clone());
+                }
+            }
+            match member.source {
+                Source::Static => members.push(member),
+                Source::Dns(_) => discovered.push(member),
+            }
+        }
+        if self.config.discovery.is_some() {
+            discovered.sort_by(|a, b| a.node.id.cmp(&b.node.id));
+            members = std::iter::once(self.me.clone()).chain(discovered).collect();
+        } else {
+            // Config order, this node in its place.
+            let order: BTreeMap<&str, usize> = self.config.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+            members.push(self.me.clone());
+            members.sort_by_key(|m| order.get(m.node.id.as_str()).copied().unwrap_or(usize::MAX));
+        }
+        // Only a change of the members or the healthy set changes the ring; stream
+        // reports alone reuse it.
         let ring = {
             let previous = self.tx.borrow();
-            (previous.up == up).then(|| previous.live_ring.clone())
+            (previous.up == up && previous.members == members).then(|| previous.live_ring.clone())
         };
-        self.tx.send_replace(Arc::new(MembershipView::build(self.config.clone(), up, streams, ring)));
+        self.tx.send_replace(Arc::new(MembershipView::build(&self.config, members, up, streams, ring)));
     }
 }
 
@@ -344,35 +572,66 @@ pub struct Membership {
     rx: watch::Receiver<Arc<MembershipView>>,
 }
 
-/// Starts one probe task per peer (every node of `config` but this one) on `tracker`; they
-/// stop when `shutdown` fires. Call inside a Tokio runtime. `client` signs the probes and
-/// checks the answers' signatures; its HTTP client should not use a proxy: see
-/// [`peer_client`].
+/// Starts one probe task per static peer (every node of `config` but this one) on
+/// `tracker`; with discovery, none until [`Membership::set_discovered`]. They stop when
+/// `shutdown` fires. `me` is this node as a member (its entry, or its roles and listen
+/// addresses); `addresses` is kept to the members' addresses. Call inside a Tokio runtime.
+/// `client` signs the probes and checks the answers' signatures; its HTTP client should
+/// not use a proxy: see [`peer_client`].
 pub fn spawn(
     config: &ClusterConfig,
+    me: NodeConfig,
+    addresses: Arc<MemberAddresses>,
     client: PeerClient,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Membership {
     let config = Arc::new(config.clone());
-    let peers: BTreeMap<String, PeerState> = config
-        .nodes
-        .iter()
-        .filter(|n| n.id != config.node_id)
-        .map(|n| (n.id.clone(), PeerState { health: PeerHealth::new(), streams: BTreeSet::new(), tier: None, keys: None }))
-        .collect();
-    let up = config.nodes.iter().map(|n| n.id.clone()).chain([config.node_id.clone()]).collect();
-    let first = MembershipView::build(config.clone(), up, BTreeMap::new(), None);
+    let mut peers = Peers::default();
+    for node in config.nodes.iter().filter(|n| n.id != config.node_id) {
+        let state = PeerState {
+            id: Some(node.id.clone()),
+            roles: node.roles.clone(),
+            region: node.region.clone(),
+            rtmp: node.rtmp,
+            source: Source::Static,
+            health: PeerHealth::new(),
+            streams: BTreeSet::new(),
+            tier: None,
+            keys: None,
+            stop: shutdown.child_token(),
+        };
+        peers.by_http.insert(node.http, state);
+    }
+    let members: Vec<Member> = config.nodes.iter().map(|n| Member { node: n.clone(), source: Source::Static }).collect();
+    let me = Member { node: me, source: Source::Static };
+    let members = if members.is_empty() { vec![me.clone()] } else { members };
+    let up = members.iter().map(|m| m.node.id.clone()).chain([config.node_id.clone()]).collect();
+    let first = MembershipView::build(&config, members, up, BTreeMap::new(), None);
     let (tx, rx) = watch::channel(Arc::new(first));
-    let shared = Arc::new(Shared { config: config.clone(), peers: Mutex::new(peers), tx });
+    let (settled, _) = watch::channel(config.discovery.is_none());
     tracing::info!(
         node = %config.node_id,
-        peers = config.nodes.len().saturating_sub(1),
+        peers = peers.by_http.len(),
+        discovery = config.discovery.is_some(),
         interval = ?config.health_interval,
         "membership probes starting"
     );
-    for peer in config.nodes.iter().filter(|n| n.id != config.node_id) {
-        tracker.spawn(probe_loop(shared.clone(), peer.clone(), client.clone(), shutdown.clone()));
+    let statics: Vec<(SocketAddr, String, CancellationToken)> =
+        peers.by_http.iter().map(|(http, s)| (*http, s.id.clone().unwrap_or_default(), s.stop.clone())).collect();
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        me,
+        peers: Mutex::new(peers),
+        tx,
+        addresses,
+        settled,
+        client,
+        tracker: tracker.clone(),
+        shutdown,
+    });
+    for (http, id, stop) in statics {
+        tracker.spawn(probe_loop(shared.clone(), http, Some(id), stop));
     }
     Membership { shared, rx }
 }
@@ -394,20 +653,34 @@ impl Membership {
         self.rx.clone()
     }
 
+    /// Returns once the view holds what the first discovery round found (at once for
+    /// static peers): the node then knows its federation and may call itself ready.
+    pub async fn settled(&self) {
+        let mut settled = self.shared.settled.subscribe();
+        // Cannot fail: `shared` owns the sender.
+        let _ = settled.wait_for(|s| *s).await;
+    }
+
+    /// The discovered nodes are now `found`, by HTTP address (discovery.rs, after each
+    /// round): see the module header.
+    pub fn set_discovered(&self, found: BTreeMap<SocketAddr, Found>, rtmp_port: u16) {
+        self.shared.set_discovered(found, rtmp_port);
+    }
+
     /// Each healthy peer's tier counters from its last good probe.
     pub fn peer_tiers(&self) -> BTreeMap<String, serde_json::Value> {
         let peers = self.shared.peers.lock();
-        peers.iter().filter(|(_, s)| s.health.up).filter_map(|(id, s)| Some((id.clone(), s.tier.clone()?))).collect()
+        peers.by_http.values().filter(|s| s.health.up).filter_map(|s| Some((s.id.clone()?, s.tier.clone()?))).collect()
     }
 
     /// Each healthy peer's key store fingerprint from its last good probe, with its HTTP address.
-    pub fn peer_key_fingerprints(&self) -> Vec<(String, std::net::SocketAddr, String)> {
+    pub fn peer_key_fingerprints(&self) -> Vec<(String, SocketAddr, String)> {
         let peers = self.shared.peers.lock();
-        let http = |id: &str| self.shared.config.nodes.iter().find(|n| n.id == id).map(|n| n.http);
         peers
+            .by_http
             .iter()
             .filter(|(_, s)| s.health.up)
-            .filter_map(|(id, s)| Some((id.clone(), http(id)?, s.keys.clone()?)))
+            .filter_map(|(http, s)| Some((s.id.clone()?, *http, s.keys.clone()?)))
             .collect()
     }
 
@@ -420,35 +693,41 @@ impl Membership {
     }
 }
 
-async fn probe_loop(shared: Arc<Shared>, peer: NodeConfig, client: PeerClient, shutdown: CancellationToken) {
+/// Probes the peer at `http` until `stop` fires; `id` is its id when known (static).
+async fn probe_loop(shared: Arc<Shared>, http: SocketAddr, id: Option<String>, stop: CancellationToken) {
     let timeout = shared.config.health_timeout;
     let mut ticks = tokio::time::interval(shared.config.health_interval);
     // A stalled runtime must not fire a burst of probes that flips a peer on catch-up.
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let result = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = stop.cancelled() => break,
             result = async {
                 ticks.tick().await;
-                probe(&client, &peer, timeout).await
+                probe(&shared.client, http, id.as_deref(), timeout).await
             } => result,
         };
-        shared.record(&peer.id, result);
+        shared.record(http, result);
     }
-    tracing::debug!(peer = %peer.id, "health probes stopped");
+    tracing::debug!(peer = %id.as_deref().unwrap_or_default(), address = %http, "health probes stopped");
 }
 
-async fn probe(client: &PeerClient, node: &NodeConfig, timeout: Duration) -> Result<HealthReport, ProbeError> {
-    let peer = node.id.as_str();
+async fn probe(client: &PeerClient, http: SocketAddr, expected: Option<&str>, timeout: Duration) -> Result<HealthReport, ProbeError> {
+    let shown = expected.map_or_else(|| http.to_string(), str::to_owned);
     let attempt = async {
-        let body = client
-            .get(peer, node.http, HEALTH_PATH, MAX_HEALTH_BYTES)
-            .await
-            .map_err(|source| ProbeError::Request { peer: peer.to_owned(), source })?;
+        let (signer, body) = match expected {
+            Some(id) => (id.to_owned(), client.get(id, http, HEALTH_PATH, MAX_HEALTH_BYTES).await),
+            None => match client.get_unknown(http, HEALTH_PATH, MAX_HEALTH_BYTES).await {
+                Ok((signer, body)) => (signer, Ok(body)),
+                Err(e) => (String::new(), Err(e)),
+            },
+        };
+        let body = body.map_err(|source| ProbeError::Request { peer: shown.clone(), source })?;
         let report: HealthReport =
-            serde_json::from_slice(&body).map_err(|source| ProbeError::Body { peer: peer.to_owned(), source })?;
-        if report.id != peer {
-            return Err(ProbeError::WrongNode { peer: peer.to_owned(), answered: report.id });
+            serde_json::from_slice(&body).map_err(|source| ProbeError::Body { peer: shown.clone(), source })?;
+        // The id in the body must be the one that signed the answer.
+        if report.id != signer {
+            return Err(ProbeError::WrongNode { peer: shown.clone(), answered: report.id });
         }
         Ok(report)
     };
@@ -456,7 +735,7 @@ async fn probe(client: &PeerClient, node: &NodeConfig, timeout: Duration) -> Res
     // unhealthy as one that never answers.
     tokio::time::timeout(timeout, attempt)
         .await
-        .unwrap_or_else(|_| Err(ProbeError::Timeout { peer: peer.to_owned(), timeout }))
+        .unwrap_or_else(|_| Err(ProbeError::Timeout { peer: shown.clone(), timeout }))
 }
 
 #[cfg(test)]
@@ -471,7 +750,13 @@ mod tests {
 
     use super::*;
     use crate::auth::peer::PeerGuard;
-    use std::collections::HashSet;
+    use crate::cluster::config::DEFAULT_REGION;
+
+    /// Membership of `config`'s node (its entry) with the test secret.
+    fn start(config: &ClusterConfig, tracker: &TaskTracker, shutdown: &CancellationToken) -> Membership {
+        let me = config.this_node().cloned().unwrap();
+        spawn(config, me, MemberAddresses::of(config), client(), tracker, shutdown.clone())
+    }
 
     #[test]
     fn health_goes_down_after_exactly_fail_after_and_up_after_rise_after() {
@@ -569,7 +854,7 @@ mod tests {
     const SECRET: &str = "membership-test-secret-0123";
 
     fn client() -> PeerClient {
-        PeerClient::new(peer_client().unwrap(), SECRET, Arc::default())
+        PeerClient::new(peer_client(None).unwrap(), SECRET, Arc::default())
     }
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -605,7 +890,7 @@ mod tests {
                 addr: listener.local_addr().unwrap(),
             });
             // Behind the same guard as a real node's: signed probes from loopback, signed answers.
-            let guard = PeerGuard::new(id, secret, HashSet::from(["127.0.0.1".parse().unwrap()]), Arc::default());
+            let guard = PeerGuard::new(id, secret, Arc::new(MemberAddresses::from(HashSet::from(["127.0.0.1".parse().unwrap()]))), Arc::default());
             let router = Router::new()
                 .route(HEALTH_PATH, get(fake_health))
                 .route_layer(axum::middleware::from_fn_with_state(guard, crate::auth::peer::guard))
@@ -666,7 +951,7 @@ mod tests {
         };
         let tracker = TaskTracker::new();
         let shutdown = CancellationToken::new();
-        let membership = spawn(&config, client(), &tracker, shutdown.clone());
+        let membership = start(&config, &tracker, &shutdown);
         Cluster { membership, peers, tracker, shutdown }
     }
 
@@ -760,7 +1045,7 @@ mod tests {
             ..ClusterConfig::default()
         };
         let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
-        let mut membership = spawn(&config, client(), &tracker, shutdown.clone());
+        let mut membership = start(&config, &tracker, &shutdown);
         wait_for(&mut membership, "impostor down", |v| !v.is_up("impostor")).await;
         assert_eq!(membership.view().live_ring().nodes().collect::<Vec<_>>(), ["me"]);
         shutdown.cancel();
@@ -780,8 +1065,42 @@ mod tests {
         };
         let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
         // Its guard refuses our probes (401); tests/it/cluster_auth.rs has forged answers.
-        let mut membership = spawn(&config, client(), &tracker, shutdown.clone());
+        let mut membership = start(&config, &tracker, &shutdown);
         wait_for(&mut membership, "l1 down", |v| !v.is_up("l1")).await;
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn discovered_peers_join_under_the_id_they_answer_with_and_leave_with_the_dns_answer() {
+        let (l1, l2, me) = (FakePeer::start("l1").await, FakePeer::start("l2").await, FakePeer::start("me").await);
+        let config = ClusterConfig {
+            node_id: "me".into(),
+            discovery: Some(crate::cluster::config::DiscoveryConfig { live: Some("live.test".into()), ..Default::default() }),
+            health_interval: Duration::from_millis(50),
+            health_timeout: Duration::from_millis(40),
+            ..ClusterConfig::default()
+        };
+        let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let me_node = node("me", &[Role::Live], DEFAULT_REGION, me.addr);
+        let addresses = Arc::new(MemberAddresses::default());
+        let mut membership = spawn(&config, me_node, Arc::clone(&addresses), client(), &tracker, shutdown.clone());
+        let live = |addrs: &[SocketAddr]| addrs.iter().map(|a| (*a, Found { roles: vec![Role::Live], name: "live.test".into() })).collect();
+        membership.set_discovered(live(&[l1.addr, l2.addr, me.addr]), 1935);
+        membership.settled().await;
+        assert!(addresses.contains(l1.addr.ip()), "discovered addresses are members' addresses");
+        wait_for(&mut membership, "l1 and l2 in the ring", |v| v.live_ring().nodes().collect::<Vec<_>>() == ["l1", "l2", "me"]).await;
+        let view = membership.view();
+        assert_eq!(view.member("l2").unwrap().source.to_string(), "dns:live.test");
+        assert_eq!(view.node("l2").unwrap().http, l2.addr);
+        assert_eq!(view.members().iter().filter(|m| m.node.id == "me").count(), 1, "its own address is this node");
+
+        membership.set_discovered(live(&[l1.addr, me.addr]), 1935);
+        let view = membership.view();
+        assert!(view.node("l2").is_none(), "gone from the DNS answer: gone from the view at once");
+        assert_eq!(view.live_ring().nodes().collect::<Vec<_>>(), ["l1", "me"]);
+        let hits = l2.set(Mode::Healthy);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(l2.probes_since(hits) <= 1, "its probes stopped");
         shutdown.cancel();
     }
 

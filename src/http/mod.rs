@@ -16,10 +16,12 @@
 //! holds that part or later (`Store::playlist_when`), 400 more than two segments ahead,
 //! 503 after three target durations; cacheable by URL for [`BLOCKING_PLAYLIST_CACHE`].
 //! config.rs holds `[http]`; server.rs is the bounded accept loop every node serves
-//! through (connection cap, time-outs); path.rs parses request paths.
+//! through (connection cap, time-outs); path.rs parses request paths; probes.rs answers
+//! `/healthz` and `/ready`.
 
 pub mod config;
 pub mod path;
+pub mod probes;
 pub mod range;
 pub mod server;
 

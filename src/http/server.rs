@@ -44,7 +44,8 @@ use crate::metrics::common::register_counters;
 use crate::warn_limiter::WarnLimiter;
 
 /// After shutdown is requested, connections get this long to finish their responses before
-/// they are dropped; under the app's 10 s grace, so the process still exits on time.
+/// they are dropped. The app stops HTTP last, after its `cluster.drain_grace`, so that
+/// `/ready` answers 503 (and streams are still served) while the node drains.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after a failed accept (typically out of file descriptors), so the loop does not
 /// spin while the condition lasts.

@@ -3,7 +3,7 @@
 //! refusal and guard verdict. A refusal closes the socket before any byte is read and is
 //! logged at most once a second per kind, so a flood cannot flood the log too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::cluster::MemberAddresses;
 use crate::metrics::common::register_counters;
 use crate::warn_limiter::WarnLimiter;
 
@@ -82,7 +83,7 @@ pub enum Refusal {
 pub struct ConnectionLimits {
     max: usize,
     max_per_address: usize,
-    exempt: HashSet<IpAddr>,
+    exempt: Arc<MemberAddresses>,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
     metrics: Arc<IngestMetrics>,
 }
@@ -94,7 +95,7 @@ pub struct ConnectionPermit {
 }
 
 impl ConnectionLimits {
-    pub fn new(max: usize, max_per_address: usize, exempt: HashSet<IpAddr>, metrics: Arc<IngestMetrics>) -> Arc<Self> {
+    pub fn new(max: usize, max_per_address: usize, exempt: Arc<MemberAddresses>, metrics: Arc<IngestMetrics>) -> Arc<Self> {
         Arc::new(Self { max, max_per_address, exempt, open: Mutex::new((0, HashMap::new())), metrics })
     }
 
@@ -105,7 +106,7 @@ impl ConnectionLimits {
             let mine = per_address.get(&address).copied().unwrap_or(0);
             if *total >= self.max {
                 Some(Refusal::Global(*total))
-            } else if mine >= self.max_per_address && !self.exempt.contains(&address) {
+            } else if mine >= self.max_per_address && !self.exempt.contains(address) {
                 Some(Refusal::PerAddress(mine))
             } else {
                 *total += 1;
@@ -136,7 +137,7 @@ impl ConnectionLimits {
 impl ConnectionPermit {
     /// Whether the connection comes from a federation node's address.
     pub fn from_federation_node(&self) -> bool {
-        self.limits.exempt.contains(&self.address)
+        self.limits.exempt.contains(self.address)
     }
 }
 
@@ -169,6 +170,8 @@ pub fn quote(peer_string: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     #[test]
@@ -177,7 +180,7 @@ mod tests {
         let peer: IpAddr = "127.0.0.2".parse().unwrap();
         let other: IpAddr = "127.0.0.3".parse().unwrap();
         let relay: IpAddr = "127.0.0.9".parse().unwrap();
-        let limits = ConnectionLimits::new(4, 2, HashSet::from([relay]), Arc::clone(&metrics));
+        let limits = ConnectionLimits::new(4, 2, Arc::new(MemberAddresses::from(HashSet::from([relay]))), Arc::clone(&metrics));
         let a = limits.admit(peer).unwrap();
         let _b = limits.admit(peer).unwrap();
         assert_eq!(limits.admit(peer).err(), Some(Refusal::PerAddress(2)));

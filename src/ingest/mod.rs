@@ -17,7 +17,6 @@ pub mod key;
 pub mod limits;
 pub mod relay;
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -29,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tracing::Instrument;
 
+use crate::cluster::MemberAddresses;
 use crate::auth::token::{self, Purpose};
 use crate::auth::{PublishAuth, Refusal};
 use crate::media::{MediaPacket, StreamId};
@@ -90,12 +90,11 @@ pub async fn serve(
     services: StreamServices,
     metrics: Arc<IngestMetrics>,
     auth: Arc<PublishAuth>,
+    members: Arc<MemberAddresses>,
 ) {
     let shutdown = services.shutdown.clone();
     let ingest = &services.config.ingest;
-    let nodes: HashSet<IpAddr> =
-        services.config.cluster.nodes.iter().flat_map(|n| [n.rtmp.ip(), n.http.ip()]).collect();
-    let limits = ConnectionLimits::new(ingest.max_connections, ingest.max_connections_per_address, nodes, Arc::clone(&metrics));
+    let limits = ConnectionLimits::new(ingest.max_connections, ingest.max_connections_per_address, members, Arc::clone(&metrics));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -341,7 +340,7 @@ impl Connection {
         match event {
             ServerSessionEvent::ConnectionRequested { request_id, app_name } => {
                 let expected = self.services.config.ingest.app.clone();
-                self.from_relay = app_name == RELAY_APP && !self.services.config.cluster.nodes.is_empty();
+                self.from_relay = app_name == RELAY_APP && self.services.config.cluster.federated();
                 if self.from_relay && !self.permit.from_federation_node() {
                     let results = session
                         .reject_request(request_id, "NetConnection.Connect.Rejected", "relays are accepted from federation nodes only")

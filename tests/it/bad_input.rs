@@ -120,11 +120,33 @@ fn bad_input_is_refused_and_the_live_stream_goes_on() {
 
 #[test]
 fn sigterm_during_a_publish_drains_and_exits_zero() {
-    let app = Appliance::start(None);
+    let mut app = Appliance::start(None);
     let _publisher = Publisher::start(&app.publish_url("live", "cam"), 20, "640x360");
     wait_until("first segments", Duration::from_secs(20), || fetch_mpd(&app, "cam"));
-    let status = app.terminate(Duration::from_secs(15));
+    assert_eq!(get(&app.url("/healthz")).status(), 200);
+    assert_eq!(get(&app.url("/ready")).status(), 200, "serving");
+    signal(app.pid(), "TERM");
+    // The drain starts with /ready: 503 while the stream's pipeline still drains, and the
+    // HTTP side (probes, metrics) answers until the drain is over.
+    let signalled = Instant::now();
+    let deadline = signalled + Duration::from_secs(5);
+    loop {
+        if client().get(app.url("/ready")).send().is_ok_and(|r| r.status() == 503) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/ready did not answer 503 within 5 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let drained = app.logs().contains("stream session ended");
+    eprintln!("/ready answered 503 {:?} after SIGTERM; stream drained by then: {drained}", signalled.elapsed());
+    assert!(!drained, "503 came before the stream's pipeline had drained");
+    assert_eq!(get(&app.url("/healthz")).status(), 200, "alive while draining");
+    let metrics = app.metrics();
+    assert!(metrics.value("rackcast_http_requests_total", &[("route", "/ready"), ("status", "503")]) >= 1.0);
+    assert!(metrics.value("rackcast_http_requests_total", &[("route", "/ready"), ("status", "200")]) >= 1.0);
+    let status = app.wait_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
+    app.wait_for_log("stream session ended", Duration::from_secs(1));
 }
 
 #[test]

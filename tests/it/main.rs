@@ -10,6 +10,7 @@ mod admission;
 mod bad_input;
 mod cluster_auth;
 mod console;
+mod discovery;
 mod federation;
 mod hostile_audio;
 mod hostile_rtmp;

@@ -373,15 +373,15 @@ function ClusterPage() {
   return html`<div>
     <h1>Cluster</h1>
     <${ErrorBanner} error=${cluster.error} />
-    ${c && !c.federated && html`<div class="banner info">This node runs alone (no <code>cluster.nodes</code> in its config): it has every role and owns every stream.</div>`}
+    ${c && !c.federated && html`<div class="banner info">This node runs alone (no <code>cluster.nodes</code> or <code>cluster.discovery</code> in its config): it has every role and owns every stream.</div>`}
     ${c && html`<div class="grid cols-2">
       <div class="panel">
         <h2>Members <span class="muted">as ${c.node_id} sees them</span></h2>
-        <table><thead><tr><th>Node</th><th>Roles</th><th>Region</th><th>Health</th><th>RTMP</th><th>HTTP</th><th>Streams</th><th class="num">Tier hits</th></tr></thead><tbody>
+        <table><thead><tr><th>Node</th><th>Roles</th><th>Region</th><th>Health</th><th>RTMP</th><th>HTTP</th><th>From</th><th>Streams</th><th class="num">Tier hits</th></tr></thead><tbody>
           ${c.members.map(m => html`<tr data-member=${m.id}><td>${m.id}${m.id === c.node_id ? html` <span class="badge">this node</span>` : ''}</td>
             <td>${m.roles.join(', ')}</td><td>${m.region}</td>
             <td>${m.up ? html`<span class="badge ok">up</span>` : html`<span class="badge bad">down</span>`}</td>
-            <td class="mono">${m.rtmp}</td><td class="mono">${m.http}</td><td>${m.streams.join(', ') || html`<span class="muted">none</span>`}</td>
+            <td class="mono">${m.rtmp}</td><td class="mono">${m.http}</td><td class="mono">${m.source}</td><td>${m.streams.join(', ') || html`<span class="muted">none</span>`}</td>
             <td class="num" title=${m.tier ? `${m.tier.requests} requests, ${m.tier.hits} hits, ${m.tier.coalesced} coalesced, ${m.tier.misses} misses` : 'no caching tier'}>${m.tier ? pct(m.tier_hit_ratio) : '–'}</td></tr>`)}
         </tbody></table>
         <h2 style="margin-top:1rem">Caching tier of this node</h2>

@@ -2,6 +2,7 @@
 //! real HTTP, and ffprobe to decode what comes out. Every wait has a deadline and says
 //! what it waited for.
 
+pub mod dns;
 pub mod flv;
 pub mod host;
 pub mod players;
@@ -175,6 +176,11 @@ impl Appliance {
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self, within: Duration) -> ExitStatus {
         signal(self.child.id(), "TERM");
+        self.wait_exit(within)
+    }
+
+    /// Waits for the process to exit (after a signal sent with [`signal`]).
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
