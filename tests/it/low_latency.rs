@@ -195,7 +195,7 @@ fn a_segment_being_encoded_streams_chunk_by_chunk_and_equals_the_complete_segmen
 #[test]
 fn without_low_latency_segments_appear_only_whole() {
     let _ladder = one_ladder_at_a_time();
-    let app = Appliance::start(Some("[transcode]\nx264_preset = \"ultrafast\"\n"));
+    let app = Appliance::start(Some("[transcode]\nx264_preset = \"ultrafast\"\n[package]\nlow_latency = false\n"));
     let _publisher = Publisher::start(&app.publish_url("live", STREAM), 20, "640x360");
     wait_until("three listed segments", Duration::from_secs(30), || fetch_mpd(&app, STREAM).filter(|m| m.periods.iter().any(|p| p.adaptations.iter().any(|a| a.representations.iter().any(|r| segments(STREAM, r).1.len() >= 3)))));
     let (_, number, read, _) = read_next_segment(&app, "audio", false);
