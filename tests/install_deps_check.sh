@@ -38,8 +38,9 @@ declare -A module_package=(
   [gstreamer-video-1.0]=libgstreamer-plugins-base1.0-dev
 )
 # -sys crates that link nothing on Linux (other platforms' APIs, raw syscalls).
-# nvml-wrapper-sys opens libnvidia-ml with dlopen at run time (libloading).
-no_link_sys=" core-foundation-sys js-sys web-sys windows-sys linux-raw-sys nvml-wrapper-sys "
+# nvml-wrapper-sys opens libnvidia-ml with dlopen at run time (libloading). jni-sys
+# (Android) and system-configuration-sys (macOS) come with hickory-resolver's other targets.
+no_link_sys=" core-foundation-sys js-sys web-sys windows-sys linux-raw-sys nvml-wrapper-sys jni-sys system-configuration-sys "
 # -sys crates built from their bundled C sources: they need only the C compiler below.
 bundled_sys=" libsqlite3-sys "
 grep -qE '^rusqlite = .*"bundled"' Cargo.toml || fail "rusqlite must keep its \"bundled\" feature (or libsqlite3-dev goes into install-deps.sh)"
