@@ -86,8 +86,8 @@ const VERSION: u32 = 7;
 /// `PART-HOLD-BACK` in part targets: the spec's minimum is two and it recommends at least
 /// three. hls.js aims at exactly this latency; at three 200 ms parts (0.6 s) it ran out of
 /// buffer at a segment's last part now and then on the 2-core test machine (a stall, then
-/// a seek over the hole, drifting to 3 s behind); at five (one segment) it played without
-/// a stall about 1.7 to 2.3 s behind live.
+/// a seek over the hole, drifting to 3 s behind); at five (one segment) it plays about 1.7
+/// to 2.3 s behind live, and stalls so in about one run in three.
 const PART_HOLD_BACK_TARGETS: u32 = 5;
 /// Complete segments whose parts are listed: those within this many target durations of
 /// the end (RFC 8216bis 4.4.4.9; `timeline::PARTS_KEPT` keeps enough for 1 s segments).

@@ -389,14 +389,7 @@ fn start_phase(name: &'static str, upstream: &str, page: &PageServer, period_cha
         let profile = tempfile::tempdir().unwrap();
         let query: Vec<String> = in_browser.iter().map(|&(p, name)| format!("{name}={}", mpd(p))).collect();
         let page_url = format!("http://127.0.0.1:{}/player.html?{}", page.port, query.join("&"));
-        let mut browser = player_command(chromium().unwrap());
-        browser
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
-            .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            .args(["--autoplay-policy=no-user-gesture-required", "--window-size=800,600"])
-            .arg("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1")
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(page_url);
+        let browser = headless_chromium(chromium().unwrap(), profile.path(), "MAP * ~NOTFOUND , EXCLUDE 127.0.0.1", &page_url);
         dirs.push(profile);
         processes.push((in_browser.into_iter().map(|(p, _)| p).collect(), PlayerProcess::start("chromium", vec![browser])));
     }

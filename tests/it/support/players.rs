@@ -348,6 +348,20 @@ fn capture(pipe: impl Read + Send + 'static, lines: &Arc<Mutex<Vec<(Instant, Str
     });
 }
 
+/// Headless Chromium on `url` with its own `profile`, autoplay allowed, and
+/// `resolver_rules` (`--host-resolver-rules`: which names reach 127.0.0.1).
+pub fn headless_chromium(program: &str, profile: &std::path::Path, resolver_rules: &str, url: &str) -> Command {
+    let mut browser = player_command(program);
+    browser
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .args(["--autoplay-policy=no-user-gesture-required", "--window-size=1000,600"])
+        .arg(format!("--host-resolver-rules={resolver_rules}"))
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url);
+    browser
+}
+
 /// Environment every player gets: no proxy between it and 127.0.0.1.
 pub fn player_command(program: &str) -> Command {
     let mut command = Command::new(program);
