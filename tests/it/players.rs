@@ -53,10 +53,11 @@ const FPS: u64 = 30;
 /// Playback every player must show, in frames (10 s).
 const MIN_FRAMES: u64 = 10 * FPS;
 const DVR: &str = "8s";
-/// How long the players of a phase run.
-const PHASE: Duration = Duration::from_secs(20);
+/// How long the players of a phase run: with the HLS players beside the DASH ones, a
+/// browser player on the 2-core test machine can take 5 s to start.
+const PHASE: Duration = Duration::from_secs(25);
 /// When the first measured ladder plan (the re-plan) is made, after the publish starts.
-const REPLAN_AFTER: Duration = Duration::from_secs(44);
+const REPLAN_AFTER: Duration = Duration::from_secs(49);
 /// How close to the newest listed segment a player's first segment must be.
 const EDGE_SLACK: u64 = 3;
 
@@ -103,7 +104,7 @@ const CANNOT_PASS: &[(Player, Scope, Check, &str)] = &[
     (Player::Playbin, Scope::PeriodChange, Check::NoFailedRequests, "dashdemux 1.22 stays in the first Period of a live MPD"),
     (Player::Playbin, Scope::PeriodChange, Check::FollowsPeriodChange, "dashdemux 1.22 stays in the first Period of a live MPD"),
     // dashdemux2 (1.22.0): a DASH stream recommends no buffering threshold, so it buffers up
-    // to its 30 s high watermark before it plays (the 20 s phases end first, at about 70 %),
+    // to its 30 s high watermark before it plays (the 25 s phases end first),
     // and starts a segment or two further back; it asserts on a manifest update across the
     // Period change and stays in the old Period.
     (Player::Playbin3, Scope::EveryPhase, Check::Plays, "dashdemux2 1.22 buffers 30 s before it plays"),
