@@ -388,7 +388,6 @@ impl StreamTimeline {
         let Some(horizon) = by_clock.max(by_media) else { return Vec::new() };
         let mut evicted = Vec::new();
         let live_index = self.periods.len().checked_sub(1).filter(|_| self.ended_at.is_none());
-        let riders: Vec<_> = (0..self.periods.len()).map(|index| self.stand_ins(index)).collect();
         let mut notes = Vec::new();
         for (index, period) in self.periods.iter_mut().enumerate() {
             let period_start = ast.checked_add(period.start);
@@ -412,8 +411,13 @@ impl StreamTimeline {
                 }
             }
         }
-        for (index, id, emptied) in notes {
-            self.note_dropped(&id, &riders[index], emptied);
+        // Only segments left above (no track or Period is gone yet), so the stand-ins are
+        // as before; worked out only when something was evicted (this runs on every render).
+        if !notes.is_empty() {
+            let riders: Vec<_> = (0..self.periods.len()).map(|index| self.stand_ins(index)).collect();
+            for (index, id, emptied) in notes {
+                self.note_dropped(&id, &riders[index], emptied);
+            }
         }
         let before = self.periods.len();
         let mut index = 0;
