@@ -153,9 +153,7 @@ impl Default for PackageConfig {
             max_clock_drift: DEFAULT_MAX_CLOCK_DRIFT,
             max_fragment_bytes: DEFAULT_MAX_FRAGMENT_BYTES,
             max_stream_bytes: DEFAULT_MAX_STREAM_BYTES,
-            // Off until LL-HLS survives a re-plan through an edge: hls.js stopped there with
-            // a playlist error (docs/low-latency.md); `low_latency = true` turns it on.
-            low_latency: false,
+            low_latency: true,
             chunk_duration: DEFAULT_CHUNK_DURATION,
         }
     }

@@ -249,8 +249,10 @@ impl Packager {
             ),
         };
         let mut tl = timeline.lock();
-        // Segments the previous session was still encoding will never be complete.
-        self.store.abandon_growing(stream, |other| other != session);
+        let ended: Vec<SessionId> = tl.periods.iter().filter(|p| &p.session != session).map(|p| p.session.clone()).collect();
+        for other in &ended {
+            self.complete_growing(&mut tl, other, now);
+        }
         let period_start = tl.begin_period(session.clone(), renditions, start, now);
         self.contained(stream, "rendering the MPD", || self.evict_and_publish(&mut tl, now));
         period_start
@@ -453,9 +455,20 @@ impl Packager {
         let Some(timeline) = self.timeline(stream) else { return };
         let now = SystemTime::now();
         let mut tl = timeline.lock();
-        self.store.abandon_growing(stream, |other| other == session);
+        self.complete_growing(&mut tl, session, now);
         tl.end_session(session, now);
         self.contained(stream, "rendering the MPD", || self.evict_and_publish(&mut tl, now));
+    }
+
+    /// The segments `session` was still encoding when it ended are completed from their
+    /// chunks (see [`StreamTimeline::complete_growing`]); any other it left growing is
+    /// abandoned.
+    fn complete_growing(&self, tl: &mut StreamTimeline, session: &SessionId, now: SystemTime) {
+        for (rendition, number) in tl.complete_growing(session, now) {
+            tracing::debug!(stream = %tl.stream, %session, %rendition, number, "segment completed from the chunks it had when its session ended");
+            self.store.complete_growing(&tl.stream, ObjectKey { rendition, session: session.clone(), part: Part::Media(number) });
+        }
+        self.store.abandon_growing(&tl.stream, |other| other == session);
     }
 
     /// Periodic housekeeping: evicts segments out of the DVR window and forgets streams that
@@ -525,6 +538,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Instant;
+    use crate::store::Playlist;
 
     use super::*;
 
@@ -618,6 +632,57 @@ mod tests {
 
         shutdown.cancel();
         tokio::time::timeout(WAIT, running).await.expect("the packager's tasks end at shutdown").unwrap();
+    }
+    /// A session replaced (a re-plan whose drain timed out) or ended in the middle of a
+    /// segment: the segment is completed from the chunks it had, so the next Period's first
+    /// segment never takes a number LL-HLS players already saw parts of.
+    #[test]
+    fn a_session_ended_mid_segment_completes_it_from_its_chunks() {
+        let timing = MpdTiming { chunk_duration: Some(Duration::from_millis(200)), ..mpd::tests::TIMING };
+        let p = Packager::new(Arc::new(Store::new()), timing);
+        let (stream, first, second) = (StreamId::parse("cam").unwrap(), SessionId::parse("s1").unwrap(), SessionId::parse("s2").unwrap());
+        let rendition = video().id;
+        let start = p.begin_session(&stream, &first, vec![video()], None);
+        p.add_init(&stream, &first, &rendition, Bytes::from_static(b"init"), "avc1.64001F".into());
+        segment(&p, &stream, &first, 0);
+        let chunk = |start_ms: u64, bytes: &'static [u8]| CmafChunk {
+            segment_start_ns: 1_000_000_000,
+            start_ns: start_ms * 1_000_000,
+            end_ns: Some((start_ms + 200) * 1_000_000),
+            first: start_ms == 1000,
+            bytes: Bytes::from_static(bytes),
+        };
+        let growing = p.add_chunk(&stream, &first, &rendition, chunk(1000, b"chunk-a"), true).unwrap();
+        assert_eq!(p.add_chunk(&stream, &first, &rendition, chunk(1200, b"chunk-b"), false), Some(growing));
+        let media = Playlist::Media(rendition.clone());
+        p.publish(&p.timeline(&stream).unwrap().lock());
+        let before = String::from_utf8(p.store.playlist(&stream, &media).unwrap().text.to_vec()).unwrap();
+        assert!(before.contains(&format!("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"s1-{growing}.m4s\",BYTERANGE-START=14")), "{before}");
+
+        // The next session starts where the first one's media ended.
+        p.begin_session(&stream, &second, vec![video()], Some(start + Duration::from_millis(1400)));
+        let key = |session: &SessionId, number| ObjectKey { rendition: rendition.clone(), session: session.clone(), part: Part::Media(number) };
+        assert_eq!(p.store.object(&stream, &key(&first, growing)).as_deref(), Some(&b"chunk-achunk-b"[..]), "stored whole, from its chunks");
+        p.add_init(&stream, &second, &rendition, Bytes::from_static(b"init"), "avc1.64001F".into());
+        let next = p.add_segment(&stream, &second, &rendition, CmafSegment { start_ns: 0, duration_ns: 1_000_000_000, bytes: Bytes::from_static(b"moof") }).unwrap();
+        // Numbers are on the grid from availabilityStartTime: the new Period starts inside
+        // the second the completed segment began, so its first segment has the same number
+        // (another session's URL); the HLS sequence numbers below go on.
+        assert_eq!(next, growing);
+        p.publish(&p.timeline(&stream).unwrap().lock());
+        let after = String::from_utf8(p.store.playlist(&stream, &media).unwrap().text.to_vec()).unwrap();
+        // The completed segment keeps its sequence number (media sequence 0: the first
+        // segment listed is 0, the completed one 1, the new Period's first 2).
+        let uris: Vec<&str> = after.lines().filter(|l| l.ends_with(".m4s") && !l.starts_with('#')).collect();
+        assert_eq!(uris, [format!("s1-{}.m4s", growing - 1), format!("s1-{growing}.m4s"), format!("s2-{next}.m4s")], "{after}");
+        assert!(after.contains("#EXTINF:0.400,\ns1-"), "the completed segment lasts as long as its chunks: {after}");
+        assert!(after.contains("#EXT-X-MEDIA-SEQUENCE:0\n"), "{after}");
+
+        // The same when the stream ends mid-segment.
+        p.add_chunk(&stream, &second, &rendition, CmafChunk { segment_start_ns: 1_000_000_000, start_ns: 1_000_000_000, end_ns: Some(1_200_000_000), first: true, bytes: Bytes::from_static(b"tail") }, true);
+        p.end_session(&stream, &second);
+        assert_eq!(p.store.object(&stream, &key(&second, next + 1)).as_deref(), Some(&b"tail"[..]));
+        assert!(p.store.object_keys(&stream).iter().all(|k| p.store.object(&stream, k).is_some()), "nothing left growing");
     }
 }
 

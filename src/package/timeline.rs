@@ -54,6 +54,8 @@ pub struct PartEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentParts {
     pub number: u64,
+    /// Where the segment starts (ticks after the Period start).
+    pub start: u64,
     pub parts: Vec<PartEntry>,
     /// The segment is complete (listed in `segments`): no part will follow.
     pub complete: bool,
@@ -111,6 +113,33 @@ impl Track {
     /// True when players can use this track: an init segment and at least one segment.
     pub fn is_playable(&self) -> bool {
         self.codecs.is_some() && !self.segments.is_empty()
+    }
+
+    /// Nanoseconds of running time as ticks of the track's timescale.
+    fn ticks(&self, ns: u64) -> u64 {
+        u64::try_from(u128::from(ns) * u128::from(self.info.timescale) / 1_000_000_000).unwrap_or(u64::MAX)
+    }
+
+    /// Appends the segment from `time` to `end` (ticks) under the next number, which is
+    /// returned; the parts listed for it are complete.
+    fn push_segment(&mut self, time: u64, end: u64) -> u64 {
+        // Derive each duration from the next start so the timeline has no rounding gaps.
+        if let Some(prev) = self.segments.back_mut()
+            && time > prev.time {
+                prev.duration = time - prev.time;
+            }
+        let number = self.next_number;
+        self.next_number += 1;
+        self.segments.push_back(SegmentEntry { number, time, duration: end.saturating_sub(time).max(1) });
+        if let Some(parts) = self.parts.back_mut().filter(|s| s.number == number) {
+            parts.complete = true;
+        }
+        number
+    }
+
+    /// The segment being encoded, listed by its parts and not complete.
+    fn growing(&self) -> Option<&SegmentParts> {
+        self.parts.back().filter(|p| p.number == self.next_number && !p.complete && !p.parts.is_empty())
     }
 }
 
@@ -325,36 +354,46 @@ impl StreamTimeline {
         now: SystemTime,
     ) -> Option<u64> {
         let track = self.track_mut(session, rendition)?;
-        let scale = u128::from(track.info.timescale);
-        let ticks = |ns: u64| u64::try_from(u128::from(ns) * scale / 1_000_000_000).unwrap_or(u64::MAX);
-        let time = ticks(start_ns);
-        let end = ticks(start_ns.saturating_add(duration_ns));
-        // Derive each duration from the next start so the timeline has no rounding gaps.
-        if let Some(prev) = track.segments.back_mut()
-            && time > prev.time {
-                prev.duration = time - prev.time;
-            }
-        let number = track.next_number;
-        track.next_number += 1;
-        track.segments.push_back(SegmentEntry { number, time, duration: end.saturating_sub(time).max(1) });
-        if let Some(parts) = track.parts.back_mut().filter(|s| s.number == number) {
-            parts.complete = true;
-        }
+        let (time, end) = (track.ticks(start_ns), track.ticks(start_ns.saturating_add(duration_ns)));
+        let number = track.push_segment(time, end);
+        self.segment_added(now);
+        Some(number)
+    }
+
+    fn segment_added(&mut self, now: SystemTime) {
         self.published = now;
         self.last_segment_at = Some(now);
         self.segments_added += 1;
-        Some(number)
+    }
+
+    /// The session ended (its pipeline stopped, or another session replaced it) before the
+    /// segments it was encoding were complete: each is made complete from the parts it has,
+    /// which LL-HLS players have already been given under its number; a new Period's first
+    /// segment taking that number instead would be a different segment under the same
+    /// sequence number. Returns the (rendition, number) of each segment completed.
+    pub fn complete_growing(&mut self, session: &SessionId, now: SystemTime) -> Vec<(RenditionId, u64)> {
+        let Some(period) = self.periods.iter_mut().rev().find(|p| &p.session == session) else { return Vec::new() };
+        let mut completed = Vec::new();
+        for track in &mut period.tracks {
+            let Some(growing) = track.growing() else { continue };
+            let (start, duration) = (growing.start, growing.parts.iter().map(|p| p.duration).sum::<u64>());
+            completed.push((track.info.id.clone(), track.push_segment(start, start.saturating_add(duration))));
+        }
+        for _ in &completed {
+            self.segment_added(now);
+        }
+        completed
     }
 
     /// A chunk of the rendition's segment being encoded: a part of the segment that will get
     /// the next number, which is returned.
     pub fn add_part(&mut self, session: &SessionId, rendition: &RenditionId, part: PartTiming) -> Option<u64> {
         let track = self.track_mut(session, rendition)?;
-        let scale = u128::from(track.info.timescale);
-        let ticks = |ns: u64| u64::try_from(u128::from(ns) * scale / 1_000_000_000).unwrap_or(u64::MAX);
         let number = track.next_number;
+        let start = track.ticks(part.segment_start_ns);
+        let end = track.ticks(part.end_ns.unwrap_or(part.start_ns).max(part.start_ns));
         if track.parts.back().is_none_or(|s| s.number != number) {
-            track.parts.push_back(SegmentParts { number, parts: Vec::new(), complete: false });
+            track.parts.push_back(SegmentParts { number, start, parts: Vec::new(), complete: false });
             while track.parts.len() > PARTS_KEPT {
                 track.parts.pop_front();
             }
@@ -363,8 +402,6 @@ impl StreamTimeline {
         let offset = segment.parts.last().map_or(0, |p| p.offset + p.length);
         // A part's duration runs from the segment's start through its end, less the parts
         // before it, so the parts add up to the segment without rounding gaps.
-        let start = ticks(part.segment_start_ns);
-        let end = ticks(part.end_ns.unwrap_or(part.start_ns).max(part.start_ns));
         let before: u64 = segment.parts.iter().map(|p| p.duration).sum();
         let duration = end.saturating_sub(start).saturating_sub(before).max(1);
         segment.parts.push(PartEntry { duration, offset, length: part.length, independent: part.independent });

@@ -296,6 +296,16 @@ impl Store {
         entry.growing.insert(key, body);
     }
 
+    /// Completes the segment growing under `key` with the chunks it has (its session ended
+    /// before the muxer cut the rest): stored whole, its readers end as after a seal.
+    pub fn complete_growing(&self, stream: &StreamId, key: ObjectKey) {
+        let Some(entry) = self.existing(stream) else { return };
+        let body = entry.read().growing.get(&key).cloned();
+        if let Some(body) = body {
+            self.put_object(stream, key, body.concat());
+        }
+    }
+
     /// Abandons the growing segments of the sessions `ended` picks (a session that ended,
     /// or was replaced, will not complete them).
     pub fn abandon_growing(&self, stream: &StreamId, ended: impl Fn(&SessionId) -> bool) {
