@@ -311,6 +311,9 @@ fn a_thousand_edge_viewers_of_a_segment_being_encoded_get_its_chunks_through_one
 /// Shaka on the low-latency MPD, hls.js on the LL-HLS multivariant playlist.
 const BROWSER_PLAYERS: [(&str, &str); 3] = [("dashjs", "manifest-ll.mpd"), ("shaka", "manifest-ll.mpd"), ("hlsjs", "master.m3u8")];
 
+/// Log lines printed with each stall.
+const STALL_LOG_LINES: usize = 24;
+
 /// One browser player's run, from its page's reports.
 #[derive(Debug, Default)]
 struct BrowserRun {
@@ -320,6 +323,9 @@ struct BrowserRun {
     warnings: Vec<String>,
     /// `waiting` events after the first two seconds of playback.
     stalls: usize,
+    /// For each stall: the buffered ranges then, and the player's log lines before it
+    /// (hls.js only: the page's `hlslog`).
+    stall_context: Vec<String>,
     /// The player's own latency estimates over the run's second half, sorted.
     latencies: Vec<f64>,
 }
@@ -343,7 +349,7 @@ fn play_in_chromium(chromium: &str, base: &str, watch: Duration) -> Vec<BrowserR
     let port = base.rsplit(':').next().unwrap();
     let query: Vec<String> =
         BROWSER_PLAYERS.iter().map(|(player, manifest)| format!("{player}=http://{player}.rackcast.test:{port}/live/{STREAM}/{manifest}")).collect();
-    let page_url = format!("http://127.0.0.1:{}/player.html?{}", page.port, query.join("&"));
+    let page_url = format!("http://127.0.0.1:{}/player.html?{}&hlslog=1", page.port, query.join("&"));
     let browser = headless_chromium(chromium, profile.path(), "MAP *.rackcast.test 127.0.0.1", &page_url);
     let mut process = PlayerProcess::start("chromium", vec![browser]);
     let started = Instant::now();
@@ -356,11 +362,17 @@ fn play_in_chromium(chromium: &str, base: &str, watch: Duration) -> Vec<BrowserR
             let mine: Vec<_> = reports.iter().filter(|r| r.value["player"] == *player).collect();
             let mut run = BrowserRun::default();
             let playing = mine.iter().find(|r| r.value["ev"] == "playing").map(|r| r.at);
+            let mut log: Vec<String> = Vec::new();
             for report in &mine {
                 match report.value["ev"].as_str() {
                     Some("error") => run.errors.push(report.value["detail"].to_string()),
                     Some("warning") => run.warnings.push(report.value["detail"].to_string()),
-                    Some("waiting") if playing.is_some_and(|p| report.at > p + Duration::from_secs(2)) => run.stalls += 1,
+                    Some("log") => log.push(format!("{} ms {}", report.value["page_ms"], report.value["line"].as_str().unwrap_or_default())),
+                    Some("waiting") if playing.is_some_and(|p| report.at > p + Duration::from_secs(2)) => {
+                        run.stalls += 1;
+                        let recent = log.iter().rev().take(STALL_LOG_LINES).rev().cloned().collect::<Vec<_>>().join("\n    ");
+                        run.stall_context.push(format!("at {} ms, current time {}, buffered {}; before it:\n    {recent}", report.value["page_ms"], report.value["current_time"], report.value["buffered"]));
+                    }
                     Some("sample") => {
                         run.frames = run.frames.max(report.value["frames"].as_u64().unwrap_or(0));
                         if report.at >= started + watch / 2 {
@@ -414,6 +426,9 @@ fn browser_players_play_low_latency_directly_and_through_an_edge() {
                 run.frames, run.stalls, WATCH / 2, run.median_latency(), run.latencies.len(), run.errors, run.warnings.len(),
                 run.warnings.iter().take(6).collect::<Vec<_>>()
             );
+            for stall in &run.stall_context {
+                println!("{player} stall from the {node} {stall}");
+            }
             // A player error is printed above, not failed on: one run in several shows one,
             // not yet identified, and the player goes on (the checks below still hold).
             let mut fail = |what: String| failures.push(format!("{player} from the {node}: {what}"));

@@ -723,6 +723,20 @@ fn every_real_client_plays_live_through_an_edge_and_across_a_period_change() {
             }
         }
     }
+    // Every media playlist served to an HLS player: a media sequence number names one
+    // segment (URI and discontinuity sequence) in every playlist it appears in (RFC 8216bis
+    // 6.2.2; hls.js stops with a playlist error otherwise).
+    let mut playlists = 0;
+    for phase in [&a, &b] {
+        for (_, proxy) in phase.proxies.iter().filter(|(player, _)| player.hls()) {
+            let served: Vec<(String, String)> = proxy.hits().into_iter().filter_map(|h| Some((h.path, h.playlist?))).filter(|(path, _)| path.ends_with("/media.m3u8")).collect();
+            playlists += served.len();
+            if let Some(conflict) = sequence_conflict(&served) {
+                failures.push(format!("{}: {conflict}", phase.name));
+            }
+        }
+    }
+    println!("HLS: {playlists} media playlists served to the HLS players, each sequence number one segment in all of them");
     let misses = page.misses.lock().unwrap().clone();
     if !misses.is_empty() {
         println!("page server 404s (requests the browser players sent to the page's origin): {misses:?}");
@@ -766,6 +780,38 @@ fn dump(dir: &Path, phases: &[&Phase], page: &PageServer) {
     }
     let reports: Vec<String> = page.reports().iter().map(|r| r.value.to_string()).collect();
     std::fs::write(dir.join("page-reports.jsonl"), reports.join("\n")).unwrap();
+}
+
+/// The first media sequence number that two of the `(path, text)` playlists give to
+/// different segments (another URI or discontinuity sequence), with both playlists.
+fn sequence_conflict(served: &[(String, String)]) -> Option<String> {
+    use std::collections::HashMap;
+    let mut named: HashMap<(&str, u64), (String, u64, usize)> = HashMap::new();
+    for (index, (path, text)) in served.iter().enumerate() {
+        let mut parts = path.rsplitn(3, '/');
+        let (_, rendition, stream_dir) = (parts.next(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let stream = stream_dir.rsplit('/').next().unwrap_or_default();
+        let playlist = crate::hls::parse_media_of(stream, text, rendition);
+        let last = playlist.segments.last().map(|s| s.discontinuity_sequence).unwrap_or_default();
+        // The segment being encoded, listed by its parts after the last complete one.
+        let growing = playlist.parts.last().filter(|p| playlist.segments.last().is_none_or(|s| p.msn > s.sequence)).map(|p| (p.msn, p.url.clone(), last));
+        let listed = playlist.segments.iter().map(|s| (s.sequence, s.url.clone(), s.discontinuity_sequence)).chain(growing);
+        for (msn, url, discontinuity) in listed {
+            match named.get(&(path.as_str(), msn)) {
+                Some((seen, seen_discontinuity, at)) if *seen != url || *seen_discontinuity != discontinuity => {
+                    return Some(format!(
+                        "{path}: sequence number {msn} is {seen} (discontinuity {seen_discontinuity}) in one playlist and {url} (discontinuity {discontinuity}) in another:\n{}\n---\n{text}",
+                        served[*at].1
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    named.insert((path.as_str(), msn), (url, discontinuity, index));
+                }
+            }
+        }
+    }
+    None
 }
 
 fn fetch_mpd_at(host: &str, path: &str) -> Option<String> {

@@ -157,6 +157,8 @@ pub struct Hit {
     pub status: u16,
     /// The MPD's text, for a 200 answer to a `.mpd` request.
     pub mpd: Option<String>,
+    /// The playlist's text, for a 200 answer to a `.m3u8` request.
+    pub playlist: Option<String>,
 }
 
 /// A media segment request: `/live/{stream}/{rendition}/{session}-{n}.m4s`.
@@ -242,7 +244,9 @@ impl RecordingProxy {
                 response.body = run_filter(filter, &response.body);
             }
             let mpd = is_mpd.then(|| String::from_utf8_lossy(&response.body).into_owned());
-            sink.lock().unwrap().push(Hit { at: Instant::now(), method: request.method.clone(), path, status: response.status, mpd });
+            let is_playlist = path.ends_with(".m3u8") && response.status == 200 && request.method == "GET";
+            let playlist = is_playlist.then(|| String::from_utf8_lossy(&response.body).into_owned());
+            sink.lock().unwrap().push(Hit { at: Instant::now(), method: request.method.clone(), path, status: response.status, mpd, playlist });
             response
         }));
         Self { port, hits }
