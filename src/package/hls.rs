@@ -42,7 +42,7 @@
 //!
 //! - `EXT-X-PART:DURATION=..,URI="{session}-{n}.m4s",BYTERANGE="len@offset"` (with
 //!   `INDEPENDENT=YES` on a part that starts with a keyframe, or audio) for every part of
-//!   the complete segments that start within the last three target durations, before each
+//!   the complete segments that start within the last six target durations, before each
 //!   segment's `EXTINF`; then the segment being encoded, listed by its parts only (after
 //!   the last complete segment), until it is complete. Parts of a segment are numbered
 //!   from 0 in order, so (media sequence, part index) names one part on every reload.
@@ -90,8 +90,13 @@ const VERSION: u32 = 7;
 /// to 2.3 s behind live, and stalls so in about one run in three.
 const PART_HOLD_BACK_TARGETS: u32 = 5;
 /// Complete segments whose parts are listed: those within this many target durations of
-/// the end (RFC 8216bis 4.4.4.9; `timeline::PARTS_KEPT` keeps enough for 1 s segments).
-const PARTS_LISTED_TARGETS: u64 = 3;
+/// the end (`timeline::PARTS_KEPT` keeps enough for 1 s segments). RFC 8216bis 4.4.4.9
+/// asks for at least three. hls.js 1.7 loads parts only while its buffer reaches past the
+/// first listed part; behind that it loads whole segments, and where it switched from
+/// parts to whole segments in the middle of one it skipped that segment's remaining parts
+/// (a hole it stalls at: seen in the audio of the low-latency browser test). Six keep a
+/// player that fell a few seconds behind on parts.
+const PARTS_LISTED_TARGETS: u64 = 6;
 /// The audio rendition group's id.
 const AUDIO_GROUP: &str = "audio";
 
@@ -202,7 +207,7 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Opt
         if let Some(wall) = wall.and_then(date_time) {
             let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", wall.to_rfc3339_opts(SecondsFormat::Millis, true));
         }
-        // Parts of the segments that start within the last three target durations.
+        // Parts of the segments that start within the last PARTS_LISTED_TARGETS target durations.
         let recent = recent_segments(track, Duration::from_secs(target * PARTS_LISTED_TARGETS));
         for (n, segment) in track.segments.iter().enumerate() {
             if part_target.is_some() && n >= track.segments.len() - recent {
@@ -513,11 +518,11 @@ mod tests {
         let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
         let s = session(&mut tl, "abc", &[("720p", TrackKind::Video)], 0, 0);
         let r = id("720p");
-        for segment in 0..5 {
+        for segment in 0..8 {
             add_parts(&mut tl, &s, &r, segment, 0..5);
             tl.add_segment(&s, &r, segment * 1_000_000_000, 1_000_000_000, at(1000 * (segment + 1)));
         }
-        add_parts(&mut tl, &s, &r, 5, 0..2);
+        add_parts(&mut tl, &s, &r, 8, 0..2);
         let chunk = Some(Duration::from_millis(200));
         let rendered = &render(&tl, chunk)[&Playlist::Media(r.clone())];
         let video = std::str::from_utf8(&rendered.text).unwrap();
@@ -528,36 +533,37 @@ mod tests {
             let duration: f64 = part.strip_prefix("DURATION=").unwrap().split(',').next().unwrap().parse().unwrap();
             assert!(duration <= 0.209, "{part}");
         }
-        // The last three target durations' segments (3, 4, 5) and the growing 6, in order.
+        // The last six target durations' segments (3 to 8) and the growing 9, in order.
         let uris: Vec<&str> = parts.iter().map(|p| p.split("URI=\"").nth(1).unwrap().split('"').next().unwrap()).collect();
-        assert_eq!(uris, [["abc-3.m4s"; 5], ["abc-4.m4s"; 5], ["abc-5.m4s"; 5]].concat().into_iter().chain(["abc-6.m4s"; 2]).collect::<Vec<_>>());
+        let listed = (3..=8).flat_map(|n| std::iter::repeat_n(format!("abc-{n}.m4s"), 5)).chain(std::iter::repeat_n(String::from("abc-9.m4s"), 2));
+        assert_eq!(uris, listed.collect::<Vec<_>>());
         assert_eq!(parts[0], "DURATION=0.208,URI=\"abc-3.m4s\",BYTERANGE=\"100@0\",INDEPENDENT=YES");
         assert_eq!(parts[1], "DURATION=0.208,URI=\"abc-3.m4s\",BYTERANGE=\"101@100\"");
         assert_eq!(parts[4], "DURATION=0.167,URI=\"abc-3.m4s\",BYTERANGE=\"104@406\"");
         // Parts before their segment; the growing one after the last segment, then the hint.
         assert!(video.contains("BYTERANGE=\"104@406\"\n#EXTINF:1.000,\nabc-3.m4s\n"), "{video}");
         assert!(video.ends_with(
-            "abc-5.m4s\n#EXT-X-PART:DURATION=0.208,URI=\"abc-6.m4s\",BYTERANGE=\"100@0\",INDEPENDENT=YES\n\
-             #EXT-X-PART:DURATION=0.208,URI=\"abc-6.m4s\",BYTERANGE=\"101@100\"\n\
-             #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"abc-6.m4s\",BYTERANGE-START=201\n"
+            "abc-8.m4s\n#EXT-X-PART:DURATION=0.208,URI=\"abc-9.m4s\",BYTERANGE=\"100@0\",INDEPENDENT=YES\n\
+             #EXT-X-PART:DURATION=0.208,URI=\"abc-9.m4s\",BYTERANGE=\"101@100\"\n\
+             #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"abc-9.m4s\",BYTERANGE-START=201\n"
         ), "{video}");
         let position = rendered.position.unwrap();
-        assert_eq!((position.last_msn, position.next_parts, position.part_target), (4, 2, Some(Duration::from_millis(209))));
-        assert!(position.holds(4, None) && position.holds(5, Some(1)) && position.holds(3, Some(9)));
-        assert!(!position.holds(5, None) && !position.holds(5, Some(2)) && !position.holds(6, Some(0)));
+        assert_eq!((position.last_msn, position.next_parts, position.part_target), (7, 2, Some(Duration::from_millis(209))));
+        assert!(position.holds(7, None) && position.holds(8, Some(1)) && position.holds(6, Some(9)));
+        assert!(!position.holds(8, None) && !position.holds(8, Some(2)) && !position.holds(9, Some(0)));
 
         // Complete: the hint names the start of the next segment.
-        add_parts(&mut tl, &s, &r, 5, 2..5);
-        tl.add_segment(&s, &r, 5_000_000_000, 1_000_000_000, at(6000));
+        add_parts(&mut tl, &s, &r, 8, 2..5);
+        tl.add_segment(&s, &r, 8_000_000_000, 1_000_000_000, at(9000));
         let rendered = &render(&tl, chunk)[&Playlist::Media(r.clone())];
         let video = std::str::from_utf8(&rendered.text).unwrap();
-        assert!(video.ends_with("abc-6.m4s\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"abc-7.m4s\",BYTERANGE-START=0\n"), "{video}");
-        assert_eq!(lines(video, "#EXT-X-PART:").len(), 15, "segments 4, 5 and 6");
-        assert_eq!((rendered.position.unwrap().last_msn, rendered.position.unwrap().next_parts), (5, 0));
+        assert!(video.ends_with("abc-9.m4s\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"abc-10.m4s\",BYTERANGE-START=0\n"), "{video}");
+        assert_eq!(lines(video, "#EXT-X-PART:").len(), 30, "segments 4 to 9");
+        assert_eq!((rendered.position.unwrap().last_msn, rendered.position.unwrap().next_parts), (8, 0));
 
         // Without low latency the playlist is plain; an ended stream gets no hint.
         assert!(!texts(&tl)[&Playlist::Media(r.clone())].contains("#EXT-X-PART"));
-        tl.end_session(&s, at(7000));
+        tl.end_session(&s, at(10_000));
         let video = String::from_utf8(render(&tl, chunk)[&Playlist::Media(r)].text.to_vec()).unwrap();
         assert!(!video.contains("PRELOAD-HINT") && video.contains("#EXT-X-PART:"), "{video}");
     }

@@ -538,9 +538,9 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Instant;
-    use crate::store::Playlist;
 
     use super::*;
+    use crate::store::Playlist;
 
     /// Test-only faults: a stream whose render panics, and one death of the renderer loop.
     #[derive(Default)]
@@ -633,6 +633,7 @@ mod tests {
         shutdown.cancel();
         tokio::time::timeout(WAIT, running).await.expect("the packager's tasks end at shutdown").unwrap();
     }
+
     /// A session replaced (a re-plan whose drain timed out) or ended in the middle of a
     /// segment: the segment is completed from the chunks it had, so the next Period's first
     /// segment never takes a number LL-HLS players already saw parts of.

@@ -72,8 +72,8 @@ pub struct PartTiming {
 }
 
 /// Segments whose parts a track keeps: LL-HLS lists parts of the segments within the last
-/// three target durations, and of the one being encoded.
-pub const PARTS_KEPT: usize = 4;
+/// six target durations (`hls::PARTS_LISTED_TARGETS`), and of the one being encoded.
+pub const PARTS_KEPT: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct Track {
@@ -743,7 +743,7 @@ pub(super) mod tests {
             length,
             independent: start == segment,
         };
-        for segment in 0..6u64 {
+        for segment in 0..10u64 {
             let base = segment * 1000;
             for (i, (start, end)) in [(0, 200), (200, 400), (400, 600), (600, 800), (800, 1000)].into_iter().enumerate() {
                 assert_eq!(tl.add_part(&s, &id, part(base, base + start, base + end, 100 + i as u64)), Some(segment + 1));
@@ -753,8 +753,8 @@ pub(super) mod tests {
             assert_eq!(tl.add_segment(&s, &id, base * MS, 1000 * MS, at(base + 1000)), Some(segment + 1));
         }
         let track = &tl.periods[0].tracks[0];
-        // The newest four segments' parts are kept, complete.
-        assert_eq!(track.parts.iter().map(|p| (p.number, p.complete)).collect::<Vec<_>>(), [(3, true), (4, true), (5, true), (6, true)]);
+        // The newest PARTS_KEPT segments' parts are kept, complete.
+        assert_eq!(track.parts.iter().map(|p| (p.number, p.complete)).collect::<Vec<_>>(), (3..=10).map(|n| (n, true)).collect::<Vec<_>>());
         let newest = &track.parts.back().unwrap().parts;
         assert_eq!(newest.iter().map(|p| (p.duration, p.offset, p.length, p.independent)).collect::<Vec<_>>(), [
             (18_000, 0, 100, true),
