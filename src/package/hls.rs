@@ -47,9 +47,13 @@
 //!   the last complete segment), until it is complete. Parts of a segment are numbered
 //!   from 0 in order, so (media sequence, part index) names one part on every reload.
 //! - `EXT-X-PRELOAD-HINT:TYPE=PART,URI=..,BYTERANGE-START=` the next part's first byte:
-//!   the end of the growing segment's parts, or 0 of the next segment. No length: the
-//!   live node streams an open-ended range as the segment grows (http module). None once
-//!   the stream ended, or while the live Period's first segment is incomplete.
+//!   the end of the growing segment's parts, or 0 of the next segment (a new Period's
+//!   first segment, before it is complete, is only hinted: its parts come once it is
+//!   listed). No length: the live node streams an open-ended range as the segment grows
+//!   (http module). Once the stream ended, neither parts nor a hint: hls.js 1.7 takes the
+//!   last segment of a playlist with parts that ends on a URI for the segment being
+//!   encoded, and stops with a playlist error when a later playlist gives its sequence
+//!   number to the next segment (the re-plan and republish of the player test).
 //! - `EXT-X-PART-INF:PART-TARGET=`: parts are whole frames on a `chunk_duration` grid
 //!   (the first frame at or after each multiple of it starts a part), so a part can last
 //!   up to a frame longer (208.3 ms at 24 fps on a 200 ms grid), and the last part of a
@@ -195,6 +199,11 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Opt
         );
     }
     let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-DISCONTINUITY-SEQUENCE:{}", dropped.segments, dropped.periods);
+    // Parts only while the stream is live: a player has no use for them afterwards, and
+    // hls.js 1.7 misreads a playlist with parts that ends on a segment's URI (it takes that
+    // segment for the one being encoded, and stops with a playlist error when the next
+    // playlist gives its number to the republish's first segment).
+    let list_parts = part_target.is_some() && timeline.is_live();
     let mut listed_segments = 0u64;
     for (index, (period, track)) in listed.iter().enumerate() {
         let (dir, session) = (stand_in_dir(track, rendition), period.session.as_str());
@@ -210,7 +219,7 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Opt
         // Parts of the segments that start within the last PARTS_LISTED_TARGETS target durations.
         let recent = recent_segments(track, Duration::from_secs(target * PARTS_LISTED_TARGETS));
         for (n, segment) in track.segments.iter().enumerate() {
-            if part_target.is_some() && n >= track.segments.len() - recent {
+            if list_parts && n >= track.segments.len() - recent {
                 write_parts(&mut out, track, &dir, session, segment.number);
             }
             let _ = writeln!(out, "#EXTINF:{:.3},\n{dir}{session}-{}.m4s", seconds(segment.duration, track).as_secs_f64(), segment.number);
@@ -221,14 +230,19 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Opt
     let mut next_parts = 0;
     if ended {
         out.push_str("#EXT-X-ENDLIST\n");
-    } else if part_target.is_some() && timeline.is_live() {
+    } else if list_parts {
         // The live edge: the segment being encoded, listed by its parts, and a hint for the
-        // part after them. Only after the live Period's own segments: a republish's first
-        // segment is listed once it is complete.
+        // part after them. Only after the live Period's own segments: a new Period's first
+        // segment is listed once it is complete, and until then only hinted (its first
+        // byte), so that the playlist never ends on a URI (see `list_parts`).
         let (period, track) = listed.last().expect("not empty");
         let live = timeline.periods.last().is_some_and(|p| p.session == period.session);
         let newest = track.segments.back().expect("listed tracks have segments").number;
-        if live {
+        let newest_period = timeline.periods.len() - 1;
+        if !live && let Some(next) = timeline.carrier(newest_period, rendition) {
+            let (dir, session) = (stand_in_dir(next, rendition), timeline.periods[newest_period].session.as_str());
+            let _ = writeln!(out, "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{dir}{session}-{}.m4s\",BYTERANGE-START=0", next.next_segment_number());
+        } else if live {
             let (dir, session) = (stand_in_dir(track, rendition), period.session.as_str());
             let growing = track.parts.back().filter(|p| p.number == newest + 1 && !p.complete);
             let (number, offset) = match growing {
@@ -561,11 +575,22 @@ mod tests {
         assert_eq!(lines(video, "#EXT-X-PART:").len(), 30, "segments 4 to 9");
         assert_eq!((rendered.position.unwrap().last_msn, rendered.position.unwrap().next_parts), (8, 0));
 
-        // Without low latency the playlist is plain; an ended stream gets no hint.
+        // Without low latency the playlist is plain.
         assert!(!texts(&tl)[&Playlist::Media(r.clone())].contains("#EXT-X-PART"));
-        tl.end_session(&s, at(10_000));
+
+        // A new Period before its first segment is complete: its first byte is hinted, so
+        // the playlist never ends on a URI while it has parts (hls.js 1.7 would take that
+        // segment for the one being encoded).
+        let next = session(&mut tl, "def", &[("720p", TrackKind::Video)], 9_000, 0);
+        add_parts(&mut tl, &next, &r, 0, 0..2);
+        let video = String::from_utf8(render(&tl, chunk)[&Playlist::Media(r.clone())].text.to_vec()).unwrap();
+        assert!(video.ends_with("abc-9.m4s\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"def-10.m4s\",BYTERANGE-START=0\n"), "{video}");
+        assert_eq!(lines(&video, "#EXT-X-PART:").len(), 30, "the old Period's parts");
+
+        // An ended stream lists no parts and no hint.
+        tl.end_session(&next, at(10_000));
         let video = String::from_utf8(render(&tl, chunk)[&Playlist::Media(r)].text.to_vec()).unwrap();
-        assert!(!video.contains("PRELOAD-HINT") && video.contains("#EXT-X-PART:"), "{video}");
+        assert!(!video.contains("PRELOAD-HINT") && !video.contains("#EXT-X-PART:") && video.ends_with("abc-9.m4s\n"), "{video}");
     }
 
     #[test]

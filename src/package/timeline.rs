@@ -137,6 +137,11 @@ impl Track {
         number
     }
 
+    /// The number the segment being encoded (or the next one) will have.
+    pub fn next_segment_number(&self) -> u64 {
+        self.next_number
+    }
+
     /// The segment being encoded, listed by its parts and not complete.
     fn growing(&self) -> Option<&SegmentParts> {
         self.parts.back().filter(|p| p.number == self.next_number && !p.complete && !p.parts.is_empty())

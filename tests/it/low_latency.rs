@@ -312,7 +312,7 @@ fn a_thousand_edge_viewers_of_a_segment_being_encoded_get_its_chunks_through_one
 const BROWSER_PLAYERS: [(&str, &str); 3] = [("dashjs", "manifest-ll.mpd"), ("shaka", "manifest-ll.mpd"), ("hlsjs", "master.m3u8")];
 
 /// Log lines printed with each stall.
-const STALL_LOG_LINES: usize = 24;
+const STALL_LOG_LINES: usize = 40;
 
 /// One browser player's run, from its page's reports.
 #[derive(Debug, Default)]
