@@ -771,10 +771,11 @@ def analyse_players(r, name, page, infos, publish_end, first_chunk, fr_pts, fr_l
                            if e.get("ev") == "init_pts" and e.get("init_pts_s") is not None)
             frags = {}
             for e in mine:
-                if e.get("ev") == "frag" and e.get("start") is not None:
+                start = e.get("video_start", e.get("start")) if e.get("ev") == "frag" else None
+                if start is not None:
                     i = bisect.bisect_right([w for w, _ in inits], e["wall"]) - 1
                     if i >= 0:
-                        frags[e["sn"]] = e["start"] + inits[i][1]
+                        frags[e["sn"]] = start + inits[i][1]
             hoff, rule, hits = hls_origin(sorted(frags.values()), keys, off)
             info["media_time_origin"] = {"rule": rule, "fragment_starts_on_source_keyframes": hits}
             if frags and int(hits.split("/")[0]) < 0.8 * len(frags):
