@@ -718,11 +718,15 @@ def analyse_players(r, name, page, infos, publish_end, first_chunk, fr_pts, fr_l
         r["time_sync_requests_served"] = sum(1 for w in syncs if page[0]["wall"] <= w <= page[-1]["wall"])
     lo, hi = publish_end - 0.5 - a.settle_window, publish_end - 0.5
     # DASH presentation time -> the track's media time (s): minus Period@start plus
-    # presentationTimeOffset (the live Period of the poller's MPD; dash.js and Shaka put
-    # segments on the same presentation timeline).
-    live_infos = [i for i in infos if i["wall"] <= publish_end] or infos
-    pinfo = live_infos[-1] if live_infos else {}
-    dash_p2m = -(pinfo.get("period_start") or 0.0) + (pinfo.get("pto") or 0) / float(pinfo.get("timescale") or 1)
+    # presentationTimeOffset of the Period the playhead is in (every Period the poller's MPD
+    # showed; a re-plan or republish starts a new one; dash.js and Shaka put segments on
+    # the same presentation timeline).
+    periods = sorted({(i.get("period_start") or 0.0,
+                       (i.get("pto") or 0) / float(i.get("timescale") or 1)) for i in infos})
+
+    def dash_p2m(ct):
+        starts = [p for p in periods if p[0] <= ct + 1e-3] or periods[:1]
+        return -starts[-1][0] + starts[-1][1] if starts else 0.0
     r["players"] = {}
     for pl in a.players:
         mine = [e for e in page if e.get("player") == pl]
@@ -789,7 +793,7 @@ def analyse_players(r, name, page, infos, publish_end, first_chunk, fr_pts, fr_l
             hoff = off
 
             def media_s(e):
-                return e["current_time"] + dash_p2m
+                return e["current_time"] + dash_p2m(e["current_time"])
         wire, series = [], []
         for e in samples:
             if not e.get("current_time") or e.get("paused"):
@@ -979,7 +983,8 @@ def main():
                     res[k] = pres[k]
                 res["warnings"] = res.get("warnings", []) + [
                     "player pass: " + w for w in pres.get("warnings", [])
-                    if any(n in w for n in PLAYER_NAMES.values()) or "player" in w or "real time" in w]
+                    if any(n in w for n in PLAYER_NAMES.values()) or "player" in w or "real time" in w
+                    or "Period" in w]
                 res["player_pass_result"] = {k: pres.get(k) for k in (
                     "lag_ms_median", "lag_ms_p95", "cpu_per_media_s", "first_segment_s",
                     "segments_measured", "publish_wall_per_media_s")}
