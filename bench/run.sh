@@ -2,19 +2,20 @@
 # rackcast vs nginx-rtmp live DASH benchmark.  See bench/README.md.
 #
 #   bench/run.sh [--duration S] [--servers rackcast,nginx] [--no-player]
+#                [--players dashjs,shaka,hlsjs] [--no-federation]
 #                [--no-build] [--rackcast-bin PATH] [--poll-ms MS]
 #                [--mpd-poll-ms MS] [--player-clock local|date]
 #                [--player-pass separate|same] [--build-timeout S]
 #
-# Installs what it needs (apt: nginx libnginx-mod-rtmp chromium ffmpeg;
-# npm: dashjs from bench/package-lock.json), builds rackcast in release mode
+# Installs what it needs (apt: nginx libnginx-mod-rtmp chromium ffmpeg; npm:
+# dashjs, shaka-player, hls.js from bench/package-lock.json), builds rackcast in release mode
 # (unless --no-build), then runs both servers one after the other with the same
 # publish and prints the comparison table.  Outputs: bench/results/<stamp>/,
 # plus bench/results/latest.{txt,json}.
 set -uo pipefail
 
 NAME="run.sh"
-HELP_LINES="2,12"
+HELP_LINES="2,13"
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$BENCH/lib/common.sh"
 set_cmdline "$@"
@@ -26,8 +27,8 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION="$2"; shift 2 ;;
     --servers) SERVERS="$2"; shift 2 ;;
-    --no-player) PASS+=("--no-player"); shift ;;
-    --poll-ms|--mpd-poll-ms|--player-clock|--player-pass|--settle-window|--drain|--stream-key)
+    --no-player|--no-federation) PASS+=("$1"); shift ;;
+    --poll-ms|--mpd-poll-ms|--player-clock|--player-pass|--settle-window|--drain|--stream-key|--players)
       PASS+=("$1" "$2"); shift 2 ;;
     *) common_opt "$@"; shift "$SHIFT" ;;
   esac
@@ -39,13 +40,27 @@ install_cleanup 50
 # ---------------------------------------------------------------- installs
 ensure_debs nginx libnginx-mod-rtmp chromium ffmpeg openssl cmd:npm
 
-want_dashjs="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["packages"]["node_modules/dashjs"]["version"])' "$BENCH/package-lock.json" 2>/dev/null)"
-have_dashjs="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["version"])' "$BENCH/node_modules/dashjs/package.json" 2>/dev/null)"
-if [ -z "$have_dashjs" ] || [ "$have_dashjs" != "$want_dashjs" ] \
-   || [ ! -f "$BENCH/node_modules/dashjs/dist/modern/umd/dash.all.min.js" ]; then
-  say "npm ci (dashjs $want_dashjs)"
+# The browser players (dash.js, Shaka Player, hls.js) pinned by package-lock.json.
+stale_modules="$(python3 - "$BENCH" <<'PY'
+import json, os, sys
+bench = sys.argv[1]
+sys.path.insert(0, os.path.join(bench, "lib"))
+from bench import PLAYER_LIB  # noqa: E402
+lock = json.load(open(os.path.join(bench, "package-lock.json")))["packages"]
+for name, build in PLAYER_LIB.values():
+    want = lock["node_modules/" + name]["version"]
+    try:
+        have = json.load(open(os.path.join(bench, "node_modules", name, "package.json")))["version"]
+    except (OSError, ValueError, KeyError):
+        have = None
+    if have != want or not os.path.exists(os.path.join(bench, "node_modules", name, build)):
+        print("%s@%s" % (name, want))
+PY
+)"
+if [ -n "$stale_modules" ]; then
+  say "npm ci ($(echo $stale_modules))"
   (cd "$BENCH" && npm ci --no-audit --no-fund --loglevel=error) >"$OUT/npm.log" 2>&1 \
-    || say "npm ci failed, see $OUT/npm.log (the dash.js figure will be skipped)"
+    || say "npm ci failed, see $OUT/npm.log (the browser player figures will be skipped)"
 fi
 
 # ---------------------------------------------------------------- rackcast build

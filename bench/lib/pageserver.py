@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Serves bench/player/ and dash.js on 127.0.0.1, collects POST /report.
+"""Serves bench/player/ and the browser players on 127.0.0.1, collects POST /report.
 
 GET /?iso&ms     -> the current UTC time as ISO-8601 with milliseconds, i.e. what
                     dash.js's default UTC timing source (time.akamai.com/?iso&ms)
                     answers; Chromium's --host-resolver-rules maps that host here
 GET /            -> player/index.html (query string passed through)
-GET /dashjs/X    -> <dashjs dist dir>/X
+GET /lib/NAME/X  -> <dir of --lib NAME=DIR>/X (dash.js, Shaka Player, hls.js builds)
 POST /report     -> body appended, with the server's time.monotonic(), to --log
 Prints the chosen port on stdout.
 """
@@ -21,18 +21,21 @@ from http.server import ThreadingHTTPServer, SimpleHTTPRequestHandler
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", required=True, help="bench/player directory")
-    ap.add_argument("--dashjs", required=True, help="directory holding dash.all.min.js")
+    ap.add_argument("--lib", action="append", default=[], metavar="NAME=DIR",
+                    help="serve DIR's files as /lib/NAME/ (repeatable)")
     ap.add_argument("--log", required=True)
     ap.add_argument("--tls-cert", help="PEM with cert+key: also accept TLS on the same port "
                     "(Chromium upgrades http://time.akamai.com to https through HSTS)")
     a = ap.parse_args()
     log = open(a.log, "a")
+    libs = dict(x.split("=", 1) for x in a.lib)
 
     class H(SimpleHTTPRequestHandler):
         def translate_path(self, path):
             p = path.split("?", 1)[0].split("#", 1)[0]
-            if p.startswith("/dashjs/"):
-                return os.path.join(a.dashjs, os.path.basename(p))
+            parts = p.split("/")
+            if len(parts) == 4 and parts[1] == "lib" and parts[2] in libs:
+                return os.path.join(libs[parts[2]], os.path.basename(p))
             if p in ("/", ""):
                 p = "/index.html"
             return os.path.join(a.root, os.path.basename(p))

@@ -7,6 +7,9 @@ Every --poll-ms (default 10 ms):
      $Time$ = t+d of the last listed segment), plus the init segment;
   2. every --mpd-poll-ms (default 20 ms): GET the MPD and parse it (last Period,
      first video Representation).
+With --segment-base http://HOST:PORT, init and media segments are fetched from that server
+instead (same paths): an edge, asked at the moments the MPD of the node that makes the
+segments says, so two pollers time the same requests at two servers.
 Wall times are time.monotonic(), comparable with the relay's log.
 Segments are fetched with plain GET on a keep-alive connection; the moment
 recorded is when the status line of the first 200 response arrived.
@@ -26,7 +29,7 @@ import os
 import signal
 import sys
 import time
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mpd import first_video_representation  # noqa: E402
@@ -103,9 +106,19 @@ def poll_pending(cli, emit, table, what, ok_event, extra, err_count, read_body=T
             st["saw_404"] = True
     return err_count
 
+def rebase(url, base):
+    """`url` with the scheme and host:port of `base` (None: unchanged)."""
+    if not base or not url:
+        return url
+    u, b = urlsplit(url), urlsplit(base)
+    return urlunsplit((b.scheme, b.netloc, u.path, u.query, u.fragment))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mpd", required=True)
+    ap.add_argument("--segment-base", default=None,
+                    help="fetch segments from this http://HOST:PORT instead of the MPD's server")
     ap.add_argument("--log", required=True)
     ap.add_argument("--poll-ms", type=float, default=10.0)
     ap.add_argument("--mpd-poll-ms", type=float, default=20.0)
@@ -158,6 +171,10 @@ def main():
                 if err_count < 20:
                     emit({"ev": "error", "what": "mpd_parse", "err": repr(e)})
             if info is not None:
+                info["init_url"] = rebase(info["init_url"], a.segment_base)
+                info["next_url"] = rebase(info["next_url"], a.segment_base)
+                for s in info["segments"]:
+                    s["url"] = rebase(s["url"], a.segment_base)
                 sig = (info["rep_id"], info["period_id"], info["period_count"],
                        info["timescale"], info["pto"], info["media_template"], info["init_url"])
                 if sig != last_info:
