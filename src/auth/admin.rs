@@ -7,7 +7,7 @@
 //! In a federation, users, API tokens and sessions are one across the nodes
 //! ([`super::replication`] pulls a peer's [`AdminRecords`] and [`AdminStore::merge`]s them):
 //! - **users**: last write wins per name. Every write (creation, deletion) stamps the row
-//!   with [`write_stamp`]: this node's clock, but always past the row's last stamp, so a
+//!   with `write_stamp`: this node's clock, but always past the row's last stamp, so a
 //!   user re-created after a deletion wins over the deletion's tombstone everywhere. Ties
 //!   go to the deletion, then to the greater hash. A deleted user stays as a tombstone
 //!   (name and stamps, no hash), so a peer that still has the user cannot bring it back.
@@ -165,7 +165,7 @@ pub struct UserRecord {
     /// PHC string; empty for a deleted user.
     pub password_hash: String,
     pub created_at: i64,
-    /// The last write's stamp ([`write_stamp`]): last write wins.
+    /// The last write's stamp (`write_stamp`): last write wins.
     pub updated_at: i64,
     /// Set on a deleted user (a tombstone).
     pub deleted_at: Option<i64>,
@@ -594,7 +594,7 @@ fn count(c: &rusqlite::Connection, table: &str) -> rusqlite::Result<i64> {
     c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
 }
 
-/// Users: last write wins ([`user_wins`]); a winning tombstone closes the user's sessions.
+/// Users: last write wins (`user_wins`); a winning tombstone closes the user's sessions.
 fn merge_users(c: &rusqlite::Connection, users: &[UserRecord]) -> rusqlite::Result<usize> {
     let mut rows = count(c, "users")?;
     let mut changed = 0;
