@@ -124,16 +124,18 @@ pub fn open(dir: &Path) -> Result<Database, StoreError> {
     Ok(Database { path, connection })
 }
 
-/// Applies the [`MIGRATIONS`] the file has not had yet.
+/// Applies the [`MIGRATIONS`] the file has not had yet (taking the write lock only then).
 fn migrate(connection: &mut rusqlite::Connection) -> rusqlite::Result<()> {
+    let version = |c: &rusqlite::Connection| c.query_row("PRAGMA user_version", [], |r| r.get::<_, usize>(0));
+    if version(connection)? >= MIGRATIONS.len() {
+        return Ok(());
+    }
     let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let applied: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    for migration in MIGRATIONS.iter().skip(applied) {
+    // Read again under the lock: another process may have migrated meanwhile.
+    for migration in MIGRATIONS.iter().skip(version(&tx)?) {
         tx.execute_batch(migration)?;
     }
-    if applied < MIGRATIONS.len() {
-        tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
-    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
     tx.commit()
 }
 
