@@ -26,7 +26,7 @@ use crate::auth::admin::AdminStore;
 use crate::auth::keys::KeyStore;
 use crate::auth::login::LoginGate;
 use crate::auth::peer::{self, PeerClient, PeerGuard, PeerStats};
-use crate::auth::replication::{self, PeerKeys};
+use crate::auth::replication::{self, ReplicaPeer, Replicas, ReplicationMetrics};
 use crate::cluster::upstreams::{LiveUpstreams, OriginUpstreams};
 use crate::cluster::config::{NodeConfig, DEFAULT_REGION};
 use crate::cluster::discovery::DiscoveryMetrics;
@@ -156,16 +156,24 @@ pub async fn run(mut config: Config, listeners: Listeners, stop: CancellationTok
     let live_metrics = Arc::new(LiveMetrics::default());
     live_metrics.register(&mut metrics_registry);
     let peer_guard = PeerGuard::new(&config.cluster.node_id, &config.cluster.relay_secret, Arc::clone(&member_addresses), Arc::clone(&peer_stats));
-    let (node, tier) = node_router(&config, &roles, membership.clone(), Arc::clone(&registry), store, live_metrics, &audience, &key_store, peer_guard)?;
+    // What a federation shares (auth/replication.rs): stream keys and the admin side's
+    // users, tokens and sessions (through its own connection to the state database).
+    let replicas = Arc::new(Replicas {
+        keys: Arc::clone(&key_store),
+        admin: Arc::new(AdminStore::open(&config.auth.data_dir).context("opening the admin store")?),
+    });
+    let (node, tier) = node_router(&config, &roles, membership.clone(), Arc::clone(&registry), store, live_metrics, &audience, &replicas, peer_guard)?;
     if let Some(tier) = &tier {
         tier.register(&mut metrics_registry);
     }
     if let Some(m) = &membership {
+        let replication_metrics = Arc::new(ReplicationMetrics::default());
+        replication_metrics.register(&mut metrics_registry);
         let peers = m.clone();
         let list = move || {
-            peers.peer_key_fingerprints().into_iter().map(|(id, http, fingerprint)| PeerKeys { id, http, fingerprint }).collect()
+            peers.peer_key_fingerprints().into_iter().map(|(id, http, fingerprint)| ReplicaPeer { id, http, fingerprint }).collect()
         };
-        tracker.spawn(replication::run(Arc::clone(&key_store), list, peer_client, shutdown.clone()));
+        tracker.spawn(replication::run(Arc::clone(&replicas), list, peer_client, replication_metrics, shutdown.clone()));
     }
     let logins = Arc::new(LoginGate::new(&config.auth));
     logins.register(&mut metrics_registry);
@@ -239,7 +247,7 @@ fn node_router(
     store: Arc<Store>,
     live_metrics: Arc<LiveMetrics>,
     audience: &Arc<Audience>,
-    keys: &Arc<KeyStore>,
+    replicas: &Arc<Replicas>,
     peer_guard: Arc<PeerGuard>,
 ) -> anyhow::Result<(Router, Option<TierState>)> {
     let live = roles
@@ -272,7 +280,7 @@ fn node_router(
     let node_id = config.cluster.node_id.clone();
     let health_registry = Arc::clone(&registry);
     let health_tier = tier_state.clone();
-    let health_keys = Arc::clone(keys);
+    let health_replicas = Arc::clone(replicas);
     let federated = membership.is_some();
     let mut health = Router::new().route(
         HEALTH_PATH,
@@ -280,25 +288,33 @@ fn node_router(
             let streams = health_registry.streams().into_iter().map(|s| s.to_string()).collect();
             let mut body = cluster::health_body(&node_id, streams);
             body.tier = health_tier.as_ref().and_then(|t| serde_json::to_value(t.counts()).ok());
-            let keys = federated.then(|| Arc::clone(&health_keys));
+            let replicas = federated.then(|| Arc::clone(&health_replicas));
             async move {
-                if let Some(keys) = keys {
-                    let fingerprint = crate::auth::db::blocking(&keys, KeyStore::fingerprint).await;
-                    body.keys = fingerprint.inspect_err(|e| tracing::error!("key store fingerprint: {e}")).ok();
+                if let Some(replicas) = replicas {
+                    let fingerprint = crate::auth::db::blocking(&replicas, Replicas::fingerprint).await;
+                    body.keys = fingerprint.inspect_err(|e| tracing::error!("replicated stores' fingerprint: {e}")).ok();
                 }
                 Json(body)
             }
         }),
     );
     if federated {
-        let keys = Arc::clone(keys);
-        health = health.route(
-            replication::KEYS_PATH,
-            get(move || {
-                let keys = Arc::clone(&keys);
-                async move { replication::serve(&keys).await }
-            }),
-        );
+        let (keys, admin) = (Arc::clone(&replicas.keys), Arc::clone(&replicas.admin));
+        health = health
+            .route(
+                replication::KEYS_PATH,
+                get(move || {
+                    let keys = Arc::clone(&keys);
+                    async move { replication::serve(&keys).await }
+                }),
+            )
+            .route(
+                replication::ADMIN_PATH,
+                get(move || {
+                    let admin = Arc::clone(&admin);
+                    async move { replication::serve(&admin).await }
+                }),
+            );
     }
     let health = health.route_layer(axum::middleware::from_fn_with_state(peer_guard, peer::guard));
     let tier = tier_state.clone().map(tier::router);

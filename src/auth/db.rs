@@ -3,6 +3,10 @@
 //! appliance runs. Owns the schema of every table; [`super::keys`] and [`super::admin`]
 //! each open their own connection to it.
 //!
+//! A file made by an older version is brought up to date when opened: [`SCHEMA`] creates
+//! what is missing, then each of [`MIGRATIONS`] past the file's `user_version` runs once
+//! (in one write transaction, so two processes opening the file at once migrate it once).
+//!
 //! The stores' methods are synchronous (the CLI calls them as they are). Async code (API
 //! handlers, publish checks, health answers, replication) calls them through
 //! [`blocking`], on tokio's blocking pool: a query waiting up to [`BUSY_TIMEOUT`] for
@@ -57,6 +61,17 @@ CREATE TABLE IF NOT EXISTS audit_log (
 );
 ";
 
+/// Schema changes since the first version, in order; the file's `user_version` counts those
+/// applied. Columns are only ever added, with defaults, so older rows stay valid.
+const MIGRATIONS: &[&str] = &[
+    // Federation-wide admin identity (`super::replication`): a user's last write (creation,
+    // deletion) for last-write-wins, deletions kept as tombstones, logouts kept as closures.
+    "ALTER TABLE users ADD COLUMN updated_at INTEGER NOT NULL DEFAULT 0;
+     UPDATE users SET updated_at = created_at;
+     ALTER TABLE users ADD COLUMN deleted_at INTEGER;
+     ALTER TABLE sessions ADD COLUMN closed_at INTEGER;",
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create the data directory {dir}: {source}")]
@@ -100,12 +115,28 @@ pub fn open(dir: &Path) -> Result<Database, StoreError> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir { dir: dir.display().to_string(), source })?;
     let path = dir.join(DATABASE_FILE).display().to_string();
     let fail = |source| StoreError::Sqlite { path: path.clone(), source };
-    let connection = rusqlite::Connection::open(&path).map_err(fail)?;
+    let mut connection = rusqlite::Connection::open(&path).map_err(fail)?;
     connection.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
     connection.pragma_update(None, "journal_mode", "WAL").map_err(fail)?;
     connection.pragma_update(None, "foreign_keys", "ON").map_err(fail)?;
     connection.execute_batch(SCHEMA).map_err(fail)?;
+    migrate(&mut connection).map_err(fail)?;
     Ok(Database { path, connection })
+}
+
+/// Applies the [`MIGRATIONS`] the file has not had yet (taking the write lock only then).
+fn migrate(connection: &mut rusqlite::Connection) -> rusqlite::Result<()> {
+    let version = |c: &rusqlite::Connection| c.query_row("PRAGMA user_version", [], |r| r.get::<_, usize>(0));
+    if version(connection)? >= MIGRATIONS.len() {
+        return Ok(());
+    }
+    let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Read again under the lock: another process may have migrated meanwhile.
+    for migration in MIGRATIONS.iter().skip(version(&tx)?) {
+        tx.execute_batch(migration)?;
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
+    tx.commit()
 }
 
 /// Seconds since the Unix epoch, as stored.

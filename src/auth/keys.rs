@@ -11,7 +11,6 @@ use serde::Serialize;
 
 use super::db::{self, Database, digest, now};
 use crate::media::StreamId;
-use sha2::Digest as _;
 
 pub use super::db::{DATABASE_FILE, StoreError as KeyStoreError};
 /// Random bytes in a key (160 bits), written as 40 hex digits behind [`KEY_PREFIX`].
@@ -100,11 +99,8 @@ impl KeyStore {
     /// A digest of every key's id, stream, digest and revocation: two stores with the same
     /// fingerprint hold the same keys.
     pub fn fingerprint(&self) -> Result<String, KeyStoreError> {
-        let mut hash = sha2::Sha256::new();
-        for key in self.export()? {
-            hash.update(format!("{}\t{}\t{}\t{}\n", key.id, key.stream, key.digest, key.revoked_at.is_some()).as_bytes());
-        }
-        Ok(hex::encode(&hash.finalize()[..16]))
+        let lines = self.export()?.into_iter().map(|key| format!("{}\t{}\t{}\t{}", key.id, key.stream, key.digest, key.revoked_at.is_some()));
+        Ok(super::replication::fingerprint(lines))
     }
 
     /// Merges a peer's records: keys not known here are added, keys revoked there are

@@ -19,8 +19,9 @@
 //! admin's service ([`webhook`], [`PublishAuth::admit`]).
 //!
 //! The admin side's users, sessions, API tokens and audit log live in [`admin`], in the
-//! same database ([`db`]); the HTTP API enforces them (`api::access`), and [`login`] bounds
-//! the password checks of logins. Node-to-node HTTP is signed and checked in [`peer`].
+//! same database ([`db`]); in a federation all but the audit log replicate like stream keys
+//! ([`replication`]). The HTTP API enforces them (`api::access`), and [`login`] bounds the
+//! password checks of logins. Node-to-node HTTP is signed and checked in [`peer`].
 
 pub mod admin;
 pub mod config;

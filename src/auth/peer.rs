@@ -1,5 +1,5 @@
-//! Node-to-node HTTP (`/cluster/*`: health probes, stream key replication): who may ask,
-//! and which answers a node believes.
+//! Node-to-node HTTP (`/cluster/*`: health probes, replication of stream keys and admin
+//! records): who may ask, and which answers a node believes.
 //!
 //! - **Who may ask**: only the members' addresses (the configured nodes' `rtmp` and `http`
 //!   addresses, or the addresses discovery found: [`MemberAddresses`], kept current by

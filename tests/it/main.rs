@@ -6,6 +6,7 @@
 mod support;
 
 mod admin_api;
+mod admin_federation;
 mod admission;
 mod bad_input;
 mod cluster_auth;
