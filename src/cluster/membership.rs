@@ -69,7 +69,9 @@ pub struct HealthReport {
     /// admin API shows them, so that any node can show the whole federation's tiers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<serde_json::Value>,
-    /// The fingerprint of the answering node's stream key store (see auth/replication.rs).
+    /// The fingerprints of the answering node's replicated stores, space-separated, one per
+    /// kind in auth/replication.rs's order (stream keys first; an older node sends only
+    /// that one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<String>,
 }

@@ -138,6 +138,12 @@ pub fn render(timeline: &StreamTimeline, timing: &MpdTiming, form: ManifestForm)
         periods.push(dash::Period {
             id: Some(period.session.to_string()),
             start: Some(start),
+            // A closed Period lasts as long as its media. A player that numbers segments
+            // from the clock (`$Number$` forms) would otherwise take it to run until the
+            // next Period's start and ask for segments in between that were never made
+            // (a re-plan whose old pipeline could not drain all it had), answered 404; with
+            // the duration it sees a gap, which dash.js and Shaka jump.
+            duration: period.duration.map(|d| d.saturating_sub(*offset)),
             adaptations,
             ..Default::default()
         });
