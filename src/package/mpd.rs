@@ -138,12 +138,15 @@ pub fn render(timeline: &StreamTimeline, timing: &MpdTiming, form: ManifestForm)
         periods.push(dash::Period {
             id: Some(period.session.to_string()),
             start: Some(start),
-            // A closed Period lasts as long as its media. A player that numbers segments
-            // from the clock (`$Number$` forms) would otherwise take it to run until the
-            // next Period's start and ask for segments in between that were never made
-            // (a re-plan whose old pipeline could not drain all it had), answered 404; with
-            // the duration it sees a gap, which dash.js and Shaka jump.
-            duration: period.duration.map(|d| d.saturating_sub(*offset)),
+            // A closed Period lasts as far as every track's media reaches. A player that
+            // numbers segments from the clock (`$Number$` forms) counts them from this:
+            // without it, it takes the Period to run until the next one starts and asks
+            // for segments in between that were never made (a re-plan whose old pipeline
+            // could not drain all it had); with the longest track's end, for a segment of
+            // the shorter ones that does not exist (audio ran 5 ms past the video's last
+            // segment: dash.js and Shaka asked for the video's next number, 404). The gap
+            // to the next Period, if any, players jump.
+            duration: period.duration.and_then(|_| period.common_end()).map(|d| d.saturating_sub(*offset)),
             adaptations,
             ..Default::default()
         });
@@ -580,6 +583,19 @@ pub(super) mod tests {
             assert_eq!(render(&tl, &low_latency, form), render(&tl, &TIMING, form));
         }
         assert_eq!(render(&tl, &TIMING, ManifestForm::LowLatency), render(&tl, &TIMING, ManifestForm::Timeline));
+
+        // A closed Period lasts as far as every track reaches (the audio's 2.88 s, not the
+        // video's 3 s), so a player counting segments from its duration asks for none that
+        // a track lacks; the next Period starts where the longest ended.
+        let mut tl = tl;
+        let (next, video) = (SessionId::parse("def456").unwrap(), RenditionId::parse("720p").unwrap());
+        tl.begin_period(next.clone(), vec![info("720p", TrackKind::Video)], Some(Duration::from_secs(3)), at(3500));
+        tl.set_codecs(&next, &video, "avc1.4D401F".into(), at(3500));
+        tl.add_segment(&next, &video, 0, 1_000_000_000, at(4500));
+        let mpd = dash::parse(&render(&tl, &low_latency, ManifestForm::LowLatency).unwrap()).unwrap();
+        let periods: Vec<_> = mpd.periods.iter().map(|p| (p.start, p.duration)).collect();
+        assert_eq!(periods[0], (Some(Duration::ZERO), Some(Duration::from_millis(2880))));
+        assert_eq!(periods.get(1).map(|p| p.0), Some(Some(Duration::from_secs(3))));
     }
 
     #[test]

@@ -166,6 +166,12 @@ impl Period {
     pub fn track(&self, id: &RenditionId) -> Option<&Track> {
         self.tracks.iter().find(|t| &t.info.id == id)
     }
+
+    /// Where the media of every track that has any reaches (the shortest track's end),
+    /// after the Period start.
+    pub fn common_end(&self) -> Option<Duration> {
+        self.tracks.iter().filter_map(Track::end).min()
+    }
 }
 
 /// A segment the timeline dropped; the packager deletes its bytes from the store.

@@ -5,8 +5,9 @@
 //! Players: ffmpeg (`-re`, decoding to null), GStreamer `playbin` (dashdemux) and
 //! `playbin3` (dashdemux2) into synchronised fakesinks, VLC (`--vout stats`), streamlink
 //! piped into ffmpeg, and dash.js and Shaka Player in one headless Chromium page. The
-//! browser players read `manifest.mpd` (SegmentTimeline), the others `manifest-number.mpd`
-//! (SegmentTemplate@duration), as the README tells their users to. On HLS
+//! browser players read `manifest-ll.mpd` (low latency, the default), the others
+//! `manifest-number.mpd` (SegmentTemplate@duration), as the README tells their users to;
+//! RACKCAST_PLAYERS_FORM=timeline|number|ll gives every DASH player one form. On HLS
 //! (`master.m3u8`, the same segments): ffmpeg, `playbin3` (hlsdemux2), VLC and hls.js (in
 //! the same page), where a Period change is an `EXT-X-DISCONTINUITY`.
 //!
@@ -30,7 +31,7 @@
 //! ever changes, audio and video segment N start within one AAC frame of each other; every
 //! MPD served validates against tests/schema/DASH-MPD.xsd when that file exists.
 //!
-//! RACKCAST_PLAYER_LOGS=DIR keeps every player's output and requests; with
+//! RACKCAST_PLAYER_LOGS=DIR keeps every player's output, requests and manifests; with
 //! RACKCAST_PLAYERS_MPD_FILTER=CMD every MPD a player gets is piped through CMD first
 //! (tests/players/mpd_form.py rewrites it into candidate forms), to try an MPD form on every
 //! player without changing the appliance.
@@ -207,8 +208,8 @@ impl Player {
     /// The manifest this player is given. HLS players get the multivariant playlist.
     /// DASH players that compute segment numbers from the clock and cannot use a sliding
     /// SegmentTimeline (ffmpeg's dashdec, GStreamer 1.22's dashdemux, VLC 3.0, streamlink
-    /// 5.2) get the Number form; the browser players the Timeline form.
-    /// RACKCAST_PLAYERS_FORM=timeline|number gives every DASH player one form.
+    /// 5.2) get the Number form; the browser players the low-latency form.
+    /// RACKCAST_PLAYERS_FORM=timeline|number|ll gives every DASH player one form.
     fn manifest(self) -> &'static str {
         if self.hls() {
             return "master.m3u8";
@@ -216,10 +217,11 @@ impl Player {
         match std::env::var("RACKCAST_PLAYERS_FORM").as_deref() {
             Ok("timeline") => return "manifest.mpd",
             Ok("number") => return "manifest-number.mpd",
+            Ok("ll") => return "manifest-ll.mpd",
             _ => {}
         }
         match self {
-            Player::DashJs | Player::Shaka => "manifest.mpd",
+            Player::DashJs | Player::Shaka => "manifest-ll.mpd",
             _ => "manifest-number.mpd",
         }
     }
@@ -776,6 +778,12 @@ fn dump(dir: &Path, phases: &[&Phase], page: &PageServer) {
                 .map(|h| format!("{:7.3} {} {} {}", h.at.duration_since(phase.started).as_secs_f64(), h.status, h.method, h.path))
                 .collect();
             std::fs::write(dir.join(format!("{i}-{}.hits", player.name())), lines.join("\n")).unwrap();
+            let manifests: Vec<String> = proxy
+                .hits()
+                .iter()
+                .filter_map(|h| Some(format!("--- {:7.3} {}\n{}", h.at.duration_since(phase.started).as_secs_f64(), h.path, h.mpd.as_ref().or(h.playlist.as_ref())?)))
+                .collect();
+            std::fs::write(dir.join(format!("{i}-{}.manifests", player.name())), manifests.join("\n")).unwrap();
         }
     }
     let reports: Vec<String> = page.reports().iter().map(|r| r.value.to_string()).collect();
