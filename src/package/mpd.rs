@@ -138,15 +138,16 @@ pub fn render(timeline: &StreamTimeline, timing: &MpdTiming, form: ManifestForm)
         periods.push(dash::Period {
             id: Some(period.session.to_string()),
             start: Some(start),
-            // A closed Period lasts as far as every track's media reaches. A player that
-            // numbers segments from the clock (`$Number$` forms) counts them from this:
-            // without it, it takes the Period to run until the next one starts and asks
-            // for segments in between that were never made (a re-plan whose old pipeline
-            // could not drain all it had); with the longest track's end, for a segment of
-            // the shorter ones that does not exist (audio ran 5 ms past the video's last
-            // segment: dash.js and Shaka asked for the video's next number, 404). The gap
-            // to the next Period, if any, players jump.
-            duration: period.duration.and_then(|_| period.common_end()).map(|d| d.saturating_sub(*offset)),
+            // A closed Period lasts as far as every track's segments reach
+            // (`Period::numbered_end`). A player that numbers segments from the clock
+            // (`$Number$` forms) counts them from this: without it, it takes the Period
+            // to run until the next one starts and asks for segments in between that
+            // were never made (a re-plan whose old pipeline could not drain all it had);
+            // with the longest track's end, for a segment of the shorter ones that does
+            // not exist (audio ran 5 ms past the video's last segment: dash.js and Shaka
+            // asked for the video's next number, 404). Players jump the gap to the next
+            // Period.
+            duration: period.duration.and_then(|_| period.numbered_end(timeline.segment_duration)).map(|d| d.saturating_sub(*offset)),
             adaptations,
             ..Default::default()
         });

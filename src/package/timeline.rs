@@ -167,10 +167,16 @@ impl Period {
         self.tracks.iter().find(|t| &t.info.id == id)
     }
 
-    /// Where the media of every track that has any reaches (the shortest track's end),
-    /// after the Period start.
-    pub fn common_end(&self) -> Option<Duration> {
-        self.tracks.iter().filter_map(Track::end).min()
+    /// How far the Period reaches for a player that numbers its segments from the clock
+    /// (`ceil(duration / segment duration)` segments): as far as every track's media
+    /// reaches, and no further than the segments every track has (a track can end a
+    /// fraction of a millisecond past its last segment's nominal end, which would count
+    /// one segment more). After the Period start; `None` without segments.
+    pub fn numbered_end(&self, segment_duration: Duration) -> Option<Duration> {
+        let tracks = self.tracks.iter().filter(|t| !t.segments.is_empty());
+        let media = tracks.clone().filter_map(Track::end).min()?;
+        let segments = tracks.filter_map(|t| t.segments.back()).map(|s| (s.number + 1).saturating_sub(self.first_number)).min()?;
+        Some(media.min(segment_duration.saturating_mul(u32::try_from(segments).unwrap_or(u32::MAX))))
     }
 }
 
@@ -738,6 +744,29 @@ pub(super) mod tests {
         assert!(evicted.iter().any(|e| e.session == s1 && e.number.is_none()), "the old period goes, with its init");
         assert_eq!(tl.periods.len(), 1);
         assert_eq!(tl.periods[0].session, s2);
+    }
+
+    #[test]
+    fn a_periods_numbered_end_counts_only_segments_every_track_has() {
+        let s = SessionId::parse("s1").unwrap();
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        tl.begin_period(s.clone(), vec![video("720p"), video("360p")], None, at(0));
+        let (tall, short) = (RenditionId::parse("720p").unwrap(), RenditionId::parse("360p").unwrap());
+        const MS: u64 = 1_000_000;
+        for i in 0..3 {
+            tl.add_segment(&s, &tall, i * 1000 * MS, 1000 * MS, at(1000));
+        }
+        // 360p's last segment ends 0.3 ms past 3 s: still three segments, not four.
+        tl.add_segment(&s, &short, 0, 1000 * MS, at(1000));
+        tl.add_segment(&s, &short, 1000 * MS, 2000 * MS + 300_000, at(1000));
+        let period = &tl.periods[0];
+        assert_eq!(period.numbered_end(Duration::from_secs(1)), Some(Duration::from_secs(2)), "360p has two segments");
+        tl.add_segment(&s, &short, 2000 * MS, 1000 * MS + 300_000, at(1000));
+        assert_eq!(tl.periods[0].numbered_end(Duration::from_secs(1)), Some(Duration::from_secs(3)));
+        // A partial last segment in every track counts.
+        tl.add_segment(&s, &tall, 3000 * MS, 400 * MS, at(1000));
+        tl.add_segment(&s, &short, 3000 * MS, 500 * MS, at(1000));
+        assert_eq!(tl.periods[0].numbered_end(Duration::from_secs(1)), Some(Duration::from_millis(3400)));
     }
 
     #[test]
