@@ -283,7 +283,15 @@ fn first_media_offset(period: &Period) -> Duration {
 fn adaptation_sets(period: &Period, offset: Duration, addressing: Addressing, segment_duration: Duration) -> Vec<dash::AdaptationSet> {
     let mut sets = Vec::new();
     for (index, kind) in [TrackKind::Video, TrackKind::Audio].into_iter().enumerate() {
-        let tracks: Vec<&Track> = period.tracks.iter().filter(|t| t.info.kind == kind && t.is_playable()).collect();
+        // The low-latency form lists a track as soon as its init segment exists: its players
+        // fetch each segment from its first chunk on, and a new Period listed only once a
+        // segment is complete leaves them a second to extrapolate the Period before it
+        // (asking for segments of a session that has ended).
+        let listed = |t: &Track| match addressing {
+            Addressing::LowLatency { .. } => t.codecs.is_some(),
+            _ => t.is_playable(),
+        };
+        let tracks: Vec<&Track> = period.tracks.iter().filter(|t| t.info.kind == kind && listed(t)).collect();
         if tracks.is_empty() {
             continue;
         }

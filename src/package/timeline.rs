@@ -75,6 +75,10 @@ pub struct PartTiming {
 /// six target durations (`hls::PARTS_LISTED_TARGETS`), and of the one being encoded.
 pub const PARTS_KEPT: usize = 8;
 
+/// How far after the previous Period's segments a re-plan's Period may start and still
+/// be joined to them ([`StreamTimeline::begin_period`]): a frame and a half at 30 fps.
+pub const PERIOD_JOIN: Duration = Duration::from_millis(50);
+
 #[derive(Debug, Clone)]
 pub struct Track {
     pub info: RenditionInfo,
@@ -242,11 +246,19 @@ impl StreamTimeline {
     /// whole segment durations after availabilityStartTime as the Number form promises.
     /// Never before the previous Period's end: a publisher that ran ahead of the clock and
     /// was taken over (or reconnected at once) leaves media past "now", and presentation
-    /// time must not go back.
+    /// time must not go back. Except that a re-plan starting within [`PERIOD_JOIN`] after
+    /// the end of the segments every track of the previous Period has
+    /// ([`Period::numbered_end`]) starts right there: the cut is at a source keyframe a few
+    /// milliseconds off the segment grid, and dash.js and Shaka, which end a Period where
+    /// the next one starts, would otherwise count one more `$Number$` segment in it (a
+    /// 404) for that sliver. The previous Period's longer tracks lose those milliseconds.
     pub fn begin_period(&mut self, session: SessionId, renditions: Vec<RenditionInfo>, start: Option<Duration>, now: SystemTime) -> Duration {
         self.close_current(now);
-        let previous_end = self.periods.last().and_then(|p| p.duration.map(|d| p.start.saturating_add(d)));
+        let previous = self.periods.last();
+        let previous_end = previous.and_then(|p| p.duration.map(|d| p.start.saturating_add(d)));
+        let numbered_end = previous.and_then(|p| p.numbered_end(self.segment_duration).map(|end| p.start.saturating_add(end)));
         let start = match start {
+            Some(start) if numbered_end.is_some_and(|end| start >= end && start - end <= PERIOD_JOIN) => numbered_end.expect("checked"),
             Some(start) => previous_end.map_or(start, |end| start.max(end)),
             None => {
                 let now = now.duration_since(self.availability_start).unwrap_or_default();
@@ -767,6 +779,14 @@ pub(super) mod tests {
         tl.add_segment(&s, &tall, 3000 * MS, 400 * MS, at(1000));
         tl.add_segment(&s, &short, 3000 * MS, 500 * MS, at(1000));
         assert_eq!(tl.periods[0].numbered_end(Duration::from_secs(1)), Some(Duration::from_millis(3400)));
+
+        // A re-plan cut 20 ms after those segments starts right where they end; one cut
+        // further away where it was cut, never before the longest track's end.
+        let joined = SessionId::parse("s2").unwrap();
+        assert_eq!(tl.begin_period(joined.clone(), vec![video("720p")], Some(Duration::from_millis(3420)), at(4000)), Duration::from_millis(3400));
+        tl.add_segment(&joined, &tall, 0, 1000 * MS, at(5000));
+        let apart = SessionId::parse("s3").unwrap();
+        assert_eq!(tl.begin_period(apart, vec![video("720p")], Some(Duration::from_millis(4600)), at(5000)), Duration::from_millis(4600));
     }
 
     #[test]
