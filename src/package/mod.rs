@@ -64,7 +64,8 @@
 //!   - ffmpeg 5.1 (dashdec) cannot follow a live Period change: its refresh fails when the
 //!     Representation count changes and it asks for numbers past the old Period's end.
 //!   - GStreamer 1.22.0 `playbin` (dashdemux) stays in the first Period of a live MPD,
-//!     asking for the number after its end.
+//!     asking for the number after its end, or reaches the next one and fails to
+//!     negotiate the new ladder's caps.
 //!   - GStreamer 1.22.0 `playbin3` (dashdemux2) buffers 30 s before it plays (DASH gives it
 //!     no recommended threshold) and starts a segment or two further back; across a
 //!     Period change it asserts on the manifest update and stays in the old Period. The
