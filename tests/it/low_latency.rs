@@ -444,11 +444,8 @@ fn browser_players_play_low_latency_directly_and_through_an_edge() {
                 Some(median) if !(0.6..=3.6).contains(&median) => fail(format!("median latency {median} s is outside 0.6 to 3.6 s")),
                 Some(_) => {}
             }
-            // dash.js and Shaka never stall once playing. hls.js does in about one run in
-            // three (one or two stalls, each at a hole where a segment's last part should
-            // be, which it seeks over): printed above, not failed on, until that hole is
-            // understood (docs/low-latency.md).
-            if run.stalls > 0 && *player != "hlsjs" {
+            // No player stalls once playing (hls.js's log before a stall is printed above).
+            if run.stalls > 0 {
                 fail(format!("stalled {} time(s) after start-up", run.stalls));
             }
         }
