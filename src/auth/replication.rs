@@ -185,27 +185,40 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
+        // Our fingerprint of each kind, read once a tick and again only after a merge
+        // changed the store (not once per peer: each read exports the whole store).
+        let (mut keys, mut admin) = (None, None);
         for peer in peers() {
             let mut theirs = peer.fingerprint.split(' ');
-            sync(&replicas.keys, theirs.next(), &peer, &client, &metrics).await;
-            sync(&replicas.admin, theirs.next(), &peer, &client, &metrics).await;
+            sync(&replicas.keys, &mut keys, theirs.next(), &peer, &client, &metrics).await;
+            sync(&replicas.admin, &mut admin, theirs.next(), &peer, &client, &metrics).await;
         }
     }
 }
 
 /// Brings `store` level with `peer` for one kind, given the peer's fingerprint of it
-/// (`None`: the peer does not replicate this kind).
-async fn sync<S: Replicated>(store: &Arc<S>, theirs: Option<&str>, peer: &ReplicaPeer, client: &PeerClient, metrics: &ReplicationMetrics) {
+/// (`None`: the peer does not replicate this kind). `ours`: the store's fingerprint, read
+/// here when unknown and forgotten when a merge changed the store.
+async fn sync<S: Replicated>(
+    store: &Arc<S>,
+    ours: &mut Option<String>,
+    theirs: Option<&str>,
+    peer: &ReplicaPeer,
+    client: &PeerClient,
+    metrics: &ReplicationMetrics,
+) {
     let Some(theirs) = theirs else { return };
-    let ours = match on_store(store, S::fingerprint).await {
-        Ok(ours) => ours,
-        Err(e) => {
-            metrics.fail(S::KIND);
-            tracing::error!(kind = S::KIND, "reading the fingerprint of {}: {e}", S::WHAT);
-            return;
+    if ours.is_none() {
+        match on_store(store, S::fingerprint).await {
+            Ok(fingerprint) => *ours = Some(fingerprint),
+            Err(e) => {
+                metrics.fail(S::KIND);
+                tracing::error!(kind = S::KIND, "reading the fingerprint of {}: {e}", S::WHAT);
+                return;
+            }
         }
-    };
-    if ours == theirs {
+    }
+    if ours.as_deref() == Some(theirs) {
         return;
     }
     let records = match pull::<S>(client, peer).await {
@@ -219,6 +232,7 @@ async fn sync<S: Replicated>(store: &Arc<S>, theirs: Option<&str>, peer: &Replic
     match on_store(store, move |store| store.merge(&records)).await {
         Ok(0) => {}
         Ok(changed) => {
+            *ours = None;
             metrics.merged.get_or_create(&Kind { kind: S::KIND }).inc_by(changed as u64);
             tracing::info!(peer = %peer.id, kind = S::KIND, changed, "{} merged from a peer", S::WHAT);
         }

@@ -250,10 +250,13 @@ impl Packager {
             ),
         };
         let mut tl = timeline.lock();
-        let ended: Vec<SessionId> = tl.periods.iter().filter(|p| &p.session != session).map(|p| p.session.clone()).collect();
-        for other in &ended {
-            self.complete_growing(&mut tl, other, now);
+        // Only the newest Period's session can still have segments growing: each earlier
+        // one was completed when the Period after it began.
+        if let Some(previous) = tl.periods.last().map(|p| p.session.clone()).filter(|p| p != session) {
+            self.complete_growing(&mut tl, &previous, now);
         }
+        // Anything else still growing will never be complete.
+        self.store.abandon_growing(stream, |other| other != session);
         let period_start = tl.begin_period(session.clone(), renditions, start, now);
         self.contained(stream, "rendering the MPD", || self.evict_and_publish(&mut tl, now));
         period_start
