@@ -30,6 +30,7 @@ use crate::auth::replication::{self, ReplicaPeer, Replicas, ReplicationMetrics};
 use crate::cluster::upstreams::{LiveUpstreams, OriginUpstreams};
 use crate::cluster::config::{NodeConfig, DEFAULT_REGION};
 use crate::cluster::discovery::DiscoveryMetrics;
+use crate::cluster::handover::{self, Handover, HandoverMetrics};
 use crate::cluster::{self, ClusterPlacement, MemberAddresses, Membership, HEALTH_PATH};
 use crate::config::Config;
 use crate::cluster::config::Role;
@@ -132,7 +133,12 @@ pub async fn run(mut config: Config, listeners: Listeners, stop: CancellationTok
         tracker.spawn(cluster::discovery::run(discovery.clone(), m.clone(), metrics, shutdown.clone()));
     }
     let placement: Arc<dyn Placement> = match &membership {
-        Some(m) => Arc::new(ClusterPlacement::new(m.clone(), config.cluster.relay_secret.clone())),
+        Some(m) => {
+            let metrics = Arc::new(HandoverMetrics::default());
+            metrics.register(&mut metrics_registry);
+            let handover = Handover::new(m.clone(), peer_client.clone(), Arc::clone(&packager), config.package.max_stream_bytes, metrics);
+            Arc::new(ClusterPlacement::new(m.clone(), config.cluster.relay_secret.clone(), Arc::new(handover)))
+        }
         None => Arc::new(Standalone),
     };
     tracing::info!(node = %config.cluster.node_id, ?roles, federated = membership.is_some(), "node starting");
@@ -162,7 +168,7 @@ pub async fn run(mut config: Config, listeners: Listeners, stop: CancellationTok
         keys: Arc::clone(&key_store),
         admin: Arc::new(AdminStore::open(&config.auth.data_dir).context("opening the admin store")?),
     });
-    let (node, tier) = node_router(&config, &roles, membership.clone(), Arc::clone(&registry), store, live_metrics, &audience, &replicas, peer_guard)?;
+    let (node, tier) = node_router(&config, &roles, membership.clone(), Arc::clone(&registry), store, &packager, live_metrics, &audience, &replicas, peer_guard)?;
     if let Some(tier) = &tier {
         tier.register(&mut metrics_registry);
     }
@@ -199,11 +205,12 @@ pub async fn run(mut config: Config, listeners: Listeners, stop: CancellationTok
         .merge(metrics::router(metrics_registry, sources))
         .merge(probes::router(Arc::clone(&readiness)))
         .layer(axum::middleware::from_fn_with_state(http_requests, metrics::count_requests));
+    let live_streams = Arc::clone(&registry);
     tracker.spawn(ingest::serve(listeners.rtmp, registry, placement, services, ingest_metrics, auth, member_addresses));
     // Every role serves HTTP through the same bounded edge (connection cap, time-outs).
     let http = tokio::spawn(http::serve(listeners.http, app, config.http.clone(), http_edge_metrics, http_stop.clone()));
     // The MPD renderer and the sweep, supervised (see package/mod.rs).
-    tracker.spawn(packager.run(shutdown.clone()));
+    tracker.spawn(Arc::clone(&packager).run(shutdown.clone()));
     // Ready once serving, and in a federation once the first discovery round is in.
     match &membership {
         Some(m) => {
@@ -220,13 +227,33 @@ pub async fn run(mut config: Config, listeners: Listeners, stop: CancellationTok
     }
 
     stop.cancelled().await;
+    let grace = config.cluster.drain_grace;
+    let deadline = tokio::time::Instant::now() + grace;
     readiness.draining();
+    // A live node of a federation hands its streams over (cluster/handover.rs).
+    let hand_over = membership.filter(|_| roles.contains(&Role::Live));
+    if let Some(m) = &hand_over {
+        m.drain();
+        packager.hand_over_on_end();
+        let streams = live_streams.streams().len();
+        if streams > 0 {
+            // Peers must see the drain before the streams end here, or a broadcaster that
+            // reconnects could be relayed back to this node.
+            let notice = (config.cluster.health_interval * 2 + config.cluster.health_timeout).min(grace / 3);
+            tracing::info!(streams, ?notice, "draining: out of the ring; the streams end after one probe round and are handed over");
+            tokio::time::sleep(notice).await;
+        }
+    }
     tracing::info!("shutting down: /ready answers 503; draining streams");
     shutdown.cancel();
     tracker.close();
-    let grace = config.cluster.drain_grace;
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
         tracing::warn!("tasks still running after cluster.drain_grace ({grace:?}); exiting anyway");
+    }
+    if hand_over.is_some() {
+        // Origins read the draining node until they see the next owner report the stream.
+        let settle = config.cluster.health_interval + config.cluster.health_timeout;
+        handover::wait_until_taken(&packager, deadline, settle).await;
     }
     http_stop.cancel();
     // The HTTP edge bounds its own drain (http/server.rs).
@@ -245,6 +272,7 @@ fn node_router(
     membership: Option<Membership>,
     registry: Arc<StreamRegistry>,
     store: Arc<Store>,
+    packager: &Arc<Packager>,
     live_metrics: Arc<LiveMetrics>,
     audience: &Arc<Audience>,
     replicas: &Arc<Replicas>,
@@ -278,15 +306,19 @@ fn node_router(
         None => None,
     };
     let node_id = config.cluster.node_id.clone();
-    let health_registry = Arc::clone(&registry);
+    let health_store = Arc::clone(&store);
+    let health_membership = membership.clone();
     let health_tier = tier_state.clone();
     let health_replicas = Arc::clone(replicas);
     let federated = membership.is_some();
     let mut health = Router::new().route(
         HEALTH_PATH,
         get(move || {
-            let streams = health_registry.streams().into_iter().map(|s| s.to_string()).collect();
-            let mut body = cluster::health_body(&node_id, streams);
+            // The streams this node serves live: once their first Period is listed, and
+            // while a drain holds them for the hand-over.
+            let streams = health_store.streams().into_iter().filter(|s| s.live).map(|s| s.stream.to_string()).collect();
+            let draining = health_membership.as_ref().is_some_and(Membership::draining);
+            let mut body = cluster::health_body(&node_id, streams, draining);
             body.tier = health_tier.as_ref().and_then(|t| serde_json::to_value(t.counts()).ok());
             let replicas = federated.then(|| Arc::clone(&health_replicas));
             async move {
@@ -315,6 +347,9 @@ fn node_router(
                     async move { replication::serve(&admin).await }
                 }),
             );
+    }
+    if federated && live.is_some() {
+        health = health.merge(handover::router(Arc::clone(packager)));
     }
     let health = health.route_layer(axum::middleware::from_fn_with_state(peer_guard, peer::guard));
     let tier = tier_state.clone().map(tier::router);

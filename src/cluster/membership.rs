@@ -74,11 +74,15 @@ pub struct HealthReport {
     /// that one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<String>,
+    /// The node drains (SIGTERM): it takes no new stream, and the streams it reports are
+    /// waiting to be handed over (cluster/handover.rs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// What the health route serves (as JSON).
-pub fn health_body(node_id: &str, streams: Vec<String>) -> HealthReport {
-    HealthReport { id: node_id.to_owned(), streams, tier: None, keys: None }
+pub fn health_body(node_id: &str, streams: Vec<String>, draining: bool) -> HealthReport {
+    HealthReport { id: node_id.to_owned(), streams, tier: None, keys: None, draining }
 }
 
 /// Why one probe failed. Only logged: a failure just counts towards `fail_after`.
@@ -175,6 +179,9 @@ pub struct MembershipView {
     members: Vec<Member>,
     /// Healthy node ids, this node always among them.
     up: BTreeSet<String>,
+    /// Healthy nodes that drain (this node too, once it does): out of the ring, still
+    /// serving the streams they report until those are handed over.
+    draining: BTreeSet<String>,
     /// Streams each healthy peer reported in its last good probe.
     streams: BTreeMap<String, BTreeSet<String>>,
     /// Built with the view, shared with the next view while the members and the healthy
@@ -195,13 +202,19 @@ impl MembershipView {
         up.insert(config.node_id.clone());
         let streams = streams.into_iter().map(|(node, s)| (node, s.into_iter().collect())).collect();
         let members = config.nodes.iter().map(|n| Member { node: n.clone(), source: Source::Static }).collect();
-        Self::build(&config, members, up, streams, None)
+        Self::build(&config, members, up, BTreeSet::new(), streams, None)
+    }
+
+    /// The same view of `config` with `draining` nodes draining (for tests).
+    pub fn with_draining(self, config: &ClusterConfig, draining: impl IntoIterator<Item = String>) -> Self {
+        Self::build(config, self.members, self.up, draining.into_iter().collect(), self.streams, None)
     }
 
     fn build(
         config: &ClusterConfig,
         members: Vec<Member>,
         up: BTreeSet<String>,
+        draining: BTreeSet<String>,
         streams: BTreeMap<String, BTreeSet<String>>,
         ring: Option<Arc<Ring>>,
     ) -> Self {
@@ -209,7 +222,7 @@ impl MembershipView {
             let live: Vec<String> = if config.federated() {
                 members
                     .iter()
-                    .filter(|m| up.contains(&m.node.id) && m.node.roles.contains(&Role::Live))
+                    .filter(|m| up.contains(&m.node.id) && !draining.contains(&m.node.id) && m.node.roles.contains(&Role::Live))
                     .map(|m| m.node.id.clone())
                     .collect()
             } else {
@@ -218,7 +231,7 @@ impl MembershipView {
             };
             Arc::new(Ring::new(live, config.vnodes))
         });
-        Self { node_id: config.node_id.clone(), members, up, streams, live_ring }
+        Self { node_id: config.node_id.clone(), members, up, draining, streams, live_ring }
     }
 
     /// This node's id.
@@ -228,6 +241,20 @@ impl MembershipView {
 
     pub fn is_up(&self, id: &str) -> bool {
         self.up.contains(id)
+    }
+
+    /// Whether a healthy node drains (see [`HealthReport::draining`]).
+    pub fn is_draining(&self, id: &str) -> bool {
+        self.draining.contains(id)
+    }
+
+    /// A draining peer that reports `stream`: the node to take the stream's timeline from
+    /// before continuing it here (cluster/handover.rs).
+    pub fn handover_source(&self, stream: &str) -> Option<&NodeConfig> {
+        self.draining
+            .iter()
+            .filter(|id| **id != self.node_id && self.streams.get(*id).is_some_and(|s| s.contains(stream)))
+            .find_map(|id| self.node(id))
     }
 
     /// A member by id, up or not (check [`Self::is_up`] before using it).
@@ -289,6 +316,7 @@ impl std::fmt::Debug for MembershipView {
         f.debug_struct("MembershipView")
             .field("node_id", &self.node_id)
             .field("up", &self.up)
+            .field("draining", &self.draining)
             .field("live_ring", &self.live_ring.nodes().collect::<Vec<_>>())
             .field("streams", &self.streams)
             .finish()
@@ -353,6 +381,7 @@ struct PeerState {
     source: Source,
     health: PeerHealth,
     streams: BTreeSet<String>,
+    draining: bool,
     /// Tier counters and key store fingerprint from the last good probe (not part of
     /// views: the counters change constantly).
     tier: Option<serde_json::Value>,
@@ -399,6 +428,8 @@ struct Shared {
     addresses: Arc<MemberAddresses>,
     /// Whether the first view with discovered peers is out (static: from the start).
     settled: watch::Sender<bool>,
+    /// This node drains ([`Membership::drain`]).
+    draining: std::sync::atomic::AtomicBool,
     client: PeerClient,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -441,8 +472,12 @@ impl Shared {
                 state.tier = report.tier.clone();
                 state.keys = report.keys.clone();
                 let streams: BTreeSet<String> = report.streams.iter().cloned().collect();
-                if state.streams != streams {
+                if state.streams != streams || state.draining != report.draining {
+                    if report.draining && !state.draining {
+                        tracing::info!(peer, streams = streams.len(), "peer drains: out of the ring; its streams wait to be handed over");
+                    }
                     state.streams = streams;
+                    state.draining = report.draining;
                     changed = true;
                 }
                 if transition == Some(Transition::Up) {
@@ -452,6 +487,7 @@ impl Shared {
             (Err(error), Some(Transition::Down)) => {
                 // A down peer publishes nothing, so readers never see its stale streams.
                 state.streams.clear();
+                state.draining = false;
                 state.tier = None;
                 state.keys = None;
                 tracing::warn!(peer, reason = %with_causes(error), failures = config.fail_after, "peer down");
@@ -516,6 +552,7 @@ impl Shared {
                     source: Source::Dns(found.name.clone()),
                     health: PeerHealth::joining(),
                     streams: BTreeSet::new(),
+                    draining: false,
                     tier: None,
                     keys: None,
                     stop: stop.clone(),
@@ -534,11 +571,18 @@ impl Shared {
         let mut members = vec![];
         let mut discovered = vec![];
         let mut up: BTreeSet<String> = BTreeSet::from([self.config.node_id.clone()]);
+        let mut draining = BTreeSet::new();
+        if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            draining.insert(self.config.node_id.clone());
+        }
         let mut streams = BTreeMap::new();
         for (http, state) in &peers.by_http {
             let Some(member) = state.member(*http) else { continue };
             if state.health.up {
                 up.insert(member.node.id.clone());
+                if state.draining {
+                    draining.insert(member.node.id.clone());
+                }
                 if !state.streams.is_empty() {
                     streams.insert(member.node.id.clone(), state.streams.clone());
                 }
@@ -561,9 +605,9 @@ impl Shared {
         // reports alone reuse it.
         let ring = {
             let previous = self.tx.borrow();
-            (previous.up == up && previous.members == members).then(|| previous.live_ring.clone())
+            (previous.up == up && previous.draining == draining && previous.members == members).then(|| previous.live_ring.clone())
         };
-        self.tx.send_replace(Arc::new(MembershipView::build(&self.config, members, up, streams, ring)));
+        self.tx.send_replace(Arc::new(MembershipView::build(&self.config, members, up, draining, streams, ring)));
     }
 }
 
@@ -599,6 +643,7 @@ pub fn spawn(
             source: Source::Static,
             health: PeerHealth::new(),
             streams: BTreeSet::new(),
+            draining: false,
             tier: None,
             keys: None,
             stop: shutdown.child_token(),
@@ -609,7 +654,7 @@ pub fn spawn(
     let me = Member { node: me, source: Source::Static };
     let members = if members.is_empty() { vec![me.clone()] } else { members };
     let up = members.iter().map(|m| m.node.id.clone()).chain([config.node_id.clone()]).collect();
-    let first = MembershipView::build(&config, members, up, BTreeMap::new(), None);
+    let first = MembershipView::build(&config, members, up, BTreeSet::new(), BTreeMap::new(), None);
     let (tx, rx) = watch::channel(Arc::new(first));
     let (settled, _) = watch::channel(config.discovery.is_none());
     tracing::info!(
@@ -628,6 +673,7 @@ pub fn spawn(
         tx,
         addresses,
         settled,
+        draining: std::sync::atomic::AtomicBool::new(false),
         client,
         tracker: tracker.clone(),
         shutdown,
@@ -667,6 +713,18 @@ impl Membership {
     /// round): see the module header.
     pub fn set_discovered(&self, found: BTreeMap<SocketAddr, Found>, rtmp_port: u16) {
         self.shared.set_discovered(found, rtmp_port);
+    }
+
+    /// This node drains: it leaves its own ring (its relays go to the next node) and says
+    /// so in its health answers, so peers stop placing streams on it.
+    pub fn drain(&self) {
+        self.shared.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.publish(&self.shared.peers.lock());
+    }
+
+    /// Whether this node drains.
+    pub fn draining(&self) -> bool {
+        self.shared.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Each healthy peer's tier counters from its last good probe.
@@ -783,10 +841,12 @@ mod tests {
 
     #[test]
     fn health_body_is_the_documented_json() {
-        let body = serde_json::to_value(health_body("b", vec!["cam1".into(), "news".into()])).unwrap();
+        let body = serde_json::to_value(health_body("b", vec!["cam1".into(), "news".into()], false)).unwrap();
         assert_eq!(body, serde_json::json!({"id": "b", "streams": ["cam1", "news"]}));
         let bare: HealthReport = serde_json::from_str(r#"{"id": "b", "version": 2}"#).unwrap();
-        assert_eq!(bare, health_body("b", Vec::new()));
+        assert_eq!(bare, health_body("b", Vec::new(), false));
+        let draining = serde_json::to_value(health_body("b", vec!["cam1".into()], true)).unwrap();
+        assert_eq!(draining, serde_json::json!({"id": "b", "streams": ["cam1"], "draining": true}));
     }
 
     fn node(id: &str, roles: &[Role], region: &str, http: std::net::SocketAddr) -> NodeConfig {
@@ -916,7 +976,7 @@ mod tests {
         peer.hits.fetch_add(1, Ordering::SeqCst);
         let mode = *peer.mode.lock();
         match mode {
-            Mode::Healthy => Json(health_body(&peer.id, peer.streams.lock().clone())).into_response(),
+            Mode::Healthy => Json(health_body(&peer.id, peer.streams.lock().clone(), false)).into_response(),
             Mode::Failing => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
             Mode::Silent => {
                 tokio::time::sleep(Duration::from_secs(30)).await;

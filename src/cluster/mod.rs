@@ -1,10 +1,13 @@
 //! Federation: which node is a stream's live server, and who is up to take over. Owns the
 //! consistent-hash ring (`ring`, pure), the peer health probes that decide its members
-//! (`membership`) and the DNS lookups that find them (`discovery`). Ingest relays, origins and edges read [`MembershipView`]s; the HTTP
-//! server serves this node's [`health_body`] on [`HEALTH_PATH`] for the other nodes' probes.
+//! (`membership`), the DNS lookups that find them (`discovery`) and the hand-over of a
+//! draining node's streams (`handover`). Ingest relays, origins and edges read
+//! [`MembershipView`]s; the HTTP server serves this node's [`health_body`] on
+//! [`HEALTH_PATH`] for the other nodes' probes.
 
 pub mod config;
 pub mod discovery;
+pub mod handover;
 pub mod membership;
 pub mod placement;
 pub mod ring;

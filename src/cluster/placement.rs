@@ -1,12 +1,18 @@
 //! Where a publish goes in the federation. A stream that is already live on a healthy node
 //! stays there (no flapping when an old owner comes back); otherwise its owner is the first
-//! healthy live node clockwise on the ring. Ingest asks this for every publish; relays ask
-//! again when their owner fails.
+//! healthy live node clockwise on the ring. A draining node takes no publish: its streams
+//! go to the next node, which first takes their timelines over (handover.rs). Ingest asks
+//! this for every publish; relays ask again when their owner fails.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 
 use crate::cluster::config::Role;
 use crate::ingest::relay::{Placement, RelayTarget, Route};
 use crate::media::StreamId;
 
+use super::handover::Handover;
 use super::{Membership, MembershipView};
 use crate::cluster::config::NodeConfig;
 
@@ -25,18 +31,24 @@ pub fn live_order<'a>(view: &'a MembershipView, stream: &str) -> Vec<&'a NodeCon
 pub struct ClusterPlacement {
     membership: Membership,
     relay_secret: String,
+    handover: Arc<Handover>,
 }
 
 impl ClusterPlacement {
-    pub fn new(membership: Membership, relay_secret: String) -> Self {
-        Self { membership, relay_secret }
+    pub fn new(membership: Membership, relay_secret: String, handover: Arc<Handover>) -> Self {
+        Self { membership, relay_secret, handover }
     }
 
-    /// Live nodes for a stream as relay targets, best first.
+    /// Live nodes that take publishes for a stream, as relay targets, best first.
     pub fn owners(&self, stream: &StreamId) -> Vec<RelayTarget> {
         let view = self.membership.view();
-        live_order(&view, stream.as_str()).into_iter().map(|n| RelayTarget { node: n.id.clone(), rtmp: n.rtmp }).collect()
+        publish_order(&view, stream.as_str()).into_iter().map(|n| RelayTarget { node: n.id.clone(), rtmp: n.rtmp }).collect()
     }
+}
+
+/// [`live_order`] without draining nodes: where a publish may go.
+fn publish_order<'a>(view: &'a MembershipView, stream: &str) -> Vec<&'a NodeConfig> {
+    live_order(view, stream).into_iter().filter(|n| !view.is_draining(&n.id)).collect()
 }
 
 impl Placement for ClusterPlacement {
@@ -63,6 +75,10 @@ impl Placement for ClusterPlacement {
 
     fn relay_secret(&self) -> &str {
         &self.relay_secret
+    }
+
+    fn adopt<'a>(&'a self, stream: &'a StreamId) -> BoxFuture<'a, ()> {
+        Box::pin(self.handover.adopt(stream))
     }
 }
 
@@ -102,7 +118,27 @@ mod tests {
         let without = MembershipView::new(Arc::clone(&config), order[1..].iter().map(|s| s.to_string()), []);
         assert_eq!(ids(&live_order(&without, "cam")), order[1..]);
         // The stream is live on the third choice (it moved there earlier): it stays there.
-        let moved = MembershipView::new(config, ["a", "b", "c"].map(String::from), [(order[2].to_string(), vec!["cam".to_string()])]);
+        let moved = MembershipView::new(Arc::clone(&config), ["a", "b", "c"].map(String::from), [(order[2].to_string(), vec!["cam".to_string()])]);
         assert_eq!(ids(&live_order(&moved, "cam"))[0], order[2]);
+    }
+
+    #[test]
+    fn a_draining_node_takes_no_publish_and_its_streams_are_read_from_it_until_they_move() {
+        let config = config();
+        let all = MembershipView::new(Arc::clone(&config), ["a", "b", "c"].map(String::from), []);
+        let order = ids(&live_order(&all, "cam")).into_iter().map(String::from).collect::<Vec<_>>();
+        // The owner drains while the stream is live on it.
+        let holding = MembershipView::new(Arc::clone(&config), ["a", "b", "c"].map(String::from), [(order[0].clone(), vec!["cam".to_string()])])
+            .with_draining(&config, [order[0].clone()]);
+        assert_eq!(ids(&publish_order(&holding, "cam")), order[1..], "publishes go to the next node");
+        assert_eq!(ids(&live_order(&holding, "cam"))[0], order[0], "origins read from the draining node");
+        assert_eq!(holding.handover_source("cam").map(|n| n.id.as_str()), Some(order[0].as_str()));
+        assert_eq!(holding.handover_source("other"), None);
+        assert!(!holding.live_ring().nodes().any(|n| n == order[0]), "out of the ring");
+        // The next node took it over: origins read from it.
+        let reports = [(order[0].clone(), vec!["cam".to_string()]), (order[1].clone(), vec!["cam".to_string()])];
+        let moved = MembershipView::new(Arc::clone(&config), ["a", "b", "c"].map(String::from), reports).with_draining(&config, [order[0].clone()]);
+        assert_eq!(ids(&live_order(&moved, "cam"))[0], order[1]);
+        assert_eq!(ids(&publish_order(&moved, "cam"))[0], order[1]);
     }
 }

@@ -481,7 +481,9 @@ impl Connection {
         };
         // A relayed publish is always ours: the relaying node already chose us.
         let route = if self.from_relay { Route::Local } else { self.placement.route(&stream) };
-        let uplink = UplinkWatch::new(self.services.config.transcode.rungs.clone());
+        // The uplink is measured from when this node starts reading the publisher.
+        let rungs = self.services.config.transcode.rungs.clone();
+        let uplink = move || UplinkWatch::new(rungs);
         Ok(match route {
             Route::Local => {
                 // This connection's own previous session of the stream is still draining.
@@ -506,8 +508,10 @@ impl Connection {
                         "publisher taken over: the previous one sent no media for ingest.takeover_after; closed it"
                     );
                 }
+                // Holding the claim: a draining node that had the stream hands it over first.
+                self.placement.adopt(&stream).await;
                 let link = Some(Arc::clone(claim.link()));
-                Publishing { stream, sink: Sink::Local(stream::spawn(claim, self.services.clone())), link, warned_audio: false, uplink }
+                Publishing { stream, sink: Sink::Local(stream::spawn(claim, self.services.clone())), link, warned_audio: false, uplink: uplink() }
             }
             // The owner enforces one publisher per stream; a relay holds no claim here, so
             // that this node can still become the owner and take its own relay.
@@ -519,7 +523,7 @@ impl Connection {
                     &self.services.tracker,
                     self.services.shutdown.clone(),
                 );
-                Publishing { stream, sink: Sink::Relay(handle), link: None, warned_audio: false, uplink }
+                Publishing { stream, sink: Sink::Relay(handle), link: None, warned_audio: false, uplink: uplink() }
             }
             Route::Unavailable(reason) => return Err(format!("no live node can take the stream: {reason}")),
         })

@@ -80,6 +80,12 @@ pub trait Placement: Send + Sync {
     fn peer_failed(&self, node: &str);
     /// Secret with which relayed publishes are signed (see `auth::token`).
     fn relay_secret(&self) -> &str;
+    /// Called before this node starts a session of `stream`: a draining node that held it
+    /// hands its timeline over first (`cluster::handover`), so the stream goes on here on
+    /// the same segment grid. Bounded; on failure the session starts a timeline of its own.
+    fn adopt<'a>(&'a self, _stream: &'a StreamId) -> futures_util::future::BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// The placement of a node that runs alone.

@@ -86,12 +86,14 @@
 pub mod config;
 pub mod hls;
 pub mod mpd;
+pub mod snapshot;
 pub mod timeline;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -174,7 +176,6 @@ pub struct Packager {
     store: Arc<Store>,
     timing: MpdTiming,
     timelines: RwLock<HashMap<StreamId, SharedTimeline>>,
-    /// Streams whose MPD is older than their timeline.
     /// Streams whose manifests are older than their timeline: `true` when the timeline
     /// changed (every manifest is rendered), `false` when only parts of a segment being
     /// encoded were added (only the HLS playlists list those; the MPDs stay as they are).
@@ -186,6 +187,10 @@ pub struct Packager {
     failure_log: WarnLimiter,
     fragment_warnings: WarnLimiter,
     eviction_warnings: WarnLimiter,
+    /// The node drains: sessions that end are suspended for a hand-over (snapshot.rs).
+    hand_over: AtomicBool,
+    /// Streams exported to the node that continues them.
+    handed_over: Mutex<HashSet<StreamId>>,
     #[cfg(test)]
     hooks: tests::Hooks,
 }
@@ -203,6 +208,8 @@ impl Packager {
             failure_log: WarnLimiter::default(),
             fragment_warnings: WarnLimiter::default(),
             eviction_warnings: WarnLimiter::default(),
+            hand_over: AtomicBool::new(false),
+            handed_over: Mutex::new(HashSet::new()),
             #[cfg(test)]
             hooks: tests::Hooks::default(),
         }
@@ -454,13 +461,19 @@ impl Packager {
         }
     }
 
-    /// The session's broadcaster is gone: the MPD turns static until the next publish.
+    /// The session's broadcaster is gone: the MPD turns static until the next publish; or,
+    /// while this node hands its streams over, stays dynamic with the Period's end
+    /// announced (snapshot.rs).
     pub fn end_session(&self, stream: &StreamId, session: &SessionId) {
         let Some(timeline) = self.timeline(stream) else { return };
         let now = SystemTime::now();
         let mut tl = timeline.lock();
         self.complete_growing(&mut tl, session, now);
-        tl.end_session(session, now);
+        if self.hands_over() {
+            tl.suspend_session(session, now);
+        } else {
+            tl.end_session(session, now);
+        }
         self.contained(stream, "rendering the MPD", || self.evict_and_publish(&mut tl, now));
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use crate::media::{RenditionId, SessionId, StreamId, TrackKind};
 
 /// What the MPD says about one Representation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RenditionInfo {
     pub id: RenditionId,
     pub kind: TrackKind,
@@ -30,7 +30,7 @@ pub struct RenditionInfo {
 }
 
 /// One segment as the timeline knows it (its bytes live in the store).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SegmentEntry {
     pub number: u64,
     /// Start in timescale ticks since the Period start.
@@ -40,7 +40,7 @@ pub struct SegmentEntry {
 
 /// One chunk of a segment as LL-HLS lists it: an `EXT-X-PART`, a byte range of the
 /// segment's object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartEntry {
     /// In timescale ticks.
     pub duration: u64,
@@ -51,7 +51,7 @@ pub struct PartEntry {
 }
 
 /// The parts of one recent segment (growing or complete).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SegmentParts {
     pub number: u64,
     /// Where the segment starts (ticks after the Period start).
@@ -79,7 +79,7 @@ pub const PARTS_KEPT: usize = 8;
 /// be joined to them ([`StreamTimeline::begin_period`]): a frame and a half at 30 fps.
 pub const PERIOD_JOIN: Duration = Duration::from_millis(50);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Track {
     pub info: RenditionInfo,
     /// RFC 6381 codecs string, known once the init segment is out.
@@ -152,7 +152,7 @@ impl Track {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Period {
     pub session: SessionId,
     /// Start relative to the stream's availabilityStartTime.
@@ -195,7 +195,7 @@ pub struct Evicted {
 /// What one rendition has lost from the front of the window since the stream appeared,
 /// every Period together: HLS numbers a media playlist's segments and discontinuities by
 /// these counts (see the hls module).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Dropped {
     /// Segments evicted.
     pub segments: u64,
@@ -211,7 +211,7 @@ impl Dropped {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StreamTimeline {
     pub stream: StreamId,
     pub availability_start: SystemTime,
@@ -338,21 +338,35 @@ impl StreamTimeline {
         Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
-    fn close_current(&mut self, now: SystemTime) {
-        if let Some(period) = self.periods.last_mut().filter(|p| p.duration.is_none()) {
-            // The Period lasts as long as its longest track, so players can play it out.
-            let media = period.tracks.iter().filter_map(Track::end).max().unwrap_or_default();
-            period.duration = Some(media);
-            self.ended_at = Some(now);
-            self.published = now;
-        }
+    /// Closes the open Period, if any; true if one was.
+    fn close_current(&mut self, now: SystemTime) -> bool {
+        let Some(period) = self.periods.last_mut().filter(|p| p.duration.is_none()) else { return false };
+        // The Period lasts as long as its longest track, so players can play it out.
+        let media = period.tracks.iter().filter_map(Track::end).max().unwrap_or_default();
+        period.duration = Some(media);
+        self.published = now;
+        true
     }
 
     /// The broadcaster stopped: the presentation becomes static until a new session.
     pub fn end_session(&mut self, session: &SessionId, now: SystemTime) {
+        if self.periods.last().is_some_and(|p| &p.session == session) && self.close_current(now) {
+            self.ended_at = Some(now);
+        }
+    }
+
+    /// The session ended here but the stream goes on on another node (a drain hands it
+    /// over, cluster/handover.rs): its Period closes, announcing where it ends, and the
+    /// presentation stays dynamic, waiting for the next Period.
+    pub fn suspend_session(&mut self, session: &SessionId, now: SystemTime) {
         if self.periods.last().is_some_and(|p| &p.session == session) {
             self.close_current(now);
         }
+    }
+
+    /// Between sessions: the last Period is closed (the stream ended, or was suspended).
+    pub fn between_sessions(&self) -> bool {
+        self.periods.last().is_none_or(|p| p.duration.is_some())
     }
 
     fn track_mut(&mut self, session: &SessionId, rendition: &RenditionId) -> Option<&mut Track> {
@@ -537,8 +551,10 @@ impl StreamTimeline {
     }
 
     /// True when the stream has been over for longer than the window: time to forget it.
+    /// A suspended stream that no node continued counts from its suspension.
     pub fn expired(&self, window: Duration, now: SystemTime) -> bool {
-        self.ended_at.is_some_and(|ended| now.duration_since(ended).unwrap_or_default() > window)
+        let over = self.ended_at.or_else(|| self.between_sessions().then_some(self.published));
+        over.is_some_and(|ended| now.duration_since(ended).unwrap_or_default() > window)
     }
 
     /// Where the newest Period's media ends after availabilityStartTime: its video

@@ -43,14 +43,14 @@ use tokio::sync::Notify;
 use crate::media::{RenditionId, SessionId, StreamId};
 
 /// Which object of a rendition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Part {
     Init,
     Media(u64),
 }
 
 /// Address of one immutable object inside a stream.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ObjectKey {
     pub rendition: RenditionId,
     pub session: SessionId,
