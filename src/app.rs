@@ -137,7 +137,7 @@ pub async fn run(mut config: Config, listeners: Listeners, stop: CancellationTok
             let metrics = Arc::new(HandoverMetrics::default());
             metrics.register(&mut metrics_registry);
             let handover = Handover::new(m.clone(), peer_client.clone(), Arc::clone(&packager), config.package.max_stream_bytes, metrics);
-            Arc::new(ClusterPlacement::new(m.clone(), config.cluster.relay_secret.clone(), Arc::new(handover)))
+            Arc::new(ClusterPlacement::new(m.clone(), config.cluster.relay_secret.clone(), Arc::new(handover), Arc::clone(&packager)))
         }
         None => Arc::new(Standalone),
     };

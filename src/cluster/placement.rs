@@ -11,6 +11,7 @@ use futures_util::future::BoxFuture;
 use crate::cluster::config::Role;
 use crate::ingest::relay::{Placement, RelayTarget, Route};
 use crate::media::StreamId;
+use crate::package::Packager;
 
 use super::handover::Handover;
 use super::{Membership, MembershipView};
@@ -32,11 +33,13 @@ pub struct ClusterPlacement {
     membership: Membership,
     relay_secret: String,
     handover: Arc<Handover>,
+    /// This node's streams: peers' views do not list them.
+    packager: Arc<Packager>,
 }
 
 impl ClusterPlacement {
-    pub fn new(membership: Membership, relay_secret: String, handover: Arc<Handover>) -> Self {
-        Self { membership, relay_secret, handover }
+    pub fn new(membership: Membership, relay_secret: String, handover: Arc<Handover>, packager: Arc<Packager>) -> Self {
+        Self { membership, relay_secret, handover, packager }
     }
 
     /// Live nodes that take publishes for a stream, as relay targets, best first.
@@ -53,6 +56,10 @@ fn publish_order<'a>(view: &'a MembershipView, stream: &str) -> Vec<&'a NodeConf
 
 impl Placement for ClusterPlacement {
     fn route(&self, stream: &StreamId) -> Route {
+        // Live here, or suspended waiting for its broadcaster to reconnect: it stays here.
+        if self.packager.is_live(stream) && !self.membership.draining() {
+            return Route::Local;
+        }
         let owners = self.owners(stream);
         match owners.first() {
             None => Route::Unavailable("every live node is down".into()),

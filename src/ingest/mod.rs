@@ -415,6 +415,10 @@ impl Connection {
             }
             ServerSessionEvent::PublishStreamFinished { .. } => {
                 if let Some(publishing) = self.publishing.take() {
+                    match &publishing.sink {
+                        Sink::Local(handle) => handle.unpublish(),
+                        Sink::Relay(handle) => handle.unpublish(),
+                    }
                     self.metrics.unpublishes.inc();
                     tracing::info!(stream = %publishing.stream, "broadcaster unpublished");
                     // Dropping the sink ends the session; the connection may publish again.

@@ -107,6 +107,10 @@ impl Placement for Standalone {
 enum RelayInput {
     Metadata(StreamMetadata),
     Packet(MediaPacket),
+    /// The broadcaster unpublished: the owner is told so. A relay whose input just ends
+    /// (the broadcaster dropped) closes its connection without it, and the owner keeps the
+    /// stream live for a reconnect.
+    Unpublish,
 }
 
 /// Ingest's side of a relay.
@@ -126,6 +130,13 @@ impl RelayHandle {
 
     pub async fn ended(&mut self) -> StreamEnd {
         self.ended.wait().await
+    }
+
+    /// The broadcaster unpublished (then drop the handle).
+    pub fn unpublish(&self) {
+        // A full queue drops it: the owner then sees a dropped connection, which ends the
+        // stream a reconnect window later instead of at once.
+        let _ = self.tx.try_send(RelayInput::Unpublish);
     }
 }
 
@@ -222,7 +233,7 @@ impl Relay {
             let up = upstream.as_mut().expect("connected above");
             let failure = tokio::select! {
                 input = rx.recv() => match input {
-                    None => {
+                    Some(RelayInput::Unpublish) => {
                         if let Ok(results) = up.session.stop_publishing() {
                             if let Err(e) = write_results(&mut up.socket, results).await {
                                 tracing::debug!(node = %up.node, "unpublish not delivered: {e}");
@@ -230,6 +241,7 @@ impl Relay {
                         }
                         return StreamEnd::Finished;
                     }
+                    None => return StreamEnd::Dropped,
                     Some(input) => {
                         last_input = Instant::now();
                         self.forward(up, input).await.err()
@@ -263,6 +275,8 @@ impl Relay {
 
     async fn forward(&mut self, up: &mut Upstream, input: RelayInput) -> Result<(), String> {
         let result = match input {
+            // Handled by the caller.
+            RelayInput::Unpublish => return Ok(()),
             RelayInput::Metadata(metadata) => {
                 let r = up.session.publish_metadata(&metadata);
                 self.metadata = Some(metadata);
@@ -346,19 +360,14 @@ impl Relay {
         tracing::info!(node = %target.node, addr = %target.rtmp, "relaying to owner");
         let mut up = Upstream { node: target.node.clone(), socket, session, awaiting_keyframe: true };
         // The new owner needs the metadata and codec configuration before any frame.
-        let replay: Vec<RelayInput> = self
-            .metadata
-            .clone()
-            .map(RelayInput::Metadata)
-            .into_iter()
-            .chain(self.config.clone().map(RelayInput::Packet))
-            .chain(self.audio.clone().map(RelayInput::Packet))
-            .collect();
-        for input in replay {
-            let result = match input {
-                RelayInput::Metadata(m) => up.session.publish_metadata(&m),
-                RelayInput::Packet(p) => publish_packet(&mut up.session, &p),
-            };
+        let mut replay = Vec::new();
+        if let Some(metadata) = &self.metadata {
+            replay.push(up.session.publish_metadata(metadata));
+        }
+        for packet in [&self.config, &self.audio].into_iter().flatten() {
+            replay.push(publish_packet(&mut up.session, packet));
+        }
+        for result in replay {
             if let Ok(ClientSessionResult::OutboundResponse(p)) = result {
                 write_within(&mut up.socket, &p.bytes, WRITE_TIMEOUT).await.map_err(peer)?;
             }

@@ -114,6 +114,9 @@ use timeline::{PartTiming, RenditionInfo, StreamTimeline};
 const RENDER_COALESCE: Duration = Duration::from_millis(5);
 /// How often the sweep evicts what left the DVR window and forgets ended streams.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a stream whose broadcaster dropped without unpublishing stays live, waiting
+/// for it to reconnect (OBS and ffmpeg-based encoders reconnect within seconds).
+pub const RECONNECT_WINDOW: Duration = Duration::from_secs(5);
 /// Pause before a renderer or sweep loop that died is started again.
 pub const RESTART_DELAY: Duration = Duration::from_millis(100);
 
@@ -344,6 +347,11 @@ impl Packager {
     }
 
     /// Segments added to the stream since it appeared (every rendition), while it is known.
+    /// Whether the stream is live here (in a session, or suspended between two).
+    pub fn is_live(&self, stream: &StreamId) -> bool {
+        self.timeline(stream).is_some_and(|tl| tl.lock().is_live())
+    }
+
     pub fn segments_added(&self, stream: &StreamId) -> Option<u64> {
         Some(self.timeline(stream)?.lock().segments_added)
     }
@@ -461,15 +469,26 @@ impl Packager {
         }
     }
 
-    /// The session's broadcaster is gone: the MPD turns static until the next publish; or,
-    /// while this node hands its streams over, stays dynamic with the Period's end
-    /// announced (snapshot.rs).
+    /// The session's broadcaster unpublished: the MPD turns static until the next publish;
+    /// or, while this node hands its streams over, the session is suspended.
     pub fn end_session(&self, stream: &StreamId, session: &SessionId) {
+        self.close_session(stream, session, self.hands_over());
+    }
+
+    /// The session's broadcaster dropped without unpublishing (or this node hands the
+    /// stream over): the MPD stays dynamic with the Period's end announced, so viewers wait
+    /// for the next Period, for [`RECONNECT_WINDOW`] (then it ends as
+    /// [`Self::end_session`] would) or until another node takes the stream over.
+    pub fn suspend_session(&self, stream: &StreamId, session: &SessionId) {
+        self.close_session(stream, session, true);
+    }
+
+    fn close_session(&self, stream: &StreamId, session: &SessionId, suspend: bool) {
         let Some(timeline) = self.timeline(stream) else { return };
         let now = SystemTime::now();
         let mut tl = timeline.lock();
         self.complete_growing(&mut tl, session, now);
-        if self.hands_over() {
+        if suspend {
             tl.suspend_session(session, now);
         } else {
             tl.end_session(session, now);
@@ -496,6 +515,12 @@ impl Packager {
         for (stream, timeline) in timelines {
             self.contained(&stream, "sweeping the stream", || {
                 let mut tl = timeline.lock();
+                if !self.hands_over() && tl.suspended_for(now).is_some_and(|d| d > RECONNECT_WINDOW) {
+                    tracing::info!(stream = %stream, "no reconnect within {RECONNECT_WINDOW:?} of the dropped connection; the stream ends");
+                    tl.end_suspended(now);
+                    self.publish(&tl);
+                    return;
+                }
                 if tl.expired(self.timing.dvr_window, now) {
                     tracing::info!(stream = %stream, "stream ended a DVR window ago; removed");
                     self.timelines.write().remove(&stream);

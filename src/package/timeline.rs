@@ -364,6 +364,19 @@ impl StreamTimeline {
         }
     }
 
+    /// How long ago the stream was suspended, while it is.
+    pub fn suspended_for(&self, now: SystemTime) -> Option<Duration> {
+        (self.is_live() && self.between_sessions()).then(|| now.duration_since(self.published).unwrap_or_default())
+    }
+
+    /// A suspended stream that nobody continued ends now.
+    pub fn end_suspended(&mut self, now: SystemTime) {
+        if self.is_live() && self.between_sessions() {
+            self.ended_at = Some(now);
+            self.published = now;
+        }
+    }
+
     /// Between sessions: the last Period is closed (the stream ended, or was suspended).
     pub fn between_sessions(&self) -> bool {
         self.periods.last().is_none_or(|p| p.duration.is_some())
@@ -657,6 +670,25 @@ pub(super) mod tests {
         assert_eq!(tl.periods[0].duration, Some(Duration::from_secs(40)));
         assert!(!tl.expired(Duration::from_secs(30), at(60)));
         assert!(tl.expired(Duration::from_secs(30), at(72)));
+    }
+
+    #[test]
+    fn a_suspended_session_keeps_the_stream_live_with_its_period_closed_until_it_ends() {
+        let s = SessionId::parse("s1").unwrap();
+        let r = RenditionId::parse("720p").unwrap();
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        tl.begin_period(s.clone(), vec![video("720p")], None, at(0));
+        tl.add_segment(&s, &r, 0, 1_000_000_000, at(1));
+        assert_eq!(tl.suspended_for(at(1)), None, "in session");
+        tl.suspend_session(&s, at(2));
+        assert!(tl.is_live() && tl.between_sessions());
+        assert_eq!(tl.periods[0].duration, Some(Duration::from_secs(1)), "the Period's end is announced");
+        assert_eq!(tl.suspended_for(at(5)), Some(Duration::from_secs(3)));
+        // Nobody continued it: it ends, and is forgotten a window after its suspension.
+        tl.end_suspended(at(7));
+        assert!(!tl.is_live());
+        assert_eq!(tl.suspended_for(at(8)), None);
+        assert!(tl.expired(Duration::from_secs(30), at(38)));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Plan policy lives in `plan.rs`, the pipeline session's lifecycle in `session.rs`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -54,10 +55,12 @@ pub fn spawn(claim: PublishClaim, services: StreamServices) -> StreamHandle {
     let tracker = services.tracker.clone();
     let status = Arc::clone(claim.status());
     let handle_status = Arc::clone(&status);
+    let unpublished = Arc::new(AtomicBool::new(false));
+    let deliberate = Arc::clone(&unpublished);
     tracker.spawn(
         async move {
             let actor = StreamActor::new(stream, services, status);
-            let end = actor.run(rx, uplink_rx).await;
+            let end = actor.run(rx, uplink_rx, &deliberate).await;
             match &end {
                 StreamEnd::Failed(reason) => tracing::error!("stream torn down: {reason}"),
                 other => tracing::info!(?other, "stream session ended"),
@@ -67,7 +70,7 @@ pub fn spawn(claim: PublishClaim, services: StreamServices) -> StreamHandle {
         }
         .instrument(span),
     );
-    StreamHandle { tx, uplink, status: handle_status, ended }
+    StreamHandle { tx, unpublished, uplink, status: handle_status, ended }
 }
 
 pub(super) struct Running {
@@ -160,7 +163,12 @@ impl StreamActor {
         }
     }
 
-    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<MediaPacket>, mut uplink: tokio::sync::watch::Receiver<Option<UplinkEstimate>>) -> StreamEnd {
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<MediaPacket>,
+        mut uplink: tokio::sync::watch::Receiver<Option<UplinkEstimate>>,
+        unpublished: &AtomicBool,
+    ) -> StreamEnd {
         let shutdown = self.services.shutdown.clone();
         let mut health = tokio::time::interval(HEALTH_TICK);
         let end = loop {
@@ -172,7 +180,8 @@ impl StreamActor {
             };
             tokio::select! {
                 packet = rx.recv() => match packet {
-                    None => break StreamEnd::Finished,
+                    None if unpublished.load(Ordering::SeqCst) => break StreamEnd::Finished,
+                    None => break StreamEnd::Dropped,
                     Some(packet) => {
                         if let Err(reason) = self.handle(packet).await {
                             break StreamEnd::Failed(reason);
@@ -201,11 +210,16 @@ impl StreamActor {
                 _ = shutdown.cancelled() => break StreamEnd::Shutdown,
             }
         };
-        let drain = matches!(end, StreamEnd::Finished | StreamEnd::Shutdown);
-        // Every Period that was opened is ended, also one cut before a failed restart.
+        let drain = matches!(end, StreamEnd::Finished | StreamEnd::Dropped | StreamEnd::Shutdown);
+        // Every Period that was opened is ended, also one cut before a failed restart; a
+        // dropped broadcaster's is suspended, waiting for it to reconnect.
         let session = self.stop_pipeline(drain).await.or(self.unclosed.take());
         if let Some(session) = session {
-            self.services.packager.end_session(&self.stream, &session);
+            if end == StreamEnd::Dropped {
+                self.services.packager.suspend_session(&self.stream, &session);
+            } else {
+                self.services.packager.end_session(&self.stream, &session);
+            }
         }
         end
     }

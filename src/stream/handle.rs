@@ -4,6 +4,7 @@
 //! behind a handle is started by `actor::spawn`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -55,8 +56,12 @@ impl StreamServices {
 /// Why a stream's session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamEnd {
-    /// The broadcaster unpublished or disconnected.
+    /// The broadcaster unpublished.
     Finished,
+    /// The broadcaster's connection ended without an unpublish (a network drop, a relaying
+    /// node that shut down): it may reconnect, so the stream stays live a while
+    /// (`package::RECONNECT_WINDOW`).
+    Dropped,
     /// The pipeline failed; the text says why.
     Failed(String),
     /// The appliance is shutting down.
@@ -95,12 +100,19 @@ impl EndSignal {
 /// Ingest's side of a stream actor. Dropping it ends the session.
 pub struct StreamHandle {
     pub(super) tx: mpsc::Sender<MediaPacket>,
+    /// Set before the handle is dropped when the broadcaster unpublished.
+    pub(super) unpublished: Arc<AtomicBool>,
     pub(super) uplink: tokio::sync::watch::Sender<Option<UplinkEstimate>>,
     pub(super) status: SharedStatus,
     pub(super) ended: EndSignal,
 }
 
 impl StreamHandle {
+    /// The broadcaster unpublished: dropping the handle then ends the stream for good
+    /// (otherwise the end counts as a dropped connection, [`StreamEnd::Dropped`]).
+    pub fn unpublish(&self) {
+        self.unpublished.store(true, Ordering::SeqCst);
+    }
     /// Sends a packet, waiting while the transcoder is behind. Fails once the actor is gone.
     pub async fn send(&self, packet: MediaPacket) -> Result<(), StreamEnd> {
         self.tx.send(packet).await.map_err(|_| self.ended.now())

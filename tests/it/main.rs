@@ -26,6 +26,7 @@ mod metrics;
 mod overload;
 mod players;
 mod publish_auth;
+mod rolling_restart;
 mod shipped_configs;
 mod transcode_cli;
 mod uplink_ladder;
