@@ -107,6 +107,8 @@ pub struct Member {
     pub source: String,
     /// Healthy as this node's probes see it (this node always is).
     pub up: bool,
+    /// Draining (SIGTERM): out of the ring, handing its streams over.
+    pub draining: bool,
     /// Streams it is the live server of (its last health answer; this node's own live list).
     pub streams: Vec<String>,
     /// Its caching tier's counters (from its last health answer), when it has a tier.
@@ -136,6 +138,7 @@ pub async fn cluster(State(api): State<Arc<ApiState>>) -> Json<ClusterInfo> {
             http: api.config.http.listen.to_string(),
             source: Source::Static.to_string(),
             up: true,
+            draining: false,
             streams: own,
             tier_hit_ratio: own_tier.as_ref().and_then(hit_ratio),
             tier: own_tier,
@@ -156,6 +159,7 @@ pub async fn cluster(State(api): State<Arc<ApiState>>) -> Json<ClusterInfo> {
                         http: n.http.to_string(),
                         source: m.source.to_string(),
                         up: view.is_up(&n.id),
+                        draining: view.is_draining(&n.id),
                         streams: if n.id == cluster.node_id { own.clone() } else { view.streams_of(&n.id) },
                         tier_hit_ratio: tier.as_ref().and_then(hit_ratio),
                         tier,

@@ -26,7 +26,10 @@
 //! the first keeps it, the other is not a member until its id differs.
 //!
 //! The health answer also says which streams the peer publishes live, so an origin can find
-//! a stream that stayed on the node that took it over after its ring owner came back.
+//! a stream that stayed on the node that took it over after its ring owner came back, and
+//! whether the peer drains ([`Membership::drain`]): a draining node leaves every view's
+//! ring (no publish or relay goes to it) but stays up, and origins read the streams it
+//! reports until their next owner reports them (handover.rs).
 //!
 //! Probes and answers are signed with the relay secret (`auth::peer`): an answer that is
 //! not the peer's own, for this probe, counts as a failed probe. [`MemberAddresses`] is

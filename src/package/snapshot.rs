@@ -102,7 +102,7 @@ impl Packager {
             .iter()
             .filter(|(stream, tl)| !handed_over.contains(*stream) && {
                 let tl = tl.lock();
-                tl.is_live() && tl.between_sessions()
+                tl.suspended_at.is_some()
             })
             .map(|(stream, _)| stream.clone())
             .collect()

@@ -220,6 +220,8 @@ pub struct StreamTimeline {
     pub periods: Vec<Period>,
     /// When the last session ended, while no session is live.
     pub ended_at: Option<SystemTime>,
+    /// When the last session was suspended, while the stream waits for its next one.
+    pub suspended_at: Option<SystemTime>,
     /// Last change, for MPD@publishTime.
     pub published: SystemTime,
     /// When the last segment was added (the stream's sign of life).
@@ -237,7 +239,7 @@ pub struct StreamTimeline {
 impl StreamTimeline {
     pub fn new(stream: StreamId, segment_duration: Duration, now: SystemTime) -> Self {
         assert!(!segment_duration.is_zero(), "segment duration must be positive");
-        Self { stream, availability_start: now, segment_duration, periods: Vec::new(), ended_at: None, published: now, last_segment_at: None, segments_added: 0, dropped: HashMap::new(), seen: HashMap::new() }
+        Self { stream, availability_start: now, segment_duration, periods: Vec::new(), ended_at: None, suspended_at: None, published: now, last_segment_at: None, segments_added: 0, dropped: HashMap::new(), seen: HashMap::new() }
     }
 
     /// Opens a Period for a new session, closing the one before it. A re-plan passes
@@ -278,6 +280,7 @@ impl StreamTimeline {
             .collect();
         self.periods.push(Period { session, start, first_number, tracks, duration: None });
         self.ended_at = None;
+        self.suspended_at = None;
         self.published = now;
         start
     }
@@ -355,23 +358,24 @@ impl StreamTimeline {
         }
     }
 
-    /// The session ended here but the stream goes on on another node (a drain hands it
-    /// over, cluster/handover.rs): its Period closes, announcing where it ends, and the
-    /// presentation stays dynamic, waiting for the next Period.
+    /// The session ended but the stream is expected to go on: its broadcaster dropped and
+    /// may reconnect, or a drain hands it to another node (cluster/handover.rs). Its Period
+    /// closes, announcing where it ends, and the presentation stays dynamic, waiting for
+    /// the next Period (until [`Self::end_suspended`]).
     pub fn suspend_session(&mut self, session: &SessionId, now: SystemTime) {
-        if self.periods.last().is_some_and(|p| &p.session == session) {
-            self.close_current(now);
+        if self.periods.last().is_some_and(|p| &p.session == session) && self.close_current(now) && self.ended_at.is_none() {
+            self.suspended_at = Some(now);
         }
     }
 
     /// How long ago the stream was suspended, while it is.
     pub fn suspended_for(&self, now: SystemTime) -> Option<Duration> {
-        (self.is_live() && self.between_sessions()).then(|| now.duration_since(self.published).unwrap_or_default())
+        self.suspended_at.map(|at| now.duration_since(at).unwrap_or_default())
     }
 
     /// A suspended stream that nobody continued ends now.
     pub fn end_suspended(&mut self, now: SystemTime) {
-        if self.is_live() && self.between_sessions() {
+        if self.suspended_at.take().is_some() {
             self.ended_at = Some(now);
             self.published = now;
         }
@@ -564,10 +568,10 @@ impl StreamTimeline {
     }
 
     /// True when the stream has been over for longer than the window: time to forget it.
-    /// A suspended stream that no node continued counts from its suspension.
+    /// (A suspended stream ends first: the packager's sweep ends it after its reconnect
+    /// window.)
     pub fn expired(&self, window: Duration, now: SystemTime) -> bool {
-        let over = self.ended_at.or_else(|| self.between_sessions().then_some(self.published));
-        over.is_some_and(|ended| now.duration_since(ended).unwrap_or_default() > window)
+        self.ended_at.is_some_and(|ended| now.duration_since(ended).unwrap_or_default() > window)
     }
 
     /// Where the newest Period's media ends after availabilityStartTime: its video

@@ -380,7 +380,7 @@ function ClusterPage() {
         <table><thead><tr><th>Node</th><th>Roles</th><th>Region</th><th>Health</th><th>RTMP</th><th>HTTP</th><th>From</th><th>Streams</th><th class="num">Tier hits</th></tr></thead><tbody>
           ${c.members.map(m => html`<tr data-member=${m.id}><td>${m.id}${m.id === c.node_id ? html` <span class="badge">this node</span>` : ''}</td>
             <td>${m.roles.join(', ')}</td><td>${m.region}</td>
-            <td>${m.up ? html`<span class="badge ok">up</span>` : html`<span class="badge bad">down</span>`}</td>
+            <td>${m.up ? html`<span class="badge ok">up</span>` : html`<span class="badge bad">down</span>`}${m.draining ? html` <span class="badge warn" title="SIGTERM: out of the ring, handing its streams over">draining</span>` : ''}</td>
             <td class="mono">${m.rtmp}</td><td class="mono">${m.http}</td><td class="mono">${m.source}</td><td>${m.streams.join(', ') || html`<span class="muted">none</span>`}</td>
             <td class="num" title=${m.tier ? `${m.tier.requests} requests, ${m.tier.hits} hits, ${m.tier.coalesced} coalesced, ${m.tier.misses} misses` : 'no caching tier'}>${m.tier ? pct(m.tier_hit_ratio) : '–'}</td></tr>`)}
         </tbody></table>
