@@ -187,7 +187,7 @@ done
 if grep -lE '^kind: *Secret' $(git ls-files 'deploy/*.yaml' 'deploy/*.yml') 2>/dev/null | grep -q .; then
   fail "a Secret object is committed under deploy/"
 fi
-if grep -nE '^\s*(relay_secret|publish_token_secret)\s*=\s*"[^"]+' deploy/kubernetes/base/*.k8s deploy/kubernetes/overlays/*/*.k8s; then
+if grep -nE '^\s*(relay_secret|publish_token_secret)\s*=\s*"[^"]+' deploy/kubernetes/base/*.toml deploy/kubernetes/overlays/*/*.toml; then
   fail "a config in deploy/kubernetes holds a secret inline (use the *_file keys)"
 fi
 ok "no secret committed (${#values[@]} generated values looked for in ${#tracked[@]} tracked files; $secret_dir gitignored)"

@@ -1,6 +1,7 @@
-//! Every config the repository ships (deploy/, bench/) starts every node it names: a
-//! config that `rackcast run` refuses would leave a user, or a benchmark, with nothing
-//! running. `rackcast config --node` runs the same checks and agrees.
+//! Every config the repository ships (deploy/, the Kubernetes ones included, bench/) starts
+//! every node it names: a config that `rackcast run` refuses would leave a user, or a
+//! benchmark, with nothing running. `rackcast config --node` runs the same checks and
+//! agrees.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -44,6 +45,25 @@ fn filled(text: &str) -> String {
     out
 }
 
+/// Where the Kubernetes configs read their secrets: files that exist only in a pod (the
+/// Secret's mount).
+const POD_SECRETS: &str = "/etc/rackcast/secrets/";
+
+/// The config's text with every file under [`POD_SECRETS`] replaced by a stand-in in `dir`
+/// (a random-looking secret, mode 0600, as make-secrets.sh writes).
+fn with_stand_in_secrets(text: &str, dir: &Path) -> String {
+    let mut out = text.to_owned();
+    while let Some(start) = out.find(POD_SECRETS) {
+        let len = out[start..].find('"').expect("a quoted secret path");
+        let name = out[start + POD_SECRETS.len()..start + len].to_owned();
+        let file = dir.join(&name);
+        std::fs::write(&file, format!("stand-in-{name}-0123456789abcdef0123456789")).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        out.replace_range(start..start + len, file.to_str().unwrap());
+    }
+    out
+}
+
 /// The node ids of a cluster config, or none for a single node.
 fn nodes(text: &str) -> Vec<String> {
     let value: toml::Value = toml::from_str(text).unwrap();
@@ -56,12 +76,12 @@ fn nodes(text: &str) -> Vec<String> {
 fn every_shipped_config_starts_every_node_it_names() {
     let configs = shipped();
     let names: Vec<String> = configs.iter().map(|p| p.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().display().to_string()).collect();
-    for expected in ["deploy/rackcast.toml", "deploy/federation.toml", "bench/tier/rackcast-cluster.toml.in"] {
+    for expected in ["deploy/rackcast.toml", "deploy/federation.toml", "deploy/kubernetes/base/rackcast.toml", "bench/tier/rackcast-cluster.toml.in"] {
         assert!(names.iter().any(|n| n == expected), "{expected} is found: {names:?}");
     }
     let dir = tempfile::tempdir().unwrap();
     for (path, name) in configs.iter().zip(&names) {
-        let text = filled(&std::fs::read_to_string(path).unwrap());
+        let text = with_stand_in_secrets(&filled(&std::fs::read_to_string(path).unwrap()), dir.path());
         let file = dir.path().join("config.toml");
         std::fs::write(&file, &text).unwrap();
         let ids = nodes(&text);
