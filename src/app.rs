@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, credentials};
 use crate::auth::PublishAuth;
 use crate::auth::admin::AdminStore;
 use crate::auth::keys::KeyStore;
@@ -179,7 +179,7 @@ pub async fn run(mut config: Config, listeners: Listeners, stop: CancellationTok
         let list = move || {
             peers.peer_key_fingerprints().into_iter().map(|(id, http, fingerprint)| ReplicaPeer { id, http, fingerprint }).collect()
         };
-        tracker.spawn(replication::run(Arc::clone(&replicas), list, peer_client, replication_metrics, shutdown.clone()));
+        tracker.spawn(replication::run(Arc::clone(&replicas), list, peer_client.clone(), replication_metrics, shutdown.clone()));
     }
     let logins = Arc::new(LoginGate::new(&config.auth));
     logins.register(&mut metrics_registry);
@@ -195,7 +195,8 @@ pub async fn run(mut config: Config, listeners: Listeners, stop: CancellationTok
         host,
         logins,
     };
-    let api = ApiState::new(Arc::clone(&config), sources.clone(), Arc::clone(&key_store), membership.clone()).context("opening the admin store")?;
+    let mut api = ApiState::new(Arc::clone(&config), sources.clone(), Arc::clone(&key_store), membership.clone()).context("opening the admin store")?;
+    api.peer_client = membership.is_some().then_some(peer_client);
     if !crate::auth::db::blocking(&api.admin, AdminStore::any_user).await.context("reading the admin store")? {
         tracing::warn!("no admin user exists: the API answers only loopback clients until `rackcast admin add-user NAME` creates one");
     }
@@ -342,10 +343,17 @@ fn node_router(
             )
             .route(
                 replication::ADMIN_PATH,
-                get(move || {
+                get({
                     let admin = Arc::clone(&admin);
-                    async move { replication::serve(&admin).await }
+                    move || {
+                        let admin = Arc::clone(&admin);
+                        async move { replication::serve(&admin).await }
+                    }
                 }),
+            )
+            .route(
+                credentials::PEER_AUDIT_PATH,
+                get(move |Query(query): Query<credentials::AuditQuery>| credentials::peer_audit(Arc::clone(&admin), query)),
             );
     }
     if federated && live.is_some() {

@@ -178,7 +178,87 @@ pub struct AuditQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/audit", tag = "credentials", params(AuditQuery),
-    responses((status = 200, body = Vec<AuditEntry>, description = "Newest first"), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
+    responses((status = 200, body = Vec<AuditEntry>, description = "This node's, newest first"), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
 pub async fn audit(State(api): State<Arc<ApiState>>, Query(query): Query<AuditQuery>) -> ApiResult<Json<Vec<AuditEntry>>> {
     Ok(Json(blocking(&api.admin, move |admin| admin.audit(query.limit.unwrap_or(100), query.before)).await?))
+}
+
+/// Where each node serves its own audit log to its peers (signed, `/cluster/*`).
+pub const PEER_AUDIT_PATH: &str = "/cluster/audit";
+
+/// A peer's request for this node's audit log (mounted behind the peer guard by app.rs).
+pub async fn peer_audit(admin: Arc<AdminStore>, query: AuditQuery) -> ApiResult<Json<Vec<AuditEntry>>> {
+    Ok(Json(blocking(&admin, move |admin| admin.audit(query.limit.unwrap_or(100), query.before)).await?))
+}
+/// How long the federation's audit log waits for one peer.
+const PEER_AUDIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// Most bytes read of one peer's audit page (500 entries of a few hundred bytes).
+const PEER_AUDIT_MAX_BYTES: usize = 1 << 20;
+
+#[derive(Deserialize, IntoParams)]
+pub struct FederationAuditQuery {
+    /// Entries to return (1 to 500, default 100): the newest of every node together.
+    pub limit: Option<u32>,
+}
+
+/// An audit entry with the node that recorded it.
+#[derive(Serialize, ToSchema)]
+pub struct NodeAuditEntry {
+    pub node: String,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FederationAudit {
+    /// Newest first, every node's entries merged by time.
+    pub entries: Vec<NodeAuditEntry>,
+    /// Members whose log could not be read now (down, or no answer within 3 s).
+    pub unreachable: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/cluster/audit", tag = "credentials", params(FederationAuditQuery),
+    responses((status = 200, body = FederationAudit, description = "Every node's audit log, newest first"), (status = 401, description = "No credentials, or unknown, revoked or expired ones", body = ErrorBody)))]
+pub async fn federation_audit(State(api): State<Arc<ApiState>>, Query(query): Query<FederationAuditQuery>) -> ApiResult<Json<FederationAudit>> {
+    let limit = query.limit.unwrap_or(100).clamp(1, crate::auth::admin::AUDIT_PAGE_MAX);
+    let own = blocking(&api.admin, move |admin| admin.audit(limit, None)).await?;
+    let node_id = &api.config.cluster.node_id;
+    let mut entries: Vec<NodeAuditEntry> = own.into_iter().map(|entry| NodeAuditEntry { node: node_id.clone(), entry }).collect();
+    let mut unreachable = Vec::new();
+    if let (Some(membership), Some(client)) = (&api.membership, &api.peer_client) {
+        let view = membership.view();
+        let path = format!("{PEER_AUDIT_PATH}?limit={limit}");
+        let mut peers = Vec::new();
+        for member in view.members().iter().map(|m| &m.node).filter(|n| &n.id != node_id) {
+            if view.is_up(&member.id) {
+                peers.push((member.id.clone(), member.http));
+            } else {
+                unreachable.push(member.id.clone());
+            }
+        }
+        let fetches = peers.into_iter().map(|(id, http)| {
+            let path = &path;
+            async move {
+                let answer = tokio::time::timeout(PEER_AUDIT_TIMEOUT, client.get(&id, http, path, PEER_AUDIT_MAX_BYTES)).await;
+                let page = match answer {
+                    Err(_) => Err(format!("no answer within {PEER_AUDIT_TIMEOUT:?}")),
+                    Ok(Err(e)) => Err(crate::cluster::membership::with_causes(&e)),
+                    Ok(Ok(body)) => serde_json::from_slice::<Vec<AuditEntry>>(&body).map_err(|e| e.to_string()),
+                };
+                (id, page)
+            }
+        });
+        for (id, page) in futures_util::future::join_all(fetches).await {
+            match page {
+                Ok(page) => entries.extend(page.into_iter().map(|entry| NodeAuditEntry { node: id.clone(), entry })),
+                Err(reason) => {
+                    tracing::warn!(peer = %id, %reason, "the federation's audit log: a peer's log could not be read");
+                    unreachable.push(id);
+                }
+            }
+        }
+    }
+    entries.sort_by(|a, b| b.entry.at.cmp(&a.entry.at).then_with(|| a.node.cmp(&b.node)).then_with(|| b.entry.id.cmp(&a.entry.id)));
+    entries.truncate(limit as usize);
+    Ok(Json(FederationAudit { entries, unreachable }))
 }

@@ -35,6 +35,7 @@ use crate::auth::admin::AdminStore;
 pub use crate::auth::db::blocking;
 use crate::auth::db::StoreError;
 use crate::auth::keys::KeyStore;
+use crate::auth::peer::PeerClient;
 use crate::cluster::Membership;
 use crate::config::Config;
 use crate::metrics::Sources;
@@ -50,6 +51,8 @@ pub struct ApiState {
     pub keys: Arc<KeyStore>,
     pub sources: Sources,
     pub membership: Option<Membership>,
+    /// Signed requests to peers (the federation's audit log), when federated.
+    pub peer_client: Option<PeerClient>,
     pub started: Instant,
     pub login_limiter: DefaultKeyedRateLimiter<IpAddr>,
     /// Login attempts so far (the limiter forgets quiet addresses every 256).
@@ -73,6 +76,7 @@ impl ApiState {
             config,
             sources,
             membership,
+            peer_client: None,
             started: Instant::now(),
             login_limiter: RateLimiter::keyed(quota),
             login_attempts: Default::default(),
@@ -176,6 +180,7 @@ fn api_router() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(credentials::list_users, credentials::create_user))
         .routes(routes!(credentials::delete_user))
         .routes(routes!(credentials::audit))
+        .routes(routes!(credentials::federation_audit))
 }
 
 /// The OpenAPI document, as served and committed.

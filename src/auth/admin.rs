@@ -142,7 +142,7 @@ pub enum SessionLookup {
 }
 
 /// One admin action, as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     /// Seconds since the Unix epoch.

@@ -125,8 +125,24 @@ fn users_sessions_and_tokens_are_one_across_the_federation() {
         "converged: user {user_took:?}, session {session_took:?}, token {token_took:?}, revocation {revoke_took:?}, logout {logout_took:?}, deletion {delete_took:?}"
     );
 
-    // The records route answers peers' signed requests only; nothing secret in a log.
+    // Either node's API reads the whole federation's audit log: each node's entries, by
+    // the node that recorded them (alice's deletion on live-b, bob's creation on live-a).
+    let (status, audit) = call(&a, As::Bearer(&ops), "GET", "/api/v1/cluster/audit?limit=500", None);
+    assert_eq!(status, 200, "{audit}");
+    let recorded = |node: &str, action: &str, target: &str| {
+        audit["entries"].as_array().unwrap().iter().any(|e| e["node"] == node && e["action"] == action && e["target"] == target && e["outcome"] == "ok")
+    };
+    assert!(recorded("live-b", "user.delete", "alice") && recorded("live-a", "user.create", "bob"), "{audit}");
+    assert_eq!(audit["unreachable"], json!([]), "{audit}");
+    let times: Vec<i64> = audit["entries"].as_array().unwrap().iter().map(|e| e["at"].as_i64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
+    // The node's own log stays its own.
+    let own = call(&a, As::Bearer(&ops), "GET", "/api/v1/audit?limit=500", None).1;
+    assert!(!own.as_array().unwrap().iter().any(|e| e["action"] == "user.delete"), "{own}");
+
+    // The records and audit routes answer peers' signed requests only; nothing secret in a log.
     assert_eq!(get(&a.url("/cluster/admin")).status(), 401, "unsigned, from a peer's address");
+    assert_eq!(get(&a.url("/cluster/audit")).status(), 401, "unsigned, from a peer's address");
     let session_secret = cookie.split_once('=').unwrap().1;
     for app in [&a, &b] {
         let logs = app.logs();

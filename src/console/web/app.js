@@ -573,20 +573,27 @@ function UsersPage({ me }) {
 
 function AuditPage() {
   const [before, setBefore] = useState(null);
-  const page = usePoll(`/audit?limit=100${before ? `&before=${before}` : ''}`);
-  const entries = page.data || [];
+  // This node's log, paged; or the newest 100 entries of every node of the federation.
+  const [federation, setFederation] = useState(false);
+  const page = usePoll(federation ? '/cluster/audit?limit=100' : `/audit?limit=100${before ? `&before=${before}` : ''}`);
+  const entries = (federation ? page.data?.entries : page.data) || [];
+  const unreachable = federation ? page.data?.unreachable || [] : [];
   return html`<div>
     <h1>Audit log</h1>
     <${ErrorBanner} error=${page.error} />
     <div class="panel">
-      <table><thead><tr><th>When</th><th>Actor</th><th>Address</th><th>Action</th><th>Target</th><th>Outcome</th></tr></thead><tbody>
-        ${entries.map(e => html`<tr data-audit=${e.action}><td>${when(e.at)}</td><td>${e.actor}</td><td class="mono">${e.address || '–'}</td><td class="mono">${e.action}</td><td>${e.target}</td>
+      <div class="row" style="margin-bottom:.6rem">
+        <label><input type="checkbox" data-federation checked=${federation} onChange=${e => { setBefore(null); setFederation(e.target.checked); }} /> Every node of the federation</label>
+        ${unreachable.length > 0 && html`<span class="badge warn">not read: ${unreachable.join(', ')}</span>`}
+      </div>
+      <table><thead><tr><th>When</th>${federation && html`<th>Node</th>`}<th>Actor</th><th>Address</th><th>Action</th><th>Target</th><th>Outcome</th></tr></thead><tbody>
+        ${entries.map(e => html`<tr data-audit=${e.action}><td>${when(e.at)}</td>${federation && html`<td class="mono">${e.node}</td>`}<td>${e.actor}</td><td class="mono">${e.address || '–'}</td><td class="mono">${e.action}</td><td>${e.target}</td>
           <td>${e.outcome === 'ok' ? html`<span class="badge ok">ok</span>` : html`<span class="badge warn">${e.outcome}</span>`}</td></tr>`)}
       </tbody></table>
-      <div class="row" style="margin-top:.6rem">
+      ${!federation && html`<div class="row" style="margin-top:.6rem">
         ${before && html`<button onClick=${() => setBefore(null)}>Newest</button>`}
         ${entries.length === 100 && html`<button onClick=${() => setBefore(entries[entries.length - 1].id)}>Older</button>`}
-      </div>
+      </div>`}
     </div>
   </div>`;
 }
