@@ -1,8 +1,10 @@
 //! Wires one appliance together in flow order and owns its lifetime: binds the listeners,
 //! picks the encoder, starts federation membership (when peers are configured), ingest,
 //! the admin API, HTTP for this node's roles (through the bounded edge in http/server.rs) and
-//! housekeeping. On shutdown it first answers 503 on `/ready` (http/probes.rs), then stops
-//! taking publishes, lets every stream drain its pipeline and waits for every task (at most
+//! housekeeping. On shutdown it first answers 503 on `/ready` (http/probes.rs); a live node
+//! of a federation then says it drains and waits one probe round (cluster/handover.rs);
+//! then it stops taking publishes, lets every stream drain its pipeline and waits for every
+//! task, and for the next owners to take its suspended streams (all within
 //! `cluster.drain_grace`), and only then closes HTTP, which serves until that point.
 
 use std::net::SocketAddr;

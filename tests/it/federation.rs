@@ -10,28 +10,18 @@ use std::time::{Duration, Instant};
 use rackcast::cluster::Ring;
 use crate::support::*;
 
-struct Node {
-    id: &'static str,
-    roles: &'static str,
-    rtmp: u16,
-    http: u16,
-}
-
-fn cluster_config(nodes: &[Node]) -> String {
+fn cluster_config(nodes: &[ClusterNode]) -> String {
     let mut text = String::from(
         "[cluster]\nhealth_interval = \"200ms\"\nhealth_timeout = \"150ms\"\nfail_after = 2\nrise_after = 2\nrelay_secret = \"federation-test-secret-0123\"\n",
     );
     for n in nodes {
-        text += &format!(
-            "\n[[cluster.nodes]]\nid = \"{}\"\nroles = {}\nregion = \"eu\"\nrtmp = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n",
-            n.id, n.roles, n.rtmp, n.http
-        );
+        text += &n.toml();
     }
     text
 }
 
 /// Starts every node of `config` and waits until each answers its health route.
-fn start_cluster(config: &str, nodes: &[Node]) -> Vec<Appliance> {
+fn start_cluster(config: &str, nodes: &[ClusterNode]) -> Vec<Appliance> {
     let running: Vec<Appliance> = nodes.iter().map(|n| Appliance::start_node(config, n.id)).collect();
     for n in nodes {
         wait_serving(&format!("127.0.0.1:{}", n.http), Duration::from_secs(10));
@@ -53,7 +43,7 @@ fn metric(base: &str, name: &str) -> u64 {
 
 #[test]
 fn federation_relays_caches_coalesces_and_fails_over() {
-    let node = |id, roles| Node { id, roles, rtmp: free_port(), http: free_port() };
+    let node = ClusterNode::new;
     let nodes = [
         node("live-a", r#"["live"]"#),
         node("live-b", r#"["live"]"#),
@@ -227,7 +217,7 @@ fn federation_relays_caches_coalesces_and_fails_over() {
 /// marks the owner down.
 #[test]
 fn one_streams_failures_stay_in_its_scope() {
-    let node = |id, roles| Node { id, roles, rtmp: free_port(), http: free_port() };
+    let node = ClusterNode::new;
     let nodes = [
         node("live-a", r#"["live"]"#),
         node("live-b", r#"["live"]"#),
@@ -324,7 +314,7 @@ fn one_streams_failures_stay_in_its_scope() {
 
 #[test]
 fn stream_keys_made_or_revoked_on_one_node_apply_on_every_node() {
-    let node = |id, roles| Node { id, roles, rtmp: free_port(), http: free_port() };
+    let node = ClusterNode::new;
     let nodes = [node("live-a", r#"["live"]"#), node("live-b", r#"["live"]"#)];
     let running = start_cluster(&cluster_config(&nodes), &nodes);
     let http = |i: usize| format!("http://127.0.0.1:{}", nodes[i].http);

@@ -272,14 +272,7 @@ fn schema() -> Option<std::path::PathBuf> {
     Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schema/DASH-MPD.xsd")).filter(|p| p.exists())
 }
 
-struct Node {
-    id: &'static str,
-    roles: &'static str,
-    rtmp: u16,
-    http: u16,
-}
-
-fn config(nodes: &[Node]) -> String {
+fn config(nodes: &[ClusterNode]) -> String {
     let mut text = format!(
         "[package]\ndvr_window = \"{DVR}\"\n\n[transcode]\nx264_preset = \"ultrafast\"\n\
          rungs = [{{ height = 180, bitrate_kbps = 1000 }}, {{ height = 120, bitrate_kbps = 150 }}]\n\n\
@@ -288,10 +281,7 @@ fn config(nodes: &[Node]) -> String {
         REPLAN_AFTER.as_secs()
     );
     for n in nodes {
-        text += &format!(
-            "\n[[cluster.nodes]]\nid = \"{}\"\nroles = {}\nrtmp = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n",
-            n.id, n.roles, n.rtmp, n.http
-        );
+        text += &n.toml();
     }
     text
 }
@@ -580,7 +570,7 @@ fn every_real_client_plays_live_through_an_edge_and_across_a_period_change() {
     }
     let test_started = Instant::now();
 
-    let node = |id, roles| Node { id, roles, rtmp: free_port(), http: free_port() };
+    let node = ClusterNode::new;
     let nodes = [node("live-1", r#"["live"]"#), node("origin-1", r#"["origin"]"#), node("edge-1", r#"["edge"]"#)];
     let config = config(&nodes);
     let _running: Vec<Appliance> = nodes.iter().map(|n| Appliance::start_node(&config, n.id)).collect();

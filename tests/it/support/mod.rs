@@ -281,6 +281,29 @@ pub fn one_ladder_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 /// below the kernel's ephemeral range, where connections' local ports and `:0` binds come
 /// from, so no test's connection takes it before its node binds it (or while a node is
 /// down before a restart); and it is handed out once in this binary.
+/// One node of a test federation on 127.0.0.1: its id, its roles (a TOML array such as
+/// `["live"]`) and free ports.
+pub struct ClusterNode {
+    pub id: &'static str,
+    pub roles: &'static str,
+    pub rtmp: u16,
+    pub http: u16,
+}
+
+impl ClusterNode {
+    pub fn new(id: &'static str, roles: &'static str) -> Self {
+        Self { id, roles, rtmp: free_port(), http: free_port() }
+    }
+
+    /// Its `[[cluster.nodes]]` entry (region "eu").
+    pub fn toml(&self) -> String {
+        format!(
+            "\n[[cluster.nodes]]\nid = \"{}\"\nroles = {}\nregion = \"eu\"\nrtmp = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n",
+            self.id, self.roles, self.rtmp, self.http
+        )
+    }
+}
+
 pub fn free_port() -> u16 {
     static NEXT: Mutex<Option<u16>> = Mutex::new(None);
     let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
