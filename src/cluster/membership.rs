@@ -208,7 +208,8 @@ impl MembershipView {
         Self::build(&config, members, up, BTreeSet::new(), streams, None)
     }
 
-    /// The same view of `config` with `draining` nodes draining (for tests).
+    /// The same view of `config` with `draining` nodes draining.
+    #[cfg(test)]
     pub fn with_draining(self, config: &ClusterConfig, draining: impl IntoIterator<Item = String>) -> Self {
         Self::build(config, self.members, self.up, draining.into_iter().collect(), self.streams, None)
     }

@@ -35,6 +35,8 @@ struct Header {
 pub enum SnapshotError {
     #[error("the stream has a session here")]
     InSession,
+    #[error("this node is not draining: its streams are its own")]
+    NotDraining,
     #[error("snapshot truncated")]
     Truncated,
     #[error("snapshot header over {MAX_HEADER_BYTES} bytes")]
@@ -66,13 +68,18 @@ impl Packager {
         self.hand_over.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// The stream's state for another node, once it is between sessions; `None` for a
-    /// stream this node does not hold. Remembered as handed over ([`Self::awaiting_hand_over`]).
+    /// The stream's state for another node, once it is between sessions and while this
+    /// node drains (a node that is not draining keeps its streams, suspended ones too);
+    /// `None` for a stream this node does not hold. Remembered as handed over
+    /// ([`Self::awaiting_hand_over`]), so the set is bounded by the streams held at the drain.
     pub fn export(&self, stream: &StreamId) -> Result<Option<Bytes>, SnapshotError> {
         let Some(timeline) = self.timeline(stream) else { return Ok(None) };
         let tl = timeline.lock();
         if !tl.between_sessions() {
             return Err(SnapshotError::InSession);
+        }
+        if !self.hands_over() {
+            return Err(SnapshotError::NotDraining);
         }
         let mut objects = Vec::new();
         let mut bodies = Vec::new();
