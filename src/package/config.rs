@@ -26,9 +26,14 @@ pub const DEFAULT_MAX_FRAGMENT_BYTES: usize = 16 * 1024 * 1024;
 /// The default ladder (10 Mbit/s with audio) fills a 30 s DVR window with about 38 MB:
 /// two and a half times that leaves room for encoder overshoot and a republish's Periods.
 pub const DEFAULT_MAX_STREAM_BYTES: u64 = 96 * 1024 * 1024;
-/// Low-latency chunks: 6 frames at 30 fps, 5 at 25, 12 at 60, so a 1 s segment is five
-/// chunks of whole frames at every common frame rate (docs/low-latency.md).
-pub const DEFAULT_CHUNK_DURATION: Duration = Duration::from_millis(200);
+/// Low-latency chunks: a third of the default 1 s segment (10 frames at 30 fps, 20 at 60,
+/// 8 or 9 at 25). Not shorter: hls.js 1.7 looks a fragment up with a 0.25 s tolerance
+/// (`maxFragLookUpTolerance`), so once its buffer reaches within 0.25 s of a segment's end
+/// it moves on to the next segment and skips the unloaded last part there (a hole it
+/// stalls at). With 200 ms parts every segment's last part lies within that tolerance and
+/// hls.js stalled in most runs of the browser test; with a third of a second, in none
+/// (docs/low-latency.md).
+pub const DEFAULT_CHUNK_DURATION: Duration = Duration::from_millis(333);
 /// How much more than the configured ladder's nominal DVR window `max_stream_bytes` must
 /// hold, so that the byte cap never shortens the window of a stream that behaves.
 pub const STREAM_BYTES_HEADROOM: f64 = 1.5;
@@ -75,8 +80,9 @@ pub struct PackageConfig {
     /// Players that follow the low-latency signals then play about a second behind live.
     /// Off: segments appear whole, once complete.
     pub low_latency: bool,
-    /// Duration of one chunk with `low_latency` (whole frames: the first frame at or after
-    /// each multiple of it into the segment starts a chunk).
+    /// Duration of one chunk with `low_latency`, rounded so that a segment is a whole number
+    /// of chunks ([`PackageConfig::chunks`]; whole frames: the first frame at or after each
+    /// multiple of it into the segment starts a chunk).
     #[serde(with = "humantime_serde")]
     pub chunk_duration: Duration,
 }
@@ -93,9 +99,13 @@ impl PackageConfig {
         crate::package::ByteCaps { max_fragment_bytes: self.max_fragment_bytes, max_stream_bytes: self.max_stream_bytes }
     }
 
-    /// The chunk duration when segments are produced in chunks (`low_latency`), else None.
+    /// The chunk duration when segments are produced in chunks (`low_latency`), else None:
+    /// `chunk_duration` rounded so that a segment is a whole number of chunks (333 ms in a
+    /// 1 s segment: a third of a second; 300 ms: a third too), so that no segment ends in a
+    /// sliver of a chunk.
     pub fn chunks(&self) -> Option<Duration> {
-        self.low_latency.then_some(self.chunk_duration)
+        let per_segment = (self.segment_duration.as_secs_f64() / self.chunk_duration.as_secs_f64()).round().max(1.0);
+        self.low_latency.then(|| self.segment_duration.div_f64(per_segment))
     }
 
     /// The manifest-wide timing the MPD renderer follows.
@@ -159,3 +169,27 @@ impl Default for PackageConfig {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_divide_the_segment_evenly() {
+        let chunks = |segment_ms: u64, chunk_ms: u64, low_latency: bool| {
+            let config = PackageConfig {
+                segment_duration: Duration::from_millis(segment_ms),
+                chunk_duration: Duration::from_millis(chunk_ms),
+                low_latency,
+                ..PackageConfig::default()
+            };
+            config.chunks().map(|c| c.as_nanos())
+        };
+        assert_eq!(PackageConfig::default().chunks(), Some(Duration::from_nanos(333_333_333)));
+        assert_eq!(chunks(1_000, 200, true), Some(200_000_000));
+        assert_eq!(chunks(1_000, 300, true), Some(333_333_333));
+        assert_eq!(chunks(1_000, 450, true), Some(500_000_000));
+        assert_eq!(chunks(2_000, 333, true), Some(333_333_333));
+        assert_eq!(chunks(1_000, 333, false), None);
+    }
+}

@@ -56,15 +56,14 @@
 //!   number to the next segment (the re-plan and republish of the player test).
 //! - `EXT-X-PART-INF:PART-TARGET=`: parts are whole frames on a `chunk_duration` grid
 //!   (the first frame at or after each multiple of it starts a part), so a part can last
-//!   up to a frame longer (208.3 ms at 24 fps on a 200 ms grid), and the last part of a
+//!   up to a frame longer (360 ms at 25 fps on a grid of thirds of a second), and the last part of a
 //!   segment ends where the keyframe of the next one falls. The target is therefore the
 //!   configured chunk duration or the longest part any listed track has had
 //!   (`Track::longest_part`, in exact timescale ticks), whichever is longer, rounded up to
 //!   the millisecond: every listed part is within it. It rises only when a longer part
 //!   appears, which the first segment's parts (listed before any playlist exists) settle.
-//! - `EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=` five part targets (the
-//!   spec asks for at least two and recommends three; `PART_HOLD_BACK_TARGETS` says why
-//!   five).
+//! - `EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=` three part targets (the
+//!   spec asks for at least two and recommends three; `PART_HOLD_BACK_TARGETS`).
 //! - `EXT-X-VERSION` stays 7: byte ranges need 4 and fMP4's `EXT-X-MAP` 6; the LL tags
 //!   need no higher version (only `EXT-X-SKIP`, not used, needs 9).
 //!
@@ -88,11 +87,11 @@ pub use crate::store::{Playlist, PlaylistPosition, PlaylistText};
 /// 7 is what Apple's tools write for CMAF.
 const VERSION: u32 = 7;
 /// `PART-HOLD-BACK` in part targets: the spec's minimum is two and it recommends at least
-/// three. hls.js aims at exactly this latency; at three 200 ms parts (0.6 s) it ran out of
-/// buffer at a segment's last part now and then on the 2-core test machine (a stall, then
-/// a seek over the hole, drifting to 3 s behind); at five (one segment) it plays about 1.7
-/// to 2.3 s behind live, and stalls so in about one run in three.
-const PART_HOLD_BACK_TARGETS: u32 = 5;
+/// three. hls.js aims at exactly this latency: three parts of a third of a second (the
+/// default chunk) hold it about 2.2 to 2.9 s behind live on the 2-core test machine,
+/// without a stall (with 200 ms parts, neither three nor five kept it from stalling:
+/// `package::config::DEFAULT_CHUNK_DURATION` says why).
+const PART_HOLD_BACK_TARGETS: u32 = 3;
 /// Complete segments whose parts are listed: those within this many target durations of
 /// the end (`timeline::PARTS_KEPT` keeps enough for 1 s segments). RFC 8216bis 4.4.4.9
 /// asks for at least three. hls.js 1.7 loads parts only while its buffer reaches past the
@@ -541,7 +540,7 @@ mod tests {
         let rendered = &render(&tl, chunk)[&Playlist::Media(r.clone())];
         let video = std::str::from_utf8(&rendered.text).unwrap();
         // Parts are whole frames: a 208.333 ms part sets a part target rounded up.
-        assert!(video.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.045\n#EXT-X-PART-INF:PART-TARGET=0.209\n"), "{video}");
+        assert!(video.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.627\n#EXT-X-PART-INF:PART-TARGET=0.209\n"), "{video}");
         let parts = lines(video, "#EXT-X-PART:");
         for part in &parts {
             let duration: f64 = part.strip_prefix("DURATION=").unwrap().split(',').next().unwrap().parse().unwrap();

@@ -302,7 +302,8 @@ fn adaptation_sets(period: &Period, offset: Duration, addressing: Addressing, se
                     Addressing::Timeline => timeline_template(t, period.session.as_str(), offset),
                     Addressing::Number { .. } => number_template(t, period, segment_duration),
                     Addressing::LowLatency { chunk } => dash::SegmentTemplate {
-                        availabilityTimeOffset: Some(segment_duration.saturating_sub(chunk).as_secs_f64()),
+                        // In whole milliseconds, rounded down: never before the first chunk.
+                        availabilityTimeOffset: Some(segment_duration.saturating_sub(chunk).as_millis() as f64 / 1000.0),
                         ..number_template(t, period, segment_duration)
                     },
                 };
@@ -565,7 +566,8 @@ pub(super) mod tests {
     #[test]
     fn the_low_latency_form_is_a_chunked_number_form() {
         let (tl, _) = timeline();
-        let low_latency = MpdTiming { chunk_duration: Some(Duration::from_millis(200)), ..TIMING };
+        // The default chunk: a third of the segment.
+        let low_latency = MpdTiming { chunk_duration: Some(Duration::from_nanos(333_333_333)), ..TIMING };
         let xml = render(&tl, &low_latency, ManifestForm::LowLatency).unwrap();
         assert!(!xml.contains("SegmentTimeline"), "{xml}");
         let mpd = dash::parse(&xml).expect(&xml);
@@ -574,14 +576,14 @@ pub(super) mod tests {
             let adaptation = &mpd.periods[0].adaptations[set];
             let template = adaptation.representations[0].SegmentTemplate.clone().unwrap();
             assert_eq!((template.duration, template.startNumber), (Some(f64::from(timescale)), Some(1)));
-            // Requested once the first 200 ms chunk exists, delivered as it is encoded.
-            assert_eq!((template.availabilityTimeOffset, template.availabilityTimeComplete), (Some(0.8), Some(false)));
+            // Requested once the first chunk exists (333 ms in), delivered as it is encoded.
+            assert_eq!((template.availabilityTimeOffset, template.availabilityTimeComplete), (Some(0.666), Some(false)));
             let prt = &adaptation.ProducerReferenceTime[0];
             assert_eq!((prt.presentationTime, prt.wallClockTime), (Some(0), Some(utc(at(0)))), "Period start is the ingest wall clock");
         }
         assert_eq!(mpd.suggestedPresentationDelay, Some(Duration::ZERO), "the ServiceDescription decides the delay");
         let service = &mpd.ServiceDescription[0];
-        assert_eq!((service.Latency[0].target, service.Latency[0].min, service.Latency[0].max), (Some(1200.0), Some(600.0), Some(3600.0)));
+        assert_eq!((service.Latency[0].target, service.Latency[0].min, service.Latency[0].max), (Some(1333.0), Some(666.0), Some(3999.0)));
         assert_eq!((service.PlaybackRate[0].min, service.PlaybackRate[0].max), (Some(0.96), Some(1.04)));
         // Every clock URL is made absolute, the ProducerReferenceTime's too.
         let served = with_clock_origin(&bytes::Bytes::from(xml.clone()), Some("http://edge.example"));

@@ -169,7 +169,7 @@ impl AudioCuts {
 /// Every cut is recorded in `cuts`: an audio segment's listed duration runs to the next.
 ///
 /// With `chunk` set, a chunk split is sent as well before the first frame at or after each
-/// multiple of `chunk` into the segment ([`ChunkGrid`]).
+/// multiple of `chunk` into the segment ([`ChunkGrid`], segments of `interval`).
 pub(super) fn cut_audio_segments(
     pipeline: &gst::Pipeline,
     interval: Duration,
@@ -178,7 +178,7 @@ pub(super) fn cut_audio_segments(
     cuts_made: Arc<Boundaries>,
 ) -> Result<(), TranscodeError> {
     let pad = muxer_input(pipeline, AUDIO_MUX)?;
-    let cuts = std::sync::Mutex::new((AudioCuts::new(interval), chunk.map(ChunkGrid::new)));
+    let cuts = std::sync::Mutex::new((AudioCuts::new(interval), chunk.map(|chunk| ChunkGrid::new(chunk, interval))));
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
         let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
         let Some(pts) = buffer.pts() else { return gst::PadProbeReturn::Ok };
@@ -229,25 +229,35 @@ impl Split {
 
 /// Where a segment's chunks start: the first frame at or after each multiple of the chunk
 /// duration into the segment, so every rendition (and the audio) cuts on the same grid,
-/// restarted at every segment boundary. Pure: the caller says which frame opens a segment.
+/// restarted at every segment boundary. A segment has at most as many chunks as fit in
+/// its nominal duration: media past that (a segment made longer by a late keyframe) joins
+/// its last chunk instead of starting a sliver of one. Pure: the caller says which frame
+/// opens a segment.
 #[derive(Debug)]
 pub(super) struct ChunkGrid {
     chunk_ns: u64,
-    /// Where the next chunk starts; None before the first segment.
-    next_ns: Option<u64>,
+    /// Chunk splits in one segment: the chunks that fit in it, less the first.
+    splits_per_segment: u64,
+    /// Where the next chunk starts, and the splits left in this segment; None before the
+    /// first segment.
+    next: Option<(u64, u64)>,
 }
 
 impl ChunkGrid {
     /// Half a millisecond of tolerance for rounded timestamps.
     const TOLERANCE_NS: u64 = 500_000;
 
-    pub(super) fn new(chunk: Duration) -> Self {
-        Self { chunk_ns: u64::try_from(chunk.as_nanos()).unwrap_or(u64::MAX), next_ns: None }
+    /// Chunks of `chunk` in segments of `segment` (`PackageConfig::chunks` makes one a
+    /// whole number of the other).
+    pub(super) fn new(chunk: Duration, segment: Duration) -> Self {
+        let chunk_ns = u64::try_from(chunk.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let segment_ns = u64::try_from(segment.as_nanos()).unwrap_or(u64::MAX);
+        Self { chunk_ns, splits_per_segment: (segment_ns + Self::TOLERANCE_NS) / chunk_ns - 1, next: None }
     }
 
     /// A grid whose chunks never come due: fragment splits only.
     fn whole_segments() -> Self {
-        Self { chunk_ns: u64::MAX, next_ns: None }
+        Self { chunk_ns: u64::MAX, splits_per_segment: 0, next: None }
     }
 
     /// The split to ask for before the frame at `at_ns` (running time) that opens a segment
@@ -255,18 +265,19 @@ impl ChunkGrid {
     /// starts there anyway), a fragment at every later segment start, a chunk at the first
     /// frame at or after each grid time inside a segment.
     pub(super) fn split_before(&mut self, at_ns: u64, opens_segment: bool) -> Option<Split> {
-        if opens_segment || self.next_ns.is_none() {
-            let first = self.next_ns.is_none();
-            self.next_ns = Some(at_ns.saturating_add(self.chunk_ns));
+        if opens_segment || self.next.is_none() {
+            let first = self.next.is_none();
+            self.next = Some((at_ns.saturating_add(self.chunk_ns), self.splits_per_segment));
             return (!first).then_some(Split::Fragment);
         }
-        let next = self.next_ns.as_mut()?;
-        if at_ns + Self::TOLERANCE_NS < *next {
+        let (next, left) = self.next.as_mut()?;
+        if *left == 0 || at_ns + Self::TOLERANCE_NS < *next {
             return None;
         }
         while *next <= at_ns + Self::TOLERANCE_NS {
             *next = next.saturating_add(self.chunk_ns);
         }
+        *left -= 1;
         Some(Split::Chunk)
     }
 }
@@ -276,10 +287,16 @@ impl ChunkGrid {
 /// with `chunk`, for a new chunk on the [`ChunkGrid`]. The probe sits on the muxer's input,
 /// after the encoder: it sees the encoded frames in decode order, and an extra keyframe
 /// the encoder chose (a scene cut) starts no segment.
-pub(super) fn split_video_fragments(pipeline: &gst::Pipeline, mux_name: &str, chunk: Option<Duration>, boundaries: Arc<Boundaries>) -> Result<(), TranscodeError> {
+pub(super) fn split_video_fragments(
+    pipeline: &gst::Pipeline,
+    mux_name: &str,
+    segment: Duration,
+    chunk: Option<Duration>,
+    boundaries: Arc<Boundaries>,
+) -> Result<(), TranscodeError> {
     let pad = muxer_input(pipeline, mux_name)?;
     // The grid, and where the current segment started.
-    let state = std::sync::Mutex::new((chunk.map_or_else(ChunkGrid::whole_segments, ChunkGrid::new), None::<u64>));
+    let state = std::sync::Mutex::new((chunk.map_or_else(ChunkGrid::whole_segments, |chunk| ChunkGrid::new(chunk, segment)), None::<u64>));
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
         let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
         let Some(pts) = buffer.pts() else { return gst::PadProbeReturn::Ok };
@@ -403,23 +420,35 @@ mod tests {
     #[test]
     fn chunks_start_on_a_grid_restarted_at_every_segment() {
         const MS: u64 = 1_000_000;
-        let mut grid = ChunkGrid::new(Duration::from_millis(200));
+        let cuts = |chunk_ms: u64, frames: &[u64], opens: &[u64]| {
+            let mut grid = ChunkGrid::new(Duration::from_millis(chunk_ms), Duration::from_secs(1));
+            let mut cuts = Vec::new();
+            for &at in frames {
+                if let Some(split) = grid.split_before(at, opens.iter().any(|b| b.abs_diff(at) < MS)) {
+                    cuts.push((split, (at + MS / 2) / MS));
+                }
+            }
+            cuts
+        };
+        let chunk = |ms: &[u64]| ms.iter().map(|ms| (Split::Chunk, *ms)).collect::<Vec<_>>();
         // 30 fps frames (33.3 ms); segments open at 0, 1000 and 2034 ms (a dropped frame).
         let frames: Vec<u64> = (0..60).map(|i| i * 1_000 * MS / 30).chain((61..75).map(|i| i * 1_000 * MS / 30 + MS)).collect();
-        let mut cuts = Vec::new();
-        for at in frames {
-            let opens = [0, 1_000 * MS, 2_034 * MS].iter().any(|b| b.abs_diff(at) < MS);
-            if let Some(split) = grid.split_before(at, opens) {
-                cuts.push((split, (at + MS / 2) / MS));
-            }
-        }
-        let chunk = |ms: &[u64]| ms.iter().map(|ms| (Split::Chunk, *ms)).collect::<Vec<_>>();
         let mut expected = chunk(&[200, 400, 600, 800]);
         expected.push((Split::Fragment, 1_000));
         expected.extend(chunk(&[1_200, 1_400, 1_600, 1_800]));
         expected.push((Split::Fragment, 2_034));
         expected.extend(chunk(&[2_234, 2_434]));
-        assert_eq!(cuts, expected);
+        assert_eq!(cuts(200, &frames, &[0, 1_000 * MS, 2_034 * MS]), expected);
+
+        // Thirds of a second; the second segment runs 1.1 s (a late keyframe): its media past
+        // 1 s joins its last chunk, no fourth chunk starts at 2000 ms.
+        let frames: Vec<u64> = (0..80).map(|i| i * 1_000 * MS / 30).collect();
+        let mut expected = chunk(&[333, 667]);
+        expected.push((Split::Fragment, 1_000));
+        expected.extend(chunk(&[1_333, 1_667]));
+        expected.push((Split::Fragment, 2_100));
+        expected.extend(chunk(&[2_433]));
+        assert_eq!(cuts(333, &frames, &[0, 1_000 * MS, 2_100 * MS]), expected);
     }
 
     #[test]

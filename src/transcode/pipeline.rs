@@ -113,7 +113,7 @@ impl Transcoder {
                 .ok_or_else(|| TranscodeError::NoElement(name.clone()))?;
             let cuts = match binding.kind {
                 TrackKind::Video => {
-                    split_video_fragments(&pipeline, &spec::video_mux_name(binding.rendition.as_str()), spec.chunk_duration, Arc::clone(&boundaries))?;
+                    split_video_fragments(&pipeline, &spec::video_mux_name(binding.rendition.as_str()), spec.segment_duration, spec.chunk_duration, Arc::clone(&boundaries))?;
                     &boundaries
                 }
                 TrackKind::Audio => &audio_cuts,

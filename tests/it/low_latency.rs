@@ -17,8 +17,8 @@ use crate::support::{Appliance, Metrics, host_to_itself, Publisher, SegmentRef, 
 
 const STREAM: &str = "llcam";
 const CONFIG: &str = "[transcode]\nx264_preset = \"ultrafast\"\n[package]\nlow_latency = true\n";
-/// `package.chunk_duration`'s default: a 1 s segment is five chunks.
-const CHUNKS_PER_SEGMENT: usize = 5;
+/// `package.chunk_duration`'s default: a 1 s segment is three chunks.
+const CHUNKS_PER_SEGMENT: usize = 3;
 
 /// Top-level boxes of an ISO BMFF byte string, by name.
 fn boxes(data: &[u8]) -> Vec<String> {
@@ -135,11 +135,12 @@ fn a_segment_being_encoded_streams_chunk_by_chunk_and_equals_the_complete_segmen
         let spread = arrivals.last().unwrap().duration_since(arrivals[0]);
         let gaps: Vec<u128> = arrivals.windows(2).map(|w| w[1].duration_since(w[0]).as_millis()).collect();
         println!("{rendition} segment {number}: {} chunks, {} reads, chunk gaps {gaps:?} ms", arrivals.len(), read.reads.len());
-        // Whole frames (or AAC frames) on a 200 ms grid: five chunks in a 1 s segment.
+        // Whole frames (or AAC frames) on a grid of thirds of a second: three chunks in a 1 s
+        // segment.
         assert_eq!(arrivals.len(), CHUNKS_PER_SEGMENT, "{rendition} segment {number}: {:?}", boxes(&read.bytes()));
         // Streamed as encoded: the chunks arrive over the segment's media time, not at once
-        // at its end (they are cut 200 ms of media apart; more than two chunk durations
-        // from the first to the last leaves room for a loaded machine).
+        // at its end (they are cut 333 ms of media apart, 667 ms from the first to the last;
+        // 400 ms leaves room for a loaded machine).
         assert!(spread >= Duration::from_millis(400), "{rendition} segment {number}: chunks arrived within {spread:?}: {gaps:?}");
         // The same bytes as the complete segment, which has a Content-Length.
         let complete = get(&app.url(url));
@@ -181,7 +182,7 @@ fn a_segment_being_encoded_streams_chunk_by_chunk_and_equals_the_complete_segmen
 
     // The low-latency MPD: valid MPEG-DASH with its low-latency attributes.
     let text = get(&app.url(&format!("/live/{STREAM}/manifest-ll.mpd"))).text().unwrap();
-    for needle in ["availabilityTimeOffset=\"0.8\"", "availabilityTimeComplete=\"false\"", "<ServiceDescription", "<ProducerReferenceTime"] {
+    for needle in ["availabilityTimeOffset=\"0.666\"", "availabilityTimeComplete=\"false\"", "<ServiceDescription", "<ProducerReferenceTime"] {
         assert!(text.contains(needle), "{needle} in {text}");
     }
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -311,11 +312,6 @@ fn a_thousand_edge_viewers_of_a_segment_being_encoded_get_its_chunks_through_one
 /// Shaka on the low-latency MPD, hls.js on the LL-HLS multivariant playlist.
 const BROWSER_PLAYERS: [(&str, &str); 3] = [("dashjs", "manifest-ll.mpd"), ("shaka", "manifest-ll.mpd"), ("hlsjs", "master.m3u8")];
 
-/// What hls.js must still do (see the test): stay within this of live, and stall at most
-/// this often in a run.
-const HLS_JS_MAX_LATENCY: f64 = 10.0;
-const HLS_JS_MAX_STALLS: usize = 5;
-
 /// Log lines printed with each stall.
 const STALL_LOG_LINES: usize = 40;
 
@@ -442,23 +438,16 @@ fn browser_players_play_low_latency_directly_and_through_an_edge() {
                 fail(format!("decoded {} frames in {WATCH:?}", run.frames));
             }
             // Each holds a latency within what the manifest asks for (the MPD's
-            // ServiceDescription: 0.6 to 3.6 s; LL-HLS: PART-HOLD-BACK, five parts, plus
+            // ServiceDescription: 0.67 to 4 s; LL-HLS: PART-HOLD-BACK, three parts, plus
             // the segment being filled, within the same bounds).
-            //
-            // hls.js 1.7 is held to less (HLS_JS_MAX_LATENCY, HLS_JS_MAX_STALLS): on this
-            // machine it sometimes stops loading both its tracks at a segment's last part
-            // while its playlists keep refreshing, then skips that part after seconds (a
-            // hole it stalls at, and falls behind). Not understood yet (docs/low-latency.md);
-            // its figures are printed above.
-            let (max_latency, max_stalls) = if *player == "hlsjs" { (HLS_JS_MAX_LATENCY, HLS_JS_MAX_STALLS) } else { (3.6, 0) };
             match run.median_latency() {
                 None => fail("reported no live latency".into()),
-                Some(median) if !(0.6..=max_latency).contains(&median) => fail(format!("median latency {median} s is outside 0.6 to {max_latency} s")),
+                Some(median) if !(0.6..=4.0).contains(&median) => fail(format!("median latency {median} s is outside 0.6 to 4 s")),
                 Some(_) => {}
             }
             // No stalls once playing (hls.js's log before a stall is printed above).
-            if run.stalls > max_stalls {
-                fail(format!("stalled {} time(s) after start-up (at most {max_stalls})", run.stalls));
+            if run.stalls > 0 {
+                fail(format!("stalled {} time(s) after start-up", run.stalls));
             }
         }
     }
