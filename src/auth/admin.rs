@@ -11,7 +11,10 @@
 //!   user re-created after a deletion wins over the deletion's tombstone everywhere. Ties
 //!   go to the deletion, then to the greater hash. A deleted user stays as a tombstone
 //!   (name and stamps, no hash), so a peer that still has the user cannot bring it back.
-//! - **API tokens**: union, a revocation wins (as stream keys).
+//! - **API tokens**: union, a revocation wins (as stream keys). A token goes with whoever
+//!   made it: deleting a user revokes the tokens that user made, revoking a token revokes
+//!   the tokens made with it, and so on down ([`revoke_orphaned_tokens`], after every
+//!   deletion, revocation and merge, so the nodes agree whatever order the records came in).
 //! - **sessions**: union of those not expired, a logout (closure) wins; the oldest beyond
 //!   [`SESSIONS_PER_USER`] are closed, not deleted, so the closure replicates. Expired
 //!   ones are neither exported nor imported, and are pruned on every node.
@@ -363,8 +366,8 @@ impl AdminStore {
         self.run(|c| c.query_row("SELECT EXISTS (SELECT 1 FROM users WHERE deleted_at IS NULL)", [], |r| r.get(0)))
     }
 
-    /// Deletes user `name` (leaving a tombstone: see the module header) and ends its
-    /// sessions; false when there is no such user.
+    /// Deletes user `name` (leaving a tombstone: see the module header), ends its sessions
+    /// and revokes the tokens it made; false when there is no such user.
     pub fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
         self.run(|c| {
             let last: Option<i64> =
@@ -373,6 +376,7 @@ impl AdminStore {
             let stamp = write_stamp(Some(last));
             c.execute("UPDATE users SET password_hash = '', updated_at = ?2, deleted_at = ?2 WHERE name = ?1", params![name, stamp])?;
             c.execute("UPDATE sessions SET closed_at = ?2 WHERE user = ?1 AND closed_at IS NULL", params![name, now()])?;
+            revoke_orphaned_tokens(c)?;
             Ok(true)
         })
     }
@@ -470,10 +474,14 @@ impl AdminStore {
         })
     }
 
-    /// Revokes token `id`; false when there is no such token in force.
+    /// Revokes token `id` and the tokens made with it; false when there is no such token in
+    /// force.
     pub fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
-        self.run(|c| c.execute("UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now()]))
-            .map(|n| n == 1)
+        self.run(|c| {
+            let revoked = c.execute("UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now()])?;
+            revoke_orphaned_tokens(c)?;
+            Ok(revoked == 1)
+        })
     }
 
     // ---- federation
@@ -545,7 +553,8 @@ impl AdminStore {
         let tx = db.connection.transaction().map_err(fail)?;
         let changed = merge_users(&tx, &records.users).map_err(fail)?
             + merge_tokens(&tx, &records.tokens).map_err(fail)?
-            + merge_sessions(&tx, &records.sessions).map_err(fail)?;
+            + merge_sessions(&tx, &records.sessions).map_err(fail)?
+            + revoke_orphaned_tokens(&tx).map_err(fail)?;
         tx.commit().map_err(fail)?;
         Ok(changed)
     }
@@ -651,6 +660,24 @@ fn merge_tokens(c: &rusqlite::Connection, tokens: &[TokenRecord]) -> rusqlite::R
         }
     }
     Ok(changed)
+}
+
+/// Revokes every token in force whose maker is gone: a deleted user (a token made before
+/// the deletion) or a revoked token, down the chain of tokens made with tokens; each is
+/// stamped with its maker's deletion or revocation time, so every node writes the same.
+fn revoke_orphaned_tokens(c: &rusqlite::Connection) -> rusqlite::Result<usize> {
+    c.execute(
+        "WITH RECURSIVE gone(actor, at) AS (
+             SELECT 'user:' || name, deleted_at FROM users WHERE deleted_at IS NOT NULL
+             UNION
+             SELECT 'token:' || id, revoked_at FROM api_tokens WHERE revoked_at IS NOT NULL
+             UNION
+             SELECT 'token:' || t.id, gone.at FROM api_tokens t JOIN gone ON t.created_by = gone.actor AND t.created_at <= gone.at
+         )
+         UPDATE api_tokens SET revoked_at = (SELECT MIN(at) FROM gone WHERE gone.actor = api_tokens.created_by)
+         WHERE revoked_at IS NULL AND created_at <= (SELECT MIN(at) FROM gone WHERE gone.actor = api_tokens.created_by)",
+        [],
+    )
 }
 
 /// Sessions: union of the unexpired ones of known users, a closure wins, at most
@@ -878,6 +905,45 @@ mod tests {
         // Malformed records are skipped.
         let junk = TokenRecord { id: "x".into(), name: "x".into(), scope: "root".into(), digest: "zz".into(), created_by: "x".into(), created_at: 0, revoked_at: None };
         assert_eq!(a.merge(&AdminRecords { tokens: vec![junk], ..AdminRecords::default() }).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_token_goes_with_the_user_or_token_that_made_it_on_every_node() {
+        let (_a_dir, a, _b_dir, b) = pair();
+        a.add_user("alice", "correct horse battery").unwrap();
+        a.add_user("bob", "correct horse battery").unwrap();
+        let (alices, alices_secret) = a.create_token("alice's", Scope::Admin, "user:alice").unwrap();
+        let (_, made_with_it_secret) = a.create_token("made with alice's", Scope::Read, &format!("token:{}", alices.id)).unwrap();
+        let (_, bobs_secret) = a.create_token("bob's", Scope::Admin, "user:bob").unwrap();
+        let (_, loopbacks_secret) = a.create_token("first", Scope::Admin, "loopback").unwrap();
+        exchange(&a, &b);
+        // Deleted on b: alice's token goes, and the one made with it.
+        assert!(b.delete_user("alice").unwrap());
+        for secret in [&alices_secret, &made_with_it_secret] {
+            assert_eq!(b.token(secret).unwrap(), None);
+        }
+        // a learns of the deletion by merging: the same tokens go there, stamped alike.
+        a.merge(&b.export().unwrap()).unwrap();
+        for secret in [&alices_secret, &made_with_it_secret] {
+            assert_eq!(a.token(secret).unwrap(), None);
+        }
+        for secret in [&bobs_secret, &loopbacks_secret] {
+            assert!(a.token(secret).unwrap().is_some() && b.token(secret).unwrap().is_some(), "other makers' tokens stay");
+        }
+        assert_eq!(a.fingerprint().unwrap(), b.fingerprint().unwrap());
+        // A token made with a revoked token goes with it.
+        let (bobs_child, bobs_child_secret) = a.create_token("made with bob's", Scope::Read, "user:bob").unwrap();
+        let (grandchild, grandchild_secret) = a.create_token("made with that", Scope::Read, &format!("token:{}", bobs_child.id)).unwrap();
+        assert!(a.revoke_token(&bobs_child.id).unwrap());
+        assert_eq!(a.token(&grandchild_secret).unwrap(), None, "{grandchild:?}");
+        assert_eq!(a.token(&bobs_child_secret).unwrap(), None);
+        assert!(a.token(&bobs_secret).unwrap().is_some());
+        // alice re-created: a new user, whose new tokens are in force; the old ones stay revoked.
+        a.add_user("alice", "correct horse battery").unwrap();
+        let (_, new_secret) = a.create_token("alice's new", Scope::Read, "user:alice").unwrap();
+        a.merge(&b.export().unwrap()).unwrap();
+        assert!(a.token(&new_secret).unwrap().is_some());
+        assert_eq!(a.token(&alices_secret).unwrap(), None);
     }
 
     #[test]
