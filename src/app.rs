@@ -86,7 +86,9 @@ pub async fn run(mut config: Config, listeners: Listeners, stop: CancellationTok
     let mut metrics_registry = Registry::with_prefix("rackcast");
     let audience = Arc::new(Audience::default());
     audience.register(&mut metrics_registry);
-    let packager = Arc::new(Packager::new(Arc::clone(&store), timing).with_byte_caps(config.package.byte_caps()));
+    let packager = Arc::new(
+        Packager::new(Arc::clone(&store), timing).with_byte_caps(config.package.byte_caps()).with_reconnect_window(config.package.reconnect_window),
+    );
     packager.metrics().register(&mut metrics_registry);
     let tracker = TaskTracker::new();
     let services = StreamServices {

@@ -34,6 +34,9 @@ pub const DEFAULT_MAX_STREAM_BYTES: u64 = 96 * 1024 * 1024;
 /// hls.js stalled in most runs of the browser test; with a third of a second, in none
 /// (docs/low-latency.md).
 pub const DEFAULT_CHUNK_DURATION: Duration = Duration::from_millis(333);
+/// How long a dropped broadcaster's stream waits for it to reconnect: encoders that
+/// reconnect on their own (OBS, ffmpeg loops, hardware encoders) do so within seconds.
+pub const DEFAULT_RECONNECT_WINDOW: Duration = Duration::from_secs(5);
 /// How much more than the configured ladder's nominal DVR window `max_stream_bytes` must
 /// hold, so that the byte cap never shortens the window of a stream that behaves.
 pub const STREAM_BYTES_HEADROOM: f64 = 1.5;
@@ -66,6 +69,12 @@ pub struct PackageConfig {
     /// the MPD's live edge matches what exists again.
     #[serde(with = "humantime_serde")]
     pub max_clock_drift: Duration,
+    /// How long a stream whose broadcaster dropped without unpublishing stays live (the MPD
+    /// dynamic with the Period's end announced), waiting for the broadcaster to reconnect
+    /// to any node; a reconnect within it continues the presentation with one new Period.
+    /// Past it the stream ends as an unpublish ends it. "0s": a drop ends it at once.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_window: Duration,
     /// Largest CMAF fragment (one segment of one rendition, bytes) a muxer may produce; a
     /// larger one is refused and ends its stream (logged, counted as
     /// `rackcast_package_fragments_too_large`).
@@ -139,6 +148,9 @@ impl PackageConfig {
         if self.max_clock_drift < seg * 2 {
             return invalid("max_clock_drift", "must be at least two segment durations");
         }
+        if self.reconnect_window > Duration::from_secs(600) {
+            return invalid("reconnect_window", "must be at most 10 minutes");
+        }
         if self.dvr_window < seg * 3 {
             return invalid("dvr_window", "must hold at least three segments");
         }
@@ -161,6 +173,7 @@ impl Default for PackageConfig {
             manifest_update_period: DEFAULT_MANIFEST_UPDATE_PERIOD,
             number_form_delay: DEFAULT_NUMBER_FORM_DELAY,
             max_clock_drift: DEFAULT_MAX_CLOCK_DRIFT,
+            reconnect_window: DEFAULT_RECONNECT_WINDOW,
             max_fragment_bytes: DEFAULT_MAX_FRAGMENT_BYTES,
             max_stream_bytes: DEFAULT_MAX_STREAM_BYTES,
             low_latency: true,

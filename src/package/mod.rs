@@ -114,9 +114,6 @@ use timeline::{PartTiming, RenditionInfo, StreamTimeline};
 const RENDER_COALESCE: Duration = Duration::from_millis(5);
 /// How often the sweep evicts what left the DVR window and forgets ended streams.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// How long a stream whose broadcaster dropped without unpublishing stays live, waiting
-/// for it to reconnect (OBS and ffmpeg-based encoders reconnect within seconds).
-pub const RECONNECT_WINDOW: Duration = Duration::from_secs(5);
 /// Pause before a renderer or sweep loop that died is started again.
 pub const RESTART_DELAY: Duration = Duration::from_millis(100);
 
@@ -185,6 +182,8 @@ pub struct Packager {
     dirty: Mutex<HashMap<StreamId, bool>>,
     wake: Notify,
     caps: ByteCaps,
+    /// How long a suspended session waits for its broadcaster (`package.reconnect_window`).
+    reconnect_window: Duration,
     metrics: PackageMetrics,
     /// One render failure logged a second, whatever the number of streams failing.
     failure_log: WarnLimiter,
@@ -207,6 +206,7 @@ impl Packager {
             dirty: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             caps: ByteCaps::UNLIMITED,
+            reconnect_window: config::DEFAULT_RECONNECT_WINDOW,
             metrics: PackageMetrics::default(),
             failure_log: WarnLimiter::default(),
             fragment_warnings: WarnLimiter::default(),
@@ -221,6 +221,12 @@ impl Packager {
     /// Bounds what the packager assembles and keeps (unbounded without).
     pub fn with_byte_caps(mut self, caps: ByteCaps) -> Self {
         self.caps = caps;
+        self
+    }
+
+    /// How long a stream whose broadcaster dropped waits for it to reconnect.
+    pub fn with_reconnect_window(mut self, window: Duration) -> Self {
+        self.reconnect_window = window;
         self
     }
 
@@ -477,10 +483,10 @@ impl Packager {
 
     /// The session's broadcaster dropped without unpublishing (or this node hands the
     /// stream over): the MPD stays dynamic with the Period's end announced, so viewers wait
-    /// for the next Period, for [`RECONNECT_WINDOW`] (then it ends as
+    /// for the next Period, for `package.reconnect_window` (then it ends as
     /// [`Self::end_session`] would) or until another node takes the stream over.
     pub fn suspend_session(&self, stream: &StreamId, session: &SessionId) {
-        self.close_session(stream, session, true);
+        self.close_session(stream, session, self.hands_over() || !self.reconnect_window.is_zero());
     }
 
     fn close_session(&self, stream: &StreamId, session: &SessionId, suspend: bool) {
@@ -515,8 +521,8 @@ impl Packager {
         for (stream, timeline) in timelines {
             self.contained(&stream, "sweeping the stream", || {
                 let mut tl = timeline.lock();
-                if !self.hands_over() && tl.suspended_for(now).is_some_and(|d| d > RECONNECT_WINDOW) {
-                    tracing::info!(stream = %stream, "no reconnect within {RECONNECT_WINDOW:?} of the dropped connection; the stream ends");
+                if !self.hands_over() && tl.suspended_for(now).is_some_and(|d| d >= self.reconnect_window) {
+                    tracing::info!(stream = %stream, "no reconnect within package.reconnect_window ({:?}) of the dropped connection; the stream ends", self.reconnect_window);
                     tl.end_suspended(now);
                     self.publish(&tl);
                     return;
@@ -679,6 +685,31 @@ mod tests {
     /// A session replaced (a re-plan whose drain timed out) or ended in the middle of a
     /// segment: the segment is completed from the chunks it had, so the next Period's first
     /// segment never takes a number LL-HLS players already saw parts of.
+    #[test]
+    fn a_dropped_broadcasters_stream_waits_the_reconnect_window_then_ends() {
+        let dynamic = |p: &Packager, stream: &StreamId| {
+            let mpd = p.store.manifest(stream, ManifestForm::Timeline).unwrap();
+            String::from_utf8_lossy(&mpd).contains(r#"type="dynamic""#)
+        };
+        let session = SessionId::parse("s1").unwrap();
+        for (window, live_after_drop) in [(Duration::from_secs(60), true), (Duration::ZERO, false)] {
+            let p = Packager::new(Arc::new(Store::new()), mpd::tests::TIMING).with_reconnect_window(window);
+            let stream = StreamId::parse("cam").unwrap();
+            p.begin_session(&stream, &session, vec![video()], None);
+            p.add_init(&stream, &session, &video().id, Bytes::from_static(b"moov"), "avc1.4D401F".into());
+            segment(&p, &stream, &session, 0);
+            p.suspend_session(&stream, &session);
+            p.sweep();
+            assert_eq!(dynamic(&p, &stream), live_after_drop, "reconnect window {window:?}");
+            if live_after_drop {
+                // Past the window, the sweep ends it.
+                p.timeline(&stream).unwrap().lock().suspended_at = Some(SystemTime::now() - window);
+                p.sweep();
+                assert!(!dynamic(&p, &stream), "ended once the window passed");
+            }
+        }
+    }
+
     #[test]
     fn a_session_ended_mid_segment_completes_it_from_its_chunks() {
         let timing = MpdTiming { chunk_duration: Some(Duration::from_millis(200)), ..mpd::tests::TIMING };

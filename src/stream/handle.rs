@@ -60,7 +60,7 @@ pub enum StreamEnd {
     Finished,
     /// The broadcaster's connection ended without an unpublish (a network drop, a relaying
     /// node that shut down): it may reconnect, so the stream stays live a while
-    /// (`package::RECONNECT_WINDOW`).
+    /// (`package.reconnect_window`).
     Dropped,
     /// The pipeline failed; the text says why.
     Failed(String),
