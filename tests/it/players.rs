@@ -374,9 +374,14 @@ fn start_phase(name: &'static str, upstream: &str, page: &PageServer, period_cha
     if runs(Player::Streamlink) {
         let mut streamlink = player_command("streamlink");
         streamlink.args(["--loglevel", "info", "--stdout", &format!("dash://{}", mpd(Player::Streamlink)), "best"]);
+        // The decoder keeps the demuxer's 1 ms time base (`-enc_time_base -1`): streamlink's
+        // Matroska carries the RTMP source's millisecond timestamps (33 and 34 ms apart),
+        // from which ffmpeg may guess 10000/333 fps and then round two frames onto one tick
+        // of that rate ("non monotonically increasing dts" from its own null muxer, with
+        // the packets it read in order).
         let mut decode = player_command("ffmpeg");
         decode
-            .args(["-hide_banner", "-nostdin", "-loglevel", "level+warning", "-i", "-", "-map", "0:v:0"])
+            .args(["-hide_banner", "-nostdin", "-loglevel", "level+warning", "-i", "-", "-map", "0:v:0", "-enc_time_base:v", "-1"])
             .args(["-f", "null", "-progress", "pipe:1", "-nostats", "-"]);
         processes.push((vec![Player::Streamlink], PlayerProcess::start("streamlink", vec![streamlink, decode])));
     }
