@@ -7,11 +7,14 @@
 //!
 //! Every viewer request succeeds (the MPD and every listed segment, through the edge),
 //! every stream keeps one presentation (the same availabilityStartTime, never a static
-//! MPD), and shows at most one Period change per node restart. The media time lost at each
+//! MPD), and shows at most one Period change per node restart. An HLS viewer per stream
+//! follows the video and audio media playlists through the edge as well: every playlist
+//! and listed segment answers, a media sequence number names one segment throughout (the
+//! hand-over carries the numbering on), and a playlist never ends. The media time lost at each
 //! (the broadcaster's reconnect, rounded up to the segment grid) and the longest wall-clock
 //! wait for a new segment at the edge are printed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -150,6 +153,60 @@ fn watch(edge: String, stream: String, stop: Arc<AtomicBool>, seen: Arc<Mutex<Se
     }
 }
 
+/// What one HLS viewer saw of one stream through the edge.
+#[derive(Debug, Default)]
+struct SeenHls {
+    /// Requests that failed once the playlist was first served: (what, status).
+    failures: Vec<String>,
+    /// Media sequence numbers named for two different segments: (rendition, msn, URLs).
+    conflicts: Vec<String>,
+    /// Segments fetched, per rendition, and the most discontinuities a playlist listed.
+    segments: HashMap<String, u32>,
+    discontinuities: usize,
+    ended: bool,
+}
+
+/// Polls the video and audio media playlists of the stream's multivariant playlist at the
+/// edge, as a plain HLS player does, and fetches each newly listed segment.
+fn watch_hls(edge: String, stream: String, stop: Arc<AtomicBool>, seen: Arc<Mutex<SeenHls>>) {
+    let multivariant = get(&format!("http://{edge}/live/{stream}/master.m3u8")).text().unwrap();
+    // The first variant's playlist and the audio group's (`{rendition}/media.m3u8`).
+    let mut renditions: Vec<String> = multivariant.lines().filter(|l| !l.starts_with('#')).take(1).map(String::from).collect();
+    renditions.extend(multivariant.lines().filter_map(|l| l.split("URI=\"").nth(1)).map(|uri| uri.trim_end_matches('"').to_owned()));
+    let renditions: Vec<String> = renditions.iter().map(|path| path.trim_end_matches("/media.m3u8").to_owned()).collect();
+    assert_eq!(renditions.len(), 2, "a video and an audio playlist in\n{multivariant}");
+    let mut names: HashMap<(String, u64), String> = HashMap::new();
+    let mut fetched = BTreeSet::new();
+    while !stop.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(250));
+        for rendition in &renditions {
+            let Ok(response) = client().get(format!("http://{edge}/live/{stream}/{rendition}/media.m3u8")).send() else { continue };
+            let mut seen = seen.lock().unwrap();
+            if response.status() != 200 {
+                seen.failures.push(format!("{rendition}/media.m3u8: {}", response.status()));
+                continue;
+            }
+            let playlist = crate::hls::parse_media_of(&stream, &response.text().unwrap(), rendition);
+            seen.ended |= playlist.ended;
+            seen.discontinuities = seen.discontinuities.max(playlist.discontinuities);
+            for segment in &playlist.segments {
+                let named = names.entry((rendition.clone(), segment.sequence)).or_insert_with(|| segment.url.clone());
+                if *named != segment.url {
+                    seen.conflicts.push(format!("{rendition} {}: {named} and {}", segment.sequence, segment.url));
+                }
+                if !fetched.insert(segment.url.clone()) {
+                    continue;
+                }
+                let got = client().get(format!("http://{edge}{}", segment.url)).send().map(|r| r.status().as_u16()).unwrap_or(0);
+                if got != 200 {
+                    seen.failures.push(format!("{}: {got}", segment.url));
+                }
+                *seen.segments.entry(rendition.clone()).or_default() += 1;
+            }
+        }
+    }
+}
+
 #[test]
 fn a_rolling_restart_of_the_live_tier_hands_every_stream_over_with_one_period_change() {
     // Five nodes, four encoders and four transcodes fill two cores: no other test beside them
@@ -188,7 +245,8 @@ fn a_rolling_restart_of_the_live_tier_hands_every_stream_over_with_one_period_ch
     }
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Vec<Arc<Mutex<Seen>>> = streams.iter().map(|_| Arc::default()).collect();
-    let viewers: Vec<_> = streams
+    let seen_hls: Vec<Arc<Mutex<SeenHls>>> = streams.iter().map(|_| Arc::default()).collect();
+    let mut viewers: Vec<_> = streams
         .iter()
         .zip(&seen)
         .map(|(stream, seen)| {
@@ -196,6 +254,10 @@ fn a_rolling_restart_of_the_live_tier_hands_every_stream_over_with_one_period_ch
             thread::spawn(move || watch(edge, stream, stop, seen))
         })
         .collect();
+    viewers.extend(streams.iter().zip(&seen_hls).map(|(stream, seen)| {
+        let (edge, stream, stop, seen) = (http(4), stream.clone(), Arc::clone(&stop), Arc::clone(seen));
+        thread::spawn(move || watch_hls(edge, stream, stop, seen))
+    }));
     thread::sleep(Duration::from_secs(3));
 
     // Roll: each live node in turn.
@@ -269,6 +331,18 @@ fn a_rolling_restart_of_the_live_tier_hands_every_stream_over_with_one_period_ch
         // 0.05 to 1.5 s on an idle machine, up to 2.7 s beside other tests. The bound only
         // says the new owner started the stream at once, not after a time-out.
         assert!(gaps.iter().all(|g| (-0.001..=MAX_MEDIA_GAP).contains(g)), "{stream}: media gaps at Period changes {gaps:?}");
+    }
+    for (stream, seen) in streams.iter().zip(&seen_hls) {
+        let seen = seen.lock().unwrap();
+        println!(
+            "{stream} over HLS: segments {:?}, up to {} discontinuities listed, failures {:?}, sequence conflicts {:?}",
+            seen.segments, seen.discontinuities, seen.failures, seen.conflicts
+        );
+        assert!(seen.failures.is_empty(), "{stream}: failed HLS requests {:?}", seen.failures);
+        assert!(seen.conflicts.is_empty(), "{stream}: a media sequence number named two segments: {:?}", seen.conflicts);
+        assert!(!seen.ended, "{stream}: a playlist ended during the roll");
+        assert!(seen.discontinuities >= 1, "{stream}: the move is a discontinuity in the playlists");
+        assert_eq!(seen.segments.len(), 2, "{stream}: segments of the video and the audio playlist fetched: {:?}", seen.segments);
     }
     println!("broadcaster connections {connections:?}; streams taken over with their timeline: {handed_over}");
     assert!(handed_over >= STREAMS, "every stream was handed over at least once ({handed_over})");
