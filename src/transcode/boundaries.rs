@@ -252,7 +252,7 @@ impl ChunkGrid {
     pub(super) fn new(chunk: Duration, segment: Duration) -> Self {
         let chunk_ns = u64::try_from(chunk.as_nanos()).unwrap_or(u64::MAX).max(1);
         let segment_ns = u64::try_from(segment.as_nanos()).unwrap_or(u64::MAX);
-        Self { chunk_ns, splits_per_segment: (segment_ns + Self::TOLERANCE_NS) / chunk_ns - 1, next: None }
+        Self { chunk_ns, splits_per_segment: ((segment_ns + Self::TOLERANCE_NS) / chunk_ns).saturating_sub(1), next: None }
     }
 
     /// A grid whose chunks never come due: fragment splits only.
