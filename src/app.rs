@@ -168,10 +168,10 @@ pub async fn run(mut config: Config, listeners: Listeners, stop: CancellationTok
     let peer_guard = PeerGuard::new(&config.cluster.node_id, &config.cluster.relay_secret, Arc::clone(&member_addresses), Arc::clone(&peer_stats));
     // What a federation shares (auth/replication.rs): stream keys and the admin side's
     // users, tokens and sessions (through its own connection to the state database).
-    let replicas = Arc::new(Replicas {
-        keys: Arc::clone(&key_store),
-        admin: Arc::new(AdminStore::open(&config.auth.data_dir).context("opening the admin store")?),
-    });
+    let replicas = Arc::new(Replicas::new(
+        Arc::clone(&key_store),
+        Arc::new(AdminStore::open(&config.auth.data_dir).context("opening the admin store")?),
+    ));
     let (node, tier) = node_router(&config, &roles, membership.clone(), Arc::clone(&registry), store, &packager, live_metrics, &audience, &replicas, peer_guard)?;
     if let Some(tier) = &tier {
         tier.register(&mut metrics_registry);
@@ -325,14 +325,10 @@ fn node_router(
             let draining = health_membership.as_ref().is_some_and(Membership::draining);
             let mut body = cluster::health_body(&node_id, streams, draining);
             body.tier = health_tier.as_ref().and_then(|t| serde_json::to_value(t.counts()).ok());
-            let replicas = federated.then(|| Arc::clone(&health_replicas));
-            async move {
-                if let Some(replicas) = replicas {
-                    let fingerprint = crate::auth::db::blocking(&replicas, Replicas::fingerprint).await;
-                    body.keys = fingerprint.inspect_err(|e| tracing::error!("replicated stores' fingerprint: {e}")).ok();
-                }
-                Json(body)
+            if federated {
+                body.keys = health_replicas.reported();
             }
+            async move { Json(body) }
         }),
     );
     if federated {

@@ -115,12 +115,22 @@ pub fn fingerprint(lines: impl Iterator<Item = String>) -> String {
 pub struct Replicas {
     pub keys: Arc<KeyStore>,
     pub admin: Arc<AdminStore>,
+    /// Each kind's fingerprint, space-separated, as [`run`] last read them.
+    reported: parking_lot::Mutex<Option<String>>,
 }
 
 impl Replicas {
-    /// What a health answer reports: each kind's fingerprint, space-separated.
-    pub fn fingerprint(&self) -> Result<String, StoreError> {
-        Ok(format!("{} {}", self.keys.fingerprint()?, self.admin.fingerprint()?))
+    pub fn new(keys: Arc<KeyStore>, admin: Arc<AdminStore>) -> Self {
+        Self { keys, admin, reported: parking_lot::Mutex::new(None) }
+    }
+
+    /// What a health answer reports: each kind's fingerprint, space-separated, as the
+    /// replication loop last read them (None before its first read, or when one failed).
+    /// Exporting the stores costs as much as the records they hold: read once a tick
+    /// however many peers probe, and never in a health answer, which a slow store would
+    /// hold past the probes' time-out.
+    pub fn reported(&self) -> Option<String> {
+        self.reported.lock().clone()
     }
 }
 
@@ -193,6 +203,28 @@ pub async fn run(
             sync(&replicas.keys, &mut keys, theirs.next(), &peer, &client, &metrics).await;
             sync(&replicas.admin, &mut admin, theirs.next(), &peer, &client, &metrics).await;
         }
+        read_fingerprint(&replicas.keys, &mut keys, &metrics).await;
+        read_fingerprint(&replicas.admin, &mut admin, &metrics).await;
+        *replicas.reported.lock() = keys.zip(admin).map(|(keys, admin)| format!("{keys} {admin}"));
+    }
+}
+
+/// Reads `store`'s fingerprint into `ours` unless known; false when that failed (logged
+/// and counted).
+async fn read_fingerprint<S: Replicated>(store: &Arc<S>, ours: &mut Option<String>, metrics: &ReplicationMetrics) -> bool {
+    if ours.is_some() {
+        return true;
+    }
+    match on_store(store, S::fingerprint).await {
+        Ok(fingerprint) => {
+            *ours = Some(fingerprint);
+            true
+        }
+        Err(e) => {
+            metrics.fail(S::KIND);
+            tracing::error!(kind = S::KIND, "reading the fingerprint of {}: {e}", S::WHAT);
+            false
+        }
     }
 }
 
@@ -208,15 +240,8 @@ async fn sync<S: Replicated>(
     metrics: &ReplicationMetrics,
 ) {
     let Some(theirs) = theirs else { return };
-    if ours.is_none() {
-        match on_store(store, S::fingerprint).await {
-            Ok(fingerprint) => *ours = Some(fingerprint),
-            Err(e) => {
-                metrics.fail(S::KIND);
-                tracing::error!(kind = S::KIND, "reading the fingerprint of {}: {e}", S::WHAT);
-                return;
-            }
-        }
+    if !read_fingerprint(store, ours, metrics).await {
+        return;
     }
     if ours.as_deref() == Some(theirs) {
         return;

@@ -116,8 +116,14 @@ fn users_sessions_and_tokens_are_one_across_the_federation() {
     let delete_took = until_status(&a, session, "/api/v1/node", 401, "the deletion at live-a");
     let refused = client().post(a.url("/api/v1/session")).json(&json!({"username": "alice", "password": PASSWORD})).send().unwrap();
     assert_eq!(refused.status(), 401, "a user deleted on live-b cannot log in on live-a");
-    let users = call(&a, As::Bearer(&ops), "GET", "/api/v1/users", None);
-    assert_eq!(users.0, 200, "the ops token, made on live-b, works on live-a");
+    // The ops token goes with alice, who made it: revoked on live-b by the deletion, and on
+    // live-a once the deletion reached it.
+    assert_eq!(call(&b, As::Bearer(&ops), "GET", "/api/v1/node", None).0, 401, "a deleted user's token at live-b");
+    until_status(&a, As::Bearer(&ops), "/api/v1/node", 401, "a deleted user's token at live-a");
+    let (bob_cookie, bob_csrf) = login(&a, "bob");
+    let bob = As::Session { cookie: &bob_cookie, csrf: &bob_csrf };
+    let users = call(&a, bob, "GET", "/api/v1/users", None);
+    assert_eq!(users.0, 200);
     let names: Vec<&str> = users.1.as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["bob"]);
 
@@ -127,7 +133,7 @@ fn users_sessions_and_tokens_are_one_across_the_federation() {
 
     // Either node's API reads the whole federation's audit log: each node's entries, by
     // the node that recorded them (alice's deletion on live-b, bob's creation on live-a).
-    let (status, audit) = call(&a, As::Bearer(&ops), "GET", "/api/v1/cluster/audit?limit=500", None);
+    let (status, audit) = call(&a, bob, "GET", "/api/v1/cluster/audit?limit=500", None);
     assert_eq!(status, 200, "{audit}");
     let recorded = |node: &str, action: &str, target: &str| {
         audit["entries"].as_array().unwrap().iter().any(|e| e["node"] == node && e["action"] == action && e["target"] == target && e["outcome"] == "ok")
@@ -137,7 +143,7 @@ fn users_sessions_and_tokens_are_one_across_the_federation() {
     let times: Vec<i64> = audit["entries"].as_array().unwrap().iter().map(|e| e["at"].as_i64().unwrap()).collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
     // The node's own log stays its own.
-    let own = call(&a, As::Bearer(&ops), "GET", "/api/v1/audit?limit=500", None).1;
+    let own = call(&a, bob, "GET", "/api/v1/audit?limit=500", None).1;
     assert!(!own.as_array().unwrap().iter().any(|e| e["action"] == "user.delete"), "{own}");
 
     // The records and audit routes answer peers' signed requests only; nothing secret in a log.
