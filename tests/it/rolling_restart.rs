@@ -169,12 +169,15 @@ struct SeenHls {
 /// Polls the video and audio media playlists of the stream's multivariant playlist at the
 /// edge, as a plain HLS player does, and fetches each newly listed segment.
 fn watch_hls(edge: String, stream: String, stop: Arc<AtomicBool>, seen: Arc<Mutex<SeenHls>>) {
-    let multivariant = get(&format!("http://{edge}/live/{stream}/master.m3u8")).text().unwrap();
-    // The first variant's playlist and the audio group's (`{rendition}/media.m3u8`).
-    let mut renditions: Vec<String> = multivariant.lines().filter(|l| !l.starts_with('#')).take(1).map(String::from).collect();
-    renditions.extend(multivariant.lines().filter_map(|l| l.split("URI=\"").nth(1)).map(|uri| uri.trim_end_matches('"').to_owned()));
-    let renditions: Vec<String> = renditions.iter().map(|path| path.trim_end_matches("/media.m3u8").to_owned()).collect();
-    assert_eq!(renditions.len(), 2, "a video and an audio playlist in\n{multivariant}");
+    // The first variant's playlist and the audio group's (`{rendition}/media.m3u8`), once the
+    // multivariant offers both (the audio may be playable before the video).
+    let renditions = wait_until(&format!("{stream}'s multivariant playlist with video and audio"), Duration::from_secs(30), || {
+        let multivariant = get(&format!("http://{edge}/live/{stream}/master.m3u8")).text().ok()?;
+        let mut paths: Vec<&str> = multivariant.lines().filter(|l| !l.starts_with('#')).take(1).collect();
+        paths.extend(multivariant.lines().filter_map(|l| l.split("URI=\"").nth(1)).map(|uri| uri.trim_end_matches('"')));
+        let renditions: Vec<String> = paths.iter().map(|path| path.trim_end_matches("/media.m3u8").to_owned()).collect();
+        (renditions.len() == 2).then_some(renditions)
+    });
     let mut names: HashMap<(String, u64), String> = HashMap::new();
     let mut fetched = BTreeSet::new();
     while !stop.load(Ordering::SeqCst) {
