@@ -81,7 +81,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// Whole budget of one fetch, over all upstreams tried: the longest a waiter can wait for
 /// an answer's head (and for the whole of an answer with a length).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// The live node sends a segment's CMAF chunks ~200 ms apart (a keyframe-aligned first one
+/// The live node sends a segment's CMAF chunks a chunk apart (333 ms by default; a first one
 /// may take a segment duration, 1 s); 2 s without a byte means the segment will not finish.
 pub const DEFAULT_CHUNK_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a blocking playlist reload (LL-HLS `_HLS_msn`) adds to a fetch's
