@@ -130,11 +130,19 @@ fn sigterm_during_a_publish_drains_and_exits_zero() {
     // HTTP side (probes, metrics) answers until the drain is over.
     let signalled = Instant::now();
     let deadline = signalled + Duration::from_secs(5);
+    // What each poll got (a status, or the error), for the message if no 503 comes.
+    let mut answers: Vec<String> = Vec::new();
     loop {
-        if client().get(app.url("/ready")).send().is_ok_and(|r| r.status() == 503) {
+        let asked = Instant::now();
+        let answer = client().get(app.url("/ready")).send().map(|r| r.status().as_u16());
+        if answer.as_ref().is_ok_and(|status| *status == 503) {
             break;
         }
-        assert!(Instant::now() < deadline, "/ready did not answer 503 within 5 s of SIGTERM");
+        let answer = format!("{:?} after {:?}: {}", asked - signalled, asked.elapsed(), answer.map_or_else(|e| e.to_string(), |s| s.to_string()));
+        if answers.last().is_none_or(|last| last.rsplit(": ").next() != answer.rsplit(": ").next()) {
+            answers.push(answer);
+        }
+        assert!(Instant::now() < deadline, "/ready did not answer 503 within 5 s of SIGTERM; it answered {answers:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
     let drained = app.logs().contains("stream session ended");
