@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     created_at INTEGER NOT NULL,
     revoked_at INTEGER
 );
+-- The tokens each user or token made: a deletion or revocation revokes them (admin.rs).
+CREATE INDEX IF NOT EXISTS api_tokens_by_maker ON api_tokens (created_by);
 CREATE TABLE IF NOT EXISTS audit_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at INTEGER NOT NULL,

@@ -67,10 +67,16 @@
 //! - `EXT-X-VERSION` stays 7: byte ranges need 4 and fMP4's `EXT-X-MAP` 6; the LL tags
 //!   need no higher version (only `EXT-X-SKIP`, not used, needs 9).
 //!
+//! - `EXT-X-RENDITION-REPORT:URI="../{other}/media.m3u8",LAST-MSN=..,LAST-PART=..` at the
+//!   end, one for each other rendition the multivariant offers: its last part as rendered
+//!   in the same pass, so every report names a part its playlist lists. A player switching
+//!   rendition (hls.js, Safari) asks the new playlist for the part after it with a blocking
+//!   reload instead of loading it twice (RFC 8216bis 4.4.5.4, 6.2.5.2).
+//!
 //! Each media playlist comes with its [`PlaylistPosition`] (the last complete segment's
 //! media sequence number, the parts of the next), which the store keeps beside the text
 //! for blocking reloads (`_HLS_msn`/`_HLS_part`, the http module). Not written:
-//! `EXT-X-SKIP` (delta playlists) and `EXT-X-RENDITION-REPORT`.
+//! `EXT-X-SKIP` (delta playlists).
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -107,22 +113,37 @@ const AUDIO_GROUP: &str = "audio";
 /// part duration with low latency (`MpdTiming::chunk_duration`); LL-HLS tags with it.
 pub fn render(timeline: &StreamTimeline, chunk: Option<Duration>) -> HashMap<Playlist, PlaylistText> {
     let mut playlists = HashMap::new();
-    let Some(multivariant) = multivariant(timeline) else { return playlists };
-    playlists.insert(Playlist::Multivariant, PlaylistText { text: Bytes::from(multivariant), position: None });
+    let Some(offered) = offered_period(timeline) else { return playlists };
+    playlists.insert(Playlist::Multivariant, PlaylistText { text: Bytes::from(multivariant(offered)), position: None });
     // Every rendition the stream has had: one a re-plan dropped goes on with a stand-in.
     let mut renditions: Vec<&RenditionId> = timeline.seen.keys().collect();
     renditions.sort();
-    for id in renditions {
-        if let Some(media) = media_playlist(timeline, id, chunk) {
-            playlists.insert(Playlist::Media(id.clone()), media);
+    let media: Vec<(&RenditionId, MediaPlaylist)> = renditions.into_iter().filter_map(|id| Some((id, media_playlist(timeline, id, chunk)?))).collect();
+    // Each live low-latency playlist reports where the multivariant's other renditions are.
+    let edges: Vec<(&RenditionId, LiveEdge)> = media.iter().filter_map(|(id, m)| Some((*id, m.live_edge?))).collect();
+    let offered: Vec<&RenditionId> = offered.tracks.iter().filter(|t| t.is_playable()).map(|t| &t.info.id).collect();
+    for (id, MediaPlaylist { mut text, position, live_edge }) in media {
+        if live_edge.is_some() {
+            for (other, edge) in edges.iter().filter(|(other, _)| *other != id && offered.contains(other)) {
+                let _ = write!(text, "#EXT-X-RENDITION-REPORT:URI=\"../{}\",LAST-MSN={}", Playlist::Media((*other).clone()).relative_path(), edge.last_msn);
+                if let Some(part) = edge.last_part {
+                    let _ = write!(text, ",LAST-PART={part}");
+                }
+                text.push('\n');
+            }
         }
+        playlists.insert(Playlist::Media(id.clone()), PlaylistText { text: Bytes::from(text), position: Some(position) });
     }
     playlists
 }
 
-/// The multivariant playlist over the newest Period with a playable rendition.
-fn multivariant(timeline: &StreamTimeline) -> Option<String> {
-    let period = timeline.periods.iter().rev().find(|p| p.tracks.iter().any(Track::is_playable))?;
+/// The newest Period with a playable rendition: what the multivariant offers.
+fn offered_period(timeline: &StreamTimeline) -> Option<&Period> {
+    timeline.periods.iter().rev().find(|p| p.tracks.iter().any(Track::is_playable))
+}
+
+/// The multivariant playlist over `period` (`offered_period`).
+fn multivariant(period: &Period) -> String {
     let playable = |kind| period.tracks.iter().filter(move |t| t.info.kind == kind && t.is_playable());
     let mut out = format!("#EXTM3U\n#EXT-X-VERSION:{VERSION}\n#EXT-X-INDEPENDENT-SEGMENTS\n");
     let audio: Vec<&Track> = playable(TrackKind::Audio).collect();
@@ -131,7 +152,7 @@ fn multivariant(timeline: &StreamTimeline) -> Option<String> {
         for track in audio {
             stream_inf(&mut out, track, None);
         }
-        return Some(out);
+        return out;
     }
     for (index, track) in audio.iter().enumerate() {
         let default = if index == 0 { "YES" } else { "NO" };
@@ -148,7 +169,7 @@ fn multivariant(timeline: &StreamTimeline) -> Option<String> {
     for track in video {
         stream_inf(&mut out, track, audio);
     }
-    Some(out)
+    out
 }
 
 /// One variant: `track`, with `audio` as its audio group when it has one.
@@ -166,9 +187,26 @@ fn stream_inf(out: &mut String, track: &Track, audio: Option<&Track>) {
     let _ = writeln!(out, "\n{}", Playlist::Media(info.id.clone()).relative_path());
 }
 
+/// A media playlist as `media_playlist` renders it, before the rendition reports.
+struct MediaPlaylist {
+    text: String,
+    position: PlaylistPosition,
+    /// Its last part while it is live with low latency: what the other playlists report.
+    live_edge: Option<LiveEdge>,
+}
+
+/// The last part a live media playlist lists (`EXT-X-RENDITION-REPORT`'s `LAST-MSN` and
+/// `LAST-PART`: the media sequence number and index of the last part, or of the last
+/// segment where none of its parts is listed).
+#[derive(Debug, Clone, Copy)]
+struct LiveEdge {
+    last_msn: u64,
+    last_part: Option<u64>,
+}
+
 /// The media playlist of `rendition`, or `None` when no Period holds a segment of it.
 /// `chunk`: the configured part duration with low latency (module header, LL-HLS).
-fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Option<Duration>) -> Option<PlaylistText> {
+fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Option<Duration>) -> Option<MediaPlaylist> {
     let listed: Vec<(&Period, &Track)> = (0..timeline.periods.len())
         .filter_map(|i| timeline.carrier(i, rendition).filter(|t| !t.segments.is_empty()).map(|t| (&timeline.periods[i], t)))
         .collect();
@@ -255,6 +293,15 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Opt
             let _ = writeln!(out, "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{dir}{session}-{number}.m4s\",BYTERANGE-START={offset}");
         }
     }
+    let live_edge = (list_parts && !ended).then(|| {
+        if next_parts > 0 {
+            return LiveEdge { last_msn: last_msn + 1, last_part: Some(next_parts - 1) };
+        }
+        let (_, track) = listed.last().expect("not empty");
+        let newest = track.segments.back().expect("listed tracks have segments").number;
+        let parts = track.parts.iter().find(|p| p.number == newest).map_or(0, |p| p.parts.len() as u64);
+        LiveEdge { last_msn, last_part: parts.checked_sub(1) }
+    });
     let position = PlaylistPosition {
         last_msn,
         next_parts,
@@ -262,7 +309,7 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Opt
         target_duration: Duration::from_secs(target),
         part_target,
     };
-    Some(PlaylistText { text: Bytes::from(out), position: Some(position) })
+    Some(MediaPlaylist { text: out, position, live_edge })
 }
 
 /// How many of `track`'s newest segments start within `span` of its last segment's end.
@@ -590,6 +637,52 @@ mod tests {
         tl.end_session(&next, at(10_000));
         let video = String::from_utf8(render(&tl, chunk)[&Playlist::Media(r)].text.to_vec()).unwrap();
         assert!(!video.contains("PRELOAD-HINT") && !video.contains("#EXT-X-PART:") && video.ends_with("abc-9.m4s\n"), "{video}");
+    }
+
+    #[test]
+    fn each_live_playlist_reports_the_last_part_of_the_other_renditions() {
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        let renditions = [("720p", TrackKind::Video), ("360p", TrackKind::Video), ("audio", TrackKind::Audio)];
+        let s = session(&mut tl, "abc", &renditions, 0, 0);
+        for (r, _) in renditions {
+            for segment in 0..3 {
+                add_parts(&mut tl, &s, &id(r), segment, 0..5);
+                tl.add_segment(&s, &id(r), segment * 1_000_000_000, 1_000_000_000, at(1000 * (segment + 1)));
+            }
+        }
+        // 720p has two parts of segment 3; 360p and the audio none yet.
+        add_parts(&mut tl, &s, &id("720p"), 3, 0..2);
+        let rendered = render(&tl, Some(Duration::from_millis(200)));
+        let text = |r: &str| String::from_utf8(rendered[&Playlist::Media(id(r))].text.to_vec()).unwrap();
+        assert_eq!(
+            lines(&text("360p"), "#EXT-X-RENDITION-REPORT:"),
+            ["URI=\"../720p/media.m3u8\",LAST-MSN=3,LAST-PART=1", "URI=\"../audio/media.m3u8\",LAST-MSN=2,LAST-PART=4"]
+        );
+        assert_eq!(
+            lines(&text("720p"), "#EXT-X-RENDITION-REPORT:"),
+            ["URI=\"../360p/media.m3u8\",LAST-MSN=2,LAST-PART=4", "URI=\"../audio/media.m3u8\",LAST-MSN=2,LAST-PART=4"]
+        );
+        assert!(text("audio").ends_with("BYTERANGE-START=0\n#EXT-X-RENDITION-REPORT:URI=\"../360p/media.m3u8\",LAST-MSN=2,LAST-PART=4\n\
+             #EXT-X-RENDITION-REPORT:URI=\"../720p/media.m3u8\",LAST-MSN=3,LAST-PART=1\n"), "{}", text("audio"));
+        // Each report names the last part its playlist holds: a blocking reload for it
+        // answers at once, one for the part after it waits.
+        let position = |r: &str| rendered[&Playlist::Media(id(r))].position.unwrap();
+        assert!(position("720p").holds(3, Some(1)) && !position("720p").holds(3, Some(2)));
+        assert!(position("360p").holds(2, Some(4)) && !position("360p").holds(3, Some(0)));
+
+        // A playlist reports only what the multivariant offers: 360p dropped by a re-plan
+        // goes on with a stand-in, and nobody reports it.
+        let next = session(&mut tl, "def", &[("720p", TrackKind::Video), ("audio", TrackKind::Audio)], 4_000, 1);
+        add_parts(&mut tl, &next, &id("720p"), 1, 0..1);
+        let rendered = render(&tl, Some(Duration::from_millis(200)));
+        let reports = |r: &str| lines(std::str::from_utf8(&rendered[&Playlist::Media(id(r))].text).unwrap(), "#EXT-X-RENDITION-REPORT:");
+        assert!(reports("720p").iter().all(|r| r.starts_with("URI=\"../audio/")), "{:?}", reports("720p"));
+        assert_eq!(reports("360p").len(), 2, "the stand-in's playlist reports both offered renditions");
+
+        // Without low latency, or once the stream ended: no reports.
+        assert!(texts(&tl).values().all(|t| !t.contains("RENDITION-REPORT")));
+        tl.end_session(&next, at(6_000));
+        assert!(render(&tl, Some(Duration::from_millis(200))).values().all(|t| !std::str::from_utf8(&t.text).unwrap().contains("RENDITION-REPORT")));
     }
 
     #[test]

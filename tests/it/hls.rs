@@ -40,6 +40,15 @@ pub(crate) struct PartLine {
     pub independent: bool,
 }
 
+/// An LL-HLS rendition report (`EXT-X-RENDITION-REPORT`): another rendition's playlist
+/// (its path) and the last part it lists.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RenditionReport {
+    pub playlist: String,
+    pub last_msn: u64,
+    pub last_part: Option<u64>,
+}
+
 #[derive(Debug)]
 pub(crate) struct MediaPlaylist {
     pub target: u64,
@@ -52,6 +61,7 @@ pub(crate) struct MediaPlaylist {
     pub part_target: Option<f64>,
     pub parts: Vec<PartLine>,
     pub hint: Option<(String, u64)>,
+    pub reports: Vec<RenditionReport>,
 }
 
 /// The attributes of a tag, `NAME=value` (quotes removed), in order.
@@ -76,6 +86,7 @@ pub(crate) fn parse_media_of(stream: &str, text: &str, rendition: &str) -> Media
     let (mut map, mut seconds, mut date) = (None::<String>, None::<f64>, None);
     let (mut segments, mut discontinuities, mut ended) = (Vec::new(), 0, false);
     let (mut server_control, mut part_target, mut parts, mut hint) = (None, None::<f64>, Vec::<PartLine>::new(), None);
+    let mut reports = Vec::new();
     // Parts of the segment not listed yet (the next URI line, or the one being encoded).
     let mut pending = 0u64;
     let number = |v: &str| v.parse::<u64>().unwrap_or_else(|_| panic!("not a decimal-integer: {v:?} in\n{text}"));
@@ -110,6 +121,15 @@ pub(crate) fn parse_media_of(stream: &str, text: &str, rendition: &str) -> Media
             assert_eq!(attrs[0], ("TYPE", "PART"), "{line}");
             let (("URI", uri), ("BYTERANGE-START", start)) = (attrs[1], attrs[2]) else { panic!("{line}") };
             hint = Some((base.clone() + uri, number(start)));
+        } else if let Some(v) = line.strip_prefix("#EXT-X-RENDITION-REPORT:") {
+            let attrs = attributes(v);
+            let get = |name: &str| attrs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+            assert!(attrs.iter().all(|(k, _)| ["URI", "LAST-MSN", "LAST-PART"].contains(k)), "{line}");
+            let uri = get("URI").unwrap_or_else(|| panic!("URI in {line}"));
+            let other = uri.strip_prefix("../").and_then(|u| u.strip_suffix("/media.m3u8")).unwrap_or_else(|| panic!("{line}"));
+            assert_ne!(other, rendition, "a playlist reports the other renditions:\n{text}");
+            let last_msn = number(get("LAST-MSN").unwrap_or_else(|| panic!("LAST-MSN in {line}")));
+            reports.push(RenditionReport { playlist: format!("/live/{stream}/{other}/media.m3u8"), last_msn, last_part: get("LAST-PART").map(number) });
         } else if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
             target = Some(number(v));
         } else if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
@@ -134,7 +154,7 @@ pub(crate) fn parse_media_of(stream: &str, text: &str, rendition: &str) -> Media
         } else if line.starts_with('#') {
             panic!("unexpected tag {line:?} in\n{text}");
         } else {
-            assert!(hint.is_none(), "a segment after the preload hint:\n{text}");
+            assert!(hint.is_none() && reports.is_empty(), "a segment after the preload hint or a rendition report:\n{text}");
             let url = base.clone() + line;
             if pending > 0 {
                 assert_eq!(parts.last().unwrap().url, url, "parts of another segment before {line}:\n{text}");
@@ -154,7 +174,7 @@ pub(crate) fn parse_media_of(stream: &str, text: &str, rendition: &str) -> Media
             *sequence += 1;
         }
     }
-    MediaPlaylist { target: target.expect("EXT-X-TARGETDURATION"), segments, discontinuities, ended, server_control, part_target, parts, hint }
+    MediaPlaylist { target: target.expect("EXT-X-TARGETDURATION"), segments, discontinuities, ended, server_control, part_target, parts, hint, reports }
 }
 
 fn fetch_text(app: &Appliance, path: &str) -> Option<String> {

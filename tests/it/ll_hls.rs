@@ -5,6 +5,7 @@
 //! part fetched with `Range` while its segment grows is that slice of the complete
 //! segment, a preload hint streams the rest of the segment from its offset, and ffprobe
 //! decodes the rendition through its media playlist (a plain HLS client ignores the tags).
+//! Each playlist reports the other renditions' last parts, which their playlists hold.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -56,6 +57,18 @@ fn ll_hls_parts_hints_and_blocking_reload() {
     assert!(hold_back >= 3.0 * part_target - 0.001, "{control} with PART-TARGET={part_target}");
     let audio = get(&app.url(&format!("/live/{STREAM}/audio/media.m3u8"))).text().unwrap();
     assert!(!parse_media_of(STREAM, &audio, "audio").parts.is_empty(), "{audio}");
+    // The playlist reports the other renditions' last parts; a blocking reload of each for
+    // its reported part answers at once with a playlist that lists it.
+    let audio_playlist = format!("/live/{STREAM}/audio/media.m3u8");
+    assert!(first.reports.iter().any(|r| r.playlist == audio_playlist), "{:?}", first.reports);
+    for report in &first.reports {
+        let part = report.last_part.expect("renditions with parts report their last");
+        let response = get(&app.url(&format!("{}?_HLS_msn={}&_HLS_part={part}", report.playlist, report.last_msn)));
+        assert_eq!(response.status(), 200, "{report:?}");
+        let rendition = report.playlist.rsplit('/').nth(1).unwrap();
+        let other = parse_media_of(STREAM, &response.text().unwrap(), rendition);
+        assert!(other.parts.iter().any(|p| p.msn == report.last_msn && p.index == part) || other.segments.last().unwrap().sequence > report.last_msn, "{report:?}");
+    }
 
     // Follow the live edge by blocking reloads, part by part; fetch each new part at once.
     let mut sequences: HashMap<String, u64> = HashMap::new();

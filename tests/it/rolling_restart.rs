@@ -99,10 +99,16 @@ struct Seen {
     bounds: BTreeMap<String, (f64, Option<f64>)>,
 }
 
+/// Fetches `path` from the edge the first time a viewer sees it listed: `None` when it was
+/// fetched before, else its status (0 when no answer came).
+fn fetch_once(edge: &str, path: &str, fetched: &mut BTreeSet<String>) -> Option<u16> {
+    fetched.insert(path.to_owned()).then(|| client().get(format!("http://{edge}{path}")).send().map(|r| r.status().as_u16()).unwrap_or(0))
+}
+
 /// Polls the stream's MPD at the edge and fetches each newly listed video segment.
 fn watch(edge: String, stream: String, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>) {
     let mpd_url = format!("http://{edge}/live/{stream}/manifest.mpd");
-    let mut fetched = std::collections::BTreeSet::new();
+    let mut fetched = BTreeSet::new();
     let mut last_new = None::<Instant>;
     while !stop.load(Ordering::SeqCst) {
         thread::sleep(Duration::from_millis(250));
@@ -135,10 +141,7 @@ fn watch(edge: String, stream: String, stop: Arc<AtomicBool>, seen: Arc<Mutex<Se
             let Some(rep) = video.representations.first() else { continue };
             let (_, list) = segments(&stream, rep);
             for segment in list {
-                if !fetched.insert(segment.url.clone()) {
-                    continue;
-                }
-                let got = client().get(format!("http://{edge}{}", segment.url)).send().map(|r| r.status().as_u16()).unwrap_or(0);
+                let Some(got) = fetch_once(&edge, &segment.url, &mut fetched) else { continue };
                 if got != 200 {
                     seen.failures.push((segment.url.clone(), got));
                 }
@@ -197,10 +200,7 @@ fn watch_hls(edge: String, stream: String, stop: Arc<AtomicBool>, seen: Arc<Mute
                 if *named != segment.url {
                     seen.conflicts.push(format!("{rendition} {}: {named} and {}", segment.sequence, segment.url));
                 }
-                if !fetched.insert(segment.url.clone()) {
-                    continue;
-                }
-                let got = client().get(format!("http://{edge}{}", segment.url)).send().map(|r| r.status().as_u16()).unwrap_or(0);
+                let Some(got) = fetch_once(&edge, &segment.url, &mut fetched) else { continue };
                 if got != 200 {
                     seen.failures.push(format!("{}: {got}", segment.url));
                 }
