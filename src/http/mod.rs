@@ -235,7 +235,7 @@ async fn manifest(State(state): State<HttpState>, Path(stream): Path<String>, pe
 }
 
 async fn multivariant(State(state): State<HttpState>, Path(stream): Path<String>, peer: Peer, headers: HeaderMap) -> Response {
-    playlist(state, &stream, None, peer, headers)
+    playlist(state, &stream, None, peer, headers).await
 }
 
 async fn media_playlist(
@@ -246,7 +246,7 @@ async fn media_playlist(
     headers: HeaderMap,
 ) -> Response {
     match path::blocking_reload(query.as_deref()) {
-        Ok(None) => playlist(state, &stream, Some(&rendition), peer, headers),
+        Ok(None) => playlist(state, &stream, Some(&rendition), peer, headers).await,
         Ok(Some(reload)) => blocking_playlist(state, &stream, &rendition, reload, peer, headers).await,
         Err(e) => error(StatusCode::BAD_REQUEST, format!("{e}\n")),
     }
@@ -277,14 +277,17 @@ async fn blocking_playlist(state: HttpState, stream: &str, rendition: &str, relo
     }
 }
 
-/// The multivariant playlist, or the media playlist of `rendition`.
-fn playlist(state: HttpState, stream: &str, rendition: Option<&str>, peer: Peer, headers: HeaderMap) -> Response {
+/// The multivariant playlist, or the media playlist of `rendition`. One of a stream this
+/// node has that is not rendered yet is waited for as the next segment is: HLS needs a
+/// complete segment where the MPD lists a Period from its init segments, and hls.js gives
+/// up on a 404 for its first playlist (a player that opened the stream as it started).
+async fn playlist(state: HttpState, stream: &str, rendition: Option<&str>, peer: Peer, headers: HeaderMap) -> Response {
     state.metrics.manifest_requests.inc();
     let (stream, playlist) = match path::playlist(stream, rendition) {
         Ok(pair) => pair,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    let body = state.store.playlist(&stream, &playlist).map(|p| p.text);
+    let body = state.store.playlist_within(&stream, &playlist, state.next_segment_wait).await.map(|p| p.text);
     serve_manifest(&state, &stream, body, HLS_CONTENT_TYPE, &peer, &headers)
 }
 
@@ -610,6 +613,32 @@ mod tests {
         assert_eq!(send(&app, &url("_HLS_part=1"), None).await.0, StatusCode::BAD_REQUEST);
         assert_eq!(send(&app, &url("nocache=1"), None).await.0, StatusCode::OK, "other parameters are ignored");
         assert_eq!(send(&app, "/live/nope/720p/media.m3u8?_HLS_msn=1", None).await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_playlist_not_rendered_yet_is_waited_for() {
+        use crate::store::{Playlist, PlaylistText, StreamSummary};
+        let store = Arc::new(Store::new());
+        let cam = StreamId::parse("cam").unwrap();
+        // The stream has its MPD (a Period from its init segments), no playlist yet.
+        let summary = || StreamSummary { stream: cam.clone(), live: true, session: None, renditions: Vec::new() };
+        store.set_manifests(&cam, [Some(Bytes::from_static(b"<MPD/>")), None, None], std::collections::HashMap::new(), summary());
+        let (app, _) = serving(&store);
+        let waiting = tokio::spawn({
+            let app = app.clone();
+            async move { send(&app, "/live/cam/master.m3u8", None).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "waits for the first playlist");
+        let playlists = [(Playlist::Multivariant, PlaylistText { text: Bytes::from_static(b"#EXTM3U\n"), position: None })].into();
+        store.set_manifests(&cam, [Some(Bytes::from_static(b"<MPD/>")), None, None], playlists, summary());
+        let (status, _, body) = waiting.await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"#EXTM3U\n"[..]));
+        // One that does not come is 404 after the wait (500 ms here).
+        let started = tokio::time::Instant::now();
+        let (status, _, body) = send(&app, "/live/cam/720p/media.m3u8", None).await;
+        assert_eq!((status, &body[..]), (StatusCode::NOT_FOUND, &b"stream has no playable segment yet\n"[..]));
+        assert!(started.elapsed() >= std::time::Duration::from_millis(500));
     }
 
     async fn get(uri: &str) -> Response {

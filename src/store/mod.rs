@@ -372,6 +372,25 @@ impl Store {
         self.existing(stream)?.read().playlists.get(playlist).cloned()
     }
 
+    /// The playlist of a stream this node has, waiting up to `wait` for it to be rendered
+    /// (a stream publishing its first segment has its MPD before its HLS playlists, which
+    /// need a complete segment): `None` when the stream is unknown or it did not come.
+    pub async fn playlist_within(&self, stream: &StreamId, playlist: &Playlist, wait: std::time::Duration) -> Option<PlaylistText> {
+        let entry = self.existing(stream)?;
+        let published = Arc::clone(&entry.read().published);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the check, so a publish in between still wakes it.
+            let changed = published.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(found) = entry.read().playlists.get(playlist) {
+                return Some(found.clone());
+            }
+            tokio::time::timeout_at(deadline, changed).await.ok()?;
+        }
+    }
+
     /// A blocking reload (module header): the playlist once it holds segment `msn` (part
     /// `part` of it) or later, waiting up to three of its target durations.
     pub async fn playlist_when(&self, stream: &StreamId, playlist: &Playlist, msn: u64, part: Option<u64>) -> PlaylistLookup {

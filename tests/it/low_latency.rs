@@ -329,6 +329,9 @@ struct BrowserRun {
     stall_context: Vec<String>,
     /// The player's own latency estimates over the run's second half, sorted.
     latencies: Vec<f64>,
+    /// Its video element's state every second or so (page time, current time, ready state,
+    /// frames, buffered): printed when it played too little.
+    samples: Vec<String>,
 }
 
 impl BrowserRun {
@@ -350,7 +353,7 @@ fn play_in_chromium(chromium: &str, base: &str, watch: Duration) -> Vec<BrowserR
     let port = base.rsplit(':').next().unwrap();
     let query: Vec<String> =
         BROWSER_PLAYERS.iter().map(|(player, manifest)| format!("{player}=http://{player}.rackcast.test:{port}/live/{STREAM}/{manifest}")).collect();
-    let page_url = format!("http://127.0.0.1:{}/player.html?{}&hlslog=1", page.port, query.join("&"));
+    let page_url = format!("http://127.0.0.1:{}/player.html?{}&hlslog=1&shakalog=1", page.port, query.join("&"));
     let browser = headless_chromium(chromium, profile.path(), "MAP *.rackcast.test 127.0.0.1", &page_url);
     let mut process = PlayerProcess::start("chromium", vec![browser]);
     let started = Instant::now();
@@ -376,6 +379,8 @@ fn play_in_chromium(chromium: &str, base: &str, watch: Duration) -> Vec<BrowserR
                     }
                     Some("sample") => {
                         run.frames = run.frames.max(report.value["frames"].as_u64().unwrap_or(0));
+                        let v = &report.value;
+                        run.samples.push(format!("{} ms: t {} ready {} paused {} frames {} buffered {} page {}", v["page_ms"], v["current_time"], v["ready_state"], v["paused"], v["frames"], v["buffered"], v["visibility"]));
                         if report.at >= started + watch / 2 {
                             run.latencies.extend(report.value["latency"].as_f64());
                         }
@@ -435,6 +440,7 @@ fn browser_players_play_low_latency_directly_and_through_an_edge() {
             let mut fail = |what: String| failures.push(format!("{player} from the {node}: {what}"));
             // Played most of the time it was watched (30 fps source).
             if run.frames < WATCH.as_secs() * 30 * 2 / 3 {
+                println!("{player} from the {node}, its video element:\n    {}", run.samples.iter().step_by(2).cloned().collect::<Vec<_>>().join("\n    "));
                 fail(format!("decoded {} frames in {WATCH:?}", run.frames));
             }
             // Each holds a latency within what the manifest asks for (the MPD's
