@@ -66,7 +66,6 @@
 //!   spec asks for at least two and recommends three; `PART_HOLD_BACK_TARGETS`).
 //! - `EXT-X-VERSION` stays 7: byte ranges need 4 and fMP4's `EXT-X-MAP` 6; the LL tags
 //!   need no higher version (only `EXT-X-SKIP`, not used, needs 9).
-//!
 //! - `EXT-X-RENDITION-REPORT:URI="../{other}/media.m3u8",LAST-MSN=..,LAST-PART=..` at the
 //!   end, one for each other rendition the multivariant offers: its last part as rendered
 //!   in the same pass, so every report names a part its playlist lists. A player switching
