@@ -55,13 +55,28 @@ pub struct Listeners {
     pub http: TcpListener,
 }
 
+/// Connections the kernel completes for a listener before the appliance accepts them.
+/// `TcpListener::bind` asks for 128 (the C library's `SOMAXCONN`): viewers arriving
+/// together (a stream's start, an edge restart) overflowed it, and the kernel dropped their
+/// SYNs, which clients resend after 1, 3, 7 s: 2,000 connections took 9 s to open on an
+/// idle node. The kernel caps this at `net.core.somaxconn` (4096 on Debian 12).
+const LISTEN_BACKLOG: u32 = 4096;
+
 impl Listeners {
-    pub async fn bind(rtmp: SocketAddr, http: SocketAddr) -> anyhow::Result<Self> {
+    pub fn bind(rtmp: SocketAddr, http: SocketAddr) -> anyhow::Result<Self> {
         Ok(Self {
-            rtmp: TcpListener::bind(rtmp).await.with_context(|| format!("binding RTMP on {rtmp}"))?,
-            http: TcpListener::bind(http).await.with_context(|| format!("binding HTTP on {http}"))?,
+            rtmp: listen(rtmp).with_context(|| format!("binding RTMP on {rtmp}"))?,
+            http: listen(http).with_context(|| format!("binding HTTP on {http}"))?,
         })
     }
+}
+
+/// A listener on `address` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as `bind` sets).
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Runs the appliance until `stop` is cancelled, then drains and returns.

@@ -292,7 +292,7 @@ fn main() -> anyhow::Result<()> {
             let config = node_config(config.as_ref(), Overrides { node, rtmp, http, data_dir, roles })?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async move {
-                let listeners = Listeners::bind(config.ingest.listen, config.http.listen).await?;
+                let listeners = Listeners::bind(config.ingest.listen, config.http.listen)?;
                 println!(
                     "rackcast ready rtmp={} http={}",
                     listeners.rtmp.local_addr()?,
