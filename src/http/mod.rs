@@ -15,6 +15,8 @@
 //! `?_HLS_msn=M[&_HLS_part=P]` (path.rs) is a blocking reload: answered once the playlist
 //! holds that part or later (`Store::playlist_when`), 400 more than two segments ahead,
 //! 503 after three target durations; cacheable by URL for [`BLOCKING_PLAYLIST_CACHE`].
+//! With `_HLS_skip=YES` (or `v2`) a media playlist is answered with its delta update
+//! (`PlaylistText::delta`), counted in `rackcast_live_playlist_delta_updates_total`.
 //! config.rs holds `[http]`; server.rs is the bounded accept loop every node serves
 //! through (connection cap, time-outs); path.rs parses request paths; probes.rs answers
 //! `/healthz` and `/ready`.
@@ -46,7 +48,7 @@ use crate::media::StreamId;
 use crate::audience::Audience;
 use crate::package::mpd::{with_clock_origin, UTC_TIMING_PATH};
 use crate::store::growing::ReadError;
-use crate::store::{GrowingBody, Lookup, ManifestForm, ObjectKey, Part, PlaylistLookup, Store, Stored};
+use crate::store::{GrowingBody, Lookup, ManifestForm, ObjectKey, Part, PlaylistLookup, PlaylistText, Store, Stored};
 use range::ByteRange;
 use crate::stream::StreamRegistry;
 
@@ -108,6 +110,8 @@ pub struct LiveMetrics {
     pub blocking_reload_timeouts: Counter,
     /// Byte-range requests of a growing segment answered 503: the bytes did not come in time.
     pub range_wait_timeouts: Counter,
+    /// HLS media playlists answered with their delta update (`_HLS_skip`).
+    pub playlist_delta_updates: Counter,
 }
 
 impl LiveMetrics {
@@ -117,6 +121,7 @@ impl LiveMetrics {
         registry.register("object_requests", "Init and media segment requests this node answered from its own store", self.object_requests.clone());
         registry.register("blocking_reload_timeouts", "LL-HLS blocking playlist reloads answered 503 after three target durations", self.blocking_reload_timeouts.clone());
         registry.register("range_wait_timeouts", "Byte ranges of a segment being encoded answered 503: the bytes did not come in time", self.range_wait_timeouts.clone());
+        registry.register("playlist_delta_updates", "HLS media playlists answered with their delta update (_HLS_skip)", self.playlist_delta_updates.clone());
     }
 }
 
@@ -235,7 +240,7 @@ async fn manifest(State(state): State<HttpState>, Path(stream): Path<String>, pe
 }
 
 async fn multivariant(State(state): State<HttpState>, Path(stream): Path<String>, peer: Peer, headers: HeaderMap) -> Response {
-    playlist(state, &stream, None, peer, headers).await
+    playlist(state, &stream, None, false, peer, headers).await
 }
 
 async fn media_playlist(
@@ -245,17 +250,18 @@ async fn media_playlist(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    match path::blocking_reload(query.as_deref()) {
-        Ok(None) => playlist(state, &stream, Some(&rendition), peer, headers).await,
-        Ok(Some(reload)) => blocking_playlist(state, &stream, &rendition, reload, peer, headers).await,
+    match path::playlist_query(query.as_deref()) {
+        Ok(path::PlaylistQuery { reload: Some(reload), skip }) => blocking_playlist(state, &stream, &rendition, reload, skip, peer, headers).await,
+        Ok(query) => playlist(state, &stream, Some(&rendition), query.skip, peer, headers).await,
         Err(e) => error(StatusCode::BAD_REQUEST, format!("{e}\n")),
     }
 }
 
 /// An LL-HLS blocking reload: the media playlist once it holds what `reload` asks for
 /// (RFC 8216bis 6.2.5.2): 400 for a segment more than two past the playlist's last, 503
-/// when it is not there within three target durations (`Store::playlist_when`).
-async fn blocking_playlist(state: HttpState, stream: &str, rendition: &str, reload: path::BlockingReload, peer: Peer, headers: HeaderMap) -> Response {
+/// when it is not there within three target durations (`Store::playlist_when`). `skip`:
+/// its delta update.
+async fn blocking_playlist(state: HttpState, stream: &str, rendition: &str, reload: path::BlockingReload, skip: bool, peer: Peer, headers: HeaderMap) -> Response {
     state.metrics.manifest_requests.inc();
     let (stream, playlist) = match path::playlist(stream, Some(rendition)) {
         Ok(pair) => pair,
@@ -263,8 +269,9 @@ async fn blocking_playlist(state: HttpState, stream: &str, rendition: &str, relo
     };
     match state.store.playlist_when(&stream, &playlist, reload.msn, reload.part).await {
         PlaylistLookup::Found(found) => {
-            note_viewer(&state.audience, &stream, &peer, &headers, found.text.len());
-            bytes_response(found.text, HLS_CONTENT_TYPE, BLOCKING_PLAYLIST_CACHE)
+            let text = playlist_answer(&state, found, skip);
+            note_viewer(&state.audience, &stream, &peer, &headers, text.len());
+            bytes_response(text, HLS_CONTENT_TYPE, BLOCKING_PLAYLIST_CACHE)
         }
         PlaylistLookup::TooFar => error(StatusCode::BAD_REQUEST, "_HLS_msn is more than two segments past the playlist's last\n"),
         PlaylistLookup::TimedOut => {
@@ -281,14 +288,27 @@ async fn blocking_playlist(state: HttpState, stream: &str, rendition: &str, relo
 /// node has that is not rendered yet is waited for as the next segment is: HLS needs a
 /// complete segment where the MPD lists a Period from its init segments, and hls.js gives
 /// up on a 404 for its first playlist (a player that opened the stream as it started).
-async fn playlist(state: HttpState, stream: &str, rendition: Option<&str>, peer: Peer, headers: HeaderMap) -> Response {
+/// `skip`: a media playlist's delta update.
+async fn playlist(state: HttpState, stream: &str, rendition: Option<&str>, skip: bool, peer: Peer, headers: HeaderMap) -> Response {
     state.metrics.manifest_requests.inc();
     let (stream, playlist) = match path::playlist(stream, rendition) {
         Ok(pair) => pair,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    let body = state.store.playlist_within(&stream, &playlist, state.next_segment_wait).await.map(|p| p.text);
+    let body = state.store.playlist_within(&stream, &playlist, state.next_segment_wait).await.map(|p| playlist_answer(&state, p, skip));
     serve_manifest(&state, &stream, body, HLS_CONTENT_TYPE, &peer, &headers)
+}
+
+/// What answers a playlist request: its delta update when `skip` asks for it and there is
+/// one (counted), else the full text.
+fn playlist_answer(state: &HttpState, found: PlaylistText, skip: bool) -> Bytes {
+    match found.delta {
+        Some(delta) if skip => {
+            state.metrics.playlist_delta_updates.inc();
+            delta
+        }
+        _ => found.text,
+    }
 }
 
 /// A manifest of `stream` as found in the store: 200, or which 404.
@@ -588,7 +608,7 @@ mod tests {
         let cam = StreamId::parse("cam").unwrap();
         let publish = |text: &'static str, next_parts| {
             let position = PlaylistPosition { last_msn: 4, next_parts, ended: false, target_duration: std::time::Duration::from_millis(100), part_target: None };
-            let playlists = [(Playlist::Media(RenditionId::parse("720p").unwrap()), PlaylistText { text: Bytes::from_static(text.as_bytes()), position: Some(position) })].into();
+            let playlists = [(Playlist::Media(RenditionId::parse("720p").unwrap()), PlaylistText { text: Bytes::from_static(text.as_bytes()), position: Some(position), delta: None })].into();
             let summary = StreamSummary { stream: cam.clone(), live: true, session: None, renditions: Vec::new() };
             store.set_manifests(&cam, [None, None, None], playlists, summary);
         };
@@ -630,7 +650,7 @@ mod tests {
         });
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "waits for the first playlist");
-        let playlists = [(Playlist::Multivariant, PlaylistText { text: Bytes::from_static(b"#EXTM3U\n"), position: None })].into();
+        let playlists = [(Playlist::Multivariant, PlaylistText { text: Bytes::from_static(b"#EXTM3U\n"), position: None, delta: None })].into();
         store.set_manifests(&cam, [Some(Bytes::from_static(b"<MPD/>")), None, None], playlists, summary());
         let (status, _, body) = waiting.await.unwrap();
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"#EXTM3U\n"[..]));

@@ -1,9 +1,9 @@
 //! Parsing of viewer request paths into store addresses. Pure; every element is validated
 //! as an identifier, so no form of traversal or encoding trick reaches the store. Also a
-//! media playlist's query: an LL-HLS blocking reload (`_HLS_msn`, `_HLS_part`), the one
-//! query any path acts on. Other parameters (a player's cache-buster, a token for a CDN in
-//! front) are ignored: a tier keys its cache by the canonical blocking-reload query alone,
-//! so that key space stays bounded.
+//! media playlist's query: the LL-HLS delivery directives (a blocking reload, `_HLS_msn`
+//! and `_HLS_part`; a delta update, `_HLS_skip`), the one query any path acts on. Other
+//! parameters (a player's cache-buster, a token for a CDN in front) are ignored: a tier
+//! keys its cache by the canonical directives alone, so that key space stays bounded.
 
 use crate::media::{IdError, RenditionId, SessionId, StreamId};
 use crate::store::{Part, Playlist};
@@ -21,7 +21,7 @@ pub enum PathError {
     Id(#[from] IdError),
     #[error("{0:?} is neither init-{{session}}.mp4 nor {{session}}-{{number}}.m4s")]
     FileName(String),
-    #[error("bad playlist query {0:?}: _HLS_msn=N, optionally with _HLS_part=N, once each")]
+    #[error("bad playlist query {0:?}: _HLS_msn=N (optionally with _HLS_part=N) and _HLS_skip=YES or v2, each at most once")]
     Query(String),
 }
 
@@ -33,42 +33,60 @@ pub struct BlockingReload {
     pub part: Option<u64>,
 }
 
-impl BlockingReload {
+/// What a media playlist's query asks for: a blocking reload, a delta update
+/// (`_HLS_skip=YES`, or `v2`, the same here: rackcast writes no date ranges), both or none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlaylistQuery {
+    pub reload: Option<BlockingReload>,
+    pub skip: bool,
+}
+
+impl PlaylistQuery {
     /// The query that asks for it, in one canonical form (a tier's cache key and upstream
-    /// request).
-    pub fn query(&self) -> String {
-        match self.part {
-            Some(part) => format!("_HLS_msn={}&_HLS_part={part}", self.msn),
-            None => format!("_HLS_msn={}", self.msn),
+    /// request): empty for a plain request.
+    pub fn canonical(&self) -> String {
+        let mut directives = Vec::new();
+        if let Some(reload) = self.reload {
+            directives.push(format!("_HLS_msn={}", reload.msn));
+            if let Some(part) = reload.part {
+                directives.push(format!("_HLS_part={part}"));
+            }
         }
+        if self.skip {
+            directives.push("_HLS_skip=YES".to_owned());
+        }
+        directives.join("&")
     }
 }
 
-/// A media playlist's query: a blocking reload, or none (other parameters are ignored).
-pub fn blocking_reload(query: Option<&str>) -> Result<Option<BlockingReload>, PathError> {
-    let Some(query) = query.filter(|q| !q.is_empty()) else { return Ok(None) };
+/// A media playlist's query: its delivery directives (other parameters are ignored).
+pub fn playlist_query(query: Option<&str>) -> Result<PlaylistQuery, PathError> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else { return Ok(PlaylistQuery::default()) };
     let bad = || PathError::Query(query.chars().take(80).collect());
     let number = |value: &str| match value.len() {
         1..=19 if value.bytes().all(|b| b.is_ascii_digit()) => value.parse::<u64>().map_err(|_| bad()),
         _ => Err(bad()),
     };
-    let (mut msn, mut part) = (None, None);
+    let (mut msn, mut part, mut skip) = (None, None, None);
     for pair in query.split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let slot = match name {
-            "_HLS_msn" => &mut msn,
-            "_HLS_part" => &mut part,
+        let seen = match name {
+            "_HLS_msn" => msn.replace(number(value)?).is_some(),
+            "_HLS_part" => part.replace(number(value)?).is_some(),
+            "_HLS_skip" if matches!(value, "YES" | "v2") => skip.replace(()).is_some(),
+            "_HLS_skip" => return Err(bad()),
             _ => continue,
         };
-        if slot.replace(number(value)?).is_some() {
+        if seen {
             return Err(bad());
         }
     }
-    match (msn, part) {
-        (Some(msn), part) => Ok(Some(BlockingReload { msn, part })),
-        (None, Some(_)) => Err(bad()),
-        (None, None) => Ok(None),
-    }
+    let reload = match (msn, part) {
+        (Some(msn), part) => Some(BlockingReload { msn, part }),
+        (None, Some(_)) => return Err(bad()),
+        (None, None) => None,
+    };
+    Ok(PlaylistQuery { reload, skip: skip.is_some() })
 }
 
 pub fn stream(raw: &str) -> Result<StreamId, PathError> {
@@ -106,18 +124,25 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn blocking_reload_queries() {
-        assert_eq!(blocking_reload(None), Ok(None));
-        assert_eq!(blocking_reload(Some("")), Ok(None));
-        assert_eq!(blocking_reload(Some("_HLS_msn=12")), Ok(Some(BlockingReload { msn: 12, part: None })));
-        let both = blocking_reload(Some("_HLS_part=3&_HLS_msn=12")).unwrap().unwrap();
-        assert_eq!((both, both.query().as_str()), (BlockingReload { msn: 12, part: Some(3) }, "_HLS_msn=12&_HLS_part=3"));
+    fn delivery_directive_queries() {
+        let parse = |q| playlist_query(Some(q));
+        assert_eq!(playlist_query(None), Ok(PlaylistQuery::default()));
+        assert_eq!(parse(""), Ok(PlaylistQuery::default()));
+        assert_eq!(parse("_HLS_msn=12").unwrap().reload, Some(BlockingReload { msn: 12, part: None }));
+        let both = parse("_HLS_part=3&_HLS_msn=12").unwrap();
+        assert_eq!((both.reload, both.canonical().as_str()), (Some(BlockingReload { msn: 12, part: Some(3) }), "_HLS_msn=12&_HLS_part=3"));
+        let delta = parse("_HLS_skip=YES").unwrap();
+        assert_eq!((delta.reload, delta.skip, delta.canonical().as_str()), (None, true, "_HLS_skip=YES"));
+        assert_eq!(parse("_HLS_skip=v2&_HLS_part=0&_HLS_msn=7").unwrap().canonical(), "_HLS_msn=7&_HLS_part=0&_HLS_skip=YES");
         for bad in ["_HLS_part=1", "_HLS_msn=-1", "_HLS_msn=1&_HLS_msn=2", "_HLS_msn", "_HLS_msn=99999999999999999999", "_HLS_msn=+1"] {
-            assert!(blocking_reload(Some(bad)).is_err(), "{bad}");
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        for bad in ["_HLS_skip=NO", "_HLS_skip", "_HLS_skip=YES&_HLS_skip=YES", "_HLS_skip=yes"] {
+            assert!(parse(bad).is_err(), "{bad}");
         }
         // Other parameters are ignored, so the canonical query (a tier's key) stays bounded.
-        assert_eq!(blocking_reload(Some("t=5&_HLS_msn=1&_HLS_skip=YES")), Ok(Some(BlockingReload { msn: 1, part: None })));
-        assert_eq!(blocking_reload(Some("nocache=123&token")), Ok(None));
+        assert_eq!(parse("t=5&_HLS_msn=1").unwrap().canonical(), "_HLS_msn=1");
+        assert_eq!(parse("nocache=123&token"), Ok(PlaylistQuery::default()));
     }
 
     #[test]

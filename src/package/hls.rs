@@ -63,9 +63,18 @@
 //!   the millisecond: every listed part is within it. It rises only when a longer part
 //!   appears, which the first segment's parts (listed before any playlist exists) settle.
 //! - `EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=` three part targets (the
-//!   spec asks for at least two and recommends three; `PART_HOLD_BACK_TARGETS`).
+//!   spec asks for at least two and recommends three; `PART_HOLD_BACK_TARGETS`),
+//!   `CAN-SKIP-UNTIL=` six target durations (the spec's least).
+//! - Delta updates (RFC 8216bis 6.2.5.1): beside each media playlist its delta, which a
+//!   request with `_HLS_skip=YES` gets (`PlaylistText::delta`). The segments that start
+//!   more than `CAN-SKIP-UNTIL` before the end of the last one are replaced by
+//!   `EXT-X-SKIP:SKIPPED-SEGMENTS=n`, with their tags (a Period's discontinuity, map and
+//!   date included); the first segment listed gets its Period's `EXT-X-MAP` and its own
+//!   `EXT-X-PROGRAM-DATE-TIME` again. The media and discontinuity sequence numbers are the
+//!   full playlist's. At one reload per part, a viewer of a minute of DVR window loads
+//!   about seven seconds of playlist instead of sixty.
 //! - `EXT-X-VERSION` stays 7: byte ranges need 4 and fMP4's `EXT-X-MAP` 6; the LL tags
-//!   need no higher version (only `EXT-X-SKIP`, not used, needs 9).
+//!   need no higher version. A delta update is version 9 (`EXT-X-SKIP`).
 //! - `EXT-X-RENDITION-REPORT:URI="../{other}/media.m3u8",LAST-MSN=..,LAST-PART=..` at the
 //!   end, one for each other rendition the multivariant offers: its last part as rendered
 //!   in the same pass, so every report names a part its playlist lists. A player switching
@@ -74,8 +83,7 @@
 //!
 //! Each media playlist comes with its [`PlaylistPosition`] (the last complete segment's
 //! media sequence number, the parts of the next), which the store keeps beside the text
-//! for blocking reloads (`_HLS_msn`/`_HLS_part`, the http module). Not written:
-//! `EXT-X-SKIP` (delta playlists).
+//! for blocking reloads (`_HLS_msn`/`_HLS_part`, the http module).
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -84,7 +92,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::timeline::{Period, StreamTimeline, Track, media_duration};
+use super::timeline::{Period, SegmentEntry, StreamTimeline, Track, media_duration};
 use crate::media::{RenditionId, TrackKind};
 pub use crate::store::{Playlist, PlaylistPosition, PlaylistText};
 
@@ -107,13 +115,18 @@ const PART_HOLD_BACK_TARGETS: u32 = 3;
 const PARTS_LISTED_TARGETS: u64 = 6;
 /// The audio rendition group's id.
 const AUDIO_GROUP: &str = "audio";
+/// `CAN-SKIP-UNTIL` in target durations: the spec's minimum (RFC 8216bis 4.4.3.8). A delta
+/// update lists the segments that start within it of the playlist's end.
+const SKIP_BOUNDARY_TARGETS: u64 = 6;
+/// A playlist with `EXT-X-SKIP` needs version 9.
+const DELTA_VERSION: u32 = 9;
 
 /// Every playlist of the stream, or none while no rendition is playable yet. `chunk`: the
 /// part duration with low latency (`MpdTiming::chunk_duration`); LL-HLS tags with it.
 pub fn render(timeline: &StreamTimeline, chunk: Option<Duration>) -> HashMap<Playlist, PlaylistText> {
     let mut playlists = HashMap::new();
     let Some(offered) = offered_period(timeline) else { return playlists };
-    playlists.insert(Playlist::Multivariant, PlaylistText { text: Bytes::from(multivariant(offered)), position: None });
+    playlists.insert(Playlist::Multivariant, PlaylistText { text: Bytes::from(multivariant(offered)), position: None, delta: None });
     // Every rendition the stream has had: one a re-plan dropped goes on with a stand-in.
     let mut renditions: Vec<&RenditionId> = timeline.seen.keys().collect();
     renditions.sort();
@@ -121,17 +134,23 @@ pub fn render(timeline: &StreamTimeline, chunk: Option<Duration>) -> HashMap<Pla
     // Each live low-latency playlist reports where the multivariant's other renditions are.
     let edges: Vec<(&RenditionId, LiveEdge)> = media.iter().filter_map(|(id, m)| Some((*id, m.live_edge?))).collect();
     let offered: Vec<&RenditionId> = offered.tracks.iter().filter(|t| t.is_playable()).map(|t| &t.info.id).collect();
-    for (id, MediaPlaylist { mut text, position, live_edge }) in media {
+    for (id, MediaPlaylist { mut text, mut delta, position, live_edge }) in media {
         if live_edge.is_some() {
+            let mut reports = String::new();
             for (other, edge) in edges.iter().filter(|(other, _)| *other != id && offered.contains(other)) {
-                let _ = write!(text, "#EXT-X-RENDITION-REPORT:URI=\"../{}\",LAST-MSN={}", Playlist::Media((*other).clone()).relative_path(), edge.last_msn);
+                let _ = write!(reports, "#EXT-X-RENDITION-REPORT:URI=\"../{}\",LAST-MSN={}", Playlist::Media((*other).clone()).relative_path(), edge.last_msn);
                 if let Some(part) = edge.last_part {
-                    let _ = write!(text, ",LAST-PART={part}");
+                    let _ = write!(reports, ",LAST-PART={part}");
                 }
-                text.push('\n');
+                reports.push('\n');
+            }
+            text.push_str(&reports);
+            if let Some(delta) = delta.as_mut() {
+                delta.push_str(&reports);
             }
         }
-        playlists.insert(Playlist::Media(id.clone()), PlaylistText { text: Bytes::from(text), position: Some(position) });
+        let text = PlaylistText { text: Bytes::from(text), position: Some(position), delta: delta.map(Bytes::from) };
+        playlists.insert(Playlist::Media(id.clone()), text);
     }
     playlists
 }
@@ -189,6 +208,8 @@ fn stream_inf(out: &mut String, track: &Track, audio: Option<&Track>) {
 /// A media playlist as `media_playlist` renders it, before the rendition reports.
 struct MediaPlaylist {
     text: String,
+    /// Its delta update (`_HLS_skip=YES`), when it has segments to skip.
+    delta: Option<String>,
     position: PlaylistPosition,
     /// Its last part while it is live with low latency: what the other playlists report.
     live_edge: Option<LiveEdge>,
@@ -225,16 +246,39 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Opt
         Duration::from_millis(u64::try_from(longest.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX))
     });
 
-    let mut out = format!("#EXTM3U\n#EXT-X-VERSION:{VERSION}\n#EXT-X-TARGETDURATION:{target}\n");
+    // The header after the version, which a delta update raises.
+    let mut header = format!("#EXT-X-TARGETDURATION:{target}\n");
+    // Delta updates with low latency: the segments starting more than the skip boundary
+    // before the playlist's end are skipped (counted by durations, so a gap between
+    // Periods only skips fewer).
+    let skip_boundary = Duration::from_secs(target * SKIP_BOUNDARY_TARGETS);
+    let mut skipped = 0;
     if let Some(part_target) = part_target {
         let _ = writeln!(
-            out,
-            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={}\n#EXT-X-PART-INF:PART-TARGET={}",
+            header,
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={},CAN-SKIP-UNTIL={}\n#EXT-X-PART-INF:PART-TARGET={}",
             millis(part_target * PART_HOLD_BACK_TARGETS),
+            millis(skip_boundary),
             millis(part_target)
         );
+        let mut within = Duration::ZERO;
+        let kept = listed
+            .iter()
+            .rev()
+            .flat_map(|(_, t)| t.segments.iter().rev().map(|s| seconds(s.duration, t)))
+            .take_while(|d| {
+                within += *d;
+                within <= skip_boundary
+            })
+            .count();
+        skipped = listed.iter().map(|(_, t)| t.segments.len()).sum::<usize>() - kept;
     }
-    let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-DISCONTINUITY-SEQUENCE:{}", dropped.segments, dropped.periods);
+    let _ = writeln!(header, "#EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-DISCONTINUITY-SEQUENCE:{}", dropped.segments, dropped.periods);
+    let mut out = format!("#EXTM3U\n#EXT-X-VERSION:{VERSION}\n{header}");
+    // Where the delta update's listing starts in `out`, and the tags it repeats there
+    // (the Period's map and the first segment's date, written before a skipped segment).
+    let mut delta_from = None::<(usize, String)>;
+    let mut segment_index = 0;
     // Parts only while the stream is live: a player has no use for them afterwards, and
     // hls.js 1.7 misreads a playlist with parts that ends on a segment's URI (it takes that
     // segment for the one being encoded, and stops with a playlist error when the next
@@ -243,18 +287,28 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Opt
     let mut listed_segments = 0u64;
     for (index, (period, track)) in listed.iter().enumerate() {
         let (dir, session) = (stand_in_dir(track, rendition), period.session.as_str());
+        let map_and_date = |segment: &SegmentEntry| {
+            let mut tags = format!("#EXT-X-MAP:URI=\"{dir}init-{session}.mp4\"\n");
+            let wall = timeline.availability_start.checked_add(period.start).and_then(|t| t.checked_add(seconds(segment.time, track)));
+            if let Some(wall) = wall.and_then(date_time) {
+                let _ = writeln!(tags, "#EXT-X-PROGRAM-DATE-TIME:{}", wall.to_rfc3339_opts(SecondsFormat::Millis, true));
+            }
+            tags
+        };
+        if skipped > 0 && segment_index == skipped {
+            delta_from = Some((out.len(), String::new()));
+        }
         if index > 0 {
             out.push_str("#EXT-X-DISCONTINUITY\n");
         }
-        let _ = writeln!(out, "#EXT-X-MAP:URI=\"{dir}init-{session}.mp4\"");
-        let first = track.segments.front().expect("listed tracks have segments");
-        let wall = timeline.availability_start.checked_add(period.start).and_then(|t| t.checked_add(seconds(first.time, track)));
-        if let Some(wall) = wall.and_then(date_time) {
-            let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", wall.to_rfc3339_opts(SecondsFormat::Millis, true));
-        }
+        out.push_str(&map_and_date(track.segments.front().expect("listed tracks have segments")));
         // Parts of the segments that start within the last PARTS_LISTED_TARGETS target durations.
         let recent = recent_segments(track, Duration::from_secs(target * PARTS_LISTED_TARGETS));
         for (n, segment) in track.segments.iter().enumerate() {
+            if skipped > 0 && segment_index == skipped && n > 0 {
+                delta_from = Some((out.len(), map_and_date(segment)));
+            }
+            segment_index += 1;
             if list_parts && n >= track.segments.len() - recent {
                 write_parts(&mut out, track, &dir, session, segment.number);
             }
@@ -308,7 +362,8 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Opt
         target_duration: Duration::from_secs(target),
         part_target,
     };
-    Some(MediaPlaylist { text: out, position, live_edge })
+    let delta = delta_from.map(|(from, tags)| format!("#EXTM3U\n#EXT-X-VERSION:{DELTA_VERSION}\n{header}#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}\n{tags}{}", &out[from..]));
+    Some(MediaPlaylist { text: out, delta, position, live_edge })
 }
 
 /// How many of `track`'s newest segments start within `span` of its last segment's end.
@@ -586,7 +641,7 @@ mod tests {
         let rendered = &render(&tl, chunk)[&Playlist::Media(r.clone())];
         let video = std::str::from_utf8(&rendered.text).unwrap();
         // Parts are whole frames: a 208.333 ms part sets a part target rounded up.
-        assert!(video.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.627\n#EXT-X-PART-INF:PART-TARGET=0.209\n"), "{video}");
+        assert!(video.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.627,CAN-SKIP-UNTIL=6.000\n#EXT-X-PART-INF:PART-TARGET=0.209\n"), "{video}");
         let parts = lines(video, "#EXT-X-PART:");
         for part in &parts {
             let duration: f64 = part.strip_prefix("DURATION=").unwrap().split(',').next().unwrap().parse().unwrap();
@@ -682,6 +737,51 @@ mod tests {
         assert!(texts(&tl).values().all(|t| !t.contains("RENDITION-REPORT")));
         tl.end_session(&next, at(6_000));
         assert!(render(&tl, Some(Duration::from_millis(200))).values().all(|t| !std::str::from_utf8(&t.text).unwrap().contains("RENDITION-REPORT")));
+    }
+
+    #[test]
+    fn a_delta_update_skips_the_segments_older_than_the_skip_boundary() {
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        let renditions = [("720p", TrackKind::Video), ("audio", TrackKind::Audio)];
+        session(&mut tl, "abc", &renditions, 0, 10);
+        let def = session(&mut tl, "def", &renditions, 10_000, 4);
+        let chunk = Some(Duration::from_millis(200));
+        let rendered = render(&tl, chunk);
+        let full = String::from_utf8(rendered[&Playlist::Media(id("720p"))].text.to_vec()).unwrap();
+        let delta = String::from_utf8(rendered[&Playlist::Media(id("720p"))].delta.clone().expect("a delta update").to_vec()).unwrap();
+        assert!(full.contains("PART-HOLD-BACK=0.600,CAN-SKIP-UNTIL=6.000\n"), "{full}");
+        // 14 segments of 1 s: the last six start within 6 s of the end (abc-9, abc-10 and
+        // def-11 to def-14); the eight before are skipped, the Periods' boundary listed.
+        let date = |ms| date_time(at(ms)).unwrap().to_rfc3339_opts(SecondsFormat::Millis, true);
+        let kept = format!("#EXT-X-SKIP:SKIPPED-SEGMENTS=8\n#EXT-X-MAP:URI=\"init-abc.mp4\"\n#EXT-X-PROGRAM-DATE-TIME:{}\n#EXTINF:1.000,\nabc-9.m4s\n", date(8000));
+        let (head, listed) = delta.split_once(&kept).unwrap_or_else(|| panic!("{delta}"));
+        let full_head = full.split("#EXT-X-MAP").next().unwrap();
+        assert_eq!(head, full_head.replace("#EXT-X-VERSION:7\n", "#EXT-X-VERSION:9\n"), "the full playlist's header, version 9");
+        // The rest, the reports included, is the full playlist's from the same segment.
+        assert!(full.ends_with(&format!("#EXTINF:1.000,\nabc-9.m4s\n{listed}")), "{full}\n{delta}");
+        assert!(listed.contains("#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init-def.mp4\"\n") && listed.contains("#EXT-X-RENDITION-REPORT:URI=\"../audio/"), "{delta}");
+        // Skipped plus listed are the full playlist's segments.
+        let uris = |text: &str| text.lines().filter(|l| !l.starts_with('#')).map(str::to_owned).collect::<Vec<_>>();
+        let (all, tail) = (uris(&full), uris(&delta));
+        assert_eq!((all.len(), &all[8..]), (14, &tail[..]));
+
+        // The skip boundary at the new Period's start: its discontinuity, map and date are
+        // listed once.
+        for (r, _) in renditions {
+            for i in 4..6 {
+                tl.add_segment(&def, &id(r), i * 1_000_000_000, 1_000_000_000, at(11_000 + 1000 * i));
+            }
+        }
+        let rendered = render(&tl, chunk);
+        let delta = String::from_utf8(rendered[&Playlist::Media(id("720p"))].delta.clone().unwrap().to_vec()).unwrap();
+        assert!(delta.contains(&format!("#EXT-X-SKIP:SKIPPED-SEGMENTS=10\n#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init-def.mp4\"\n#EXT-X-PROGRAM-DATE-TIME:{}\n#EXTINF:1.000,\ndef-11.m4s\n", date(10_000))), "{delta}");
+        assert_eq!(lines(&delta, "#EXT-X-MAP").len(), 1, "{delta}");
+        // The audio's delta too; none without low latency, or with nothing to skip.
+        assert!(rendered[&Playlist::Media(id("audio"))].delta.as_ref().is_some_and(|d| d.starts_with(b"#EXTM3U\n#EXT-X-VERSION:9\n")));
+        assert!(render(&tl, None).values().all(|p| p.delta.is_none()));
+        let mut young = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        session(&mut young, "abc", &renditions, 0, 6);
+        assert!(render(&young, chunk).values().all(|p| p.delta.is_none()), "six segments are all within the boundary");
     }
 
     #[test]

@@ -139,12 +139,17 @@ impl PlaylistPosition {
     }
 }
 
-/// A rendered playlist: its text, and for a media playlist what it lists at its live edge.
+/// A rendered playlist: its text, and for a media playlist what it lists at its live edge
+/// and its delta update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlaylistText {
     pub text: Bytes,
     pub position: Option<PlaylistPosition>,
+    /// The same playlist with its older segments skipped (`EXT-X-SKIP`), for a request with
+    /// `_HLS_skip=YES`; `None` when it skips none (the full text answers then).
+    pub delta: Option<Bytes>,
 }
+
 
 /// What [`Store::playlist_when`] found.
 #[derive(Debug, Clone)]

@@ -14,9 +14,10 @@
 //! player never takes a truncated segment for a whole one. Hits on complete objects are
 //! served with a Content-Length.
 //!
-//! LL-HLS: a blocking playlist reload (`media.m3u8?_HLS_msn=..&_HLS_part=..`, validated,
-//! nothing else accepted) is its own cache key with its canonical query, coalesced like
-//! any miss and forwarded upstream, which holds it; its fetch budget is `request_timeout`
+//! LL-HLS: a playlist request with delivery directives (a blocking reload
+//! `media.m3u8?_HLS_msn=..&_HLS_part=..`, a delta update `_HLS_skip=YES`; validated,
+//! nothing else kept) is its own cache key with its canonical query, coalesced like any
+//! miss and forwarded upstream, which holds a blocking reload; its fetch budget is `request_timeout`
 //! plus [`BLOCKING_RELOAD_WAIT_MAX`], and the live node's 400/503 are passed on. A `Range`
 //! request for a segment is never sent upstream: the whole segment is fetched (or relayed)
 //! and cached as for any viewer, and the range served from it as the live node does.
@@ -298,7 +299,7 @@ async fn manifest(State(state): State<TierState>, Path(stream): Path<String>, pe
 }
 
 async fn multivariant(State(state): State<TierState>, Path(stream): Path<String>, peer: Peer, headers: HeaderMap) -> Response {
-    playlist(state, &stream, None, None, peer, headers).await
+    playlist(state, &stream, None, path::PlaylistQuery::default(), peer, headers).await
 }
 
 async fn media_playlist(
@@ -308,8 +309,8 @@ async fn media_playlist(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    match path::blocking_reload(query.as_deref()) {
-        Ok(reload) => playlist(state, &stream, Some(&rendition), reload, peer, headers).await,
+    match path::playlist_query(query.as_deref()) {
+        Ok(query) => playlist(state, &stream, Some(&rendition), query, peer, headers).await,
         Err(e) => {
             state.metrics.requests.inc();
             bad_request(&state, e.into())
@@ -318,16 +319,17 @@ async fn media_playlist(
 }
 
 /// An HLS playlist: a manifest, cached and coalesced like the MPDs, served as it came. A
-/// blocking reload (`reload`) is its own key, with its canonical query, fetched upstream
-/// with it: the upstream holds it until the playlist has what it asks for.
-async fn playlist(state: TierState, stream: &str, rendition: Option<&str>, reload: Option<path::BlockingReload>, peer: Peer, headers: HeaderMap) -> Response {
+/// request with delivery directives (`query`: a blocking reload, a delta update) is its
+/// own key, with its canonical query, fetched upstream with it: the upstream holds a
+/// blocking reload until the playlist has what it asks for.
+async fn playlist(state: TierState, stream: &str, rendition: Option<&str>, query: path::PlaylistQuery, peer: Peer, headers: HeaderMap) -> Response {
     state.metrics.requests.inc();
     let (stream, playlist) = match path::playlist(stream, rendition) {
         Ok(pair) => pair,
         Err(e) => return bad_request(&state, e.into()),
     };
     // Validated identifiers and numbers, so the key is the canonical path (and query).
-    let query = reload.map(|r| format!("?{}", r.query())).unwrap_or_default();
+    let query = Some(query.canonical()).filter(|q| !q.is_empty()).map(|q| format!("?{q}")).unwrap_or_default();
     let key = Arc::from(format!("/live/{stream}/{}{query}", playlist.relative_path()));
     serve_manifest(state, stream, key, peer, headers, Bytes::clone).await
 }

@@ -69,9 +69,10 @@ use crate::warn_limiter::WarnLimiter;
 #[derive(Debug, Clone)]
 pub(crate) struct ObjectRequest {
     pub stream: StreamId,
-    /// The request path, e.g. `/live/cam/720p/abc-7.m4s`; also the cache key. A blocking
-    /// playlist reload's carries its canonical query (`?_HLS_msn=..&_HLS_part=..`), so it
-    /// is keyed, coalesced and forwarded upstream with it.
+    /// The request path, e.g. `/live/cam/720p/abc-7.m4s`; also the cache key. A playlist
+    /// request with delivery directives carries their canonical query
+    /// (`?_HLS_msn=..&_HLS_part=..&_HLS_skip=YES`), so it is keyed, coalesced and forwarded
+    /// upstream with it.
     pub key: Arc<str>,
     /// `Manifest` or `Segment`; `Negative` is only ever the kind of a cached 404.
     pub kind: ObjectKind,
@@ -85,7 +86,7 @@ impl ObjectRequest {
 
     /// An LL-HLS blocking playlist reload (the upstream holds it until the playlist changes).
     fn is_blocking_reload(&self) -> bool {
-        self.is_playlist() && self.key.contains('?')
+        self.is_playlist() && self.key.split_once('?').is_some_and(|(_, query)| query.contains("_HLS_msn="))
     }
 
     /// The live node's refusal of a blocking reload (400: too far ahead; 503: not there in

@@ -1071,7 +1071,7 @@ async fn blocking_reloads_reach_upstream_coalesced_past_the_request_timeout() {
     let cam = StreamId::parse("cam").unwrap();
     let publish = |text: &'static str, last_msn| {
         let position = PlaylistPosition { last_msn, next_parts: 0, ended: false, target_duration: Duration::from_secs(1), part_target: None };
-        let playlists = [(Playlist::Media(crate::media::RenditionId::parse("720p").unwrap()), PlaylistText { text: Bytes::from_static(text.as_bytes()), position: Some(position) })].into();
+        let playlists = [(Playlist::Media(crate::media::RenditionId::parse("720p").unwrap()), PlaylistText { text: Bytes::from_static(text.as_bytes()), position: Some(position), delta: Some(Bytes::from(format!("{text} delta"))) })].into();
         let summary = StreamSummary { stream: cam.clone(), live: true, session: None, renditions: Vec::new() };
         store.set_manifests(&cam, [None, None, None], playlists, summary);
     };
@@ -1108,6 +1108,12 @@ async fn blocking_reloads_reach_upstream_coalesced_past_the_request_timeout() {
     // Without a blocking-reload query (other parameters are ignored), the plain playlist.
     assert_eq!(get(&client, &url("")).await.body.as_ref(), b"five");
     assert_eq!(get(&client, &url("?nocache=42")).await.body.as_ref(), b"five");
+    // A delta update is a key of its own, asked upstream with its directive; the plain
+    // playlist stays the full one.
+    assert_eq!(get(&client, &url("?_HLS_skip=YES")).await.body.as_ref(), b"five delta");
+    assert_eq!(get(&client, &url("?_HLS_skip=v2&_HLS_msn=5")).await.body.as_ref(), b"five delta");
+    assert_eq!(get(&client, &url("")).await.body.as_ref(), b"five");
+    assert_eq!(get(&client, &url("?_HLS_skip=NO")).await.status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,6 +62,10 @@ pub(crate) struct MediaPlaylist {
     pub parts: Vec<PartLine>,
     pub hint: Option<(String, u64)>,
     pub reports: Vec<RenditionReport>,
+    /// A delta update's `EXT-X-SKIP:SKIPPED-SEGMENTS` (0 in a full playlist). The first
+    /// listed segment's sequence counts them; its discontinuity sequence cannot (the
+    /// skipped segments' discontinuities are not listed).
+    pub skipped: u64,
 }
 
 /// The attributes of a tag, `NAME=value` (quotes removed), in order.
@@ -87,6 +91,7 @@ pub(crate) fn parse_media_of(stream: &str, text: &str, rendition: &str) -> Media
     let (mut segments, mut discontinuities, mut ended) = (Vec::new(), 0, false);
     let (mut server_control, mut part_target, mut parts, mut hint) = (None, None::<f64>, Vec::<PartLine>::new(), None);
     let mut reports = Vec::new();
+    let (mut version, mut skipped) = (None, 0);
     // Parts of the segment not listed yet (the next URI line, or the one being encoded).
     let mut pending = 0u64;
     let number = |v: &str| v.parse::<u64>().unwrap_or_else(|_| panic!("not a decimal-integer: {v:?} in\n{text}"));
@@ -136,9 +141,15 @@ pub(crate) fn parse_media_of(stream: &str, text: &str, rendition: &str) -> Media
             sequence = Some(number(v));
         } else if let Some(v) = line.strip_prefix("#EXT-X-DISCONTINUITY-SEQUENCE:") {
             discontinuity_sequence = number(v);
-        } else if line == "#EXT-X-VERSION:7" {
+        } else if let Some(v) = line.strip_prefix("#EXT-X-VERSION:") {
+            version = Some(number(v));
+        } else if let Some(v) = line.strip_prefix("#EXT-X-SKIP:SKIPPED-SEGMENTS=") {
+            assert!(segments.is_empty() && parts.is_empty() && skipped == 0, "EXT-X-SKIP once, before the segments:\n{text}");
+            skipped = number(v);
+            assert!(skipped > 0, "{line}");
+            *sequence.as_mut().expect("EXT-X-MEDIA-SEQUENCE before EXT-X-SKIP") += skipped;
         } else if line == "#EXT-X-DISCONTINUITY" {
-            assert!(!segments.is_empty(), "a discontinuity before the first segment:\n{text}");
+            assert!(!segments.is_empty() || skipped > 0, "a discontinuity before the first segment:\n{text}");
             discontinuities += 1;
             discontinuity_sequence += 1;
         } else if let Some(v) = line.strip_prefix("#EXT-X-MAP:URI=") {
@@ -174,7 +185,9 @@ pub(crate) fn parse_media_of(stream: &str, text: &str, rendition: &str) -> Media
             *sequence += 1;
         }
     }
-    MediaPlaylist { target: target.expect("EXT-X-TARGETDURATION"), segments, discontinuities, ended, server_control, part_target, parts, hint, reports }
+    // Version 7 (fMP4, byte ranges); 9 for a delta update (RFC 8216bis 4.4.5.2).
+    assert_eq!(version, Some(if skipped > 0 { 9 } else { 7 }), "EXT-X-VERSION:\n{text}");
+    MediaPlaylist { target: target.expect("EXT-X-TARGETDURATION"), segments, discontinuities, ended, server_control, part_target, parts, hint, reports, skipped }
 }
 
 fn fetch_text(app: &Appliance, path: &str) -> Option<String> {

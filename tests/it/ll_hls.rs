@@ -6,6 +6,8 @@
 //! segment, a preload hint streams the rest of the segment from its offset, and ffprobe
 //! decodes the rendition through its media playlist (a plain HLS client ignores the tags).
 //! Each playlist reports the other renditions' last parts, which their playlists hold.
+//! Once the stream is older than the skip boundary, a delta update (`_HLS_skip=YES`) lists
+//! the full playlist's newest segments and skips the older ones.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -53,8 +55,15 @@ fn ll_hls_parts_hints_and_blocking_reload() {
     let part_target = first.part_target.expect("EXT-X-PART-INF");
     assert!(part_target >= 0.333, "the part target covers package.chunk_duration: {part_target}");
     let control = first.server_control.clone().expect("EXT-X-SERVER-CONTROL");
-    let hold_back: f64 = control.strip_prefix("CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=").unwrap_or_else(|| panic!("{control}")).parse().unwrap();
+    let attribute = |name: &str| -> f64 {
+        let value = control.split(',').find_map(|a| a.strip_prefix(name)?.strip_prefix('='));
+        value.unwrap_or_else(|| panic!("{name} in {control}")).parse().unwrap()
+    };
+    assert!(control.starts_with("CAN-BLOCK-RELOAD=YES,"), "{control}");
+    let hold_back = attribute("PART-HOLD-BACK");
     assert!(hold_back >= 3.0 * part_target - 0.001, "{control} with PART-TARGET={part_target}");
+    let skip_until = attribute("CAN-SKIP-UNTIL");
+    assert!(skip_until >= 6.0 * first.target as f64, "{control}: the skip boundary is at least six target durations");
     let audio = get(&app.url(&format!("/live/{STREAM}/audio/media.m3u8"))).text().unwrap();
     assert!(!parse_media_of(STREAM, &audio, "audio").parts.is_empty(), "{audio}");
     // The playlist reports the other renditions' last parts; a blocking reload of each for
@@ -138,6 +147,32 @@ fn ll_hls_parts_hints_and_blocking_reload() {
         None => assert_eq!(segment.len() as u64, start, "416 for a hint at the end of {hint_url}"),
     }
     println!("{} parts of {} segments compared", parts.len(), segments.len());
+
+    // Delta updates: once the playlist is older than the skip boundary, `_HLS_skip=YES`
+    // answers with its segments older than it skipped; what it lists is the full
+    // playlist's, and the last segment it skipped reaches past the boundary.
+    let delta = wait_until("a delta update that skips segments", Duration::from_secs(20), || {
+        let delta = parse_media_of(STREAM, &get(&app.url(&playlist_path("?_HLS_skip=YES"))).text().unwrap(), RENDITION);
+        (delta.skipped > 0).then_some(delta)
+    });
+    let full = plain().expect("the full playlist");
+    assert_eq!(full.skipped, 0);
+    let in_full = |sequence: u64| full.segments.iter().find(|s| s.sequence == sequence).unwrap_or_else(|| panic!("{sequence} in the full playlist"));
+    for segment in &delta.segments {
+        let same = in_full(segment.sequence);
+        assert_eq!((&same.url, same.seconds, &same.map), (&segment.url, segment.seconds, &segment.map), "segment {}", segment.sequence);
+    }
+    let listed: f64 = delta.segments.iter().map(|s| s.seconds).sum();
+    let last_skipped = in_full(delta.segments[0].sequence - 1).seconds;
+    // EXTINF has milliseconds, rounded: half of one per segment either way.
+    let rounding = 0.0005 * (delta.segments.len() + 1) as f64;
+    assert!(listed <= skip_until + rounding && listed + last_skipped > skip_until - rounding, "{listed} s listed, {last_skipped} s before: {delta:?}");
+    let (msn, index) = next_part(&delta);
+    let blocking = get(&app.url(&playlist_path(&format!("?_HLS_msn={msn}&_HLS_part={index}&_HLS_skip=YES"))));
+    assert_eq!(blocking.status(), 200);
+    assert!(parse_media_of(STREAM, &blocking.text().unwrap(), RENDITION).skipped > 0, "a blocking reload's delta update");
+    assert_eq!(get(&app.url(&playlist_path("?_HLS_skip=NO"))).status(), 400);
+    println!("delta update: {} segments skipped, {} listed ({listed:.3} s, CAN-SKIP-UNTIL={skip_until})", delta.skipped, delta.segments.len());
 
     // A plain HLS client plays the LL playlist.
     let probe = output_within(Command::new("ffprobe").args(["-v", "error"]).arg(app.url(&playlist_path(""))), Duration::from_secs(20));

@@ -430,8 +430,17 @@ fn browser_players_play_low_latency_directly_and_through_an_edge() {
     std::thread::sleep(JOIN_AFTER.saturating_sub(published.elapsed()));
 
     let mut failures = Vec::new();
+    // hls.js reloads its playlists with delta updates (`_HLS_skip`): the live node answers
+    // them, those through the edge too (the tiers forward them).
+    let deltas = || Metrics::scrape(&http[0]).count("rackcast_live_playlist_delta_updates_total");
     for (node, base) in [("live node", &http[0]), ("edge", &http[2])] {
+        let deltas_before = deltas();
         let runs = play_in_chromium(chromium, base, WATCH);
+        let delta_updates = deltas() - deltas_before;
+        println!("playlist delta updates answered while the players played from the {node}: {delta_updates}");
+        if delta_updates == 0 {
+            failures.push(format!("hlsjs from the {node}: no delta update asked for"));
+        }
         for ((player, manifest), run) in BROWSER_PLAYERS.iter().zip(&runs) {
             println!(
                 "{player} on {manifest} from the {node}: {} frames, {} stalls after start-up, median latency over the last {:?} {:?} s ({} samples), errors {:?}, {} warnings {:?}",
