@@ -317,6 +317,9 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Opt
         listed_segments += track.segments.len() as u64;
     }
     let last_msn = (dropped.segments + listed_segments).saturating_sub(1);
+    // The last listed segment's number and its track.
+    let (newest_period, newest_track) = listed.last().expect("not empty");
+    let newest = newest_track.segments.back().expect("listed tracks have segments").number;
     let mut next_parts = 0;
     if ended {
         out.push_str("#EXT-X-ENDLIST\n");
@@ -325,19 +328,17 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Opt
         // part after them. Only after the live Period's own segments: a new Period's first
         // segment is listed once it is complete, and until then only hinted (its first
         // byte), so that the playlist never ends on a URI (see `list_parts`).
-        let (period, track) = listed.last().expect("not empty");
-        let live = timeline.periods.last().is_some_and(|p| p.session == period.session);
-        let newest = track.segments.back().expect("listed tracks have segments").number;
-        let newest_period = timeline.periods.len() - 1;
-        if !live && let Some(next) = timeline.carrier(newest_period, rendition) {
-            let (dir, session) = (stand_in_dir(next, rendition), timeline.periods[newest_period].session.as_str());
+        let live = timeline.periods.last().is_some_and(|p| p.session == newest_period.session);
+        let live_period = timeline.periods.len() - 1;
+        if !live && let Some(next) = timeline.carrier(live_period, rendition) {
+            let (dir, session) = (stand_in_dir(next, rendition), timeline.periods[live_period].session.as_str());
             let _ = writeln!(out, "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{dir}{session}-{}.m4s\",BYTERANGE-START=0", next.next_segment_number());
         } else if live {
-            let (dir, session) = (stand_in_dir(track, rendition), period.session.as_str());
-            let growing = track.parts.back().filter(|p| p.number == newest + 1 && !p.complete);
+            let (dir, session) = (stand_in_dir(newest_track, rendition), newest_period.session.as_str());
+            let growing = newest_track.parts.back().filter(|p| p.number == newest + 1 && !p.complete);
             let (number, offset) = match growing {
                 Some(segment) => {
-                    write_parts(&mut out, track, &dir, session, segment.number);
+                    write_parts(&mut out, newest_track, &dir, session, segment.number);
                     next_parts = segment.parts.len() as u64;
                     (segment.number, segment.parts.last().map_or(0, |p| p.offset + p.length))
                 }
@@ -350,9 +351,7 @@ fn media_playlist(timeline: &StreamTimeline, rendition: &RenditionId, chunk: Opt
         if next_parts > 0 {
             return LiveEdge { last_msn: last_msn + 1, last_part: Some(next_parts - 1) };
         }
-        let (_, track) = listed.last().expect("not empty");
-        let newest = track.segments.back().expect("listed tracks have segments").number;
-        let parts = track.parts.iter().find(|p| p.number == newest).map_or(0, |p| p.parts.len() as u64);
+        let parts = newest_track.parts.iter().find(|p| p.number == newest).map_or(0, |p| p.parts.len() as u64);
         LiveEdge { last_msn, last_part: parts.checked_sub(1) }
     });
     let position = PlaylistPosition {

@@ -384,46 +384,28 @@ impl Store {
         let entry = self.existing(stream)?;
         let published = Arc::clone(&entry.read().published);
         let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            // Registered before the check, so a publish in between still wakes it.
-            let changed = published.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if let Some(found) = entry.read().playlists.get(playlist) {
-                return Some(found.clone());
-            }
-            tokio::time::timeout_at(deadline, changed).await.ok()?;
-        }
+        decided_by(&published, deadline, || entry.read().playlists.get(playlist).cloned()).await
     }
 
     /// A blocking reload (module header): the playlist once it holds segment `msn` (part
     /// `part` of it) or later, waiting up to three of its target durations.
     pub async fn playlist_when(&self, stream: &StreamId, playlist: &Playlist, msn: u64, part: Option<u64>) -> PlaylistLookup {
         let Some(entry) = self.existing(stream) else { return PlaylistLookup::UnknownStream };
-        let published = Arc::clone(&entry.read().published);
-        let mut deadline = None;
-        loop {
-            // Registered before the check, so a publish in between still wakes it.
-            let changed = published.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let wait = {
-                let objects = entry.read();
-                let Some(found) = objects.playlists.get(playlist) else { return PlaylistLookup::Missing };
-                let Some(position) = found.position else { return PlaylistLookup::Found(found.clone()) };
-                if position.holds(msn, part) {
-                    return PlaylistLookup::Found(found.clone());
-                }
-                if msn > position.last_msn.saturating_add(2) {
-                    return PlaylistLookup::TooFar;
-                }
-                position.target_duration * 3
-            };
-            let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return PlaylistLookup::TimedOut;
+        let (published, wait) = {
+            let objects = entry.read();
+            let Some(found) = objects.playlists.get(playlist) else { return PlaylistLookup::Missing };
+            (Arc::clone(&objects.published), found.position.map_or(std::time::Duration::ZERO, |p| p.target_duration * 3))
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let decided = decided_by(&published, deadline, || {
+            let objects = entry.read();
+            let Some(found) = objects.playlists.get(playlist) else { return Some(PlaylistLookup::Missing) };
+            match found.position {
+                Some(position) if !position.holds(msn, part) => (msn > position.last_msn.saturating_add(2)).then_some(PlaylistLookup::TooFar),
+                _ => Some(PlaylistLookup::Found(found.clone())),
             }
-        }
+        });
+        decided.await.unwrap_or(PlaylistLookup::TimedOut)
     }
 
     /// A complete object.
@@ -436,25 +418,15 @@ impl Store {
     pub async fn object_or_next(&self, stream: &StreamId, key: &ObjectKey, wait: std::time::Duration) -> Lookup {
         let Some(entry) = self.existing(stream) else { return Lookup::UnknownStream };
         let deadline = tokio::time::Instant::now() + wait;
-        let arrived_signal = Arc::clone(&entry.read().arrived);
-        loop {
-            // Registered before the check, so a segment stored in between still wakes it.
-            let arrived = arrived_signal.notified();
-            tokio::pin!(arrived);
-            arrived.as_mut().enable();
-            {
-                let objects = entry.read();
-                if let Some(found) = objects.lookup(key) {
-                    return Lookup::Found(found);
-                }
-                if !objects.is_next(key) {
-                    return Lookup::Missing;
-                }
+        let arrived = Arc::clone(&entry.read().arrived);
+        let decided = decided_by(&arrived, deadline, || {
+            let objects = entry.read();
+            match objects.lookup(key) {
+                Some(found) => Some(Lookup::Found(found)),
+                None => (!objects.is_next(key)).then_some(Lookup::Missing),
             }
-            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return Lookup::Missing;
-            }
-        }
+        });
+        decided.await.unwrap_or(Lookup::Missing)
     }
 
     /// The keys of every object the stream holds.
@@ -471,6 +443,21 @@ impl Store {
         let mut list: Vec<_> = entries.iter().filter_map(|s| s.read().summary.clone()).collect();
         list.sort_by(|a, b| a.stream.cmp(&b.stream));
         list
+    }
+}
+
+/// Runs `check` now and again each time `signal` is notified, until it decides (`Some`) or
+/// `deadline` passes (`None`). The notification is registered before each check, so a
+/// change between the check and the wait still wakes it.
+async fn decided_by<T>(signal: &Notify, deadline: tokio::time::Instant, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    loop {
+        let changed = signal.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if let Some(decided) = check() {
+            return Some(decided);
+        }
+        tokio::time::timeout_at(deadline, changed).await.ok()?;
     }
 }
 

@@ -733,17 +733,18 @@ fn every_real_client_plays_live_through_an_edge_and_across_a_period_change() {
     // Every media playlist served to an HLS player: a media sequence number names one
     // segment (URI and discontinuity sequence) in every playlist it appears in (RFC 8216bis
     // 6.2.2; hls.js stops with a playlist error otherwise).
-    let mut playlists = 0;
+    let (mut playlists, mut deltas) = (0, 0);
     for phase in [&a, &b] {
         for (_, proxy) in phase.proxies.iter().filter(|(player, _)| player.hls()) {
             let served: Vec<(String, String)> = proxy.hits().into_iter().filter_map(|h| Some((h.path, h.playlist?))).filter(|(path, _)| path.ends_with("/media.m3u8")).collect();
             playlists += served.len();
+            deltas += served.iter().filter(|(_, text)| text.contains("\n#EXT-X-SKIP:")).count();
             if let Some(conflict) = sequence_conflict(&served) {
                 failures.push(format!("{}: {conflict}", phase.name));
             }
         }
     }
-    println!("HLS: {playlists} media playlists served to the HLS players, each sequence number one segment in all of them");
+    println!("HLS: {playlists} media playlists served to the HLS players ({deltas} delta updates), each sequence number one segment in all of them");
     let misses = page.misses.lock().unwrap().clone();
     if !misses.is_empty() {
         println!("page server 404s (requests the browser players sent to the page's origin): {misses:?}");
@@ -796,28 +797,36 @@ fn dump(dir: &Path, phases: &[&Phase], page: &PageServer) {
 }
 
 /// The first media sequence number that two of the `(path, text)` playlists give to
-/// different segments (another URI or discontinuity sequence), with both playlists.
+/// different segments (another URI or discontinuity sequence), with both playlists. A
+/// delta update (hls.js asks for them) names its segments' URIs; their discontinuity
+/// sequence depends on the skipped segments, so only full playlists compare it.
 fn sequence_conflict(served: &[(String, String)]) -> Option<String> {
     use std::collections::HashMap;
-    let mut named: HashMap<(&str, u64), (String, u64, usize)> = HashMap::new();
+    let mut named: HashMap<(&str, u64), (String, Option<u64>, usize)> = HashMap::new();
     for (index, (path, text)) in served.iter().enumerate() {
         let mut parts = path.rsplitn(3, '/');
         let (_, rendition, stream_dir) = (parts.next(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
         let stream = stream_dir.rsplit('/').next().unwrap_or_default();
         let playlist = crate::hls::parse_media_of(stream, text, rendition);
+        let full = playlist.skipped == 0;
         let last = playlist.segments.last().map(|s| s.discontinuity_sequence).unwrap_or_default();
         // The segment being encoded, listed by its parts after the last complete one.
         let growing = playlist.parts.last().filter(|p| playlist.segments.last().is_none_or(|s| p.msn > s.sequence)).map(|p| (p.msn, p.url.clone(), last));
         let listed = playlist.segments.iter().map(|s| (s.sequence, s.url.clone(), s.discontinuity_sequence)).chain(growing);
         for (msn, url, discontinuity) in listed {
-            match named.get(&(path.as_str(), msn)) {
-                Some((seen, seen_discontinuity, at)) if *seen != url || *seen_discontinuity != discontinuity => {
+            let discontinuity = full.then_some(discontinuity);
+            match named.get_mut(&(path.as_str(), msn)) {
+                Some((seen, seen_discontinuity, at)) if *seen != url || seen_discontinuity.zip(discontinuity).is_some_and(|(a, b)| a != b) => {
                     return Some(format!(
-                        "{path}: sequence number {msn} is {seen} (discontinuity {seen_discontinuity}) in one playlist and {url} (discontinuity {discontinuity}) in another:\n{}\n---\n{text}",
+                        "{path}: sequence number {msn} is {seen} (discontinuity {seen_discontinuity:?}) in one playlist and {url} (discontinuity {discontinuity:?}) in another:\n{}\n---\n{text}",
                         served[*at].1
                     ));
                 }
-                Some(_) => {}
+                Some((_, seen_discontinuity, at)) => {
+                    if seen_discontinuity.is_none() && discontinuity.is_some() {
+                        (*seen_discontinuity, *at) = (discontinuity, index);
+                    }
+                }
                 None => {
                     named.insert((path.as_str(), msn), (url, discontinuity, index));
                 }
