@@ -117,6 +117,8 @@ pub async fn run(mut config: Config, listeners: Listeners, stop: CancellationTok
         packager: Arc::clone(&packager),
         transcode: Arc::clone(&resources),
         transcode_failures: Counter::default(),
+        holds: Counter::default(),
+        resumed_holds: Counter::default(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     };

@@ -496,6 +496,11 @@ impl Connection {
                 {
                     tracing::warn!(stream = %stream, "the previous session of this connection did not end within {TAKEOVER_WAIT:?}");
                 }
+                // A stream held for its dropped broadcaster: this publish continues its Period.
+                if let Some((handle, link)) = self.registry.resume_held(&stream) {
+                    tracing::info!(stream = %stream, peer = %self.peer, "the publish resumes the held stream");
+                    return Ok(Publishing { stream, sink: Sink::Local(handle), link: Some(link), warned_audio: false, uplink: uplink() });
+                }
                 let (claim, takeover) = self
                     .registry
                     .claim_or_take_over(&stream, self.peer, ingest.takeover_after, TAKEOVER_WAIT)

@@ -75,6 +75,13 @@ pub struct PackageConfig {
     /// Past it the stream ends as an unpublish ends it. "0s": a drop ends it at once.
     #[serde(with = "humantime_serde")]
     pub reconnect_window: Duration,
+    /// How long, within `reconnect_window`, a stream whose broadcaster dropped keeps its
+    /// Period going with its last keyframe's picture and silence (the stream actor's hold):
+    /// a reconnect within it continues the same Period, so segments never stop and players
+    /// see a frozen picture, not a Period change. Past it the Period ends as at any drop.
+    /// "0s" (the default): a drop ends the Period at once.
+    #[serde(with = "humantime_serde")]
+    pub hold_last_frame: Duration,
     /// Largest CMAF fragment (one segment of one rendition, bytes) a muxer may produce; a
     /// larger one is refused and ends its stream (logged, counted as
     /// `rackcast_package_fragments_too_large`).
@@ -151,6 +158,9 @@ impl PackageConfig {
         if self.reconnect_window > Duration::from_secs(600) {
             return invalid("reconnect_window", "must be at most 10 minutes");
         }
+        if self.hold_last_frame > self.reconnect_window {
+            return invalid("hold_last_frame", "must be at most reconnect_window");
+        }
         if self.dvr_window < seg * 3 {
             return invalid("dvr_window", "must hold at least three segments");
         }
@@ -174,6 +184,7 @@ impl Default for PackageConfig {
             number_form_delay: DEFAULT_NUMBER_FORM_DELAY,
             max_clock_drift: DEFAULT_MAX_CLOCK_DRIFT,
             reconnect_window: DEFAULT_RECONNECT_WINDOW,
+            hold_last_frame: Duration::ZERO,
             max_fragment_bytes: DEFAULT_MAX_FRAGMENT_BYTES,
             max_stream_bytes: DEFAULT_MAX_STREAM_BYTES,
             low_latency: true,

@@ -5,26 +5,23 @@
 //! Plan policy lives in `plan.rs`, the pipeline session's lifecycle in `session.rs`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use gst::prelude::*;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::ladder::{Hysteresis, LadderPlan, Replanner, SourceFormat};
 use crate::media::{MediaPacket, SessionId, StreamId};
-use crate::probe::UplinkEstimate;
 use crate::transcode::Transcoder;
 use crate::transcode::admission::Grant;
 use super::clock::{FrameRate, MediaClock, Placement};
-use super::handle::{EndSignal, StreamEnd, StreamHandle, StreamServices};
+use super::handle::{EndSignal, Input, StreamEnd, StreamHandle, StreamServices};
+use super::hold::{Hold, HoldEvent};
 use super::registry::{PublishClaim, SharedStatus};
 
-/// Packets a stream may have in flight from ingest before ingest waits.
-const INPUT_CAPACITY: usize = 512;
 /// Safety-net re-check of the input queue while waiting for the appsrc's need-data.
 const ROOM_RECHECK: Duration = Duration::from_millis(200);
 /// A pipeline that takes no data for this long is declared stalled.
@@ -47,20 +44,18 @@ const AUDIO_ONLY_AFTER_MS: i32 = 1_000;
 
 /// Starts the actor for a claimed stream.
 pub fn spawn(claim: PublishClaim, services: StreamServices) -> StreamHandle {
-    let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
     let (ended_tx, ended) = EndSignal::channel();
-    let (uplink, uplink_rx) = tokio::sync::watch::channel(None);
+    let (handle, input) = StreamHandle::connect(Arc::clone(claim.status()), ended.clone());
     let stream = claim.stream().clone();
-    let span = tracing::info_span!("stream", stream = %stream);
+    // Its own root: the actor outlives the connection that started it (a hold resumes it
+    // from another).
+    let span = tracing::info_span!(parent: None, "stream", stream = %stream);
     let tracker = services.tracker.clone();
     let status = Arc::clone(claim.status());
-    let handle_status = Arc::clone(&status);
-    let unpublished = Arc::new(AtomicBool::new(false));
-    let deliberate = Arc::clone(&unpublished);
     tracker.spawn(
         async move {
             let actor = StreamActor::new(stream, services, status);
-            let end = actor.run(rx, uplink_rx, &deliberate).await;
+            let end = actor.run(input, &claim, &ended).await;
             match &end {
                 StreamEnd::Failed(reason) => tracing::error!("stream torn down: {reason}"),
                 other => tracing::info!(?other, "stream session ended"),
@@ -70,7 +65,7 @@ pub fn spawn(claim: PublishClaim, services: StreamServices) -> StreamHandle {
         }
         .instrument(span),
     );
-    StreamHandle { tx, unpublished, uplink, status: handle_status, ended }
+    handle
 }
 
 pub(super) struct Running {
@@ -135,6 +130,15 @@ pub(super) struct StreamActor {
     /// When the lag was last published: also while the actor waits for room, since an
     /// overloaded pipeline keeps it there for most of the time between health ticks.
     pub(super) lag_published_at: Instant,
+    /// The source's last keyframe (what a hold repeats) and its last audio frame's time.
+    pub(super) last_keyframe: Option<Bytes>,
+    pub(super) last_audio_ms: Option<u64>,
+    /// The broadcaster dropped and the stream holds its Period (`hold.rs`).
+    pub(super) hold: Option<Hold>,
+    /// A broadcaster reconnected to the hold: its first keyframe continues the media.
+    pub(super) resuming: bool,
+    /// Where the held audio ended: the reconnected broadcaster's audio starts there.
+    pub(super) held_audio_end_ms: Option<u64>,
 }
 
 impl StreamActor {
@@ -160,28 +164,62 @@ impl StreamActor {
             admitted_rungs: None,
             held_back_at: None,
             lag_published_at: Instant::now(),
+            last_keyframe: None,
+            last_audio_ms: None,
+            hold: None,
+            resuming: false,
+            held_audio_end_ms: None,
         }
     }
 
-    pub(super) async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<MediaPacket>,
-        mut uplink: tokio::sync::watch::Receiver<Option<UplinkEstimate>>,
-        unpublished: &AtomicBool,
-    ) -> StreamEnd {
+    /// Runs the stream from its broadcaster's connection (`input`) until it ends; `claim`
+    /// and `ended` let a hold take the broadcaster's next connection (`hold.rs`).
+    pub(super) async fn run(mut self, input: Input, claim: &PublishClaim, ended: &EndSignal) -> StreamEnd {
         let shutdown = self.services.shutdown.clone();
         let mut health = tokio::time::interval(HEALTH_TICK);
+        // The broadcaster's connection: none while a hold waits for it to reconnect.
+        let mut input = Some(input);
         let end = loop {
+            let (running, hold) = (&mut self.running, &mut self.hold);
             let bus_message = async {
-                match self.running.as_mut() {
+                match running.as_mut() {
                     Some(running) => running.bus.next().await,
                     None => std::future::pending().await,
                 }
             };
+            let held = async {
+                match hold.as_mut() {
+                    Some(hold) => hold.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let (packets, uplink) = match input.as_mut() {
+                Some(connection) => (Some(&mut connection.packets), Some(&mut connection.uplink)),
+                None => (None, None),
+            };
+            let packet = async {
+                match packets {
+                    Some(packets) => packets.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let uplink_changed = async {
+                match uplink {
+                    Some(uplink) => uplink.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                packet = rx.recv() => match packet {
-                    None if unpublished.load(Ordering::SeqCst) => break StreamEnd::Finished,
-                    None => break StreamEnd::Dropped,
+                packet = packet => match packet {
+                    None => {
+                        let connection = input.take().expect("the packets came from a connection");
+                        if connection.unpublished.load(Ordering::SeqCst) {
+                            break StreamEnd::Finished;
+                        }
+                        if !self.begin_hold(claim, ended).await {
+                            break StreamEnd::Dropped;
+                        }
+                    }
                     Some(packet) => {
                         if let Err(reason) = self.handle(packet).await {
                             break StreamEnd::Failed(reason);
@@ -194,8 +232,26 @@ impl StreamActor {
                         break StreamEnd::Failed(reason);
                     }
                 }
-                Ok(()) = uplink.changed() => {
-                    let estimate = uplink.borrow_and_update().clone();
+                event = held => match event {
+                    HoldEvent::Resumed(connection) => {
+                        input = Some(connection);
+                        self.resume_hold(claim);
+                    }
+                    HoldEvent::Fill => {
+                        if let Err(reason) = self.fill().await {
+                            break StreamEnd::Failed(reason);
+                        }
+                    }
+                    HoldEvent::Expired => {
+                        self.end_hold(claim);
+                        if input.is_none() {
+                            tracing::info!("the broadcaster did not reconnect within package.hold_last_frame; the Period ends where the held picture ends");
+                            break StreamEnd::Dropped;
+                        }
+                    }
+                },
+                Ok(()) = uplink_changed => {
+                    let estimate = input.as_mut().and_then(|connection| connection.uplink.borrow_and_update().clone());
                     if let Some(estimate) = estimate {
                         self.consider(&estimate);
                         let mut status = self.status.lock();
@@ -249,6 +305,16 @@ impl StreamActor {
             }
             MediaPacket::Video { dts_ms, cts_ms, keyframe, data } => {
                 self.frame_rate.observe(dts_ms);
+                if self.resuming {
+                    if !keyframe {
+                        return Ok(()); // the reconnected broadcaster's media starts on a keyframe
+                    }
+                    self.resuming = false;
+                    if let Some(running) = self.running.as_mut() {
+                        running.clock.rebase(dts_ms);
+                    }
+                    self.held_audio_end_ms = self.hold.take().and_then(|hold| hold.audio_end_ms());
+                }
                 if self.running.as_ref().is_some_and(|r| r.audio_only) {
                     return Ok(()); // no video configuration: nothing could decode it
                 }
@@ -300,6 +366,9 @@ impl StreamActor {
                 let running = self.running.as_ref().expect("started above");
                 let dts = placed.expect("placed or started above");
                 let pts = (dts as i64 + i64::from(cts_ms)).max(0) as u64;
+                if keyframe {
+                    self.last_keyframe = Some(data.clone());
+                }
                 running.transcoder.push_video(pts, dts, keyframe, data).map_err(|e| e.to_string())?;
                 self.pace().await;
                 self.wait_for_room().await?;
@@ -314,10 +383,19 @@ impl StreamActor {
                 }
                 let Some(running) = self.running.as_mut() else { return Ok(()) };
                 if !running.audio_only {
+                    if self.resuming {
+                        return Ok(()); // placed once the reconnected broadcaster's keyframe is
+                    }
                     // Beside video, audio is paced and held back like video: its own queue
                     // bound stops the input, so audio sent faster than the pipeline takes
                     // it waits in the broadcaster, not here.
                     if let Placement::At(pts) = running.clock.audio(dts_ms) {
+                        // After a hold, audio starts where the held silence ended.
+                        if self.held_audio_end_ms.is_some_and(|end| pts < end) {
+                            return Ok(());
+                        }
+                        self.held_audio_end_ms = None;
+                        self.last_audio_ms = Some(pts);
                         running.transcoder.push_audio(pts, data).map_err(|e| e.to_string())?;
                         self.pace().await;
                         self.wait_for_room().await?;

@@ -99,6 +99,25 @@ impl MediaClock {
     pub fn continuation_anchor(&self, media_ms: u64) -> Instant {
         self.anchor + Duration::from_millis(media_ms)
     }
+
+    /// One frame of the source, as its timestamps step (at least a millisecond).
+    pub fn frame(&self) -> Duration {
+        Duration::from_millis(self.frame_ms.max(1) as u64)
+    }
+
+    /// Places a frame made here (a held picture while the broadcaster is away) one frame
+    /// after the last, and advances the clock.
+    pub fn fill(&mut self) -> u64 {
+        self.media_ms += self.frame_ms;
+        self.media_ms.max(0) as u64
+    }
+
+    /// A broadcaster that reconnected: its frame stamped `raw` (a keyframe) continues the
+    /// media one frame after the last, whatever its timestamps restarted from; its audio is
+    /// placed against it from then on.
+    pub fn rebase(&mut self, raw: u32) {
+        self.last_raw = raw.wrapping_sub(self.frame_ms as u32);
+    }
 }
 
 /// The source's video frame rate, from the decode timestamps of its latest frames (RTMP
@@ -199,6 +218,22 @@ mod tests {
         assert!(matches!(c.advance(0), Placement::Discontinuity { .. }), "timestamps restarted");
         assert!(matches!(c.advance(90_033 + 6_000), Placement::Discontinuity { .. }), "six-second jump");
         assert_eq!(c.audio(89_000), Placement::Before, "audio before the first keyframe");
+    }
+
+    #[test]
+    fn held_frames_and_a_reconnect_continue_the_media() {
+        let mut c = clock(5_000);
+        for i in 0..=30u32 {
+            c.advance(5_000 + i * 40);
+        }
+        assert_eq!(c.media_end_ms(), 1_240);
+        // Held frames while the broadcaster is away, one frame apart.
+        assert_eq!((c.fill(), c.fill()), (1_240, 1_280));
+        // It reconnects with timestamps from zero: its keyframe follows the held frames.
+        c.rebase(0);
+        assert_eq!(c.advance(0), Placement::At(1_320));
+        assert_eq!(c.audio(20), Placement::At(1_340));
+        assert_eq!(c.advance(40), Placement::At(1_360));
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct StreamServices {
     pub transcode: Arc<Resources>,
     /// Streams ended by a pipeline error (`rackcast_transcode_failures_total`).
     pub transcode_failures: prometheus_client::metrics::counter::Counter,
+    /// Streams held through a dropped broadcaster's absence, and those it came back to
+    /// within the hold (`package.hold_last_frame`).
+    pub holds: prometheus_client::metrics::counter::Counter,
+    pub resumed_holds: prometheus_client::metrics::counter::Counter,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -50,6 +54,8 @@ impl StreamServices {
     /// Registers the stream actors' metrics in the node's registry.
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.register("transcode_failures", "Streams ended by a pipeline error", self.transcode_failures.clone());
+        registry.register("stream_holds", "Streams that held their last picture when their broadcaster dropped", self.holds.clone());
+        registry.register("stream_resumed_holds", "Held streams whose broadcaster reconnected within the hold: the same Period went on", self.resumed_holds.clone());
     }
 }
 
@@ -97,7 +103,19 @@ impl EndSignal {
     }
 }
 
-/// Ingest's side of a stream actor. Dropping it ends the session.
+/// Packets a stream may have in flight from ingest before ingest waits.
+const INPUT_CAPACITY: usize = 512;
+
+/// The actor's side of one broadcaster's connection: its packets, its uplink estimates,
+/// and whether it unpublished before it ended.
+pub(super) struct Input {
+    pub packets: mpsc::Receiver<MediaPacket>,
+    pub uplink: tokio::sync::watch::Receiver<Option<UplinkEstimate>>,
+    pub unpublished: Arc<AtomicBool>,
+}
+
+/// Ingest's side of a stream actor. Dropping it ends the session (or, for a broadcaster
+/// that dropped, starts the actor's hold: `hold.rs`).
 pub struct StreamHandle {
     pub(super) tx: mpsc::Sender<MediaPacket>,
     /// Set before the handle is dropped when the broadcaster unpublished.
@@ -108,6 +126,16 @@ pub struct StreamHandle {
 }
 
 impl StreamHandle {
+    /// A connection to the actor whose status is `status` and whose end is `ended`: the
+    /// handle for ingest and the input for the actor.
+    pub(super) fn connect(status: SharedStatus, ended: EndSignal) -> (Self, Input) {
+        let (tx, packets) = mpsc::channel(INPUT_CAPACITY);
+        let (uplink, uplink_rx) = tokio::sync::watch::channel(None);
+        let unpublished = Arc::new(AtomicBool::new(false));
+        let input = Input { packets, uplink: uplink_rx, unpublished: Arc::clone(&unpublished) };
+        (Self { tx, unpublished, uplink, status, ended }, input)
+    }
+
     /// The broadcaster unpublished: dropping the handle then ends the stream for good
     /// (otherwise the end counts as a dropped connection, [`StreamEnd::Dropped`]).
     pub fn unpublish(&self) {

@@ -5,7 +5,9 @@
 //! last arrived and watches for a request to stop. A new publish for a stream whose
 //! publisher has been silent for `ingest.takeover_after` takes it over: the old publisher
 //! is asked to stop, and the new claim is made once the old one is released (its stream
-//! actor has ended its session), within a bound.
+//! actor has ended its session), within a bound. A stream whose broadcaster dropped and
+//! whose actor holds its Period (`hold.rs`) keeps its claim: the next publish of it resumes
+//! that actor ([`StreamRegistry::resume_held`]) instead of claiming.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,6 +18,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::handle::StreamHandle;
+use super::hold::Held;
 use super::status::StreamStatus;
 use crate::media::StreamId;
 
@@ -131,6 +135,11 @@ impl PublisherLink {
         self.reason.lock().clone().unwrap_or(StopReason::Kicked)
     }
 
+    /// Whether the connection was asked to close (taken over, kicked, stopped).
+    pub fn asked_to_stop(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
     fn ask_to_stop(&self, reason: StopReason) {
         let mut current = self.reason.lock();
         if current.is_none() {
@@ -165,6 +174,8 @@ struct Entry {
     id: u64,
     status: SharedStatus,
     link: Arc<PublisherLink>,
+    /// Set while the actor holds the stream for its dropped broadcaster.
+    held: Option<Held>,
 }
 
 #[derive(Default)]
@@ -248,8 +259,21 @@ impl StreamRegistry {
         };
         let status = SharedStatus::default();
         let link = Arc::new(PublisherLink::new(peer));
-        live.insert(stream.clone(), Entry { id, status: Arc::clone(&status), link: Arc::clone(&link) });
+        live.insert(stream.clone(), Entry { id, status: Arc::clone(&status), link: Arc::clone(&link), held: None });
         Ok(PublishClaim { registry: Arc::clone(self), stream: stream.clone(), id, status, link })
+    }
+
+    /// A reconnected broadcaster's way into its held stream (`hold.rs`): a handle that feeds
+    /// the same actor, and the claim's link, or `None` when the stream is not held here.
+    pub fn resume_held(&self, stream: &StreamId) -> Option<(StreamHandle, Arc<PublisherLink>)> {
+        if self.stopped_for(stream).is_some() {
+            return None;
+        }
+        let mut live = self.live.lock();
+        let entry = live.get_mut(stream).filter(|e| !e.link.asked_to_stop())?;
+        let handle = super::hold::attach(entry.held.take()?, Arc::clone(&entry.status))?;
+        entry.link.media_arrived();
+        Some((handle, Arc::clone(&entry.link)))
     }
 
     /// A copy of a live stream's status.
@@ -333,6 +357,14 @@ impl PublishClaim {
     /// The link its publisher's connection keeps (media arrivals, takeover requests).
     pub fn link(&self) -> &Arc<PublisherLink> {
         &self.link
+    }
+
+    /// Lets the next publish of the stream resume its actor through `held` (or, `None`,
+    /// no longer).
+    pub(super) fn set_held(&self, held: Option<Held>) {
+        if let Some(entry) = self.registry.live.lock().get_mut(&self.stream).filter(|e| e.id == self.id) {
+            entry.held = held;
+        }
     }
 }
 

@@ -162,6 +162,9 @@ impl StreamActor {
         let drain_timeout = DRAIN_TIMEOUT + self.pipeline_lag().unwrap_or_default().min(MAX_DRAIN_BACKLOG);
         let Running { transcoder, session, bus, grant, .. } = self.running.take()?;
         drop(bus);
+        // Nothing is held without a pipeline to hold.
+        self.hold = None;
+        self.resuming = false;
         // A plan waiting for a keyframe was made for this pipeline's source; a switch has
         // already taken it, and after a source change it no longer applies.
         self.pending = None;

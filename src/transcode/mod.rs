@@ -24,6 +24,7 @@ pub mod nvenc_sdk;
 mod pipeline;
 pub mod resources;
 mod sink;
+mod silence;
 pub mod source;
 pub mod spec;
 
@@ -32,6 +33,7 @@ use std::sync::Once;
 
 pub use io::{audio_rendition, avc_caps, SessionIo, SessionOutput, SinkBinding};
 pub use pipeline::Transcoder;
+pub use silence::silent_aac_frame;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranscodeError {

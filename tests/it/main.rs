@@ -16,6 +16,7 @@ mod federation;
 mod hostile_audio;
 mod hostile_rtmp;
 mod hls;
+mod hold;
 mod ll_hls;
 mod http_edge;
 mod ingest_quirks;
