@@ -130,8 +130,11 @@ pub(super) struct StreamActor {
     /// When the lag was last published: also while the actor waits for room, since an
     /// overloaded pipeline keeps it there for most of the time between health ticks.
     pub(super) lag_published_at: Instant,
-    /// The source's last keyframe (what a hold repeats) and its last audio frame's time.
+    /// The source's last keyframe (what a hold repeats), the latest presentation time of
+    /// its video so far (B-frames put it past the last frame's decode time), and its last
+    /// audio frame's time.
     pub(super) last_keyframe: Option<Bytes>,
+    pub(super) latest_video_pts_ms: u64,
     pub(super) last_audio_ms: Option<u64>,
     /// The broadcaster dropped and the stream holds its Period (`hold.rs`).
     pub(super) hold: Option<Hold>,
@@ -165,6 +168,7 @@ impl StreamActor {
             held_back_at: None,
             lag_published_at: Instant::now(),
             last_keyframe: None,
+            latest_video_pts_ms: 0,
             last_audio_ms: None,
             hold: None,
             resuming: false,
@@ -369,6 +373,7 @@ impl StreamActor {
                 if keyframe {
                     self.last_keyframe = Some(data.clone());
                 }
+                self.latest_video_pts_ms = self.latest_video_pts_ms.max(pts);
                 running.transcoder.push_video(pts, dts, keyframe, data).map_err(|e| e.to_string())?;
                 self.pace().await;
                 self.wait_for_room().await?;

@@ -183,6 +183,11 @@ impl StreamActor {
                 break;
             }
             let at = running.clock.fill();
+            // Past every frame shown so far (a B-frame source's last frames show after
+            // their decode time): a presentation time never steps back.
+            if at <= self.latest_video_pts_ms {
+                continue;
+            }
             running.transcoder.push_video(at, at, true, hold.keyframe.clone()).map_err(|e| e.to_string())?;
             if let Some(silence) = &hold.silence {
                 while hold.audio_next_ms < (at + frame_ms) as f64 {

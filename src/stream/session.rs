@@ -165,6 +165,7 @@ impl StreamActor {
         // Nothing is held without a pipeline to hold.
         self.hold = None;
         self.resuming = false;
+        self.latest_video_pts_ms = 0;
         // A plan waiting for a keyframe was made for this pipeline's source; a switch has
         // already taken it, and after a source change it no longer applies.
         self.pending = None;

@@ -10,9 +10,12 @@
 //! MPD), and shows at most one Period change per node restart. An HLS viewer per stream
 //! follows the video and audio media playlists through the edge as well: every playlist
 //! and listed segment answers, a media sequence number names one segment throughout (the
-//! hand-over carries the numbering on), and a playlist never ends. The media time lost at each
-//! (the broadcaster's reconnect, rounded up to the segment grid) and the longest wall-clock
-//! wait for a new segment at the edge are printed.
+//! hand-over carries the numbering on), and a playlist never ends. A relaying node's
+//! restart drops its relay: the owner holds the stream (`package.hold_last_frame`) and the
+//! broadcaster's reconnect through another node continues its Period (counted, printed).
+//! The media time lost at each Period change (the broadcaster's reconnect, rounded up to
+//! the segment grid) and the longest wall-clock wait for a new segment at the edge are
+//! printed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +38,7 @@ fn config(nodes: &[ClusterNode]) -> String {
     let mut text = String::from(
         "[cluster]\nhealth_interval = \"200ms\"\nhealth_timeout = \"150ms\"\nfail_after = 2\nrise_after = 2\n\
          relay_secret = \"rolling-restart-test-secret\"\ndrain_grace = \"10s\"\n\n\
+         [package]\nhold_last_frame = \"5s\"\n\n\
          [[transcode.rungs]]\nheight = 144\nbitrate_kbps = 200\n",
     );
     for n in nodes {
@@ -266,8 +270,11 @@ fn a_rolling_restart_of_the_live_tier_hands_every_stream_over_with_one_period_ch
     // Roll: each live node in turn.
     // A restarted node's log starts empty: count its adoptions before.
     let adoptions = |app: &Appliance| app.logs().matches("stream taken over from a draining node").count();
+    // A relaying node's restart drops its relay: the owner holds the stream until the
+    // broadcaster is back through another node (package.hold_last_frame).
+    let resumed_holds = |app: &Appliance| app.logs().matches("broadcaster reconnected within the hold").count();
     let mut restarts = Vec::new();
-    let mut handed_over = 0;
+    let (mut handed_over, mut held) = (0, 0);
     for (i, id) in LIVE.iter().enumerate() {
         let started = Instant::now();
         let app = running.remove(i);
@@ -288,6 +295,7 @@ fn a_rolling_restart_of_the_live_tier_hands_every_stream_over_with_one_period_ch
         thread::sleep(Duration::from_secs(4));
         if let Some(next) = running.get(i + 1).filter(|_| i + 1 < LIVE.len()) {
             handed_over += adoptions(next);
+            held += resumed_holds(next);
         }
     }
     thread::sleep(Duration::from_secs(2));
@@ -297,6 +305,7 @@ fn a_rolling_restart_of_the_live_tier_hands_every_stream_over_with_one_period_ch
     }
     let connections: Vec<u32> = broadcasters.into_iter().map(Broadcaster::finish).collect();
     handed_over += running[..LIVE.len()].iter().map(adoptions).sum::<usize>();
+    held += running[..LIVE.len()].iter().map(resumed_holds).sum::<usize>();
 
     for (stream, seen) in streams.iter().zip(&seen) {
         let seen = seen.lock().unwrap();
@@ -347,6 +356,6 @@ fn a_rolling_restart_of_the_live_tier_hands_every_stream_over_with_one_period_ch
         assert!(seen.discontinuities >= 1, "{stream}: the move is a discontinuity in the playlists");
         assert_eq!(seen.segments.len(), 2, "{stream}: segments of the video and the audio playlist fetched: {:?}", seen.segments);
     }
-    println!("broadcaster connections {connections:?}; streams taken over with their timeline: {handed_over}");
+    println!("broadcaster connections {connections:?}; streams taken over with their timeline: {handed_over}; held through a relay's restart and resumed: {held}");
     assert!(handed_over >= STREAMS, "every stream was handed over at least once ({handed_over})");
 }
