@@ -11,9 +11,10 @@
 //! where the held media ends and the reconnect window goes on as after any drop.
 //!
 //! An admin's kick or stop (or a takeover) ends a hold at once. Not held: a publisher
-//! asked to close (taken over, kicked, stopped), an audio-only
-//! stream, a stream with no keyframe yet, and audio other than AAC-LC mono or stereo (no
-//! silence to match it; said in the log).
+//! asked to close (taken over, kicked, stopped), an audio-only stream, a stream with no
+//! keyframe yet, and audio other than AAC-LC mono or stereo (no silence to match it; said
+//! in the log). A broadcaster that drops again before its first keyframe reopens the same
+//! hold, which keeps its deadline.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -104,6 +105,14 @@ impl StreamActor {
         let hold_for = self.services.config.package.hold_last_frame;
         if hold_for.is_zero() || claim.link().asked_to_stop() {
             return false;
+        }
+        // Dropped again before its keyframe came: the same hold goes on, open again.
+        if let Some(hold) = self.hold.as_mut() {
+            let (attach_tx, attach) = mpsc::channel(1);
+            claim.set_held(Some(Held { attach: attach_tx, ended: ended.clone() }));
+            hold.attach = Some(attach);
+            self.resuming = false;
+            return true;
         }
         let Some(running) = self.running.as_ref().filter(|r| !r.audio_only) else { return false };
         let Some(keyframe) = self.last_keyframe.clone() else { return false };
