@@ -26,6 +26,7 @@ use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent,
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::cluster::MemberAddresses;
@@ -34,7 +35,7 @@ use crate::auth::{PublishAuth, Refusal};
 use crate::media::{MediaPacket, StreamId};
 use crate::probe::{ProbeConfig, UplinkEstimate, UplinkProbe};
 use std::time::{Duration, Instant};
-use crate::stream::registry::PublisherLink;
+use crate::stream::registry::{ClaimError, PublisherLink};
 use crate::stream::{self, StreamHandle, StreamRegistry, StreamServices};
 use guard::{ChunkGuard, GuardError};
 use limits::{quote, ConnectionLimits, ConnectionPermit, IngestMetrics};
@@ -181,7 +182,33 @@ struct Publishing {
     link: Option<Arc<PublisherLink>>,
     warned_audio: bool,
     uplink: UplinkWatch,
+    /// The stream's codec configurations and last keyframe, for a drain's hand-over.
+    picture: LastPicture,
 }
+
+/// What a stream transcoded here last showed: the codec configurations and the newest
+/// keyframe (shared bytes: keeping them costs nothing).
+#[derive(Default)]
+struct LastPicture {
+    video_config: Option<Bytes>,
+    audio_config: Option<Bytes>,
+    keyframe: Option<Bytes>,
+}
+
+impl LastPicture {
+    fn note(&mut self, packet: &MediaPacket) {
+        match packet {
+            MediaPacket::VideoConfig(config) => self.video_config = Some(config.clone()),
+            MediaPacket::AudioConfig(config) => self.audio_config = Some(config.clone()),
+            MediaPacket::Video { keyframe: true, data, .. } => self.keyframe = Some(data.clone()),
+            _ => {}
+        }
+    }
+}
+
+/// How long a hand-over relay stays connected after its last packet, so the new owner has
+/// read it before the connection closes.
+const HAND_OVER_LINGER: Duration = Duration::from_millis(500);
 
 /// The broadcaster's uplink as this connection sees it: fed with every read and media
 /// message, reported to the stream every [`UPLINK_REPORT_EVERY`].
@@ -284,7 +311,10 @@ impl Connection {
                     }
                     return Err(IngestError::PublishTimeout(publish_timeout));
                 }
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => {
+                    self.hand_over_picture();
+                    return Ok(());
+                }
             };
             if read == 0 {
                 return Ok(());
@@ -496,16 +526,25 @@ impl Connection {
                 {
                     tracing::warn!(stream = %stream, "the previous session of this connection did not end within {TAKEOVER_WAIT:?}");
                 }
+                let (peer, rungs) = (self.peer, self.services.config.transcode.rungs.clone());
+                let resumed = |(handle, link)| {
+                    tracing::info!(stream = %stream, %peer, "the publish resumes the held stream");
+                    Publishing { stream: stream.clone(), sink: Sink::Local(handle), link: Some(link), warned_audio: false, uplink: UplinkWatch::new(rungs), picture: LastPicture::default() }
+                };
                 // A stream held for its dropped broadcaster: this publish continues its Period.
-                if let Some((handle, link)) = self.registry.resume_held(&stream) {
-                    tracing::info!(stream = %stream, peer = %self.peer, "the publish resumes the held stream");
-                    return Ok(Publishing { stream, sink: Sink::Local(handle), link: Some(link), warned_audio: false, uplink: uplink() });
+                if let Some(held) = self.registry.resume_held(&stream) {
+                    return Ok(resumed(held));
                 }
-                let (claim, takeover) = self
-                    .registry
-                    .claim_or_take_over(&stream, self.peer, ingest.takeover_after, TAKEOVER_WAIT)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (claim, takeover) = match self.registry.claim_or_take_over(&stream, self.peer, ingest.takeover_after, TAKEOVER_WAIT).await {
+                    Ok(claimed) => claimed,
+                    // Its publisher may be about to drop into a hold (a draining node's
+                    // hand-over relay closes a moment after its last packet): with holds
+                    // on, the publish waits a while for that before it is refused.
+                    Err(busy @ ClaimError::Busy(_)) if !self.services.config.package.hold_last_frame.is_zero() => {
+                        return self.registry.resume_when_held(&stream, TAKEOVER_WAIT).await.map(resumed).ok_or_else(|| busy.to_string());
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
                 if let Some(t) = takeover {
                     self.metrics.takeovers.inc();
                     tracing::warn!(
@@ -520,7 +559,7 @@ impl Connection {
                 // Holding the claim: a draining node that had the stream hands it over first.
                 self.placement.adopt(&stream).await;
                 let link = Some(Arc::clone(claim.link()));
-                Publishing { stream, sink: Sink::Local(stream::spawn(claim, self.services.clone())), link, warned_audio: false, uplink: uplink() }
+                Publishing { stream, sink: Sink::Local(stream::spawn(claim, self.services.clone())), link, warned_audio: false, uplink: uplink(), picture: LastPicture::default() }
             }
             // The owner enforces one publisher per stream; a relay holds no claim here, so
             // that this node can still become the owner and take its own relay.
@@ -532,7 +571,7 @@ impl Connection {
                     &self.services.tracker,
                     self.services.shutdown.clone(),
                 );
-                Publishing { stream, sink: Sink::Relay(handle), link: None, warned_audio: false, uplink: uplink() }
+                Publishing { stream, sink: Sink::Relay(handle), link: None, warned_audio: false, uplink: uplink(), picture: LastPicture::default() }
             }
             Route::Unavailable(reason) => return Err(format!("no live node can take the stream: {reason}")),
         })
@@ -551,14 +590,46 @@ impl Connection {
     }
 
     async fn forward(&mut self, packet: MediaPacket) -> Result<(), IngestError> {
-        let Some(publishing) = &self.publishing else { return Ok(()) };
+        let Some(publishing) = &mut self.publishing else { return Ok(()) };
         // While the stream holds us back, the publisher is not silent: we are not reading.
         let _busy = publishing.link.as_deref().map(PublisherLink::busy);
         let sent = match &publishing.sink {
-            Sink::Local(handle) => handle.send(packet).await,
+            Sink::Local(handle) => {
+                publishing.picture.note(&packet);
+                handle.send(packet).await
+            }
             Sink::Relay(handle) => handle.send(packet).await,
         };
         sent.map_err(IngestError::StreamEnded)
+    }
+
+    /// A draining node's last act for a stream it transcoded, when streams are held
+    /// (`package.hold_last_frame`): its codec configurations and last keyframe, relayed to
+    /// the stream's next owner, which adopts the stream (its timeline, from this node) and
+    /// holds that picture until the broadcaster, whose connection closes here, reconnects
+    /// to it. The new owner's segments so start at once instead of after the reconnect.
+    fn hand_over_picture(&mut self) {
+        let Some(publishing) = self.publishing.take() else { return };
+        let LastPicture { video_config: Some(video_config), audio_config, keyframe: Some(keyframe) } = publishing.picture else { return };
+        let config = &self.services.config;
+        // Only where the stream moves on: a draining node of a federation.
+        if config.package.hold_last_frame.is_zero() || !matches!(self.placement.route(&publishing.stream), Route::Relay(_)) {
+            return;
+        }
+        let stream = publishing.stream;
+        tracing::info!(stream = %stream, "draining: the stream's last picture goes to its next owner, which holds it until the broadcaster reconnects");
+        // Its own token: this node's shutdown has begun, and the drain waits for the tracker.
+        let relay = relay::spawn(stream, Arc::clone(&self.placement), config.ingest.takeover_after, &self.services.tracker, CancellationToken::new());
+        self.services.tracker.spawn(async move {
+            let packets = [Some(MediaPacket::VideoConfig(video_config)), audio_config.map(MediaPacket::AudioConfig), Some(MediaPacket::Video { dts_ms: 0, cts_ms: 0, keyframe: true, data: keyframe })];
+            for packet in packets.into_iter().flatten() {
+                if relay.send(packet).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(HAND_OVER_LINGER).await;
+            // Dropped without an unpublish: the owner holds the stream.
+        });
     }
 
     /// Audio in a codec we cannot take is dropped with one warning: the video goes on.

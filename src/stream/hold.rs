@@ -241,4 +241,24 @@ mod tests {
         registry.stop(&cam, std::time::Duration::from_secs(60)).unwrap();
         assert!(registry.resume_held(&cam).is_none(), "stopped by an admin");
     }
+
+    #[tokio::test]
+    async fn a_publish_waits_a_while_for_a_live_stream_to_be_held() {
+        use std::time::Duration;
+        let registry = StreamRegistry::new();
+        let cam = StreamId::parse("cam").unwrap();
+        assert!(registry.resume_when_held(&cam, Duration::from_secs(5)).await.is_none(), "not live: at once");
+        let claim = registry.claim(&cam).unwrap();
+        assert!(registry.resume_when_held(&cam, Duration::from_millis(200)).await.is_none(), "never held");
+        // Its publisher drops into a hold a moment later (a hand-over relay's last packet).
+        let (attach, mut attached) = mpsc::channel(1);
+        let holding = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            claim.set_held(Some(Held { attach, ended: EndSignal::channel().1 }));
+            let input = attached.recv().await;
+            (claim, input.is_some())
+        });
+        assert!(registry.resume_when_held(&cam, Duration::from_secs(5)).await.is_some());
+        assert!(holding.await.unwrap().1, "the actor got the connection");
+    }
 }

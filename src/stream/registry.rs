@@ -276,6 +276,22 @@ impl StreamRegistry {
         Some((handle, Arc::clone(&entry.link)))
     }
 
+    /// [`resume_held`](Self::resume_held) once the stream is held, waiting up to `wait`
+    /// while it is live here (its publisher may be about to drop into a hold).
+    pub async fn resume_when_held(&self, stream: &StreamId, wait: Duration) -> Option<(StreamHandle, Arc<PublisherLink>)> {
+        const POLL: Duration = Duration::from_millis(50);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(resumed) = self.resume_held(stream) {
+                return Some(resumed);
+            }
+            if !self.is_live(stream) || tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// A copy of a live stream's status.
     pub fn status(&self, stream: &StreamId) -> Option<StreamStatus> {
         self.live.lock().get(stream).map(|entry| entry.status.lock().clone())
