@@ -71,8 +71,10 @@
 //!   `EXT-X-SKIP:SKIPPED-SEGMENTS=n`, with their tags (a Period's discontinuity, map and
 //!   date included); the first segment listed gets its Period's `EXT-X-MAP` and its own
 //!   `EXT-X-PROGRAM-DATE-TIME` again. The media and discontinuity sequence numbers are the
-//!   full playlist's. At one reload per part, a viewer of the default 30 s DVR window
-//!   loads about 6 s of segments per reload instead of 30.
+//!   full playlist's. With the default 30 s DVR window a reload lists about 6 s of
+//!   segments instead of 30; in bytes it saves about a quarter (3.1 KB to 2.3 KB for a
+//!   360p playlist), as the parts of the last six target durations, which it keeps, are
+//!   most of a low-latency playlist.
 //! - `EXT-X-VERSION` stays 7: byte ranges need 4 and fMP4's `EXT-X-MAP` 6; the LL tags
 //!   need no higher version. A delta update is version 9 (`EXT-X-SKIP`).
 //! - `EXT-X-RENDITION-REPORT:URI="../{other}/media.m3u8",LAST-MSN=..,LAST-PART=..` at the
