@@ -208,7 +208,11 @@ impl LastPicture {
 
 /// How long a hand-over relay stays connected after its last packet, so the new owner has
 /// read it before the connection closes.
-const HAND_OVER_LINGER: Duration = Duration::from_millis(500);
+const HAND_OVER_LINGER: Duration = Duration::from_millis(200);
+/// The `encoder` a hand-over relay's metadata names: the new owner (taking it only from a
+/// relay, that is from a node of the federation) continues the adopted timeline without
+/// a gap (`stream::hold`).
+const HAND_OVER_ENCODER: &str = "rackcast hand-over";
 
 /// The broadcaster's uplink as this connection sees it: fed with every read and media
 /// message, reported to the stream every [`UPLINK_REPORT_EVERY`].
@@ -421,6 +425,9 @@ impl Connection {
                         if let Some(fps) = metadata.video_frame_rate {
                             stream.report_metadata_frame_rate(f64::from(fps));
                         }
+                        if self.from_relay && metadata.encoder.as_deref() == Some(HAND_OVER_ENCODER) {
+                            stream.mark_hand_over();
+                        }
                     }
                     None => {}
                 }
@@ -621,6 +628,11 @@ impl Connection {
         // Its own token: this node's shutdown has begun, and the drain waits for the tracker.
         let relay = relay::spawn(stream, Arc::clone(&self.placement), config.ingest.takeover_after, &self.services.tracker, CancellationToken::new());
         self.services.tracker.spawn(async move {
+            let mut marker = rml_rtmp::sessions::StreamMetadata::new();
+            marker.encoder = Some(HAND_OVER_ENCODER.to_owned());
+            if relay.send_metadata(marker).await.is_err() {
+                return;
+            }
             let packets = [Some(MediaPacket::VideoConfig(video_config)), audio_config.map(MediaPacket::AudioConfig), Some(MediaPacket::Video { dts_ms: 0, cts_ms: 0, keyframe: true, data: keyframe })];
             for packet in packets.into_iter().flatten() {
                 if relay.send(packet).await.is_err() {

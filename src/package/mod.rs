@@ -373,6 +373,15 @@ impl Packager {
         self.timeline(stream)?.lock().media_end()
     }
 
+    /// Where the newest Period's media ends, after availabilityStartTime and as a wall-clock
+    /// time: where a session that continues it without a gap starts.
+    pub fn media_end_at(&self, stream: &StreamId) -> Option<(Duration, SystemTime)> {
+        let timeline = self.timeline(stream)?;
+        let tl = timeline.lock();
+        let end = tl.media_end()?;
+        Some((end, tl.availability_start.checked_add(end)?))
+    }
+
     fn mark_dirty(&self, stream: &StreamId) {
         self.dirty.lock().insert(stream.clone(), true);
         self.wake.notify_one();

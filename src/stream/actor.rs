@@ -142,6 +142,8 @@ pub(super) struct StreamActor {
     pub(super) resuming: bool,
     /// Where the held audio ended: the reconnected broadcaster's audio starts there.
     pub(super) held_audio_end_ms: Option<u64>,
+    /// The connection is a draining node's hand-over picture (`hold.rs`).
+    pub(super) hand_over: bool,
 }
 
 impl StreamActor {
@@ -173,6 +175,7 @@ impl StreamActor {
             hold: None,
             resuming: false,
             held_audio_end_ms: None,
+            hand_over: false,
         }
     }
 
@@ -225,6 +228,7 @@ impl StreamActor {
                         }
                     }
                     Some(packet) => {
+                        self.hand_over = input.as_ref().is_some_and(|connection| connection.hand_over.load(Ordering::SeqCst));
                         if let Err(reason) = self.handle(packet).await {
                             break StreamEnd::Failed(reason);
                         }
@@ -363,6 +367,9 @@ impl StreamActor {
                 if self.running.is_none() {
                     if !keyframe {
                         return Ok(()); // a session starts on a keyframe
+                    }
+                    if self.hand_over && self.resume.is_none() {
+                        self.resume = self.hand_over_continuation();
                     }
                     self.start_session(dts_ms, true).await?;
                     placed = Some(0);

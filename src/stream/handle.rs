@@ -112,6 +112,8 @@ pub(super) struct Input {
     pub packets: mpsc::Receiver<MediaPacket>,
     pub uplink: tokio::sync::watch::Receiver<Option<UplinkEstimate>>,
     pub unpublished: Arc<AtomicBool>,
+    /// Set before its first packet when it is a draining node's hand-over picture.
+    pub hand_over: Arc<AtomicBool>,
 }
 
 /// Ingest's side of a stream actor. Dropping it ends the session (or, for a broadcaster
@@ -120,6 +122,7 @@ pub struct StreamHandle {
     pub(super) tx: mpsc::Sender<MediaPacket>,
     /// Set before the handle is dropped when the broadcaster unpublished.
     pub(super) unpublished: Arc<AtomicBool>,
+    pub(super) hand_over: Arc<AtomicBool>,
     pub(super) uplink: tokio::sync::watch::Sender<Option<UplinkEstimate>>,
     pub(super) status: SharedStatus,
     pub(super) ended: EndSignal,
@@ -131,9 +134,15 @@ impl StreamHandle {
     pub(super) fn connect(status: SharedStatus, ended: EndSignal) -> (Self, Input) {
         let (tx, packets) = mpsc::channel(INPUT_CAPACITY);
         let (uplink, uplink_rx) = tokio::sync::watch::channel(None);
-        let unpublished = Arc::new(AtomicBool::new(false));
-        let input = Input { packets, uplink: uplink_rx, unpublished: Arc::clone(&unpublished) };
-        (Self { tx, unpublished, uplink, status, ended }, input)
+        let (unpublished, hand_over) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let input = Input { packets, uplink: uplink_rx, unpublished: Arc::clone(&unpublished), hand_over: Arc::clone(&hand_over) };
+        (Self { tx, unpublished, hand_over, uplink, status, ended }, input)
+    }
+
+    /// The publish is a draining node's hand-over picture (`ingest::HAND_OVER_ENCODER`):
+    /// its session continues the adopted timeline where its media ended (`hold.rs`).
+    pub fn mark_hand_over(&self) {
+        self.hand_over.store(true, Ordering::SeqCst);
     }
 
     /// The broadcaster unpublished: dropping the handle then ends the stream for good

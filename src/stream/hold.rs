@@ -10,6 +10,11 @@
 //! configuration cuts a new Period as it would mid-stream. Past the hold, the Period ends
 //! where the held media ends and the reconnect window goes on as after any drop.
 //!
+//! A draining node hands a stream over by relaying its configurations and last keyframe
+//! to the next owner (`ingest::Connection::hand_over_picture`); that session starts where
+//! the adopted timeline's media ended ([`StreamActor::hand_over_continuation`]) and holds
+//! the picture, so the move leaves no gap in the media.
+//!
 //! An admin's kick or stop (or a takeover) ends a hold at once. Not held: a publisher
 //! asked to close (taken over, kicked, stopped), an audio-only stream, a stream with no
 //! keyframe yet, and audio other than AAC-LC mono or stereo (no silence to match it; said
@@ -17,19 +22,23 @@
 //! hold, which keeps its deadline.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::transcode::silent_aac_frame;
 use crate::transcode::source::AacConfig;
-use super::actor::StreamActor;
+use super::actor::{Resume, StreamActor};
 use super::handle::{EndSignal, Input, StreamHandle};
 use super::registry::{PublishClaim, PublisherLink, SharedStatus};
 
-/// Most held frames one tick catches up with (an actor that was held back).
+/// Most held frames one tick catches up with (an actor that was held back, or a hand-over's
+/// continuation).
 const MAX_FRAMES_PER_TICK: u32 = 8;
+/// A hand-over picture continues the adopted timeline where its media ended when that is
+/// at most this long ago; further back it starts now, as any session.
+const MAX_CONTINUATION_GAP: Duration = Duration::from_secs(3);
 /// Samples in one AAC frame.
 const AAC_FRAME_SAMPLES: f64 = 1024.0;
 
@@ -98,6 +107,24 @@ impl Hold {
 }
 
 impl StreamActor {
+    /// Where a draining node's hand-over picture starts its session: at the end of the
+    /// adopted timeline's media, its media zero at that end's wall-clock time. Held frames
+    /// fill the time since at once (`fill` catches up), or wait for it when the timeline
+    /// ran ahead of the clock (a Period starts on the next grid point); either way the
+    /// media has no gap.
+    pub(super) fn hand_over_continuation(&self) -> Option<Resume> {
+        let (end, at) = self.services.packager.media_end_at(&self.stream)?;
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        // The end's wall-clock time relative to now (negative: past).
+        let (anchor, offset_ms) = match wall.duration_since(at) {
+            Ok(behind) if behind <= MAX_CONTINUATION_GAP => (now.checked_sub(behind)?, -(behind.as_millis() as i64)),
+            Err(ahead) if ahead.duration() <= MAX_CONTINUATION_GAP => (now + ahead.duration(), ahead.duration().as_millis() as i64),
+            _ => return None,
+        };
+        tracing::info!(offset_ms, "the hand-over picture continues the adopted timeline where its media ended");
+        Some(Resume { period_start: Some(end), anchor })
+    }
+
     /// The broadcaster's connection dropped: holds the stream (module header) and lets the
     /// registry hand its next publish to this actor. False when it cannot hold, and the
     /// Period ends at the drop as before.

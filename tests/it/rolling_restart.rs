@@ -13,9 +13,10 @@
 //! hand-over carries the numbering on), and a playlist never ends. A relaying node's
 //! restart drops its relay: the owner holds the stream (`package.hold_last_frame`) and the
 //! broadcaster's reconnect through another node continues its Period (counted, printed).
-//! The media time lost at each Period change (the broadcaster's reconnect, rounded up to
-//! the segment grid) and the longest wall-clock wait for a new segment at the edge are
-//! printed.
+//! A draining node hands each stream's last picture to the next owner, which continues the
+//! media where it ended and holds it until the broadcaster is back: the media lost at each
+//! Period change is at most 2 s (asserted: none, in practice); the longest wall-clock wait
+//! for a new segment at the edge is printed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,8 +30,9 @@ use crate::support::*;
 
 const LIVE: [&str; 3] = ["live-0", "live-1", "live-2"];
 const STREAMS: usize = 4;
-/// Most media time lost at a hand-over (seconds), see the test.
-const MAX_MEDIA_GAP: f64 = 5.0;
+/// Most media time lost at a hand-over (seconds): the issue's "no stream's segments stop
+/// for more than 2 s". See the test.
+const MAX_MEDIA_GAP: f64 = 2.0;
 
 fn config(nodes: &[ClusterNode]) -> String {
     // One small rung keeps four transcodes beside three nodes, four encoders and the
@@ -338,10 +340,11 @@ fn a_rolling_restart_of_the_live_tier_hands_every_stream_over_with_one_period_ch
             assert!(changes <= 1, "{stream}: {changes} Period changes during the restart of {}: {:?}", LIVE[k], seen.periods);
         }
         assert!(seen.periods.len() >= 2, "{stream} moved at least once (its owner restarted): {:?}", seen.periods);
-        // Contiguous or later, never overlapping. How much later is the broadcaster's
-        // reconnect (ffmpeg's start, this machine's speed) plus up to one segment of grid:
-        // 0.05 to 1.5 s on an idle machine, up to 2.7 s beside other tests. The bound only
-        // says the new owner started the stream at once, not after a time-out.
+        // Contiguous or later, never overlapping. The draining node hands each stream's last
+        // picture to the next owner, whose held Period starts where the old one's media
+        // ended (0 to 0.07 s here); the broadcaster's reconnect no longer matters. Without
+        // holds it did: its reconnect plus up to one segment of grid, 0.05 to 1.5 s on an
+        // idle machine, 2.7 s beside other tests.
         assert!(gaps.iter().all(|g| (-0.001..=MAX_MEDIA_GAP).contains(g)), "{stream}: media gaps at Period changes {gaps:?}");
     }
     for (stream, seen) in streams.iter().zip(&seen_hls) {
