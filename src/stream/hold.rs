@@ -36,8 +36,8 @@ use super::registry::{PublishClaim, PublisherLink, SharedStatus};
 /// Most held frames one tick catches up with (an actor that was held back, or a hand-over's
 /// continuation).
 const MAX_FRAMES_PER_TICK: u32 = 8;
-/// A hand-over picture continues the adopted timeline where its media ended when that is
-/// at most this long ago; further back it starts now, as any session.
+/// A hand-over picture continues the adopted timeline where its media ended when that end
+/// is at most this far from now, past or ahead; otherwise it starts now, as any session.
 const MAX_CONTINUATION_GAP: Duration = Duration::from_secs(3);
 /// Samples in one AAC frame.
 const AAC_FRAME_SAMPLES: f64 = 1024.0;
