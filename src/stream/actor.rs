@@ -5,7 +5,7 @@
 //! Plan policy lives in `plan.rs`, the pipeline session's lifecycle in `session.rs`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -142,8 +142,9 @@ pub(super) struct StreamActor {
     pub(super) resuming: bool,
     /// Where the held audio ended: the reconnected broadcaster's audio starts there.
     pub(super) held_audio_end_ms: Option<u64>,
-    /// The connection is a draining node's hand-over picture (`hold.rs`).
-    pub(super) hand_over: bool,
+    /// The current connection's mark of a draining node's hand-over picture (`hold.rs`),
+    /// read when a session starts.
+    pub(super) hand_over: Arc<AtomicBool>,
 }
 
 impl StreamActor {
@@ -175,7 +176,7 @@ impl StreamActor {
             hold: None,
             resuming: false,
             held_audio_end_ms: None,
-            hand_over: false,
+            hand_over: Arc::default(),
         }
     }
 
@@ -185,6 +186,7 @@ impl StreamActor {
         let shutdown = self.services.shutdown.clone();
         let mut health = tokio::time::interval(HEALTH_TICK);
         // The broadcaster's connection: none while a hold waits for it to reconnect.
+        self.hand_over = Arc::clone(&input.hand_over);
         let mut input = Some(input);
         let end = loop {
             let (running, hold) = (&mut self.running, &mut self.hold);
@@ -228,7 +230,6 @@ impl StreamActor {
                         }
                     }
                     Some(packet) => {
-                        self.hand_over = input.as_ref().is_some_and(|connection| connection.hand_over.load(Ordering::SeqCst));
                         if let Err(reason) = self.handle(packet).await {
                             break StreamEnd::Failed(reason);
                         }
@@ -242,8 +243,9 @@ impl StreamActor {
                 }
                 event = held => match event {
                     HoldEvent::Resumed(connection) => {
+                        self.hand_over = Arc::clone(&connection.hand_over);
                         input = Some(connection);
-                        self.resume_hold(claim);
+                        self.resume_hold();
                     }
                     HoldEvent::Fill => {
                         if let Err(reason) = self.fill().await {
@@ -368,7 +370,7 @@ impl StreamActor {
                     if !keyframe {
                         return Ok(()); // a session starts on a keyframe
                     }
-                    if self.hand_over && self.resume.is_none() {
+                    if self.resume.is_none() && self.hand_over.load(Ordering::SeqCst) {
                         self.resume = self.hand_over_continuation();
                     }
                     self.start_session(dts_ms, true).await?;

@@ -186,10 +186,10 @@ impl StreamActor {
         true
     }
 
-    /// A broadcaster reconnected within the hold: its packets feed this session from its
-    /// first keyframe on (`handle`), the held picture goes on until then.
-    pub(super) fn resume_hold(&mut self, claim: &PublishClaim) {
-        claim.set_held(None);
+    /// A broadcaster reconnected within the hold (the registry took its way in): its
+    /// packets feed this session from its first keyframe on (`handle`), the held picture
+    /// goes on until then.
+    pub(super) fn resume_hold(&mut self) {
         if let Some(hold) = self.hold.as_mut() {
             hold.attach = None;
         }
