@@ -6,7 +6,9 @@
 //! - **Multivariant** (`/live/{stream}/master.m3u8`): one `EXT-X-STREAM-INF` per video
 //!   rendition with the audio as its own rendition group (`AUDIO="audio"`), or the audio
 //!   alone for an audio-only source. It lists the renditions of the newest Period that has
-//!   a playable one: a re-plan or republish changes what it offers.
+//!   a playable one: a re-plan or republish changes what it offers. A Period is offered
+//!   once all its renditions are playable (`Period::is_offered`), never the audio alone a
+//!   moment before the video: a player reads the multivariant once.
 //! - **Media** (`/live/{stream}/{rendition}/media.m3u8`): the rendition's segments in the
 //!   DVR window, every Period that has the rendition, each Period opened by
 //!   `EXT-X-DISCONTINUITY` (but the first listed), its own `EXT-X-MAP` (the session's init
@@ -157,9 +159,11 @@ pub fn render(timeline: &StreamTimeline, chunk: Option<Duration>) -> HashMap<Pla
     playlists
 }
 
-/// The newest Period with a playable rendition: what the multivariant offers.
+/// The newest Period with a playable rendition that may be offered
+/// ([`Period::is_offered`]: every rendition playable, or one given up on): what the
+/// multivariant offers.
 fn offered_period(timeline: &StreamTimeline) -> Option<&Period> {
-    timeline.periods.iter().rev().find(|p| p.tracks.iter().any(Track::is_playable))
+    timeline.periods.iter().rev().find(|p| p.is_offered(Track::is_playable) && p.tracks.iter().any(Track::is_playable))
 }
 
 /// The multivariant playlist over `period` (`offered_period`).
@@ -509,6 +513,33 @@ mod tests {
         assert_eq!(lines(master, "#EXT-X-STREAM-INF:"), ["BANDWIDTH=128000,CODECS=\"mp4a.40.2\""]);
         assert!(!master.contains("#EXT-X-MEDIA:"), "{master}");
         assert_eq!(lines(master, "audio/"), ["media.m3u8"]);
+    }
+
+    #[test]
+    fn the_multivariant_waits_for_every_rendition_of_its_period() {
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        let s = session(&mut tl, "s1", &[("360p", TrackKind::Video), ("audio", TrackKind::Audio)], 0, 0);
+        let variants = |tl: &StreamTimeline| texts(tl).get(&Playlist::Multivariant).map(|m| lines(m, "#EXT-X-STREAM-INF:"));
+        // The audio's first segment a moment before the video's: no multivariant yet (hls.js,
+        // offered the audio alone, played sound and never a picture).
+        tl.add_segment(&s, &id("audio"), 0, 1_000_000_000, at(1000));
+        assert_eq!(variants(&tl), None);
+        tl.add_segment(&s, &id("360p"), 0, 1_000_000_000, at(1010));
+        assert_eq!(variants(&tl), Some(vec!["BANDWIDTH=2128000,CODECS=\"avc1.64001F,mp4a.40.2\",RESOLUTION=1280x720,AUDIO=\"audio\"".to_owned()]));
+
+        // A re-plan: the previous Period stays offered until the new one's renditions all play.
+        let next = session(&mut tl, "s2", &[("720p", TrackKind::Video), ("360p", TrackKind::Video), ("audio", TrackKind::Audio)], 1010, 0);
+        for rendition in ["360p", "audio"] {
+            tl.add_segment(&next, &id(rendition), 0, 1_000_000_000, at(2000));
+        }
+        assert_eq!(variants(&tl).map(|v| v.len()), Some(1));
+        // A rendition with nothing after two segments of the others has failed: offered without it.
+        for rendition in ["360p", "audio"] {
+            tl.add_segment(&next, &id(rendition), 1_000_000_000, 1_000_000_000, at(3000));
+        }
+        assert_eq!(lines(&texts(&tl)[&Playlist::Multivariant], "360p/"), ["media.m3u8"]);
+        assert_eq!(variants(&tl).map(|v| v.len()), Some(1), "the new Period's 360p alone");
+        assert!(!texts(&tl)[&Playlist::Multivariant].contains("720p"));
     }
 
     #[test]

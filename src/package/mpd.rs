@@ -76,6 +76,20 @@ enum Addressing {
     LowLatency { chunk: Duration },
 }
 
+impl Addressing {
+    /// True when a Representation lists `track`. The low-latency form lists it as soon as
+    /// its init segment exists: its players fetch each segment from its first chunk on, and
+    /// a new Period listed only once a segment is complete leaves them a second to
+    /// extrapolate the Period before it (asking for segments of a session that has ended).
+    /// The others list it once it has a segment.
+    fn lists(self, track: &Track) -> bool {
+        match self {
+            Addressing::LowLatency { .. } => track.codecs.is_some(),
+            _ => track.is_playable(),
+        }
+    }
+}
+
 /// ServiceDescription's playback rates: ±4 %, the DASH-IF reference player's default.
 const PLAYBACK_RATE: (f64, f64) = (0.96, 1.04);
 
@@ -123,6 +137,11 @@ pub fn render(timeline: &StreamTimeline, timing: &MpdTiming, form: ManifestForm)
     let mut periods = Vec::new();
     let mut end = Duration::ZERO;
     for (period, offset) in timeline.periods.iter().zip(&offsets) {
+        // A Period not offered yet (a track still without its init segment or segment)
+        // can only be the newest: it is left out until it is.
+        if !period.is_offered(|t| addressing.lists(t)) {
+            continue;
+        }
         let mut adaptations = adaptation_sets(period, *offset, addressing, timeline.segment_duration);
         if let Addressing::LowLatency { .. } = addressing {
             let media_start = timeline.availability_start + period.start;
@@ -283,15 +302,7 @@ fn first_media_offset(period: &Period) -> Duration {
 fn adaptation_sets(period: &Period, offset: Duration, addressing: Addressing, segment_duration: Duration) -> Vec<dash::AdaptationSet> {
     let mut sets = Vec::new();
     for (index, kind) in [TrackKind::Video, TrackKind::Audio].into_iter().enumerate() {
-        // The low-latency form lists a track as soon as its init segment exists: its players
-        // fetch each segment from its first chunk on, and a new Period listed only once a
-        // segment is complete leaves them a second to extrapolate the Period before it
-        // (asking for segments of a session that has ended).
-        let listed = |t: &Track| match addressing {
-            Addressing::LowLatency { .. } => t.codecs.is_some(),
-            _ => t.is_playable(),
-        };
-        let tracks: Vec<&Track> = period.tracks.iter().filter(|t| t.info.kind == kind && listed(t)).collect();
+        let tracks: Vec<&Track> = period.tracks.iter().filter(|t| t.info.kind == kind && addressing.lists(t)).collect();
         if tracks.is_empty() {
             continue;
         }
@@ -460,6 +471,40 @@ pub(super) mod tests {
         assert!(render(&tl, &TIMING, ManifestForm::Timeline).is_none());
         tl.begin_period(SessionId::parse("s").unwrap(), vec![info("720p", TrackKind::Video)], None, at(0));
         assert!(render(&tl, &TIMING, ManifestForm::Timeline).is_none());
+    }
+
+    #[test]
+    fn a_period_is_listed_once_every_track_is() {
+        let s = SessionId::parse("abc123").unwrap();
+        let (v, a) = (RenditionId::parse("720p").unwrap(), RenditionId::parse("audio").unwrap());
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        tl.begin_period(s.clone(), vec![info("720p", TrackKind::Video), info("audio", TrackKind::Audio)], None, at(0));
+        let low_latency = MpdTiming { chunk_duration: Some(Duration::from_nanos(333_333_333)), ..TIMING };
+        let sets = |tl: &StreamTimeline, timing: &MpdTiming, form| {
+            render(tl, timing, form).map(|xml| dash::parse(&xml).unwrap().periods.iter().map(|p| p.adaptations.len()).collect::<Vec<_>>())
+        };
+        // The audio's init segment and first segment before the video's: nothing yet, in
+        // any form (a player would take the stream for audio only).
+        tl.set_codecs(&s, &a, "mp4a.40.2".into(), at(10));
+        assert_eq!(sets(&tl, &low_latency, ManifestForm::LowLatency), None);
+        tl.add_segment(&s, &a, 0, 960_000_000, at(1000));
+        assert_eq!(sets(&tl, &TIMING, ManifestForm::Timeline), None);
+        // The video's init segment: the low-latency form lists both; the others wait for its segment.
+        tl.set_codecs(&s, &v, "avc1.4D401F".into(), at(1010));
+        assert_eq!(sets(&tl, &low_latency, ManifestForm::LowLatency), Some(vec![2]));
+        assert_eq!(sets(&tl, &TIMING, ManifestForm::Number), None);
+        tl.add_segment(&s, &v, 0, 1_000_000_000, at(1020));
+        assert_eq!(sets(&tl, &TIMING, ManifestForm::Number), Some(vec![2]));
+
+        // A track that never comes: the Period is listed without it once another has two segments.
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        tl.begin_period(s.clone(), vec![info("720p", TrackKind::Video), info("audio", TrackKind::Audio)], None, at(0));
+        tl.set_codecs(&s, &a, "mp4a.40.2".into(), at(10));
+        tl.add_segment(&s, &a, 0, 960_000_000, at(1000));
+        assert_eq!(sets(&tl, &TIMING, ManifestForm::Timeline), None);
+        tl.add_segment(&s, &a, 960_000_000, 960_000_000, at(2000));
+        assert_eq!(sets(&tl, &TIMING, ManifestForm::Timeline), Some(vec![1]));
+        assert_eq!(sets(&tl, &low_latency, ManifestForm::LowLatency), Some(vec![1]));
     }
 
     #[test]

@@ -79,6 +79,12 @@ pub const PARTS_KEPT: usize = 8;
 /// be joined to them ([`StreamTimeline::begin_period`]): a frame and a half at 30 fps.
 pub const PERIOD_JOIN: Duration = Duration::from_millis(50);
 
+/// Complete segments a Period's furthest track may have while another track is still not
+/// ready before players are offered the Period without it ([`Period::is_offered`]): every
+/// rung and the audio cut their first segment within a frame or two of each other, so a
+/// track that has nothing after two segments of another has failed.
+pub const OFFER_WITHOUT_LATE_TRACK: usize = 2;
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Track {
     pub info: RenditionInfo,
@@ -169,6 +175,18 @@ pub struct Period {
 impl Period {
     pub fn track(&self, id: &RenditionId) -> Option<&Track> {
         self.tracks.iter().find(|t| &t.info.id == id)
+    }
+
+    /// True once players may be offered the Period: every track is `ready` (what a
+    /// manifest needs to list it), or the Period has ended, or one track already has
+    /// [`OFFER_WITHOUT_LATE_TRACK`] segments (one still not ready then has failed). A
+    /// player takes the tracks a Period first offers it and never the ones that appear
+    /// later: hls.js reads the multivariant playlist once (offered the audio a moment
+    /// before the video, it played sound and no picture), and DASH players do not add an
+    /// AdaptationSet that a manifest update brings to a Period they already have. Media
+    /// time decides it, not the wall clock.
+    pub fn is_offered(&self, ready: impl Fn(&Track) -> bool) -> bool {
+        self.duration.is_some() || self.tracks.iter().all(ready) || self.tracks.iter().any(|t| t.segments.len() >= OFFER_WITHOUT_LATE_TRACK)
     }
 
     /// How far the Period reaches for a player that numbers its segments from the clock

@@ -7,7 +7,8 @@
 //! decodes the rendition through its media playlist (a plain HLS client ignores the tags).
 //! Each playlist reports the other renditions' last parts, which their playlists hold.
 //! Once the stream is older than the skip boundary, a delta update (`_HLS_skip=YES`) lists
-//! the full playlist's newest segments and skips the older ones.
+//! the full playlist's newest segments and skips the older ones. The first multivariant
+//! playlist, asked for from the publish on, offers the video and the audio together.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -47,6 +48,14 @@ fn ll_hls_parts_hints_and_blocking_reload() {
     let _ladder = one_ladder_at_a_time();
     let app = Appliance::start(Some(CONFIG));
     let _publisher = Publisher::start(&app.publish_url("live", STREAM), 30, "640x360");
+    // The first multivariant playlist a player can get, asked for from the publish on (a
+    // request waits for it while the stream starts), offers the video with the audio group:
+    // never the audio alone a moment before the video (hls.js reads it once).
+    let master = wait_until("the multivariant playlist", Duration::from_secs(25), || {
+        let response = get(&app.url(&format!("/live/{STREAM}/master.m3u8")));
+        (response.status() == 200).then(|| response.text().unwrap())
+    });
+    assert!(master.contains("#EXT-X-MEDIA:TYPE=AUDIO,") && master.contains(",RESOLUTION=640x360,AUDIO=\"audio\"\n360p/media.m3u8"), "{master}");
     let plain = || {
         let response = get(&app.url(&playlist_path("")));
         (response.status() == 200).then(|| parse_media_of(STREAM, &response.text().unwrap(), RENDITION))
