@@ -5,7 +5,8 @@
 #                [--players dashjs,shaka,hlsjs] [--no-federation]
 #                [--no-build] [--rackcast-bin PATH] [--poll-ms MS]
 #                [--mpd-poll-ms MS] [--player-clock local|date]
-#                [--player-pass separate|same] [--build-timeout S]
+#                [--player-pass separate|same] [--player-source WxH]
+#                [--build-timeout S]
 #
 # Installs what it needs (apt: nginx libnginx-mod-rtmp chromium ffmpeg; npm:
 # dashjs, shaka-player, hls.js from bench/package-lock.json), builds rackcast in release mode
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
     --duration) DURATION="$2"; shift 2 ;;
     --servers) SERVERS="$2"; shift 2 ;;
     --no-player|--no-federation) PASS+=("$1"); shift ;;
-    --poll-ms|--mpd-poll-ms|--player-clock|--player-pass|--settle-window|--drain|--stream-key|--players)
+    --poll-ms|--mpd-poll-ms|--player-clock|--player-pass|--player-source|--settle-window|--drain|--stream-key|--players)
       PASS+=("$1" "$2"); shift 2 ;;
     *) common_opt "$@"; shift "$SHIFT" ;;
   esac
