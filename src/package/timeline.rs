@@ -83,7 +83,7 @@ pub const PERIOD_JOIN: Duration = Duration::from_millis(50);
 /// ready before players are offered the Period without it ([`Period::is_offered`]): every
 /// rung and the audio cut their first segment within a frame or two of each other, so a
 /// track that has nothing after two segments of another has failed.
-pub const OFFER_WITHOUT_LATE_TRACK: usize = 2;
+const OFFER_WITHOUT_LATE_TRACK: usize = 2;
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Track {
@@ -180,11 +180,11 @@ impl Period {
     /// True once players may be offered the Period: every track is `ready` (what a
     /// manifest needs to list it), or the Period has ended, or one track already has
     /// [`OFFER_WITHOUT_LATE_TRACK`] segments (one still not ready then has failed). A
-    /// player takes the tracks a Period first offers it and never the ones that appear
+    /// player may take the tracks a Period first offers it and never the ones that appear
     /// later: hls.js reads the multivariant playlist once (offered the audio a moment
-    /// before the video, it played sound and no picture), and DASH players do not add an
-    /// AdaptationSet that a manifest update brings to a Period they already have. Media
-    /// time decides it, not the wall clock.
+    /// before the video, it played sound and no picture); the MPD holds a Period back the
+    /// same way, so no DASH player is asked to take an AdaptationSet added to a Period it
+    /// already has. Media time decides it, not the wall clock.
     pub fn is_offered(&self, ready: impl Fn(&Track) -> bool) -> bool {
         self.duration.is_some() || self.tracks.iter().all(ready) || self.tracks.iter().any(|t| t.segments.len() >= OFFER_WITHOUT_LATE_TRACK)
     }

@@ -426,7 +426,7 @@ fn browser_players_play_low_latency_directly_and_through_an_edge() {
     let deltas = || Metrics::scrape(&http[0]).count("rackcast_live_playlist_delta_updates_total");
     // The players join the live node while the stream is young, as viewers waiting for an
     // event do, and the edge once it is half a minute old. Not in its first second: Shaka
-    // joining then stopped at the 11th segment in about one run in seven (docs/low-latency.md).
+    // joining then stopped at the 11th segment in 3 of 10 runs (docs/low-latency.md).
     for (node, base) in [("live node", &http[0]), ("edge", &http[2])] {
         wait_until("the low-latency MPD with video", Duration::from_secs(30), || {
             let response = get(&format!("{base}/live/{STREAM}/manifest-ll.mpd"));
