@@ -725,8 +725,11 @@ def analyse_players(r, name, page, infos, publish_end, first_chunk, fr_pts, fr_l
     # presentationTimeOffset of the Period the playhead is in (every Period the poller's MPD
     # showed; a re-plan or republish starts a new one; dash.js and Shaka put segments on
     # the same presentation timeline).
+    # Only the live MPD's: once the publish ends, rackcast's MPD turns static and rebased
+    # (its presentationTimeOffset the first retained media), which would shift the mapping.
+    live_infos = [i for i in infos if i.get("mpd_type") == "dynamic"] or infos
     periods = sorted({(i.get("period_start") or 0.0,
-                       (i.get("pto") or 0) / float(i.get("timescale") or 1)) for i in infos})
+                       (i.get("pto") or 0) / float(i.get("timescale") or 1)) for i in live_infos})
 
     def dash_p2m(ct):
         starts = [p for p in periods if p[0] <= ct + 1e-3] or periods[:1]
