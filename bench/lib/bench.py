@@ -741,7 +741,8 @@ def analyse_players(r, name, page, infos, publish_end, first_chunk, fr_pts, fr_l
         playing = [e["wall"] for e in mine if e.get("ev") == "playing"]
         first_playing = min(playing) if playing else None
         waits = [e["wall"] for e in mine if e.get("ev") == "waiting"]
-        stalls = [w for w in waits if first_playing is not None and w > first_playing]
+        # Once the publish has ended every player runs dry: not a stall.
+        stalls = [w for w in waits if first_playing is not None and first_playing < w <= publish_end]
         own = [e["latency"] for e in samples if e.get("latency") is not None and lo <= e["wall"] <= hi]
         loaded = next((e for e in mine if e.get("ev") == "loaded"), {})
         info = {"version": loaded.get("version"), "manifest": loaded.get("url"),
