@@ -82,7 +82,8 @@ pub const PERIOD_JOIN: Duration = Duration::from_millis(50);
 /// Complete segments a Period's furthest track may have while another track is still not
 /// ready before players are offered the Period without it ([`Period::is_offered`]): every
 /// rung and the audio cut their first segment within a frame or two of each other, so a
-/// track that has nothing after two segments of another has failed.
+/// track that has nothing after two segments of another has failed (or lags so far behind,
+/// on an overloaded host, that players are better off without it in that Period's offer).
 const OFFER_WITHOUT_LATE_TRACK: usize = 2;
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
