@@ -235,7 +235,8 @@ async fn manifest(State(state): State<HttpState>, Path(stream): Path<String>, pe
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    let mpd = state.store.manifest(&stream, form).map(|mpd| with_clock_origin(&mpd, viewer_origin(&headers).as_deref()));
+    // A starting stream's MPD is waited for as its next segment is (`Store::rendered_within`).
+    let mpd = state.store.manifest_within(&stream, form, state.next_segment_wait).await.map(|mpd| with_clock_origin(&mpd, viewer_origin(&headers).as_deref()));
     serve_manifest(&state, &stream, mpd, MPD_CONTENT_TYPE, &peer, &headers)
 }
 
@@ -284,11 +285,9 @@ async fn blocking_playlist(state: HttpState, stream: &str, rendition: &str, relo
     }
 }
 
-/// The multivariant playlist, or the media playlist of `rendition`. One of a stream this
-/// node has that is not rendered yet is waited for as the next segment is: HLS needs a
-/// complete segment where the MPD lists a Period from its init segments, and hls.js gives
-/// up on a 404 for its first playlist (a player that opened the stream as it started).
-/// `skip`: a media playlist's delta update.
+/// The multivariant playlist, or the media playlist of `rendition`; one of a stream this
+/// node has that is not rendered yet is waited for as the next segment is
+/// (`Store::rendered_within`). `skip`: a media playlist's delta update.
 async fn playlist(state: HttpState, stream: &str, rendition: Option<&str>, skip: bool, peer: Peer, headers: HeaderMap) -> Response {
     state.metrics.manifest_requests.inc();
     let (stream, playlist) = match path::playlist(stream, rendition) {

@@ -35,6 +35,16 @@
 //! - **`ProducerReferenceTime`** per AdaptationSet: presentation time 0 of the Period is
 //!   the wall-clock time its session's media started at ingest (availabilityStartTime plus
 //!   Period@start), so players measure latency against the broadcaster's clock.
+//! - **Not before the window holds [`LOW_LATENCY_START_WINDOW`] and two chunks of media.**
+//!   Shaka Player (5.2) starts a live stream by seeking its video element to the live
+//!   edge, but gives the element a seekable range only once its window is longer than one
+//!   second; on a younger stream (its window is the stream's age less one chunk) the
+//!   element ignores the seek, and Shaka, still waiting for the `seeking` event, takes its
+//!   start time for the playhead for good: it stops fetching once it has buffered its
+//!   goal (10 s) past that start, while the video plays on to the end of what it has. The
+//!   form is withheld (a request waits for it, `store::Store::manifest_within`) the
+//!   second or two a new stream takes to get there; the two chunks are a margin for the
+//!   player's clock and the encoder's delay. Media time decides it, not the wall clock.
 //!
 //! The other two forms are unchanged: the Timeline form lists complete segments, the
 //! Number form still announces them `number_form_delay` late, so players reading those
@@ -89,6 +99,9 @@ impl Addressing {
         }
     }
 }
+
+/// The shortest window the low-latency form is offered with, plus two chunks (module header).
+const LOW_LATENCY_START_WINDOW: Duration = Duration::from_secs(1);
 
 /// ServiceDescription's playback rates: ±4 %, the DASH-IF reference player's default.
 const PLAYBACK_RATE: (f64, f64) = (0.96, 1.04);
@@ -171,8 +184,12 @@ pub fn render(timeline: &StreamTimeline, timing: &MpdTiming, form: ManifestForm)
             ..Default::default()
         });
     }
-    if periods.is_empty() {
-        return None;
+    let window_start = periods.first()?.start.unwrap_or_default();
+    if let Addressing::LowLatency { chunk } = addressing {
+        let reached = timeline.periods.iter().rev().find_map(|p| p.start.checked_add(p.numbered_end(timeline.segment_duration)?));
+        if reached.is_none_or(|end| end.saturating_sub(window_start) < LOW_LATENCY_START_WINDOW + chunk * 2) {
+            return None;
+        }
     }
 
     let mut mpd = dash::MPD {
@@ -489,12 +506,17 @@ pub(super) mod tests {
         assert_eq!(sets(&tl, &low_latency, ManifestForm::LowLatency), None);
         tl.add_segment(&s, &a, 0, 960_000_000, at(1000));
         assert_eq!(sets(&tl, &TIMING, ManifestForm::Timeline), None);
-        // The video's init segment: the low-latency form lists both; the others wait for its segment.
+        // The video's init segment: the low-latency form would list both, once the stream
+        // is old enough for it (`a_new_stream_gets_the_low_latency_form_once_its_window_is_long_enough`);
+        // the others wait for the video's segment.
         tl.set_codecs(&s, &v, "avc1.4D401F".into(), at(1010));
-        assert_eq!(sets(&tl, &low_latency, ManifestForm::LowLatency), Some(vec![2]));
         assert_eq!(sets(&tl, &TIMING, ManifestForm::Number), None);
         tl.add_segment(&s, &v, 0, 1_000_000_000, at(1020));
         assert_eq!(sets(&tl, &TIMING, ManifestForm::Number), Some(vec![2]));
+        tl.add_segment(&s, &a, 960_000_000, 1_024_000_000, at(2000));
+        assert_eq!(sets(&tl, &low_latency, ManifestForm::LowLatency), None, "the video is still 1 s in");
+        tl.add_segment(&s, &v, 1_000_000_000, 1_000_000_000, at(2010));
+        assert_eq!(sets(&tl, &low_latency, ManifestForm::LowLatency), Some(vec![2]));
 
         // A track that never comes: the Period is listed without it once another has two segments.
         let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
@@ -505,6 +527,31 @@ pub(super) mod tests {
         tl.add_segment(&s, &a, 960_000_000, 960_000_000, at(2000));
         assert_eq!(sets(&tl, &TIMING, ManifestForm::Timeline), Some(vec![1]));
         assert_eq!(sets(&tl, &low_latency, ManifestForm::LowLatency), Some(vec![1]));
+    }
+
+    #[test]
+    fn a_new_stream_gets_the_low_latency_form_once_its_window_is_long_enough() {
+        let low_latency = MpdTiming { chunk_duration: Some(Duration::from_nanos(333_333_333)), ..TIMING };
+        let periods = |tl: &StreamTimeline| render(tl, &low_latency, ManifestForm::LowLatency).map(|xml| dash::parse(&xml).unwrap().periods.len());
+        let s = SessionId::parse("abc123").unwrap();
+        let v = RenditionId::parse("720p").unwrap();
+        let mut tl = StreamTimeline::new(StreamId::parse("cam").unwrap(), Duration::from_secs(1), at(0));
+        tl.begin_period(s.clone(), vec![info("720p", TrackKind::Video)], None, at(0));
+        tl.set_codecs(&s, &v, "avc1.4D401F".into(), at(10));
+        // One second of media: a window Shaka could not start in (1 s and two chunks needed).
+        tl.add_segment(&s, &v, 0, 1_000_000_000, at(1000));
+        assert_eq!(periods(&tl), None);
+        assert!(render(&tl, &low_latency, ManifestForm::Timeline).is_some(), "the other forms list the segment");
+        tl.add_segment(&s, &v, 1_000_000_000, 1_000_000_000, at(2000));
+        assert_eq!(periods(&tl), Some(1));
+
+        // A republish starts a Period with no media yet: the window is the old Period's too,
+        // and the new Period is listed from its init segment as before.
+        tl.end_session(&s, at(2100));
+        let s2 = SessionId::parse("def456").unwrap();
+        tl.begin_period(s2.clone(), vec![info("720p", TrackKind::Video)], None, at(2200));
+        tl.set_codecs(&s2, &v, "avc1.4D401F".into(), at(2300));
+        assert_eq!(periods(&tl), Some(2));
     }
 
     #[test]

@@ -373,18 +373,32 @@ impl Store {
         self.existing(stream)?.read().manifests[form.index()].clone()
     }
 
+    /// The manifest of a stream this node has, waiting up to `wait` for it to be rendered:
+    /// `None` when the stream is unknown or it did not come.
+    pub async fn manifest_within(&self, stream: &StreamId, form: ManifestForm, wait: std::time::Duration) -> Option<Bytes> {
+        self.rendered_within(stream, wait, |objects| objects.manifests[form.index()].clone()).await
+    }
+
     pub fn playlist(&self, stream: &StreamId, playlist: &Playlist) -> Option<PlaylistText> {
         self.existing(stream)?.read().playlists.get(playlist).cloned()
     }
 
-    /// The playlist of a stream this node has, waiting up to `wait` for it to be rendered
-    /// (a stream publishing its first segment has its MPD before its HLS playlists, which
-    /// need a complete segment): `None` when the stream is unknown or it did not come.
+    /// The playlist of a stream this node has, waiting up to `wait` for it to be rendered:
+    /// `None` when the stream is unknown or it did not come.
     pub async fn playlist_within(&self, stream: &StreamId, playlist: &Playlist, wait: std::time::Duration) -> Option<PlaylistText> {
+        self.rendered_within(stream, wait, |objects| objects.playlists.get(playlist).cloned()).await
+    }
+
+    /// What `read` finds of a stream this node has, waiting up to `wait` for a rendering
+    /// that has it. A starting stream gets its manifests and playlists only once it has a
+    /// complete segment, the low-latency MPD a second later (the mpd module), and a player
+    /// that asks earlier (one that opened the stream as it started) gets them a moment
+    /// later instead of a 404, which hls.js does not retry.
+    async fn rendered_within<T>(&self, stream: &StreamId, wait: std::time::Duration, read: impl Fn(&StreamObjects) -> Option<T>) -> Option<T> {
         let entry = self.existing(stream)?;
         let published = Arc::clone(&entry.read().published);
         let deadline = tokio::time::Instant::now() + wait;
-        decided_by(&published, deadline, || entry.read().playlists.get(playlist).cloned()).await
+        decided_by(&published, deadline, || read(&entry.read())).await
     }
 
     /// A blocking reload (module header): the playlist once it holds segment `msn` (part
